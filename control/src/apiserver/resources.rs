@@ -1,0 +1,228 @@
+//! The resources this apiserver serves, described once: discovery, routing, storage keys,
+//! decoding and Table output all read this table.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use k8s_openapi::api::{apps, batch, coordination, core, discovery};
+
+#[derive(Debug)]
+pub struct ResourceInfo {
+    /// API group; "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Subresources served below an object, e.g. `status`, `scale`, `binding`, `log`.
+    pub subresources: &'static [&'static str],
+    /// Decode into the real wire type and back: checks types and drops unknown fields.
+    pub normalize: fn(Value) -> Result<Value, serde_json::Error>,
+}
+
+impl ResourceInfo {
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn has_subresource(&self, sub: &str) -> bool {
+        self.subresources.contains(&sub)
+    }
+
+    /// Whether `status` is written only through the status subresource (and spec changes
+    /// bump `metadata.generation`).
+    pub fn has_status(&self) -> bool {
+        self.has_subresource("status")
+    }
+
+    pub fn verbs(&self) -> &'static [&'static str] {
+        match self.plural {
+            // Namespaces are removed by the namespace controller, one at a time.
+            "namespaces" => &["create", "delete", "get", "list", "patch", "update", "watch"],
+            _ => &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
+        }
+    }
+
+    /// The storage key prefix of the resource (`/registry/pods/`) or of one namespace
+    /// (`/registry/pods/default/`).
+    pub fn key_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{ns}/", self.plural),
+            _ => format!("/registry/{}/", self.plural),
+        }
+    }
+
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.key_prefix(namespace))
+    }
+}
+
+fn normalize<T: Serialize + DeserializeOwned>(v: Value) -> Result<Value, serde_json::Error> {
+    serde_json::to_value(serde_json::from_value::<T>(v)?)
+}
+
+macro_rules! resource {
+    ($group:expr, $version:expr, $ty:ty, $kind:expr, $plural:expr, $singular:expr,
+     namespaced: $ns:expr, short: [$($short:expr),*], categories: [$($cat:expr),*],
+     sub: [$($sub:expr),*]) => {
+        ResourceInfo {
+            group: $group,
+            version: $version,
+            kind: $kind,
+            plural: $plural,
+            singular: $singular,
+            namespaced: $ns,
+            short_names: &[$($short),*],
+            categories: &[$($cat),*],
+            subresources: &[$($sub),*],
+            normalize: normalize::<$ty>,
+        }
+    };
+}
+
+pub static RESOURCES: &[ResourceInfo] = &[
+    resource!("", "v1", core::v1::Namespace, "Namespace", "namespaces", "namespace",
+        namespaced: false, short: ["ns"], categories: [], sub: ["status", "finalize"]),
+    resource!("", "v1", core::v1::Pod, "Pod", "pods", "pod",
+        namespaced: true, short: ["po"], categories: ["all"], sub: ["status", "binding", "log"]),
+    resource!("", "v1", core::v1::Service, "Service", "services", "service",
+        namespaced: true, short: ["svc"], categories: ["all"], sub: ["status"]),
+    resource!("", "v1", core::v1::Endpoints, "Endpoints", "endpoints", "endpoints",
+        namespaced: true, short: ["ep"], categories: [], sub: []),
+    resource!("", "v1", core::v1::Node, "Node", "nodes", "node",
+        namespaced: false, short: ["no"], categories: [], sub: ["status"]),
+    resource!("", "v1", core::v1::Event, "Event", "events", "event",
+        namespaced: true, short: ["ev"], categories: [], sub: []),
+    resource!("", "v1", core::v1::ConfigMap, "ConfigMap", "configmaps", "configmap",
+        namespaced: true, short: ["cm"], categories: [], sub: []),
+    resource!("", "v1", core::v1::Secret, "Secret", "secrets", "secret",
+        namespaced: true, short: [], categories: [], sub: []),
+    resource!("", "v1", core::v1::ServiceAccount, "ServiceAccount", "serviceaccounts", "serviceaccount",
+        namespaced: true, short: ["sa"], categories: [], sub: []),
+    resource!("apps", "v1", apps::v1::Deployment, "Deployment", "deployments", "deployment",
+        namespaced: true, short: ["deploy"], categories: ["all"], sub: ["status", "scale"]),
+    resource!("apps", "v1", apps::v1::ReplicaSet, "ReplicaSet", "replicasets", "replicaset",
+        namespaced: true, short: ["rs"], categories: ["all"], sub: ["status", "scale"]),
+    resource!("apps", "v1", apps::v1::DaemonSet, "DaemonSet", "daemonsets", "daemonset",
+        namespaced: true, short: ["ds"], categories: ["all"], sub: ["status"]),
+    resource!("batch", "v1", batch::v1::Job, "Job", "jobs", "job",
+        namespaced: true, short: [], categories: ["all"], sub: ["status"]),
+    resource!("coordination.k8s.io", "v1", coordination::v1::Lease, "Lease", "leases", "lease",
+        namespaced: true, short: [], categories: [], sub: []),
+    resource!("discovery.k8s.io", "v1", discovery::v1::EndpointSlice, "EndpointSlice", "endpointslices", "endpointslice",
+        namespaced: true, short: [], categories: [], sub: []),
+];
+
+/// The groups in the order discovery lists them (core first, as kube-apiserver does).
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+pub fn by_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+}
+
+/// Paths of fields in `original` that the wire type does not know (present, non-null in the
+/// request and gone after a round trip through the typed struct).
+pub fn unknown_fields(original: &Value, normalized: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_unknown(original, normalized, String::new(), &mut out);
+    out
+}
+
+fn walk_unknown(original: &Value, normalized: &Value, path: String, out: &mut Vec<String>) {
+    match (original, normalized) {
+        (Value::Object(o), Value::Object(n)) => {
+            for (k, v) in o {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match n.get(k) {
+                    Some(nv) => walk_unknown(v, nv, child, out),
+                    None if !v.is_null() => out.push(child),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(n)) => {
+            for (i, (ov, nv)) in o.iter().zip(n.iter()).enumerate() {
+                walk_unknown(ov, nv, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_resource_round_trips_a_minimal_object() {
+        for r in RESOURCES {
+            let obj = json!({"apiVersion": r.api_version(), "kind": r.kind, "metadata": {"name": "x"}});
+            let back = (r.normalize)(obj.clone()).unwrap_or_else(|e| panic!("{}: {e}", r.plural));
+            assert_eq!(back["metadata"]["name"], "x", "{}", r.plural);
+            assert_eq!(back["kind"], r.kind);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_found_by_path() {
+        let r = lookup("", "v1", "pods").unwrap();
+        let obj = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"x","bogus":1},
+            "spec":{"containers":[{"name":"a","image":"i","imagePullPolicyy":"x"}]}});
+        let back = (r.normalize)(obj.clone()).unwrap();
+        assert_eq!(
+            unknown_fields(&obj, &back),
+            vec!["metadata.bogus", "spec.containers[0].imagePullPolicyy"]
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let r = lookup("", "v1", "pods").unwrap();
+        let obj = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":7}});
+        assert!((r.normalize)(obj).is_err());
+    }
+
+    #[test]
+    fn keys_follow_the_kubernetes_layout() {
+        let pods = lookup("", "v1", "pods").unwrap();
+        assert_eq!(pods.key(Some("default"), "web"), "/registry/pods/default/web");
+        let nodes = lookup("", "v1", "nodes").unwrap();
+        assert_eq!(nodes.key(None, "n1"), "/registry/nodes/n1");
+    }
+}

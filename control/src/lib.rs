@@ -1,0 +1,3 @@
+//! skiff's control plane: a Kubernetes-compatible apiserver over a pluggable store.
+
+pub mod store;

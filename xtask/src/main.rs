@@ -1,0 +1,124 @@
+//! `cargo xtask …`: the project's own tasks — prepare a machine, test, lint, run a cluster.
+//!
+//! Every task is plain Rust that shells out to the real tools (apt, rustup, cargo) and prints
+//! each command before it runs it, so a failure can be reproduced by hand.
+
+mod cmd;
+mod lint;
+mod setup;
+mod sys;
+mod test;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "skiff's project tasks: prepare a machine, test, lint, bring a control plane up"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing skiff needs on a Debian 12 machine (run as root).
+    ///
+    /// Checks each piece and installs only what is missing: apt packages (etcd, protoc,
+    /// iptables, bpftool, busybox-static, …), a private Debian kubectl 1.20 under
+    /// target/tools/, the nightly `rust-src` component and a `bpf-linker` built against the
+    /// LLVM of rustc nightly. A piece that cannot be installed stops setup with a message that
+    /// names it and the manual fix.
+    Setup {
+        /// Only report what is missing; exit 1 if anything is.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run the whole test suite as CI does: setup, build all binaries, `cargo test --workspace`.
+    ///
+    /// Tests get SKIFF_KUBECTL_120 (path of the private kubectl 1.20) and SKIFF_TARGET_DIR.
+    /// Some tests need root (namespaces, BPF, iptables). Exits with cargo test's exit code.
+    /// Arguments after `--` go to `cargo test`, e.g. `cargo xtask test -- -p skiff-control`.
+    Test {
+        /// Skip `setup` (for quick reruns on a machine that is already set up).
+        #[arg(long)]
+        no_setup: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Build and run a local control plane in the foreground until Ctrl-C or `cargo xtask down`.
+    ///
+    /// Starts target/debug/skiff-control, waits until its API answers on 127.0.0.1:6443, prints
+    /// the kubeconfig to use and some commands to try. Ctrl-C or SIGTERM stops it cleanly.
+    Up(up::UpArgs),
+    /// Stop a control plane started by `cargo xtask up` (SIGTERM to the pid in its data dir).
+    Down {
+        /// The data directory given to `up`.
+        #[arg(long, default_value = up::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+    /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
+    Lint,
+}
+
+/// Where the workspace and its target directory are.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Workspace {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives inside the workspace")
+            .to_path_buf();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| root.join("target")),
+            None => root.join("target"),
+        };
+        Workspace { root, target }
+    }
+
+    /// Tools that setup installs privately, next to the build output.
+    pub fn tools(&self) -> PathBuf {
+        self.target.join("tools")
+    }
+
+    /// Debian's kubectl 1.20, for tests against an old client.
+    pub fn kubectl_120(&self) -> PathBuf {
+        self.tools().join("kubectl-1.20")
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ws = Workspace::locate();
+    let result = match cli.task {
+        Task::Setup { check } => setup::setup(&ws, check).map(|()| 0),
+        Task::Test {
+            no_setup,
+            cargo_test_args,
+        } => test::test(&ws, no_setup, &cargo_test_args),
+        Task::Up(args) => up::up(&ws, &args).map(|()| 0),
+        Task::Down { data_dir } => up::down(&data_dir).map(|()| 0),
+        Task::Lint => lint::lint(&ws).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("\nxtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
