@@ -99,6 +99,15 @@ impl EmbeddedStore {
     }
 }
 
+/// Where a scan for keys under `prefix` strictly after `start_after` begins: a `start_after`
+/// sorting before the prefix must not start the scan outside it (that would end it at once).
+fn range_start<'a>(prefix: &'a str, start_after: Option<&'a str>) -> &'a str {
+    match start_after {
+        Some(after) if after > prefix => after,
+        _ => prefix,
+    }
+}
+
 /// What a write wants to do to one key, decided under the write lock from its current state.
 enum Mutation {
     Create(Vec<u8>),
@@ -109,7 +118,11 @@ enum Mutation {
 impl Inner {
     fn meta(&self, txn: &redb::ReadTransaction, name: &str) -> StoreResult<i64> {
         let meta = txn.open_table(META).map_err(internal)?;
-        Ok(meta.get(name).map_err(internal)?.map(|v| v.value()).unwrap_or(0))
+        Ok(meta
+            .get(name)
+            .map_err(internal)?
+            .map(|v| v.value())
+            .unwrap_or(0))
     }
 
     fn write(&self, key: &str, mutation: Mutation) -> StoreResult<KeyValue> {
@@ -239,8 +252,10 @@ impl Inner {
             revision,
             ..Default::default()
         };
-        let start = start_after.unwrap_or(prefix);
-        for entry in kv.range(start..).map_err(internal)? {
+        for entry in kv
+            .range(range_start(prefix, start_after)..)
+            .map_err(internal)?
+        {
             let (k, v) = entry.map_err(internal)?;
             let key = k.value();
             if !key.starts_with(prefix) {
@@ -293,7 +308,7 @@ impl Inner {
             revision: at,
             ..Default::default()
         };
-        let start = start_after.unwrap_or(prefix);
+        let start = range_start(prefix, start_after);
         // The best candidate so far for the key being scanned.
         let mut pending: Option<KeyValue> = None;
         let flush = |pending: &mut Option<KeyValue>, out: &mut ListResult| -> bool {
@@ -338,7 +353,12 @@ impl Inner {
     }
 
     /// Events with a revision in `(after, upto]` for keys under `prefix`, in order.
-    fn replay(&self, prefix: &str, after: Revision, upto: Revision) -> StoreResult<Vec<WatchEvent>> {
+    fn replay(
+        &self,
+        prefix: &str,
+        after: Revision,
+        upto: Revision,
+    ) -> StoreResult<Vec<WatchEvent>> {
         let txn = self.db.begin_read().map_err(internal)?;
         let log = txn.open_table(LOG).map_err(internal)?;
         let history = txn.open_table(HISTORY).map_err(internal)?;
@@ -496,7 +516,8 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<ListResult> {
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
-        self.blocking(move |inner| match revision {
+        // As with etcd, a revision <= 0 means "now".
+        self.blocking(move |inner| match revision.filter(|r| *r > 0) {
             None => inner.list_current(&prefix, start_after.as_deref(), limit),
             Some(at) => inner.list_at(&prefix, start_after.as_deref(), limit, at),
         })
@@ -527,12 +548,7 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Revision,
-    ) -> StoreResult<KeyValue> {
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> StoreResult<KeyValue> {
         let key = key.to_string();
         self.blocking(move |inner| inner.write(&key, Mutation::Update(value, expected)))
             .await
@@ -578,33 +594,31 @@ impl Store for EmbeddedStore {
             .await?
         };
         let history = futures::stream::iter(history.into_iter().map(Ok));
-        let live = tokio_stream::wrappers::BroadcastStream::new(live)
-            .scan(false, |ended, item| {
-                // A lagged watcher cannot be resumed from the channel: end it with an error.
-                if *ended {
-                    return futures::future::ready(None);
+        // Live events after the snapshot. The stream ends with an error when the watcher
+        // lagged (the channel dropped events it had not read: it must re-list, as with etcd's
+        // slow-watcher cancellation) or the store was closed.
+        let live = futures::stream::unfold(Some((live, prefix)), move |state| async move {
+            let (mut live, prefix) = state?;
+            loop {
+                match live.recv().await {
+                    Ok(event) => {
+                        if event.kv.mod_revision > snapshot && event.kv.key.starts_with(&prefix) {
+                            return Some((Ok((*event).clone()), Some((live, prefix))));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let err = StoreError::Unavailable(format!(
+                            "watch ended: the watcher fell {n} events behind"
+                        ));
+                        return Some((Err(err), None));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let err = StoreError::Unavailable("watch ended: store closed".into());
+                        return Some((Err(err), None));
+                    }
                 }
-                let out = match item {
-                    Ok(event) => Ok(Some(event)),
-                    Err(e) => {
-                        *ended = true;
-                        Err(StoreError::Unavailable(format!("watch ended: {e}")))
-                    }
-                };
-                futures::future::ready(Some(out))
-            })
-            .filter_map(move |item| {
-                let out = match item {
-                    Ok(Some(event)) if event.kv.mod_revision > snapshot
-                        && event.kv.key.starts_with(&prefix) =>
-                    {
-                        Some(Ok((*event).clone()))
-                    }
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                };
-                futures::future::ready(out)
-            });
+            }
+        });
         Ok(Box::pin(history.chain(live)))
     }
 

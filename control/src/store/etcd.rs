@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, CompactionOptions, ConnectOptions, DeleteOptions, GetOptions,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions,
     PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
@@ -344,9 +344,7 @@ impl Store for EtcdStore {
             .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then(vec![TxnOp::put(key, value.clone(), None)]);
         let mut kv = self.client.kv_client();
-        let resp = timed(REQUEST_TIMEOUT, kv.txn(txn))
-            .await
-            .map_err(map_err)?;
+        let resp = timed(REQUEST_TIMEOUT, kv.txn(txn)).await.map_err(map_err)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists(key.to_string()));
         }
@@ -359,12 +357,7 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Revision,
-    ) -> StoreResult<KeyValue> {
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> StoreResult<KeyValue> {
         if expected <= 0 {
             // etcd compares a missing key's mod_revision as 0: `== 0` would create the key.
             let current = self.get(key).await?;
@@ -379,9 +372,7 @@ impl Store for EtcdStore {
             )])
             .or_else(vec![TxnOp::get(key, None)]);
         let mut kv = self.client.kv_client();
-        let resp = timed(REQUEST_TIMEOUT, kv.txn(txn))
-            .await
-            .map_err(map_err)?;
+        let resp = timed(REQUEST_TIMEOUT, kv.txn(txn)).await.map_err(map_err)?;
         if !resp.succeeded() {
             let current = Self::else_get(&resp)?;
             return Err(Self::cas_failure(key, expected, current));
@@ -434,9 +425,7 @@ impl Store for EtcdStore {
                         Some(DeleteOptions::new().with_prev_key()),
                     )])
                     .or_else(vec![TxnOp::get(key, None)]);
-                let resp = timed(REQUEST_TIMEOUT, kv.txn(txn))
-                    .await
-                    .map_err(map_err)?;
+                let resp = timed(REQUEST_TIMEOUT, kv.txn(txn)).await.map_err(map_err)?;
                 if !resp.succeeded() {
                     let current = Self::else_get(&resp)?;
                     return Err(Self::cas_failure(key, expected, current));
@@ -470,18 +459,19 @@ impl Store for EtcdStore {
             options.with_range(prefix_end(prefix.as_bytes()))
         };
         let mut watch = self.client.watch_client();
-        let stream = timed(REQUEST_TIMEOUT, watch.watch(prefix_key(prefix), Some(options)))
-            .await
-            .map_err(|e| match classify(e) {
-                Failure::Compacted => StoreError::Compacted {
-                    requested: start,
-                    compacted: start.saturating_add(1),
-                },
-                Failure::FutureRevision => {
-                    StoreError::Internal(format!("etcd: {ERR_FUTURE_REV}"))
-                }
-                Failure::Other(e) => e,
-            })?;
+        let stream = timed(
+            REQUEST_TIMEOUT,
+            watch.watch(prefix_key(prefix), Some(options)),
+        )
+        .await
+        .map_err(|e| match classify(e) {
+            Failure::Compacted => StoreError::Compacted {
+                requested: start,
+                compacted: start.saturating_add(1),
+            },
+            Failure::FutureRevision => StoreError::Internal(format!("etcd: {ERR_FUTURE_REV}")),
+            Failure::Other(e) => e,
+        })?;
 
         let state = WatchState {
             stream: Some(stream),

@@ -116,8 +116,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replace `key` if its `mod_revision` is still `expected`; `NotFound` if it is gone,
     /// `Conflict` if someone else wrote it since.
-    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision)
-    -> StoreResult<KeyValue>;
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> StoreResult<KeyValue>;
 
     /// Delete `key` (only if its `mod_revision` is `expected`, when given). Returns the
     /// deleted value with `mod_revision` set to the revision of the delete.
