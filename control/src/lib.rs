@@ -1,3 +1,4 @@
 //! skiff's control plane: a Kubernetes-compatible apiserver over a pluggable store.
 
+pub mod apiserver;
 pub mod store;

@@ -1,1 +1,368 @@
+//! Harness for skiff's end-to-end tests: real processes, really started — a private etcd, the
+//! `skiff-control` binary, and real `kubectl` binaries — each cleaned up when dropped, even
+//! when the test fails.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The cargo target directory the binaries were built into (`cargo xtask test` sets
+/// `SKIFF_TARGET_DIR`; otherwise the workspace's `target/`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("SKIFF_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    }
+}
+
+/// A binary of this workspace, built by `cargo build --bins` (which `cargo xtask test` runs).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build it first (`cargo build --bins`, which `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Free loopback ports (all listeners are held until every port is chosen, so they differ).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a loopback port"))
+        .collect();
+    let mut out = [0u16; N];
+    for (slot, l) in out.iter_mut().zip(&listeners) {
+        *slot = l.local_addr().expect("listener address").port();
+    }
+    out
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fail if the process has exited, with its log.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// A private single-member etcd on free loopback ports with its data in a temporary directory.
+pub struct Etcd {
+    pub endpoint: String,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Start etcd and wait until it reports itself healthy.
+    pub fn start() -> Result<Etcd> {
+        if !Path::new(ETCD_BIN).exists() {
+            bail!(
+                "{ETCD_BIN} not found: the etcd tests need a real etcd \
+                 (`cargo xtask setup` installs Debian's etcd-server)"
+            );
+        }
+        // A port picked by binding :0 can be taken before etcd binds it; retry then.
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::try_start() {
+                Ok(e) => return Ok(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn try_start() -> Result<Etcd> {
+        let dir = tempfile::tempdir()?;
+        let [client, peer] = free_ports::<2>();
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = dir.path().join("etcd.log");
+        let child = Command::new(ETCD_BIN)
+            .args(["--name", "skiff-test", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("skiff-test={peer_url}")])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {ETCD_BIN}"))?;
+        let mut etcd = Etcd {
+            endpoint: client_url,
+            process: Process {
+                child,
+                name: "etcd".into(),
+                log,
+            },
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            etcd.process.check_alive()?;
+            if http_get_plain(client, "/health").is_ok_and(|b| b.contains("\"health\":\"true\"")) {
+                return Ok(etcd);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd at {} never became healthy:\n{}",
+                    etcd.endpoint,
+                    etcd.process.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `etcdctl` pointed at this etcd.
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.endpoint);
+        cmd
+    }
+}
+
+/// A plain-HTTP GET on loopback (etcd's health endpoint), without pulling in an HTTP client.
+fn http_get_plain(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// Which store a control plane runs on.
+pub enum StoreBackend<'a> {
+    Embedded,
+    Etcd(&'a Etcd),
+}
+
+/// A `skiff-control` process on a free port with its own data directory.
+pub struct ControlPlane {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub data_dir: PathBuf,
+    process: Process,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    pub fn start(store: StoreBackend<'_>) -> Result<ControlPlane> {
+        Self::start_with(store, &[])
+    }
+
+    pub fn start_with(store: StoreBackend<'_>, extra_args: &[&str]) -> Result<ControlPlane> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("control");
+        let [port] = free_ports::<1>();
+        let log = dir.path().join("skiff-control.log");
+        let mut cmd = Command::new(workspace_binary("skiff-control"));
+        cmd.arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--secure-port", &port.to_string()])
+            .args(extra_args)
+            .env("RUST_LOG", "info,skiff_control=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        if let StoreBackend::Etcd(etcd) = store {
+            cmd.args(["--etcd-servers", &etcd.endpoint]);
+        }
+        let child = cmd.spawn().context("starting skiff-control")?;
+        let mut cp = ControlPlane {
+            url: format!("https://127.0.0.1:{port}"),
+            kubeconfig: data_dir.join("admin.kubeconfig"),
+            data_dir,
+            process: Process {
+                child,
+                name: "skiff-control".into(),
+                log,
+            },
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            cp.process.check_alive()?;
+            if cp.kubeconfig.exists() && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(cp);
+            }
+            if Instant::now() > deadline {
+                bail!("skiff-control did not come up:\n{}", cp.process.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Stop the process with SIGKILL (as a crash would) and wait for it.
+    pub fn kill(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+    }
+}
+
+/// A real kubectl binary.
+#[derive(Clone, Debug)]
+pub struct Kubectl {
+    pub path: PathBuf,
+    /// Minor version, e.g. 33.
+    pub minor: u32,
+}
+
+/// Where this machine keeps versioned kubectls beside its dispatcher.
+const KUBECTL_DIRS: &[&str] = &["/usr/lib/google-cloud-sdk/bin"];
+
+impl Kubectl {
+    /// Every kubectl on this machine the tests should use: the versioned ones (1.27–1.33 where
+    /// present) and Debian's 1.20 that `cargo xtask setup` unpacks (`SKIFF_KUBECTL_120`).
+    pub fn all() -> Result<Vec<Kubectl>> {
+        let mut out = Vec::new();
+        for dir in KUBECTL_DIRS {
+            for minor in 27..=33 {
+                let path = Path::new(dir).join(format!("kubectl.1.{minor}"));
+                if path.exists() {
+                    out.push(Kubectl { path, minor });
+                }
+            }
+        }
+        if out.is_empty() {
+            // Fall back to whatever `kubectl` is on PATH.
+            let path = PathBuf::from("kubectl");
+            let minor = Self::probe_minor(&path)
+                .context("no versioned kubectl found and `kubectl` on PATH does not run")?;
+            out.push(Kubectl { path, minor });
+        }
+        out.push(Self::debian_120()?);
+        Ok(out)
+    }
+
+    /// Debian's kubectl 1.20.
+    pub fn debian_120() -> Result<Kubectl> {
+        let path = match std::env::var_os("SKIFF_KUBECTL_120") {
+            Some(p) => PathBuf::from(p),
+            None => target_dir().join("tools/kubectl-1.20"),
+        };
+        if !path.exists() {
+            bail!(
+                "{} not found: `cargo xtask setup` unpacks Debian's kubectl 1.20 there",
+                path.display()
+            );
+        }
+        Ok(Kubectl { path, minor: 20 })
+    }
+
+    /// The newest kubectl available.
+    pub fn newest() -> Result<Kubectl> {
+        Self::all()?
+            .into_iter()
+            .max_by_key(|k| k.minor)
+            .context("no kubectl found")
+    }
+
+    fn probe_minor(path: &Path) -> Result<u32> {
+        let out = Command::new(path)
+            .args(["version", "--client", "-o", "json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let minor = v["clientVersion"]["minor"]
+            .as_str()
+            .unwrap_or("")
+            .trim_end_matches('+');
+        Ok(minor.parse()?)
+    }
+
+    /// Whether this kubectl validates against /openapi/v3 (1.29+); older ones need
+    /// `--validate=false` because skiff serves no protobuf /openapi/v2.
+    pub fn validates_with_openapi_v3(&self) -> bool {
+        self.minor >= 29
+    }
+
+    pub fn command(&self, cp: &ControlPlane) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.env("KUBECONFIG", &cp.kubeconfig)
+            // A private discovery cache per run, so versions do not share stale caches.
+            .arg("--cache-dir")
+            .arg(cp.data_dir.join(format!("kubectl-cache-{}", self.minor)))
+            .arg("--request-timeout=20s")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Run kubectl with `args`; Ok(stdout) on success, Err with stderr otherwise.
+    pub fn run(&self, cp: &ControlPlane, args: &[&str]) -> Result<String> {
+        let out = self.command(cp).args(args).output()?;
+        result(&format!("kubectl 1.{} {}", self.minor, args.join(" ")), out)
+    }
+
+    /// Run kubectl with `stdin` as its standard input.
+    pub fn run_stdin(&self, cp: &ControlPlane, args: &[&str], stdin: &str) -> Result<String> {
+        let mut child = self
+            .command(cp)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        result(&format!("kubectl 1.{} {}", self.minor, args.join(" ")), out)
+    }
+}
+
+fn result(what: &str, out: Output) -> Result<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        bail!(
+            "{what} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}

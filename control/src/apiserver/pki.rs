@@ -275,11 +275,7 @@ mod tests {
     fn token_csv_with_quoted_groups() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.csv");
-        std::fs::write(
-            &path,
-            "# comment\nt1,alice,1001,\"dev,ops\"\nt2,bob,1002\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "# comment\nt1,alice,1001,\"dev,ops\"\nt2,bob,1002\n").unwrap();
         let mut auth = TokenAuthenticator::default();
         auth.load_csv(&path).unwrap();
         let alice = auth.authenticate(Some("Bearer t1")).unwrap();
@@ -302,11 +298,13 @@ mod tests {
     #[test]
     fn ca_is_kept_and_admin_token_stable_across_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Pki::load_or_create(dir.path(), &["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
+        let a = Pki::load_or_create(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
         let b = Pki::load_or_create(dir.path(), &["localhost".into()]).unwrap();
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.admin_token, b.admin_token);
-        assert!(a.kubeconfig("https://127.0.0.1:6443", "admin", "t").contains("token: t"));
+        assert!(
+            a.kubeconfig("https://127.0.0.1:6443", "admin", "t")
+                .contains("token: t")
+        );
     }
 }

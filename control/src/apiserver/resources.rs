@@ -46,7 +46,9 @@ impl ResourceInfo {
     pub fn verbs(&self) -> &'static [&'static str] {
         match self.plural {
             // Namespaces are removed by the namespace controller, one at a time.
-            "namespaces" => &["create", "delete", "get", "list", "patch", "update", "watch"],
+            "namespaces" => &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ],
             _ => &[
                 "create",
                 "delete",
@@ -148,7 +150,9 @@ pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resou
 }
 
 pub fn by_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 /// Paths of fields in `original` that the wire type does not know (present, non-null in the
@@ -192,7 +196,8 @@ mod tests {
     #[test]
     fn every_resource_round_trips_a_minimal_object() {
         for r in RESOURCES {
-            let obj = json!({"apiVersion": r.api_version(), "kind": r.kind, "metadata": {"name": "x"}});
+            let obj =
+                json!({"apiVersion": r.api_version(), "kind": r.kind, "metadata": {"name": "x"}});
             let back = (r.normalize)(obj.clone()).unwrap_or_else(|e| panic!("{}: {e}", r.plural));
             assert_eq!(back["metadata"]["name"], "x", "{}", r.plural);
             assert_eq!(back["kind"], r.kind);
@@ -221,7 +226,10 @@ mod tests {
     #[test]
     fn keys_follow_the_kubernetes_layout() {
         let pods = lookup("", "v1", "pods").unwrap();
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/pods/default/web");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/pods/default/web"
+        );
         let nodes = lookup("", "v1", "nodes").unwrap();
         assert_eq!(nodes.key(None, "n1"), "/registry/nodes/n1");
     }

@@ -1,0 +1,356 @@
+//! The Kubernetes-compatible API server: HTTPS (rustls), bearer-token authentication, and the
+//! REST semantics of kube-apiserver over a [`Store`].
+//!
+//! Layout follows the request path: [`request`] works out what is asked, [`handlers`] speaks
+//! HTTP, [`registry`] gives objects their Kubernetes semantics over the store, with
+//! [`admission`], [`defaults`] and [`validation`] on the write path and [`watch`],
+//! [`selectors`] and [`table`] on the read path.
+
+pub mod admission;
+pub mod defaults;
+pub mod discovery;
+pub mod handlers;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod request;
+pub mod resources;
+pub mod selectors;
+pub mod status;
+pub mod table;
+pub mod validation;
+pub mod watch;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+
+use crate::store::{Store, StoreError};
+
+use self::admission::{Allocators, Ipv4Cidr, PortRange};
+use self::handlers::Handler;
+use self::pki::{Pki, TokenAuthenticator};
+use self::registry::{Registry, WriteOptions};
+
+/// Everything the API server needs to start.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    /// 0 picks a free port (tests).
+    pub secure_port: u16,
+    /// The address put into the kubeconfig and the `kubernetes` service's endpoints;
+    /// defaults to the bind address (127.0.0.1 when binding to all addresses).
+    pub advertise_address: Option<IpAddr>,
+    pub service_cidr: Ipv4Cidr,
+    pub node_ports: PortRange,
+    pub token_auth_file: Option<PathBuf>,
+    pub tls_sans: Vec<String>,
+    pub kubeconfig_out: PathBuf,
+    /// How often history older than the previous tick is compacted away (kube: 5 minutes).
+    pub compaction_interval: Duration,
+    /// Events older than this are deleted (kube's `--event-ttl`, 1 hour).
+    pub event_ttl: Duration,
+}
+
+impl ApiConfig {
+    pub fn new(data_dir: PathBuf) -> ApiConfig {
+        ApiConfig {
+            kubeconfig_out: data_dir.join("admin.kubeconfig"),
+            data_dir,
+            bind_address: IpAddr::from([127, 0, 0, 1]),
+            secure_port: 6443,
+            advertise_address: None,
+            service_cidr: Ipv4Cidr::parse("10.96.0.0/12").expect("valid default"),
+            node_ports: PortRange::parse("30000-32767").expect("valid default"),
+            token_auth_file: None,
+            tls_sans: Vec::new(),
+            compaction_interval: Duration::from_secs(300),
+            event_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    fn advertise(&self) -> IpAddr {
+        match self.advertise_address {
+            Some(a) => a,
+            None if self.bind_address.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            None => self.bind_address,
+        }
+    }
+}
+
+/// A started API server.
+pub struct ApiServer {
+    pub local_addr: SocketAddr,
+    /// `https://<advertise>:<port>`
+    pub url: String,
+    pub ca_pem: String,
+    pub admin_token: String,
+    pub kubeconfig: String,
+    stop: signal::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Start serving on `store`: bootstrap the system namespaces and the `kubernetes`
+    /// service, write the admin kubeconfig, and accept connections in the background.
+    pub async fn start(config: ApiConfig, store: Arc<dyn Store>) -> Result<ApiServer> {
+        let advertise = config.advertise();
+        let allocators = Allocators::new(store.clone(), config.service_cidr, config.node_ports);
+        let service_ip = allocators.kubernetes_service_ip();
+        let mut sans: Vec<String> = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+            service_ip.to_string(),
+            advertise.to_string(),
+        ];
+        if !config.bind_address.is_unspecified() {
+            sans.push(config.bind_address.to_string());
+        }
+        sans.extend(config.tls_sans.iter().cloned());
+        let pki = Pki::load_or_create(&config.data_dir, &sans)?;
+        let mut auth = TokenAuthenticator::default();
+        auth.insert(pki.admin_token.clone(), Pki::admin_user());
+        if let Some(path) = &config.token_auth_file {
+            auth.load_csv(path)
+                .with_context(|| format!("reading --token-auth-file {}", path.display()))?;
+        }
+
+        let listener = TcpListener::bind((config.bind_address, config.secure_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding {}:{} (another apiserver running?)",
+                    config.bind_address, config.secure_port
+                )
+            })?;
+        let local_addr = listener.local_addr()?;
+        let url = format!("https://{}", SocketAddr::new(advertise, local_addr.port()));
+
+        let registry = Registry::new(store.clone(), allocators);
+        bootstrap(&registry, advertise, local_addr.port())
+            .await
+            .context("creating the system namespaces and the kubernetes service")?;
+        let handler = Arc::new(Handler {
+            registry,
+            auth,
+            advertise: SocketAddr::new(advertise, local_addr.port()).to_string(),
+        });
+
+        pki.write_kubeconfig(&config.kubeconfig_out, &url)
+            .with_context(|| format!("writing {}", config.kubeconfig_out.display()))?;
+        let kubeconfig = pki.kubeconfig(&url, "admin", &pki.admin_token);
+
+        let (stop, stopped) = signal::channel(false);
+        let tls = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+        let serve = tokio::spawn(serve(listener, tls, handler.clone(), stopped.clone()));
+        let maintain = tokio::spawn(maintenance(
+            store,
+            handler,
+            config.compaction_interval,
+            config.event_ttl,
+            stopped,
+        ));
+        Ok(ApiServer {
+            local_addr,
+            url,
+            ca_pem: pki.ca_pem.clone(),
+            admin_token: pki.admin_token.clone(),
+            kubeconfig,
+            stop,
+            tasks: vec![serve, maintain],
+        })
+    }
+
+    /// Stop accepting connections and background work; open connections are dropped.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    handler: Arc<Handler>,
+    mut stopped: signal::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let handler = handler.clone();
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let req = req.map(axum::body::Body::new);
+                        Ok::<_, std::convert::Infallible>(handlers::handle(handler, req).await)
+                    }
+                });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+}
+
+/// Periodic upkeep: compaction (to the revision seen one interval ago, as kube-apiserver does
+/// for etcd, so watchers have a full interval to catch up), event expiry and repair of leaked
+/// service allocations.
+async fn maintenance(
+    store: Arc<dyn Store>,
+    handler: Arc<Handler>,
+    interval: Duration,
+    event_ttl: Duration,
+    mut stopped: signal::Receiver<bool>,
+) {
+    let mut previous: Option<i64> = None;
+    let mut tick = tokio::time::interval(interval.max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if let Some(rev) = previous
+            && let Err(e) = store.compact(rev).await
+            && !matches!(e, StoreError::Compacted { .. })
+        {
+            tracing::warn!(revision = rev, error = %e, "compaction failed");
+        }
+        previous = store.current_revision().await.ok();
+        if let Err(e) = expire_events(&handler.registry, event_ttl).await {
+            tracing::warn!(error = %e, "expiring events failed");
+        }
+        if let Err(e) = handler
+            .registry
+            .allocators
+            .repair(Duration::from_secs(120))
+            .await
+        {
+            tracing::warn!(error = %e, "repairing service allocations failed");
+        }
+    }
+}
+
+async fn expire_events(registry: &Registry, ttl: Duration) -> Result<()> {
+    let events = resources::lookup("", "v1", "events").expect("events are served");
+    let cutoff = jiff::Timestamp::now()
+        - jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::ZERO);
+    let page = registry
+        .list(events, None, &registry::ListOptions::default())
+        .await?;
+    for ev in page.items {
+        let last = ["lastTimestamp", "eventTime"]
+            .iter()
+            .filter_map(|f| ev.get(*f).and_then(Value::as_str))
+            .chain(object::meta_str(&ev, "creationTimestamp"))
+            .filter_map(object::parse_time)
+            .max();
+        if last.is_some_and(|t| t < cutoff) {
+            let ns = object::meta_str(&ev, "namespace");
+            let _ = registry
+                .delete(
+                    events,
+                    ns,
+                    object::name(&ev),
+                    &registry::DeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    Ok(())
+}
+
+/// The objects every cluster has: the four system namespaces and the `kubernetes` service
+/// (with endpoints pointing at this apiserver).
+async fn bootstrap(registry: &Registry, advertise: IpAddr, port: u16) -> Result<()> {
+    let opts = WriteOptions::default();
+    let namespaces = resources::lookup("", "v1", "namespaces").expect("served");
+    for ns in registry::SYSTEM_NAMESPACES {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        ignore_exists(registry.create(namespaces, None, obj, opts).await)?;
+    }
+    let services = resources::lookup("", "v1", "services").expect("served");
+    let ip = registry.allocators.kubernetes_service_ip().to_string();
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+    });
+    // Only when missing: creating it again would first trip over its own ClusterIP.
+    if let Err(e) = registry.get(services, Some("default"), "kubernetes").await {
+        if e.code != 404 {
+            return Err(e.into());
+        }
+        ignore_exists(registry.create(services, Some("default"), svc, opts).await)?;
+    }
+    let endpoints = resources::lookup("", "v1", "endpoints").expect("served");
+    let ep = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": advertise.to_string()}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    });
+    // PUT, so a restart on another address or port updates it.
+    registry
+        .update(endpoints, Some("default"), "kubernetes", None, ep, opts)
+        .await?;
+    Ok(())
+}
+
+fn ignore_exists(r: status::ApiResult<registry::Written>) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
