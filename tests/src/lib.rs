@@ -84,6 +84,10 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// Start etcd and wait until it reports itself healthy.
     pub fn start() -> Result<Etcd> {
         if !Path::new(ETCD_BIN).exists() {
@@ -159,6 +163,15 @@ impl Etcd {
     }
 }
 
+/// Resident memory of a process in KiB (`VmRSS` from /proc).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A plain-HTTP GET on loopback (etcd's health endpoint), without pulling in an HTTP client.
 fn http_get_plain(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -194,7 +207,11 @@ impl ControlPlane {
         let data_dir = dir.path().join("control");
         let [port] = free_ports::<1>();
         let log = dir.path().join("skiff-control.log");
-        let mut cmd = Command::new(workspace_binary("skiff-control"));
+        // Benchmarks point this at a release build.
+        let binary = std::env::var_os("SKIFF_CONTROL_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_binary("skiff-control"));
+        let mut cmd = Command::new(binary);
         cmd.arg("--data-dir")
             .arg(&data_dir)
             .args(["--secure-port", &port.to_string()])
@@ -233,6 +250,10 @@ impl ControlPlane {
 
     pub fn log(&self) -> String {
         self.process.log_text()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
     }
 
     /// Stop the process with SIGKILL (as a crash would) and wait for it.

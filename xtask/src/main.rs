@@ -3,6 +3,7 @@
 //! Every task is plain Rust that shells out to the real tools (apt, rustup, cargo) and prints
 //! each command before it runs it, so a failure can be reproduced by hand.
 
+mod bench;
 mod cmd;
 mod lint;
 mod setup;
@@ -64,6 +65,13 @@ enum Task {
         #[arg(long, default_value = up::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// Benchmark the control-plane API (create/get/list latency, throughput, memory) on the
+    /// embedded store and on etcd, with release builds; writes docs/benchmarks-api.md.
+    /// Arguments after `--` go to the benchmark, e.g. `-- --objects 2000 --stores embedded`.
+    BenchApi {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
     Lint,
 }
@@ -110,6 +118,7 @@ fn main() -> ExitCode {
         Task::Up(args) => up::up(&ws, &args).map(|()| 0),
         Task::Down { data_dir } => up::down(&data_dir).map(|()| 0),
         Task::Lint => lint::lint(&ws).map(|()| 0),
+        Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
