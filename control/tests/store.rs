@@ -6,9 +6,8 @@
 //! for the rest.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,105 +21,19 @@ use skiff_control::store::{
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-const ETCD_BIN: &str = "/usr/bin/etcd";
 /// How long one watch event may take to arrive before the test fails.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A private etcd server, killed (and reaped) when dropped.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two distinct free loopback ports (both listeners are held until both are chosen).
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-    )
-}
-
-impl Etcd {
-    /// Starts etcd and returns once it answers, with a connected store.
-    async fn start() -> (Etcd, EtcdStore) {
-        assert!(
-            Path::new(ETCD_BIN).exists(),
-            "{ETCD_BIN} not found: the etcd store tests need a real etcd \
-             (Debian/Ubuntu: apt-get install etcd-server)"
-        );
-        // A port picked by binding :0 can be taken by someone else before etcd binds it;
-        // retry a few times with fresh ports.
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            match Self::try_start().await {
-                Ok(started) => return started,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("could not start etcd: {last_error}");
-    }
-
-    async fn try_start() -> Result<(Etcd, EtcdStore), String> {
-        let dir = tempfile::tempdir().unwrap();
-        let (client_port, peer_port) = free_ports();
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new(ETCD_BIN)
-            .arg("--name")
-            .arg("skiff-test")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("skiff-test={peer_url}"))
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-level")
-            .arg("error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn {ETCD_BIN}: {e}"))?;
-        let mut etcd = Etcd {
-            child,
-            endpoint: client_url,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = etcd.child.try_wait().map_err(|e| e.to_string())? {
-                let log =
-                    std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
-                return Err(format!("etcd exited early ({status}): {log}"));
-            }
-            match EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await {
-                Ok(store) => return Ok((etcd, store)),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("etcd at {} never answered: {e}", etcd.endpoint));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    }
+/// A private etcd (from the e2e harness, killed on drop) and a store connected to it.
+async fn start_etcd() -> (skiff_tests::Etcd, EtcdStore) {
+    let etcd = tokio::task::spawn_blocking(skiff_tests::Etcd::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
+        .await
+        .unwrap();
+    (etcd, store)
 }
 
 /// Runs each listed case against both backends: `embedded::<case>` and `etcd::<case>`.
@@ -141,7 +54,7 @@ macro_rules! suite {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let (_etcd, store) = super::Etcd::start().await;
+                    let (_etcd, store) = super::start_etcd().await;
                     super::$case(&store).await;
                 }
             )*
