@@ -161,7 +161,11 @@ fn session(k: &Kubectl, cp: &ControlPlane) -> Result<()> {
         );
     }
 
-    k.run(cp, &["create", "namespace", "e2e"])?;
+    k.run_stdin(
+        cp,
+        &with(&["create", "-f", "-"]),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: e2e\n",
+    )?;
     let ns = k.run(cp, &["get", "namespaces"])?;
     for want in [
         "default",

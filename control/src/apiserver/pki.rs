@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -251,7 +251,7 @@ current-context: skiff
         )
     }
 
-    pub fn write_kubeconfig(&self, path: &PathBuf, server: &str) -> Result<()> {
+    pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }

@@ -1110,7 +1110,7 @@ fn plan_deletion(info: &ResourceInfo, cur: &Value, opts: &DeleteOptions) -> (Val
     if !finalizers(&new).is_empty() {
         immediate = false;
         let meta = meta_mut(&mut new);
-        if !meta.get("deletionTimestamp").is_some_and(|v| !v.is_null()) {
+        if meta.get("deletionTimestamp").is_none_or(Value::is_null) {
             meta.insert("deletionTimestamp".into(), json!(object::format_time(now)));
             meta.insert("deletionGracePeriodSeconds".into(), json!(0));
         }
