@@ -27,6 +27,9 @@ pub struct UpArgs {
     /// Use these etcd servers (comma-separated URLs) instead of the embedded store.
     #[arg(long)]
     etcd_servers: Option<String>,
+    /// Skip `cargo xtask setup` (on a machine that is already set up).
+    #[arg(long)]
+    no_setup: bool,
 }
 
 pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
@@ -36,6 +39,10 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
     }
     if api_answers() {
         bail!("something already listens on {API_ADDR}; stop it first (`cargo xtask down`?)");
+    }
+    if !args.no_setup {
+        // A fresh machine lacks protoc (the etcd client's build needs it) and the rest.
+        crate::setup::setup(ws, false)?;
     }
     run(cargo()
         .current_dir(&ws.root)
