@@ -546,6 +546,8 @@ impl Registry {
                     }
                     new = only_status;
                 }
+                // A binding sets nodeName and the PodScheduled condition in one write.
+                Some("binding") => {}
                 _ => match cur.get("status") {
                     Some(s) => new["status"] = s.clone(),
                     None => {
@@ -860,14 +862,10 @@ impl Registry {
             }
             let mut new = cur.clone();
             new["spec"]["nodeName"] = json!(target);
-            meta_mut(&mut new).remove("resourceVersion");
-            Ok(new)
-        })
-        .await?;
-        // PodScheduled=True goes to status, as kube's binding REST does.
-        self.guaranteed_update(pods, Some(ns), pod, Some("status"), opts, None, |cur| {
-            let mut new = cur.clone();
-            set_condition(&mut new, json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}));
+            set_condition(
+                &mut new,
+                json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now()}),
+            );
             meta_mut(&mut new).remove("resourceVersion");
             Ok(new)
         })
