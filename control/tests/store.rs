@@ -908,6 +908,141 @@ mod embedded_only {
         assert_eq!(store.get("/a").await.unwrap(), Some(a));
     }
 
+    /// Group commit: writers racing each other are all acknowledged, with distinct and
+    /// consecutive revisions, in fewer commits than writes, and watchers see every write once,
+    /// in revision order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits() {
+        const WRITERS: usize = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let start = store.current_revision().await.unwrap();
+        let mut watch = store.watch("/c/", start).await.unwrap();
+        let commits_before = store.commit_count();
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.create(&format!("/c/{i:03}"), v("x")).await })
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for task in tasks {
+            let kv = task.await.unwrap().unwrap();
+            assert_eq!(kv.create_revision, kv.mod_revision);
+            acked.push(kv);
+        }
+        let mut revisions: Vec<Revision> = acked.iter().map(|kv| kv.mod_revision).collect();
+        revisions.sort();
+        let expected: Vec<Revision> = (start + 1..=start + WRITERS as Revision).collect();
+        assert_eq!(revisions, expected);
+        assert_eq!(
+            store.current_revision().await.unwrap(),
+            start + WRITERS as Revision
+        );
+        let commits = store.commit_count() - commits_before;
+        assert!(
+            commits < WRITERS as u64,
+            "{WRITERS} concurrent writes took {commits} commits"
+        );
+        for kv in &acked {
+            assert_eq!(store.get(&kv.key).await.unwrap().as_ref(), Some(kv));
+        }
+        acked.sort_by_key(|kv| kv.mod_revision);
+        for kv in &acked {
+            let event = next_event(&mut watch).await;
+            assert_eq!(event.kind, EventKind::Put);
+            assert_eq!(&event.kv, kv);
+        }
+        assert_quiet(&mut watch).await;
+    }
+
+    /// Writes that fail logically (lost CAS, duplicate create, missing key) in the middle of a
+    /// batch change nothing and take no revision; the writes around them commit, each seeing
+    /// the ones before it.
+    #[tokio::test]
+    async fn failing_writes_leave_their_batch_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let r = store.create("/k", v("0")).await.unwrap().mod_revision;
+        let mut watch = store.watch("/", r).await.unwrap();
+        let commits_before = store.commit_count();
+        let writes: Vec<futures::future::BoxFuture<'_, _>> = vec![
+            // Committed first (maybe alone): the rest queue up behind its fsync.
+            store.create("/filler", v("x")),
+            store.update("/k", v("1"), r),
+            store.update("/k", v("stale"), r),
+            store.create("/n", v("1")),
+            store.create("/n", v("dup")),
+            store.delete("/missing", None),
+            store.update("/k", v("2"), r + 2),
+            store.delete("/n", Some(r + 3)),
+        ];
+        // Poll each write once, in order, before waiting for any: a write is queued for the
+        // writer on its first poll, so they apply in exactly this order.
+        let mut writes: Vec<_> = writes
+            .into_iter()
+            .map(futures::future::maybe_done)
+            .collect();
+        for write in &mut writes {
+            let _ = futures::poll!(&mut *write);
+        }
+        futures::future::join_all(writes.iter_mut()).await;
+        let outcomes: Vec<_> = writes
+            .iter_mut()
+            .map(|w| std::pin::Pin::new(w).take_output().unwrap())
+            .collect();
+
+        let ok = |i: usize| outcomes[i].clone().unwrap();
+        assert_eq!(ok(0).mod_revision, r + 1);
+        assert_eq!((ok(1).value, ok(1).mod_revision), (v("1"), r + 2));
+        assert_eq!(
+            outcomes[2],
+            Err(StoreError::Conflict {
+                key: "/k".into(),
+                expected: r,
+                actual: r + 2
+            })
+        );
+        assert_eq!((ok(3).create_revision, ok(3).mod_revision), (r + 3, r + 3));
+        assert_eq!(outcomes[4], Err(StoreError::AlreadyExists("/n".into())));
+        assert_eq!(outcomes[5], Err(StoreError::NotFound("/missing".into())));
+        assert_eq!((ok(6).value, ok(6).mod_revision), (v("2"), r + 4));
+        assert_eq!((ok(7).value, ok(7).mod_revision), (v("1"), r + 5));
+        // Five writes succeeded; queued behind the first, they shared commits.
+        let commits = store.commit_count() - commits_before;
+        assert!(commits < 5, "5 writes took {commits} commits");
+
+        assert_eq!(store.current_revision().await.unwrap(), r + 5);
+        let k = store.get("/k").await.unwrap().unwrap();
+        assert_eq!(
+            (k.value, k.create_revision, k.mod_revision),
+            (v("2"), r, r + 4)
+        );
+        assert_eq!(store.get("/n").await.unwrap(), None);
+        let seen: Vec<(EventKind, String, Revision)> = {
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let e = next_event(&mut watch).await;
+                seen.push((e.kind, e.kv.key, e.kv.mod_revision));
+            }
+            seen
+        };
+        assert_eq!(
+            seen,
+            vec![
+                (EventKind::Put, "/filler".to_string(), r + 1),
+                (EventKind::Put, "/k".to_string(), r + 2),
+                (EventKind::Put, "/n".to_string(), r + 3),
+                (EventKind::Put, "/k".to_string(), r + 4),
+                (EventKind::Delete, "/n".to_string(), r + 5),
+            ]
+        );
+        assert_quiet(&mut watch).await;
+        // The history at each revision reads back as the batch left it.
+        let at = store.list("/", None, 0, Some(r + 3)).await.unwrap();
+        assert_eq!(keys(&at.items), vec!["/filler", "/k", "/n"]);
+    }
+
     const CRASH_DIR_ENV: &str = "SKIFF_STORE_CRASH_CHILD_DIR";
     const CHILD_TEST: &str = "embedded_only::crash_child_writer";
 

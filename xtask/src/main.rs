@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod gen_protobuf_schema;
 mod lint;
 mod setup;
 mod sys;
@@ -74,6 +75,9 @@ enum Task {
     },
     /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
     Lint,
+    /// Regenerate control/src/apiserver/protobuf_schema.rs from the k8s-pb and k8s-openapi
+    /// sources in the cargo registry (the table the protobuf request decoder walks).
+    GenProtobufSchema(gen_protobuf_schema::Args),
 }
 
 /// Where the workspace and its target directory are.
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Task::Up(args) => up::up(&ws, &args).map(|()| 0),
         Task::Down { data_dir } => up::down(&data_dir).map(|()| 0),
         Task::Lint => lint::lint(&ws).map(|()| 0),
+        Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
     };
     match result {

@@ -9,17 +9,24 @@
 //! - `log`: revision → key: the changes in revision order, for watch replay;
 //! - `meta`: the current and the compacted revision.
 //!
-//! Live watch events fan out through a broadcast channel that writers feed while holding the
-//! write lock, so a watcher that subscribes under the same lock sees every revision after its
-//! snapshot exactly once.
+//! Writes go through one writer thread that group-commits them: it takes every request queued
+//! while the previous commit was being fsync'd and applies them, in arrival order, in one
+//! transaction with one fsync. Concurrent writers thus share the cost of durability instead of
+//! queueing for one fsync each, and no write is acknowledged before the commit that holds it.
+//!
+//! Live watch events fan out through a broadcast channel that the writer feeds while holding
+//! the write lock, so a watcher that subscribes under the same lock sees every revision after
+//! its snapshot exactly once.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use super::{
     EventKind, KeyValue, ListResult, Revision, Store, StoreError, StoreResult, WatchEvent,
@@ -41,19 +48,43 @@ const KIND_DELETE: u8 = 1;
 /// re-lists, as with etcd's slow-watcher cancellation).
 const WATCH_BUFFER: usize = 16 * 1024;
 
+/// The most writes one commit carries. Batches form only from what queued up during the
+/// previous commit, so this just bounds one transaction's size and how long the writes at the
+/// head of a batch wait for the ones behind them.
+const MAX_BATCH: usize = 256;
+
 fn internal<E: std::fmt::Display>(e: E) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// The writer thread's queue. `None` only while the store is being dropped.
+    requests: Option<mpsc::Sender<WriteRequest>>,
+    /// Joined on drop, so the database is closed (and can be reopened) once drop returns.
+    writer: Option<JoinHandle<()>>,
 }
 
 struct Inner {
     db: Database,
-    /// Serialises writers so that revision order, commit order and broadcast order agree.
+    /// Held by the writer from the start of a batch's transaction until its events are
+    /// broadcast (and by compaction), so that revision order, commit order and broadcast order
+    /// agree and `watch` can subscribe at a consistent snapshot.
     write_lock: Mutex<()>,
     events: broadcast::Sender<Arc<WatchEvent>>,
+    /// Transactions committed by the writer: lets tests see that writes share commits.
+    commits: AtomicU64,
+}
+
+/// One write waiting for the writer thread.
+struct WriteRequest {
+    key: String,
+    mutation: Mutation,
+    reply: oneshot::Sender<StoreResult<KeyValue>>,
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the store's writer has stopped".into())
 }
 
 impl EmbeddedStore {
@@ -78,13 +109,49 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(internal)?;
         let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let inner = Arc::new(Inner {
+            db,
+            write_lock: Mutex::new(()),
+            events,
+            commits: AtomicU64::new(0),
+        });
+        let (requests, queue) = mpsc::channel();
+        let writer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("skiff-store-writer".into())
+                .spawn(move || inner.run_writer(queue))
+                .map_err(|e| StoreError::Unavailable(format!("start the store writer: {e}")))?
+        };
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                db,
-                write_lock: Mutex::new(()),
-                events,
-            }),
+            inner,
+            requests: Some(requests),
+            writer: Some(writer),
         })
+    }
+
+    /// How many transactions the writer has committed since the store was opened (each
+    /// carrying one or more writes).
+    #[doc(hidden)]
+    pub fn commit_count(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    /// Hands a write to the writer thread and waits for its commit.
+    async fn write(&self, key: &str, mutation: Mutation) -> StoreResult<KeyValue> {
+        let requests = self.requests.as_ref().ok_or_else(writer_stopped)?;
+        let (reply, answer) = oneshot::channel();
+        // Enqueued before the first await: writes issued one after another by one task are
+        // applied in that order even if it does not wait for each one.
+        requests
+            .send(WriteRequest {
+                key: key.to_string(),
+                mutation,
+                reply,
+            })
+            .map_err(|_| writer_stopped())?;
+        // A dropped reply means the writer died (panicked) before answering.
+        answer.await.map_err(|_| writer_stopped())?
     }
 
     async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
@@ -99,6 +166,19 @@ impl EmbeddedStore {
     }
 }
 
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what is queued and exit; joining it drops
+        // its handle on the database, so the file is closed (once no read is still running)
+        // and the watch channel closes, ending live watches with an error.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            // A writer that panicked has nothing left to clean up.
+            let _ = writer.join();
+        }
+    }
+}
+
 /// Where a scan for keys under `prefix` strictly after `start_after` begins: a `start_after`
 /// sorting before the prefix must not start the scan outside it (that would end it at once).
 fn range_start<'a>(prefix: &'a str, start_after: Option<&'a str>) -> &'a str {
@@ -108,11 +188,78 @@ fn range_start<'a>(prefix: &'a str, start_after: Option<&'a str>) -> &'a str {
     }
 }
 
-/// What a write wants to do to one key, decided under the write lock from its current state.
+/// What a write wants to do to one key, decided by the writer from the key's state at that
+/// point of its batch.
 enum Mutation {
     Create(Vec<u8>),
     Update(Vec<u8>, Revision),
     Delete(Option<Revision>),
+}
+
+/// What `mutation` does to `key` given its `current` state, as the event of a write at
+/// `revision`; or why it cannot be done.
+fn plan(
+    key: &str,
+    mutation: Mutation,
+    current: Option<KeyValue>,
+    revision: Revision,
+) -> StoreResult<WatchEvent> {
+    Ok(match (mutation, current) {
+        (Mutation::Create(_), Some(_)) => {
+            return Err(StoreError::AlreadyExists(key.to_string()));
+        }
+        (Mutation::Create(value), None) => WatchEvent {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: key.to_string(),
+                value,
+                create_revision: revision,
+                mod_revision: revision,
+            },
+            prev: None,
+        },
+        (Mutation::Update(..) | Mutation::Delete(_), None) => {
+            return Err(StoreError::NotFound(key.to_string()));
+        }
+        (Mutation::Update(value, expected), Some(cur)) => {
+            if cur.mod_revision != expected {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    actual: cur.mod_revision,
+                });
+            }
+            WatchEvent {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: key.to_string(),
+                    value,
+                    create_revision: cur.create_revision,
+                    mod_revision: revision,
+                },
+                prev: Some(cur),
+            }
+        }
+        (Mutation::Delete(expected), Some(cur)) => {
+            if let Some(expected) = expected
+                && cur.mod_revision != expected
+            {
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                    expected,
+                    actual: cur.mod_revision,
+                });
+            }
+            WatchEvent {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    mod_revision: revision,
+                    ..cur
+                },
+                prev: None,
+            }
+        }
+    })
 }
 
 impl Inner {
@@ -125,118 +272,141 @@ impl Inner {
             .unwrap_or(0))
     }
 
-    fn write(&self, key: &str, mutation: Mutation) -> StoreResult<KeyValue> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+    /// The write lock. Poisoned means a writer panicked mid-batch: refuse rather than guess.
+    fn lock_writes(&self) -> StoreResult<MutexGuard<'_, ()>> {
+        self.write_lock
+            .lock()
+            .map_err(|_| StoreError::Unavailable("a store writer panicked".into()))
+    }
+
+    /// The writer thread: group-commits queued writes until the store is dropped.
+    fn run_writer(&self, queue: mpsc::Receiver<WriteRequest>) {
+        // `recv` fails only once the store has dropped its sender and the queue is empty.
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let (writes, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|r| ((r.key, r.mutation), r.reply))
+                .unzip();
+            let outcomes = self.write_batch(writes);
+            // Only now, after the commit and the broadcast: an acknowledged write is durable
+            // and a watcher that saw nothing of it yet will.
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // The caller may have given up waiting; the write stands regardless.
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// Applies `writes` in order in one transaction, commits it and broadcasts the events;
+    /// returns each write's outcome, in order.
+    fn write_batch(&self, writes: Vec<(String, Mutation)>) -> Vec<StoreResult<KeyValue>> {
+        let n = writes.len();
+        let guard = match self.lock_writes() {
+            Ok(guard) => guard,
+            Err(e) => return vec![Err(e); n],
+        };
+        match self.commit_batch(writes) {
+            Ok((outcomes, events)) => {
+                for event in events {
+                    // No receivers is fine: nobody is watching.
+                    let _ = self.events.send(event);
+                }
+                drop(guard);
+                outcomes
+            }
+            // Nothing was committed, so nothing of the batch happened: even a write that
+            // failed logically may have failed only because of an earlier, now undone one.
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    /// The transaction of one batch: each write sees the ones before it; one that fails
+    /// logically (exists, missing, lost CAS) changes nothing and takes no revision. Returns
+    /// the outcomes and, in revision order, the events to broadcast.
+    #[allow(clippy::type_complexity)]
+    fn commit_batch(
+        &self,
+        writes: Vec<(String, Mutation)>,
+    ) -> StoreResult<(Vec<StoreResult<KeyValue>>, Vec<Arc<WatchEvent>>)> {
         let txn = self.db.begin_write().map_err(internal)?;
-        let event = {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut events = Vec::new();
+        {
             let mut kv = txn.open_table(KV).map_err(internal)?;
             let mut history = txn.open_table(HISTORY).map_err(internal)?;
             let mut log = txn.open_table(LOG).map_err(internal)?;
             let mut meta = txn.open_table(META).map_err(internal)?;
-            let current: Option<KeyValue> = kv.get(key).map_err(internal)?.map(|g| {
-                let (create_revision, mod_revision, value) = g.value();
-                KeyValue {
-                    key: key.to_string(),
-                    value: value.to_vec(),
-                    create_revision,
-                    mod_revision,
-                }
-            });
-            let revision = meta
+            let mut revision = meta
                 .get(META_REVISION)
                 .map_err(internal)?
                 .map(|v| v.value())
-                .unwrap_or(1)
-                + 1;
-            let event = match (mutation, current) {
-                (Mutation::Create(_), Some(_)) => {
-                    return Err(StoreError::AlreadyExists(key.to_string()));
-                }
-                (Mutation::Create(value), None) => WatchEvent {
-                    kind: EventKind::Put,
-                    kv: KeyValue {
+                .unwrap_or(1);
+            for (key, mutation) in writes {
+                let key = key.as_str();
+                let current: Option<KeyValue> = kv.get(key).map_err(internal)?.map(|g| {
+                    let (create_revision, mod_revision, value) = g.value();
+                    KeyValue {
                         key: key.to_string(),
-                        value,
-                        create_revision: revision,
-                        mod_revision: revision,
-                    },
-                    prev: None,
-                },
-                (Mutation::Update(..) | Mutation::Delete(_), None) => {
-                    return Err(StoreError::NotFound(key.to_string()));
-                }
-                (Mutation::Update(value, expected), Some(cur)) => {
-                    if cur.mod_revision != expected {
-                        return Err(StoreError::Conflict {
-                            key: key.to_string(),
-                            expected,
-                            actual: cur.mod_revision,
-                        });
+                        value: value.to_vec(),
+                        create_revision,
+                        mod_revision,
                     }
-                    WatchEvent {
-                        kind: EventKind::Put,
-                        kv: KeyValue {
-                            key: key.to_string(),
-                            value,
-                            create_revision: cur.create_revision,
-                            mod_revision: revision,
-                        },
-                        prev: Some(cur),
+                });
+                let event = match plan(key, mutation, current, revision + 1) {
+                    Ok(event) => event,
+                    Err(e) => {
+                        outcomes.push(Err(e));
+                        continue;
                     }
-                }
-                (Mutation::Delete(expected), Some(cur)) => {
-                    if let Some(expected) = expected
-                        && cur.mod_revision != expected
-                    {
-                        return Err(StoreError::Conflict {
-                            key: key.to_string(),
-                            expected,
-                            actual: cur.mod_revision,
-                        });
+                };
+                revision += 1;
+                // A storage error here leaves the transaction half-applied: the `?` drops it
+                // uncommitted and fails the whole batch.
+                let kind = match event.kind {
+                    EventKind::Put => {
+                        kv.insert(
+                            key,
+                            (
+                                event.kv.create_revision,
+                                revision,
+                                event.kv.value.as_slice(),
+                            ),
+                        )
+                        .map_err(internal)?;
+                        KIND_PUT
                     }
-                    WatchEvent {
-                        kind: EventKind::Delete,
-                        kv: KeyValue {
-                            mod_revision: revision,
-                            ..cur
-                        },
-                        prev: None,
+                    EventKind::Delete => {
+                        kv.remove(key).map_err(internal)?;
+                        KIND_DELETE
                     }
-                }
-            };
-            let kind = match event.kind {
-                EventKind::Put => {
-                    kv.insert(
-                        key,
-                        (
-                            event.kv.create_revision,
-                            revision,
-                            event.kv.value.as_slice(),
-                        ),
+                };
+                history
+                    .insert(
+                        (key, revision),
+                        (kind, event.kv.create_revision, event.kv.value.as_slice()),
                     )
                     .map_err(internal)?;
-                    KIND_PUT
-                }
-                EventKind::Delete => {
-                    kv.remove(key).map_err(internal)?;
-                    KIND_DELETE
-                }
-            };
-            history
-                .insert(
-                    (key, revision),
-                    (kind, event.kv.create_revision, event.kv.value.as_slice()),
-                )
-                .map_err(internal)?;
-            log.insert(revision, key).map_err(internal)?;
+                log.insert(revision, key).map_err(internal)?;
+                outcomes.push(Ok(event.kv.clone()));
+                events.push(Arc::new(event));
+            }
+            if events.is_empty() {
+                // Only failed writes: nothing to commit (dropping the transaction aborts it),
+                // and no fsync to pay.
+                return Ok((outcomes, events));
+            }
             meta.insert(META_REVISION, revision).map_err(internal)?;
-            event
-        };
+        }
         txn.commit().map_err(internal)?;
-        let kv = event.kv.clone();
-        // No receivers is fine: nobody is watching.
-        let _ = self.events.send(Arc::new(event));
-        Ok(kv)
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok((outcomes, events))
     }
 
     fn list_current(
@@ -420,7 +590,8 @@ impl Inner {
     }
 
     fn compact(&self, revision: Revision) -> StoreResult<()> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken, like a batch, for the whole transaction: compaction never interleaves with one.
+        let _guard = self.lock_writes()?;
         let txn = self.db.begin_write().map_err(internal)?;
         {
             let mut meta = txn.open_table(META).map_err(internal)?;
@@ -543,21 +714,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> StoreResult<KeyValue> {
-        let key = key.to_string();
-        self.blocking(move |inner| inner.write(&key, Mutation::Create(value)))
-            .await
+        self.write(key, Mutation::Create(value)).await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> StoreResult<KeyValue> {
-        let key = key.to_string();
-        self.blocking(move |inner| inner.write(&key, Mutation::Update(value, expected)))
-            .await
+        self.write(key, Mutation::Update(value, expected)).await
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> StoreResult<KeyValue> {
-        let key = key.to_string();
-        self.blocking(move |inner| inner.write(&key, Mutation::Delete(expected)))
-            .await
+        self.write(key, Mutation::Delete(expected)).await
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> StoreResult<WatchStream> {
@@ -568,7 +733,7 @@ impl Store for EmbeddedStore {
                 // Subscribe and read the revision under the write lock: every event after
                 // `snapshot` then arrives live, every one up to it comes from history.
                 let (live, snapshot, compacted) = {
-                    let _guard = inner.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let _guard = inner.lock_writes()?;
                     let txn = inner.db.begin_read().map_err(internal)?;
                     (
                         inner.events.subscribe(),
