@@ -172,6 +172,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `Commit: <sha>; machine: N CPUs, kernel K` for benchmark reports.
+pub fn provenance() -> String {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!(
+        "Commit: `{commit}`; machine: {cpus} CPUs, kernel {}",
+        kernel.trim()
+    )
+}
+
 /// A plain-HTTP GET on loopback (etcd's health endpoint), without pulling in an HTTP client.
 fn http_get_plain(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;

@@ -179,11 +179,58 @@ fn session(k: &Kubectl, cp: &ControlPlane) -> Result<()> {
     }
 
     // Typed generators (protobuf bodies from kubectl 1.32+).
-    k.run(cp, &["create", "deployment", "gen", "-n", "e2e", "--image=kubia:v1", "--replicas=3"])?;
-    let generated = k.run(cp, &["get", "deploy", "gen", "-n", "e2e", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"])?;
-    ensure!(generated.trim() == "3 kubia:v1", "create deployment: {generated}");
-    k.run(cp, &["create", "secret", "generic", "s1", "-n", "e2e", "--from-literal=k=v"])?;
-    let data = k.run(cp, &["get", "secret", "s1", "-n", "e2e", "-o", "jsonpath={.data.k}"])?;
+    k.run(
+        cp,
+        &[
+            "create",
+            "deployment",
+            "gen",
+            "-n",
+            "e2e",
+            "--image=kubia:v1",
+            "--replicas=3",
+        ],
+    )?;
+    let generated = k.run(
+        cp,
+        &[
+            "get",
+            "deploy",
+            "gen",
+            "-n",
+            "e2e",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}",
+        ],
+    )?;
+    ensure!(
+        generated.trim() == "3 kubia:v1",
+        "create deployment: {generated}"
+    );
+    k.run(
+        cp,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "s1",
+            "-n",
+            "e2e",
+            "--from-literal=k=v",
+        ],
+    )?;
+    let data = k.run(
+        cp,
+        &[
+            "get",
+            "secret",
+            "s1",
+            "-n",
+            "e2e",
+            "-o",
+            "jsonpath={.data.k}",
+        ],
+    )?;
     ensure!(data.trim() == "dg==", "secret data: {data}");
     k.run(cp, &["delete", "deployment", "gen", "-n", "e2e"])?;
 

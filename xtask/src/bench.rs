@@ -1,5 +1,4 @@
-//! `cargo xtask bench-api`: control-plane API latency, throughput and memory on both stores,
-//! measured on release builds; the table goes to docs/benchmarks-api.md.
+//! Benchmark commands: release builds, figures printed and written to docs/.
 
 use anyhow::Result;
 
@@ -7,6 +6,27 @@ use crate::Workspace;
 use crate::cmd::{cargo, run};
 
 pub fn bench_api(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(
+        ws,
+        "api-bench",
+        "bench-api",
+        "docs/benchmarks-api.md",
+        extra,
+    )
+}
+
+/// `cargo xtask bench-control`: Deployment → bound pods, scheduler throughput.
+pub fn bench_control(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(
+        ws,
+        "control-bench",
+        "bench-control",
+        "docs/benchmarks-control.md",
+        extra,
+    )
+}
+
+fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) -> Result<()> {
     run(cargo().current_dir(&ws.root).args([
         "build",
         "--release",
@@ -17,13 +37,13 @@ pub fn bench_api(ws: &Workspace, extra: &[String]) -> Result<()> {
         "--bin",
         "skiff-control",
         "--bin",
-        "api-bench",
+        binary,
     ]))?;
     let release = ws.target.join("release");
-    let out = ws.root.join("docs/benchmarks-api.md");
-    let mut command = vec!["cargo xtask bench-api".to_string()];
+    let out = ws.root.join(out);
+    let mut command = vec![format!("cargo xtask {task}")];
     command.extend(extra.iter().cloned());
-    run(std::process::Command::new(release.join("api-bench"))
+    run(std::process::Command::new(release.join(binary))
         .current_dir(&ws.root)
         .env("SKIFF_CONTROL_BIN", release.join("skiff-control"))
         .arg("--out")

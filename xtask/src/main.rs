@@ -73,6 +73,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark the controllers and scheduler: a 1,000-replica Deployment until every pod is
+    /// bound, and scheduler throughput with 100 nodes; writes docs/benchmarks-control.md.
+    /// Arguments after `--` go to the benchmark, e.g. `-- --replicas 200 --nodes 10`.
+    BenchControl {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
     Lint,
     /// Regenerate control/src/apiserver/protobuf_schema.rs from the k8s-pb and k8s-openapi
@@ -124,6 +131,7 @@ fn main() -> ExitCode {
         Task::Lint => lint::lint(&ws).map(|()| 0),
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
+        Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -203,7 +203,7 @@ impl Handler {
             (Method::POST, None, None) => {
                 let obj = object::parse_body(content_type, &body)?;
                 let w = self.registry.create(info, ns, obj, write()?).await?;
-                Ok(written(StatusCode::CREATED, w))
+                Ok(written(w))
             }
             (Method::POST, name, Some("binding")) => {
                 let binding = object::parse_body(content_type, &body)?;
@@ -231,12 +231,7 @@ impl Handler {
                     .registry
                     .update(info, ns, name, sub, obj, write()?)
                     .await?;
-                let code = if w.created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(written(code, w))
+                Ok(written(w))
             }
             (Method::PUT, Some(name), Some("scale")) => {
                 let scale = object::parse_body(content_type, &body)?;
@@ -271,12 +266,7 @@ impl Handler {
                     .registry
                     .patch(info, ns, name, sub, patch_type, &body, write()?)
                     .await?;
-                let code = if w.created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(written(code, w))
+                Ok(written(w))
             }
             (Method::DELETE, name, None) => {
                 let opts = delete_options(query, content_type, &body)?;
@@ -519,7 +509,13 @@ fn shaped_one(info: &ResourceInfo, obj: Value, shape: Shape, query: &Query) -> A
     })
 }
 
-fn written(code: StatusCode, w: Written) -> Response {
+/// 201 for what a write created, 200 otherwise.
+fn written(w: Written) -> Response {
+    let code = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     with_warnings(json_response(code, &w.object), &w.warnings)
 }
 

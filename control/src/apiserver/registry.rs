@@ -168,6 +168,20 @@ impl Registry {
         &self.store
     }
 
+    /// Claim what a service needs (ClusterIP, NodePorts); nothing for other resources.
+    async fn allocate(
+        &self,
+        info: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> ApiResult<ServiceAllocations> {
+        if info.plural == "services" {
+            self.allocators.allocate_service(obj, old).await
+        } else {
+            Ok(ServiceAllocations::default())
+        }
+    }
+
     async fn current(
         &self,
         info: &ResourceInfo,
@@ -343,13 +357,7 @@ impl Registry {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(info.group, info.kind, &cname, causes));
             }
-            let claimed = if info.plural == "services" {
-                self.allocators
-                    .allocate_service(&mut candidate, None)
-                    .await?
-            } else {
-                ServiceAllocations::default()
-            };
+            let claimed = self.allocate(info, &mut candidate, None).await?;
             if opts.dry_run {
                 self.allocators.release(&claimed).await;
                 return Ok(Written {
@@ -429,13 +437,7 @@ impl Registry {
                 });
             }
             let mut new = new;
-            let claimed = if info.plural == "services" {
-                self.allocators
-                    .allocate_service(&mut new, Some(&cur))
-                    .await?
-            } else {
-                ServiceAllocations::default()
-            };
+            let claimed = self.allocate(info, &mut new, Some(&cur)).await?;
             if opts.dry_run {
                 self.allocators.release(&claimed).await;
                 return Ok(Written {

@@ -210,20 +210,10 @@ async fn measure(store: &str, args: &Args) -> Result<Figures> {
 }
 
 fn table(args: &Args, figures: &[Figures]) -> String {
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
     let mut out = format!(
         "# Control-plane API benchmark\n\n\
          Command: `{}` (objects {}, concurrency {}, gets {}, lists {})  \n\
-         Commit: `{commit}`; machine: {cpus} CPUs, kernel {}; release build; client and server on one machine over TLS (loopback).\n\n\
+         {}; release build; client and server on one machine over TLS (loopback).\n\n\
          Objects are ConfigMaps with a 128-byte value. Latency is per request as the `kube` client sees it; \
          a full list is every page of 500 (kubectl's page size) of the {} objects. \
          Memory is the control plane's resident set (VmRSS); for etcd, etcd's own is shown separately.\n\n\
@@ -234,7 +224,7 @@ fn table(args: &Args, figures: &[Figures]) -> String {
         args.concurrency,
         args.gets,
         args.lists,
-        kernel.trim(),
+        skiff_tests::provenance(),
         args.objects,
     );
     for f in figures {
