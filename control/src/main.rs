@@ -10,6 +10,8 @@ use clap::Parser;
 
 use skiff_control::apiserver::admission::{Ipv4Cidr, PortRange};
 use skiff_control::apiserver::{ApiConfig, ApiServer};
+use skiff_control::controllers::leader::{LeaderElectionConfig, LeaderElector};
+use skiff_control::controllers::{self, ControllerConfig, Enabled};
 use skiff_control::store::{self, Store};
 
 #[derive(Parser, Debug)]
@@ -59,6 +61,34 @@ struct Flags {
     /// How long events are kept, in seconds.
     #[arg(long, default_value_t = 3600)]
     event_ttl_seconds: u64,
+    /// Controllers (and the scheduler) to run: `*` for all, `-name` to drop one, e.g.
+    /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, namespace,
+    /// nodeipam, nodelifecycle, replicaset, deployment, daemonset, job, endpoints,
+    /// endpointslice, garbagecollector.
+    #[arg(long, default_value = "*", value_parser = Enabled::parse)]
+    controllers: Enabled,
+    /// Run the controllers only while holding the `kube-controller-manager` Lease in
+    /// kube-system, so several skiff-control processes on one etcd share the work safely.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long a leader's lease is valid without renewal (seconds).
+    #[arg(long, default_value_t = 15)]
+    leader_elect_lease_duration: u64,
+    /// How long the leader keeps trying to renew before it stops working (seconds).
+    #[arg(long, default_value_t = 10)]
+    leader_elect_renew_deadline: u64,
+    /// How often leaders renew and candidates retry (seconds).
+    #[arg(long, default_value_t = 2)]
+    leader_elect_retry_period: u64,
+    /// Size of the podCIDR each node gets from --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// A node whose Lease is not renewed for this long becomes Ready=Unknown (seconds).
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+    /// Pods on an unready node are evicted after this long (seconds).
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_timeout: u64,
 }
 
 fn main() -> Result<()> {
@@ -102,7 +132,6 @@ async fn run(flags: Flags) -> Result<()> {
     }
     config.compaction_interval = Duration::from_secs(flags.compaction_interval_seconds.max(1));
     config.event_ttl = Duration::from_secs(flags.event_ttl_seconds);
-    let _ = flags.cluster_cidr; // Used by node IPAM (controllers).
     let kubeconfig = config.kubeconfig_out.clone();
     let server = ApiServer::start(config, store).await?;
     tracing::info!(
@@ -110,10 +139,59 @@ async fn run(flags: Flags) -> Result<()> {
         kubeconfig = %kubeconfig.display(),
         "serving the Kubernetes API"
     );
-    shutdown_signal().await;
+    let controller_config = ControllerConfig {
+        enabled: flags.controllers.clone(),
+        cluster_cidr: flags.cluster_cidr,
+        node_cidr_mask_size: flags.node_cidr_mask_size,
+        node_monitor_grace_period: Duration::from_secs(flags.node_monitor_grace_period),
+        pod_eviction_timeout: Duration::from_secs(flags.pod_eviction_timeout),
+        ..ControllerConfig::default()
+    };
+    let result = if controller_config.enabled.is_empty() {
+        shutdown_signal().await;
+        Ok(())
+    } else {
+        // The controllers are clients of this apiserver, with the admin identity.
+        let client = client_for(&server.kubeconfig).await?;
+        let work = controllers::run(client.clone(), controller_config);
+        if flags.leader_elect {
+            let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
+            let mut election = LeaderElectionConfig::new("kube-controller-manager", &identity);
+            election.lease_duration = Duration::from_secs(flags.leader_elect_lease_duration);
+            election.renew_deadline = Duration::from_secs(flags.leader_elect_renew_deadline);
+            election.retry_period = Duration::from_secs(flags.leader_elect_retry_period);
+            let mut elector = LeaderElector::new(client, election);
+            tokio::select! {
+                r = elector.run(work) => r.map_err(anyhow::Error::from),
+                _ = shutdown_signal() => {
+                    elector.release().await;
+                    Ok(())
+                }
+            }
+        } else {
+            tokio::select! {
+                _ = work => Ok(()),
+                _ = shutdown_signal() => Ok(()),
+            }
+        }
+    };
     tracing::info!("shutting down");
     server.shutdown().await;
-    Ok(())
+    // Losing leadership ends the process (as kube-controller-manager does): a supervisor
+    // restarts it as a fresh candidate, and no controller keeps working unsupervised.
+    result
+}
+
+async fn client_for(kubeconfig: &str) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "skiff-control".into())
 }
 
 async fn shutdown_signal() {
