@@ -1,0 +1,551 @@
+//! Endpoints controller: for every Service with a selector, an Endpoints object of the same
+//! name listing the selected pods' IPs (ready ones in `addresses`, the others in
+//! `notReadyAddresses`), with the service's ports resolved per pod and pods grouped into
+//! subsets by their resolved ports, as kube-controller-manager's endpoint-controller keeps it.
+//!
+//! Also home of the helpers the EndpointSlice, DaemonSet and Job controllers share: service
+//! port resolution, pod → service mapping, and the stream of deletions (the shared informers
+//! only announce objects that still exist).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+    ServicePort,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+use super::Context;
+use super::runtime::{self, Result};
+
+/// The label kube puts on the Endpoints (and slices) of headless services.
+pub(super) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
+    let informers = &ctx.informers;
+    // The Endpoints we write, cached: to skip unchanged writes, to notice pods that left a
+    // service, and to put back an Endpoints object somebody else changed or deleted.
+    let (ep_store, ep_writer) = reflector::store::<Endpoints>();
+    let ep_events = reflector::reflector(
+        ep_writer,
+        watcher(
+            Api::<Endpoints>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let services = informers.services.store();
+    let pod_map = {
+        let (services, eps) = (services.clone(), ep_store.clone());
+        move |pod: Arc<Pod>| {
+            services_of_pod(
+                &services,
+                &eps,
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or(""),
+                pod.metadata.labels.as_ref(),
+            )
+        }
+    };
+    let deleted_pod_map = {
+        let (services, eps) = (services.clone(), ep_store.clone());
+        move |pod: PartialObjectMeta<Pod>| {
+            services_of_pod(
+                &services,
+                &eps,
+                pod.metadata.namespace.as_deref().unwrap_or(""),
+                pod.metadata.name.as_deref().unwrap_or(""),
+                pod.metadata.labels.as_ref(),
+            )
+        }
+    };
+    let controller = Controller::for_shared_stream(informers.services.subscribe(), services)
+        .watches_shared_stream(informers.pods.subscribe(), pod_map)
+        .watches_stream(
+            deletions(&ctx.client, informers.pods.store()),
+            deleted_pod_map,
+        )
+        .watches_stream(ep_events, |ep: Endpoints| {
+            let ns = ep.metadata.namespace.unwrap_or_default();
+            ep.metadata
+                .name
+                .map(|name| ObjectRef::<Service>::new(&name).within(&ns))
+        });
+    spawn_cleanup(ctx.clone(), ep_store.clone(), tasks);
+    let eps = ep_store;
+    runtime::drive(
+        "endpoints",
+        controller,
+        ctx,
+        4,
+        move |svc, ctx| reconcile(svc, ctx, eps.clone()),
+        tasks,
+    );
+}
+
+/// Endpoints go with their Service: deleted when it is (kube deletes them in the sync of a
+/// missing service), and leftovers of services deleted while no controller ran are removed
+/// once the caches are filled.
+fn spawn_cleanup(ctx: Arc<Context>, eps: Store<Endpoints>, tasks: &mut JoinSet<()>) {
+    let services = ctx.informers.services.store();
+    let client = ctx.client.clone();
+    let deleted = deletions(&client, services.clone());
+    tasks.spawn(async move {
+        let leftovers = async {
+            if services.wait_until_ready().await.is_err() || eps.wait_until_ready().await.is_err() {
+                return;
+            }
+            for ep in eps.state() {
+                let (Some(ns), Some(name)) = (
+                    ep.metadata.namespace.as_deref(),
+                    ep.metadata.name.as_deref(),
+                ) else {
+                    continue;
+                };
+                if services.get(&ObjectRef::new(name).within(ns)).is_none() {
+                    delete_endpoints(&client, ns, name).await;
+                }
+            }
+        };
+        let on_delete = deleted.for_each(|svc| {
+            let (client, services) = (client.clone(), services.clone());
+            async move {
+                let Ok(svc) = svc else { return };
+                let (Some(ns), Some(name)) = (
+                    svc.metadata.namespace.as_deref(),
+                    svc.metadata.name.as_deref(),
+                ) else {
+                    return;
+                };
+                // Recreated meanwhile: its own sync owns the Endpoints now.
+                if services.get(&ObjectRef::new(name).within(ns)).is_none() {
+                    delete_endpoints(&client, ns, name).await;
+                }
+            }
+        });
+        futures::join!(leftovers, on_delete);
+    });
+}
+
+async fn delete_endpoints(client: &Client, ns: &str, name: &str) {
+    let api: Api<Endpoints> = Api::namespaced(client.clone(), ns);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => tracing::debug!(
+            namespace = ns,
+            name,
+            "deleted endpoints of a deleted service"
+        ),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => tracing::warn!(namespace = ns, name, error = %e, "could not delete endpoints"),
+    }
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>, eps: Store<Endpoints>) -> Result<Action> {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    // Services without a selector have user-managed Endpoints.
+    let Some(selector) = service_selector(&svc) else {
+        return Ok(runtime::done(svc.as_ref(), &ctx));
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    let svc_ports = spec.ports.clone().unwrap_or_default();
+
+    // Resolved ports → (ready, not ready) addresses, as RepackSubsets groups them.
+    type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
+    let mut groups: BTreeMap<Vec<PortKey>, Group> = BTreeMap::new();
+    for pod in ctx.informers.pods.store().state() {
+        if pod.metadata.namespace.as_deref() != Some(ns.as_str())
+            || !labels_match(selector, pod.metadata.labels.as_ref())
+            || pod.metadata.deletion_timestamp.is_some()
+            || is_pod_terminal(&pod)
+        {
+            continue;
+        }
+        let Some(ip) = pod_ip(&pod) else { continue };
+        let ports: Vec<PortKey> = if svc_ports.is_empty() {
+            // Only headless services may have no ports; their addresses still count.
+            if !headless {
+                continue;
+            }
+            Vec::new()
+        } else {
+            let mut ports: Vec<PortKey> = svc_ports
+                .iter()
+                .filter_map(|sp| find_port(&pod, sp).map(|port| PortKey::new(sp, port)))
+                .collect();
+            if ports.is_empty() {
+                continue;
+            }
+            ports.sort();
+            ports.dedup();
+            ports
+        };
+        let address = EndpointAddress {
+            ip: ip.to_string(),
+            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            hostname: pod_hostname(&pod, &name),
+            target_ref: Some(pod_reference(&pod)),
+        };
+        let group = groups.entry(ports).or_default();
+        if publish_not_ready || runtime::is_pod_ready(&pod) {
+            group.0.push(address);
+        } else {
+            group.1.push(address);
+        }
+    }
+    let subsets: Vec<EndpointSubset> = groups
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            not_ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            EndpointSubset {
+                addresses: (!ready.is_empty()).then_some(ready),
+                not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+                ports: (!ports.is_empty())
+                    .then(|| ports.into_iter().map(PortKey::into_endpoint_port).collect()),
+            }
+        })
+        .collect();
+    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+    if headless {
+        labels.insert(HEADLESS_LABEL.to_string(), String::new());
+    } else {
+        labels.remove(HEADLESS_LABEL);
+    }
+
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
+    let cached = eps.get(&ObjectRef::new(&name).within(&ns));
+    let current = match cached {
+        Some(ep) => Some(ep.as_ref().clone()),
+        None => api.get_opt(&name).await?,
+    };
+    match current {
+        Some(current) => {
+            let same_labels = current.metadata.labels.clone().unwrap_or_default() == labels;
+            if same_labels && normalized(&current.subsets) == normalized(&Some(subsets.clone())) {
+                return Ok(runtime::done(svc.as_ref(), &ctx));
+            }
+            let mut updated = current;
+            updated.metadata.labels = Some(labels);
+            updated.subsets = Some(subsets);
+            // Optimistic concurrency: a stale cache ends in a 409 and a quick retry.
+            api.replace(&name, &PostParams::default(), &updated).await?;
+            tracing::debug!(namespace = %ns, service = %name, "updated endpoints");
+        }
+        None => {
+            let ep = Endpoints {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                subsets: Some(subsets),
+            };
+            match api.create(&PostParams::default(), &ep).await {
+                Ok(_) => tracing::debug!(namespace = %ns, service = %name, "created endpoints"),
+                // Made meanwhile (the cache lags): the watch brings us back to update it.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return Err(runtime::Error::other("endpoints appeared meanwhile"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(runtime::done(svc.as_ref(), &ctx))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers (endpoints, endpoint slices, workload controllers).
+
+/// A resolved service port, sortable so pods can be grouped by their port sets.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct PortKey {
+    pub name: String,
+    pub port: i32,
+    pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+impl PortKey {
+    pub fn new(sp: &ServicePort, port: i32) -> PortKey {
+        PortKey {
+            name: sp.name.clone().unwrap_or_default(),
+            port,
+            protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".to_string()),
+            app_protocol: sp.app_protocol.clone(),
+        }
+    }
+
+    fn into_endpoint_port(self) -> EndpointPort {
+        EndpointPort {
+            name: (!self.name.is_empty()).then_some(self.name),
+            port: self.port,
+            protocol: Some(self.protocol),
+            app_protocol: self.app_protocol,
+        }
+    }
+}
+
+/// The service's selector, if it has a non-empty one (services without one are left alone).
+pub(super) fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether every `selector` pair is among `labels`.
+pub(super) fn labels_match(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let Some(labels) = labels else {
+        return selector.is_empty();
+    };
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Succeeded or Failed: never an endpoint again.
+pub(super) fn is_pod_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The pod's IPv4 address, if it has one.
+pub(super) fn pod_ip(pod: &Pod) -> Option<&str> {
+    let status = pod.status.as_ref()?;
+    let primary = status.pod_ip.as_deref().filter(|ip| !ip.is_empty());
+    primary
+        .into_iter()
+        .chain(
+            status
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|p| p.ip.as_str())
+                .filter(|ip| !ip.is_empty()),
+        )
+        .find(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+}
+
+/// The hostname a headless service publishes for a pod (`spec.hostname` when the pod's
+/// `spec.subdomain` names the service).
+pub(super) fn pod_hostname(pod: &Pod, service: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let hostname = spec.hostname.as_deref().filter(|h| !h.is_empty())?;
+    (spec.subdomain.as_deref() == Some(service)).then(|| hostname.to_string())
+}
+
+pub(super) fn pod_reference(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        kind: Some("Pod".to_string()),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
+/// The pod port a service port reaches (kube's `podutil.FindPort`): a number as is, a name
+/// looked up among the containers' (and sidecars') ports of the same protocol.
+pub(super) fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
+    match &sp.target_port {
+        None => Some(sp.port),
+        Some(IntOrString::Int(0)) => Some(sp.port),
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => {
+            let protocol = sp.protocol.as_deref().unwrap_or("TCP");
+            let spec = pod.spec.as_ref()?;
+            let sidecars = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+            spec.containers
+                .iter()
+                .chain(sidecars)
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| {
+                    p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
+                })
+                .map(|p| p.container_port)
+        }
+    }
+}
+
+/// Services a pod matters to: those that select it now, and those whose cached Endpoints
+/// still name it (it changed labels, or it went away).
+fn services_of_pod(
+    services: &Store<Service>,
+    eps: &Store<Endpoints>,
+    ns: &str,
+    pod: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Vec<ObjectRef<Service>> {
+    let mut out: BTreeSet<String> = selecting_services(services, ns, labels);
+    for ep in eps.state() {
+        if ep.metadata.namespace.as_deref() != Some(ns) {
+            continue;
+        }
+        let names_pod = ep.subsets.iter().flatten().any(|s| {
+            s.addresses
+                .iter()
+                .flatten()
+                .chain(s.not_ready_addresses.iter().flatten())
+                .any(|a| {
+                    a.target_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name.as_deref() == Some(pod))
+                })
+        });
+        if names_pod && let Some(name) = &ep.metadata.name {
+            out.insert(name.clone());
+        }
+    }
+    out.into_iter()
+        .map(|n| ObjectRef::new(&n).within(ns))
+        .collect()
+}
+
+/// Names of the services in `ns` whose selector matches `labels`.
+pub(super) fn selecting_services(
+    services: &Store<Service>,
+    ns: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> BTreeSet<String> {
+    services
+        .state()
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(ns))
+        .filter(|s| service_selector(s).is_some_and(|sel| labels_match(sel, labels)))
+        .filter_map(|s| s.metadata.name.clone())
+        .collect()
+}
+
+/// Deletions of `K` (metadata only), which the shared informers do not announce: a watch of
+/// its own, for the controllers that must react to things going away. Each deletion is passed
+/// on once `cache` (the shared informer's store) has dropped the object too (or after 5 s),
+/// so a reconcile it triggers does not see the object still there.
+pub(super) fn deletions<K>(
+    client: &Client,
+    cache: Store<K>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(
+        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(move |event| {
+        let cache = cache.clone();
+        async move {
+            let obj = match event {
+                Ok(watcher::Event::Delete(obj)) => obj,
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "deletion watch error");
+                    return None;
+                }
+            };
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let mut key = ObjectRef::<K>::new(&name);
+            if let Some(ns) = obj.metadata.namespace.as_deref() {
+                key = key.within(ns);
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while tokio::time::Instant::now() < deadline {
+                let stale = cache
+                    .get(&key)
+                    .is_some_and(|c| c.meta().uid.is_some() && c.meta().uid == obj.metadata.uid);
+                if !stale {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Some(Ok(obj))
+        }
+    })
+}
+
+/// A value as JSON without nulls and empty arrays/objects, so what we computed compares equal
+/// to what the API server stored (which drops or keeps empty lists as it likes).
+pub(super) fn normalized<T: Serialize>(value: &T) -> Value {
+    fn strip(v: Value) -> Option<Value> {
+        match v {
+            Value::Null => None,
+            Value::Array(a) => {
+                let a: Vec<Value> = a.into_iter().filter_map(strip).collect();
+                (!a.is_empty()).then_some(Value::Array(a))
+            }
+            Value::Object(o) => {
+                let o: serde_json::Map<String, Value> = o
+                    .into_iter()
+                    .filter_map(|(k, v)| strip(v).map(|v| (k, v)))
+                    .collect();
+                (!o.is_empty()).then_some(Value::Object(o))
+            }
+            other => Some(other),
+        }
+    }
+    serde_json::to_value(value)
+        .ok()
+        .and_then(strip)
+        .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ports: Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "ports": ports}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn ports_resolve_by_number_and_name() {
+        let p = pod(json!([{"name": "http", "containerPort": 8080}]));
+        let sp = |v: Value| -> ServicePort {
+            serde_json::from_value(json!({"port": 80, "targetPort": v})).unwrap()
+        };
+        assert_eq!(find_port(&p, &sp(json!(9000))), Some(9000));
+        assert_eq!(find_port(&p, &sp(json!("http"))), Some(8080));
+        assert_eq!(find_port(&p, &sp(json!("grpc"))), None);
+        let udp: ServicePort =
+            serde_json::from_value(json!({"port": 80, "targetPort": "http", "protocol": "UDP"}))
+                .unwrap();
+        assert_eq!(find_port(&p, &udp), None);
+    }
+
+    #[test]
+    fn normalization_ignores_empty_lists() {
+        assert_eq!(
+            normalized(&json!({"a": [], "b": null, "c": [{"d": []}], "e": 1})),
+            json!({"e": 1})
+        );
+    }
+}

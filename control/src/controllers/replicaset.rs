@@ -1,0 +1,759 @@
+//! ReplicaSet controller, as kube-controller-manager's replicaset-controller: keeps
+//! `spec.replicas` active pods matching the selector, creating them from the template in
+//! slow-start batches and deleting the least valuable extras first; adopts matching orphans
+//! and releases owned pods that stop matching; reports replicas / fullyLabeled / ready /
+//! available counts in the status.
+//!
+//! Like kube's `ControllerExpectations`, it remembers the creations and deletions it asked for
+//! and does not act again on a ReplicaSet until the pod informer has seen them all, so a
+//! lagging cache never makes it double-create or double-delete.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::Context;
+use super::runtime::{self, Error, Result};
+use crate::apiserver::selectors;
+
+/// At most this many creations or deletions per sync (kube's `BurstReplicas`).
+const BURST_REPLICAS: usize = 500;
+/// Creations start with batches of this size, doubling after every fully successful batch.
+const SLOW_START_INITIAL_BATCH: usize = 1;
+/// Requests in flight at once (each needs a connection of the client's pool).
+const MAX_IN_FLIGHT: usize = 64;
+/// Expectations not met within this time are forgotten (kube: 5 minutes).
+const EXPECTATIONS_TTL: Duration = Duration::from_secs(60);
+/// How often the pod cache is checked for vanished pods (deletes are not broadcast to
+/// shared-informer subscribers).
+const SWEEP_PERIOD: Duration = Duration::from_millis(500);
+/// kube's event spam filter: a burst of 25 events per object, then one per 5 minutes.
+const EVENT_BURST: f64 = 25.0;
+const EVENT_REFILL_PER_SEC: f64 = 1.0 / 300.0;
+
+/// `namespace/name` of a ReplicaSet.
+type Key = (String, String);
+
+/// What a ReplicaSet is waiting to see in the pod cache.
+struct Expectation {
+    /// Names of pods we created and have not seen yet.
+    creates: HashSet<String>,
+    /// UIDs of pods we deleted that the cache still shows as alive.
+    deletes: HashSet<String>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    expectations: Mutex<HashMap<Key, Expectation>>,
+    /// How many pods each ReplicaSet saw in the cache at its last reconcile.
+    seen: Mutex<HashMap<Key, usize>>,
+    /// Event token buckets per ReplicaSet uid: (tokens, last refill).
+    event_tokens: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl State {
+    /// Whether the cache has caught up with what we did to this ReplicaSet.
+    fn satisfied(&self, key: &Key, pods: &Store<Pod>) -> bool {
+        let mut map = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(exp) = map.get_mut(key) else {
+            return true;
+        };
+        exp.creates
+            .retain(|name| pods.get(&ObjectRef::new(name).within(&key.0)).is_none());
+        if !exp.deletes.is_empty() {
+            let alive: HashSet<String> = pods
+                .state()
+                .iter()
+                .filter(|p| {
+                    p.metadata.namespace.as_deref() == Some(key.0.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                })
+                .filter_map(|p| p.metadata.uid.clone())
+                .collect();
+            exp.deletes.retain(|uid| alive.contains(uid));
+        }
+        if (exp.creates.is_empty() && exp.deletes.is_empty())
+            || exp.since.elapsed() > EXPECTATIONS_TTL
+        {
+            map.remove(key);
+            return true;
+        }
+        false
+    }
+
+    fn expect(&self, key: &Key, creates: Vec<String>, deletes: Vec<String>) {
+        if creates.is_empty() && deletes.is_empty() {
+            return;
+        }
+        let mut map = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(
+            key.clone(),
+            Expectation {
+                creates: creates.into_iter().collect(),
+                deletes: deletes.into_iter().collect(),
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// The informer saw this pod (a creation, or a deletion starting).
+    fn observed(&self, pod: &Pod) {
+        let Some(owner) = runtime::controller_of(pod).filter(|r| r.kind == "ReplicaSet") else {
+            return;
+        };
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            owner.name.clone(),
+        );
+        let mut map = self.expectations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(exp) = map.get_mut(&key) {
+            if let Some(name) = &pod.metadata.name {
+                exp.creates.remove(name);
+            }
+            if pod.metadata.deletion_timestamp.is_some()
+                && let Some(uid) = &pod.metadata.uid
+            {
+                exp.deletes.remove(uid);
+            }
+        }
+    }
+
+    fn forget(&self, key: &Key) {
+        self.expectations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Whether an event about this object may be written now (kube's spam filter).
+    fn may_record(&self, uid: &str) -> bool {
+        let mut map = self.event_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.clear();
+        }
+        let now = Instant::now();
+        let (tokens, last) = map.entry(uid.to_string()).or_insert((EVENT_BURST, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * EVENT_REFILL_PER_SEC)
+            .min(EVENT_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
+    let state = Arc::new(State::default());
+    let informers = &ctx.informers;
+    let rs_store = informers.replica_sets.store();
+    let rs_store2 = rs_store.clone();
+    let pod_store = informers.pods.store();
+    let pod_events = {
+        let state = state.clone();
+        informers
+            .pods
+            .subscribe()
+            .inspect(move |pod| state.observed(pod))
+    };
+    let controller =
+        Controller::for_shared_stream(informers.replica_sets.subscribe(), rs_store.clone())
+            .watches_shared_stream(pod_events, move |pod: Arc<Pod>| {
+                replica_sets_for_pod(&pod, &rs_store)
+            })
+            .reconcile_on(vanished_pods(pod_store, rs_store2, state.clone()));
+    let reconcile = move |rs: Arc<ReplicaSet>, ctx: Arc<Context>| {
+        let state = state.clone();
+        async move { reconcile(rs, ctx, state).await }
+    };
+    runtime::drive("replicaset", controller, ctx, 5, reconcile, tasks);
+}
+
+/// The ReplicaSets a pod event concerns: its controller, or (for an orphan) every ReplicaSet
+/// of the namespace whose selector matches it (candidates for adoption).
+fn replica_sets_for_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    if let Some(owner) = runtime::controller_of(pod) {
+        if owner.kind == "ReplicaSet" {
+            return vec![ObjectRef::new(&owner.name).within(&ns)];
+        }
+        return Vec::new();
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Vec::new();
+    }
+    rs_store
+        .state()
+        .iter()
+        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .filter(|rs| {
+            runtime::selects(
+                rs.spec.as_ref().map(|s| &s.selector),
+                pod.metadata.labels.as_ref(),
+            )
+        })
+        .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+        .collect()
+}
+
+/// Shared-informer subscribers are not told about deletions, so poll the pod cache: every
+/// ReplicaSet whose number of cached pods differs from what its last reconcile saw gets
+/// reconciled again.
+fn vanished_pods(
+    pods: Store<Pod>,
+    replica_sets: Store<ReplicaSet>,
+    state: Arc<State>,
+) -> impl futures::Stream<Item = ObjectRef<ReplicaSet>> + Send + 'static {
+    futures::stream::unfold((), move |()| {
+        let (pods, replica_sets, state) = (pods.clone(), replica_sets.clone(), state.clone());
+        async move {
+            tokio::time::sleep(SWEEP_PERIOD).await;
+            let counts = count_owned(&pods.state(), None);
+            let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut changed = Vec::new();
+            seen.retain(|(ns, name), n| {
+                let rs = ObjectRef::new(name).within(ns);
+                if replica_sets.get(&rs).is_none() {
+                    return false;
+                }
+                if counts
+                    .get(&(ns.clone(), name.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    != *n
+                {
+                    changed.push(rs);
+                }
+                true
+            });
+            Some((futures::stream::iter(changed), ()))
+        }
+    })
+    .flatten()
+}
+
+/// Pods per controlling ReplicaSet (`namespace`, `name`), optionally of one namespace.
+fn count_owned(pods: &[Arc<Pod>], namespace: Option<&str>) -> HashMap<Key, usize> {
+    let mut counts: HashMap<Key, usize> = HashMap::new();
+    for pod in pods {
+        if namespace.is_some_and(|ns| pod.metadata.namespace.as_deref() != Some(ns)) {
+            continue;
+        }
+        if let Some(owner) = runtime::controller_of(pod.as_ref())
+            && owner.kind == "ReplicaSet"
+        {
+            let key = (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                owner.name.clone(),
+            );
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    counts
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) -> Result<Action> {
+    let ns = rs.metadata.namespace.clone().unwrap_or_default();
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let key = (ns.clone(), name.clone());
+    let pod_store = ctx.informers.pods.store();
+    // Never act on a partial view of the pods.
+    if pod_store.wait_until_ready().await.is_err() {
+        return Err(Error::other("pod informer stopped"));
+    }
+    let Some(spec) = rs.spec.as_ref() else {
+        return Ok(runtime::done(rs.as_ref(), &ctx));
+    };
+    let selector = match selectors::LabelSelector::from_label_selector(&spec.selector) {
+        Ok(s) => s,
+        Err(e) => {
+            // An invalid selector selects nothing; nothing to do until it is fixed.
+            tracing::debug!(replicaset = %name, error = %e, "invalid selector");
+            return Ok(runtime::done(rs.as_ref(), &ctx));
+        }
+    };
+    let needs_sync = state.satisfied(&key, &pod_store);
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let empty = BTreeMap::new();
+
+    // The active pods of the namespace that are ours or could be.
+    let snapshot = pod_store.state();
+    let owned = count_owned(&snapshot, Some(&ns))
+        .get(&key)
+        .copied()
+        .unwrap_or(0);
+    state
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), owned);
+    let candidates: Vec<Arc<Pod>> = snapshot
+        .into_iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str()) && runtime::is_pod_active(p)
+        })
+        .collect();
+    let pods = claim_pods(&rs, &uid, &selector, candidates, &ctx).await?;
+
+    let manage_err = if needs_sync && rs.metadata.deletion_timestamp.is_none() {
+        manage_replicas(&rs, &key, &pods, &ctx, &state).await.err()
+    } else {
+        None
+    };
+
+    // Status.
+    let now = runtime::now();
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
+    let template_labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .unwrap_or(&empty);
+    let replicas = pods.len() as i32;
+    let fully_labeled = pods
+        .iter()
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
+            template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .count() as i32;
+    let ready = pods.iter().filter(|p| runtime::is_pod_ready(p)).count() as i32;
+    let available = pods
+        .iter()
+        .filter(|p| runtime::is_pod_available(p, min_ready, &now))
+        .count() as i32;
+    let generation = rs.metadata.generation.unwrap_or(0);
+    let current = rs.status.clone().unwrap_or_default();
+    let failure = manage_err
+        .as_ref()
+        .filter(|e| e.code() == Some(403) || e.code() == Some(422));
+    let conditions = failure_conditions(&current, failure.map(|e| e.to_string()));
+    if current.replicas != replicas
+        || current.fully_labeled_replicas.unwrap_or(0) != fully_labeled
+        || current.ready_replicas.unwrap_or(0) != ready
+        || current.available_replicas.unwrap_or(0) != available
+        || current.observed_generation.unwrap_or(0) != generation
+        || current.conditions.clone().unwrap_or_default() != conditions
+    {
+        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"status": {
+            "replicas": replicas,
+            "fullyLabeledReplicas": fully_labeled,
+            "readyReplicas": ready,
+            "availableReplicas": available,
+            "observedGeneration": generation,
+            "conditions": if conditions.is_empty() { serde_json::Value::Null } else { json!(conditions) },
+        }});
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                state.forget(&key);
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(e) = manage_err {
+        return Err(e);
+    }
+    // Pods ready but not yet available become available on their own: come back then.
+    if min_ready > 0 && ready == replicas && available != replicas {
+        ctx.backoff.succeeded(&runtime::key_of(rs.as_ref()));
+        return Ok(Action::requeue(Duration::from_secs(min_ready as u64)));
+    }
+    Ok(runtime::done(rs.as_ref(), &ctx))
+}
+
+/// The ReplicaFailure condition: set while creating/deleting is refused, cleared after.
+fn failure_conditions(
+    current: &k8s_openapi::api::apps::v1::ReplicaSetStatus,
+    failure: Option<String>,
+) -> Vec<k8s_openapi::api::apps::v1::ReplicaSetCondition> {
+    let mut conditions: Vec<_> = current
+        .conditions
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ != "ReplicaFailure")
+        .collect();
+    if let Some(msg) = failure {
+        let existing = current
+            .conditions
+            .as_ref()
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
+        let mut cond = k8s_openapi::api::apps::v1::ReplicaSetCondition {
+            type_: "ReplicaFailure".into(),
+            status: "True".into(),
+            reason: Some("FailedCreate".into()),
+            message: Some(msg),
+            last_transition_time: Some(runtime::now()),
+        };
+        if let Some(e) = existing
+            && e.message == cond.message
+        {
+            cond = e.clone();
+        }
+        conditions.push(cond);
+    }
+    conditions
+}
+
+/// Adopt matching orphans, release owned pods that stopped matching; return the pods that are
+/// ours afterwards.
+async fn claim_pods(
+    rs: &ReplicaSet,
+    uid: &str,
+    selector: &selectors::LabelSelector,
+    candidates: Vec<Arc<Pod>>,
+    ctx: &Context,
+) -> Result<Vec<Arc<Pod>>> {
+    let empty = BTreeMap::new();
+    let ns = rs.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut ours = Vec::new();
+    for pod in candidates {
+        let matches = selector.matches(pod.metadata.labels.as_ref().unwrap_or(&empty));
+        match runtime::controller_of(pod.as_ref()) {
+            Some(owner) if owner.uid == uid => {
+                if matches {
+                    ours.push(pod);
+                } else {
+                    // Release.
+                    let refs: Vec<&OwnerReference> = pod
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .filter(|r| r.uid != uid)
+                        .collect();
+                    patch_owners(&api, &pod, json!(refs)).await?;
+                }
+            }
+            Some(_) => {}
+            None => {
+                if !matches || rs.metadata.deletion_timestamp.is_some() || uid.is_empty() {
+                    continue;
+                }
+                let mut refs: Vec<OwnerReference> =
+                    pod.metadata.owner_references.clone().unwrap_or_default();
+                refs.push(runtime::controller_ref(rs));
+                if patch_owners(&api, &pod, json!(refs)).await? {
+                    ours.push(pod);
+                }
+            }
+        }
+    }
+    Ok(ours)
+}
+
+/// Set a pod's owner references, guarded by its resource version. False if the pod is gone.
+async fn patch_owners(api: &Api<Pod>, pod: &Pod, refs: serde_json::Value) -> Result<bool> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let patch = json!({"metadata": {
+        "ownerReferences": refs,
+        "resourceVersion": pod.metadata.resource_version,
+        "uid": pod.metadata.uid,
+    }});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn manage_replicas(
+    rs: &Arc<ReplicaSet>,
+    key: &Key,
+    pods: &[Arc<Pod>],
+    ctx: &Arc<Context>,
+    state: &Arc<State>,
+) -> Result<()> {
+    let want = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
+    let have = pods.len();
+    let (ns, name) = key;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    if have < want {
+        let diff = (want - have).min(BURST_REPLICAS);
+        let pod = pod_from_template(rs);
+        let pp = PostParams::default();
+        let mut created = Vec::new();
+        let mut remaining = diff;
+        let mut batch = SLOW_START_INITIAL_BATCH.min(remaining);
+        let mut failure: Option<Error> = None;
+        while batch > 0 {
+            let results: Vec<_> = futures::stream::iter((0..batch).map(|_| api.create(&pp, &pod)))
+                .buffer_unordered(MAX_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut batch_failed = false;
+            for r in results {
+                match r {
+                    Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
+                    Err(e) => {
+                        batch_failed = true;
+                        if failure.is_none() {
+                            failure = Some(e.into());
+                        }
+                    }
+                }
+            }
+            remaining -= batch;
+            if batch_failed {
+                break;
+            }
+            batch = (batch * 2).min(remaining);
+        }
+        state.expect(key, created.clone(), Vec::new());
+        record_events(ctx, state, rs, "SuccessfulCreate", "Created pod", created);
+        if let Some(e) = failure {
+            if let Error::Kube(kube::Error::Api(s)) = &e {
+                record_warning(
+                    ctx,
+                    rs,
+                    "FailedCreate",
+                    format!("Error creating: {}", s.message),
+                );
+            }
+            return Err(e);
+        }
+    } else if have > want {
+        let diff = (have - want).min(BURST_REPLICAS);
+        let victims = pods_to_delete(pods, diff);
+        let uids: Vec<String> = victims
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        state.expect(key, Vec::new(), uids);
+        let results = join_all(victims.iter().map(|p| {
+            let pname = p.metadata.name.clone().unwrap_or_default();
+            let api = api.clone();
+            async move {
+                let r = api.delete(&pname, &DeleteParams::default()).await;
+                (pname, r)
+            }
+        }))
+        .await;
+        let mut deleted = Vec::new();
+        let mut failure: Option<Error> = None;
+        for (pname, r) in results {
+            match r {
+                Ok(_) => deleted.push(pname),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    if failure.is_none() {
+                        failure = Some(e.into());
+                    }
+                }
+            }
+        }
+        record_events(ctx, state, rs, "SuccessfulDelete", "Deleted pod", deleted);
+        if let Some(e) = failure {
+            // Some deletions will never be observed; look again soon.
+            state.forget(key);
+            return Err(e);
+        }
+        tracing::debug!(replicaset = %name, deleted = diff, "scaled down");
+    }
+    Ok(())
+}
+
+fn record_events(
+    ctx: &Arc<Context>,
+    state: &State,
+    rs: &Arc<ReplicaSet>,
+    reason: &'static str,
+    what: &'static str,
+    names: Vec<String>,
+) {
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|_| state.may_record(&uid))
+        .collect();
+    if names.is_empty() {
+        return;
+    }
+    let ctx = ctx.clone();
+    let rs = rs.clone();
+    // Events never hold up the work they describe.
+    tokio::spawn(async move {
+        for n in names {
+            ctx.recorder
+                .normal(rs.as_ref(), reason, format!("{what}: {n}"))
+                .await;
+        }
+    });
+}
+
+fn record_warning(ctx: &Arc<Context>, rs: &Arc<ReplicaSet>, reason: &'static str, msg: String) {
+    let ctx = ctx.clone();
+    let rs = rs.clone();
+    tokio::spawn(async move { ctx.recorder.warning(rs.as_ref(), reason, msg).await });
+}
+
+/// A pod from the ReplicaSet's template, named `<rs>-<random>` and controlled by it.
+fn pod_from_template(rs: &ReplicaSet) -> Pod {
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    let tmeta = template.metadata.unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.metadata.name.as_deref().unwrap_or(""))),
+            namespace: rs.metadata.namespace.clone(),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            finalizers: tmeta.finalizers,
+            owner_references: Some(vec![runtime::controller_ref(rs)]),
+            ..Default::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}
+
+/// The `n` pods to delete first, as kube ranks them: unscheduled before scheduled, pending
+/// before unknown before running, not ready before ready, lower deletion cost first, pods
+/// doubled up on a node first, ready for less time first, more restarts first, newest first.
+fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    for p in pods {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+    let rank = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .and_then(|n| per_node.get(n).copied())
+            .unwrap_or(0)
+    };
+    let mut sorted: Vec<Arc<Pod>> = pods.to_vec();
+    sorted.sort_by(|a, b| {
+        use std::cmp::Reverse;
+        let key = |p: &Pod| {
+            let scheduled = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| !n.is_empty());
+            let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+                Some("Pending") | None => 0,
+                Some("Unknown") => 1,
+                Some("Running") => 2,
+                _ => 3,
+            };
+            let ready = runtime::is_pod_ready(p);
+            let cost: i64 = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("controller.kubernetes.io/pod-deletion-cost"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let ready_since = if ready { ready_time(p) } else { None };
+            let restarts: i32 = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0);
+            let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            (
+                scheduled,
+                phase,
+                ready,
+                cost,
+                Reverse(rank(p)),
+                Reverse(ready_since),
+                Reverse(restarts),
+                Reverse(created),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    sorted.truncate(n);
+    sorted
+}
+
+fn ready_time(p: &Pod) -> Option<k8s_openapi::jiff::Timestamp> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t: &Time| t.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>, phase: &str, ready: bool, created: i64) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "creationTimestamp": k8s_openapi::jiff::Timestamp::from_second(created).unwrap().to_string()},
+                "spec": {"containers": [], "nodeName": node},
+                "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn deletes_the_least_valuable_pods_first() {
+        let pods = vec![
+            pod("ready-old", Some("n1"), "Running", true, 100),
+            pod("ready-new", Some("n2"), "Running", true, 200),
+            pod("unready", Some("n3"), "Running", false, 50),
+            pod("pending", Some("n4"), "Pending", false, 10),
+            pod("unscheduled", None, "Pending", false, 1),
+        ];
+        let order: Vec<String> = pods_to_delete(&pods, 5)
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "unscheduled",
+                "pending",
+                "unready",
+                "ready-new",
+                "ready-old"
+            ]
+        );
+    }
+}
