@@ -320,10 +320,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
 
     let nodes = ctx.informers.nodes.store();
     // Before the first node list every pod would look orphaned.
-    nodes
-        .wait_until_ready()
-        .await
-        .map_err(|e| runtime::Error::other(e.to_string()))?;
+    runtime::cache_ready(&nodes).await?;
     let nodes = nodes.state();
     let mut to_create: Vec<String> = Vec::new();
     let mut to_delete: Vec<Pod> = Vec::new();

@@ -386,16 +386,8 @@ struct Sync<'a> {
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>, seen: Seen) -> Result<Action> {
     let ns = d.metadata.namespace.clone().unwrap_or_default();
     let informers = &ctx.informers;
-    if informers
-        .replica_sets
-        .store()
-        .wait_until_ready()
-        .await
-        .is_err()
-        || informers.pods.store().wait_until_ready().await.is_err()
-    {
-        return Err(Error::other("informers stopped"));
-    }
+    runtime::cache_ready(&informers.replica_sets.store()).await?;
+    runtime::cache_ready(&informers.pods.store()).await?;
     let mut s = Sync {
         ctx: &ctx,
         orig: d.clone(),

@@ -106,7 +106,9 @@ fn spawn_cleanup(ctx: Arc<Context>, eps: Store<Endpoints>, tasks: &mut JoinSet<(
     let deleted = deletions(&client, services.clone());
     tasks.spawn(async move {
         let leftovers = async {
-            if services.wait_until_ready().await.is_err() || eps.wait_until_ready().await.is_err() {
+            if runtime::cache_ready(&services).await.is_err()
+                || runtime::cache_ready(&eps).await.is_err()
+            {
                 return;
             }
             for ep in eps.state() {

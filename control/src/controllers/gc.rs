@@ -30,7 +30,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::Context;
-use super::runtime::{Error, Result};
+use super::runtime::{self, Error, Result};
 use crate::apiserver::resources::{RESOURCES, ResourceInfo};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -67,17 +67,17 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 async fn wait_for_caches(ctx: &Context) {
     let i = &ctx.informers;
     // An error means the informer is gone; nothing to wait for then.
-    let _ = i.pods.store().wait_until_ready().await;
-    let _ = i.nodes.store().wait_until_ready().await;
-    let _ = i.namespaces.store().wait_until_ready().await;
-    let _ = i.services.store().wait_until_ready().await;
-    let _ = i.endpoint_slices.store().wait_until_ready().await;
-    let _ = i.service_accounts.store().wait_until_ready().await;
-    let _ = i.replica_sets.store().wait_until_ready().await;
-    let _ = i.deployments.store().wait_until_ready().await;
-    let _ = i.daemon_sets.store().wait_until_ready().await;
-    let _ = i.jobs.store().wait_until_ready().await;
-    let _ = i.leases.store().wait_until_ready().await;
+    let _ = runtime::cache_ready(&i.pods.store()).await;
+    let _ = runtime::cache_ready(&i.nodes.store()).await;
+    let _ = runtime::cache_ready(&i.namespaces.store()).await;
+    let _ = runtime::cache_ready(&i.services.store()).await;
+    let _ = runtime::cache_ready(&i.endpoint_slices.store()).await;
+    let _ = runtime::cache_ready(&i.service_accounts.store()).await;
+    let _ = runtime::cache_ready(&i.replica_sets.store()).await;
+    let _ = runtime::cache_ready(&i.deployments.store()).await;
+    let _ = runtime::cache_ready(&i.daemon_sets.store()).await;
+    let _ = runtime::cache_ready(&i.jobs.store()).await;
+    let _ = runtime::cache_ready(&i.leases.store()).await;
 }
 
 /// What the collector needs to know of any object.

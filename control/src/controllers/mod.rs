@@ -171,7 +171,7 @@ where
             .filter_map(|r| futures::future::ready(r.ok()))
     }
 
-    /// The cache (empty until the first list has been applied; see `wait_until_ready`).
+    /// The cache (empty until the first list has been applied; see `runtime::cache_ready`).
     pub fn store(&self) -> Store<K> {
         self.store.clone()
     }

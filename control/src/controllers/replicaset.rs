@@ -273,9 +273,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
     let key = (ns.clone(), name.clone());
     let pod_store = ctx.informers.pods.store();
     // Never act on a partial view of the pods.
-    if pod_store.wait_until_ready().await.is_err() {
-        return Err(Error::other("pod informer stopped"));
-    }
+    runtime::cache_ready(&pod_store).await?;
     let Some(spec) = rs.spec.as_ref() else {
         return Ok(runtime::done(rs.as_ref(), &ctx));
     };

@@ -139,6 +139,23 @@ pub fn drive<K, F, Fut>(
     });
 }
 
+/// Wait until an informer's first list is in its cache. kube's `Store::wait_until_ready` sits
+/// on a oneshot channel, which wakes only the last of several concurrent waiters and leaves
+/// the others pending for ever; so every waiter here polls instead.
+pub async fn cache_ready<K>(store: &kube::runtime::reflector::Store<K>) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use futures::FutureExt;
+    loop {
+        match store.wait_until_ready().now_or_never() {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(e)) => return Err(Error::other(format!("informer stopped: {e}"))),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// An owner reference to `owner` marking it as the controller, as controllers set on what
 /// they create (so the garbage collector and adoption logic recognise it).
 pub fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {

@@ -372,8 +372,12 @@ impl Scheduler {
 
     /// The scheduling loop: one pod at a time, binding in the background.
     async fn run(self: Arc<Self>) {
-        self.pods.wait_until_ready().await.ok();
-        self.nodes.wait_until_ready().await.ok();
+        crate::controllers::runtime::cache_ready(&self.pods)
+            .await
+            .ok();
+        crate::controllers::runtime::cache_ready(&self.nodes)
+            .await
+            .ok();
         self.resync();
         let mut inflight = JoinSet::new();
         loop {
