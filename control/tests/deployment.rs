@@ -8,51 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 const REVISION: &str = "deployment.kubernetes.io/revision";
-
-/// Stands in for the scheduler: binds every pending pod to `node`.
-fn bind_all(client: Client, node: &str) -> tokio::task::JoinHandle<()> {
-    let node = node.to_string();
-    tokio::spawn(async move {
-        let pods: Api<Pod> = Api::all(client.clone());
-        watcher(pods, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .for_each_concurrent(64, |pod| {
-                let client = client.clone();
-                let node = node.clone();
-                async move {
-                    let Ok(pod) = pod else { return };
-                    let unbound = pod.spec.as_ref().is_some_and(|s| s.node_name.is_none());
-                    if !unbound || pod.metadata.deletion_timestamp.is_some() {
-                        return;
-                    }
-                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    let api: Api<Pod> = Api::namespaced(client, &ns);
-                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                        "metadata": {"name": name},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                    let r: Result<serde_json::Value, _> = api
-                        .create_subresource("binding", &name, &PostParams::default(), &binding)
-                        .await;
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "bind failed");
-                    }
-                }
-            })
-            .await;
-    })
-}
 
 fn deployment(name: &str, replicas: i32, image: &str, strategy: serde_json::Value) -> Deployment {
     serde_json::from_value(json!({
@@ -148,7 +110,7 @@ async fn set_image(deploys: &Api<Deployment>, name: &str, image: &str) {
 async fn creates_a_replica_set_and_scales() {
     let c = common::TestCluster::start("replicaset,deployment").await;
     let _node = c.add_node("n1", "8", "16Gi", 200).await;
-    let _binder = bind_all(c.client.clone(), "n1");
+    let _binder = common::bind_all(c.client.clone(), "n1");
     let deploys: Api<Deployment> = c.api("default");
     deploys
         .create(
@@ -240,7 +202,7 @@ async fn creates_a_replica_set_and_scales() {
 async fn rolling_update_keeps_availability_and_rollback_reuses_the_old_replica_set() {
     let c = common::TestCluster::start("replicaset,deployment").await;
     let _node = c.add_node("n1", "8", "16Gi", 200).await;
-    let _binder = bind_all(c.client.clone(), "n1");
+    let _binder = common::bind_all(c.client.clone(), "n1");
     let deploys: Api<Deployment> = c.api("default");
     let (replicas_wanted, max_unavailable) = (6, 1);
     deploys
@@ -364,7 +326,7 @@ async fn rolling_update_keeps_availability_and_rollback_reuses_the_old_replica_s
 async fn recreate_removes_the_old_pods_before_starting_new_ones() {
     let c = common::TestCluster::start("replicaset,deployment").await;
     let _node = c.add_node("n1", "8", "16Gi", 200).await;
-    let _binder = bind_all(c.client.clone(), "n1");
+    let _binder = common::bind_all(c.client.clone(), "n1");
     let deploys: Api<Deployment> = c.api("default");
     deploys
         .create(
@@ -423,7 +385,7 @@ async fn recreate_removes_the_old_pods_before_starting_new_ones() {
 async fn a_paused_deployment_does_not_roll_but_scales() {
     let c = common::TestCluster::start("replicaset,deployment").await;
     let _node = c.add_node("n1", "8", "16Gi", 200).await;
-    let _binder = bind_all(c.client.clone(), "n1");
+    let _binder = common::bind_all(c.client.clone(), "n1");
     let deploys: Api<Deployment> = c.api("default");
     deploys
         .create(
@@ -490,7 +452,7 @@ async fn a_paused_deployment_does_not_roll_but_scales() {
 async fn revision_history_limit_prunes_old_replica_sets() {
     let c = common::TestCluster::start("replicaset,deployment").await;
     let _node = c.add_node("n1", "8", "16Gi", 200).await;
-    let _binder = bind_all(c.client.clone(), "n1");
+    let _binder = common::bind_all(c.client.clone(), "n1");
     let deploys: Api<Deployment> = c.api("default");
     let mut d = deployment("hist", 1, "img:0", rolling(1, 1));
     d.spec.as_mut().unwrap().revision_history_limit = Some(1);
@@ -526,7 +488,7 @@ async fn revision_history_limit_prunes_old_replica_sets() {
 async fn a_thousand_replicas_come_up_fast() {
     let c = common::TestCluster::start("replicaset,deployment").await;
     let _node = c.add_node("big", "1000", "1000Gi", 1100).await;
-    let _binder = bind_all(c.client.clone(), "big");
+    let _binder = common::bind_all(c.client.clone(), "big");
     let deploys: Api<Deployment> = c.api("default");
     let start = Instant::now();
     deploys

@@ -4,50 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Stands in for the scheduler: binds every pending pod to `node`.
-fn bind_all(client: Client, node: &str) -> tokio::task::JoinHandle<()> {
-    let node = node.to_string();
-    tokio::spawn(async move {
-        let pods: Api<Pod> = Api::all(client.clone());
-        watcher(pods, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .for_each_concurrent(32, |pod| {
-                let client = client.clone();
-                let node = node.clone();
-                async move {
-                    let Ok(pod) = pod else { return };
-                    let unbound = pod.spec.as_ref().is_some_and(|s| s.node_name.is_none());
-                    if !unbound || pod.metadata.deletion_timestamp.is_some() {
-                        return;
-                    }
-                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    let api: Api<Pod> = Api::namespaced(client, &ns);
-                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                        "metadata": {"name": name},
-                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                    let r: Result<serde_json::Value, _> = api
-                        .create_subresource("binding", &name, &PostParams::default(), &binding)
-                        .await;
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "bind failed");
-                    }
-                }
-            })
-            .await;
-    })
-}
 
 fn replica_set(name: &str, replicas: i32, app: &str) -> ReplicaSet {
     serde_json::from_value(json!({
@@ -216,7 +178,7 @@ async fn adopts_orphans_and_releases_pods_that_stop_matching() {
 async fn status_counts_ready_pods_and_scale_down_keeps_the_ready_ones() {
     let c = common::TestCluster::start("replicaset").await;
     let node = c.add_node("n1", "8", "16Gi", 110).await;
-    let _binder = bind_all(c.client.clone(), "n1");
+    let _binder = common::bind_all(c.client.clone(), "n1");
     let rss: Api<ReplicaSet> = c.api("default");
     rss.create(&PostParams::default(), &replica_set("web", 2, "web"))
         .await

@@ -15,7 +15,6 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
@@ -110,27 +109,6 @@ pub(super) fn template_hash<T: serde::Serialize>(template: &T) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{:x}", h & 0xff_ffff_ffff)
-}
-
-/// A label selector as a `?labelSelector=` string.
-pub(super) fn selector_string(sel: &LabelSelector) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            _ => continue,
-        });
-    }
-    parts.join(",")
 }
 
 /// The tolerations kube adds to every daemon pod, so daemons keep running on nodes that are
@@ -291,7 +269,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     // Pods straight from the API, not the cache: acting on a stale view would put two
     // daemons on a node.
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = selector_string(&spec.selector);
+    let selector = crate::apiserver::registry::selector_string(&spec.selector);
     let listed = pods_api
         .list(&ListParams::default().labels(&selector))
         .await?;
@@ -603,11 +581,15 @@ mod tests {
             template_hash(&json!({"a": 1})),
             template_hash(&json!({"a": 2}))
         );
-        let sel: LabelSelector = serde_json::from_value(json!({"matchLabels": {"app": "x"},
+        let sel: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"app": "x"},
             "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
                                  {"key": "old", "operator": "DoesNotExist"}]}))
-        .unwrap();
-        assert_eq!(selector_string(&sel), "app=x,tier in (a,b),!old");
+            .unwrap();
+        assert_eq!(
+            crate::apiserver::registry::selector_string(&sel),
+            "app=x,tier in (a,b),!old"
+        );
         assert_eq!(scaled(&IntOrString::String("10%".into()), 15), 2);
     }
 }

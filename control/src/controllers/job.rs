@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use super::Context;
-use super::daemonset::selector_string;
 use super::endpoints::deletions;
 use super::runtime::{self, Result};
+use crate::apiserver::registry::selector_string;
 
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);

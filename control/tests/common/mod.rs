@@ -343,3 +343,38 @@ pub async fn set_pod_ready(client: &Client, ns: &str, name: &str, ready: bool) {
         .await
         .unwrap();
 }
+
+/// Stands in for the scheduler: binds every pending pod to `node`.
+pub fn bind_all(client: Client, node: &str) -> tokio::task::JoinHandle<()> {
+    let node = node.to_string();
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::all(client.clone());
+        watcher(pods, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .for_each_concurrent(32, |pod| {
+                let client = client.clone();
+                let node = node.clone();
+                async move {
+                    let Ok(pod) = pod else { return };
+                    let unbound = pod.spec.as_ref().is_some_and(|s| s.node_name.is_none());
+                    if !unbound || pod.metadata.deletion_timestamp.is_some() {
+                        return;
+                    }
+                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let api: Api<Pod> = Api::namespaced(client, &ns);
+                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                        "metadata": {"name": name},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+                    let r: Result<serde_json::Value, _> = api
+                        .create_subresource("binding", &name, &PostParams::default(), &binding)
+                        .await;
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "bind failed");
+                    }
+                }
+            })
+            .await;
+    })
+}
