@@ -76,25 +76,7 @@ type Seen = Arc<Mutex<HashMap<(String, String), usize>>>;
 /// The Deployments a ReplicaSet event concerns: its controller, or for an orphan every
 /// Deployment of the namespace selecting it.
 fn deployments_for_rs(rs: &ReplicaSet, d_store: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
-    let ns = rs.metadata.namespace.clone().unwrap_or_default();
-    if let Some(owner) = runtime::controller_of(rs) {
-        if owner.kind == "Deployment" {
-            return vec![ObjectRef::new(&owner.name).within(&ns)];
-        }
-        return Vec::new();
-    }
-    d_store
-        .state()
-        .iter()
-        .filter(|d| d.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|d| {
-            runtime::selects(
-                d.spec.as_ref().map(|s| &s.selector),
-                rs.metadata.labels.as_ref(),
-            )
-        })
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
-        .collect()
+    runtime::owners_to_notify(rs, d_store, |d| d.spec.as_ref().map(|s| &s.selector))
 }
 
 /// Deletions are not broadcast to shared-informer subscribers: poll the ReplicaSet cache and

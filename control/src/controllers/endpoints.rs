@@ -180,23 +180,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>, eps: Store<Endpoints>) 
             continue;
         }
         let Some(ip) = pod_ip(&pod) else { continue };
-        let ports: Vec<PortKey> = if svc_ports.is_empty() {
-            // Only headless services may have no ports; their addresses still count.
-            if !headless {
-                continue;
-            }
-            Vec::new()
-        } else {
-            let mut ports: Vec<PortKey> = svc_ports
-                .iter()
-                .filter_map(|sp| find_port(&pod, sp).map(|port| PortKey::new(sp, port)))
-                .collect();
-            if ports.is_empty() {
-                continue;
-            }
-            ports.sort();
-            ports.dedup();
-            ports
+        let Some(ports) = resolved_ports(&pod, &svc_ports, headless) else {
+            continue;
         };
         let address = EndpointAddress {
             ip: ip.to_string(),
@@ -306,6 +291,29 @@ impl PortKey {
 }
 
 /// The service's selector, if it has a non-empty one (services without one are left alone).
+/// The service ports as this pod serves them (named target ports looked up in its
+/// containers), sorted and deduplicated; `None` when the pod serves none of them. Only a
+/// headless service may have no ports at all, and its pods still count.
+pub(super) fn resolved_ports(
+    pod: &Pod,
+    svc_ports: &[ServicePort],
+    headless: bool,
+) -> Option<Vec<PortKey>> {
+    if svc_ports.is_empty() {
+        return headless.then(Vec::new);
+    }
+    let mut ports: Vec<PortKey> = svc_ports
+        .iter()
+        .filter_map(|sp| find_port(pod, sp).map(|port| PortKey::new(sp, port)))
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    ports.sort();
+    ports.dedup();
+    Some(ports)
+}
+
 pub(super) fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
     svc.spec
         .as_ref()

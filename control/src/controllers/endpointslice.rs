@@ -21,8 +21,8 @@ use tokio::task::JoinSet;
 
 use super::Context;
 use super::endpoints::{
-    HEADLESS_LABEL, PortKey, deletions, find_port, is_pod_terminal, labels_match, normalized,
-    pod_hostname, pod_ip, pod_reference, selecting_services, service_selector,
+    HEADLESS_LABEL, PortKey, deletions, is_pod_terminal, labels_match, normalized, pod_hostname,
+    pod_ip, pod_reference, resolved_ports, selecting_services, service_selector,
 };
 use super::runtime::{self, Result};
 
@@ -255,22 +255,8 @@ async fn reconcile(
             continue;
         }
         let Some(ip) = pod_ip(&pod) else { continue };
-        let ports: Vec<PortKey> = if svc_ports.is_empty() {
-            if !headless {
-                continue;
-            }
-            Vec::new()
-        } else {
-            let mut ports: Vec<PortKey> = svc_ports
-                .iter()
-                .filter_map(|sp| find_port(&pod, sp).map(|port| PortKey::new(sp, port)))
-                .collect();
-            if ports.is_empty() {
-                continue;
-            }
-            ports.sort();
-            ports.dedup();
-            ports
+        let Some(ports) = resolved_ports(&pod, &svc_ports, headless) else {
+            continue;
         };
         let serving = runtime::is_pod_ready(&pod);
         let terminating = pod.metadata.deletion_timestamp.is_some();

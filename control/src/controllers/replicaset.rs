@@ -187,28 +187,11 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 /// The ReplicaSets a pod event concerns: its controller, or (for an orphan) every ReplicaSet
 /// of the namespace whose selector matches it (candidates for adoption).
 fn replica_sets_for_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    if let Some(owner) = runtime::controller_of(pod) {
-        if owner.kind == "ReplicaSet" {
-            return vec![ObjectRef::new(&owner.name).within(&ns)];
-        }
+    // A deleting orphan is no adoption candidate.
+    if runtime::controller_of(pod).is_none() && pod.metadata.deletion_timestamp.is_some() {
         return Vec::new();
     }
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Vec::new();
-    }
-    rs_store
-        .state()
-        .iter()
-        .filter(|rs| rs.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .filter(|rs| {
-            runtime::selects(
-                rs.spec.as_ref().map(|s| &s.selector),
-                pod.metadata.labels.as_ref(),
-            )
-        })
-        .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-        .collect()
+    runtime::owners_to_notify(pod, rs_store, |rs| rs.spec.as_ref().map(|s| &s.selector))
 }
 
 /// Shared-informer subscribers are not told about deletions, so poll the pod cache: every

@@ -178,6 +178,33 @@ pub fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
         .find(|r| r.controller == Some(true))
 }
 
+/// The owners of type `O` an event on `child` concerns: its controller if that is an `O`, or,
+/// for an orphan, every `O` of its namespace whose selector selects it (adoption candidates).
+pub fn owners_to_notify<O, C>(
+    child: &C,
+    owners: &kube::runtime::reflector::Store<O>,
+    selector: impl Fn(&O) -> Option<&LabelSelector>,
+) -> Vec<kube::runtime::reflector::ObjectRef<O>>
+where
+    O: Resource<DynamicType = ()> + Clone + 'static,
+    C: Resource,
+{
+    let ns = child.meta().namespace.clone().unwrap_or_default();
+    if let Some(owner) = controller_of(child) {
+        if owner.kind == O::kind(&()) {
+            return vec![kube::runtime::reflector::ObjectRef::new(&owner.name).within(&ns)];
+        }
+        return Vec::new();
+    }
+    owners
+        .state()
+        .iter()
+        .filter(|o| o.meta().namespace.as_deref() == Some(ns.as_str()))
+        .filter(|o| selects(selector(o), child.meta().labels.as_ref()))
+        .map(|o| kube::runtime::reflector::ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
 /// Whether a typed label selector selects these labels (an empty selector selects all, a
 /// missing one nothing, as for workload controllers).
 pub fn selects(
