@@ -56,15 +56,11 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         .watches_shared_stream(informers.pods.subscribe(), |pod: Arc<Pod>| {
             owner_of(&pod.metadata)
         })
-        .watches_stream(
-            deletions(&ctx.client, informers.pods.store()),
-            |pod: PartialObjectMeta<Pod>| owner_of(&pod.metadata),
-        )
+        .watches_stream(deletions(&informers.pods), |pod: PartialObjectMeta<Pod>| {
+            owner_of(&pod.metadata)
+        })
         .watches_shared_stream(informers.nodes.subscribe(), node_map)
-        .watches_stream(
-            deletions(&ctx.client, informers.nodes.store()),
-            deleted_node_map,
-        );
+        .watches_stream(deletions(&informers.nodes), deleted_node_map);
     runtime::drive("daemonset", controller, ctx, 2, reconcile, tasks);
 }
 

@@ -75,10 +75,7 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     };
     let controller = Controller::for_shared_stream(informers.services.subscribe(), services)
         .watches_shared_stream(informers.pods.subscribe(), pod_map)
-        .watches_stream(
-            deletions(&ctx.client, informers.pods.store()),
-            deleted_pod_map,
-        )
+        .watches_stream(deletions(&informers.pods), deleted_pod_map)
         .watches_stream(ep_events, |ep: Endpoints| {
             let ns = ep.metadata.namespace.unwrap_or_default();
             ep.metadata
@@ -103,7 +100,7 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 fn spawn_cleanup(ctx: Arc<Context>, eps: Store<Endpoints>, tasks: &mut JoinSet<()>) {
     let services = ctx.informers.services.store();
     let client = ctx.client.clone();
-    let deleted = deletions(&client, services.clone());
+    let deleted = deletions(&ctx.informers.services);
     tasks.spawn(async move {
         let leftovers = async {
             if runtime::cache_ready(&services).await.is_err()
@@ -452,51 +449,19 @@ pub(super) fn selecting_services(
         .collect()
 }
 
-/// Deletions of `K` (metadata only), which the shared informers do not announce: a watch of
-/// its own, for the controllers that must react to things going away. Each deletion is passed
-/// on once `cache` (the shared informer's store) has dropped the object too (or after 5 s),
-/// so a reconcile it triggers does not see the object still there.
+/// Deletions of `K` (metadata only) from its shared informer, in the shape the controllers'
+/// `watches_stream` mappers take. They arrive after the informer's cache has dropped the
+/// object, so a reconcile they trigger does not see it still there.
 pub(super) fn deletions<K>(
-    client: &Client,
-    cache: Store<K>,
+    informer: &super::Informer<K>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watcher(
-        Api::<PartialObjectMeta<K>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .filter_map(move |event| {
-        let cache = cache.clone();
-        async move {
-            let obj = match event {
-                Ok(watcher::Event::Delete(obj)) => obj,
-                Ok(_) => return None,
-                Err(e) => {
-                    tracing::debug!(error = %e, "deletion watch error");
-                    return None;
-                }
-            };
-            let name = obj.metadata.name.clone().unwrap_or_default();
-            let mut key = ObjectRef::<K>::new(&name);
-            if let Some(ns) = obj.metadata.namespace.as_deref() {
-                key = key.within(ns);
-            }
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while tokio::time::Instant::now() < deadline {
-                let stale = cache
-                    .get(&key)
-                    .is_some_and(|c| c.meta().uid.is_some() && c.meta().uid == obj.metadata.uid);
-                if !stale {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Some(Ok(obj))
-        }
-    })
+    use kube::core::PartialObjectMetaExt;
+    informer
+        .deletions()
+        .map(|obj| Ok(obj.meta().clone().into_request_partial::<K>()))
 }
 
 /// A value as JSON without nulls and empty arrays/objects, so what we computed compares equal

@@ -90,16 +90,13 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     };
     let controller = Controller::for_shared_stream(informers.services.subscribe(), services)
         .watches_shared_stream(informers.pods.subscribe(), pod_map)
-        .watches_stream(
-            deletions(&ctx.client, informers.pods.store()),
-            deleted_pod_map,
-        )
+        .watches_stream(deletions(&informers.pods), deleted_pod_map)
         .watches_shared_stream(
             informers.endpoint_slices.subscribe(),
             |slice: Arc<EndpointSlice>| service_of_slice(&slice.metadata),
         )
         .watches_stream(
-            deletions(&ctx.client, informers.endpoint_slices.store()),
+            deletions(&informers.endpoint_slices),
             |slice: PartialObjectMeta<EndpointSlice>| service_of_slice(&slice.metadata),
         );
     spawn_cleanup(ctx.clone(), tasks);
@@ -159,7 +156,7 @@ fn services_of_pod(
 /// Slices are owned by their Service (the garbage collector would remove them); deleting them
 /// with the Service keeps a cluster without the garbage collector clean too.
 fn spawn_cleanup(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
-    let deleted = deletions(&ctx.client, ctx.informers.services.store());
+    let deleted = deletions(&ctx.informers.services);
     tasks.spawn(async move {
         use futures::StreamExt;
         deleted

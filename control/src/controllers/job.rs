@@ -67,10 +67,9 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
             .watches_shared_stream(informers.pods.subscribe(), |pod: Arc<Pod>| {
                 owner_of(&pod.metadata)
             })
-            .watches_stream(
-                deletions(&ctx.client, informers.pods.store()),
-                |pod: PartialObjectMeta<Pod>| owner_of(&pod.metadata),
-            );
+            .watches_stream(deletions(&informers.pods), |pod: PartialObjectMeta<Pod>| {
+                owner_of(&pod.metadata)
+            });
     let clock = Arc::new(FailureClock::default());
     runtime::drive(
         "job",
