@@ -10,7 +10,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
-pub mod events;
+pub use skiff_common::events;
 pub mod gc;
 pub mod job;
 pub mod leader;

@@ -99,7 +99,9 @@ impl EventRecorder {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_string());
-        let now = super::runtime::now();
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
         let repeat = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.get_mut(&key).map(|s| {

@@ -1,0 +1,186 @@
+//! `skiff-agent run` and `skiff-agent cleanup`: wiring the node, network, pods and log
+//! server together, and taking all of it out of the kernel again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+
+use crate::config::AgentConfig;
+use crate::image::ImageStore;
+use crate::network::ipam::Ipam;
+use crate::network::netlink::NetlinkNetwork;
+use crate::network::{NetworkEdge, masquerade};
+use crate::pods::{Agent, PodManager, logsource::PodLogs};
+use crate::runtime::Runtime;
+use crate::runtime::cgroup::CgroupLayout;
+use skiff_common::events::EventRecorder;
+
+/// A client from a kubeconfig file, and the cluster CA (PEM) it trusts.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<(Client, String)> {
+    let kc = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let ca = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| {
+            c.certificate_authority_data
+                .as_ref()
+                .and_then(|d| {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD.decode(d).ok()
+                })
+                .map(|b| String::from_utf8_lossy(&b).to_string())
+                .or_else(|| {
+                    c.certificate_authority
+                        .as_ref()
+                        .and_then(|p| std::fs::read_to_string(p).ok())
+                })
+        })
+        .context("the kubeconfig names no cluster CA (certificate-authority-data)")?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("loading the kubeconfig")?;
+    Ok((Client::try_from(config)?, ca))
+}
+
+pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
+    let (client, ca_pem) = client_from_kubeconfig(kubeconfig).await?;
+    std::fs::create_dir_all(&cfg.root_dir)?;
+    crate::node::register(&client, &cfg).await?;
+    let runtime = Runtime::new(&cfg.root_dir)?;
+    let images = ImageStore::open(&cfg.root_dir.join("images"))?;
+    let cgroups = CgroupLayout::detect(cfg.cgroup_root.clone(), &cfg.node_name)?;
+    tracing::info!(
+        root = %cgroups.root.display(),
+        limits = if cgroups.v2_limits { "cgroup v2" } else if cgroups.v1.is_empty() { "none" } else { "cgroup v1 (hybrid host)" },
+        "pod cgroups"
+    );
+    let network: Arc<dyn NetworkEdge> = Arc::new(NetlinkNetwork::connect()?);
+    let pod_cidr = crate::node::wait_pod_cidr(&client, &cfg.node_name).await?;
+    network.ensure_bridge(pod_cidr).await?;
+    masquerade::ensure(pod_cidr, cfg.cluster_cidr)?;
+    let ipam = Ipam::open(&cfg.root_dir.join("ipam"), pod_cidr)?;
+    tracing::info!(%pod_cidr, "pod network ready");
+
+    let (services, writer) = reflector::store::<Service>();
+    let svc_stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(svc_stream);
+    // Containers see the Services that exist when they start: wait for the first list.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        services.wait_until_ready(),
+    )
+    .await;
+
+    let agent = Arc::new(Agent {
+        recorder: EventRecorder::new(client.clone(), "kubelet").with_host(&cfg.node_name),
+        cfg: cfg.clone(),
+        client: client.clone(),
+        runtime,
+        network: network.clone(),
+        ipam,
+        pod_cidr,
+        images,
+        cgroups,
+        services,
+        pods_by_name: Mutex::new(Default::default()),
+    });
+
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, cfg.port))
+        .await
+        .with_context(|| format!("listening on port {}", cfg.port))?;
+    let tls = crate::server::ServerTls {
+        client_ca_pem: ca_pem,
+        cert_dir: cfg.root_dir.join("pki"),
+        sans: vec![cfg.node_ip.to_string(), cfg.node_name.clone()],
+    };
+    let logs = Arc::new(PodLogs(agent.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = crate::server::serve(listener, tls, logs, std::future::pending()).await {
+            tracing::error!("the log server stopped: {e:#}");
+        }
+    });
+    crate::node::update_status(&client, &cfg, true, "").await?;
+    tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
+    tokio::spawn(crate::node::sync_node_routes(
+        client.clone(),
+        cfg.node_name.clone(),
+        network,
+    ));
+    if let Some(dir) = cfg.manifest_dir.clone() {
+        tokio::spawn(crate::static_pods::run(agent.clone(), dir));
+    }
+    tracing::info!(node = %cfg.node_name, "node agent running");
+    PodManager::new(agent).run().await
+}
+
+/// Remove everything the agent put into the kernel for this node: pod processes, cgroups,
+/// network namespace pins, the bridge and routes, masquerade rules, BPF pins. Images stay.
+pub async fn cleanup(
+    root_dir: &Path,
+    cgroup_root: Option<PathBuf>,
+    node_name: &str,
+    bpffs: &Path,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    let runtime = Runtime::new(root_dir)?;
+    // Killing the cgroups first stops every pause, shim and container process at once.
+    match CgroupLayout::detect(cgroup_root, node_name) {
+        Ok(cg) => {
+            if let Err(e) = cg.remove_all() {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    for uid in runtime.pod_uids() {
+        if let Ok(state) = crate::runtime::spec::read_json::<crate::runtime::spec::SandboxState>(
+            &runtime.sandbox_state_path(&uid),
+        ) {
+            crate::runtime::process::signal(state.pause_pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Err(e) = runtime.unpin_netns(&uid) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    let net = NetlinkNetwork::connect()?;
+    if let Err(e) = net.teardown().await {
+        errors.push(format!("{e:#}"));
+    }
+    if let Err(e) = masquerade::remove() {
+        errors.push(format!("{e:#}"));
+    }
+    if bpffs.exists() {
+        if let Err(e) = std::fs::remove_dir_all(bpffs) {
+            errors.push(format!("removing {}: {e}", bpffs.display()));
+        }
+    }
+    for d in ["pods", "netns", "ipam"] {
+        let p = root_dir.join(d);
+        if p.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                errors.push(format!("removing {}: {e}", p.display()));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("cleanup left things behind:\n{}", errors.join("\n"))
+    }
+}

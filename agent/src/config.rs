@@ -1,0 +1,56 @@
+//! The agent's settings, from `skiff-agent run` flags.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::network::Ipv4Net;
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub node_ip: Ipv4Addr,
+    pub root_dir: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+    pub bpffs: PathBuf,
+    pub manifest_dir: Option<PathBuf>,
+    pub cluster_cidr: Ipv4Net,
+    /// The HTTPS port serving logs to the apiserver (kubelet's 10250).
+    pub port: u16,
+    pub proxy_mode: String,
+    pub cluster_dns: Option<Ipv4Addr>,
+    pub cluster_domain: String,
+    /// CrashLoopBackOff: first delay and cap (kubelet: 10 s and 5 min).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub log_max_size: u64,
+    pub log_max_files: usize,
+    pub lease_duration_seconds: i32,
+    pub heartbeat_interval: Duration,
+    pub max_pods: u32,
+}
+
+impl AgentConfig {
+    pub fn for_tests(root: PathBuf) -> AgentConfig {
+        AgentConfig {
+            node_name: "node-1".into(),
+            node_ip: Ipv4Addr::new(10, 0, 0, 1),
+            root_dir: root,
+            cgroup_root: None,
+            bpffs: PathBuf::from("/sys/fs/bpf/skiff"),
+            manifest_dir: None,
+            cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16),
+            port: 10250,
+            proxy_mode: "auto".into(),
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
+            backoff_initial: Duration::from_secs(10),
+            backoff_max: Duration::from_secs(300),
+            log_max_size: 10 << 20,
+            log_max_files: 5,
+            lease_duration_seconds: 40,
+            heartbeat_interval: Duration::from_secs(10),
+            max_pods: 110,
+        }
+    }
+}

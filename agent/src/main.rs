@@ -1,0 +1,299 @@
+//! `skiff-agent`: flags in, library calls out.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use skiff_agent::config::AgentConfig;
+use skiff_agent::image::ImageStore;
+use skiff_agent::network::Ipv4Net;
+use skiff_agent::runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff-agent",
+    version,
+    about = "skiff's node agent: runs the pods bound to this node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Register this node and run the pods the scheduler binds to it.
+    Run(Box<RunArgs>),
+    /// Manage the node-local image store.
+    Image {
+        /// The agent's state directory (images live in <root-dir>/images).
+        #[arg(long, default_value = DEFAULT_ROOT, global = true)]
+        root_dir: PathBuf,
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Remove everything the agent put into the kernel: pod processes, cgroups, network
+    /// namespace pins, the bridge and its routes, masquerade rules, BPF pins.
+    Cleanup {
+        #[arg(long, default_value = DEFAULT_ROOT)]
+        root_dir: PathBuf,
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// The node name the agent ran with (names its v1 cgroups); default: the hostname.
+        #[arg(long)]
+        node_name: Option<String>,
+    },
+    /// (internal) Hold a pod's namespaces.
+    #[command(hide = true)]
+    Pause {
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        host_network: bool,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
+    /// (internal) Supervise one container instance: logs and exit status.
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// (internal) Become a container: namespaces, rootfs, exec.
+    #[command(hide = true)]
+    Init {
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// (internal) Run a command inside a running container (exec probes).
+    #[command(hide = true)]
+    ExecIn {
+        #[arg(long)]
+        pid: i32,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import a `docker save` or OCI image-layout archive (tar, optionally gzip).
+    Import { file: PathBuf },
+    /// List the images on this node.
+    List,
+}
+
+const DEFAULT_ROOT: &str = "/var/lib/skiff/agent";
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/skiff";
+
+#[derive(Args)]
+struct RunArgs {
+    /// Kubeconfig for the apiserver (its cluster CA also authenticates the apiserver's
+    /// log requests to this agent).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// The Node name to register; default: the hostname.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's InternalIP; default: the local address used to reach the apiserver.
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// State: pods, images, IP allocations, serving certificate.
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    root_dir: PathBuf,
+    /// cgroup v2 directory all pods of this node live under; default: the cgroup2 mount.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// bpffs directory for this node's pinned maps and programs.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Directory of static pod manifests (YAML or JSON), run without the scheduler.
+    #[arg(long)]
+    manifest_dir: Option<PathBuf>,
+    /// The cluster's pod network; traffic from pods to outside it is masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: Ipv4Net,
+    /// HTTPS port for the apiserver's log requests (kubelet: 10250).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Service proxy mode: ebpf, iptables or auto.
+    #[arg(long, default_value = "auto", value_parser = ["ebpf", "iptables", "auto"])]
+    proxy_mode: String,
+    /// Cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    #[arg(long)]
+    cluster_dns: Option<Ipv4Addr>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// First CrashLoopBackOff delay, seconds (doubles per restart).
+    #[arg(long, default_value_t = 10.0)]
+    crashloop_backoff_initial: f64,
+    /// CrashLoopBackOff cap, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    crashloop_backoff_max: f64,
+    /// Rotate a container log file beyond this size (bytes).
+    #[arg(long, default_value_t = 10 << 20)]
+    container_log_max_size: u64,
+    /// Log files kept per container instance.
+    #[arg(long, default_value_t = 5)]
+    container_log_max_files: usize,
+    /// Seconds between Lease renewals and node status updates.
+    #[arg(long, default_value_t = 10)]
+    node_status_update_seconds: u64,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The local address this host uses toward the apiserver (what `ip route get` would say).
+fn local_ip_toward(kubeconfig: &PathBuf) -> Result<Ipv4Addr> {
+    let text = std::fs::read_to_string(kubeconfig)?;
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .context("no server in the kubeconfig")?
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .to_string();
+    let host_port = server.split('/').next().unwrap_or_default().to_string();
+    let with_port = if host_port.contains(':') {
+        host_port
+    } else {
+        format!("{host_port}:443")
+    };
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(&with_port)
+        .with_context(|| format!("finding a route to {with_port}"))?;
+    match sock.local_addr()?.ip() {
+        std::net::IpAddr::V4(ip) => Ok(ip),
+        other => anyhow::bail!("the route to the apiserver uses {other}, not IPv4"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The internal commands run before any thread exists: unshare and setns need that.
+    let code = match cli.command {
+        Command::Pause {
+            hostname,
+            host_network,
+            cgroup,
+        } => runtime::pause::run(runtime::pause::PauseArgs {
+            hostname,
+            host_network,
+            cgroup,
+        }),
+        Command::Shim { spec } => runtime::shim::run(&spec),
+        Command::Init { spec } => runtime::init::run(&spec),
+        Command::ExecIn { pid, command } => runtime::init::exec_in(pid, &command),
+        other => match tokio_main(other) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("skiff-agent: {e:#}");
+                1
+            }
+        },
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn tokio_main(cmd: Command) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cmd {
+            Command::Run(a) => {
+                let node_ip = match a.node_ip {
+                    Some(ip) => ip,
+                    None => local_ip_toward(&a.kubeconfig)?,
+                };
+                let cfg = AgentConfig {
+                    node_name: a.node_name.unwrap_or_else(hostname),
+                    node_ip,
+                    root_dir: a.root_dir,
+                    cgroup_root: a.cgroup_root,
+                    bpffs: a.bpffs,
+                    manifest_dir: a.manifest_dir,
+                    cluster_cidr: a.cluster_cidr,
+                    port: a.port,
+                    proxy_mode: a.proxy_mode,
+                    cluster_dns: a.cluster_dns,
+                    cluster_domain: a.cluster_domain,
+                    backoff_initial: Duration::from_secs_f64(a.crashloop_backoff_initial.max(0.0)),
+                    backoff_max: Duration::from_secs_f64(a.crashloop_backoff_max.max(0.0)),
+                    log_max_size: a.container_log_max_size,
+                    log_max_files: a.container_log_max_files.max(1),
+                    lease_duration_seconds: 40,
+                    heartbeat_interval: Duration::from_secs(a.node_status_update_seconds.max(1)),
+                    max_pods: a.max_pods,
+                };
+                let run = skiff_agent::agent::run(cfg, &a.kubeconfig);
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    r = run => r,
+                    _ = term.recv() => {
+                        // Pods keep running; a restarted agent adopts them.
+                        tracing::info!("SIGTERM: stopping the agent, leaving pods running");
+                        Ok(())
+                    }
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            }
+            Command::Image { root_dir, command } => {
+                let store = ImageStore::open(&root_dir.join("images"))?;
+                match command {
+                    ImageCommand::Import { file } => {
+                        for img in store.import(&file)? {
+                            println!("imported {} ({})", img.name, img.id);
+                        }
+                    }
+                    ImageCommand::List => {
+                        println!("{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+                        for img in store.list()? {
+                            let id = img.id.trim_start_matches("sha256:");
+                            println!(
+                                "{:<48} {:<20} {:>9.1}M",
+                                img.name,
+                                &id[..id.len().min(12)],
+                                img.size_bytes as f64 / 1048576.0
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Command::Cleanup {
+                root_dir,
+                cgroup_root,
+                bpffs,
+                node_name,
+            } => {
+                skiff_agent::agent::cleanup(
+                    &root_dir,
+                    cgroup_root,
+                    &node_name.unwrap_or_else(hostname),
+                    &bpffs,
+                )
+                .await
+            }
+            _ => unreachable!("internal commands are handled before the runtime starts"),
+        }
+    })
+}

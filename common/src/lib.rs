@@ -1,0 +1,2 @@
+//! Pieces shared by skiff's control plane and node agent.
+pub mod events;
