@@ -122,11 +122,13 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
         cfg.node_name.clone(),
         network,
     ));
-    if let Some(dir) = cfg.manifest_dir.clone() {
-        tokio::spawn(crate::static_pods::run(agent.clone(), dir));
-    }
+    let static_rx = cfg.manifest_dir.clone().map(|dir| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::static_pods::run(agent.clone(), dir, tx));
+        rx
+    });
     tracing::info!(node = %cfg.node_name, "node agent running");
-    PodManager::new(agent).run().await
+    PodManager::new(agent, static_rx).run().await
 }
 
 /// Remove everything the agent put into the kernel for this node: pod processes, cgroups,

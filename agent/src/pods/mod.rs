@@ -77,14 +77,38 @@ pub type PodUpdate = Option<Arc<Pod>>;
 pub struct PodManager {
     agent: Arc<Agent>,
     workers: HashMap<String, watch::Sender<PodUpdate>>,
+    static_rx: Option<tokio::sync::mpsc::Receiver<Vec<Pod>>>,
+    static_uids: HashSet<String>,
 }
 
 impl PodManager {
-    pub fn new(agent: Arc<Agent>) -> PodManager {
+    /// `static_rx` delivers the set of static pods whenever the manifests change.
+    pub fn new(
+        agent: Arc<Agent>,
+        static_rx: Option<tokio::sync::mpsc::Receiver<Vec<Pod>>>,
+    ) -> PodManager {
         PodManager {
             agent,
             workers: HashMap::new(),
+            static_rx,
+            static_uids: HashSet::new(),
         }
+    }
+
+    fn set_static(&mut self, pods: Vec<Pod>) {
+        let uids: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        for gone in self
+            .static_uids
+            .difference(&uids)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            self.remove(&gone);
+        }
+        for p in pods {
+            self.start_or_update(p);
+        }
+        self.static_uids = uids;
     }
 
     /// Watch this node's pods until the process ends.
@@ -95,7 +119,21 @@ impl PodManager {
         let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
         let mut listing: HashSet<String> = HashSet::new();
         let mut first_sync = true;
-        while let Some(ev) = stream.next().await {
+        loop {
+            let ev = match self.static_rx.as_mut() {
+                Some(rx) => tokio::select! {
+                    ev = stream.next() => ev,
+                    set = rx.recv() => {
+                        match set {
+                            Some(pods) => self.set_static(pods),
+                            None => self.static_rx = None,
+                        }
+                        continue;
+                    }
+                },
+                None => stream.next().await,
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 Ok(Event::Init) => listing.clear(),
                 Ok(Event::InitApply(pod)) => {
@@ -109,7 +147,7 @@ impl PodManager {
                     let gone: Vec<String> = self
                         .workers
                         .keys()
-                        .filter(|u| !listing.contains(*u))
+                        .filter(|u| !listing.contains(*u) && !self.static_uids.contains(*u))
                         .cloned()
                         .collect();
                     for uid in gone {
@@ -134,13 +172,16 @@ impl PodManager {
     }
 
     fn dispatch(&mut self, pod: Pod) {
+        // Mirror pods stand for static pods, which run from the manifest, not from the API.
+        if !is_mirror(&pod) {
+            self.start_or_update(pod);
+        }
+    }
+
+    fn start_or_update(&mut self, pod: Pod) {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
-        // Mirror pods stand for static pods, which run from the manifest, not from the API.
-        if is_mirror(&pod) {
-            return;
-        }
         let pod = Arc::new(pod);
         if let Ok(mut m) = self.agent.pods_by_name.lock() {
             let key = (
@@ -170,7 +211,7 @@ impl PodManager {
     /// Tear down pods that exist on disk but not in the API (deleted while the agent was down).
     async fn collect_orphans(&self, live: &HashSet<String>) {
         for uid in self.agent.runtime.pod_uids() {
-            if live.contains(&uid) || uid.starts_with("static-") {
+            if live.contains(&uid) || self.static_uids.contains(&uid) {
                 continue;
             }
             tracing::info!(pod = %uid, "removing a pod that no longer exists");
