@@ -167,17 +167,17 @@ pub async fn cleanup(
     if let Err(e) = masquerade::remove() {
         errors.push(format!("{e:#}"));
     }
-    if bpffs.exists() {
-        if let Err(e) = std::fs::remove_dir_all(bpffs) {
-            errors.push(format!("removing {}: {e}", bpffs.display()));
-        }
+    if bpffs.exists()
+        && let Err(e) = std::fs::remove_dir_all(bpffs)
+    {
+        errors.push(format!("removing {}: {e}", bpffs.display()));
     }
     for d in ["pods", "netns", "ipam"] {
         let p = root_dir.join(d);
-        if p.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&p) {
-                errors.push(format!("removing {}: {e}", p.display()));
-            }
+        if p.exists()
+            && let Err(e) = std::fs::remove_dir_all(&p)
+        {
+            errors.push(format!("removing {}: {e}", p.display()));
         }
     }
     if errors.is_empty() {

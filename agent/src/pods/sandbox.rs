@@ -146,15 +146,15 @@ fn resolv_conf(agent: &Agent, pod: &Pod) -> String {
 /// Stop the pause process and remove the pod's network, address, netns pin and cgroups.
 /// Safe to call on a partial or already-removed sandbox.
 pub async fn destroy(agent: &Agent, uid: &str, state: Option<&SandboxState>) -> Result<()> {
-    if let Some(s) = state {
-        if process::is_alive(s.pause_pid, s.pause_start_ticks) {
-            process::signal(s.pause_pid, Signal::SIGKILL);
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                process::wait_exit(s.pause_pid),
-            )
-            .await;
-        }
+    if let Some(s) = state
+        && process::is_alive(s.pause_pid, s.pause_start_ticks)
+    {
+        process::signal(s.pause_pid, Signal::SIGKILL);
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            process::wait_exit(s.pause_pid),
+        )
+        .await;
     }
     let host_if = state
         .and_then(|s| s.host_veth.clone())

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::discovery::{self, AggregatedVersion};
+use super::nodeproxy::{self, NodeClient};
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::PatchType;
@@ -32,6 +33,8 @@ pub struct Handler {
     pub auth: TokenAuthenticator,
     /// The address clients should use, for `/api`'s serverAddressByClientCIDRs.
     pub advertise: String,
+    /// Connections to node agents (`pods/log`).
+    pub nodes: NodeClient,
 }
 
 /// Entry point for every request: never fails, errors become `Status` responses.
@@ -96,6 +99,12 @@ impl Handler {
         let accept = header_str(&parts.headers, header::ACCEPT);
         let read_only = parts.method == Method::GET || parts.method == Method::HEAD;
         match endpoint {
+            // Proxied to the pod's node agent; the raw query is decoded there.
+            Endpoint::Resource(r)
+                if r.subresource.as_deref() == Some("log") && parts.method == Method::GET =>
+            {
+                nodeproxy::pod_log(&self.registry, &self.nodes, &r, parts.uri.query()).await
+            }
             Endpoint::Resource(r) => {
                 let query = Query::parse(parts.uri.query())?;
                 let body = if read_only {
@@ -184,21 +193,6 @@ impl Handler {
                     StatusCode::OK,
                     &Registry::scale_of(info, &obj),
                 ))
-            }
-            (Method::GET, Some(name), Some("log")) => {
-                let pod = self.registry.get(info, ns, name).await?;
-                let node = pod
-                    .pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                if node.is_empty() {
-                    return Err(ApiError::bad_request(format!(
-                        "pod {name} does not have a host assigned"
-                    )));
-                }
-                Err(ApiError::unavailable(format!(
-                    "logs of pod {name} are kept by the node agent on {node}, which this control plane cannot reach yet"
-                )))
             }
             (Method::POST, None, None) => {
                 let obj = object::parse_body(content_type, &body)?;

@@ -4,12 +4,14 @@
 //! Layout follows the request path: [`request`] works out what is asked, [`handlers`] speaks
 //! HTTP, [`registry`] gives objects their Kubernetes semantics over the store, with
 //! [`admission`], [`defaults`] and [`validation`] on the write path and [`watch`],
-//! [`selectors`] and [`table`] on the read path.
+//! [`selectors`] and [`table`] on the read path; [`nodeproxy`] forwards `pods/log` to the
+//! node agents.
 
 pub mod admission;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
+pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -149,6 +151,7 @@ impl ApiServer {
             registry,
             auth,
             advertise: SocketAddr::new(advertise, local_addr.port()).to_string(),
+            nodes: nodeproxy::NodeClient::new(pki.kubelet_client_config.clone()),
         });
 
         pki.write_kubeconfig(&config.kubeconfig_out, &url)

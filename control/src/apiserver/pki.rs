@@ -3,6 +3,8 @@
 //! kubectl sends no bearer token over plain http, so the apiserver serves HTTPS only. A CA is
 //! generated once and kept in the data dir (every kubeconfig handed out carries it); the
 //! serving certificate is re-issued from it at every start so new `--tls-san`s take effect.
+//! So is the client certificate the apiserver presents to node agents (kube-apiserver's
+//! `--kubelet-client-certificate`), which [`super::nodeproxy`] uses for `pods/log`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -108,7 +110,13 @@ pub struct Pki {
     pub ca_pem: String,
     pub admin_token: String,
     pub server_config: Arc<rustls::ServerConfig>,
+    /// TLS for connections to node agents: presents the `kube-apiserver-kubelet-client`
+    /// certificate (signed by the CA) and accepts the agents' self-signed serving certificates.
+    pub kubelet_client_config: Arc<rustls::ClientConfig>,
 }
+
+/// The common name kubeadm gives the apiserver's kubelet client certificate.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 
 fn ca_params() -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -209,6 +217,8 @@ impl Pki {
         .with_single_cert(chain, key)?;
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
+        let kubelet_client_config = kubelet_client_config(dir, &issuer, &ca_pem)?;
+
         let token_path = dir.join(ADMIN_TOKEN);
         let admin_token = match std::fs::read_to_string(&token_path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -222,6 +232,7 @@ impl Pki {
             ca_pem,
             admin_token,
             server_config: Arc::new(server_config),
+            kubelet_client_config,
         })
     }
 
@@ -264,6 +275,100 @@ current-context: skiff
             uid: "admin".into(),
             groups: vec!["system:masters".into(), "system:authenticated".into()],
         }
+    }
+}
+
+/// Issue the client certificate the apiserver presents to node agents (CN
+/// `kube-apiserver-kubelet-client`, O `system:masters`, clientAuth, as kubeadm makes it) and
+/// build the TLS client configuration around it. A fresh key and certificate every start: the
+/// agents trust the CA, not this certificate.
+fn kubelet_client_config(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    ca_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, KUBELET_CLIENT_CN);
+    dn.push(DnType::OrganizationName, "system:masters");
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    std::fs::write(dir.join("apiserver-kubelet-client.crt"), cert.pem())?;
+
+    let chain = vec![
+        cert.der().clone(),
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).context("parsing ca.crt")?,
+    ];
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .context("parsing the kubelet client key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts whatever certificate a node agent serves, as kube-apiserver does when it is not
+/// given `--kubelet-certificate-authority`: agents sign their own serving certificates (they
+/// do not hold the CA key), so there is no chain to check. The handshake signatures are still
+/// verified with the ring provider, so the peer must hold the key of the certificate it shows;
+/// what this gives up is only the binding of that key to the node's name.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
