@@ -13,6 +13,7 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod static_pods;

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod cluster;
+pub mod test_image;
+
 /// The cargo target directory the binaries were built into (`cargo xtask test` sets
 /// `SKIFF_TARGET_DIR`; otherwise the workspace's `target/`).
 pub fn target_dir() -> PathBuf {
@@ -113,15 +116,7 @@ impl Etcd {
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = dir.path().join("etcd.log");
-        let child = Command::new(ETCD_BIN)
-            .args(["--name", "skiff-test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("skiff-test={peer_url}")])
-            .args(["--logger", "zap", "--log-level", "error"])
+        let child = Self::command(&dir.path().join("data"), &client_url, &peer_url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -139,7 +134,7 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             etcd.process.check_alive()?;
-            if http_get_plain(client, "/health").is_ok_and(|b| b.contains("\"health\":\"true\"")) {
+            if etcd_healthy(client) {
                 return Ok(etcd);
             }
             if Instant::now() > deadline {
@@ -151,6 +146,21 @@ impl Etcd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The etcd command line of a private single member (`--name skiff-test`) keeping its data
+    /// in `data_dir` and serving clients and peers on the given loopback URLs.
+    pub fn command(data_dir: &Path, client_url: &str, peer_url: &str) -> Command {
+        let mut cmd = Command::new(ETCD_BIN);
+        cmd.args(["--name", "skiff-test", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen-client-urls", client_url])
+            .args(["--advertise-client-urls", client_url])
+            .args(["--listen-peer-urls", peer_url])
+            .args(["--initial-advertise-peer-urls", peer_url])
+            .args(["--initial-cluster", &format!("skiff-test={peer_url}")])
+            .args(["--logger", "zap", "--log-level", "error"]);
+        cmd
     }
 
     /// `etcdctl` pointed at this etcd.
@@ -188,6 +198,11 @@ pub fn provenance() -> String {
         "Commit: `{commit}`; machine: {cpus} CPUs, kernel {}",
         kernel.trim()
     )
+}
+
+/// Whether the etcd serving clients on loopback `port` reports itself healthy.
+pub fn etcd_healthy(port: u16) -> bool {
+    http_get_plain(port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))
 }
 
 /// A plain-HTTP GET on loopback (etcd's health endpoint), without pulling in an HTTP client.
@@ -296,6 +311,14 @@ impl Kubectl {
     /// Every kubectl on this machine the tests should use: the versioned ones (1.27–1.33 where
     /// present) and Debian's 1.20 that `cargo xtask setup` unpacks (`SKIFF_KUBECTL_120`).
     pub fn all() -> Result<Vec<Kubectl>> {
+        let mut out = Self::current()?;
+        out.push(Self::debian_120()?);
+        Ok(out)
+    }
+
+    /// The current kubectls: the versioned ones (1.27–1.33 where present), else `kubectl` on
+    /// PATH.
+    fn current() -> Result<Vec<Kubectl>> {
         let mut out = Vec::new();
         for dir in KUBECTL_DIRS {
             for minor in 27..=33 {
@@ -312,7 +335,6 @@ impl Kubectl {
                 .context("no versioned kubectl found and `kubectl` on PATH does not run")?;
             out.push(Kubectl { path, minor });
         }
-        out.push(Self::debian_120()?);
         Ok(out)
     }
 
@@ -333,7 +355,7 @@ impl Kubectl {
 
     /// The newest kubectl available.
     pub fn newest() -> Result<Kubectl> {
-        Self::all()?
+        Self::current()?
             .into_iter()
             .max_by_key(|k| k.minor)
             .context("no kubectl found")
@@ -358,11 +380,16 @@ impl Kubectl {
     }
 
     pub fn command(&self, cp: &ControlPlane) -> Command {
+        self.command_with(&cp.kubeconfig, &cp.data_dir)
+    }
+
+    /// kubectl with `kubeconfig`, its discovery cache in a per-version directory of `cache_base`.
+    pub fn command_with(&self, kubeconfig: &Path, cache_base: &Path) -> Command {
         let mut cmd = Command::new(&self.path);
-        cmd.env("KUBECONFIG", &cp.kubeconfig)
+        cmd.env("KUBECONFIG", kubeconfig)
             // A private discovery cache per run, so versions do not share stale caches.
             .arg("--cache-dir")
-            .arg(cp.data_dir.join(format!("kubectl-cache-{}", self.minor)))
+            .arg(cache_base.join(format!("kubectl-cache-{}", self.minor)))
             .arg("--request-timeout=20s")
             .stdin(Stdio::null());
         cmd

@@ -4,6 +4,7 @@
 //! each command before it runs it, so a failure can be reproduced by hand.
 
 mod bench;
+mod cluster;
 mod cmd;
 mod gen_protobuf_schema;
 mod lint;
@@ -66,6 +67,14 @@ enum Task {
         #[arg(long, default_value = up::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
+    /// A multi-node cluster on this machine, left running: `up`, `down`, `kubeconfig`,
+    /// `status`, `exec NODE -- CMD…` (run as root).
+    ///
+    /// Nodes are network namespaces on a private underlay 10.<k>.0.0/24 (the host is
+    /// 10.<k>.0.1, where skiff-control listens); each runs its own skiff-agent. `up` builds the
+    /// binaries, returns once every node is Ready and prints the kubeconfig; `down` removes
+    /// everything. State, logs and node roots live in target/cluster/ unless `--dir`.
+    Cluster(cluster::ClusterArgs),
     /// Benchmark the control-plane API (create/get/list latency, throughput, memory) on the
     /// embedded store and on etcd, with release builds; writes docs/benchmarks-api.md.
     /// Arguments after `--` go to the benchmark, e.g. `-- --objects 2000 --stores embedded`.
@@ -128,6 +137,7 @@ fn main() -> ExitCode {
         } => test::test(&ws, no_setup, &cargo_test_args),
         Task::Up(args) => up::up(&ws, &args).map(|()| 0),
         Task::Down { data_dir } => up::down(&data_dir).map(|()| 0),
+        Task::Cluster(args) => cluster::cluster(&ws, &args),
         Task::Lint => lint::lint(&ws).map(|()| 0),
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),

@@ -1,0 +1,186 @@
+//! `agent-bench`: pod start latency and agent memory on one node.
+//!
+//! On a one-node cluster from the harness (a network namespace running a release
+//! `skiff-agent`), post `--pods` busybox pods at once (pinned to the node) and time each from
+//! its POST until the API shows it Running (sandbox, veth, address, overlay, container
+//! process, status report). Then read the agent's RSS with the pods running, and the memory
+//! of the per-pod processes (pause and shim). Run through `cargo xtask bench-agent`, which
+//! builds release binaries and writes docs/benchmarks-agent.md.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use skiff_tests::cluster::{Cluster, ClusterOptions};
+use skiff_tests::rss_kib;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "cargo xtask bench-agent")]
+    command: String,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Sum of the RSS of every process whose command line starts with `skiff-agent <what>`.
+fn rss_of(what: &str) -> (usize, u64) {
+    let mut n = 0;
+    let mut kib = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.len() > 1 && args[0].ends_with(b"skiff-agent") && args[1] == what.as_bytes() {
+            n += 1;
+            kib += rss_kib(pid).unwrap_or(0);
+        }
+    }
+    (n, kib)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    eprintln!("starting a one-node cluster…");
+    let cluster = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })?;
+    let node = cluster.nodes()[0].clone();
+    let client = cluster.client().await?;
+    let agent_pid = cluster.agent_pid(&node);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Watch first, so no transition to Running is missed.
+    let running: tokio::task::JoinHandle<Result<HashMap<String, Instant>>> = {
+        let pods = pods.clone();
+        let want = args.pods;
+        tokio::spawn(async move {
+            let mut seen = HashMap::new();
+            let stream = watcher(pods, watcher::Config::default().labels("bench=start")).applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(p) = stream.try_next().await? {
+                if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    seen.entry(name).or_insert_with(Instant::now);
+                    if seen.len() >= want {
+                        break;
+                    }
+                }
+            }
+            Ok(seen)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("posting {} pods…", args.pods);
+    let start = Instant::now();
+    let posted: HashMap<String, Instant> = futures::stream::iter(0..args.pods)
+        .map(|i| {
+            let pods = pods.clone();
+            let node = node.clone();
+            async move {
+                let name = format!("start-{i:04}");
+                let p: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"bench": "start"}},
+                    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "main", "image": "skiff.test/busybox:1",
+                            "command": ["sleep", "3600"]}]}}))?;
+                let t = Instant::now();
+                pods.create(&PostParams::default(), &p).await?;
+                anyhow::Ok((name, t))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let seen = tokio::time::timeout(Duration::from_secs(120), running)
+        .await
+        .context("pods did not all become Running within 120 s")???;
+    let all_running = seen.values().max().map(|t| t.duration_since(start)).unwrap_or_default();
+    let mut latencies: Vec<Duration> = posted
+        .iter()
+        .filter_map(|(name, t)| seen.get(name).map(|r| r.duration_since(*t)))
+        .collect();
+    if latencies.len() != args.pods {
+        bail!("only {} of {} pods became Running", latencies.len(), args.pods);
+    }
+    latencies.sort();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_loaded = rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
+    let (n_pause, pause_kib) = rss_of("pause");
+    let (n_shim, shim_kib) = rss_of("shim");
+    let (p50, p90, p99) = (
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+    );
+    eprintln!("start latency p50 {p50:.2?} p99 {p99:.2?}; all Running after {all_running:.2?}");
+
+    eprintln!("deleting the pods…");
+    let del_start = Instant::now();
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=start"))
+        .await?;
+    loop {
+        let left = pods.list(&ListParams::default().labels("bench=start")).await?.items.len();
+        if left == 0 || del_start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deleted = del_start.elapsed();
+
+    let md = format!(
+        "# Node agent benchmark: pod start latency and memory\n\n\
+         Command: `{}`  \n{}; release build; one node (a network namespace) running `skiff-agent`, \
+         control plane on the embedded store; image `skiff.test/busybox:1` (busybox-static), \
+         command `sleep 3600`; pods posted by 16 concurrent clients with `spec.nodeName` set.\n\n\
+         | measure | result |\n|---|---|\n\
+         | {} pods: POST → Running, p50 / p90 / p99 | {:.0} / {:.0} / {:.0} ms |\n\
+         | first POST until all {} Running (goal < 10 s) | {:.2} s |\n\
+         | skiff-agent RSS idle / with {} pods | {:.1} / {:.1} MiB |\n\
+         | per-pod processes: {} pause, {} shim (RSS total) | {:.1} MiB, {:.1} MiB |\n\
+         | delete all {} (graceful, grace 0) until gone from the API | {:.2} s |\n",
+        args.command,
+        skiff_tests::provenance(),
+        args.pods,
+        p50.as_secs_f64() * 1e3,
+        p90.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        args.pods,
+        all_running.as_secs_f64(),
+        args.pods,
+        rss_idle,
+        rss_loaded,
+        n_pause,
+        n_shim,
+        pause_kib as f64 / 1024.0,
+        shim_kib as f64 / 1024.0,
+        args.pods,
+        deleted.as_secs_f64(),
+    );
+    println!("{md}");
+    if let Some(path) = &args.out {
+        std::fs::write(path, &md)?;
+        eprintln!("wrote {}", path.display());
+    }
+    drop(cluster);
+    Ok(())
+}
