@@ -13,7 +13,11 @@ fn is_root() -> bool {
 }
 
 /// Poll `f` until it returns Some, or fail after `timeout` with the last observation.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
@@ -38,9 +42,11 @@ fn apply(c: &Cluster, yaml: &str) -> Result<()> {
 }
 
 fn wait_running(c: &Cluster, pod: &str) -> Result<()> {
-    wait_for(&format!("pod {pod} Running"), Duration::from_secs(60), || {
-        Ok((jsonpath(c, pod, ".status.phase")? == "Running").then_some(()))
-    })
+    wait_for(
+        &format!("pod {pod} Running"),
+        Duration::from_secs(60),
+        || Ok((jsonpath(c, pod, ".status.phase")? == "Running").then_some(())),
+    )
 }
 
 /// A busybox pod on `node` serving its hostname over HTTP on 8080.
@@ -83,8 +89,14 @@ fn pod_uid(c: &Cluster, pod: &str) -> Result<String> {
 
 /// The pids in a pod's cgroup on `node`.
 fn pod_pids(c: &Cluster, node: &str, uid: &str) -> Result<BTreeSet<u32>> {
-    let path = c.node(node).cgroup.join("kubepods").join(format!("pod{uid}")).join("cgroup.procs");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let path = c
+        .node(node)
+        .cgroup
+        .join("kubepods")
+        .join(format!("pod{uid}"))
+        .join("cgroup.procs");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
@@ -96,9 +108,14 @@ fn node_agent_on_two_nodes() -> Result<()> {
     }
     let mut c = Cluster::start(ClusterOptions {
         nodes: 2,
-        agent_args: ["--crashloop-backoff-initial", "1", "--crashloop-backoff-max", "4"]
-            .map(String::from)
-            .to_vec(),
+        agent_args: [
+            "--crashloop-backoff-initial",
+            "1",
+            "--crashloop-backoff-max",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Default::default()
     })?;
     let nodes = c.nodes();
@@ -114,12 +131,20 @@ fn node_agent_on_two_nodes() -> Result<()> {
     assert_ne!(ip1, ip2);
     let wide = c.kubectl(&["get", "pods", "-o", "wide"])?;
     assert!(wide.contains(&n1) && wide.contains(&n2), "{wide}");
-    apply(&c, &client_pod("client-1", &n1, &format!("http://{ip2}:8080/")))?;
-    apply(&c, &client_pod("client-2", &n2, &format!("http://{ip1}:8080/")))?;
+    apply(
+        &c,
+        &client_pod("client-1", &n1, &format!("http://{ip2}:8080/")),
+    )?;
+    apply(
+        &c,
+        &client_pod("client-2", &n2, &format!("http://{ip1}:8080/")),
+    )?;
     for (client, want) in [("client-1", "got=web-2"), ("client-2", "got=web-1")] {
-        wait_for(&format!("{client} to fetch {want}"), Duration::from_secs(60), || {
-            Ok(c.kubectl(&["logs", client])?.contains(want).then_some(()))
-        })?;
+        wait_for(
+            &format!("{client} to fetch {want}"),
+            Duration::from_secs(60),
+            || Ok(c.kubectl(&["logs", client])?.contains(want).then_some(())),
+        )?;
     }
     // `kubectl logs` shows the container's output.
     let logs = c.kubectl(&["logs", "web-1"])?;
@@ -141,15 +166,35 @@ spec:
     )?;
     let mut saw_backoff = false;
     wait_for("crasher restartCount >= 3", Duration::from_secs(60), || {
-        let reason = jsonpath(&c, "crasher", ".status.containerStatuses[0].state.waiting.reason")?;
+        let reason = jsonpath(
+            &c,
+            "crasher",
+            ".status.containerStatuses[0].state.waiting.reason",
+        )?;
         saw_backoff |= reason == "CrashLoopBackOff";
-        let n: u32 = jsonpath(&c, "crasher", ".status.containerStatuses[0].restartCount")?.parse()?;
+        let n: u32 =
+            jsonpath(&c, "crasher", ".status.containerStatuses[0].restartCount")?.parse()?;
         Ok((n >= 3).then_some(()))
     })?;
     assert!(saw_backoff, "never saw CrashLoopBackOff");
-    assert_eq!(jsonpath(&c, "crasher", ".status.containerStatuses[0].lastState.terminated.exitCode")?, "1");
-    assert!(c.kubectl(&["logs", "crasher", "--previous"])?.contains("attempt"));
-    let events = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=crasher"])?;
+    assert_eq!(
+        jsonpath(
+            &c,
+            "crasher",
+            ".status.containerStatuses[0].lastState.terminated.exitCode"
+        )?,
+        "1"
+    );
+    assert!(
+        c.kubectl(&["logs", "crasher", "--previous"])?
+            .contains("attempt")
+    );
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crasher",
+    ])?;
     assert!(events.contains("BackOff"), "{events}");
 
     // --- A failing liveness probe restarts the container (SIGTERM, grace, SIGKILL → 137).
@@ -171,11 +216,24 @@ spec:
 "#,
     )?;
     wait_for("liveness restart", Duration::from_secs(60), || {
-        let n: u32 = jsonpath(&c, "liveness", ".status.containerStatuses[0].restartCount")?.parse()?;
+        let n: u32 =
+            jsonpath(&c, "liveness", ".status.containerStatuses[0].restartCount")?.parse()?;
         Ok((n >= 1).then_some(()))
     })?;
-    assert_eq!(jsonpath(&c, "liveness", ".status.containerStatuses[0].lastState.terminated.exitCode")?, "137");
-    let events = c.kubectl(&["get", "events", "--field-selector", "involvedObject.name=liveness"])?;
+    assert_eq!(
+        jsonpath(
+            &c,
+            "liveness",
+            ".status.containerStatuses[0].lastState.terminated.exitCode"
+        )?,
+        "137"
+    );
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=liveness",
+    ])?;
     assert!(events.contains("Liveness probe failed"), "{events}");
 
     // --- Readiness flips the Ready condition: not ready, ready, not ready again.
@@ -194,11 +252,21 @@ spec:
       periodSeconds: 1
 "#,
     )?;
-    let ready = |c: &Cluster| jsonpath(c, "readiness", r#".status.conditions[?(@.type=="Ready")].status"#);
+    let ready = |c: &Cluster| {
+        jsonpath(
+            c,
+            "readiness",
+            r#".status.conditions[?(@.type=="Ready")].status"#,
+        )
+    };
     wait_running(&c, "readiness")?;
     assert_eq!(ready(&c)?, "False");
-    wait_for("Ready=True", Duration::from_secs(30), || Ok((ready(&c)? == "True").then_some(())))?;
-    wait_for("Ready=False again", Duration::from_secs(30), || Ok((ready(&c)? == "False").then_some(())))?;
+    wait_for("Ready=True", Duration::from_secs(30), || {
+        Ok((ready(&c)? == "True").then_some(()))
+    })?;
+    wait_for("Ready=False again", Duration::from_secs(30), || {
+        Ok((ready(&c)? == "False").then_some(()))
+    })?;
 
     // --- A missing image is a waiting reason, not a crash.
     apply(
@@ -213,33 +281,63 @@ spec:
 "#,
     )?;
     wait_for("ErrImageNeverPull", Duration::from_secs(30), || {
-        let r = jsonpath(&c, "noimage", ".status.containerStatuses[0].state.waiting.reason")?;
+        let r = jsonpath(
+            &c,
+            "noimage",
+            ".status.containerStatuses[0].state.waiting.reason",
+        )?;
         Ok((r == "ErrImageNeverPull").then_some(()))
     })?;
 
     // --- Agent kill -9 and restart leaves running pods untouched (same pids, no restart).
     let uid1 = pod_uid(&c, "web-1")?;
     let before = pod_pids(&c, &n1, &uid1)?;
-    assert!(before.len() >= 2, "pause and httpd expected in the pod cgroup: {before:?}");
+    assert!(
+        before.len() >= 2,
+        "pause and httpd expected in the pod cgroup: {before:?}"
+    );
     c.kill_agent(&n1);
     std::thread::sleep(Duration::from_secs(1));
     c.start_agent(&n1)?;
-    wait_for("the restarted agent to adopt web-1", Duration::from_secs(30), || {
-        Ok(c.agent_log(&n1).contains("adopting a running pod").then_some(()))
-    })?;
+    wait_for(
+        "the restarted agent to adopt web-1",
+        Duration::from_secs(30),
+        || {
+            Ok(c.agent_log(&n1)
+                .contains("adopting a running pod")
+                .then_some(()))
+        },
+    )?;
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(pod_pids(&c, &n1, &uid1)?, before);
-    assert_eq!(jsonpath(&c, "web-1", ".status.containerStatuses[0].restartCount")?, "0");
+    assert_eq!(
+        jsonpath(&c, "web-1", ".status.containerStatuses[0].restartCount")?,
+        "0"
+    );
     assert_eq!(jsonpath(&c, "web-1", ".status.phase")?, "Running");
-    wait_for("client-2 still reaching web-1", Duration::from_secs(20), || {
-        let l = c.kubectl(&["logs", "client-2", "--tail", "2"])?;
-        Ok(l.contains("got=web-1").then_some(()))
-    })?;
+    wait_for(
+        "client-2 still reaching web-1",
+        Duration::from_secs(20),
+        || {
+            let l = c.kubectl(&["logs", "client-2", "--tail", "2"])?;
+            Ok(l.contains("got=web-1").then_some(()))
+        },
+    )?;
 
     // --- Deleting a pod removes all of its kernel state before the API object goes.
     let node_root = c.node(&n1).root_dir.clone();
-    let cgroup = c.node(&n1).cgroup.join("kubepods").join(format!("pod{uid1}"));
-    let veth = format!("skv{}", uid1.chars().filter(|c| c.is_ascii_hexdigit()).take(11).collect::<String>());
+    let cgroup = c
+        .node(&n1)
+        .cgroup
+        .join("kubepods")
+        .join(format!("pod{uid1}"));
+    let veth = format!(
+        "skv{}",
+        uid1.chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .take(11)
+            .collect::<String>()
+    );
     assert!(c.exec_ok(&n1, &["ip", "-o", "link"])?.contains(&veth));
     c.kubectl(&["delete", "pod", "web-1", "--wait=true"])?;
     let links = c.exec_ok(&n1, &["ip", "-o", "link"])?;
@@ -260,7 +358,10 @@ spec:
         // A zombie has ended; whoever inherited it (pid 1 after the agent restart) reaps it.
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().chars().next())
+            })
             .flatten();
         assert!(matches!(state, None | Some('Z')), "process {pid} survived");
     }

@@ -240,14 +240,16 @@ mod tests {
                 "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "dns", "port": 53, "protocol": "UDP"}]}}));
         let headless = svc(json!({"metadata": {"name": "h", "namespace": "default"},
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
-        let sl = slice(json!({"metadata": {"name": "web-abc", "namespace": "default",
+        let sl = slice(
+            json!({"metadata": {"name": "web-abc", "namespace": "default",
                 "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
             "endpoints": [
                 {"addresses": ["10.244.1.5"], "nodeName": "n1", "conditions": {"ready": true}},
                 {"addresses": ["10.244.2.5"], "nodeName": "n2", "conditions": {"ready": false, "serving": true, "terminating": true}}
-            ]}));
+            ]}),
+        );
         let st = build([&s, &headless], [&sl], "n1");
         assert_eq!(st.len(), 2);
         let http = st.values().find(|p| p.port == 80).unwrap();

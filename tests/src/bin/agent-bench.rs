@@ -43,8 +43,12 @@ fn rss_of(what: &str) -> (usize, u64) {
     let mut n = 0;
     let mut kib = 0;
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.len() > 1 && args[0].ends_with(b"skiff-agent") && args[1] == what.as_bytes() {
             n += 1;
@@ -75,7 +79,8 @@ async fn main() -> Result<()> {
         let want = args.pods;
         tokio::spawn(async move {
             let mut seen = HashMap::new();
-            let stream = watcher(pods, watcher::Config::default().labels("bench=start")).applied_objects();
+            let stream =
+                watcher(pods, watcher::Config::default().labels("bench=start")).applied_objects();
             futures::pin_mut!(stream);
             while let Some(p) = stream.try_next().await? {
                 if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
@@ -114,13 +119,21 @@ async fn main() -> Result<()> {
     let seen = tokio::time::timeout(Duration::from_secs(120), running)
         .await
         .context("pods did not all become Running within 120 s")???;
-    let all_running = seen.values().max().map(|t| t.duration_since(start)).unwrap_or_default();
+    let all_running = seen
+        .values()
+        .max()
+        .map(|t| t.duration_since(start))
+        .unwrap_or_default();
     let mut latencies: Vec<Duration> = posted
         .iter()
         .filter_map(|(name, t)| seen.get(name).map(|r| r.duration_since(*t)))
         .collect();
     if latencies.len() != args.pods {
-        bail!("only {} of {} pods became Running", latencies.len(), args.pods);
+        bail!(
+            "only {} of {} pods became Running",
+            latencies.len(),
+            args.pods
+        );
     }
     latencies.sort();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -136,10 +149,17 @@ async fn main() -> Result<()> {
 
     eprintln!("deleting the pods…");
     let del_start = Instant::now();
-    pods.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=start"))
-        .await?;
+    pods.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("bench=start"),
+    )
+    .await?;
     loop {
-        let left = pods.list(&ListParams::default().labels("bench=start")).await?.items.len();
+        let left = pods
+            .list(&ListParams::default().labels("bench=start"))
+            .await?
+            .items
+            .len();
         if left == 0 || del_start.elapsed() > Duration::from_secs(120) {
             break;
         }
