@@ -26,6 +26,17 @@ pub fn bench_control(ws: &Workspace, extra: &[String]) -> Result<()> {
     )
 }
 
+/// `cargo xtask bench-agent`: pod start latency and agent memory on one node.
+pub fn bench_agent(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(
+        ws,
+        "agent-bench",
+        "bench-agent",
+        "docs/benchmarks-agent.md",
+        extra,
+    )
+}
+
 fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) -> Result<()> {
     run(cargo().current_dir(&ws.root).args([
         "build",
@@ -33,9 +44,13 @@ fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) 
         "-p",
         "skiff-control",
         "-p",
+        "skiff-agent",
+        "-p",
         "skiff-tests",
         "--bin",
         "skiff-control",
+        "--bin",
+        "skiff-agent",
         "--bin",
         binary,
     ]))?;
@@ -46,6 +61,7 @@ fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) 
     run(std::process::Command::new(release.join(binary))
         .current_dir(&ws.root)
         .env("SKIFF_CONTROL_BIN", release.join("skiff-control"))
+        .env("SKIFF_AGENT_BIN", release.join("skiff-agent"))
         .arg("--out")
         .arg(&out)
         .arg("--command")

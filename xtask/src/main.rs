@@ -89,6 +89,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark the node agent on a one-node cluster (run as root): pod start latency
+    /// (POST → Running) for 100 pods and the agent's memory; writes docs/benchmarks-agent.md.
+    /// Arguments after `--` go to the benchmark, e.g. `-- --pods 20`.
+    BenchAgent {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
     Lint,
     /// Regenerate control/src/apiserver/protobuf_schema.rs from the k8s-pb and k8s-openapi
@@ -142,6 +149,7 @@ fn main() -> ExitCode {
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
+        Task::BenchAgent { args } => bench::bench_agent(&ws, &args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
