@@ -106,16 +106,22 @@ fn node_agent_on_two_nodes() -> Result<()> {
         eprintln!("skipping: needs root (network namespaces, cgroups, mounts)");
         return Ok(());
     }
+    // One manifest directory for both nodes: each runs the static pod as `<name>-<node>`.
+    let manifests = tempfile::tempdir()?;
+    std::fs::write(
+        manifests.path().join("static-web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web}\nspec:\n  containers:\n  - name: web\n    image: skiff.test/busybox:1\n    command: [\"sh\", \"-c\", \"echo static; exec sleep 3600\"]\n",
+    )?;
     let mut c = Cluster::start(ClusterOptions {
         nodes: 2,
-        agent_args: [
-            "--crashloop-backoff-initial",
-            "1",
-            "--crashloop-backoff-max",
-            "4",
-        ]
-        .map(String::from)
-        .to_vec(),
+        agent_args: vec![
+            "--crashloop-backoff-initial".into(),
+            "1".into(),
+            "--crashloop-backoff-max".into(),
+            "4".into(),
+            "--manifest-dir".into(),
+            manifests.path().display().to_string(),
+        ],
         ..Default::default()
     })?;
     let nodes = c.nodes();
@@ -149,6 +155,40 @@ fn node_agent_on_two_nodes() -> Result<()> {
     // `kubectl logs` shows the container's output.
     let logs = c.kubectl(&["logs", "web-1"])?;
     assert!(logs.contains("serving web-1"), "{logs}");
+    // `logs -f` streams through the API server's proxy: new lines arrive while it runs.
+    {
+        use std::io::BufRead;
+        let mut follow = c
+            .kubectl_command()?
+            .args(["logs", "-f", "--tail", "1", "client-1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut lines = std::io::BufReader::new(follow.stdout.take().context("stdout")?).lines();
+        let mut seen = 0;
+        while seen < 3 {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("got=web-2") => seen += 1,
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        let _ = follow.kill();
+        let _ = follow.wait();
+        assert_eq!(seen, 3, "logs -f stopped streaming");
+    }
+
+    // --- Static pods run on both nodes and appear as mirror pods.
+    for node in [&n1, &n2] {
+        let name = format!("static-web-{node}");
+        wait_running(&c, &name)?;
+        let mirror = jsonpath(
+            &c,
+            &name,
+            r#".metadata.annotations.kubernetes\.io/config\.mirror"#,
+        )?;
+        assert!(!mirror.is_empty(), "{name} is not a mirror pod");
+        assert!(c.kubectl(&["logs", &name])?.contains("static"));
+    }
 
     // --- A container exiting 1 restarts with back-off and a growing restartCount;
     // `logs --previous` shows the last instance.
@@ -247,6 +287,8 @@ spec:
   - name: app
     image: skiff.test/busybox:1
     command: ["sh", "-c", "sleep 3; touch /tmp/ready; sleep 6; rm /tmp/ready; sleep 3600"]
+    resources:
+      limits: {memory: 64Mi, cpu: 200m}
     readinessProbe:
       exec: {command: ["cat", "/tmp/ready"]}
       periodSeconds: 1
