@@ -14,10 +14,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
@@ -26,11 +24,9 @@ use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
-    KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -41,9 +37,6 @@ use crate::logs::{ByteStream, LogOptions};
 /// The serving certificate and key in `cert_dir`, named as the kubelet names them.
 pub const SERVING_CERT: &str = "kubelet.crt";
 pub const SERVING_KEY: &str = "kubelet.key";
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a log request can't be served (maps to kubelet's HTTP answers).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,47 +106,8 @@ pub async fn serve(
 ) -> Result<()> {
     let config = server_config(&tls)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let app = router(logs);
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = &mut shutdown => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        connections.spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-        // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
-    }
-    connections.abort_all();
+    let app = TowerToHyperService::new(router(logs));
+    skiff_common::tls::serve(listener, acceptor, shutdown, app).await;
     Ok(())
 }
 
@@ -353,14 +307,7 @@ fn self_signed(sans: &[String]) -> Result<(String, String)> {
     params.not_before = rcgen::date_time_ymd(year(start), 1, 1);
     params.not_after = rcgen::date_time_ymd(year(end) + 1, 1, 1);
     for san in sans {
-        let entry = match san.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                san.clone()
-                    .try_into()
-                    .with_context(|| format!("{san:?} is not a DNS name or IP"))?,
-            ),
-        };
+        let entry = skiff_common::tls::san_entry(san)?;
         if !params.subject_alt_names.contains(&entry) {
             params.subject_alt_names.push(entry);
         }

@@ -1,2 +1,3 @@
 //! Pieces shared by skiff's control plane and node agent.
 pub mod events;
+pub mod tls;

@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
@@ -195,54 +194,17 @@ async fn serve(
     handler: Arc<Handler>,
     mut stopped: signal::Receiver<bool>,
 ) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopped.changed() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let tls = tls.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        connections.spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let handler = handler.clone();
-                    async move {
-                        let req = req.map(axum::body::Body::new);
-                        Ok::<_, std::convert::Infallible>(handlers::handle(handler, req).await)
-                    }
-                });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-        // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
-    }
-    connections.abort_all();
+        async move {
+            let req = req.map(axum::body::Body::new);
+            Ok::<_, std::convert::Infallible>(handlers::handle(handler, req).await)
+        }
+    });
+    let shutdown = async move {
+        let _ = stopped.changed().await;
+    };
+    skiff_common::tls::serve(listener, tls, shutdown, service).await;
 }
 
 /// Periodic upkeep: compaction (to the revision seen one interval ago, as kube-apiserver does

@@ -7,7 +7,6 @@
 //! `--kubelet-client-certificate`), which [`super::nodeproxy`] uses for `pods/log`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -187,14 +186,8 @@ impl Pki {
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         for san in sans {
-            let entry = match san.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(
-                    san.clone()
-                        .try_into()
-                        .with_context(|| format!("--tls-san {san:?} is not a DNS name or IP"))?,
-                ),
-            };
+            let entry =
+                skiff_common::tls::san_entry(san).with_context(|| format!("--tls-san {san:?}"))?;
             if !params.subject_alt_names.contains(&entry) {
                 params.subject_alt_names.push(entry);
             }

@@ -1,0 +1,90 @@
+//! The HTTPS edge shared by the API server and the node agent's log server: the accept loop
+//! (TLS handshake with a timeout, HTTP/1.1 or HTTP/2, connections dropped on shutdown) and
+//! subject alternative names for serving certificates.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::SanType;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Accept TLS connections on `listener` and serve each with `service` until `shutdown`
+/// resolves; then stop accepting and drop open connections (long watches and log streams).
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: impl Future<Output = ()>,
+    service: S,
+) where
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+}
+
+/// A certificate's subject alternative name from an IP or a DNS name.
+pub fn san_entry(san: &str) -> Result<SanType> {
+    Ok(match san.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(
+            san.to_string()
+                .try_into()
+                .with_context(|| format!("{san:?} is not a DNS name or IP"))?,
+        ),
+    })
+}
