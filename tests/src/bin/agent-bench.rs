@@ -38,8 +38,19 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Sum of the RSS of every process whose command line starts with `skiff-agent <what>`.
-fn rss_of(what: &str) -> (usize, u64) {
+/// Proportional set size (shared pages split among their users), KiB.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Count and total PSS of the processes whose command line is `skiff-agent <what> …`.
+fn pss_of(what: &str) -> (usize, u64) {
     let mut n = 0;
     let mut kib = 0;
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -52,7 +63,7 @@ fn rss_of(what: &str) -> (usize, u64) {
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if args.len() > 1 && args[0].ends_with(b"skiff-agent") && args[1] == what.as_bytes() {
             n += 1;
-            kib += rss_kib(pid).unwrap_or(0);
+            kib += pss_kib(pid).unwrap_or(0);
         }
     }
     (n, kib)
@@ -138,8 +149,9 @@ async fn main() -> Result<()> {
     latencies.sort();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_loaded = rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
-    let (n_pause, pause_kib) = rss_of("pause");
-    let (n_shim, shim_kib) = rss_of("shim");
+    let agent_pss = pss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
+    let (n_pause, pause_kib) = pss_of("pause");
+    let (n_shim, shim_kib) = pss_of("shim");
     let (p50, p90, p99) = (
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.9),
@@ -175,9 +187,9 @@ async fn main() -> Result<()> {
          | measure | result |\n|---|---|\n\
          | {} pods: POST → Running, p50 / p90 / p99 | {:.0} / {:.0} / {:.0} ms |\n\
          | first POST until all {} Running (goal < 10 s) | {:.2} s |\n\
-         | skiff-agent RSS idle / with {} pods | {:.1} / {:.1} MiB |\n\
-         | per-pod processes: {} pause, {} shim (RSS total) | {:.1} MiB, {:.1} MiB |\n\
-         | delete all {} (graceful, grace 0) until gone from the API | {:.2} s |\n",
+         | skiff-agent RSS idle / with {} pods (PSS with pods) | {:.1} / {:.1} MiB ({:.1} MiB) |\n\
+         | per-pod processes, PSS total (shared pages split): {} pause, {} shim | {:.1} MiB, {:.1} MiB |\n\
+         | delete all {} (grace 0) until the agent has removed every pod's processes, veth, address, cgroup and files | {:.2} s |\n",
         args.command,
         skiff_tests::provenance(),
         args.pods,
@@ -189,6 +201,7 @@ async fn main() -> Result<()> {
         args.pods,
         rss_idle,
         rss_loaded,
+        agent_pss,
         n_pause,
         n_shim,
         pause_kib as f64 / 1024.0,
