@@ -343,6 +343,9 @@ mod tests {
     use super::*;
 
     use std::sync::Mutex;
+    use std::time::Duration;
+
+    use hyper_util::rt::TokioIo;
 
     use bytes::Bytes;
     use futures::StreamExt;
