@@ -115,6 +115,30 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
             tracing::error!("the log server stopped: {e:#}");
         }
     });
+    let target = crate::proxy::ProxyTarget {
+        bpffs_dir: cfg.bpffs.clone(),
+        cgroup_root: agent.cgroups.root.clone(),
+        node_ip: cfg.node_ip,
+        uplink: crate::network::netlink::interface_with(cfg.node_ip).await?,
+        cluster_cidr: cfg.cluster_cidr,
+        service_cidr: cfg.service_cidr,
+        sizes: cfg.bpf_map_sizes,
+    };
+    let dataplane = crate::proxy::dataplane(&cfg.proxy_mode, &target).await?;
+    let metrics = Arc::new(crate::proxy::metrics::ProxyMetrics::default());
+    tokio::spawn(crate::proxy::runner::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        dataplane,
+        metrics.clone(),
+    ));
+    if let Some(addr) = cfg.metrics_address {
+        tokio::spawn(async move {
+            if let Err(e) = crate::proxy::serve_metrics(addr, metrics).await {
+                tracing::error!("the metrics endpoint on {addr} stopped: {e:#}");
+            }
+        });
+    }
     crate::node::update_status(&client, &cfg, true, "").await?;
     tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
     tokio::spawn(crate::node::sync_node_routes(
@@ -141,6 +165,9 @@ pub async fn cleanup(
 ) -> Result<()> {
     let mut errors = Vec::new();
     let runtime = Runtime::new(root_dir)?;
+    let cgroup_root_for_cleanup = cgroup_root
+        .clone()
+        .or_else(|| crate::runtime::cgroup::mounts().v2);
     // Killing the cgroups first stops every pause, shim and container process at once.
     match CgroupLayout::detect(cgroup_root, node_name) {
         Ok(cg) => {
@@ -166,6 +193,13 @@ pub async fn cleanup(
     }
     if let Err(e) = masquerade::remove() {
         errors.push(format!("{e:#}"));
+    }
+    if let Err(e) = crate::proxy::iptables::IptablesDataplane::cleanup_all() {
+        errors.push(format!("removing KUBE-* chains: {e:#}"));
+    }
+    let cgroup_root = cgroup_root_for_cleanup.as_deref();
+    if let Err(e) = crate::proxy::ebpf::cleanup(bpffs, cgroup_root) {
+        errors.push(format!("removing the eBPF proxy: {e:#}"));
     }
     if bpffs.exists()
         && let Err(e) = std::fs::remove_dir_all(bpffs)

@@ -15,6 +15,7 @@ pub struct AgentConfig {
     pub bpffs: PathBuf,
     pub manifest_dir: Option<PathBuf>,
     pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
     /// The HTTPS port serving logs to the apiserver (kubelet's 10250).
     pub port: u16,
     pub proxy_mode: String,
@@ -28,6 +29,9 @@ pub struct AgentConfig {
     pub lease_duration_seconds: i32,
     pub heartbeat_interval: Duration,
     pub max_pods: u32,
+    /// Where to serve Prometheus metrics over plain HTTP (None: not served).
+    pub metrics_address: Option<std::net::SocketAddr>,
+    pub bpf_map_sizes: crate::proxy::ebpf::MapSizes,
 }
 
 impl AgentConfig {
@@ -40,6 +44,7 @@ impl AgentConfig {
             bpffs: PathBuf::from("/sys/fs/bpf/skiff"),
             manifest_dir: None,
             cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16),
+            service_cidr: Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12),
             port: 10250,
             proxy_mode: "auto".into(),
             cluster_dns: None,
@@ -51,6 +56,8 @@ impl AgentConfig {
             lease_duration_seconds: 40,
             heartbeat_interval: Duration::from_secs(10),
             max_pods: 110,
+            metrics_address: None,
+            bpf_map_sizes: Default::default(),
         }
     }
 }

@@ -119,6 +119,10 @@ struct RunArgs {
     /// The cluster's pod network; traffic from pods to outside it is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: Ipv4Net,
+    /// The apiserver's ClusterIP range (in iptables mode it is routed onto skiff0 so node
+    /// processes reach services on nodes without a default route).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: Ipv4Net,
     /// HTTPS port for the apiserver's log requests (kubelet: 10250).
     #[arg(long, default_value_t = 10250)]
     port: u16,
@@ -147,6 +151,12 @@ struct RunArgs {
     node_status_update_seconds: u64,
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Serve Prometheus metrics (proxy syncs, programmed services) on this address over
+    /// plain HTTP; empty to disable.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
+    #[command(flatten)]
+    bpf_maps: skiff_agent::proxy::ebpf::MapSizeFlags,
 }
 
 fn hostname() -> String {
@@ -231,6 +241,7 @@ fn tokio_main(cmd: Command) -> Result<()> {
                     bpffs: a.bpffs,
                     manifest_dir: a.manifest_dir,
                     cluster_cidr: a.cluster_cidr,
+                    service_cidr: a.service_cluster_ip_range,
                     port: a.port,
                     proxy_mode: a.proxy_mode,
                     cluster_dns: a.cluster_dns,
@@ -242,6 +253,16 @@ fn tokio_main(cmd: Command) -> Result<()> {
                     lease_duration_seconds: 40,
                     heartbeat_interval: Duration::from_secs(a.node_status_update_seconds.max(1)),
                     max_pods: a.max_pods,
+                    bpf_map_sizes: (&a.bpf_maps).into(),
+                    metrics_address: if a.metrics_bind_address.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            a.metrics_bind_address
+                                .parse()
+                                .context("--metrics-bind-address")?,
+                        )
+                    },
                 };
                 let run = skiff_agent::agent::run(cfg, &a.kubeconfig);
                 let mut term =

@@ -315,3 +315,53 @@ async fn configure_inside(
     rx.await
         .map_err(|_| anyhow!("the pod network thread died"))?
 }
+
+/// The name of the interface that holds `ip` in the current network namespace.
+pub async fn interface_with(ip: Ipv4Addr) -> Result<Option<String>> {
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::link::LinkAttribute;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(conn);
+    let mut addrs = handle.address().get().execute();
+    let mut index = None;
+    while let Some(msg) = addrs.try_next().await? {
+        if msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Address(std::net::IpAddr::V4(a)) if *a == ip))
+        {
+            index = Some(msg.header.index);
+            break;
+        }
+    }
+    let Some(index) = index else { return Ok(None) };
+    let mut links = handle.link().get().match_index(index).execute();
+    while let Some(msg) = links.try_next().await? {
+        for a in msg.attributes {
+            if let LinkAttribute::IfName(name) = a {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Route `dst` onto the bridge, so node-local clients can reach service addresses on a node
+/// without a default route (iptables mode rewrites them in OUTPUT, after the route lookup).
+pub async fn ensure_service_route(dst: Ipv4Net) -> Result<()> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(conn);
+    let bridge = link_index(&handle, BRIDGE)
+        .await?
+        .ok_or_else(|| anyhow!("bridge {BRIDGE} does not exist"))?;
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.addr, dst.prefix)
+        .output_interface(bridge)
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL + 1))
+        .build();
+    match handle.route().add(msg).replace().execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_exists(&e) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("adding the route to {dst} via {BRIDGE}")),
+    }
+}

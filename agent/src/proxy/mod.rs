@@ -1,4 +1,137 @@
 //! The service proxy: Services and EndpointSlices in, a programmed dataplane out.
+//!
+//! `--proxy-mode ebpf` translates service addresses at the socket (cgroup programs) and
+//! NodePort traffic on the uplink (tc) with the programs of `ebpf/` ([`ebpf`]);
+//! `--proxy-mode iptables` programs kube-proxy's chain layout ([`iptables`]); `auto` tries
+//! eBPF and falls back to iptables, saying why.
+pub mod ebpf;
+pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use async_trait::async_trait;
+
+use self::iptables::{Backend, IptablesDataplane};
+use self::model::ProxyState;
+use self::runner::{Dataplane, SyncStats};
+use crate::network::Ipv4Net;
+
+/// The iptables dataplane on the async runner: its syncs run `iptables-restore`, so they
+/// go to a blocking thread.
+pub struct IptablesProxy(Option<IptablesDataplane>);
+
+#[async_trait]
+impl Dataplane for IptablesProxy {
+    fn mode(&self) -> &'static str {
+        "iptables"
+    }
+
+    async fn sync(&mut self, state: &ProxyState) -> Result<SyncStats> {
+        let Some(mut dp) = self.0.take() else {
+            bail!("the iptables dataplane was lost by an earlier failure");
+        };
+        let state = state.clone();
+        let (dp, result) = tokio::task::spawn_blocking(move || {
+            let r = dp.sync(&state);
+            (dp, r)
+        })
+        .await?;
+        let (services, backends) = dp.programmed();
+        self.0 = Some(dp);
+        let stats = result?;
+        Ok(SyncStats {
+            services,
+            backends,
+            writes: stats.rules_written,
+        })
+    }
+}
+
+/// Where the dataplane hooks into this node.
+pub struct ProxyTarget {
+    pub bpffs_dir: std::path::PathBuf,
+    pub cgroup_root: std::path::PathBuf,
+    pub node_ip: std::net::Ipv4Addr,
+    /// The interface holding the node IP (NodePort traffic arrives there).
+    pub uplink: Option<String>,
+    pub cluster_cidr: Ipv4Net,
+    /// Where ClusterIPs come from (`--service-cluster-ip-range`).
+    pub service_cidr: Ipv4Net,
+    pub sizes: ebpf::MapSizes,
+}
+
+fn iptables_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+    if !Backend::Nft.available() {
+        bail!("proxy mode iptables needs the iptables command (Debian package iptables)");
+    }
+    // Leftovers of eBPF mode would translate sockets before iptables sees them.
+    if let Err(e) = ebpf::cleanup(&t.bpffs_dir, Some(&t.cgroup_root)) {
+        tracing::warn!("removing eBPF proxy leftovers: {e:#}");
+    }
+    Ok(Box::new(IptablesProxy(Some(
+        IptablesDataplane::new(Backend::Nft).with_cluster_cidr(Some(t.cluster_cidr)),
+    ))))
+}
+
+fn ebpf_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+    let mut cfg = ebpf::EbpfConfig::new(&t.bpffs_dir, &t.cgroup_root);
+    cfg.uplink = t.uplink.clone();
+    cfg.node_ip = Some(t.node_ip);
+    cfg.sizes = t.sizes;
+    let dp = ebpf::EbpfDataplane::open(&cfg)?;
+    // Leftovers of iptables mode would DNAT what the socket programs already translated.
+    if let Err(e) = IptablesDataplane::cleanup_all() {
+        tracing::warn!("removing iptables proxy leftovers: {e:#}");
+    }
+    Ok(Box::new(dp))
+}
+
+/// The dataplane for `--proxy-mode`. Starting in one mode removes the other's leftovers.
+pub async fn dataplane(mode: &str, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+    let dp = choose(mode, t)?;
+    if dp.mode() == "iptables" {
+        crate::network::netlink::ensure_service_route(t.service_cidr).await?;
+    }
+    Ok(dp)
+}
+
+fn choose(mode: &str, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+    match mode {
+        "iptables" => iptables_dataplane(t),
+        "ebpf" => ebpf_dataplane(t),
+        "auto" => match ebpf_dataplane(t) {
+            Ok(d) => {
+                tracing::info!("proxy mode auto: using eBPF");
+                Ok(d)
+            }
+            Err(e) => {
+                tracing::warn!("proxy mode auto: eBPF is not usable here ({e:#}); using iptables");
+                iptables_dataplane(t)
+            }
+        },
+        other => bail!("unknown proxy mode {other:?} (ebpf, iptables or auto)"),
+    }
+}
+
+/// Serve the agent's Prometheus metrics over plain HTTP (like kube-proxy's 10249).
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<metrics::ProxyMetrics>,
+) -> Result<()> {
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = metrics.clone();
+                async move { m.render() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

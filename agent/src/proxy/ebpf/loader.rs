@@ -1,0 +1,628 @@
+//! Load the embedded eBPF object, reuse (or create) the pinned maps, attach the programs through
+//! pinned bpf_links — or swap new programs into the links a previous agent left — and undo it
+//! all in [`cleanup`].
+//!
+//! Pins under an agent's `--bpffs` directory:
+//! - `maps/<map name>`: every map of [`super::maps::ALL_MAPS`];
+//! - `links/<program name>`: one bpf_link per attached program.
+use std::fs;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Map, MapData, MapInfo, MapType};
+use aya::programs::links::FdLink;
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader, Pod};
+use skiff_ebpf_common::{
+    AffinityKey, AffinityMatchKey, AffinityValue, Backend, CtEntry, CtKey, Frontend, FrontendKey,
+    RevNat, SlotKey, SockRev, SockRevKey, globals, ip_raw, names, programs,
+};
+use tracing::{debug, info, warn};
+
+use super::maps::{BpfTable, PinnedMaps, SVC_NAME_LEN, SVC_NAMES, SvcName, Table, map_pin_path};
+use super::sys;
+
+/// The programs, built by build.rs (empty when built with `SKIFF_EBPF_SKIP=1`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff-ebpf"));
+
+/// `max_entries` of each map. The agent's flags set them ([`super::MapSizeFlags`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Frontends (ClusterIP and NodePort service ports); also the revNAT and names maps.
+    pub frontends: u32,
+    /// Distinct backends (ip, port, protocol).
+    pub backends: u32,
+    /// Backend slots summed over all frontends; also the affinity-match map.
+    pub slots: u32,
+    /// Session-affinity entries (LRU).
+    pub affinity: u32,
+    /// Socket reverse-NAT entries (LRU): translated sockets with replies in flight.
+    pub sock_rev: u32,
+    /// NodePort conntrack entries (LRU; two per flow).
+    pub ct: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            frontends: 32_768,
+            backends: 65_536,
+            slots: 131_072,
+            affinity: 65_536,
+            sock_rev: 131_072,
+            ct: 131_072,
+        }
+    }
+}
+
+struct MapSpec {
+    name: &'static str,
+    lru: bool,
+    key: usize,
+    value: usize,
+    max: u32,
+}
+
+fn specs(s: &MapSizes) -> Vec<MapSpec> {
+    fn spec<K, V>(name: &'static str, lru: bool, max: u32) -> MapSpec {
+        MapSpec {
+            name,
+            lru,
+            key: size_of::<K>(),
+            value: size_of::<V>(),
+            max: max.max(1),
+        }
+    }
+    vec![
+        spec::<FrontendKey, Frontend>(names::FRONTENDS, false, s.frontends),
+        spec::<SlotKey, u32>(names::SLOTS, false, s.slots),
+        spec::<u32, Backend>(names::BACKENDS, false, s.backends),
+        spec::<u32, RevNat>(names::REVNAT, false, s.frontends),
+        spec::<AffinityKey, AffinityValue>(names::AFFINITY, true, s.affinity),
+        spec::<AffinityMatchKey, u32>(names::AFF_MATCH, false, s.slots),
+        spec::<SockRevKey, SockRev>(names::SOCK_REVNAT, true, s.sock_rev),
+        spec::<CtKey, CtEntry>(names::CT, true, s.ct),
+        spec::<u32, SvcName>(SVC_NAMES, false, s.frontends),
+    ]
+}
+
+/// How a pinned map compares with what this agent wants.
+enum PinState {
+    Missing,
+    Compatible,
+    /// Same layout, other size: migrate the entries into a new map.
+    Resize(u32),
+    /// Another layout (an agent of another version): start empty.
+    Incompatible(String),
+}
+
+fn pin_state(path: &Path, spec: &MapSpec) -> PinState {
+    if fs::symlink_metadata(path).is_err() {
+        return PinState::Missing;
+    }
+    let info = match MapInfo::from_pin(path) {
+        Ok(i) => i,
+        Err(e) => return PinState::Incompatible(format!("unreadable: {e}")),
+    };
+    let want = if spec.lru {
+        MapType::LruHash
+    } else {
+        MapType::Hash
+    };
+    let ty = info.map_type().ok();
+    if ty != Some(want)
+        || info.key_size() as usize != spec.key
+        || info.value_size() as usize != spec.value
+    {
+        return PinState::Incompatible(format!(
+            "type {ty:?} key {} value {}, want {want:?} key {} value {}",
+            info.key_size(),
+            info.value_size(),
+            spec.key,
+            spec.value
+        ));
+    }
+    if info.max_entries() != spec.max {
+        return PinState::Resize(info.max_entries());
+    }
+    PinState::Compatible
+}
+
+/// Everything [`load`] needs.
+pub struct LoadConfig<'a> {
+    pub bpffs_dir: &'a Path,
+    pub cgroup_root: &'a Path,
+    pub uplink: Option<&'a str>,
+    pub node_ip: Option<Ipv4Addr>,
+    pub sizes: MapSizes,
+    pub debug_log: bool,
+}
+
+/// What [`load`] did with each attachment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachReport {
+    /// Links created (and pinned) by this call.
+    pub attached: Vec<String>,
+    /// Pinned links whose program was swapped atomically (`BPF_LINK_UPDATE`).
+    pub updated: Vec<String>,
+    /// Pinned links removed because they pointed elsewhere (other cgroup or interface).
+    pub replaced: Vec<String>,
+    /// Maps reused from pins / created / resized (entries migrated) / recreated empty.
+    pub maps_reused: Vec<String>,
+    pub maps_created: Vec<String>,
+    pub maps_resized: Vec<String>,
+    pub maps_recreated: Vec<String>,
+}
+
+/// The loaded dataplane: its maps, and the debug-log reader if on.
+pub struct Loaded {
+    pub maps: PinnedMaps,
+    pub report: AttachReport,
+    pub logger: Option<LogReader>,
+}
+
+/// Reads aya-log records from the programs on a thread until dropped.
+pub struct LogReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn links_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("links")
+}
+
+/// `enum bpf_attach_type` of each cgroup program.
+const CGROUP_PROGRAMS: [(&str, u32); 4] = [
+    (programs::CONNECT4, 10),     // BPF_CGROUP_INET4_CONNECT
+    (programs::SENDMSG4, 14),     // BPF_CGROUP_UDP4_SENDMSG
+    (programs::RECVMSG4, 19),     // BPF_CGROUP_UDP4_RECVMSG
+    (programs::GETPEERNAME4, 29), // BPF_CGROUP_INET4_GETPEERNAME
+];
+const TC_PROGRAMS: [(&str, u32, bool); 2] = [
+    (programs::NODEPORT_INGRESS, 46, true), // BPF_TCX_INGRESS
+    (programs::NODEPORT_EGRESS, 47, false), // BPF_TCX_EGRESS
+];
+
+/// Whether the embedded object holds programs (false when built with `SKIFF_EBPF_SKIP=1`).
+pub fn programs_built() -> bool {
+    !OBJECT.is_empty()
+}
+
+pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
+    if !programs_built() {
+        bail!(
+            "this skiff-agent was built with SKIFF_EBPF_SKIP=1: it has no eBPF programs (rebuild without it, or use --proxy-mode iptables)"
+        );
+    }
+    let dir = cfg.bpffs_dir;
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    if !sys::is_bpffs(dir).with_context(|| format!("statfs {}", dir.display()))? {
+        bail!(
+            "{} is not on a bpffs mount (pins need one): `mount -t bpf bpf /sys/fs/bpf` and use a directory below it",
+            dir.display()
+        );
+    }
+    for sub in ["maps", "links"] {
+        fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("create {}", dir.join(sub).display()))?;
+    }
+    let mut report = AttachReport::default();
+
+    // 1. Pinned maps: keep compatible ones, move resized ones aside for migration, drop
+    //    incompatible ones.
+    let specs = specs(&cfg.sizes);
+    let mut resized = Vec::new();
+    for spec in &specs {
+        let pin = map_pin_path(dir, spec.name);
+        match pin_state(&pin, spec) {
+            PinState::Missing => report.maps_created.push(spec.name.into()),
+            PinState::Compatible => report.maps_reused.push(spec.name.into()),
+            PinState::Resize(old) => {
+                let aside = pin.with_extension("old");
+                let _ = fs::remove_file(&aside);
+                fs::rename(&pin, &aside)
+                    .with_context(|| format!("move {} aside", pin.display()))?;
+                info!(
+                    map = spec.name,
+                    old,
+                    new = spec.max,
+                    "resizing pinned BPF map; entries are migrated"
+                );
+                resized.push(spec.name);
+                report.maps_resized.push(spec.name.into());
+            }
+            PinState::Incompatible(why) => {
+                warn!(map = spec.name, %why, "pinned BPF map has another layout; recreating it empty");
+                fs::remove_file(&pin).with_context(|| format!("unpin {}", pin.display()))?;
+                report.maps_recreated.push(spec.name.into());
+            }
+        }
+    }
+
+    // 2. The object, with its maps pinned (aya reuses a pin when present).
+    let node_ip = cfg.node_ip.map_or(0, |ip| ip_raw(ip.octets()));
+    let log_level: u8 = if cfg.debug_log {
+        aya_log::Level::Debug as u8
+    } else {
+        0
+    };
+    let mut loader = EbpfLoader::new();
+    for spec in specs.iter().filter(|s| s.name != SVC_NAMES) {
+        loader.map_pin_path(spec.name, map_pin_path(dir, spec.name));
+        loader.map_max_entries(spec.name, spec.max);
+    }
+    loader.override_global(globals::NODE_IP, &node_ip, true);
+    loader.override_global(aya_log::LEVEL, &log_level, false);
+    let mut ebpf = loader.load(OBJECT).context("load the eBPF object")?;
+
+    // The names map is userspace-only: create it by hand (no preallocation: names are big).
+    let names_spec = specs
+        .iter()
+        .find(|s| s.name == SVC_NAMES)
+        .expect("names spec");
+    let names_pin = map_pin_path(dir, SVC_NAMES);
+    let names_data = match MapData::from_pin(&names_pin) {
+        Ok(m) => m,
+        Err(_) => {
+            const BPF_MAP_TYPE_HASH: u32 = 1;
+            const BPF_F_NO_PREALLOC: u32 = 1;
+            let obj = aya_obj::Map::new_from_params(
+                BPF_MAP_TYPE_HASH,
+                4,
+                SVC_NAME_LEN as u32,
+                names_spec.max,
+                BPF_F_NO_PREALLOC,
+            );
+            let m = MapData::create(obj, SVC_NAMES, None)
+                .map_err(|e| anyhow!("create BPF map {SVC_NAMES}: {e}"))?;
+            m.pin(&names_pin)
+                .map_err(|e| anyhow!("pin {}: {e}", names_pin.display()))?;
+            m
+        }
+    };
+
+    let mut take = |name: &'static str| -> Result<Map> {
+        ebpf.take_map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    };
+    let mut maps = PinnedMaps {
+        frontends: BpfTable::from_map(names::FRONTENDS, take(names::FRONTENDS)?)?,
+        slots: BpfTable::from_map(names::SLOTS, take(names::SLOTS)?)?,
+        backends: BpfTable::from_map(names::BACKENDS, take(names::BACKENDS)?)?,
+        revnat: BpfTable::from_map(names::REVNAT, take(names::REVNAT)?)?,
+        affinity: BpfTable::from_map(names::AFFINITY, take(names::AFFINITY)?)?,
+        aff_match: BpfTable::from_map(names::AFF_MATCH, take(names::AFF_MATCH)?)?,
+        sock_rev: BpfTable::from_map(names::SOCK_REVNAT, take(names::SOCK_REVNAT)?)?,
+        ct: BpfTable::from_map(names::CT, take(names::CT)?)?,
+        svc_names: BpfTable::new(SVC_NAMES, names_data)?,
+    };
+
+    // 3. Copy the entries of resized maps, before any program uses the new maps.
+    for name in resized {
+        let aside = map_pin_path(dir, name).with_extension("old");
+        let n =
+            migrate(&mut maps, name, &aside).with_context(|| format!("migrate BPF map {name}"))?;
+        info!(map = name, entries = n, "migrated pinned BPF map");
+        let _ = fs::remove_file(&aside);
+    }
+
+    // 4. Programs: swap into the pinned links, or attach and pin.
+    let links = links_dir(dir);
+    let cgroup = fs::File::open(cfg.cgroup_root)
+        .with_context(|| format!("open cgroup {}", cfg.cgroup_root.display()))?;
+    let cgroup_id = sys::cgroup_id(cfg.cgroup_root)?;
+    for (name, attach_type) in CGROUP_PROGRAMS {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("load program {name}"))?;
+        let pin = links.join(name);
+        let existing = reusable_link(
+            &pin,
+            |i| {
+                i.link_type == sys::LINK_TYPE_CGROUP
+                    && i.cgroup_id == cgroup_id
+                    && i.attach_type == attach_type
+            },
+            &mut report,
+        )?;
+        match existing {
+            Some(link) => {
+                sys::link_update(&link, prog.fd()?.as_fd())
+                    .with_context(|| format!("swap program {name} into {}", pin.display()))?;
+                report.updated.push(name.into());
+            }
+            None => {
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .with_context(|| format!("attach {name} to {}", cfg.cgroup_root.display()))?;
+                let link: FdLink = prog.take_link(id)?.try_into()?;
+                link.pin(&pin)
+                    .map_err(|e| anyhow!("pin link {}: {e}", pin.display()))?;
+                report.attached.push(name.into());
+            }
+        }
+    }
+    match cfg.uplink {
+        Some(ifname) => {
+            let ifindex = if_index(ifname)?;
+            for (name, attach_type, ingress) in TC_PROGRAMS {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+                    .try_into()?;
+                prog.load()
+                    .with_context(|| format!("load program {name}"))?;
+                let pin = links.join(name);
+                let existing = reusable_link(
+                    &pin,
+                    |i| {
+                        i.link_type == sys::LINK_TYPE_TCX
+                            && i.ifindex == ifindex
+                            && i.attach_type == attach_type
+                    },
+                    &mut report,
+                )?;
+                match existing {
+                    Some(link) => {
+                        sys::link_update(&link, prog.fd()?.as_fd()).with_context(|| {
+                            format!("swap program {name} into {}", pin.display())
+                        })?;
+                        report.updated.push(name.into());
+                    }
+                    None => {
+                        let tc_type = if ingress {
+                            TcAttachType::Ingress
+                        } else {
+                            TcAttachType::Egress
+                        };
+                        let id = prog
+                            .attach_with_options(
+                                ifname,
+                                tc_type,
+                                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                            )
+                            .with_context(|| format!("attach {name} to {ifname} (tcx)"))?;
+                        let link: FdLink = prog.take_link(id)?.try_into()?;
+                        link.pin(&pin)
+                            .map_err(|e| anyhow!("pin link {}: {e}", pin.display()))?;
+                        report.attached.push(name.into());
+                    }
+                }
+            }
+        }
+        None => {
+            // No uplink (any more): NodePort programs a previous run attached must go.
+            for (name, _, _) in TC_PROGRAMS {
+                let pin = links.join(name);
+                if fs::symlink_metadata(&pin).is_ok() {
+                    detach_pinned(&pin)?;
+                    report.replaced.push(name.into());
+                }
+            }
+        }
+    }
+
+    // 5. Debug log records.
+    let logger = if cfg.debug_log {
+        Some(start_log_reader(&mut ebpf)?)
+    } else {
+        None
+    };
+    debug!(?report, "eBPF dataplane loaded");
+    Ok(Loaded {
+        maps,
+        report,
+        logger,
+    })
+}
+
+fn if_index(ifname: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(ifname).context("interface name")?;
+    // SAFETY: a valid C string.
+    let i = unsafe { nix::libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("uplink interface {ifname}"));
+    }
+    Ok(i)
+}
+
+/// The pinned link at `pin` if it exists and `fits`; a link that does not fit (another cgroup
+/// or interface) is detached and unpinned.
+fn reusable_link(
+    pin: &Path,
+    fits: impl Fn(&sys::LinkInfo) -> bool,
+    report: &mut AttachReport,
+) -> Result<Option<OwnedFd>> {
+    if fs::symlink_metadata(pin).is_err() {
+        return Ok(None);
+    }
+    let fd = match sys::obj_get(pin) {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(pin = %pin.display(), error = %e, "unreadable pinned link; replacing it");
+            let _ = fs::remove_file(pin);
+            return Ok(None);
+        }
+    };
+    let info = sys::link_info(&fd).with_context(|| format!("link info of {}", pin.display()))?;
+    if fits(&info) {
+        return Ok(Some(fd));
+    }
+    info!(pin = %pin.display(), ?info, "pinned link points elsewhere; replacing it");
+    let _ = sys::link_detach(&fd);
+    fs::remove_file(pin).with_context(|| format!("unpin {}", pin.display()))?;
+    report
+        .replaced
+        .push(pin.file_name().unwrap_or_default().to_string_lossy().into());
+    Ok(None)
+}
+
+fn detach_pinned(pin: &Path) -> Result<()> {
+    if let Ok(fd) = sys::obj_get(pin)
+        && let Err(e) = sys::link_detach(&fd)
+    {
+        // EINVAL/EOPNOTSUPP: already detached (e.g. its cgroup or interface is gone).
+        debug!(pin = %pin.display(), error = %e, "link detach");
+    }
+    match fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("unpin {}", pin.display())),
+    }
+}
+
+fn copy_entries<K: Pod, V: Pod>(new: &mut BpfTable<K, V>, old: &Path) -> Result<usize> {
+    let old: BpfTable<K, V> = BpfTable::from_pin(new.name(), old)?;
+    let mut n = 0;
+    for (k, v) in old.entries()? {
+        match new.put(&k, &v) {
+            Ok(()) => n += 1,
+            // Shrunk below the number of entries: the rest is reported, not silently lost.
+            Err(e) => bail!("{e} (after copying {n} entries)"),
+        }
+    }
+    Ok(n)
+}
+
+fn migrate(maps: &mut PinnedMaps, name: &str, old: &Path) -> Result<usize> {
+    match name {
+        names::FRONTENDS => copy_entries(&mut maps.frontends, old),
+        names::SLOTS => copy_entries(&mut maps.slots, old),
+        names::BACKENDS => copy_entries(&mut maps.backends, old),
+        names::REVNAT => copy_entries(&mut maps.revnat, old),
+        names::AFFINITY => copy_entries(&mut maps.affinity, old),
+        names::AFF_MATCH => copy_entries(&mut maps.aff_match, old),
+        names::SOCK_REVNAT => copy_entries(&mut maps.sock_rev, old),
+        names::CT => copy_entries(&mut maps.ct, old),
+        SVC_NAMES => copy_entries(&mut maps.svc_names, old),
+        other => bail!("unknown map {other}"),
+    }
+}
+
+fn start_log_reader(ebpf: &mut Ebpf) -> Result<LogReader> {
+    use std::os::fd::AsRawFd;
+    let mut logger = aya_log::EbpfLogger::init(ebpf).context("aya-log")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("skiff-bpf-log".into())
+        .spawn(move || {
+            let fd = logger.as_raw_fd();
+            while !stop2.load(Ordering::Relaxed) {
+                let mut pfd = nix::libc::pollfd {
+                    fd,
+                    events: nix::libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { nix::libc::poll(&mut pfd, 1, 200) };
+                logger.flush();
+            }
+        })?;
+    Ok(LogReader {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// What [`cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub links: Vec<String>,
+    pub maps: Vec<String>,
+    /// Unpinned skiff links found attached to the cgroup root and detached.
+    pub swept: usize,
+}
+
+/// Detach every program and unpin every map an agent left under `bpffs_dir`; with
+/// `cgroup_root`, also detach skiff cgroup links attached there that are not pinned (left by a
+/// crash between attach and pin). Missing pieces are fine: cleanup is idempotent.
+pub fn cleanup(bpffs_dir: &Path, cgroup_root: Option<&Path>) -> Result<CleanupReport> {
+    let mut rep = CleanupReport::default();
+    let links = links_dir(bpffs_dir);
+    if let Ok(rd) = fs::read_dir(&links) {
+        for e in rd.flatten() {
+            detach_pinned(&e.path())?;
+            rep.links.push(e.file_name().to_string_lossy().into());
+        }
+    }
+    if let Some(root) = cgroup_root {
+        rep.swept = sweep_cgroup(root).unwrap_or_else(|e| {
+            warn!(cgroup = %root.display(), error = %e, "sweeping skiff cgroup links");
+            0
+        });
+    }
+    let maps = bpffs_dir.join("maps");
+    if let Ok(rd) = fs::read_dir(&maps) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match fs::remove_file(&p) {
+                Ok(()) => rep.maps.push(e.file_name().to_string_lossy().into()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err).with_context(|| format!("unpin {}", p.display())),
+            }
+        }
+    }
+    for d in [&links, &maps] {
+        let _ = fs::remove_dir(d);
+    }
+    // The node's directory itself, if now empty (never a parent).
+    let _ = fs::remove_dir(bpffs_dir);
+    rep.links.sort();
+    rep.maps.sort();
+    Ok(rep)
+}
+
+/// Detach skiff cgroup links on `root` that no pin holds.
+fn sweep_cgroup(root: &Path) -> Result<usize> {
+    let cgroup_id = match sys::cgroup_id(root) {
+        Ok(id) => id,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let skiff_progs: std::collections::HashSet<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| CGROUP_PROGRAMS.iter().any(|(name, _)| *name == n))
+        })
+        .map(|p| p.id())
+        .collect();
+    let mut n = 0;
+    for id in sys::link_ids()? {
+        let Ok(fd) = sys::link_fd_by_id(id) else {
+            continue;
+        };
+        let Ok(info) = sys::link_info(&fd) else {
+            continue;
+        };
+        if info.link_type == sys::LINK_TYPE_CGROUP
+            && info.cgroup_id == cgroup_id
+            && skiff_progs.contains(&info.prog_id)
+        {
+            sys::link_detach(&fd).with_context(|| format!("detach link {id}"))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,1309 @@
+//! Make the LB maps equal to a [`ProxyState`] with minimal writes, through the [`LbStore`]
+//! trait (so all of this is unit-tested without root).
+//!
+//! - Ids are stable: a frontend keeps its revNAT id (which also names its slot set) for as long
+//!   as it exists; a backend (ip, port, protocol) keeps its id while any slot references it.
+//!   Ids are allocated from a moving cursor, so a freed id is not handed out again at once.
+//! - Slots are stable too: a surviving backend stays in its slot, a new one fills a hole or is
+//!   appended, and the tail is compacted into holes — one backend more or less costs one or two
+//!   slot writes, not a rewrite of the set.
+//! - Write order keeps the datapath consistent at every step: backends and slots before the
+//!   frontend that counts them; the frontend's count shrinks before its tail slots go; backends
+//!   go last, once no slot references them.
+//! - A failed write (a full map) skips that frontend and is reported by map name in
+//!   [`SyncError`]; everything else is still programmed. The in-memory mirror only records
+//!   writes that succeeded, so the next sync retries what is missing.
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use skiff_ebpf_common::{
+    AffinityMatchKey, BE_LOCAL, Backend, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend,
+    FrontendKey, RevNat, SlotKey, ip_raw, port_raw,
+};
+
+use super::maps::{LbStore, MapOpError, name_to_bytes};
+use crate::proxy::model::ProxyState;
+
+/// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
+/// which SipHash's DoS resistance buys nothing and costs a third of a 10k-service resync.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut c = bytes.chunks_exact(8);
+        for w in &mut c {
+            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        for b in c.remainder() {
+            self.add(u64::from(*b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxBuild = BuildHasherDefault<FxHasher>;
+type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
+type HashSet<K> = std::collections::HashSet<K, FxBuild>;
+
+/// A backend's identity (raw: network byte order, as stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// What one frontend should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFrontend {
+    /// Service name for the names map (`namespace/name:port`).
+    pub name: String,
+    /// `FE_*` bits.
+    pub flags: u8,
+    pub affinity_timeout: u32,
+    /// Backends in slot-preference order, each with its `BE_LOCAL` bit.
+    pub backends: Vec<(BackendAddr, bool)>,
+}
+
+/// The frontends a [`ProxyState`] asks for: each service port's ClusterIP, plus
+/// `node_ip:nodePort` for NodePort services when the node IP is known (with only local
+/// backends under `externalTrafficPolicy: Local`).
+pub fn desired(
+    state: &ProxyState,
+    node_ip: Option<Ipv4Addr>,
+) -> BTreeMap<FrontendKey, DesiredFrontend> {
+    let mut out = BTreeMap::new();
+    for sp in state.values() {
+        let proto = sp.name.protocol.number();
+        let (aff_flag, timeout) = match sp.affinity_timeout {
+            Some(t) => (FE_AFFINITY, t),
+            None => (0, 0),
+        };
+        let conv = |eps: Vec<&crate::proxy::model::Endpoint>| -> Vec<(BackendAddr, bool)> {
+            let mut v: Vec<(BackendAddr, bool)> = eps
+                .into_iter()
+                .map(|e| {
+                    (
+                        BackendAddr {
+                            addr: ip_raw(e.ip.octets()),
+                            port: port_raw(e.port),
+                            proto,
+                        },
+                        e.local,
+                    )
+                })
+                .collect();
+            // The model's endpoints are sorted and deduplicated by (ip, port): duplicates,
+            // if any, are adjacent.
+            v.dedup_by(|a, b| a.0 == b.0);
+            v
+        };
+        let name = sp.name.to_string();
+        if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
+            out.entry(FrontendKey {
+                addr: ip_raw(sp.cluster_ip.octets()),
+                port: port_raw(sp.port),
+                proto,
+                pad: 0,
+            })
+            .or_insert_with(|| DesiredFrontend {
+                name: name.clone(),
+                flags: aff_flag,
+                affinity_timeout: timeout,
+                backends: conv(sp.usable()),
+            });
+        }
+        if let Some(node_ip) = node_ip.filter(|_| sp.node_port != 0) {
+            let (flags, backends) = if sp.external_local {
+                (
+                    aff_flag | FE_NODEPORT | FE_EXTERNAL_LOCAL,
+                    conv(sp.usable_local()),
+                )
+            } else {
+                (aff_flag | FE_NODEPORT, conv(sp.usable()))
+            };
+            out.entry(FrontendKey {
+                addr: ip_raw(node_ip.octets()),
+                port: port_raw(sp.node_port),
+                proto,
+                pad: 0,
+            })
+            .or_insert(DesiredFrontend {
+                name,
+                flags,
+                affinity_timeout: timeout,
+                backends,
+            });
+        }
+    }
+    out
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncStats {
+    /// Frontends programmed after the sync.
+    pub frontends: usize,
+    /// Backends programmed after the sync.
+    pub backends: usize,
+    pub frontends_added: usize,
+    pub frontends_updated: usize,
+    pub frontends_removed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    /// Map updates and deletes issued.
+    pub writes: usize,
+    pub deletes: usize,
+    #[serde(skip)]
+    pub duration: Duration,
+}
+
+/// A frontend (or backend) that could not be programmed.
+#[derive(Debug)]
+pub struct SyncFailure {
+    /// `namespace/name:port` (or `backend a.b.c.d:port`).
+    pub service: String,
+    pub error: MapOpError,
+}
+
+/// Some entries could not be written; the rest of the state was programmed.
+#[derive(Debug)]
+pub struct SyncError {
+    pub stats: SyncStats,
+    pub failures: Vec<SyncFailure>,
+}
+
+impl SyncError {
+    /// The maps that were full, deduplicated.
+    pub fn full_maps(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self
+            .failures
+            .iter()
+            .filter(|f| matches!(f.error, MapOpError::Full { .. }))
+            .map(|f| f.error.map())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} entries not programmed", self.failures.len())?;
+        for (i, x) in self.failures.iter().take(5).enumerate() {
+            write!(
+                f,
+                "{} {}: {}",
+                if i == 0 { ":" } else { ";" },
+                x.service,
+                x.error
+            )?;
+        }
+        if self.failures.len() > 5 {
+            write!(f, "; …")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SyncError {}
+
+/// The reconciler's mirror of the maps: what it believes is in the kernel.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    frontends: HashMap<FrontendKey, Frontend>,
+    /// revNAT id → slot → backend id.
+    slots: HashMap<u32, BTreeMap<u32, u32>>,
+    backends: HashMap<u32, Backend>,
+    backend_ids: HashMap<BackendAddr, u32>,
+    revnat: HashMap<u32, RevNat>,
+    /// revNAT id → backend ids with an affinity-match entry.
+    aff_match: HashMap<u32, HashSet<u32>>,
+    names: HashMap<u32, String>,
+    next_backend_id: u32,
+    next_rev_nat_id: u32,
+}
+
+fn alloc(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        let id = *next;
+        *next = next.wrapping_add(1).max(1);
+        if id != 0 && !used(id) {
+            return id;
+        }
+    }
+}
+
+/// New slot contents for a set that holds `current` and should hold `want` (see module doc).
+pub fn assign_slots(current: &[u32], want: &[u32]) -> Vec<u32> {
+    // Fast path (the common case of a resync): the same backends, no holes or duplicates.
+    if current.len() == want.len()
+        && current.len() <= 32
+        && current.iter().all(|id| *id != 0 && want.contains(id))
+        && want.iter().all(|id| current.contains(id))
+        && current
+            .iter()
+            .enumerate()
+            .all(|(i, id)| !current[..i].contains(id))
+    {
+        return current.to_vec();
+    }
+    let want_set: HashSet<u32> = want.iter().copied().collect();
+    let mut seen = HashSet::default();
+    let mut out: Vec<u32> = current
+        .iter()
+        .map(|&id| {
+            if id != 0 && want_set.contains(&id) && seen.insert(id) {
+                id
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut fresh: VecDeque<u32> = want
+        .iter()
+        .copied()
+        .filter(|id| !seen.contains(id))
+        .collect();
+    {
+        let mut dedup = HashSet::default();
+        fresh.retain(|id| dedup.insert(*id));
+    }
+    for slot in out.iter_mut() {
+        if *slot == 0 {
+            match fresh.pop_front() {
+                Some(id) => *slot = id,
+                None => break,
+            }
+        }
+    }
+    out.extend(fresh);
+    loop {
+        while out.last() == Some(&0) {
+            out.pop();
+        }
+        match out.iter().position(|&id| id == 0) {
+            Some(hole) => {
+                let last = out.pop().expect("non-empty");
+                out[hole] = last;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+impl Reconciler {
+    /// Read the maps into a mirror (after an agent restart: the pinned maps as they are).
+    pub fn load(store: &mut dyn LbStore) -> Result<Reconciler, MapOpError> {
+        let mut r = Reconciler {
+            next_backend_id: 1,
+            next_rev_nat_id: 1,
+            ..Default::default()
+        };
+        r.frontends = store.frontends().entries()?.into_iter().collect();
+        for (k, id) in store.slots().entries()? {
+            r.slots.entry(k.rev_nat_id).or_default().insert(k.slot, id);
+        }
+        r.backends = store.backends().entries()?.into_iter().collect();
+        let mut ids: Vec<(&u32, &Backend)> = r.backends.iter().collect();
+        ids.sort();
+        for (id, b) in ids {
+            r.backend_ids
+                .entry(BackendAddr {
+                    addr: b.addr,
+                    port: b.port,
+                    proto: b.proto,
+                })
+                .or_insert(*id);
+        }
+        r.revnat = store.revnat().entries()?.into_iter().collect();
+        for (k, _) in store.aff_match().entries()? {
+            r.aff_match
+                .entry(k.rev_nat_id)
+                .or_default()
+                .insert(k.backend_id);
+        }
+        r.names = store
+            .svc_names()
+            .entries()?
+            .into_iter()
+            .map(|(id, n)| (id, super::maps::name_from_bytes(&n)))
+            .collect();
+        r.next_backend_id = r
+            .backends
+            .keys()
+            .max()
+            .map_or(1, |m| m.wrapping_add(1).max(1));
+        r.next_rev_nat_id = r
+            .rev_nat_ids_in_use()
+            .into_iter()
+            .max()
+            .map_or(1, |m| m.wrapping_add(1).max(1));
+        Ok(r)
+    }
+
+    fn rev_nat_ids_in_use(&self) -> HashSet<u32> {
+        let mut s: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
+        s.extend(self.slots.keys());
+        s.extend(self.revnat.keys());
+        s.extend(self.aff_match.keys());
+        s.extend(self.names.keys());
+        s
+    }
+
+    /// Number of frontends and backends the mirror holds.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.frontends.len(), self.backends.len())
+    }
+
+    /// The revNAT id a frontend has (for tests and diagnostics).
+    pub fn rev_nat_id(&self, key: &FrontendKey) -> Option<u32> {
+        self.frontends.get(key).map(|f| f.rev_nat_id)
+    }
+
+    /// The id a backend has.
+    pub fn backend_id(&self, b: &BackendAddr) -> Option<u32> {
+        self.backend_ids.get(b).copied()
+    }
+
+    pub fn sync(
+        &mut self,
+        store: &mut dyn LbStore,
+        desired: &BTreeMap<FrontendKey, DesiredFrontend>,
+    ) -> Result<SyncStats, SyncError> {
+        let start = Instant::now();
+        let mut st = SyncStats::default();
+        let mut failures = Vec::new();
+
+        // 1. Backends every desired frontend needs (added or re-flagged).
+        let mut want_backends: HashMap<BackendAddr, bool> = HashMap::default();
+        for d in desired.values() {
+            for (a, local) in &d.backends {
+                *want_backends.entry(*a).or_default() |= *local;
+            }
+        }
+        let mut sorted: Vec<(&BackendAddr, &bool)> = want_backends.iter().collect();
+        sorted.sort();
+        for (a, local) in sorted {
+            let value = Backend {
+                addr: a.addr,
+                port: a.port,
+                proto: a.proto,
+                flags: if *local { BE_LOCAL } else { 0 },
+            };
+            let (id, new) = match self.backend_ids.get(a) {
+                Some(id) => (*id, false),
+                None => {
+                    let backends = &self.backends;
+                    (
+                        alloc(&mut self.next_backend_id, |id| backends.contains_key(&id)),
+                        true,
+                    )
+                }
+            };
+            if self.backends.get(&id) == Some(&value) {
+                continue;
+            }
+            match store.backends().put(&id, &value) {
+                Ok(()) => {
+                    st.writes += 1;
+                    if new {
+                        st.backends_added += 1;
+                    }
+                    self.backends.insert(id, value);
+                    self.backend_ids.insert(*a, id);
+                }
+                Err(error) => failures.push(SyncFailure {
+                    service: format!(
+                        "backend {}:{}",
+                        Ipv4Addr::from(a.addr.to_ne_bytes()),
+                        u16::from_be(a.port)
+                    ),
+                    error,
+                }),
+            }
+        }
+
+        // 2. Desired frontends.
+        let mut rev_in_use = self.rev_nat_ids_in_use();
+        for (key, d) in desired {
+            let ids: Vec<u32> = d
+                .backends
+                .iter()
+                .filter_map(|(a, _)| self.backend_ids.get(a).copied())
+                .collect();
+            let existed = self.frontends.get(key).copied();
+            match self.sync_frontend(store, key, d, &ids, &mut rev_in_use, &mut st) {
+                Ok(changed) => match existed {
+                    None => st.frontends_added += 1,
+                    Some(_) if changed => st.frontends_updated += 1,
+                    Some(_) => {}
+                },
+                Err(error) => failures.push(SyncFailure {
+                    service: d.name.clone(),
+                    error,
+                }),
+            }
+        }
+
+        // 3. Frontends no longer wanted.
+        let gone: Vec<FrontendKey> = self
+            .frontends
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            let rev = self.frontends[&key].rev_nat_id;
+            let name = self.names.get(&rev).cloned().unwrap_or_default();
+            let res = store.frontends().delete(&key).map(|()| {
+                st.deletes += 1;
+                self.frontends.remove(&key);
+                st.frontends_removed += 1;
+            });
+            if let Err(error) = res {
+                failures.push(SyncFailure {
+                    service: name,
+                    error,
+                });
+            }
+        }
+
+        // 4. Slot sets, revNATs, names and affinity matches no frontend owns (removed
+        //    frontends, frontends whose creation failed, leftovers of an interrupted sync).
+        let owned: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
+        // (rev_in_use: every id known at the start, plus those allocated since.)
+        let mut orphans: Vec<u32> = rev_in_use
+            .into_iter()
+            .filter(|id| !owned.contains(id))
+            .collect();
+        orphans.sort();
+        for rev in orphans {
+            if let Err(error) = self.purge_rev_nat(store, rev, &mut st) {
+                failures.push(SyncFailure {
+                    service: format!("revnat {rev}"),
+                    error,
+                });
+            }
+        }
+
+        // 5. Backends no slot references any more.
+        let referenced: HashSet<u32> = self
+            .slots
+            .values()
+            .flat_map(|s| s.values().copied())
+            .collect();
+        let mut unused: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !referenced.contains(id))
+            .copied()
+            .collect();
+        unused.sort();
+        for id in unused {
+            match store.backends().delete(&id) {
+                Ok(()) => {
+                    st.deletes += 1;
+                    st.backends_removed += 1;
+                    if let Some(b) = self.backends.remove(&id) {
+                        let a = BackendAddr {
+                            addr: b.addr,
+                            port: b.port,
+                            proto: b.proto,
+                        };
+                        if self.backend_ids.get(&a) == Some(&id) {
+                            self.backend_ids.remove(&a);
+                        }
+                    }
+                }
+                Err(error) => failures.push(SyncFailure {
+                    service: format!("backend {id}"),
+                    error,
+                }),
+            }
+        }
+
+        st.frontends = self.frontends.len();
+        st.backends = self.backends.len();
+        st.duration = start.elapsed();
+        if failures.is_empty() {
+            Ok(st)
+        } else {
+            Err(SyncError {
+                stats: st,
+                failures,
+            })
+        }
+    }
+
+    /// Program one frontend; returns whether anything was written.
+    fn sync_frontend(
+        &mut self,
+        store: &mut dyn LbStore,
+        key: &FrontendKey,
+        d: &DesiredFrontend,
+        ids: &[u32],
+        rev_in_use: &mut HashSet<u32>,
+        st: &mut SyncStats,
+    ) -> Result<bool, MapOpError> {
+        let before = st.writes + st.deletes;
+        let existing = self.frontends.get(key).copied();
+        let rev = match existing {
+            Some(f) => f.rev_nat_id,
+            None => {
+                let id = alloc(&mut self.next_rev_nat_id, |id| rev_in_use.contains(&id));
+                rev_in_use.insert(id);
+                id
+            }
+        };
+        if self.names.get(&rev) != Some(&d.name) {
+            store.svc_names().put(&rev, &name_to_bytes(&d.name))?;
+            st.writes += 1;
+            self.names.insert(rev, d.name.clone());
+        }
+        let rn = RevNat {
+            addr: key.addr,
+            port: key.port,
+            pad: 0,
+        };
+        if self.revnat.get(&rev) != Some(&rn) {
+            store.revnat().put(&rev, &rn)?;
+            st.writes += 1;
+            self.revnat.insert(rev, rn);
+        }
+
+        // Affinity matches for the new backends, before the frontend can pick them.
+        let want_match: HashSet<u32> = if d.flags & FE_AFFINITY != 0 {
+            ids.iter().copied().collect()
+        } else {
+            HashSet::default()
+        };
+        let mut adds: Vec<u32> = want_match
+            .iter()
+            .filter(|id| !self.aff_match.get(&rev).is_some_and(|s| s.contains(id)))
+            .copied()
+            .collect();
+        adds.sort();
+        for id in adds {
+            store.aff_match().put(
+                &AffinityMatchKey {
+                    backend_id: id,
+                    rev_nat_id: rev,
+                },
+                &1,
+            )?;
+            st.writes += 1;
+            self.aff_match.entry(rev).or_default().insert(id);
+        }
+
+        // Slots 0..n, then the frontend, then the tail beyond n.
+        let cur_count = existing.map_or(0, |f| f.count);
+        let current: Vec<u32> = {
+            let set = self.slots.get(&rev);
+            (0..cur_count)
+                .map(|i| set.and_then(|s| s.get(&i)).copied().unwrap_or(0))
+                .collect()
+        };
+        let new = assign_slots(&current, ids);
+        for (i, id) in new.iter().enumerate() {
+            let slot = i as u32;
+            if self.slots.get(&rev).and_then(|s| s.get(&slot)) == Some(id) {
+                continue;
+            }
+            store.slots().put(
+                &SlotKey {
+                    rev_nat_id: rev,
+                    slot,
+                },
+                id,
+            )?;
+            st.writes += 1;
+            self.slots.entry(rev).or_default().insert(slot, *id);
+        }
+        let fe = Frontend {
+            rev_nat_id: rev,
+            count: new.len() as u32,
+            affinity_timeout: d.affinity_timeout,
+            flags: d.flags,
+            pad: [0; 3],
+        };
+        if existing != Some(fe) {
+            store.frontends().put(key, &fe)?;
+            st.writes += 1;
+            self.frontends.insert(*key, fe);
+        }
+        let tail: Vec<u32> = self
+            .slots
+            .get(&rev)
+            .map(|s| s.range(new.len() as u32..).map(|(k, _)| *k).collect())
+            .unwrap_or_default();
+        for slot in tail {
+            store.slots().delete(&SlotKey {
+                rev_nat_id: rev,
+                slot,
+            })?;
+            st.deletes += 1;
+            if let Some(s) = self.slots.get_mut(&rev) {
+                s.remove(&slot);
+            }
+        }
+        if self.slots.get(&rev).is_some_and(|s| s.is_empty()) {
+            self.slots.remove(&rev);
+        }
+        let mut dels: Vec<u32> = self
+            .aff_match
+            .get(&rev)
+            .map(|s| {
+                s.iter()
+                    .filter(|id| !want_match.contains(id))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        dels.sort();
+        for id in dels {
+            store.aff_match().delete(&AffinityMatchKey {
+                backend_id: id,
+                rev_nat_id: rev,
+            })?;
+            st.deletes += 1;
+            if let Some(s) = self.aff_match.get_mut(&rev) {
+                s.remove(&id);
+            }
+        }
+        if self.aff_match.get(&rev).is_some_and(|s| s.is_empty()) {
+            self.aff_match.remove(&rev);
+        }
+        Ok(st.writes + st.deletes != before)
+    }
+
+    /// Delete everything keyed by a revNAT id no frontend owns.
+    fn purge_rev_nat(
+        &mut self,
+        store: &mut dyn LbStore,
+        rev: u32,
+        st: &mut SyncStats,
+    ) -> Result<(), MapOpError> {
+        let slots: Vec<u32> = self
+            .slots
+            .get(&rev)
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        for slot in slots {
+            store.slots().delete(&SlotKey {
+                rev_nat_id: rev,
+                slot,
+            })?;
+            st.deletes += 1;
+            if let Some(s) = self.slots.get_mut(&rev) {
+                s.remove(&slot);
+            }
+        }
+        self.slots.remove(&rev);
+        let matches: Vec<u32> = self
+            .aff_match
+            .get(&rev)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in matches {
+            store.aff_match().delete(&AffinityMatchKey {
+                backend_id: id,
+                rev_nat_id: rev,
+            })?;
+            st.deletes += 1;
+            if let Some(s) = self.aff_match.get_mut(&rev) {
+                s.remove(&id);
+            }
+        }
+        self.aff_match.remove(&rev);
+        if self.revnat.contains_key(&rev) {
+            store.revnat().delete(&rev)?;
+            st.deletes += 1;
+            self.revnat.remove(&rev);
+        }
+        if self.names.contains_key(&rev) {
+            store.svc_names().delete(&rev)?;
+            st.deletes += 1;
+            self.names.remove(&rev);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::maps::{SvcName, Table};
+    use super::*;
+    use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
+    use skiff_ebpf_common::{FE_NODEPORT, PROTO_TCP, PROTO_UDP};
+    use std::hash::Hash;
+
+    /// An in-memory map with a capacity, counting writes.
+    struct MemTable<K, V> {
+        name: &'static str,
+        max: u32,
+        m: HashMap<K, V>,
+        writes: usize,
+        deletes: usize,
+    }
+
+    impl<K, V> MemTable<K, V> {
+        fn new(name: &'static str, max: u32) -> Self {
+            MemTable {
+                name,
+                max,
+                m: HashMap::default(),
+                writes: 0,
+                deletes: 0,
+            }
+        }
+    }
+
+    impl<K: Copy + Eq + Hash, V: Copy> Table<K, V> for MemTable<K, V> {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn max_entries(&self) -> u32 {
+            self.max
+        }
+        fn entries(&self) -> Result<Vec<(K, V)>, MapOpError> {
+            Ok(self.m.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn put(&mut self, k: &K, v: &V) -> Result<(), MapOpError> {
+            if !self.m.contains_key(k) && self.m.len() as u32 >= self.max {
+                return Err(MapOpError::Full {
+                    map: self.name,
+                    max_entries: self.max,
+                });
+            }
+            self.writes += 1;
+            self.m.insert(*k, *v);
+            Ok(())
+        }
+        fn delete(&mut self, k: &K) -> Result<(), MapOpError> {
+            self.deletes += 1;
+            self.m.remove(k);
+            Ok(())
+        }
+    }
+
+    struct MemStore {
+        frontends: MemTable<FrontendKey, Frontend>,
+        slots: MemTable<SlotKey, u32>,
+        backends: MemTable<u32, Backend>,
+        revnat: MemTable<u32, RevNat>,
+        aff_match: MemTable<AffinityMatchKey, u32>,
+        names: MemTable<u32, SvcName>,
+    }
+
+    impl MemStore {
+        fn new(max: u32) -> Self {
+            MemStore {
+                frontends: MemTable::new("skiff_frontends", max),
+                slots: MemTable::new("skiff_slots", max * 4),
+                backends: MemTable::new("skiff_backends", max),
+                revnat: MemTable::new("skiff_revnat", max),
+                aff_match: MemTable::new("skiff_aff_match", max * 4),
+                names: MemTable::new("skiff_svc_names", max),
+            }
+        }
+        /// Frontend → backends through slots, as the kernel would resolve them.
+        fn resolve(&self, key: &FrontendKey) -> Option<Vec<(u32, u16)>> {
+            let fe = self.frontends.m.get(key)?;
+            let mut v: Vec<(u32, u16)> = (0..fe.count)
+                .map(|i| {
+                    let id = self.slots.m[&SlotKey {
+                        rev_nat_id: fe.rev_nat_id,
+                        slot: i,
+                    }];
+                    let b = self.backends.m[&id];
+                    (b.addr, b.port)
+                })
+                .collect();
+            v.sort();
+            Some(v)
+        }
+        fn total_writes(&self) -> usize {
+            self.frontends.writes
+                + self.slots.writes
+                + self.backends.writes
+                + self.revnat.writes
+                + self.aff_match.writes
+                + self.names.writes
+        }
+    }
+
+    impl LbStore for MemStore {
+        fn frontends(&mut self) -> &mut dyn Table<FrontendKey, Frontend> {
+            &mut self.frontends
+        }
+        fn slots(&mut self) -> &mut dyn Table<SlotKey, u32> {
+            &mut self.slots
+        }
+        fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
+            &mut self.backends
+        }
+        fn revnat(&mut self) -> &mut dyn Table<u32, RevNat> {
+            &mut self.revnat
+        }
+        fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32> {
+            &mut self.aff_match
+        }
+        fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
+            &mut self.names
+        }
+    }
+
+    fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::from(ip),
+            port,
+            local,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    fn svc(name: &str, vip: [u8; 4], port: u16, eps: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            name: ServicePortName {
+                namespace: "default".into(),
+                name: name.into(),
+                port: String::new(),
+                protocol: Protocol::Tcp,
+            },
+            cluster_ip: Ipv4Addr::from(vip),
+            port,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: false,
+            endpoints: eps,
+        }
+    }
+
+    fn state(svcs: Vec<ServicePort>) -> ProxyState {
+        svcs.into_iter().map(|s| (s.name.clone(), s)).collect()
+    }
+
+    fn fk(vip: [u8; 4], port: u16, proto: u8) -> FrontendKey {
+        FrontendKey {
+            addr: ip_raw(vip),
+            port: port_raw(port),
+            proto,
+            pad: 0,
+        }
+    }
+
+    fn be(ip: [u8; 4], port: u16) -> (u32, u16) {
+        (ip_raw(ip), port_raw(port))
+    }
+
+    fn run(r: &mut Reconciler, s: &mut MemStore, st: &ProxyState) -> SyncStats {
+        r.sync(s, &desired(st, Some(Ipv4Addr::new(192, 168, 0, 1))))
+            .expect("sync")
+    }
+
+    #[test]
+    fn slot_assignment_is_stable() {
+        assert_eq!(assign_slots(&[], &[1, 2, 3]), vec![1, 2, 3]);
+        // Removing the middle one moves the last into its hole.
+        assert_eq!(assign_slots(&[1, 2, 3], &[1, 3]), vec![1, 3]);
+        // A new one fills the hole of a removed one.
+        assert_eq!(assign_slots(&[1, 2, 3], &[1, 3, 4]), vec![1, 4, 3]);
+        // Unchanged stays unchanged, whatever the desired order.
+        assert_eq!(assign_slots(&[3, 1, 2], &[1, 2, 3]), vec![3, 1, 2]);
+        assert_eq!(assign_slots(&[1, 2], &[]), Vec::<u32>::new());
+        // Duplicates and holes in the current set are repaired.
+        assert_eq!(assign_slots(&[1, 1, 0, 2], &[1, 2]), vec![1, 2]);
+    }
+
+    #[test]
+    fn programs_a_state_and_resyncs_with_no_writes() {
+        let mut s = MemStore::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let st = state(vec![
+            svc(
+                "a",
+                [10, 96, 0, 10],
+                80,
+                vec![
+                    ep([10, 244, 1, 2], 8080, true),
+                    ep([10, 244, 2, 2], 8080, false),
+                ],
+            ),
+            svc(
+                "b",
+                [10, 96, 0, 11],
+                53,
+                vec![ep([10, 244, 1, 2], 8080, true)],
+            ),
+        ]);
+        let stats = run(&mut r, &mut s, &st);
+        assert_eq!(stats.frontends, 2);
+        assert_eq!(stats.backends, 2, "a shared backend gets one id");
+        assert_eq!(stats.frontends_added, 2);
+        assert_eq!(
+            s.resolve(&fk([10, 96, 0, 10], 80, PROTO_TCP)).unwrap(),
+            vec![be([10, 244, 1, 2], 8080), be([10, 244, 2, 2], 8080)]
+        );
+        let w = s.total_writes();
+        let again = run(&mut r, &mut s, &st);
+        assert_eq!((again.writes, again.deletes), (0, 0));
+        assert_eq!(s.total_writes(), w);
+        // The names map carries the service name per revNAT id.
+        let rev = r.rev_nat_id(&fk([10, 96, 0, 10], 80, PROTO_TCP)).unwrap();
+        assert_eq!(
+            super::super::maps::name_from_bytes(&s.names.m[&rev]),
+            "default/a"
+        );
+        assert_eq!(s.revnat.m[&rev].addr, ip_raw([10, 96, 0, 10]));
+    }
+
+    #[test]
+    fn ids_are_stable_and_changes_are_minimal() {
+        let mut s = MemStore::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let eps =
+            |n: u8| -> Vec<Endpoint> { (1..=n).map(|i| ep([10, 244, 0, i], 80, false)).collect() };
+        run(
+            &mut r,
+            &mut s,
+            &state(vec![
+                svc("a", [10, 96, 0, 1], 80, eps(3)),
+                svc("b", [10, 96, 0, 2], 80, eps(1)),
+            ]),
+        );
+        let key_a = fk([10, 96, 0, 1], 80, PROTO_TCP);
+        let key_b = fk([10, 96, 0, 2], 80, PROTO_TCP);
+        let rev_a = r.rev_nat_id(&key_a).unwrap();
+        let rev_b = r.rev_nat_id(&key_b).unwrap();
+        let b1 = BackendAddr {
+            addr: ip_raw([10, 244, 0, 1]),
+            port: port_raw(80),
+            proto: PROTO_TCP,
+        };
+        let id1 = r.backend_id(&b1).unwrap();
+
+        // One backend of a goes away: one slot move, one count update, one slot delete.
+        let stats = run(
+            &mut r,
+            &mut s,
+            &state(vec![
+                svc(
+                    "a",
+                    [10, 96, 0, 1],
+                    80,
+                    vec![
+                        ep([10, 244, 0, 1], 80, false),
+                        ep([10, 244, 0, 3], 80, false),
+                    ],
+                ),
+                svc("b", [10, 96, 0, 2], 80, eps(1)),
+            ]),
+        );
+        assert_eq!(stats.frontends_updated, 1);
+        assert_eq!(stats.writes, 2, "{stats:?}"); // slot 1 ← backend 3, frontend count
+        assert_eq!(stats.deletes, 2, "{stats:?}"); // slot 2, backend 2
+        assert_eq!(stats.backends_removed, 1);
+        assert_eq!(r.rev_nat_id(&key_a), Some(rev_a));
+        assert_eq!(r.rev_nat_id(&key_b), Some(rev_b));
+        assert_eq!(r.backend_id(&b1), Some(id1));
+
+        // Removing service b keeps a's ids; a new service gets a fresh revNAT id.
+        run(
+            &mut r,
+            &mut s,
+            &state(vec![
+                svc(
+                    "a",
+                    [10, 96, 0, 1],
+                    80,
+                    vec![
+                        ep([10, 244, 0, 1], 80, false),
+                        ep([10, 244, 0, 3], 80, false),
+                    ],
+                ),
+                svc("c", [10, 96, 0, 3], 80, eps(1)),
+            ]),
+        );
+        assert_eq!(r.rev_nat_id(&key_a), Some(rev_a));
+        let rev_c = r.rev_nat_id(&fk([10, 96, 0, 3], 80, PROTO_TCP)).unwrap();
+        assert_ne!(rev_c, rev_b, "a freed revNAT id is not reused at once");
+        assert!(!s.frontends.m.contains_key(&key_b));
+        assert!(!s.revnat.m.contains_key(&rev_b));
+        assert!(!s.names.m.contains_key(&rev_b));
+        assert!(s.slots.m.keys().all(|k| k.rev_nat_id != rev_b));
+    }
+
+    #[test]
+    fn a_restart_reloads_the_mirror_and_writes_nothing() {
+        let mut s = MemStore::new(64);
+        let st = state(vec![svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 0, 1], 80, false),
+                ep([10, 244, 0, 2], 80, false),
+            ],
+        )]);
+        {
+            let mut r = Reconciler::load(&mut s).unwrap();
+            run(&mut r, &mut s, &st);
+        }
+        let before = s.total_writes();
+        let mut r2 = Reconciler::load(&mut s).unwrap();
+        let stats = run(&mut r2, &mut s, &st);
+        assert_eq!((stats.writes, stats.deletes), (0, 0), "{stats:?}");
+        assert_eq!(s.total_writes(), before);
+        // New ids after a restart do not collide with the pinned ones.
+        let st2 = state(vec![
+            svc(
+                "a",
+                [10, 96, 0, 1],
+                80,
+                vec![
+                    ep([10, 244, 0, 1], 80, false),
+                    ep([10, 244, 0, 2], 80, false),
+                ],
+            ),
+            svc(
+                "d",
+                [10, 96, 0, 4],
+                80,
+                vec![ep([10, 244, 0, 9], 80, false)],
+            ),
+        ]);
+        run(&mut r2, &mut s, &st2);
+        assert_eq!(s.frontends.m.len(), 2);
+        assert_eq!(s.backends.m.len(), 3);
+        let revs: HashSet<u32> = s.frontends.m.values().map(|f| f.rev_nat_id).collect();
+        assert_eq!(revs.len(), 2);
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_sync_are_cleaned() {
+        let mut s = MemStore::new(64);
+        // Slots, a revNAT and a name for id 7 with no frontend; a backend no slot uses.
+        s.slots.m.insert(
+            SlotKey {
+                rev_nat_id: 7,
+                slot: 0,
+            },
+            3,
+        );
+        s.revnat.m.insert(7, RevNat::default());
+        s.names.m.insert(7, name_to_bytes("x/y"));
+        s.backends.m.insert(
+            3,
+            Backend {
+                addr: 1,
+                port: 2,
+                proto: PROTO_TCP,
+                flags: 0,
+            },
+        );
+        let mut r = Reconciler::load(&mut s).unwrap();
+        run(&mut r, &mut s, &ProxyState::new());
+        assert!(s.slots.m.is_empty() && s.revnat.m.is_empty() && s.names.m.is_empty());
+        assert!(s.backends.m.is_empty());
+    }
+
+    #[test]
+    fn no_endpoints_is_a_frontend_with_zero_count() {
+        let mut s = MemStore::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        run(
+            &mut r,
+            &mut s,
+            &state(vec![svc("a", [10, 96, 0, 1], 80, vec![])]),
+        );
+        let fe = s.frontends.m[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
+        assert_eq!(fe.count, 0);
+        assert!(s.slots.m.is_empty());
+    }
+
+    #[test]
+    fn nodeport_affinity_and_external_local() {
+        let mut s = MemStore::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let mut a = svc(
+            "np",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 1, 2], 80, true),
+                ep([10, 244, 2, 2], 80, false),
+            ],
+        );
+        a.node_port = 30080;
+        a.external_local = true;
+        a.affinity_timeout = Some(60);
+        let mut u = svc(
+            "dns",
+            [10, 96, 0, 10],
+            53,
+            vec![ep([10, 244, 1, 3], 53, true)],
+        );
+        u.name.protocol = Protocol::Udp;
+        run(&mut r, &mut s, &state(vec![a.clone(), u]));
+        let cluster = s.frontends.m[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
+        let node = s.frontends.m[&fk([192, 168, 0, 1], 30080, PROTO_TCP)];
+        assert_eq!(cluster.count, 2);
+        assert_eq!(cluster.flags, FE_AFFINITY);
+        assert_eq!(cluster.affinity_timeout, 60);
+        assert_eq!(node.count, 1, "Local: only the local backend");
+        assert_eq!(node.flags, FE_AFFINITY | FE_NODEPORT | FE_EXTERNAL_LOCAL);
+        assert_ne!(cluster.rev_nat_id, node.rev_nat_id);
+        assert_eq!(s.revnat.m[&node.rev_nat_id].port, port_raw(30080));
+        assert!(
+            s.frontends
+                .m
+                .contains_key(&fk([10, 96, 0, 10], 53, PROTO_UDP))
+        );
+        // Affinity matches: 2 for the ClusterIP frontend, 1 for the NodePort one.
+        assert_eq!(s.aff_match.m.len(), 3);
+        let local = s
+            .backends
+            .m
+            .values()
+            .filter(|b| b.flags & BE_LOCAL != 0)
+            .count();
+        assert_eq!(local, 2);
+        // Turning affinity off removes the matches.
+        a.affinity_timeout = None;
+        run(&mut r, &mut s, &state(vec![a]));
+        assert!(s.aff_match.m.is_empty());
+    }
+
+    #[test]
+    fn a_full_map_is_reported_by_name_and_the_rest_is_programmed() {
+        let mut s = MemStore::new(64);
+        s.frontends.max = 2;
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let st = state(vec![
+            svc(
+                "a",
+                [10, 96, 0, 1],
+                80,
+                vec![ep([10, 244, 0, 1], 80, false)],
+            ),
+            svc(
+                "b",
+                [10, 96, 0, 2],
+                80,
+                vec![ep([10, 244, 0, 2], 80, false)],
+            ),
+            svc(
+                "c",
+                [10, 96, 0, 3],
+                80,
+                vec![ep([10, 244, 0, 3], 80, false)],
+            ),
+        ]);
+        let err = r
+            .sync(&mut s, &desired(&st, None))
+            .expect_err("frontends map is full");
+        assert_eq!(err.full_maps(), vec!["skiff_frontends"]);
+        assert_eq!(err.failures.len(), 1);
+        assert_eq!(err.failures[0].service, "default/c");
+        assert!(err.to_string().contains("skiff_frontends is full"), "{err}");
+        assert_eq!(err.stats.frontends, 2);
+        assert_eq!(s.frontends.m.len(), 2);
+        // Nothing dangles from the failed frontend: its slots, revNAT and name were purged,
+        // and its backend is gone again.
+        assert_eq!(s.revnat.m.len(), 2);
+        assert_eq!(s.names.m.len(), 2);
+        assert_eq!(s.slots.m.len(), 2);
+        assert_eq!(s.backends.m.len(), 2);
+        // With room, the next sync programs it.
+        s.frontends.max = 3;
+        let stats = r.sync(&mut s, &desired(&st, None)).unwrap();
+        assert_eq!(stats.frontends, 3);
+        assert!(s.resolve(&fk([10, 96, 0, 3], 80, PROTO_TCP)).is_some());
+    }
+
+    #[test]
+    fn a_full_backends_map_programs_what_fits() {
+        let mut s = MemStore::new(64);
+        s.backends.max = 1;
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let st = state(vec![svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 0, 1], 80, false),
+                ep([10, 244, 0, 2], 80, false),
+            ],
+        )]);
+        let err = r.sync(&mut s, &desired(&st, None)).unwrap_err();
+        assert_eq!(err.full_maps(), vec!["skiff_backends"]);
+        assert_eq!(
+            s.resolve(&fk([10, 96, 0, 1], 80, PROTO_TCP)).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn terminating_fallback_and_unready_endpoints() {
+        let mut s = MemStore::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let mut unready = ep([10, 244, 0, 2], 80, false);
+        unready.ready = false;
+        unready.serving = false;
+        run(
+            &mut r,
+            &mut s,
+            &state(vec![svc(
+                "a",
+                [10, 96, 0, 1],
+                80,
+                vec![ep([10, 244, 0, 1], 80, false), unready],
+            )]),
+        );
+        assert_eq!(
+            s.resolve(&fk([10, 96, 0, 1], 80, PROTO_TCP)).unwrap(),
+            vec![be([10, 244, 0, 1], 80)]
+        );
+    }
+}

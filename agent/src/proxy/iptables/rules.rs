@@ -1,0 +1,651 @@
+//! kube-proxy's iptables layout as text: chain names and the rules of every chain, written
+//! exactly as `iptables-save` prints them back (option order, quoting, the statistic
+//! match's probability), so a restarted agent that reads the tables finds its own rules
+//! unchanged and rewrites nothing.
+//!
+//! Per service port with usable endpoints (nat table):
+//! - `KUBE-SERVICES`: `-d VIP/32 -p proto --dport port -j KUBE-SVC-<hash>`;
+//! - `KUBE-SVC-<hash>`: optional masquerade (cluster CIDR / masquerade-all), `-m recent`
+//!   affinity checks, then one `-m statistic --probability 1/(n-i)` jump per endpoint;
+//! - `KUBE-SEP-<hash>`: hairpin `-s EP/32 -j KUBE-MARK-MASQ`, then DNAT to the endpoint;
+//! - with a node port, `KUBE-NODEPORTS` jumps to `KUBE-EXT-<hash>`, which masquerades and
+//!   goes to the service chain (`Cluster` policy) or balances over local endpoints only,
+//!   keeping the client address (`Local` policy).
+//!
+//! Without usable endpoints the filter table's `KUBE-SERVICES` (and for node ports
+//! `KUBE-EXTERNAL-SERVICES`) REJECTs new connections.
+
+use std::net::Ipv4Addr;
+
+use sha2::{Digest, Sha256};
+
+use crate::network::Ipv4Net;
+use crate::proxy::model::{Endpoint, ServicePort, ServicePortName};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Filter,
+    Nat,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Nat, Table::Filter];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
+pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
+pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
+pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
+pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+
+/// The last rule of the nat `KUBE-SERVICES` chain.
+pub const NODEPORTS_JUMP: &str = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS";
+
+/// Prefixes of the per-service chains. A chain with one of these prefixes that the
+/// current state does not want is stale and deleted (kube-proxy's names included, so
+/// leftovers of an older layout go too).
+pub const SERVICE_CHAIN_PREFIXES: &[&str] = &[
+    "KUBE-SVC-",
+    "KUBE-SEP-",
+    "KUBE-EXT-",
+    "KUBE-SVL-",
+    "KUBE-FW-",
+    "KUBE-XLB-",
+];
+
+pub fn is_service_chain(chain: &str) -> bool {
+    SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
+}
+
+/// Chains whose rules come from many services and are maintained rule by rule
+/// (`-D CHAIN n` / `-I CHAIN 1 rule`) instead of being flushed and rewritten: at 10,000
+/// services rewriting `KUBE-SERVICES` costs ~1.5 s on the nft backend, an edit ~0.1–0.3 s.
+/// `tail` is a rule that must stay last.
+pub struct SharedChain {
+    pub table: Table,
+    pub chain: &'static str,
+    pub tail: Option<&'static str>,
+}
+
+pub const SHARED_CHAINS: &[SharedChain] = &[
+    SharedChain {
+        table: Table::Nat,
+        chain: KUBE_SERVICES,
+        tail: Some(NODEPORTS_JUMP),
+    },
+    SharedChain {
+        table: Table::Nat,
+        chain: KUBE_NODEPORTS,
+        tail: None,
+    },
+    SharedChain {
+        table: Table::Filter,
+        chain: KUBE_SERVICES,
+        tail: None,
+    },
+    SharedChain {
+        table: Table::Filter,
+        chain: KUBE_EXTERNAL_SERVICES,
+        tail: None,
+    },
+];
+
+/// Chains with fixed content.
+pub fn static_chains() -> Vec<(Table, &'static str, Vec<String>)> {
+    let s = |v: &[&str]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            Table::Nat,
+            KUBE_MARK_MASQ,
+            s(&[
+                "-m comment --comment \"kubernetes: mark traffic for masquerade\" -j MARK --set-xmark 0x4000/0x4000",
+            ]),
+        ),
+        (
+            Table::Nat,
+            KUBE_POSTROUTING,
+            s(&[
+                "-m comment --comment \"kubernetes: only marked traffic is masqueraded\" -m mark ! --mark 0x4000/0x4000 -j RETURN",
+                "-m comment --comment \"kubernetes: clear the masquerade mark\" -j MARK --set-xmark 0x4000/0x0",
+                "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+            ]),
+        ),
+        (
+            Table::Filter,
+            KUBE_FORWARD,
+            s(&[
+                "-m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT",
+                "-m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            ]),
+        ),
+    ]
+}
+
+/// The jumps from built-in chains, as kube-proxy installs them: `(table, chain, rule)`.
+pub fn jumps() -> Vec<(Table, &'static str, &'static str)> {
+    const PORTALS: &str = "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    const NEW_PORTALS: &str = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
+    const NEW_EXTERNAL: &str = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
+    vec![
+        (Table::Nat, "PREROUTING", PORTALS),
+        (Table::Nat, "OUTPUT", PORTALS),
+        (
+            Table::Nat,
+            "POSTROUTING",
+            "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+        ),
+        (Table::Filter, "INPUT", NEW_EXTERNAL),
+        (Table::Filter, "FORWARD", NEW_EXTERNAL),
+        (Table::Filter, "FORWARD", NEW_PORTALS),
+        (Table::Filter, "OUTPUT", NEW_PORTALS),
+        (
+            Table::Filter,
+            "FORWARD",
+            "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+        ),
+    ]
+}
+
+/// Chains the dataplane owns outright (fixed and shared), per table.
+pub fn is_fixed_chain(table: Table, chain: &str) -> bool {
+    match table {
+        Table::Nat => matches!(
+            chain,
+            KUBE_SERVICES | KUBE_NODEPORTS | KUBE_MARK_MASQ | KUBE_POSTROUTING
+        ),
+        Table::Filter => matches!(chain, KUBE_SERVICES | KUBE_EXTERNAL_SERVICES | KUBE_FORWARD),
+    }
+}
+
+/// RFC 4648 base32 (Go's `base32.StdEncoding`), without padding.
+fn base32(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(data.len().div_ceil(5) * 8);
+    let mut acc: u64 = 0;
+    let mut bits = 0;
+    for &b in data {
+        acc = (acc << 8) | u64::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(ALPHABET[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(ALPHABET[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// kube-proxy's `portProtoHash`: base32(sha256(name + protocol))[:16].
+pub fn hash16(input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    let mut s = base32(&digest);
+    s.truncate(16);
+    s
+}
+
+fn port_proto(name: &ServicePortName) -> String {
+    format!("{name}{}", name.protocol.as_str())
+}
+
+/// `KUBE-SVC-<hash>` of a service port.
+pub fn svc_chain(name: &ServicePortName) -> String {
+    format!("KUBE-SVC-{}", hash16(&port_proto(name)))
+}
+
+/// `KUBE-EXT-<hash>`: the node port entry of a service port.
+pub fn ext_chain(name: &ServicePortName) -> String {
+    format!("KUBE-EXT-{}", hash16(&port_proto(name)))
+}
+
+/// `KUBE-SEP-<hash>` of one endpoint of a service port.
+pub fn sep_chain(name: &ServicePortName, ip: Ipv4Addr, port: u16) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        hash16(&format!("{}{ip}:{port}", port_proto(name)))
+    )
+}
+
+/// The probability of the `i`-th of `n` statistic rules, `1/(n-i)`: kube-proxy writes it
+/// with `%0.10f`; the statistic match stores `lround(2^31 * p)` and `iptables-save` prints
+/// that back with 11 decimals. This returns the printed-back form (same kernel value as
+/// kube-proxy's rule), so restored rules compare equal.
+pub fn probability(n: usize, i: usize) -> String {
+    let p = 1.0 / (n - i) as f64;
+    let kube: f64 = format!("{p:.10}").parse().unwrap_or(p);
+    let stored = (kube * 2_147_483_648.0).round();
+    format!("{:.11}", stored / 2_147_483_648.0)
+}
+
+/// Quote a match argument the way `iptables-save` does (`xtables_save_string`).
+pub fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Knobs of the generated rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleConfig {
+    /// Traffic to a cluster IP from outside this CIDR is masqueraded (kube-proxy's
+    /// `--cluster-cidr`); with `Local` node ports, pod traffic short-circuits to the
+    /// service chain.
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Masquerade all traffic to cluster IPs (kube-proxy's `--masquerade-all`).
+    pub masquerade_all: bool,
+}
+
+/// What one service port contributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// Chains owned by this service port (nat table), with their rules.
+    pub chains: Vec<(String, Vec<String>)>,
+    /// Rules in shared chains: `(table, chain, rule)`.
+    pub shared: Vec<(Table, &'static str, String)>,
+}
+
+/// The load-balancing rules of a service (or `Local` external) chain over `seps`.
+fn balance(out: &mut Vec<String>, name: &str, seps: &[(String, &Endpoint)], affinity: Option<u32>) {
+    let comment = |ep: &Endpoint| quote(&format!("{name} -> {}:{}", ep.ip, ep.port));
+    if let Some(secs) = affinity {
+        for (sep, ep) in seps {
+            out.push(format!(
+                "-m comment --comment {} -m recent --rcheck --seconds {secs} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}",
+                comment(ep)
+            ));
+        }
+    }
+    let n = seps.len();
+    for (i, (sep, ep)) in seps.iter().enumerate() {
+        if i + 1 < n {
+            out.push(format!(
+                "-m comment --comment {} -m statistic --mode random --probability {} -j {sep}",
+                comment(ep),
+                probability(n, i)
+            ));
+        } else {
+            out.push(format!("-m comment --comment {} -j {sep}", comment(ep)));
+        }
+    }
+}
+
+/// Everything one service port needs, in `iptables-save` form.
+pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
+    let name = sp.name.to_string();
+    let proto = sp.name.protocol.as_str();
+    let vip = sp.cluster_ip;
+    let port = sp.port;
+    let np = sp.node_port;
+    let c = quote(&name);
+    let usable = sp.usable();
+    let mut out = ServiceRules::default();
+
+    if usable.is_empty() {
+        let comment = quote(&format!("{name} has no endpoints"));
+        out.shared.push((
+            Table::Filter,
+            KUBE_SERVICES,
+            format!(
+                "-d {vip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j REJECT --reject-with icmp-port-unreachable"
+            ),
+        ));
+        if np != 0 {
+            out.shared.push((
+                Table::Filter,
+                KUBE_EXTERNAL_SERVICES,
+                format!(
+                    "-p {proto} -m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j REJECT --reject-with icmp-port-unreachable"
+                ),
+            ));
+        }
+        return out;
+    }
+
+    let svc = svc_chain(&sp.name);
+    let seps: Vec<(String, &Endpoint)> = usable
+        .iter()
+        .map(|e| (sep_chain(&sp.name, e.ip, e.port), *e))
+        .collect();
+
+    // The service chain.
+    let cluster_ip = quote(&format!("{name} cluster IP"));
+    let mut svc_rules = Vec::with_capacity(seps.len() * 2 + 1);
+    if cfg.masquerade_all {
+        svc_rules.push(format!(
+            "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j KUBE-MARK-MASQ"
+        ));
+    } else if let Some(cidr) = cfg.cluster_cidr {
+        svc_rules.push(format!(
+            "! -s {cidr} -d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j KUBE-MARK-MASQ"
+        ));
+    }
+    balance(&mut svc_rules, &name, &seps, sp.affinity_timeout);
+    out.chains.push((svc.clone(), svc_rules));
+    out.shared.push((
+        Table::Nat,
+        KUBE_SERVICES,
+        format!(
+            "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j {svc}"
+        ),
+    ));
+
+    // Node port.
+    if np != 0 {
+        let ext = ext_chain(&sp.name);
+        let mut ext_rules = Vec::new();
+        if sp.external_local {
+            if let Some(cidr) = cfg.cluster_cidr {
+                ext_rules.push(format!(
+                    "-s {cidr} -m comment --comment {} -j {svc}",
+                    quote(&format!("pod traffic for {name} external destinations"))
+                ));
+            }
+            ext_rules.push(format!(
+                "-m comment --comment {} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
+                quote(&format!(
+                    "masquerade LOCAL traffic for {name} external destinations"
+                ))
+            ));
+            ext_rules.push(format!(
+                "-m comment --comment {} -m addrtype --src-type LOCAL -j {svc}",
+                quote(&format!(
+                    "route LOCAL traffic for {name} external destinations"
+                ))
+            ));
+            let local: Vec<(String, &Endpoint)> =
+                seps.iter().filter(|(_, e)| e.local).cloned().collect();
+            if local.is_empty() {
+                out.shared.push((
+                    Table::Filter,
+                    KUBE_EXTERNAL_SERVICES,
+                    format!(
+                        "-p {proto} -m comment --comment {} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j DROP",
+                        quote(&format!("{name} has no local endpoints"))
+                    ),
+                ));
+            } else {
+                balance(&mut ext_rules, &name, &local, sp.affinity_timeout);
+            }
+        } else {
+            ext_rules.push(format!(
+                "-m comment --comment {} -j KUBE-MARK-MASQ",
+                quote(&format!(
+                    "masquerade traffic for {name} external destinations"
+                ))
+            ));
+            ext_rules.push(format!("-m comment --comment {c} -j {svc}"));
+        }
+        out.chains.push((ext.clone(), ext_rules));
+        out.shared.push((
+            Table::Nat,
+            KUBE_NODEPORTS,
+            format!("-p {proto} -m comment --comment {c} -m {proto} --dport {np} -j {ext}"),
+        ));
+    }
+
+    // Endpoint chains.
+    for (sep, ep) in &seps {
+        let recent = if sp.affinity_timeout.is_some() {
+            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+        } else {
+            String::new()
+        };
+        out.chains.push((
+            sep.clone(),
+            vec![
+                format!("-s {}/32 -m comment --comment {c} -j KUBE-MARK-MASQ", ep.ip),
+                format!(
+                    "-p {proto} -m comment --comment {c}{recent} -m {proto} -j DNAT --to-destination {}:{}",
+                    ep.ip, ep.port
+                ),
+            ],
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::model::Protocol;
+
+    pub(crate) fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
+        ServicePortName {
+            namespace: ns.into(),
+            name: name.into(),
+            port: port.into(),
+            protocol,
+        }
+    }
+
+    fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
+        Endpoint {
+            ip: Ipv4Addr::from(ip),
+            port,
+            local,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn chain_names_match_kube_proxy() {
+        // Vectors from kube-proxy's proxier_test.go.
+        let n = spn("ns1", "svc1", "p80", Protocol::Tcp);
+        assert_eq!(svc_chain(&n), "KUBE-SVC-XPGD46QRK7WJZT7O");
+        assert_eq!(
+            sep_chain(&n, Ipv4Addr::new(10, 180, 0, 1), 80),
+            "KUBE-SEP-SXIVWICOYRO3J4NJ"
+        );
+        let n2 = spn("ns2", "svc2", "p80", Protocol::Tcp);
+        assert_eq!(ext_chain(&n2), "KUBE-EXT-GNZBNJ2PO5MGZ6GT");
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+    }
+
+    #[test]
+    fn probabilities_as_iptables_save_prints_them() {
+        assert_eq!(probability(2, 0), "0.50000000000");
+        assert_eq!(probability(3, 0), "0.33333333349");
+        assert_eq!(probability(4, 0), "0.25000000000");
+        assert_eq!(probability(3, 1), "0.50000000000");
+        assert_eq!(probability(7, 0), "0.14285714272");
+    }
+
+    #[test]
+    fn fixed_chains_are_the_static_and_shared_ones() {
+        for t in Table::ALL {
+            let mut listed: Vec<&str> = static_chains()
+                .into_iter()
+                .filter(|(tt, _, _)| *tt == t)
+                .map(|(_, c, _)| c)
+                .chain(
+                    SHARED_CHAINS
+                        .iter()
+                        .filter(|s| s.table == t)
+                        .map(|s| s.chain),
+                )
+                .collect();
+            listed.sort();
+            for c in &listed {
+                assert!(is_fixed_chain(t, c), "{t} {c}");
+            }
+            assert!(!is_fixed_chain(t, "KUBE-SVC-X"));
+            assert!(!is_fixed_chain(t, "POSTROUTING"));
+        }
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("abc_d-1"), "abc_d-1");
+        assert_eq!(quote("ns/svc:p"), "\"ns/svc:p\"");
+        assert_eq!(quote("a b"), "\"a b\"");
+    }
+
+    #[test]
+    fn cluster_ip_service_with_two_endpoints() {
+        let sp = ServicePort {
+            name: spn("ns1", "svc1", "p80", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(172, 30, 0, 41),
+            port: 80,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: false,
+            endpoints: vec![
+                ep([10, 180, 0, 1], 80, false),
+                ep([10, 180, 0, 2], 80, false),
+            ],
+        };
+        let r = service_rules(&sp, &RuleConfig::default());
+        assert_eq!(r.chains.len(), 3);
+        let (svc, rules) = &r.chains[0];
+        assert_eq!(svc, "KUBE-SVC-XPGD46QRK7WJZT7O");
+        assert_eq!(
+            rules[0],
+            "-m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-SXIVWICOYRO3J4NJ"
+        );
+        assert_eq!(rules.len(), 2);
+        assert!(!rules[1].contains("statistic"));
+        let (sep, sep_rules) = &r.chains[1];
+        assert_eq!(sep, "KUBE-SEP-SXIVWICOYRO3J4NJ");
+        assert_eq!(
+            sep_rules,
+            &vec![
+                "-s 10.180.0.1/32 -m comment --comment \"ns1/svc1:p80\" -j KUBE-MARK-MASQ"
+                    .to_string(),
+                "-p tcp -m comment --comment \"ns1/svc1:p80\" -m tcp -j DNAT --to-destination 10.180.0.1:80".to_string(),
+            ]
+        );
+        assert_eq!(
+            r.shared,
+            vec![(
+                Table::Nat,
+                KUBE_SERVICES,
+                "-d 172.30.0.41/32 -p tcp -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn no_endpoints_rejects_in_filter() {
+        let sp = ServicePort {
+            name: spn("ns", "s", "", Protocol::Udp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            node_port: 30053,
+            affinity_timeout: None,
+            external_local: false,
+            endpoints: vec![],
+        };
+        let r = service_rules(&sp, &RuleConfig::default());
+        assert!(r.chains.is_empty());
+        assert_eq!(r.shared.len(), 2);
+        assert_eq!(
+            r.shared[0].2,
+            "-d 10.96.0.10/32 -p udp -m comment --comment \"ns/s has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
+        );
+        assert_eq!(r.shared[1].1, KUBE_EXTERNAL_SERVICES);
+    }
+
+    #[test]
+    fn affinity_node_port_and_local_policy() {
+        let sp = ServicePort {
+            name: spn("ns", "web", "http", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            node_port: 30080,
+            affinity_timeout: Some(60),
+            external_local: true,
+            endpoints: vec![
+                ep([10, 244, 1, 5], 8080, true),
+                ep([10, 244, 2, 5], 8080, false),
+                ep([10, 244, 3, 5], 8080, true),
+            ],
+        };
+        let cfg = RuleConfig {
+            cluster_cidr: Some(Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16)),
+            masquerade_all: false,
+        };
+        let r = service_rules(&sp, &cfg);
+        let svc = svc_chain(&sp.name);
+        let ext = ext_chain(&sp.name);
+        let svc_rules = &r.chains.iter().find(|(c, _)| *c == svc).unwrap().1;
+        assert!(svc_rules[0].starts_with("! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp"));
+        // 3 affinity checks, then 3 balancing rules.
+        assert_eq!(svc_rules.len(), 7);
+        assert!(svc_rules[1].contains("-m recent --rcheck --seconds 60 --reap --name KUBE-SEP-"));
+        assert!(svc_rules[4].contains("--probability 0.33333333349"));
+        assert!(svc_rules[5].contains("--probability 0.50000000000"));
+        let ext_rules = &r.chains.iter().find(|(c, _)| *c == ext).unwrap().1;
+        // pod short-circuit, LOCAL masquerade, LOCAL route, 2 affinity, 2 balancing.
+        assert_eq!(ext_rules.len(), 7);
+        assert!(ext_rules.iter().all(|r| !r.contains("10.244.2.5")));
+        assert!(
+            ext_rules
+                .iter()
+                .filter(|r| r.contains("KUBE-MARK-MASQ"))
+                .count()
+                == 1
+        );
+        assert!(r.shared.iter().any(|(t, c, rule)| *t == Table::Nat
+            && *c == KUBE_NODEPORTS
+            && rule.contains("--dport 30080 -j KUBE-EXT-")));
+        let sep = &r
+            .chains
+            .iter()
+            .find(|(c, _)| c.starts_with("KUBE-SEP-"))
+            .unwrap();
+        assert!(sep.1[1].contains(&format!(
+            "-m recent --set --name {} --mask 255.255.255.255 --rsource -m tcp -j DNAT",
+            sep.0
+        )));
+        // Every rule has a comment.
+        for (_, rules) in &r.chains {
+            assert!(rules.iter().all(|r| r.contains("-m comment --comment ")));
+        }
+    }
+
+    #[test]
+    fn local_policy_without_local_endpoints_drops_external_traffic() {
+        let sp = ServicePort {
+            name: spn("ns", "web", "", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            node_port: 30080,
+            affinity_timeout: None,
+            external_local: true,
+            endpoints: vec![ep([10, 244, 2, 5], 8080, false)],
+        };
+        let r = service_rules(&sp, &RuleConfig::default());
+        assert!(r.shared.iter().any(|(t, c, rule)| *t == Table::Filter
+            && *c == KUBE_EXTERNAL_SERVICES
+            && rule.ends_with("--dport 30080 -j DROP")));
+    }
+}
