@@ -7,6 +7,7 @@
 //! - [`image`] and [`logs`]: the node-local image store and container log files;
 //! - [`server`]: the HTTPS endpoint the apiserver proxies `kubectl logs` to.
 pub mod agent;
+pub mod bpf_cli;
 pub mod config;
 pub mod image;
 pub mod logs;

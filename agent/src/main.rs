@@ -49,6 +49,18 @@ enum Command {
         #[arg(long)]
         node_name: Option<String>,
     },
+    /// Inspect the eBPF service proxy's pinned maps of a node (works without a running agent).
+    Bpf {
+        /// The node's bpffs directory (the agent's --bpffs; the cluster harness uses
+        /// /sys/fs/bpf/skiff/<node>).
+        #[arg(long, default_value = DEFAULT_BPFFS, global = true)]
+        bpffs: PathBuf,
+        /// Output format: table or json.
+        #[arg(short = 'o', long = "output", default_value = "table", global = true, value_parser = ["table", "json"])]
+        output: String,
+        #[command(subcommand)]
+        command: BpfCommand,
+    },
     /// (internal) Hold a pod's namespaces.
     #[command(hide = true)]
     Pause {
@@ -79,6 +91,29 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum BpfCommand {
+    /// Load-balancer state: services with their frontends, backends and slots.
+    Lb {
+        #[command(subcommand)]
+        command: LbCommand,
+    },
+    /// Every backend (id, address, whether it is on this node).
+    Backends,
+    /// ClientIP session-affinity entries.
+    Affinity,
+    /// NodePort connection-tracking entries.
+    Ct,
+    /// Fill level of every map.
+    Maps,
+}
+
+#[derive(Subcommand)]
+enum LbCommand {
+    /// Each frontend with its service name, backends, slots and revNAT id.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -298,6 +333,27 @@ fn tokio_main(cmd: Command) -> Result<()> {
                         }
                     }
                 }
+                Ok(())
+            }
+            Command::Bpf {
+                bpffs,
+                output,
+                command,
+            } => {
+                use skiff_agent::bpf_cli::What;
+                let what = match command {
+                    BpfCommand::Lb {
+                        command: LbCommand::List,
+                    } => What::LbList,
+                    BpfCommand::Backends => What::Backends,
+                    BpfCommand::Affinity => What::Affinity,
+                    BpfCommand::Ct => What::Ct,
+                    BpfCommand::Maps => What::Maps,
+                };
+                println!(
+                    "{}",
+                    skiff_agent::bpf_cli::show(&bpffs, what, output == "json")?
+                );
                 Ok(())
             }
             Command::Cleanup {

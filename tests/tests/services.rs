@@ -166,6 +166,27 @@ spec:
             bail!("saw {got:?}")
         },
     )?;
+    // `skiff-agent bpf lb list` reads the pinned maps: the service with its three backends.
+    if mode == "ebpf" {
+        let bpffs = c.node(n1).bpffs.display().to_string();
+        let agent = skiff_tests::cluster::agent_binary_path();
+        let agent = agent.to_str().context("agent path")?;
+        let out = c.exec_ok(
+            n1,
+            &[agent, "bpf", "--bpffs", &bpffs, "lb", "list", "-o", "json"],
+        )?;
+        let fes: serde_json::Value = serde_json::from_str(&out)?;
+        let echo = fes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["service"] == "default/echo:http" && f["ip"] == vip.as_str())
+            .with_context(|| format!("default/echo:http at {vip} not in bpf lb list:\n{out}"))?;
+        let slots = echo["slots"].as_array().map(|s| s.len()).unwrap_or(0);
+        ensure!(slots == 3, "echo has {slots} slots, not 3:\n{out}");
+        let maps = c.exec_ok(n1, &[agent, "bpf", "--bpffs", &bpffs, "maps"])?;
+        ensure!(maps.contains("skiff_frontends"), "{maps}");
+    }
     // Multi-port service with named target ports.
     let alt = seen(&c, "client", &format!("http://{vip}:81/"), 30)?;
     ensure!(alt.iter().all(|h| h.starts_with("alt-be-")), "{alt:?}");
