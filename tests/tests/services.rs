@@ -58,7 +58,7 @@ spec:
 
 /// Run `cmd` inside the running container `container` of `pod` (its namespaces and cgroup,
 /// so the service dataplane treats it as the pod), via `skiff-agent exec-in`.
-fn pod_exec(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Output> {
+fn pod_exec_command(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Command> {
     let node = jsonpath(c, "pod", pod, ".spec.nodeName")?;
     let uid = jsonpath(c, "pod", pod, ".metadata.uid")?;
     let container = jsonpath(c, "pod", pod, ".spec.containers[0].name")?;
@@ -86,7 +86,13 @@ fn pod_exec(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Output
         "--",
     ];
     argv.extend_from_slice(cmd);
-    c.exec(&node, &argv)
+    c.command(&node, &argv)
+}
+
+fn pod_exec(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Output> {
+    Ok(pod_exec_command(c, pod, cmd)?
+        .stdin(std::process::Stdio::null())
+        .output()?)
 }
 
 fn fetch(c: &Cluster, from_pod: &str, url: &str) -> Result<String> {
@@ -120,7 +126,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 fn conformance(mode: &str) -> Result<()> {
-    let c = Cluster::start(ClusterOptions {
+    let mut c = Cluster::start(ClusterOptions {
         nodes: 3,
         proxy_mode: mode.into(),
         ..Default::default()
@@ -399,6 +405,35 @@ spec:
         "[{mode}] unready backend out of rotation after {:?}",
         gone.elapsed()
     );
+
+    // eBPF: an agent restart under continuous requests loses none (maps stay pinned and are
+    // reconciled in place, not flushed).
+    if mode == "ebpf" {
+        let url = format!("http://{vip}/");
+        let script = format!(
+            "for i in $(seq 150); do timeout 3 wget -q -O - {url} >/dev/null && echo ok || echo FAIL; sleep 0.05; done"
+        );
+        let load = pod_exec_command(&c, "client", &["sh", "-c", &script])?
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(1));
+        c.kill_agent(n1);
+        std::thread::sleep(Duration::from_secs(1));
+        c.start_agent(n1)?;
+        let out = load.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure!(
+            !text.contains("FAIL"),
+            "requests failed across the agent restart:\n{text}"
+        );
+        ensure!(text.matches("ok").count() == 150, "{text}");
+        let log = c.agent_log(n1);
+        ensure!(
+            log.matches("service proxy started").count() >= 2,
+            "the agent did not come back"
+        );
+    }
     let _ = (n2, n3);
     Ok(())
 }
