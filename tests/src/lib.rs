@@ -432,3 +432,25 @@ fn result(what: &str, out: Output) -> Result<String> {
         )
     }
 }
+
+/// Poll `f` (every 200 ms) until it returns `Some`, or fail after `timeout` naming `what` and
+/// the last error `f` returned.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

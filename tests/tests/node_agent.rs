@@ -3,34 +3,14 @@
 //! leaving no kernel state behind, adoption after `kill -9`, missing images.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use skiff_tests::cluster::{Cluster, ClusterOptions};
+use skiff_tests::wait_for;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Poll `f` until it returns Some, or fail after `timeout` with the last observation.
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what} (last error: {last})");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn jsonpath(c: &Cluster, pod: &str, path: &str) -> Result<String> {

@@ -7,26 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
-
-fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what} (last error: {last})");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use skiff_tests::wait_for;
 
 fn jsonpath(c: &Cluster, kind: &str, name: &str, path: &str) -> Result<String> {
     c.kubectl(&["get", kind, name, "-o", &format!("jsonpath={{{path}}}")])
