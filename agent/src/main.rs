@@ -370,7 +370,12 @@ fn tokio_main(cmd: Command) -> Result<()> {
                 )
                 .await
             }
-            _ => unreachable!("internal commands are handled before the runtime starts"),
+            Command::Pause { .. }
+            | Command::Shim { .. }
+            | Command::Init { .. }
+            | Command::ExecIn { .. } => {
+                anyhow::bail!("internal commands run before the async runtime starts")
+            }
         }
     })
 }

@@ -427,8 +427,8 @@ impl PodWorker {
         let msg_pod = format!("{}_{}({})", self.name(), self.namespace(), self.uid);
         let t = self.tracks.entry(c.name.clone()).or_default();
         t.ready = false;
-        let (until, delay) = match t.backoff {
-            Some((inst, until, d)) if inst == n => (until, d),
+        let until = match t.backoff {
+            Some((inst, until, _)) if inst == n => until,
             _ => {
                 let d = backoff_delay(n, initial, max);
                 t.backoff = Some((n, now + d, d));
@@ -454,10 +454,9 @@ impl PodWorker {
                         )
                         .await;
                 }
-                (now + d, d)
+                now + d
             }
         };
-        let _ = delay;
         if now >= until {
             self.start(c, n + 1, init).await;
             RESYNC
