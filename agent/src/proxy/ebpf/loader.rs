@@ -344,22 +344,13 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
             },
             &mut report,
         )?;
-        match existing {
-            Some(link) => {
-                sys::link_update(&link, prog.fd()?.as_fd())
-                    .with_context(|| format!("swap program {name} into {}", pin.display()))?;
-                report.updated.push(name.into());
-            }
-            None => {
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .with_context(|| format!("attach {name} to {}", cfg.cgroup_root.display()))?;
-                let link: FdLink = prog.take_link(id)?.try_into()?;
-                link.pin(&pin)
-                    .map_err(|e| anyhow!("pin link {}: {e}", pin.display()))?;
-                report.attached.push(name.into());
-            }
-        }
+        let prog_fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+        swap_or_attach(name, &pin, existing, prog_fd, &mut report, || {
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to {}", cfg.cgroup_root.display()))?;
+            Ok(prog.take_link(id)?.try_into()?)
+        })?;
     }
     match cfg.uplink {
         Some(ifname) => {
@@ -381,32 +372,22 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
                     },
                     &mut report,
                 )?;
-                match existing {
-                    Some(link) => {
-                        sys::link_update(&link, prog.fd()?.as_fd()).with_context(|| {
-                            format!("swap program {name} into {}", pin.display())
-                        })?;
-                        report.updated.push(name.into());
-                    }
-                    None => {
-                        let tc_type = if ingress {
-                            TcAttachType::Ingress
-                        } else {
-                            TcAttachType::Egress
-                        };
-                        let id = prog
-                            .attach_with_options(
-                                ifname,
-                                tc_type,
-                                TcAttachOptions::TcxOrder(LinkOrder::default()),
-                            )
-                            .with_context(|| format!("attach {name} to {ifname} (tcx)"))?;
-                        let link: FdLink = prog.take_link(id)?.try_into()?;
-                        link.pin(&pin)
-                            .map_err(|e| anyhow!("pin link {}: {e}", pin.display()))?;
-                        report.attached.push(name.into());
-                    }
-                }
+                let prog_fd = prog.fd()?.as_fd().try_clone_to_owned()?;
+                swap_or_attach(name, &pin, existing, prog_fd, &mut report, || {
+                    let tc_type = if ingress {
+                        TcAttachType::Ingress
+                    } else {
+                        TcAttachType::Egress
+                    };
+                    let id = prog
+                        .attach_with_options(
+                            ifname,
+                            tc_type,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .with_context(|| format!("attach {name} to {ifname} (tcx)"))?;
+                    Ok(prog.take_link(id)?.try_into()?)
+                })?;
             }
         }
         None => {
@@ -444,6 +425,32 @@ fn if_index(ifname: &str) -> Result<u32> {
             .with_context(|| format!("uplink interface {ifname}"));
     }
     Ok(i)
+}
+
+/// Put program `name` behind its pinned link: swap it into the reusable link a previous
+/// run pinned (connections keep flowing), or `attach` it anew and pin the link.
+fn swap_or_attach(
+    name: &str,
+    pin: &Path,
+    existing: Option<OwnedFd>,
+    prog_fd: OwnedFd,
+    report: &mut AttachReport,
+    attach: impl FnOnce() -> Result<FdLink>,
+) -> Result<()> {
+    match existing {
+        Some(link) => {
+            sys::link_update(&link, &prog_fd)
+                .with_context(|| format!("swap program {name} into {}", pin.display()))?;
+            report.updated.push(name.into());
+        }
+        None => {
+            let link = attach()?;
+            link.pin(pin)
+                .map_err(|e| anyhow!("pin link {}: {e}", pin.display()))?;
+            report.attached.push(name.into());
+        }
+    }
+    Ok(())
 }
 
 /// The pinned link at `pin` if it exists and `fits`; a link that does not fit (another cgroup
