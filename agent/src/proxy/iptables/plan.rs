@@ -713,18 +713,13 @@ pub fn is_managed(t: Table, chain: &str) -> bool {
     rules::is_service_chain(chain) || rules::is_fixed_chain(t, chain)
 }
 
-/// Compose a whole-table `iptables-restore` (without `--noflush`) payload: everything
-/// `save` (fresh `iptables-save -c -t <table>` output) holds that is not ours, verbatim with
-/// its counters, plus our chains as `after` holds them and our jumps on top of the built-in
-/// chains. Fails if the save output is not something iptables-restore can take back.
-pub fn compose_full(save: &str, table: Table, after: &KernelTable) -> Result<String> {
-    let jumps: Vec<(&str, &str)> = rules::jumps()
-        .into_iter()
-        .filter(|(t, _, _)| *t == table)
-        .map(|(_, c, r)| (c, r))
-        .collect();
+/// The lines `save` (`iptables-save` output) has for `table`: chain declarations
+/// (`:NAME POLICY [n:m]`) and rules as (line, chain, spec).
+type TableLines<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str, &'a str)>);
+
+fn table_lines<'a>(save: &'a str, table: &str) -> Result<TableLines<'a>> {
     let mut decls = Vec::new();
-    let mut kept = Vec::new();
+    let mut rules = Vec::new();
     let mut in_table = false;
     for line in save.lines() {
         let line = line.trim_end();
@@ -739,7 +734,7 @@ pub fn compose_full(save: &str, table: Table, after: &KernelTable) -> Result<Str
             continue;
         }
         if let Some(t) = line.strip_prefix('*') {
-            in_table = t == table.as_str();
+            in_table = t == table;
             continue;
         }
         if !in_table {
@@ -749,21 +744,40 @@ pub fn compose_full(save: &str, table: Table, after: &KernelTable) -> Result<Str
             in_table = false;
             continue;
         }
-        if let Some(decl) = line.strip_prefix(':') {
-            let name = decl.split_whitespace().next().unwrap_or("");
-            if !is_managed(table, name) {
-                decls.push(line.to_string());
-            }
+        if line.starts_with(':') {
+            decls.push(line);
             continue;
         }
         let Some((_, chain, spec)) = split_rule(line) else {
             bail!("unexpected iptables-save line {line:?}");
         };
-        if is_managed(table, chain) || jumps.iter().any(|(c, r)| *c == chain && *r == spec) {
-            continue;
-        }
-        kept.push(line.to_string());
+        rules.push((line, chain, spec));
     }
+    Ok((decls, rules))
+}
+
+/// Compose a whole-table `iptables-restore` (without `--noflush`) payload: everything
+/// `save` (fresh `iptables-save -c -t <table>` output) holds that is not ours, verbatim with
+/// its counters, plus our chains as `after` holds them and our jumps on top of the built-in
+/// chains. Fails if the save output is not something iptables-restore can take back.
+pub fn compose_full(save: &str, table: Table, after: &KernelTable) -> Result<String> {
+    let jumps: Vec<(&str, &str)> = rules::jumps()
+        .into_iter()
+        .filter(|(t, _, _)| *t == table)
+        .map(|(_, c, r)| (c, r))
+        .collect();
+    let (all_decls, rules) = table_lines(save, table.as_str())?;
+    let decls: Vec<&str> = all_decls
+        .into_iter()
+        .filter(|d| !is_managed(table, d[1..].split_whitespace().next().unwrap_or("")))
+        .collect();
+    let kept: Vec<&str> = rules
+        .into_iter()
+        .filter(|(_, chain, spec)| {
+            !is_managed(table, chain) && !jumps.iter().any(|(c, r)| c == chain && r == spec)
+        })
+        .map(|(line, _, _)| line)
+        .collect();
     let mut out = String::with_capacity(after.rule_count * 120 + save.len());
     out.push_str(&format!("*{table}\n"));
     // Built-in chains first (a fresh table may not list them all).
@@ -813,45 +827,19 @@ pub fn compose_full(save: &str, table: Table, after: &KernelTable) -> Result<Str
 /// them: [`cleanup_payload`] for the nft backend, where flushing tens of thousands of
 /// chains with `--noflush` takes tens of seconds.
 pub fn compose_cleanup(save: &str, table: &str) -> Result<String> {
-    let mut decls = Vec::new();
-    let mut kept = Vec::new();
-    let mut in_table = false;
-    for line in save.lines() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with('#') {
-            if line.contains("ncompatible") {
-                bail!("iptables-save reports: {line}");
-            }
-            continue;
-        }
-        if let Some(t) = line.strip_prefix('*') {
-            in_table = t == table;
-            continue;
-        }
-        if !in_table {
-            continue;
-        }
-        if line == "COMMIT" {
-            in_table = false;
-            continue;
-        }
-        if let Some(decl) = line.strip_prefix(':') {
-            if !decl.starts_with("KUBE-") {
-                decls.push(line);
-            }
-            continue;
-        }
-        let Some((_, chain, spec)) = split_rule(line) else {
-            bail!("unexpected iptables-save line {line:?}");
-        };
-        if chain.starts_with("KUBE-") || jump_target(spec).is_some_and(|t| t.starts_with("KUBE-")) {
-            continue;
-        }
-        kept.push(line);
-    }
+    let (decls, rules) = table_lines(save, table)?;
+    let decls: Vec<&str> = decls
+        .into_iter()
+        .filter(|d| !d.starts_with(":KUBE-"))
+        .collect();
+    let kept: Vec<&str> = rules
+        .into_iter()
+        .filter(|(_, chain, spec)| {
+            !chain.starts_with("KUBE-")
+                && !jump_target(spec).is_some_and(|t| t.starts_with("KUBE-"))
+        })
+        .map(|(line, _, _)| line)
+        .collect();
     let mut out = format!("*{table}\n");
     for l in decls.iter().chain(kept.iter()) {
         out.push_str(l);
