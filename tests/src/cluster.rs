@@ -427,6 +427,16 @@ impl Cluster {
         crate::result(&format!("kubectl {}", args.join(" ")), out)
     }
 
+    /// `kubectl get KIND NAME -o jsonpath={PATH}`.
+    pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> Result<String> {
+        self.kubectl(&["get", kind, name, "-o", &format!("jsonpath={{{path}}}")])
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        self.kubectl_stdin(&["apply", "-f", "-"], yaml).map(|_| ())
+    }
+
     /// A kube client with the admin kubeconfig.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.state.kubeconfig)?;

@@ -13,19 +13,11 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn jsonpath(c: &Cluster, pod: &str, path: &str) -> Result<String> {
-    c.kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={{{path}}}")])
-}
-
-fn apply(c: &Cluster, yaml: &str) -> Result<()> {
-    c.kubectl_stdin(&["apply", "-f", "-"], yaml).map(|_| ())
-}
-
 fn wait_running(c: &Cluster, pod: &str) -> Result<()> {
     wait_for(
         &format!("pod {pod} Running"),
         Duration::from_secs(60),
-        || Ok((jsonpath(c, pod, ".status.phase")? == "Running").then_some(())),
+        || Ok((c.jsonpath("pod", pod, ".status.phase")? == "Running").then_some(())),
     )
 }
 
@@ -64,7 +56,7 @@ spec:
 }
 
 fn pod_uid(c: &Cluster, pod: &str) -> Result<String> {
-    jsonpath(c, pod, ".metadata.uid")
+    c.jsonpath("pod", pod, ".metadata.uid")
 }
 
 /// The pids in a pod's cgroup on `node`.
@@ -108,23 +100,17 @@ fn node_agent_on_two_nodes() -> Result<()> {
     let (n1, n2) = (nodes[0].clone(), nodes[1].clone());
 
     // --- Pods on both nodes reach each other by pod IP (no NAT between nodes).
-    apply(&c, &web_pod("web-1", &n1))?;
-    apply(&c, &web_pod("web-2", &n2))?;
+    c.apply(&web_pod("web-1", &n1))?;
+    c.apply(&web_pod("web-2", &n2))?;
     wait_running(&c, "web-1")?;
     wait_running(&c, "web-2")?;
-    let ip1 = jsonpath(&c, "web-1", ".status.podIP")?;
-    let ip2 = jsonpath(&c, "web-2", ".status.podIP")?;
+    let ip1 = c.jsonpath("pod", "web-1", ".status.podIP")?;
+    let ip2 = c.jsonpath("pod", "web-2", ".status.podIP")?;
     assert_ne!(ip1, ip2);
     let wide = c.kubectl(&["get", "pods", "-o", "wide"])?;
     assert!(wide.contains(&n1) && wide.contains(&n2), "{wide}");
-    apply(
-        &c,
-        &client_pod("client-1", &n1, &format!("http://{ip2}:8080/")),
-    )?;
-    apply(
-        &c,
-        &client_pod("client-2", &n2, &format!("http://{ip1}:8080/")),
-    )?;
+    c.apply(&client_pod("client-1", &n1, &format!("http://{ip2}:8080/")))?;
+    c.apply(&client_pod("client-2", &n2, &format!("http://{ip1}:8080/")))?;
     for (client, want) in [("client-1", "got=web-2"), ("client-2", "got=web-1")] {
         wait_for(
             &format!("{client} to fetch {want}"),
@@ -161,8 +147,8 @@ fn node_agent_on_two_nodes() -> Result<()> {
     for node in [&n1, &n2] {
         let name = format!("static-web-{node}");
         wait_running(&c, &name)?;
-        let mirror = jsonpath(
-            &c,
+        let mirror = c.jsonpath(
+            "pod",
             &name,
             r#".metadata.annotations.kubernetes\.io/config\.mirror"#,
         )?;
@@ -172,8 +158,7 @@ fn node_agent_on_two_nodes() -> Result<()> {
 
     // --- A container exiting 1 restarts with back-off and a growing restartCount;
     // `logs --previous` shows the last instance.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: crasher}
@@ -186,20 +171,25 @@ spec:
     )?;
     let mut saw_backoff = false;
     wait_for("crasher restartCount >= 3", Duration::from_secs(60), || {
-        let reason = jsonpath(
-            &c,
+        let reason = c.jsonpath(
+            "pod",
             "crasher",
             ".status.containerStatuses[0].state.waiting.reason",
         )?;
         saw_backoff |= reason == "CrashLoopBackOff";
-        let n: u32 =
-            jsonpath(&c, "crasher", ".status.containerStatuses[0].restartCount")?.parse()?;
+        let n: u32 = c
+            .jsonpath(
+                "pod",
+                "crasher",
+                ".status.containerStatuses[0].restartCount",
+            )?
+            .parse()?;
         Ok((n >= 3).then_some(()))
     })?;
     assert!(saw_backoff, "never saw CrashLoopBackOff");
     assert_eq!(
-        jsonpath(
-            &c,
+        c.jsonpath(
+            "pod",
             "crasher",
             ".status.containerStatuses[0].lastState.terminated.exitCode"
         )?,
@@ -218,8 +208,7 @@ spec:
     assert!(events.contains("BackOff"), "{events}");
 
     // --- A failing liveness probe restarts the container (SIGTERM, grace, SIGKILL → 137).
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: liveness}
@@ -236,13 +225,18 @@ spec:
 "#,
     )?;
     wait_for("liveness restart", Duration::from_secs(60), || {
-        let n: u32 =
-            jsonpath(&c, "liveness", ".status.containerStatuses[0].restartCount")?.parse()?;
+        let n: u32 = c
+            .jsonpath(
+                "pod",
+                "liveness",
+                ".status.containerStatuses[0].restartCount",
+            )?
+            .parse()?;
         Ok((n >= 1).then_some(()))
     })?;
     assert_eq!(
-        jsonpath(
-            &c,
+        c.jsonpath(
+            "pod",
             "liveness",
             ".status.containerStatuses[0].lastState.terminated.exitCode"
         )?,
@@ -257,8 +251,7 @@ spec:
     assert!(events.contains("Liveness probe failed"), "{events}");
 
     // --- Readiness flips the Ready condition: not ready, ready, not ready again.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: readiness}
@@ -275,8 +268,8 @@ spec:
 "#,
     )?;
     let ready = |c: &Cluster| {
-        jsonpath(
-            c,
+        c.jsonpath(
+            "pod",
             "readiness",
             r#".status.conditions[?(@.type=="Ready")].status"#,
         )
@@ -291,8 +284,7 @@ spec:
     })?;
 
     // --- A missing image is a waiting reason, not a crash.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: noimage}
@@ -303,8 +295,8 @@ spec:
 "#,
     )?;
     wait_for("ErrImageNeverPull", Duration::from_secs(30), || {
-        let r = jsonpath(
-            &c,
+        let r = c.jsonpath(
+            "pod",
             "noimage",
             ".status.containerStatuses[0].state.waiting.reason",
         )?;
@@ -333,10 +325,10 @@ spec:
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(pod_pids(&c, &n1, &uid1)?, before);
     assert_eq!(
-        jsonpath(&c, "web-1", ".status.containerStatuses[0].restartCount")?,
+        c.jsonpath("pod", "web-1", ".status.containerStatuses[0].restartCount")?,
         "0"
     );
-    assert_eq!(jsonpath(&c, "web-1", ".status.phase")?, "Running");
+    assert_eq!(c.jsonpath("pod", "web-1", ".status.phase")?, "Running");
     wait_for(
         "client-2 still reaching web-1",
         Duration::from_secs(20),

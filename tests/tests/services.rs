@@ -9,14 +9,6 @@ use anyhow::{Context, Result, bail, ensure};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
 use skiff_tests::wait_for;
 
-fn jsonpath(c: &Cluster, kind: &str, name: &str, path: &str) -> Result<String> {
-    c.kubectl(&["get", kind, name, "-o", &format!("jsonpath={{{path}}}")])
-}
-
-fn apply(c: &Cluster, yaml: &str) -> Result<()> {
-    c.kubectl_stdin(&["apply", "-f", "-"], yaml).map(|_| ())
-}
-
 /// A backend pod on `node`: HTTP on 8080 (its hostname at `/`, the client's address at
 /// `/cgi-bin/ip`) and a second HTTP port 8081 (`alt-<hostname>`). (Debian's busybox has no
 /// UDP server applet, so the UDP cases are not in this suite yet.)
@@ -40,9 +32,9 @@ spec:
 /// Run `cmd` inside the running container `container` of `pod` (its namespaces and cgroup,
 /// so the service dataplane treats it as the pod), via `skiff-agent exec-in`.
 fn pod_exec_command(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Command> {
-    let node = jsonpath(c, "pod", pod, ".spec.nodeName")?;
-    let uid = jsonpath(c, "pod", pod, ".metadata.uid")?;
-    let container = jsonpath(c, "pod", pod, ".spec.containers[0].name")?;
+    let node = c.jsonpath("pod", pod, ".spec.nodeName")?;
+    let uid = c.jsonpath("pod", pod, ".metadata.uid")?;
+    let container = c.jsonpath("pod", pod, ".spec.containers[0].name")?;
     let dir = c
         .node(&node)
         .root_dir
@@ -115,14 +107,10 @@ fn conformance(mode: &str) -> Result<()> {
     let nodes = c.nodes();
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     for (i, node) in nodes.iter().enumerate() {
-        apply(
-            &c,
-            &backend(&format!("be-{}", i + 1), node, "app: echo", ""),
-        )?;
+        c.apply(&backend(&format!("be-{}", i + 1), node, "app: echo", ""))?;
     }
-    apply(&c, &backend("client", n1, "role: client", ""))?;
-    apply(
-        &c,
+    c.apply(&backend("client", n1, "role: client", ""))?;
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: echo}
@@ -135,10 +123,10 @@ spec:
     )?;
     for p in ["be-1", "be-2", "be-3", "client"] {
         wait_for(&format!("{p} Running"), Duration::from_secs(60), || {
-            Ok((jsonpath(&c, "pod", p, ".status.phase")? == "Running").then_some(()))
+            Ok((c.jsonpath("pod", p, ".status.phase")? == "Running").then_some(()))
         })?;
     }
-    let vip = jsonpath(&c, "svc", "echo", ".spec.clusterIP")?;
+    let vip = c.jsonpath("svc", "echo", ".spec.clusterIP")?;
     let all = set(&["be-1", "be-2", "be-3"]);
 
     // ClusterIP TCP reaches every backend (pod → service → backends on all nodes).
@@ -183,8 +171,7 @@ spec:
 
     // A service whose only backend is on another node; and NodePort via every node from the
     // underlay (the host), including nodes without a local backend.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: remote}
@@ -200,8 +187,8 @@ spec:
         "be-3",
         "statefulset.kubernetes.io/pod-name=be-3",
     ])?;
-    let remote_vip = jsonpath(&c, "svc", "remote", ".spec.clusterIP")?;
-    let node_port = jsonpath(&c, "svc", "remote", ".spec.ports[0].nodePort")?;
+    let remote_vip = c.jsonpath("svc", "remote", ".spec.clusterIP")?;
+    let node_port = c.jsonpath("svc", "remote", ".spec.ports[0].nodePort")?;
     wait_for(
         "remote backend via ClusterIP",
         Duration::from_secs(20),
@@ -226,8 +213,7 @@ spec:
     }
 
     // ClientIP session affinity keeps one backend.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: sticky}
@@ -238,14 +224,13 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#,
     )?;
-    let sticky = jsonpath(&c, "svc", "sticky", ".spec.clusterIP")?;
+    let sticky = c.jsonpath("svc", "sticky", ".spec.clusterIP")?;
     std::thread::sleep(Duration::from_secs(1));
     let got = seen(&c, "client", &format!("http://{sticky}/"), 20)?;
     ensure!(got.len() == 1, "affinity broke: {got:?}");
 
     // externalTrafficPolicy: Local keeps the client's address (the backend echoes it).
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: local}
@@ -256,7 +241,7 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#,
     )?;
-    let local_port = jsonpath(&c, "svc", "local", ".spec.ports[0].nodePort")?;
+    let local_port = c.jsonpath("svc", "local", ".spec.ports[0].nodePort")?;
     let url = format!("http://{}:{local_port}/cgi-bin/ip", c.node_ip(n1));
     let client_ip = wait_for("Local NodePort", Duration::from_secs(20), || {
         let out = std::process::Command::new("timeout")
@@ -279,8 +264,7 @@ spec:
     );
 
     // No endpoints → refused at once.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: empty}
@@ -289,7 +273,7 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#,
     )?;
-    let empty = jsonpath(&c, "svc", "empty", ".spec.clusterIP")?;
+    let empty = c.jsonpath("svc", "empty", ".spec.clusterIP")?;
     std::thread::sleep(Duration::from_secs(1));
     let t = Instant::now();
     let out = pod_exec(
@@ -322,8 +306,7 @@ spec:
     }
 
     // Hairpin: a backend reaches itself through its own service.
-    apply(
-        &c,
+    c.apply(
         r#"apiVersion: v1
 kind: Service
 metadata: {name: self}
@@ -332,15 +315,13 @@ spec:
   ports: [{port: 80, targetPort: 8080}]
 "#,
     )?;
-    let self_vip = jsonpath(&c, "svc", "self", ".spec.clusterIP")?;
+    let self_vip = c.jsonpath("svc", "self", ".spec.clusterIP")?;
     wait_for("hairpin", Duration::from_secs(20), || {
         Ok((fetch(&c, "be-3", &format!("http://{self_vip}/"))? == "be-3").then_some(()))
     })?;
 
     // A failing readiness probe takes the backend out.
-    apply(
-        &c,
-        &backend(
+    c.apply(&backend(
             "be-ready",
             n3,
             "app: echo",
@@ -348,11 +329,10 @@ spec:
         ),
     )?;
     wait_for("be-ready Running", Duration::from_secs(60), || {
-        Ok((jsonpath(&c, "pod", "be-ready", ".status.phase")? == "Running").then_some(()))
+        Ok((c.jsonpath("pod", "be-ready", ".status.phase")? == "Running").then_some(()))
     })?;
     let ready = |c: &Cluster| {
-        jsonpath(
-            c,
+        c.jsonpath(
             "pod",
             "be-ready",
             r#".status.conditions[?(@.type=="Ready")].status"#,
