@@ -62,6 +62,9 @@ struct Track {
     killing: Option<u32>,
     /// Events already recorded for an instance (so one start isn't announced twice).
     announced: Option<u32>,
+    /// The id of the image the container runs, resolved once (the store is files on disk;
+    /// status is computed on every pass).
+    image_id: Option<String>,
 }
 
 pub struct PodWorker {
@@ -370,6 +373,7 @@ impl PodWorker {
         match self.agent.runtime.start_container(&spec).await {
             Ok(st) => {
                 let t = self.tracks.entry(c.name.clone()).or_default();
+                t.image_id = Some(image.id.clone());
                 t.waiting = None;
                 t.backoff = None;
                 t.announced = Some(n);
@@ -766,6 +770,17 @@ impl PodWorker {
     /// Compute and, if it changed, send the pod's status. Returns whether the pod is finished.
     async fn report(&mut self, initialized: bool, init_failed: bool) -> bool {
         let spec = self.pod.spec.clone().unwrap_or_default();
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let t = self.tracks.entry(c.name.clone()).or_default();
+            if t.image_id.is_none() {
+                let image_ref = c.image.clone().unwrap_or_default();
+                t.image_id = self.agent.images.resolve(&image_ref).map(|i| i.id);
+            }
+        }
         let policy = spec
             .restart_policy
             .clone()
@@ -818,12 +833,7 @@ impl PodWorker {
         let (n, now) = self.current(&c.name);
         let t = self.tracks.get(&c.name);
         let image_ref = c.image.clone().unwrap_or_default();
-        let image_id = self
-            .agent
-            .images
-            .resolve(&image_ref)
-            .map(|i| i.id)
-            .unwrap_or_default();
+        let image_id = t.and_then(|t| t.image_id.clone()).unwrap_or_default();
         let last_exit = (n > 0)
             .then(|| self.agent.runtime.instance_dir(&self.uid, &c.name, n - 1))
             .and_then(|d| match instance_status(&d) {
