@@ -152,25 +152,43 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The ready addresses of the EndpointSlices of service `name`.
-fn ready_endpoints(c: &Cluster, name: &str) -> Result<BTreeSet<String>> {
-    let raw = c.kubectl(&[
-        "get",
-        "--raw",
-        &format!(
-            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={name}"
-        ),
-    ])?;
-    let list: serde_json::Value = serde_json::from_str(&raw)?;
-    Ok(list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
-        .filter(|e| e["conditions"]["ready"] != false)
-        .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect())
+/// A watch of service `name`'s EndpointSlices: for every event, when it arrived (unix ms) and
+/// the ready addresses of the slice it carries.
+fn watch_ready_endpoints(
+    c: &Cluster,
+    name: &str,
+) -> Result<(std::process::Child, mpsc::Receiver<(u64, BTreeSet<String>)>)> {
+    let url = format!(
+        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={name}&watch=true"
+    );
+    let mut child = c
+        .kubectl_command()?
+        .args(["get", "--raw", &url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let events = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout))
+            .into_iter::<serde_json::Value>();
+        for event in events {
+            let Ok(event) = event else { break };
+            let ready = event["object"]["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["conditions"]["ready"] != false)
+                .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            if tx.send((unix_ms(), ready)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
 }
 
 /// Run `cmd` in `pod` and stream its stdout lines through a channel.
@@ -526,22 +544,25 @@ spec:
             Duration::from_secs(10),
             &mut log,
         )?;
-        c.apply(&backend("udp-b", n3, "udp: one", ""))?;
-        let b_ip = wait_for("udp-b's address", Duration::from_secs(60), || {
-            let ip = c.jsonpath("pod", "udp-b", ".status.podIP")?;
-            Ok((!ip.is_empty()).then_some(ip))
-        })?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let listed_at = loop {
-            if ready_endpoints(&c, "udp-one")?.contains(&b_ip) {
-                break unix_ms();
+        let (mut watch, slices) = watch_ready_endpoints(&c, "udp-one")?;
+        let listed = (|| -> Result<u64> {
+            c.apply(&backend("udp-b", n3, "udp: one", ""))?;
+            let b_ip = wait_for("udp-b's address", Duration::from_secs(60), || {
+                let ip = c.jsonpath("pod", "udp-b", ".status.podIP")?;
+                Ok((!ip.is_empty()).then_some(ip))
+            })?;
+            loop {
+                let (at, ready) = slices
+                    .recv_timeout(Duration::from_secs(60))
+                    .context("udp-b never became a ready endpoint")?;
+                if ready.contains(&b_ip) {
+                    return Ok(at);
+                }
             }
-            ensure!(
-                Instant::now() < deadline,
-                "udp-b never became a ready endpoint"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        })();
+        let _ = watch.kill();
+        let _ = watch.wait();
+        let listed_at = listed?;
         let first = next_line(
             &lines,
             "from udp-b",
