@@ -698,3 +698,142 @@ fn services_iptables() -> Result<()> {
     }
     conformance("iptables")
 }
+
+/// Which `m<g>: in` label groups each backend pod of [`thousand_services`] is in.
+type Groups = std::collections::BTreeMap<&'static str, BTreeSet<usize>>;
+
+const GROUPS: usize = 10;
+const SERVICES: usize = 1000;
+
+fn group_labels(groups: &BTreeSet<usize>) -> String {
+    groups
+        .iter()
+        .map(|g| format!("m{g}: in"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One sampled service per group (`svc-<g*101>`, selector `m<g>: in`) answers with exactly
+/// the pods of that group, or refuses when the group is empty.
+fn check_sample(c: &Cluster, mode: &str, stage: &str, model: &Groups) -> Result<()> {
+    let t = Instant::now();
+    wait_for(
+        &format!("{stage}: every sampled service with its backends"),
+        Duration::from_secs(300),
+        || {
+            for g in 0..GROUPS {
+                let name = format!("svc-{:04}", g * 101);
+                let vip = c.jsonpath("svc", &name, ".spec.clusterIP")?;
+                let url = format!("http://{vip}/");
+                let want: BTreeSet<String> = model
+                    .iter()
+                    .filter(|(_, groups)| groups.contains(&g))
+                    .map(|(pod, _)| pod.to_string())
+                    .collect();
+                if want.is_empty() {
+                    let out = pod_exec(
+                        c,
+                        "client",
+                        &["timeout", "3", "wget", "-q", "-O", "-", &url],
+                    )?;
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    ensure!(
+                        !out.status.success() && err.contains("refused"),
+                        "{name} (m{g}, no backends) was not refused: {err}"
+                    );
+                    continue;
+                }
+                let got = seen(c, "client", &url, 20 * want.len())?;
+                ensure!(
+                    got == want,
+                    "{name} (m{g}) answered from {got:?}, not {want:?}"
+                );
+            }
+            Ok(Some(()))
+        },
+    )?;
+    eprintln!(
+        "[{mode}] {SERVICES} services, {stage}: every sampled service correct after {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// 1,000 services at once, then endpoint churn (a relabelled backend, a deleted one and a
+/// new one): a sample of the services answers with exactly the expected backends throughout.
+fn thousand_services(mode: &str) -> Result<()> {
+    let c = Cluster::start(ClusterOptions {
+        nodes: 3,
+        proxy_mode: mode.into(),
+        ..Default::default()
+    })?;
+    let nodes = c.nodes();
+    let mut model = Groups::new();
+    model.insert("s-1", [0, 1, 2, 3, 4].into());
+    model.insert("s-2", [3, 4, 5, 6, 7].into());
+    model.insert("s-3", [0, 1, 2, 5, 8, 9].into());
+    for (i, (pod, groups)) in model.iter().enumerate() {
+        c.apply(&backend(pod, &nodes[i], &group_labels(groups), ""))?;
+    }
+    c.apply(&backend("client", &nodes[0], "role: client", ""))?;
+    let docs: Vec<String> = (0..SERVICES)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i:04}}}\nspec:\n  selector: {{m{}: in}}\n  ports: [{{port: 80, targetPort: 8080}}]\n",
+                i % GROUPS
+            )
+        })
+        .collect();
+    // kubectl creates one object per request, one after the other: a few in parallel.
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let creators: Vec<_> = docs
+            .chunks(SERVICES / 4)
+            .map(|chunk| s.spawn(|| c.kubectl_stdin(&["create", "-f", "-"], &chunk.join("---\n"))))
+            .collect();
+        creators.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("kubectl thread panicked"))?
+                .map(|_| ())
+        })
+    })?;
+    eprintln!("[{mode}] {SERVICES} services created in {:?}", t.elapsed());
+    for p in ["s-1", "s-2", "s-3", "client"] {
+        wait_for(&format!("{p} Running"), Duration::from_secs(60), || {
+            Ok((c.jsonpath("pod", p, ".status.phase")? == "Running").then_some(()))
+        })?;
+    }
+    check_sample(&c, mode, "created", &model)?;
+
+    // A backend leaves one group and joins another.
+    c.kubectl(&["label", "pod", "s-1", "m0-", "m9=in"])?;
+    let s1 = model.get_mut("s-1").context("s-1")?;
+    s1.remove(&0);
+    s1.insert(9);
+    check_sample(&c, mode, "s-1 relabelled", &model)?;
+
+    // A backend goes (group 6 is left without any) and another one comes.
+    c.kubectl(&["delete", "pod", "s-2"])?;
+    model.remove("s-2");
+    let s4: BTreeSet<usize> = [3, 7].into();
+    c.apply(&backend("s-4", &nodes[1], &group_labels(&s4), ""))?;
+    model.insert("s-4", s4);
+    check_sample(&c, mode, "s-2 replaced by s-4", &model)?;
+    Ok(())
+}
+
+#[test]
+fn services_1000_churn_ebpf() -> Result<()> {
+    if skip_unless_root("services_1000_churn_ebpf") {
+        return Ok(());
+    }
+    thousand_services("ebpf")
+}
+
+#[test]
+fn services_1000_churn_iptables() -> Result<()> {
+    if skip_unless_root("services_1000_churn_iptables") {
+        return Ok(());
+    }
+    thousand_services("iptables")
+}
