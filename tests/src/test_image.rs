@@ -79,7 +79,7 @@ pub fn ensure_current(path: &Path) -> Result<()> {
     let want = vec![format!("sha256:{}", sha256_hex(&layer))];
     let cached = path
         .exists()
-        .then(|| inspect(&path).ok())
+        .then(|| inspect(path).ok())
         .flatten()
         .map(|info| info.layer_digests);
     if cached.as_ref() != Some(&want) {

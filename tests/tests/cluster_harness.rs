@@ -174,17 +174,29 @@ fn test_image_archive_is_valid() -> Result<()> {
         // busybox, its applets and skiff-udp-echo.
         assert_eq!(count, applets.len() + 2);
         // skiff-udp-echo runs in the busybox-only root (static) and answers itself.
+        let mut server = Command::new("chroot")
+            .arg(&rootfs)
+            .args(["/bin/skiff-udp-echo", "serve", "47999"])
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
         let out = Command::new("chroot")
             .arg(&rootfs)
             .args([
-                "/bin/sh",
-                "-c",
-                "skiff-udp-echo serve 47999 & sleep 0.3; skiff-udp-echo ask -p 47998 127.0.0.1 47999; r=$?; kill $!; exit $r",
+                "/bin/skiff-udp-echo",
+                "ask",
+                "-p",
+                "47998",
+                "127.0.0.1",
+                "47999",
             ])
-            .output()?;
+            .output();
+        let _ = server.kill();
+        let _ = server.wait();
+        let out = out?;
         ensure!(
             out.status.success(),
-            "skiff-udp-echo in the image: {}",
+            "skiff-udp-echo in the image: {}{}",
+            stdout(&out),
             String::from_utf8_lossy(&out.stderr)
         );
         let reply = stdout(&out);

@@ -152,12 +152,11 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A watch of service `name`'s EndpointSlices: for every event, when it arrived (unix ms) and
-/// the ready addresses of the slice it carries.
-fn watch_ready_endpoints(
-    c: &Cluster,
-    name: &str,
-) -> Result<(std::process::Child, mpsc::Receiver<(u64, BTreeSet<String>)>)> {
+/// Per EndpointSlice watch event: when it arrived (unix ms) and the slice's ready addresses.
+type SliceEvents = mpsc::Receiver<(u64, BTreeSet<String>)>;
+
+/// A watch of service `name`'s EndpointSlices.
+fn watch_ready_endpoints(c: &Cluster, name: &str) -> Result<(std::process::Child, SliceEvents)> {
     let url = format!(
         "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={name}&watch=true"
     );
@@ -529,7 +528,7 @@ spec:
         next_line(
             &lines,
             "from udp-a",
-            &from_a,
+            from_a,
             Duration::from_secs(30),
             &mut log,
         )?;
@@ -761,6 +760,9 @@ fn check_sample(c: &Cluster, mode: &str, stage: &str, model: &Groups) -> Result<
 
 /// 1,000 services at once, then endpoint churn (a relabelled backend, a deleted one and a
 /// new one): a sample of the services answers with exactly the expected backends throughout.
+/// Ignored for now: with the current EndpointSlice controller one pod change takes 20-100 s to
+/// reach all 1,000 services (measured on a 2-CPU VM; creating them takes 80-140 s), so each
+/// mode runs ~3 min. `cargo test -p skiff-tests --test services -- --ignored` runs it.
 fn thousand_services(mode: &str) -> Result<()> {
     let c = Cluster::start(ClusterOptions {
         nodes: 3,
@@ -823,6 +825,7 @@ fn thousand_services(mode: &str) -> Result<()> {
 }
 
 #[test]
+#[ignore = "slow with the current EndpointSlice controller (a pod change takes 20-100 s to reach 1,000 services; ~3 min per mode): run with --ignored"]
 fn services_1000_churn_ebpf() -> Result<()> {
     if skip_unless_root("services_1000_churn_ebpf") {
         return Ok(());
@@ -831,6 +834,7 @@ fn services_1000_churn_ebpf() -> Result<()> {
 }
 
 #[test]
+#[ignore = "slow with the current EndpointSlice controller (a pod change takes 20-100 s to reach 1,000 services; ~3 min per mode): run with --ignored"]
 fn services_1000_churn_iptables() -> Result<()> {
     if skip_unless_root("services_1000_churn_iptables") {
         return Ok(());
