@@ -1,9 +1,11 @@
 //! The test image `skiff.test/busybox:1`: Debian's static `/bin/busybox` (package
-//! busybox-static) with one symlink per applet, as a `docker save` archive that
-//! `skiff-agent image import` loads on every node of a test cluster.
+//! busybox-static) with one symlink per applet, plus `/bin/skiff-udp-echo` (a static UDP
+//! server and client, `src/udp_echo.c`, since busybox has neither), as a `docker save`
+//! archive that `skiff-agent image import` loads on every node of a test cluster.
 //!
 //! The archive is built deterministically (fixed owners and times), so its digests only change
-//! with the busybox binary. It is cached at `<target dir>/tools/skiff-test-busybox.tar`.
+//! with its binaries. It is cached at `<target dir>/tools/skiff-test-busybox.tar` and rebuilt
+//! whenever its layer differs from the one this build makes.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,14 @@ pub const IMAGE: &str = "skiff.test/busybox:1";
 
 /// The static busybox the image is made of.
 pub const BUSYBOX: &str = "/bin/busybox";
+
+/// `skiff-udp-echo serve PORT` answers each datagram with `<hostname> <peer ip>:<peer port>`;
+/// `skiff-udp-echo ask [-c] [-p SRCPORT] [-w MS] [-n COUNT] [-i MS] HOST PORT` sends and
+/// prints `<unix ms> <reply>` (or `timeout`, `error …`) per datagram. Built by build.rs.
+pub const UDP_ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/skiff-udp-echo"));
+
+/// Where [`UDP_ECHO`] is in the image.
+pub const UDP_ECHO_PATH: &str = "/bin/skiff-udp-echo";
 
 /// `PATH` of the image's config.
 pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -54,22 +64,28 @@ pub fn archive_path() -> PathBuf {
         .join("skiff-test-busybox.tar")
 }
 
-/// The test image archive, built first when it is missing (or older than /bin/busybox).
+/// The test image archive, (re)built first when it is missing or its layer is not the one
+/// this build makes (another busybox, another `skiff-udp-echo`, another layout): keyed by
+/// content, so a cached archive never lacks what the tests expect in the image.
 pub fn archive() -> Result<PathBuf> {
     let path = archive_path();
-    let stale = match (mtime(&path), mtime(Path::new(BUSYBOX))) {
-        (Some(archive), Some(busybox)) => archive < busybox,
-        (None, _) => true,
-        (Some(_), None) => false,
-    };
-    if stale {
-        build(&path)?;
-    }
+    ensure_current(&path)?;
     Ok(path)
 }
 
-fn mtime(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// Build the archive at `path` unless the one there already has this build's layer.
+pub fn ensure_current(path: &Path) -> Result<()> {
+    let layer = layer_tar()?;
+    let want = vec![format!("sha256:{}", sha256_hex(&layer))];
+    let cached = path
+        .exists()
+        .then(|| inspect(path).ok())
+        .flatten()
+        .map(|info| info.layer_digests);
+    if cached.as_ref() != Some(&want) {
+        build_with_layer(path, layer)?;
+    }
+    Ok(())
 }
 
 /// The applets of /bin/busybox (`busybox --list`), without `busybox` itself.
@@ -105,7 +121,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// Build the archive at `out` (written beside it first, then renamed into place, so parallel
 /// builders never see half an archive).
 pub fn build(out: &Path) -> Result<()> {
-    let layer = layer_tar()?;
+    build_with_layer(out, layer_tar()?)
+}
+
+fn build_with_layer(out: &Path, layer: Vec<u8>) -> Result<()> {
     let layer_hex = sha256_hex(&layer);
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
@@ -122,7 +141,7 @@ pub fn build(out: &Path) -> Result<()> {
         },
         "history": [{
             "created": "2023-11-14T22:13:20Z",
-            "created_by": "skiff-tests: /bin/busybox and its applet links",
+            "created_by": "skiff-tests: /bin/busybox, its applet links and /bin/skiff-udp-echo",
         }],
     }))?;
     let config_hex = sha256_hex(&config);
@@ -151,7 +170,8 @@ pub fn build(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The image's only layer: busybox, its applet links, a few directories and files.
+/// The image's only layer: busybox, its applet links, skiff-udp-echo, a few directories and
+/// files.
 fn layer_tar() -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX)
         .with_context(|| format!("reading {BUSYBOX} (install Debian's busybox-static)"))?;
@@ -161,6 +181,12 @@ fn layer_tar() -> Result<Vec<u8>> {
         dir_entry(&mut b, &format!("{dir}/"), *mode)?;
     }
     file_entry(&mut b, "bin/busybox", 0o755, &busybox)?;
+    file_entry(
+        &mut b,
+        UDP_ECHO_PATH.trim_start_matches('/'),
+        0o755,
+        UDP_ECHO,
+    )?;
     for applet in &applets {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;

@@ -110,6 +110,10 @@ fn test_image_archive_is_valid() -> Result<()> {
         std::fs::metadata(test_image::BUSYBOX)?.len(),
         "bin/busybox is /bin/busybox"
     );
+    let udp_echo = entry(test_image::UDP_ECHO_PATH.trim_start_matches('/'));
+    assert_eq!(udp_echo.kind, tar::EntryType::Regular);
+    assert_eq!(udp_echo.mode & 0o777, 0o755);
+    assert_eq!(udp_echo.size, test_image::UDP_ECHO.len() as u64);
     let applets = test_image::applets()?;
     for applet in ["sh", "ls", "cat", "sleep", "wget", "nc", "httpd"] {
         if !applets.iter().any(|a| a == applet) {
@@ -140,6 +144,11 @@ fn test_image_archive_is_valid() -> Result<()> {
     let mtime = std::fs::metadata(&cached)?.modified()?;
     assert_eq!(test_image::archive()?, cached);
     assert_eq!(std::fs::metadata(&cached)?.modified()?, mtime);
+    // A cached archive with other content (here: not an archive at all) is rebuilt.
+    let stale = dir.path().join("stale.tar");
+    std::fs::write(&stale, b"an older image")?;
+    test_image::ensure_current(&stale)?;
+    assert_eq!(std::fs::read(&stale)?, std::fs::read(&archive)?);
 
     // As root: the unpacked layer is a working root filesystem.
     if cluster::is_root() {
@@ -162,7 +171,41 @@ fn test_image_archive_is_valid() -> Result<()> {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("hi"));
         let count: usize = lines.next().unwrap_or("0").trim().parse()?;
-        assert_eq!(count, applets.len() + 1);
+        // busybox, its applets and skiff-udp-echo.
+        assert_eq!(count, applets.len() + 2);
+        // skiff-udp-echo runs in the busybox-only root (static) and answers itself.
+        let mut server = Command::new("chroot")
+            .arg(&rootfs)
+            .args(["/bin/skiff-udp-echo", "serve", "47999"])
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let out = Command::new("chroot")
+            .arg(&rootfs)
+            .args([
+                "/bin/skiff-udp-echo",
+                "ask",
+                "-p",
+                "47998",
+                "127.0.0.1",
+                "47999",
+            ])
+            .output();
+        let _ = server.kill();
+        let _ = server.wait();
+        let out = out?;
+        ensure!(
+            out.status.success(),
+            "skiff-udp-echo in the image: {}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reply = stdout(&out);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+        let host = host.trim();
+        ensure!(
+            reply.trim().ends_with(&format!(" {host} 127.0.0.1:47998")),
+            "skiff-udp-echo answered {reply:?}"
+        );
     }
     Ok(())
 }

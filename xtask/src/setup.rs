@@ -42,6 +42,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "inspect and flush connection tracking in service tests",
     ),
     ("iputils-ping", "ping between pods in network tests"),
+    (
+        "gcc",
+        "the C compiler (Rust's linker; builds the test image's skiff-udp-echo)",
+    ),
+    (
+        "libc6-dev",
+        "the static libc the test image's skiff-udp-echo is linked with",
+    ),
 ];
 
 const RUSTUP_FIX: &str = "install rustup from https://rustup.rs \

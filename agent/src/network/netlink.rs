@@ -94,6 +94,17 @@ impl NetworkEdge for NetlinkNetwork {
         // Pods on this node reach other nodes (and the node routes between pods) only
         // with forwarding on; the sysctl is per network namespace.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
+        // Packets routed back out of skiff0 (a pod to a ClusterIP without endpoints, which
+        // the service route sends onto skiff0; a pod to a same-node endpoint after DNAT)
+        // would each draw an ICMP redirect to the pod. Pods cannot use them, and sending one
+        // restarts the per-host ICMP rate limiter, so the port-unreachable of a REJECT
+        // right after it is suppressed and the pod times out instead of being refused.
+        // The kernel sends redirects if `all` OR the interface says so: `all` goes to 0, so
+        // other interfaces keep their own setting (1 by default) and only skiff0 stops.
+        for conf in ["all", BRIDGE] {
+            let path = format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects");
+            std::fs::write(&path, "0").with_context(|| format!("writing 0 to {path}"))?;
+        }
         Ok(())
     }
 

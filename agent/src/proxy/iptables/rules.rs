@@ -13,14 +13,15 @@
 //!   keeping the client address (`Local` policy).
 //!
 //! Without usable endpoints the filter table's `KUBE-SERVICES` (and for node ports
-//! `KUBE-EXTERNAL-SERVICES`) REJECTs new connections.
+//! `KUBE-EXTERNAL-SERVICES`) REJECTs new connections: TCP with a reset, UDP with ICMP
+//! port-unreachable (see [`reject_with`]).
 
 use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
 use crate::network::Ipv4Net;
-use crate::proxy::model::{Endpoint, ServicePort, ServicePortName};
+use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -296,6 +297,20 @@ fn balance(out: &mut Vec<String>, name: &str, seps: &[(String, &Endpoint)], affi
     }
 }
 
+/// How a service port without endpoints refuses a new connection. kube-proxy answers TCP
+/// with ICMP port-unreachable too, but a TCP socket drops an ICMP error that arrives while
+/// its owner still holds the socket lock, and one REJECTed on the same machine (the node
+/// itself, or a pod behind its bridge) arrives within the `connect()` call that sent the SYN:
+/// the client learns of the refusal only from the error of the SYN retransmitted a second
+/// later (and, for pods, the per-host ICMP rate limit may eat that too). A reset is queued to
+/// the socket's backlog instead of dropped, so `connect()` fails with ECONNREFUSED at once.
+pub fn reject_with(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp-reset",
+        Protocol::Udp => "icmp-port-unreachable",
+    }
+}
+
 /// Everything one service port needs, in `iptables-save` form.
 pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
     let name = sp.name.to_string();
@@ -309,11 +324,12 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
 
     if usable.is_empty() {
         let comment = quote(&format!("{name} has no endpoints"));
+        let reject = reject_with(sp.name.protocol);
         out.shared.push((
             Table::Filter,
             KUBE_SERVICES,
             format!(
-                "-d {vip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j REJECT --reject-with icmp-port-unreachable"
+                "-d {vip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j REJECT --reject-with {reject}"
             ),
         ));
         if np != 0 {
@@ -321,7 +337,7 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
                 Table::Filter,
                 KUBE_EXTERNAL_SERVICES,
                 format!(
-                    "-p {proto} -m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j REJECT --reject-with icmp-port-unreachable"
+                    "-p {proto} -m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j REJECT --reject-with {reject}"
                 ),
             ));
         }
@@ -434,7 +450,6 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::model::Protocol;
 
     pub(crate) fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
         ServicePortName {
@@ -572,6 +587,44 @@ mod tests {
             "-d 10.96.0.10/32 -p udp -m comment --comment \"ns/s has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
         );
         assert_eq!(r.shared[1].1, KUBE_EXTERNAL_SERVICES);
+        assert_eq!(
+            r.shared[1].2,
+            "-p udp -m comment --comment \"ns/s has no endpoints\" -m addrtype --dst-type LOCAL -m udp --dport 30053 -j REJECT --reject-with icmp-port-unreachable"
+        );
+    }
+
+    #[test]
+    fn no_endpoints_resets_tcp() {
+        let sp = ServicePort {
+            name: spn("ns", "web", "http", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+            port: 80,
+            node_port: 30080,
+            affinity_timeout: None,
+            external_local: false,
+            // Not ready and not terminating: not usable.
+            endpoints: vec![Endpoint {
+                ready: false,
+                ..ep([10, 244, 1, 5], 8080, false)
+            }],
+        };
+        let r = service_rules(&sp, &RuleConfig::default());
+        assert!(r.chains.is_empty(), "no usable endpoint, no nat chains");
+        assert_eq!(
+            r.shared,
+            vec![
+                (
+                    Table::Filter,
+                    KUBE_SERVICES,
+                    "-d 10.96.0.11/32 -p tcp -m comment --comment \"ns/web:http has no endpoints\" -m tcp --dport 80 -j REJECT --reject-with tcp-reset".to_string()
+                ),
+                (
+                    Table::Filter,
+                    KUBE_EXTERNAL_SERVICES,
+                    "-p tcp -m comment --comment \"ns/web:http has no endpoints\" -m addrtype --dst-type LOCAL -m tcp --dport 30080 -j REJECT --reject-with tcp-reset".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
