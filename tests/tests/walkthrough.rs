@@ -20,11 +20,12 @@ use skiff_tests::wait_for;
 const IMAGE_2: &str = "skiff.test/busybox:2";
 /// `kubectl create deployment` names the container after the image.
 const CONTAINER: &str = "busybox";
-/// kubia: its hostname over HTTP on 8080. On SIGTERM it keeps serving for 3 s before it
+/// kubia: its hostname over HTTP on 8080. On SIGTERM it keeps serving for 5 s before it
 /// exits (skiff has no preStop hooks; this is the same drain), so the clients' dataplanes drop
-/// a terminating pod before it stops answering.
+/// a terminating pod before it stops answering (the deletion has to reach the endpoints and
+/// every agent's maps first, which takes longer when the machine is busy).
 const KUBIA: &str = "mkdir -p /var/www; hostname > /var/www/index.html; \
-                     trap 'sleep 3; exit 0' TERM; httpd -f -p 8080 -h /var/www & wait";
+                     trap 'sleep 5; exit 0' TERM; httpd -f -p 8080 -h /var/www & wait";
 
 /// Node lifecycle timings short enough for a test: agents heartbeat every 2 s, a node
 /// silent for 8 s becomes Ready=Unknown, its pods are evicted 5 s later. (The eviction
