@@ -6,7 +6,7 @@
 //! * processes skiff-control and skiff-agent, and the pods (stopped with their cgroups);
 //! * the bridge `skiff0`, its address and routes, the masquerade and `KUBE-*` iptables rules,
 //!   the eBPF programs, links and pins (all removed by `skiff-agent cleanup`);
-//! * the cgroups `<cgroup2>/skiff/xtask-up/…` and `<v1 mount>/skiff/<node>` (removed);
+//! * the cgroups `<cgroup2>/skiff/up-<node>/…` and `<v1 mount>/skiff/<node>` (removed);
 //! * `net.ipv4.ip_forward`, which the agent turns on (set back to what it was);
 //! * the state under `--data-dir` stays: the control plane's store keeps its objects, and the
 //!   next `up` runs the same Deployments again.
@@ -29,12 +29,14 @@ use crate::{Workspace, sys};
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/skiff";
 const STATE_FILE: &str = "up.json";
 const API_ADDR: &str = "127.0.0.1:6443";
-/// Under the cgroup2 mount: the agent's `--cgroup-root`; its eBPF service programs attach
-/// here, so only this subtree (the pods, and commands run in its `host` leaf) is affected.
-const CGROUP_NAME: &str = "skiff/xtask-up";
+/// `<cgroup2>/skiff/up-<node>` is the agent's `--cgroup-root`: its eBPF service programs
+/// attach there, so only that subtree (the pods, and commands run in its `host` leaf) is
+/// affected, never the rest of the host.
+const CGROUP_PARENT: &str = "skiff";
 /// A leaf for commands of the user that should see services the way pods do (eBPF mode).
 const HOST_LEAF: &str = "host";
-const BPFFS: &str = "/sys/fs/bpf/skiff/xtask-up";
+/// The agent's pins go to `<BPFFS_PARENT>/up-<node>`.
+const BPFFS_PARENT: &str = "/sys/fs/bpf/skiff";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -62,6 +64,9 @@ pub struct UpArgs {
     /// Skip `cargo xtask setup` (on a machine that is already set up).
     #[arg(long)]
     no_setup: bool,
+    /// Skip the build and run the binaries already in the target directory.
+    #[arg(long)]
+    no_build: bool,
 }
 
 /// What `up` started and changed, kept in `<data-dir>/up.json` (a small flat JSON object,
@@ -207,7 +212,9 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
         sys::is_root(),
         "`cargo xtask up` runs a node agent on this host (bridge, routes, cgroups, eBPF): run it as root"
     );
-    let state_path = args.data_dir.join(STATE_FILE);
+    let data_dir = canonical_dir(&args.data_dir)?;
+    let data_dir = data_dir.as_path();
+    let state_path = data_dir.join(STATE_FILE);
     if state_path.exists() {
         let old = UpState::load(&state_path)?;
         if process_is(old.xtask_pid, "xtask") {
@@ -226,14 +233,22 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
         // A fresh machine lacks protoc (the etcd client's build needs it) and the rest.
         crate::setup::setup(ws, false)?;
     }
-    // The same build as `cargo xtask test` (one feature set, so neither rebuilds the other's
-    // dependencies).
-    run(cargo()
-        .current_dir(&ws.root)
-        .args(["build", "--workspace", "--bins"]))?;
+    if !args.no_build {
+        // The same build as `cargo xtask test` (one feature set, so neither rebuilds the
+        // other's dependencies).
+        run(cargo()
+            .current_dir(&ws.root)
+            .args(["build", "--workspace", "--bins"]))?;
+    }
     let image = test_image(ws)?;
     let node_name = match &args.node_name {
-        Some(n) => n.clone(),
+        Some(n) => {
+            ensure!(
+                valid_node_name(n),
+                "--node-name {n:?}: lowercase letters, digits, '-' and '.' only"
+            );
+            n.clone()
+        }
         None => hostname()?,
     };
     let node_ip = match args.node_ip {
@@ -241,16 +256,16 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
         None => default_route_source()?,
     };
     let cgroup2 = cgroup2_mount()?;
-    let control_dir = args.data_dir.join("control");
-    let agent_root = args.data_dir.join("agent");
+    let control_dir = data_dir.join("control");
+    let agent_root = data_dir.join("agent");
     std::fs::create_dir_all(&control_dir)
         .with_context(|| format!("creating {}", control_dir.display()))?;
     let mut state = UpState {
         xtask_pid: std::process::id(),
         node_name: node_name.clone(),
         agent_root: agent_root.clone(),
-        cgroup_root: cgroup2.join(CGROUP_NAME),
-        bpffs: PathBuf::from(BPFFS),
+        cgroup_root: cgroup2.join(CGROUP_PARENT).join(format!("up-{node_name}")),
+        bpffs: Path::new(BPFFS_PARENT).join(format!("up-{node_name}")),
         ip_forward: std::fs::read_to_string(IP_FORWARD)
             .with_context(|| format!("reading {IP_FORWARD}"))?
             .trim()
@@ -267,6 +282,7 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
     let result = bring_up(
         ws,
         args,
+        data_dir,
         &mut state,
         &state_path,
         &mut procs,
@@ -320,19 +336,21 @@ fn stop_child(mut child: Child) {
     let _ = child.wait();
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bring_up(
     ws: &Workspace,
     args: &UpArgs,
+    data_dir: &Path,
     state: &mut UpState,
     state_path: &Path,
     procs: &mut Procs,
     image: &Path,
     node_ip: Ipv4Addr,
 ) -> Result<()> {
-    let control_dir = args.data_dir.join("control");
+    let control_dir = data_dir.join("control");
     let kubeconfig = control_dir.join("admin.kubeconfig");
-    let control_log = args.data_dir.join("control.log");
-    let agent_log = args.data_dir.join("agent.log");
+    let control_log = data_dir.join("control.log");
+    let agent_log = data_dir.join("agent.log");
     let start = Instant::now();
 
     let mut control = Command::new(ws.target.join("debug/skiff-control"));
@@ -581,6 +599,14 @@ fn remove_new_iptables_tables(state: &UpState) -> Result<()> {
     Ok(())
 }
 
+/// `dir`, created if need be, as an absolute path without `..` or symlinks: the agent finds
+/// its mounts under it by their path in /proc/self/mountinfo.
+fn canonical_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("could not create {} (root?)", dir.display()))?;
+    std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))
+}
+
 /// A cgroup directory `up` created: gone once empty (the agent's cleanup killed the pods).
 fn remove_cgroup(dir: &Path) -> Result<()> {
     if !dir.exists() {
@@ -631,7 +657,9 @@ fn stop_pid(pid: u32, name: &str) -> Result<()> {
 /// up after one that was killed.
 pub fn down(ws: &Workspace, data_dir: &Path) -> Result<()> {
     ensure!(sys::is_root(), "`cargo xtask down` needs root, as `up` did");
-    let state_path = data_dir.join(STATE_FILE);
+    let state_path = std::path::absolute(data_dir)
+        .unwrap_or_else(|_| data_dir.to_path_buf())
+        .join(STATE_FILE);
     if !state_path.exists() {
         println!("nothing to stop: no {}", state_path.display());
         return Ok(());
@@ -717,14 +745,22 @@ fn hostname() -> Result<String> {
         .trim()
         .to_lowercase();
     ensure!(
-        !name.is_empty()
-            && name.len() <= 253
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+        valid_node_name(&name),
         "the hostname {name:?} is not a valid node name; pass --node-name"
     );
     Ok(name)
+}
+
+/// A DNS-1123 subdomain (it also names the node's cgroup and bpffs directories).
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+        && !name.contains("..")
 }
 
 /// The source address the kernel picks for the default route (`ip route get`; no packet is
@@ -805,12 +841,21 @@ mod tests {
             agent_pid: 0,
             node_name: "vm".into(),
             agent_root: "/var/lib/skiff/agent".into(),
-            cgroup_root: "/sys/fs/cgroup/unified/skiff/xtask-up".into(),
+            cgroup_root: "/sys/fs/cgroup/unified/skiff/up-vm".into(),
             bpffs: "/sys/fs/bpf/skiff/a \"quoted\\\" dir".into(),
             ip_forward: "0".into(),
             iptables_tables: "raw,filter".into(),
         };
         assert_eq!(UpState::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn node_names() {
+        assert!(valid_node_name("vm"));
+        assert!(valid_node_name("node-1.example"));
+        for bad in ["", "Vm", "a/b", "../x", "-a", "a.", "a b", "a..b"] {
+            assert!(!valid_node_name(bad), "{bad:?}");
+        }
     }
 
     #[test]
