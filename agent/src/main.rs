@@ -120,6 +120,8 @@ enum LbCommand {
 enum ImageCommand {
     /// Import a `docker save` or OCI image-layout archive (tar, optionally gzip).
     Import { file: PathBuf },
+    /// Give an image (by name or id) another name, e.g. a second tag of one image.
+    Tag { source: String, target: String },
     /// List the images on this node.
     List,
 }
@@ -319,6 +321,10 @@ fn tokio_main(cmd: Command) -> Result<()> {
                         for img in store.import(&file)? {
                             println!("imported {} ({})", img.name, img.id);
                         }
+                    }
+                    ImageCommand::Tag { source, target } => {
+                        let img = store.tag(&source, &target)?;
+                        println!("tagged {} ({})", img.name, img.id);
                     }
                     ImageCommand::List => {
                         println!("{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE");

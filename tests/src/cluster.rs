@@ -200,6 +200,9 @@ pub struct ClusterState {
     pub control: Option<ProcRecord>,
     pub control_log: PathBuf,
     pub etcd: Option<ProcRecord>,
+    /// Client URL of the private etcd (with `Store::Etcd`).
+    #[serde(default)]
+    pub etcd_url: Option<String>,
     pub nodes: Vec<NodeState>,
 }
 
@@ -388,6 +391,48 @@ impl Cluster {
         self.state.node_command(node, cmd)
     }
 
+    /// A command to run inside the running container of `pod` (namespace `default`, its
+    /// first container) via `skiff-agent exec-in`: the container's namespaces, cgroup and
+    /// environment, so the service dataplane treats it as the pod.
+    pub fn pod_command(&self, pod: &str, cmd: &[&str]) -> Result<Command> {
+        let node = self.jsonpath("pod", pod, ".spec.nodeName")?;
+        let uid = self.jsonpath("pod", pod, ".metadata.uid")?;
+        let container = self.jsonpath("pod", pod, ".spec.containers[0].name")?;
+        let dir = self
+            .state
+            .node(&node)?
+            .root_dir
+            .join("pods")
+            .join(&uid)
+            .join("containers")
+            .join(&container);
+        let instance = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .max()
+            .with_context(|| format!("no container instance of {pod} in {}", dir.display()))?;
+        let state_path = dir.join(instance.to_string()).join("state.json");
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&state_path)
+                .with_context(|| format!("reading {}", state_path.display()))?,
+        )?;
+        let pid = state["pid"]
+            .as_i64()
+            .with_context(|| format!("no pid in {}", state_path.display()))?
+            .to_string();
+        let agent = agent_binary_path();
+        let mut argv = vec![
+            agent.to_str().context("agent path")?,
+            "exec-in",
+            "--pid",
+            &pid,
+            "--",
+        ];
+        argv.extend_from_slice(cmd);
+        self.state.node_command(&node, &argv)
+    }
+
     fn kubectl_bin(&self) -> Result<&Kubectl> {
         if let Some(k) = self.kubectl.get() {
             return Ok(k);
@@ -435,6 +480,24 @@ impl Cluster {
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) -> Result<()> {
         self.kubectl_stdin(&["apply", "-f", "-"], yaml).map(|_| ())
+    }
+
+    /// Debian's `etcdctl` (API v3) against the cluster's private etcd (clusters on
+    /// `Store::Etcd` only).
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let url = self
+            .state
+            .etcd_url
+            .as_deref()
+            .context("this cluster runs on the embedded store, not etcd")?;
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", url])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running etcdctl (Debian's etcd-client)")?;
+        crate::result(&format!("etcdctl {}", args.join(" ")), out)
     }
 
     /// A kube client with the admin kubeconfig.
@@ -786,6 +849,8 @@ impl Cluster {
             match outcome {
                 Ok(()) => {
                     self.etcd = Some(child);
+                    self.state.etcd_url = Some(client_url.clone());
+                    self.state.save()?;
                     return Ok(client_url);
                 }
                 Err(e) => {
@@ -1170,6 +1235,7 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
         control: None,
         control_log: dir.join("control.log"),
         etcd: None,
+        etcd_url: None,
         nodes,
         dir,
         name,

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "skiff's project tasks: prepare a machine, test, lint, bring a control plane up"
+    about = "skiff's project tasks: prepare a machine, test, lint, bring a cluster up"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,12 +56,17 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Build and run a local control plane in the foreground until Ctrl-C or `cargo xtask down`.
+    /// A one-node cluster on this host, in the foreground until Ctrl-C or `cargo xtask down`
+    /// (run as root).
     ///
-    /// Starts target/debug/skiff-control, waits until its API answers on 127.0.0.1:6443, prints
-    /// the kubeconfig to use and some commands to try. Ctrl-C or SIGTERM stops it cleanly.
+    /// Builds and starts skiff-control (embedded store, API on 127.0.0.1:6443) and one
+    /// skiff-agent in the host's network namespace (`--proxy-mode auto`) with the test image
+    /// skiff.test/busybox:1 imported, waits until the node is Ready, prints the kubeconfig and
+    /// commands to try. Stopping removes the pods and everything the agent put into the
+    /// kernel (bridge, routes, iptables rules, eBPF programs and pins, cgroups) and sets
+    /// net.ipv4.ip_forward back; the control plane's store is kept.
     Up(up::UpArgs),
-    /// Stop a control plane started by `cargo xtask up` (SIGTERM to the pid in its data dir).
+    /// Stop `cargo xtask up` (it cleans up as on Ctrl-C), or clean up after one that was killed.
     Down {
         /// The data directory given to `up`.
         #[arg(long, default_value = up::DEFAULT_DATA_DIR)]
@@ -143,7 +148,7 @@ fn main() -> ExitCode {
             cargo_test_args,
         } => test::test(&ws, no_setup, &cargo_test_args),
         Task::Up(args) => up::up(&ws, &args).map(|()| 0),
-        Task::Down { data_dir } => up::down(&data_dir).map(|()| 0),
+        Task::Down { data_dir } => up::down(&ws, &data_dir).map(|()| 0),
         Task::Cluster(args) => cluster::cluster(&ws, &args),
         Task::Lint => lint::lint(&ws).map(|()| 0),
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),

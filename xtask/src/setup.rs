@@ -29,6 +29,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("iptables", "the agent's iptables proxy mode and its tests"),
     (
+        "nftables",
+        "`nft`, so `cargo xtask down` can delete the iptables tables the agent created",
+    ),
+    (
         "iproute2",
         "`ip`, to inspect network namespaces, links and routes",
     ),

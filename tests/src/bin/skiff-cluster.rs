@@ -6,6 +6,7 @@
 //! skiff-cluster status | kubeconfig | down [--dir D]
 //! skiff-cluster exec [--dir D] NODE -- CMD...
 //! skiff-cluster gc        # tear down clusters whose test process died
+//! skiff-cluster test-image  # build the test image archive, print its path
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,9 @@ enum Cmd {
     },
     /// Tear down every cluster whose owning test process is gone.
     Gc,
+    /// Build the test image archive (`skiff.test/busybox:1`, a `docker save` tar) unless it is
+    /// up to date, and print its path.
+    TestImage,
 }
 
 fn main() -> ExitCode {
@@ -101,7 +105,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<u8> {
-    if !cluster::is_root() {
+    // Building the test image needs no privileges; everything else does.
+    if !matches!(cli.command, Cmd::TestImage) && !cluster::is_root() {
         bail!("skiff-cluster needs root (network namespaces, cgroups, bpffs)");
     }
     match cli.command {
@@ -178,6 +183,10 @@ fn run(cli: Cli) -> Result<u8> {
             for name in cluster::gc()? {
                 println!("removed stale cluster {name}");
             }
+            Ok(0)
+        }
+        Cmd::TestImage => {
+            println!("{}", skiff_tests::test_image::archive()?.display());
             Ok(0)
         }
     }
