@@ -1,7 +1,7 @@
 //! `cargo xtask up` end to end, inside a private network namespace so the host is never
 //! touched: the one-node cluster comes up, a Service answers from both pods, and SIGTERM (what
 //! `cargo xtask down` sends) leaves the namespace's links, addresses, routes, rules, iptables
-//! tables and forwarding sysctl exactly as they were, and no cgroup, bpffs pin or state file.
+//! tables and forwarding and redirect sysctls exactly as they were, and no cgroup, bpffs pin or state file.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -64,6 +64,7 @@ fn snapshot(ns: &str) -> Result<String> {
         &["iptables-save"],
         &["iptables-legacy-save"],
         &["cat", "/proc/sys/net/ipv4/ip_forward"],
+        &["cat", "/proc/sys/net/ipv4/conf/all/send_redirects"],
     ] {
         out += &format!("== {}\n", argv.join(" "));
         for line in run_in(ns, argv)?.lines() {

@@ -7,7 +7,8 @@
 //! * the bridge `skiff0`, its address and routes, the masquerade and `KUBE-*` iptables rules,
 //!   the eBPF programs, links and pins (all removed by `skiff-agent cleanup`);
 //! * the cgroups `<cgroup2>/skiff/up-<node>/…` and `<v1 mount>/skiff/<node>` (removed);
-//! * `net.ipv4.ip_forward`, which the agent turns on (set back to what it was);
+//! * `net.ipv4.ip_forward`, which the agent turns on, and `net.ipv4.conf.all.send_redirects`,
+//!   which it turns off so only `skiff0` stops sending ICMP redirects (both set back);
 //! * the state under `--data-dir` stays: the control plane's store keeps its objects, and the
 //!   next `up` runs the same Deployments again.
 //!
@@ -38,6 +39,7 @@ const HOST_LEAF: &str = "host";
 /// The agent's pins go to `<BPFFS_PARENT>/up-<node>`.
 const BPFFS_PARENT: &str = "/sys/fs/bpf/skiff";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const SEND_REDIRECTS: &str = "/proc/sys/net/ipv4/conf/all/send_redirects";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(100);
@@ -83,6 +85,8 @@ struct UpState {
     bpffs: PathBuf,
     /// `net.ipv4.ip_forward` before the agent started ("0" or "1").
     ip_forward: String,
+    /// `net.ipv4.conf.all.send_redirects` before the agent started ("0" or "1").
+    send_redirects: String,
     /// The iptables (nf_tables) tables that existed before, comma-separated; a table the
     /// agent's rules created is deleted again once it is empty.
     iptables_tables: String,
@@ -105,6 +109,7 @@ impl UpState {
             ),
             ("bpffs", json_string(&self.bpffs.to_string_lossy())),
             ("ip_forward", json_string(&self.ip_forward)),
+            ("send_redirects", json_string(&self.send_redirects)),
             ("iptables_tables", json_string(&self.iptables_tables)),
         ];
         let body: Vec<String> = fields
@@ -138,6 +143,7 @@ impl UpState {
                 "cgroup_root" => s.cgroup_root = text()?.into(),
                 "bpffs" => s.bpffs = text()?.into(),
                 "ip_forward" => s.ip_forward = text()?,
+                "send_redirects" => s.send_redirects = text()?,
                 "iptables_tables" => s.iptables_tables = text()?,
                 _ => {}
             }
@@ -266,10 +272,8 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
         agent_root: agent_root.clone(),
         cgroup_root: cgroup2.join(CGROUP_PARENT).join(format!("up-{node_name}")),
         bpffs: Path::new(BPFFS_PARENT).join(format!("up-{node_name}")),
-        ip_forward: std::fs::read_to_string(IP_FORWARD)
-            .with_context(|| format!("reading {IP_FORWARD}"))?
-            .trim()
-            .to_string(),
+        ip_forward: read_sysctl(IP_FORWARD)?,
+        send_redirects: read_sysctl(SEND_REDIRECTS)?,
         iptables_tables: nft_iptables_tables()?.join(","),
         ..UpState::default()
     };
@@ -531,12 +535,18 @@ fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
     if let Some(parent) = state.bpffs.parent() {
         let _ = std::fs::remove_dir(parent);
     }
-    if matches!(state.ip_forward.as_str(), "0" | "1") {
-        let now = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
-        if now.trim() != state.ip_forward {
-            match std::fs::write(IP_FORWARD, &state.ip_forward) {
-                Ok(()) => println!("net.ipv4.ip_forward set back to {}", state.ip_forward),
-                Err(e) => errors.push(format!("restoring {IP_FORWARD}: {e}")),
+    for (path, was) in [
+        (IP_FORWARD, &state.ip_forward),
+        (SEND_REDIRECTS, &state.send_redirects),
+    ] {
+        if !matches!(was.as_str(), "0" | "1") {
+            continue;
+        }
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now.trim() != was {
+            match std::fs::write(path, was) {
+                Ok(()) => println!("{path} set back to {was}"),
+                Err(e) => errors.push(format!("restoring {path}: {e}")),
             }
         }
     }
@@ -548,6 +558,13 @@ fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(state_path);
     Ok(())
+}
+
+fn read_sysctl(path: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_string())
 }
 
 /// The iptables tables, when `iptables` is the nf_tables variant (Debian's default); empty for
@@ -844,6 +861,7 @@ mod tests {
             cgroup_root: "/sys/fs/cgroup/unified/skiff/up-vm".into(),
             bpffs: "/sys/fs/bpf/skiff/a \"quoted\\\" dir".into(),
             ip_forward: "0".into(),
+            send_redirects: "1".into(),
             iptables_tables: "raw,filter".into(),
         };
         assert_eq!(UpState::from_json(&s.to_json()).unwrap(), s);
