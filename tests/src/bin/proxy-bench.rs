@@ -368,14 +368,14 @@ impl Mode {
     /// A check of one service in the kernel, repeated until the change is visible.
     fn probe(&self) -> Result<Probe> {
         Ok(match self {
-            Mode::Ebpf { bpffs, .. } => Probe::Maps(PinnedMaps::open(bpffs)?),
+            Mode::Ebpf { bpffs, .. } => Probe::Maps(Box::new(PinnedMaps::open(bpffs)?)),
             Mode::Iptables(b) => Probe::Iptables(*b),
         })
     }
 }
 
 enum Probe {
-    Maps(PinnedMaps),
+    Maps(Box<PinnedMaps>),
     Iptables(Backend),
 }
 
@@ -429,6 +429,9 @@ struct ModeResult {
     changes: Vec<Duration>,
     /// The same changes, until the runner's sync returned (its metrics).
     synced: Vec<Duration>,
+    /// Medians of the runner's sync after a change: state build, dataplane write.
+    change_build: Duration,
+    change_write: Duration,
     /// Mean time of one poll of the kernel (the resolution of the change latencies).
     poll: Duration,
 }
@@ -505,6 +508,9 @@ async fn measure_mode(
     let probe = Arc::new(mode.probe()?);
     let mut latencies = Vec::with_capacity(changes);
     let mut sync_latencies = Vec::with_capacity(changes);
+    // The runner's last sync after each change: building the state, writing the dataplane.
+    let mut sync_builds = Vec::with_capacity(changes);
+    let mut sync_writes = Vec::with_capacity(changes);
     let mut syncs_before = metrics.snapshot().syncs;
     let mut polls = 0u64;
     let mut poll_time = Duration::ZERO;
@@ -566,7 +572,14 @@ async fn measure_mode(
         };
         let (kernel, synced) = tokio::join!(kernel, synced);
         let (latency, n_polls, polling) = kernel??;
-        syncs_before = metrics.snapshot().syncs;
+        let after = metrics.snapshot();
+        if after.syncs > syncs_before {
+            sync_builds.push(Duration::from_secs_f64(after.last_state_build_seconds));
+            sync_writes.push(Duration::from_secs_f64(
+                after.last_sync_seconds - after.last_state_build_seconds,
+            ));
+        }
+        syncs_before = after.syncs;
         sync_latencies.push(synced);
         services[i].endpoints = eps;
         latencies.push(latency);
@@ -591,6 +604,8 @@ async fn measure_mode(
     let _ = (&mut runner.0).await;
     latencies.sort();
     sync_latencies.sort();
+    sync_builds.sort();
+    sync_writes.sort();
     Ok(ModeResult {
         name: name.into(),
         open,
@@ -600,6 +615,8 @@ async fn measure_mode(
         dataplane_write,
         changes: latencies,
         synced: sync_latencies,
+        change_build: percentile(&sync_builds, 0.5),
+        change_write: percentile(&sync_writes, 0.5),
         poll: poll_time / polls.max(1) as u32,
     })
 }
@@ -780,14 +797,14 @@ fn report(
          endpoint and no longer to the old one (polled in a loop; the last column is the time \
          one poll takes, i.e. the resolution). For comparison, the same changes until the \
          runner's sync returned (seen in its metrics, polled every 0.5 ms).\n\n\
-         | mode | p50 | p90 | p99 | max | runner's sync returned: p50 / p99 | one poll of the kernel |\n\
-         |---|---|---|---|---|---|---|\n",
+         | mode | p50 | p90 | p99 | max | runner's sync returned: p50 / p99 | of which, median: build state / write dataplane | one poll of the kernel |\n\
+         |---|---|---|---|---|---|---|---|\n",
         args.changes
     ));
     for r in results {
         let s = &r.changes;
         md.push_str(&format!(
-            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} / {:.1} ms | {:.2} ms ({}) |\n",
+            "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.2} ms ({}) |\n",
             r.name,
             ms(percentile(s, 0.5)),
             ms(percentile(s, 0.9)),
@@ -795,6 +812,8 @@ fn report(
             ms(s.last().copied().unwrap_or_default()),
             ms(percentile(&r.synced, 0.5)),
             ms(percentile(&r.synced, 0.99)),
+            ms(r.change_build),
+            ms(r.change_write),
             ms(r.poll),
             if r.name == "ebpf" {
                 "lookup of the frontend, its slots and backends in the pinned maps, then 0.2 ms sleep"
