@@ -841,3 +841,136 @@ fn services_1000_churn_iptables() -> Result<()> {
     }
     thousand_services("iptables")
 }
+
+/// Selector-less Service `name` with one EndpointSlice of one endpoint.
+fn manual_service(name: &str, ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-manual
+  labels: {{kubernetes.io/service-name: {name}, endpointslice.kubernetes.io/managed-by: skiff-test}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints: [{{addresses: ["{ip}"], conditions: {{ready: true}}}}]
+"#
+    )
+}
+
+/// (count, message) of every BPFMapFull event on Node `node`.
+fn map_full_events(c: &Cluster, node: &str) -> Result<Vec<(i64, String)>> {
+    let out = c.kubectl(&["get", "events", "-A", "-o", "json"])?;
+    let list: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["reason"] == "BPFMapFull"
+                && e["type"] == "Warning"
+                && e["involvedObject"]["kind"] == "Node"
+                && e["involvedObject"]["name"] == node
+        })
+        .map(|e| {
+            (
+                e["count"].as_i64().unwrap_or(1),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+/// A BPF map too small for the services is reported as one Warning Event on the Node naming
+/// the map, its capacity and the flag to raise; not again on every retry, but again once it had
+/// room and filled up again.
+#[test]
+fn ebpf_full_map_event() -> Result<()> {
+    if skip_unless_root("ebpf_full_map_event") {
+        return Ok(());
+    }
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        proxy_mode: "ebpf".into(),
+        agent_args: vec!["--bpf-lb-frontends".into(), "4".into()],
+        ..Default::default()
+    })?;
+    let node = c.nodes()[0].clone();
+    let agent = skiff_tests::cluster::agent_binary_path();
+    let agent = agent.to_str().context("agent path")?;
+    let bpffs = c.node(&node).bpffs.display().to_string();
+    let programmed = || -> Result<BTreeSet<String>> {
+        let out = c.exec_ok(
+            &node,
+            &[agent, "bpf", "--bpffs", &bpffs, "lb", "list", "-o", "json"],
+        )?;
+        let fes: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(fes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["service"].as_str())
+            .filter_map(|s| s.strip_prefix("default/")?.strip_suffix(":http"))
+            .filter(|s| s.starts_with("full-"))
+            .map(String::from)
+            .collect())
+    };
+    // `kubernetes` takes one of the 4 frontends; 6 more do not fit.
+    for i in 0..6 {
+        c.apply(&manual_service(
+            &format!("full-{i}"),
+            &format!("10.250.0.{}", i + 1),
+        ))?;
+    }
+    let events = wait_for("a BPFMapFull event", Duration::from_secs(60), || {
+        let e = map_full_events(&c, &node)?;
+        Ok((!e.is_empty()).then_some(e))
+    })?;
+    let (_, message) = &events[0];
+    ensure!(
+        message.contains("is full (4 entries)") && message.contains("raise --bpf-lb-frontends"),
+        "{message}"
+    );
+    wait_for(
+        "3 of the 6 services programmed",
+        Duration::from_secs(30),
+        || Ok((programmed()?.len() == 3).then_some(())),
+    )?;
+    // The agent retries with back-off (0.1 s, 0.2 s, …): several retries, no new event.
+    std::thread::sleep(Duration::from_secs(4));
+    let total: i64 = map_full_events(&c, &node)?.iter().map(|e| e.0).sum();
+    ensure!(
+        total == 1,
+        "reported {total} times while the map stayed full"
+    );
+
+    // Room again: every remaining service is programmed; then full again: reported again.
+    for i in 3..6 {
+        c.kubectl(&["delete", "service", &format!("full-{i}")])?;
+        c.kubectl(&["delete", "endpointslice", &format!("full-{i}-manual")])?;
+    }
+    wait_for(
+        "the 3 remaining services programmed",
+        Duration::from_secs(30),
+        || Ok((programmed()? == set(&["full-0", "full-1", "full-2"])).then_some(())),
+    )?;
+    // A change wakes the proxy at once, whatever its back-off: give it time for the sync
+    // after the last deletion (the one that has room for everything).
+    std::thread::sleep(Duration::from_secs(3));
+    c.apply(&manual_service("full-6", "10.250.0.7"))?;
+    c.apply(&manual_service("full-7", "10.250.0.8"))?;
+    wait_for(
+        "a second BPFMapFull report",
+        Duration::from_secs(60),
+        || {
+            let total: i64 = map_full_events(&c, &node)?.iter().map(|e| e.0).sum();
+            Ok((total == 2).then_some(()))
+        },
+    )?;
+    Ok(())
+}

@@ -37,6 +37,17 @@ pub fn bench_agent(ws: &Workspace, extra: &[String]) -> Result<()> {
     )
 }
 
+/// `cargo xtask bench-proxy`: API → service dataplane, full sync and endpoint changes.
+pub fn bench_proxy(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(
+        ws,
+        "proxy-bench",
+        "bench-proxy",
+        "docs/benchmarks-proxy.md",
+        extra,
+    )
+}
+
 fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) -> Result<()> {
     run(cargo().current_dir(&ws.root).args([
         "build",

@@ -101,6 +101,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark the service proxy (run as root): full sync of 10,000 services × 2 endpoints
+    /// from the API into the eBPF maps and into iptables (legacy and nft), and endpoint change →
+    /// dataplane latency, in a network namespace of its own; writes docs/benchmarks-proxy.md.
+    /// Arguments after `--` go to the benchmark, e.g. `-- --services 1000 --changes 50
+    /// --modes ebpf,iptables-nft`.
+    BenchProxy {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
     Lint,
     /// Regenerate control/src/apiserver/protobuf_schema.rs from the k8s-pb and k8s-openapi
@@ -155,6 +164,7 @@ fn main() -> ExitCode {
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
         Task::BenchAgent { args } => bench::bench_agent(&ws, &args).map(|()| 0),
+        Task::BenchProxy { args } => bench::bench_proxy(&ws, &args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -24,6 +24,12 @@ use crate::network::Ipv4Net;
 /// go to a blocking thread.
 pub struct IptablesProxy(Option<IptablesDataplane>);
 
+impl IptablesProxy {
+    pub fn new(dataplane: IptablesDataplane) -> IptablesProxy {
+        IptablesProxy(Some(dataplane))
+    }
+}
+
 #[async_trait]
 impl Dataplane for IptablesProxy {
     fn mode(&self) -> &'static str {
@@ -72,9 +78,9 @@ fn iptables_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
     if let Err(e) = ebpf::cleanup(&t.bpffs_dir, Some(&t.cgroup_root)) {
         tracing::warn!("removing eBPF proxy leftovers: {e:#}");
     }
-    Ok(Box::new(IptablesProxy(Some(
+    Ok(Box::new(IptablesProxy::new(
         IptablesDataplane::new(Backend::Nft).with_cluster_cidr(Some(t.cluster_cidr)),
-    ))))
+    )))
 }
 
 fn ebpf_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {

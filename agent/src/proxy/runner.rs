@@ -3,20 +3,27 @@
 //! short moment for more (an endpoint flip usually comes with several slice updates), then
 //! sync once — like kube-proxy's `minSyncPeriod`, but short, because a dataplane sync here is
 //! incremental.
+//!
+//! A BPF map that fills up is reported once as a Warning Event on the Node (reason
+//! [`BPF_MAP_FULL`]), and again only after it had room and filled up again; the failed sync is
+//! retried with back-off meanwhile.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use skiff_common::events::EventRecorder;
 use tokio::sync::Notify;
 
+use super::ebpf::{MapOpError, SyncError as EbpfSyncError};
 use super::metrics::ProxyMetrics;
 use super::model::{self, ProxyState};
 
@@ -37,22 +44,207 @@ pub trait Dataplane: Send {
     async fn sync(&mut self, state: &ProxyState) -> Result<SyncStats>;
 }
 
+/// Where the proxy reports conditions an operator has to act on.
+#[async_trait]
+pub trait ProxyEvents: Send + Sync {
+    async fn warning(&self, reason: &str, message: String);
+}
+
+/// Events about this node's dataplane, on the Node object (as kubelet and Cilium report node
+/// conditions): `kubectl describe node` and `kubectl get events` show them.
+pub struct NodeEvents {
+    recorder: EventRecorder,
+    node: ObjectReference,
+}
+
+impl NodeEvents {
+    pub fn new(client: Client, node: &str) -> NodeEvents {
+        NodeEvents {
+            recorder: EventRecorder::new(client, "skiff-proxy").with_host(node),
+            // kubelet's node reference: the node name doubles as the UID, so the event needs
+            // no lookup of the Node (kubectl describe node searches by both).
+            node: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.into()),
+                uid: Some(node.into()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyEvents for NodeEvents {
+    async fn warning(&self, reason: &str, message: String) {
+        self.recorder
+            .record(self.node.clone(), "Warning", reason, message)
+            .await;
+    }
+}
+
+/// Event reason for a BPF map that has no room for what the proxy must program.
+pub const BPF_MAP_FULL: &str = "BPFMapFull";
+
+/// A map that was full during one sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullMap {
+    pub map: &'static str,
+    pub max_entries: u32,
+    /// Entries (services or backends) that did not fit.
+    pub not_programmed: usize,
+    /// The first of them, e.g. `default/web:http`.
+    pub first: String,
+}
+
+impl FullMap {
+    /// The event message: the map, its capacity, what is missing and the flag to raise.
+    pub fn message(&self) -> String {
+        let flag = super::ebpf::size_flag(self.map).unwrap_or("its size flag");
+        format!(
+            "BPF map {} is full ({} entries): {} not programmed (first: {}); raise {} on this node's skiff-agent",
+            self.map,
+            self.max_entries,
+            if self.not_programmed == 1 {
+                "1 entry".to_string()
+            } else {
+                format!("{} entries", self.not_programmed)
+            },
+            self.first,
+            flag
+        )
+    }
+}
+
+/// The full maps a failed sync names; `None` if the error is not an eBPF map sync error (the
+/// maps' state is then unknown).
+pub fn full_maps(err: &anyhow::Error) -> Option<Vec<FullMap>> {
+    let e = err.downcast_ref::<EbpfSyncError>()?;
+    let mut by_map: BTreeMap<&'static str, FullMap> = BTreeMap::new();
+    for f in &e.failures {
+        if let MapOpError::Full { map, max_entries } = f.error {
+            by_map
+                .entry(map)
+                .and_modify(|m| m.not_programmed += 1)
+                .or_insert_with(|| FullMap {
+                    map,
+                    max_entries,
+                    not_programmed: 1,
+                    first: f.service.clone(),
+                });
+        }
+    }
+    Some(by_map.into_values().collect())
+}
+
+/// Which maps were already reported full, so a condition is reported once, not on every
+/// retry, and again after it cleared and came back.
+#[derive(Debug, Default)]
+pub struct FullMapReports {
+    reported: std::collections::BTreeSet<&'static str>,
+}
+
+impl FullMapReports {
+    /// The maps to report after a sync with this result.
+    pub fn observe(&mut self, result: &Result<SyncStats>) -> Vec<FullMap> {
+        let full = match result {
+            Ok(_) => Vec::new(),
+            Err(e) => match full_maps(e) {
+                Some(full) => full,
+                // Not a map sync error: nothing is known about the maps.
+                None => return Vec::new(),
+            },
+        };
+        self.reported.retain(|m| full.iter().any(|f| f.map == *m));
+        full.into_iter()
+            .filter(|f| self.reported.insert(f.map))
+            .collect()
+    }
+}
+
+/// One sync step: the dataplane, its metrics and the reporting of full maps.
+pub struct Syncer {
+    dataplane: Box<dyn Dataplane>,
+    metrics: Arc<ProxyMetrics>,
+    events: Arc<dyn ProxyEvents>,
+    full: FullMapReports,
+}
+
+impl Syncer {
+    pub fn new(
+        dataplane: Box<dyn Dataplane>,
+        metrics: Arc<ProxyMetrics>,
+        events: Arc<dyn ProxyEvents>,
+    ) -> Syncer {
+        Syncer {
+            dataplane,
+            metrics,
+            events,
+            full: FullMapReports::default(),
+        }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        self.dataplane.mode()
+    }
+
+    /// Sync `state`; `started` is when building it began (for the sync duration). Returns
+    /// whether the dataplane now matches it.
+    pub async fn sync(&mut self, state: &ProxyState, started: Instant) -> bool {
+        let build = started.elapsed();
+        let result = self.dataplane.sync(state).await;
+        for f in self.full.observe(&result) {
+            let message = f.message();
+            tracing::error!("{message}");
+            // An event is worth less than the syncs it would delay.
+            let events = self.events.clone();
+            tokio::spawn(async move { events.warning(BPF_MAP_FULL, message).await });
+        }
+        match result {
+            Ok(stats) => {
+                let took = started.elapsed();
+                self.metrics.record_sync(&stats, took, build);
+                tracing::debug!(
+                    services = stats.services,
+                    backends = stats.backends,
+                    writes = stats.writes,
+                    ?took,
+                    "synced the service dataplane"
+                );
+                true
+            }
+            Err(e) => {
+                self.metrics.record_error();
+                tracing::warn!("syncing the service dataplane: {e:#}");
+                false
+            }
+        }
+    }
+}
+
 /// How long to wait after a change for more changes before syncing.
 const BATCH: Duration = Duration::from_millis(5);
 /// Full resync even without changes (repairs anything changed behind our back).
 const RESYNC: Duration = Duration::from_secs(60);
 
+/// Run the proxy until the future is dropped (which also stops its watches).
 pub async fn run(
     client: Client,
     node: String,
-    mut dataplane: Box<dyn Dataplane>,
+    dataplane: Box<dyn Dataplane>,
     metrics: Arc<ProxyMetrics>,
 ) {
+    let events = Arc::new(NodeEvents::new(client.clone(), &node));
+    let mut syncer = Syncer::new(dataplane, metrics.clone(), events);
+    let start = Instant::now();
     let changed = Arc::new(Notify::new());
-    let services: Store<Service> = spawn_reflector(Api::all(client.clone()), changed.clone());
-    let slices: Store<EndpointSlice> = spawn_reflector(Api::all(client), changed.clone());
+    let (services, _services_watch) =
+        spawn_reflector::<Service>(Api::all(client.clone()), changed.clone());
+    let (slices, _slices_watch) =
+        spawn_reflector::<EndpointSlice>(Api::all(client), changed.clone());
     let _ = tokio::join!(services.wait_until_ready(), slices.wait_until_ready());
-    tracing::info!(mode = dataplane.mode(), "service proxy started");
+    metrics.record_initial_list(start.elapsed());
+    tracing::info!(mode = syncer.mode(), listed = ?start.elapsed(), "service proxy started");
     let mut last: Option<ProxyState> = None;
     let mut failures = 0u32;
     loop {
@@ -65,25 +257,11 @@ pub async fn run(
             &node,
         );
         if last.as_ref() != Some(&state) || failures > 0 {
-            match dataplane.sync(&state).await {
-                Ok(stats) => {
-                    let took = start.elapsed();
-                    metrics.record_sync(&stats, took);
-                    tracing::debug!(
-                        services = stats.services,
-                        backends = stats.backends,
-                        writes = stats.writes,
-                        ?took,
-                        "synced the service dataplane"
-                    );
-                    last = Some(state);
-                    failures = 0;
-                }
-                Err(e) => {
-                    failures += 1;
-                    metrics.record_error();
-                    tracing::warn!("syncing the service dataplane: {e:#}");
-                }
+            if syncer.sync(&state, start).await {
+                last = Some(state);
+                failures = 0;
+            } else {
+                failures += 1;
             }
         }
         let wait = if failures > 0 {
@@ -98,7 +276,16 @@ pub async fn run(
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+/// A spawned task, aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn spawn_reflector<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, AbortOnDrop)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -117,6 +304,156 @@ where
             }
             futures::future::ready(())
         });
-    tokio::spawn(stream);
-    store
+    (store, AbortOnDrop(tokio::spawn(stream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::proxy::ebpf::{SyncFailure, SyncStats as EbpfStats};
+
+    /// Hands out scripted sync results.
+    struct ScriptedDataplane(VecDeque<Result<SyncStats>>);
+
+    #[async_trait]
+    impl Dataplane for ScriptedDataplane {
+        fn mode(&self) -> &'static str {
+            "scripted"
+        }
+        async fn sync(&mut self, _state: &ProxyState) -> Result<SyncStats> {
+            self.0.pop_front().expect("a scripted result")
+        }
+    }
+
+    #[derive(Default)]
+    struct RecordedEvents(Mutex<Vec<(String, String)>>);
+
+    #[async_trait]
+    impl ProxyEvents for RecordedEvents {
+        async fn warning(&self, reason: &str, message: String) {
+            self.0.lock().unwrap().push((reason.to_string(), message));
+        }
+    }
+
+    fn full(map: &'static str, max_entries: u32, services: &[&str]) -> anyhow::Error {
+        EbpfSyncError {
+            stats: EbpfStats::default(),
+            failures: services
+                .iter()
+                .map(|s| SyncFailure {
+                    service: s.to_string(),
+                    error: MapOpError::Full { map, max_entries },
+                })
+                .collect(),
+        }
+        .into()
+    }
+
+    fn ok() -> Result<SyncStats> {
+        Ok(SyncStats::default())
+    }
+
+    #[test]
+    fn classifies_full_maps_with_capacity_and_count() {
+        let mut e = EbpfSyncError {
+            stats: EbpfStats::default(),
+            failures: Vec::new(),
+        };
+        for (svc, map) in [
+            ("default/a:http", "skiff_frontends"),
+            ("backend 10.0.0.1:80", "skiff_backends"),
+            ("default/b:http", "skiff_frontends"),
+        ] {
+            e.failures.push(SyncFailure {
+                service: svc.into(),
+                error: MapOpError::Full {
+                    map,
+                    max_entries: 4,
+                },
+            });
+        }
+        e.failures.push(SyncFailure {
+            service: "default/c".into(),
+            error: MapOpError::Sys {
+                map: "skiff_slots",
+                op: "update",
+                source: std::io::Error::from_raw_os_error(1),
+            },
+        });
+        let maps = full_maps(&e.into()).unwrap();
+        assert_eq!(maps.len(), 2, "{maps:?}");
+        let fe = maps.iter().find(|m| m.map == "skiff_frontends").unwrap();
+        assert_eq!((fe.max_entries, fe.not_programmed), (4, 2));
+        assert_eq!(fe.first, "default/a:http");
+        assert_eq!(
+            fe.message(),
+            "BPF map skiff_frontends is full (4 entries): 2 entries not programmed \
+             (first: default/a:http); raise --bpf-lb-frontends on this node's skiff-agent"
+        );
+        let be = maps.iter().find(|m| m.map == "skiff_backends").unwrap();
+        assert!(be.message().contains("raise --bpf-lb-backends"));
+        // Errors that are not map sync errors say nothing about the maps.
+        assert!(full_maps(&anyhow::anyhow!("iptables-restore failed")).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_map_is_reported_once_per_condition() {
+        let dataplane = ScriptedDataplane(VecDeque::from([
+            Err(full("skiff_frontends", 4, &["default/e:http"])),
+            // Retries while still full: no new event.
+            Err(full("skiff_frontends", 4, &["default/e:http"])),
+            Err(full(
+                "skiff_frontends",
+                4,
+                &["default/e:http", "default/f:http"],
+            )),
+            // An unrelated failure keeps what is known.
+            Err(anyhow::anyhow!("reading the pinned maps failed")),
+            Err(full("skiff_frontends", 4, &["default/e:http"])),
+            // Another map is full, the first had room this time: only the new one is reported.
+            Err(full("skiff_slots", 8, &["default/g:http"])),
+            // Recovered, then full again: reported again.
+            ok(),
+            Err(full("skiff_frontends", 4, &["default/h:http"])),
+        ]));
+        let metrics = Arc::new(ProxyMetrics::default());
+        let events = Arc::new(RecordedEvents::default());
+        let mut syncer = Syncer::new(Box::new(dataplane), metrics.clone(), events.clone());
+        let mut results = Vec::new();
+        for _ in 0..8 {
+            results.push(syncer.sync(&ProxyState::new(), Instant::now()).await);
+        }
+        assert_eq!(
+            results,
+            [false, false, false, false, false, false, true, false]
+        );
+        // Events go out on spawned tasks.
+        for _ in 0..100 {
+            if events.0.lock().unwrap().len() >= 3 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let got = events.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got.iter().all(|(reason, _)| reason == BPF_MAP_FULL));
+        assert!(
+            got[0]
+                .1
+                .starts_with("BPF map skiff_frontends is full (4 entries)")
+        );
+        assert!(got[0].1.contains("(first: default/e:http)"));
+        assert!(
+            got[1]
+                .1
+                .starts_with("BPF map skiff_slots is full (8 entries)")
+        );
+        assert!(got[1].1.contains("raise --bpf-lb-slots"));
+        assert!(got[2].1.contains("(first: default/h:http)"));
+        let m = metrics.snapshot();
+        assert_eq!((m.syncs, m.errors), (1, 7));
+    }
 }

@@ -12,7 +12,8 @@ use serde::Serialize;
 use skiff_ebpf_common::{
     AFF_CLIENT_IP, AffinityKey, AffinityMatchKey, AffinityValue, BE_LOCAL, Backend, CT_ORIGINAL,
     CT_SNAT, CtEntry, CtKey, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend, FrontendKey,
-    PROTO_TCP, PROTO_UDP, RevNat, SlotKey, SockRev, SockRevKey, ip_from_raw, names, port_from_raw,
+    PROTO_TCP, PROTO_UDP, RevNat, SlotKey, SockRev, SockRevKey, ip_from_raw, ip_raw, names,
+    port_from_raw, port_raw,
 };
 
 /// The userspace-only map holding each frontend's service name (revNAT id → NUL-padded UTF-8),
@@ -416,6 +417,53 @@ impl PinnedMaps {
             (&a.service, a.ip, a.port, &a.protocol).cmp(&(&b.service, b.ip, b.port, &b.protocol))
         });
         Ok(out)
+    }
+
+    /// One frontend, looked up by key (a handful of map lookups, not a walk of every map):
+    /// for watching a single service change.
+    pub fn frontend(
+        &self,
+        vip: Ipv4Addr,
+        port: u16,
+        protocol: u8,
+    ) -> Result<Option<FrontendEntry>, MapOpError> {
+        let key = FrontendKey {
+            addr: ip_raw(vip.octets()),
+            port: port_raw(port),
+            proto: protocol,
+            pad: 0,
+        };
+        let Some(fe) = self.frontends.get(&key)? else {
+            return Ok(None);
+        };
+        let mut slots = Vec::with_capacity(fe.count as usize);
+        for slot in 0..fe.count {
+            let id = self.slots.get(&SlotKey {
+                rev_nat_id: fe.rev_nat_id,
+                slot,
+            })?;
+            let backend = match id {
+                Some(id) => self.backends.get(&id)?.map(|b| backend_entry(id, &b)),
+                None => None,
+            };
+            slots.push(backend);
+        }
+        let service = self
+            .svc_names
+            .get(&fe.rev_nat_id)?
+            .map(|n| name_from_bytes(&n))
+            .unwrap_or_default();
+        Ok(Some(FrontendEntry {
+            service,
+            ip: vip,
+            port,
+            protocol: proto_str(protocol),
+            rev_nat_id: fe.rev_nat_id,
+            nodeport: fe.flags & FE_NODEPORT != 0,
+            external_local: fe.flags & FE_EXTERNAL_LOCAL != 0,
+            affinity_timeout: (fe.flags & FE_AFFINITY != 0).then_some(fe.affinity_timeout),
+            slots,
+        }))
     }
 
     /// Session-affinity entries.

@@ -82,6 +82,20 @@ pub struct MapSizeFlags {
     pub bpf_ct_max: u32,
 }
 
+/// The agent flag that sets the size of map `name` (what to raise when it is full).
+pub fn size_flag(map: &str) -> Option<&'static str> {
+    use skiff_ebpf_common::names;
+    Some(match map {
+        names::FRONTENDS | names::REVNAT | maps::SVC_NAMES => "--bpf-lb-frontends",
+        names::BACKENDS => "--bpf-lb-backends",
+        names::SLOTS | names::AFF_MATCH => "--bpf-lb-slots",
+        names::AFFINITY => "--bpf-lb-affinity",
+        names::SOCK_REVNAT => "--bpf-lb-sock-rev",
+        names::CT => "--bpf-ct-max",
+        _ => return None,
+    })
+}
+
 impl From<&MapSizeFlags> for MapSizes {
     fn from(f: &MapSizeFlags) -> Self {
         MapSizes {
