@@ -1221,9 +1221,9 @@ fn svg(points: &[Point]) -> String {
                 x + 35.0,
                 H + 19.0,
                 if target == "service" {
-                    "through the ClusterIP"
+                    "ClusterIP"
                 } else {
-                    "direct to pod IP"
+                    "pod IP (direct)"
                 },
                 y = H + 15.0
             );
