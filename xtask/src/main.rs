@@ -4,6 +4,7 @@
 //! each command before it runs it, so a failure can be reproduced by hand.
 
 mod bench;
+mod bench_latency;
 mod cluster;
 mod cmd;
 mod gen_protobuf_schema;
@@ -110,6 +111,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark service latency (run as root): a request through a Service's ClusterIP vs
+    /// straight to the backend's pod IP, new connection and keep-alive, per proxy mode (ebpf,
+    /// iptables) and number of Services; sync time and client CPU too, with release builds.
+    /// Writes docs/benchmarks.md and docs/benchmarks-latency.svg. A quick run:
+    /// `cargo xtask bench --services 1,100 --requests 2000`.
+    Bench(bench_latency::BenchArgs),
     /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`).
     Lint,
     /// Regenerate control/src/apiserver/protobuf_schema.rs from the k8s-pb and k8s-openapi
@@ -165,6 +172,7 @@ fn main() -> ExitCode {
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
         Task::BenchAgent { args } => bench::bench_agent(&ws, &args).map(|()| 0),
         Task::BenchProxy { args } => bench::bench_proxy(&ws, &args).map(|()| 0),
+        Task::Bench(args) => bench_latency::bench_latency(&ws, &args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),
