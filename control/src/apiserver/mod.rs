@@ -11,6 +11,7 @@ pub mod admission;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
+pub mod master_endpoints;
 pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
@@ -40,6 +41,7 @@ use crate::store::{Store, StoreError};
 
 use self::admission::{Allocators, Ipv4Cidr, PortRange};
 use self::handlers::Handler;
+use self::master_endpoints::MasterEndpoints;
 use self::pki::{Pki, TokenAuthenticator};
 use self::registry::{Registry, WriteOptions};
 
@@ -99,6 +101,8 @@ pub struct ApiServer {
     pub admin_token: String,
     pub kubeconfig: String,
     stop: signal::Sender<bool>,
+    /// Keeps the `kubernetes` endpoints; on stop it takes this server out of them.
+    endpoints: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -143,9 +147,17 @@ impl ApiServer {
         let url = format!("https://{}", SocketAddr::new(advertise, local_addr.port()));
 
         let registry = Registry::new(store.clone(), allocators);
-        bootstrap(&registry, advertise, local_addr.port())
+        bootstrap(&registry, local_addr.port())
             .await
             .context("creating the system namespaces and the kubernetes service")?;
+        let master = MasterEndpoints {
+            address: advertise,
+            port: local_addr.port(),
+        };
+        master
+            .reconcile(&registry)
+            .await
+            .context("publishing the kubernetes service endpoints")?;
         let handler = Arc::new(Handler {
             registry,
             auth,
@@ -160,6 +172,11 @@ impl ApiServer {
         let (stop, stopped) = signal::channel(false);
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
         let serve = tokio::spawn(serve(listener, tls, handler.clone(), stopped.clone()));
+        let endpoints = tokio::spawn(keep_master_endpoints(
+            master,
+            handler.clone(),
+            stopped.clone(),
+        ));
         let maintain = tokio::spawn(maintenance(
             store,
             handler,
@@ -174,13 +191,22 @@ impl ApiServer {
             admin_token: pki.admin_token.clone(),
             kubeconfig,
             stop,
+            endpoints,
             tasks: vec![serve, maintain],
         })
     }
 
-    /// Stop accepting connections and background work; open connections are dropped.
+    /// Stop accepting connections and background work; open connections are dropped. This
+    /// server's address leaves the `kubernetes` endpoints first (given a few seconds).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let mut endpoints = self.endpoints;
+        if tokio::time::timeout(Duration::from_secs(5), &mut endpoints)
+            .await
+            .is_err()
+        {
+            endpoints.abort();
+        }
         for t in self.tasks {
             t.abort();
             let _ = t.await;
@@ -205,6 +231,31 @@ async fn serve(
         let _ = stopped.changed().await;
     };
     skiff_common::tls::serve(listener, tls, shutdown, service).await;
+}
+
+/// Every [`master_endpoints::RECONCILE_INTERVAL`]: renew this server's lease and put the
+/// `kubernetes` endpoints right; when stopped, leave them.
+async fn keep_master_endpoints(
+    master: MasterEndpoints,
+    handler: Arc<Handler>,
+    mut stopped: signal::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(master_endpoints::RECONCILE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; start() has just reconciled.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => break,
+        }
+        if let Err(e) = master.reconcile(&handler.registry).await {
+            tracing::warn!(error = %e, "reconciling the kubernetes service endpoints failed");
+        }
+    }
+    if let Err(e) = master.remove(&handler.registry).await {
+        tracing::warn!(error = %e, "removing this server from the kubernetes endpoints failed");
+    }
 }
 
 /// Periodic upkeep: compaction (to the revision seen one interval ago, as kube-apiserver does
@@ -275,8 +326,8 @@ async fn expire_events(registry: &Registry, ttl: Duration) -> Result<()> {
 }
 
 /// The objects every cluster has: the four system namespaces and the `kubernetes` service
-/// (with endpoints pointing at this apiserver).
-async fn bootstrap(registry: &Registry, advertise: IpAddr, port: u16) -> Result<()> {
+/// (its endpoints are [`master_endpoints`]' business).
+async fn bootstrap(registry: &Registry, port: u16) -> Result<()> {
     let opts = WriteOptions::default();
     let namespaces = resources::lookup("", "v1", "namespaces").expect("served");
     for ns in registry::SYSTEM_NAMESPACES {
@@ -298,18 +349,6 @@ async fn bootstrap(registry: &Registry, advertise: IpAddr, port: u16) -> Result<
         }
         ignore_exists(registry.create(services, Some("default"), svc, opts).await)?;
     }
-    let endpoints = resources::lookup("", "v1", "endpoints").expect("served");
-    let ep = json!({
-        "apiVersion": "v1", "kind": "Endpoints",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": advertise.to_string()}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-    });
-    // PUT, so a restart on another address or port updates it.
-    registry
-        .update(endpoints, Some("default"), "kubernetes", None, ep, opts)
-        .await?;
     Ok(())
 }
 

@@ -7,9 +7,9 @@
 //! port resolution, pod → service mapping, and the stream of deletions (the shared informers
 //! only announce objects that still exist).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{
@@ -33,6 +33,11 @@ use super::runtime::{self, Result};
 
 /// The label kube puts on the Endpoints (and slices) of headless services.
 pub(super) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Services synced at once (Endpoints and EndpointSlices alike). A sync is one cheap
+/// computation and at most a write or two, so the time goes into waiting for the API; many
+/// in flight is what lets one pod change reach a thousand services quickly (the store
+/// commits concurrent writes together).
+pub(super) const WORKERS: u16 = 32;
 
 pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let informers = &ctx.informers;
@@ -49,30 +54,7 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     .default_backoff()
     .touched_objects();
     let services = informers.services.store();
-    let pod_map = {
-        let (services, eps) = (services.clone(), ep_store.clone());
-        move |pod: Arc<Pod>| {
-            services_of_pod(
-                &services,
-                &eps,
-                pod.metadata.namespace.as_deref().unwrap_or(""),
-                pod.metadata.name.as_deref().unwrap_or(""),
-                pod.metadata.labels.as_ref(),
-            )
-        }
-    };
-    let deleted_pod_map = {
-        let (services, eps) = (services.clone(), ep_store.clone());
-        move |pod: PartialObjectMeta<Pod>| {
-            services_of_pod(
-                &services,
-                &eps,
-                pod.metadata.namespace.as_deref().unwrap_or(""),
-                pod.metadata.name.as_deref().unwrap_or(""),
-                pod.metadata.labels.as_ref(),
-            )
-        }
-    };
+    let (pod_map, deleted_pod_map) = PodTracker::mappers(services.clone());
     let controller = Controller::for_shared_stream(informers.services.subscribe(), services)
         .watches_shared_stream(informers.pods.subscribe(), pod_map)
         .watches_stream(deletions(&informers.pods), deleted_pod_map)
@@ -88,7 +70,7 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         "endpoints",
         controller,
         ctx,
-        4,
+        WORKERS,
         move |svc, ctx| reconcile(svc, ctx, eps.clone()),
         tasks,
     );
@@ -400,38 +382,108 @@ pub(super) fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
     }
 }
 
-/// Services a pod matters to: those that select it now, and those whose cached Endpoints
-/// still name it (it changed labels, or it went away).
-fn services_of_pod(
-    services: &Store<Service>,
-    eps: &Store<Endpoints>,
-    ns: &str,
-    pod: &str,
-    labels: Option<&BTreeMap<String, String>>,
-) -> Vec<ObjectRef<Service>> {
-    let mut out: BTreeSet<String> = selecting_services(services, ns, labels);
-    for ep in eps.state() {
-        if ep.metadata.namespace.as_deref() != Some(ns) {
-            continue;
-        }
-        let names_pod = ep.subsets.iter().flatten().any(|s| {
-            s.addresses
-                .iter()
-                .flatten()
-                .chain(s.not_ready_addresses.iter().flatten())
-                .any(|a| {
-                    a.target_ref
-                        .as_ref()
-                        .is_some_and(|r| r.name.as_deref() == Some(pod))
-                })
-        });
-        if names_pod && let Some(name) = &ep.metadata.name {
-            out.insert(name.clone());
-        }
+/// Maps pod events to the services they matter to, as kube's endpoint controllers do with
+/// the old and new pod of an update: the services that select the pod now and those that
+/// selected it at its previous event (it changed labels, or it went away) — and none at all
+/// when nothing an endpoint shows of the pod changed (most pod updates are container
+/// statuses), so a pod behind a thousand services does not cost a thousand syncs per status
+/// write. The services selecting a pod are found by matching selectors, never by scanning
+/// the endpoints written for every service.
+#[derive(Default)]
+pub(super) struct PodTracker {
+    /// `namespace/name` → (what endpoints show of the pod, services selecting it).
+    last: Mutex<HashMap<String, (u64, BTreeSet<String>)>>,
+}
+
+type PodMapper<P> = Box<dyn Fn(P) -> Vec<ObjectRef<Service>> + Send + Sync>;
+
+impl PodTracker {
+    /// The mappers for applied and for deleted pods, sharing one tracker.
+    pub(super) fn mappers(
+        services: Store<Service>,
+    ) -> (PodMapper<Arc<Pod>>, PodMapper<PartialObjectMeta<Pod>>) {
+        let tracker = Arc::new(PodTracker::default());
+        let applied = {
+            let (tracker, services) = (tracker.clone(), services.clone());
+            Box::new(move |pod: Arc<Pod>| tracker.applied(&services, &pod)) as PodMapper<_>
+        };
+        let deleted =
+            Box::new(move |pod: PartialObjectMeta<Pod>| tracker.deleted(&services, &pod.metadata))
+                as PodMapper<_>;
+        (applied, deleted)
     }
-    out.into_iter()
+
+    fn applied(&self, services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Service>> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+        let key = format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or(""));
+        let now = selecting_services(services, ns, pod.metadata.labels.as_ref());
+        let shown = endpoint_fingerprint(pod);
+        let previous = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (shown, now.clone()));
+        let mut names = now;
+        match previous {
+            Some((before, old)) if before == shown && old == names => return Vec::new(),
+            Some((_, old)) => names.extend(old),
+            None => {}
+        }
+        refs(ns, names)
+    }
+
+    fn deleted(&self, services: &Store<Service>, pod: &ObjectMeta) -> Vec<ObjectRef<Service>> {
+        let ns = pod.namespace.as_deref().unwrap_or("");
+        let key = format!("{ns}/{}", pod.name.as_deref().unwrap_or(""));
+        let mut names = selecting_services(services, ns, pod.labels.as_ref());
+        if let Some((_, old)) = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            names.extend(old);
+        }
+        refs(ns, names)
+    }
+}
+
+fn refs(ns: &str, names: BTreeSet<String>) -> Vec<ObjectRef<Service>> {
+    names
+        .into_iter()
         .map(|n| ObjectRef::new(&n).within(ns))
         .collect()
+}
+
+/// A hash of everything of a pod that Endpoints or EndpointSlices show: identity, labels,
+/// addresses, readiness, termination, placement, hostname and container ports.
+fn endpoint_fingerprint(pod: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let ports: Vec<_> = spec
+        .into_iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .map(|c| (c.restart_policy.as_deref(), &c.ports))
+        .collect();
+    let shown = serde_json::to_vec(&(
+        &pod.metadata.uid,
+        &pod.metadata.labels,
+        pod.metadata.deletion_timestamp.is_some(),
+        status.and_then(|s| s.phase.as_deref()),
+        status.map(|s| (&s.pod_ip, &s.pod_ips)),
+        runtime::is_pod_ready(pod),
+        spec.map(|s| (&s.node_name, &s.hostname, &s.subdomain)),
+        ports,
+    ))
+    .unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    shown.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Names of the services in `ns` whose selector matches `labels`.

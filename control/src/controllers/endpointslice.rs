@@ -6,11 +6,11 @@
 //! set), at most 100 endpoints a slice; endpoints stay in the slice they are in, slices are
 //! updated in place and emptied ones deleted, as kube's endpointslice-controller does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::core::PartialObjectMeta;
@@ -21,8 +21,8 @@ use tokio::task::JoinSet;
 
 use super::Context;
 use super::endpoints::{
-    HEADLESS_LABEL, PortKey, deletions, is_pod_terminal, labels_match, normalized, pod_hostname,
-    pod_ip, pod_reference, resolved_ports, selecting_services, service_selector,
+    HEADLESS_LABEL, PodTracker, PortKey, WORKERS, deletions, is_pod_terminal, labels_match,
+    normalized, pod_hostname, pod_ip, pod_reference, resolved_ports, service_selector,
 };
 use super::runtime::{self, Result};
 
@@ -76,37 +76,84 @@ impl Expectations {
     }
 }
 
+/// Our slices' names per service (`namespace/name`), kept from the slice events and our own
+/// creations, so a sync looks up its service's few slices instead of scanning every slice in
+/// the cache (which made syncing every service O(services × slices): the bulk of the work when
+/// one pod change reaches a thousand services). Only a hint: each name is checked against the
+/// cache, and a service with none recorded is looked up by a full scan.
+#[derive(Default)]
+struct SliceIndex {
+    by_service: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+impl SliceIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
+        self.by_service.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, service: &str, slice: &str) {
+        self.lock()
+            .entry(service.to_string())
+            .or_default()
+            .insert(slice.to_string());
+    }
+
+    fn remove(&self, service: &str, slice: &str) {
+        let mut map = self.lock();
+        if let Some(names) = map.get_mut(service) {
+            names.remove(slice);
+            if names.is_empty() {
+                map.remove(service);
+            }
+        }
+    }
+
+    fn slices(&self, service: &str) -> Vec<String> {
+        self.lock()
+            .get(service)
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Record a slice event; the service it belongs to.
+    fn observe(&self, meta: &ObjectMeta, deleted: bool) -> Option<ObjectRef<Service>> {
+        let svc = service_of_slice(meta)?;
+        if let Some(name) = meta.name.as_deref() {
+            let key = format!("{}/{}", svc.namespace.as_deref().unwrap_or(""), svc.name);
+            if deleted {
+                self.remove(&key, name);
+            } else {
+                self.add(&key, name);
+            }
+        }
+        Some(svc)
+    }
+}
+
 pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let informers = &ctx.informers;
     let services = informers.services.store();
-    let slices = informers.endpoint_slices.store();
-    let pod_map = {
-        let (services, slices) = (services.clone(), slices.clone());
-        move |pod: Arc<Pod>| services_of_pod(&services, &slices, &pod.metadata)
-    };
-    let deleted_pod_map = {
-        let (services, slices) = (services.clone(), slices.clone());
-        move |pod: PartialObjectMeta<Pod>| services_of_pod(&services, &slices, &pod.metadata)
-    };
+    let (pod_map, deleted_pod_map) = PodTracker::mappers(services.clone());
+    let index = Arc::new(SliceIndex::default());
     let controller = Controller::for_shared_stream(informers.services.subscribe(), services)
         .watches_shared_stream(informers.pods.subscribe(), pod_map)
         .watches_stream(deletions(&informers.pods), deleted_pod_map)
-        .watches_shared_stream(
-            informers.endpoint_slices.subscribe(),
-            |slice: Arc<EndpointSlice>| service_of_slice(&slice.metadata),
-        )
-        .watches_stream(
-            deletions(&informers.endpoint_slices),
-            |slice: PartialObjectMeta<EndpointSlice>| service_of_slice(&slice.metadata),
-        );
+        .watches_shared_stream(informers.endpoint_slices.subscribe(), {
+            let index = index.clone();
+            move |slice: Arc<EndpointSlice>| index.observe(&slice.metadata, false)
+        })
+        .watches_stream(deletions(&informers.endpoint_slices), {
+            let index = index.clone();
+            move |slice: PartialObjectMeta<EndpointSlice>| index.observe(&slice.metadata, true)
+        });
     spawn_cleanup(ctx.clone(), tasks);
     let expectations = Arc::new(Expectations::default());
     runtime::drive(
         "endpointslice",
         controller,
         ctx,
-        4,
-        move |svc, ctx| reconcile(svc, ctx, expectations.clone()),
+        WORKERS,
+        move |svc, ctx| reconcile(svc, ctx, expectations.clone(), index.clone()),
         tasks,
     );
 }
@@ -121,36 +168,6 @@ fn managed(meta: &ObjectMeta) -> Option<&str> {
 fn service_of_slice(meta: &ObjectMeta) -> Option<ObjectRef<Service>> {
     let svc = managed(meta)?;
     Some(ObjectRef::new(svc).within(meta.namespace.as_deref()?))
-}
-
-/// Services that select the pod, and those whose slices still list it.
-fn services_of_pod(
-    services: &Store<Service>,
-    slices: &Store<EndpointSlice>,
-    pod: &ObjectMeta,
-) -> Vec<ObjectRef<Service>> {
-    let ns = pod.namespace.as_deref().unwrap_or("");
-    let mut names = selecting_services(services, ns, pod.labels.as_ref());
-    for slice in slices.state() {
-        if slice.metadata.namespace.as_deref() != Some(ns) {
-            continue;
-        }
-        let Some(svc) = managed(&slice.metadata) else {
-            continue;
-        };
-        let lists = slice.endpoints.iter().any(|e| {
-            e.target_ref
-                .as_ref()
-                .is_some_and(|r| r.name.is_some() && r.name == pod.name)
-        });
-        if lists {
-            names.insert(svc.to_string());
-        }
-    }
-    names
-        .into_iter()
-        .map(|n| ObjectRef::new(&n).within(ns))
-        .collect()
 }
 
 /// Slices are owned by their Service (the garbage collector would remove them); deleting them
@@ -203,6 +220,7 @@ async fn reconcile(
     svc: Arc<Service>,
     ctx: Arc<Context>,
     expectations: Arc<Expectations>,
+    index: Arc<SliceIndex>,
 ) -> Result<Action> {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
@@ -212,8 +230,22 @@ async fn reconcile(
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let existing: Vec<Arc<EndpointSlice>> = {
-        let mut v: Vec<_> = cache
-            .state()
+        let known = index.slices(&key);
+        let candidates: Vec<Arc<EndpointSlice>> = if known.is_empty() {
+            cache.state()
+        } else {
+            known
+                .iter()
+                .filter_map(|n| {
+                    let slice = cache.get(&ObjectRef::new(n).within(&ns));
+                    if slice.is_none() {
+                        index.remove(&key, n);
+                    }
+                    slice
+                })
+                .collect()
+        };
+        let mut v: Vec<_> = candidates
             .into_iter()
             .filter(|s| {
                 s.metadata.namespace.as_deref() == Some(ns.as_str())
@@ -222,6 +254,13 @@ async fn reconcile(
             })
             .collect();
         v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        if known.is_empty() {
+            for slice in &v {
+                if let Some(n) = slice.metadata.name.as_deref() {
+                    index.add(&key, n);
+                }
+            }
+        }
         v
     };
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
@@ -414,6 +453,7 @@ async fn reconcile(
                 let created = api.create(&PostParams::default(), &slice).await?;
                 if let Some(n) = created.metadata.name.as_deref() {
                     expectations.expect(&key, n, true);
+                    index.add(&key, n);
                 }
             }
         }

@@ -50,11 +50,20 @@ impl TestCluster {
     }
 
     pub async fn start_with(config: ControllerConfig) -> TestCluster {
+        Self::start_with_api(config, |_| {}).await
+    }
+
+    /// Like [`TestCluster::start_with`], with the API server's settings adjusted by `api`.
+    pub async fn start_with_api(
+        config: ControllerConfig,
+        api: impl FnOnce(&mut ApiConfig),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
         let mut api_config = ApiConfig::new(dir.path().to_path_buf());
         api_config.secure_port = 0;
+        api(&mut api_config);
         let server = ApiServer::start(api_config, store.clone()).await.unwrap();
         let client = client_for(&server.kubeconfig).await;
         let controllers = (!config.enabled.is_empty())
