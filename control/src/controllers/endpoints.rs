@@ -391,9 +391,12 @@ pub(super) fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
 /// pod's last event counts too), never by scanning the endpoints written for every service.
 #[derive(Default)]
 pub(super) struct PodTracker {
-    /// `namespace/name` → (what endpoints show of the pod, its labels) at its last event.
-    last: Mutex<HashMap<String, (u64, Option<BTreeMap<String, String>>)>>,
+    /// `namespace/name` → what endpoints show of the pod and its labels, at its last event.
+    last: Mutex<HashMap<String, LastSeen>>,
 }
+
+/// A hash of what endpoints show of a pod, and its labels.
+type LastSeen = (u64, Option<BTreeMap<String, String>>);
 
 type PodMapper<P> = Box<dyn Fn(P) -> Vec<ObjectRef<Service>> + Send + Sync>;
 
@@ -413,9 +416,7 @@ impl PodTracker {
         (applied, deleted)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Option<BTreeMap<String, String>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LastSeen>> {
         self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 
