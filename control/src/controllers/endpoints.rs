@@ -383,17 +383,20 @@ pub(super) fn find_port(pod: &Pod, sp: &ServicePort) -> Option<i32> {
 }
 
 /// Maps pod events to the services they matter to, as kube's endpoint controllers do with
-/// the old and new pod of an update: the services that select the pod now and those that
-/// selected it at its previous event (it changed labels, or it went away) — and none at all
+/// the old and new pod of an update: the services whose selector matches the pod's labels now
+/// or its labels at its previous event (it changed labels, or it went away) — and none at all
 /// when nothing an endpoint shows of the pod changed (most pod updates are container
 /// statuses), so a pod behind a thousand services does not cost a thousand syncs per status
-/// write. The services selecting a pod are found by matching selectors, never by scanning
-/// the endpoints written for every service.
+/// write. Services are found by matching selectors at event time (a service created since the
+/// pod's last event counts too), never by scanning the endpoints written for every service.
 #[derive(Default)]
 pub(super) struct PodTracker {
-    /// `namespace/name` → (what endpoints show of the pod, services selecting it).
-    last: Mutex<HashMap<String, (u64, BTreeSet<String>)>>,
+    /// `namespace/name` → what endpoints show of the pod and its labels, at its last event.
+    last: Mutex<HashMap<String, LastSeen>>,
 }
+
+/// A hash of what endpoints show of a pod, and its labels.
+type LastSeen = (u64, Option<BTreeMap<String, String>>);
 
 type PodMapper<P> = Box<dyn Fn(P) -> Vec<ObjectRef<Service>> + Send + Sync>;
 
@@ -413,21 +416,23 @@ impl PodTracker {
         (applied, deleted)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LastSeen>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn applied(&self, services: &Store<Service>, pod: &Pod) -> Vec<ObjectRef<Service>> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("");
         let key = format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or(""));
-        let now = selecting_services(services, ns, pod.metadata.labels.as_ref());
         let shown = endpoint_fingerprint(pod);
-        let previous = self
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (shown, now.clone()));
-        let mut names = now;
+        let labels = pod.metadata.labels.clone();
+        let previous = self.lock().insert(key, (shown, labels));
+        let mut names = selecting_services(services, ns, pod.metadata.labels.as_ref());
         match previous {
-            Some((before, old)) if before == shown && old == names => return Vec::new(),
-            Some((_, old)) => names.extend(old),
-            None => {}
+            Some((before, _)) if before == shown => return Vec::new(),
+            Some((_, old_labels)) if old_labels.as_ref() != pod.metadata.labels.as_ref() => {
+                names.extend(selecting_services(services, ns, old_labels.as_ref()));
+            }
+            _ => {}
         }
         refs(ns, names)
     }
@@ -436,13 +441,8 @@ impl PodTracker {
         let ns = pod.namespace.as_deref().unwrap_or("");
         let key = format!("{ns}/{}", pod.name.as_deref().unwrap_or(""));
         let mut names = selecting_services(services, ns, pod.labels.as_ref());
-        if let Some((_, old)) = self
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
-            names.extend(old);
+        if let Some((_, old_labels)) = self.lock().remove(&key) {
+            names.extend(selecting_services(services, ns, old_labels.as_ref()));
         }
         refs(ns, names)
     }
