@@ -761,8 +761,8 @@ fn check_sample(c: &Cluster, mode: &str, stage: &str, model: &Groups) -> Result<
 /// 1,000 services at once, then endpoint churn (a relabelled backend, a deleted one and a
 /// new one): a sample of the services answers with exactly the expected backends throughout.
 /// On a busy 2-CPU VM (debug build, both modes at once): creating the 1,000 services takes
-/// ~100 s (four kubectl processes, one object per request), a relabel reaches the sample in ~20 s and a
-/// replaced pod in ~35 s.
+/// ~100 s (four kubectl processes, one object per request), a relabel reaches the sample in
+/// ~20 s and a replaced pod in ~35 s.
 fn thousand_services(mode: &str) -> Result<()> {
     let c = Cluster::start(ClusterOptions {
         nodes: 3,
