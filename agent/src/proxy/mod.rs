@@ -9,14 +9,16 @@ pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+pub mod tracker;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use self::iptables::{Backend, IptablesDataplane};
-use self::model::ProxyState;
+use self::model::{ProxyState, ServicePortName};
 use self::runner::{Dataplane, SyncStats};
 use crate::network::Ipv4Net;
 
@@ -36,7 +38,14 @@ impl Dataplane for IptablesProxy {
         "iptables"
     }
 
-    async fn sync(&mut self, state: &ProxyState) -> Result<SyncStats> {
+    /// The planner compares every service's chains with what it wrote last (a string
+    /// comparison per chain, no kernel round trip) and rewrites only the chains that differ,
+    /// so the hint of changed ports is not needed.
+    async fn sync(
+        &mut self,
+        state: &ProxyState,
+        _changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<SyncStats> {
         let Some(mut dp) = self.0.take() else {
             bail!("the iptables dataplane was lost by an earlier failure");
         };

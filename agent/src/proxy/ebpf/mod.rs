@@ -186,7 +186,11 @@ impl crate::proxy::runner::Dataplane for EbpfDataplane {
 
     /// [`EbpfDataplane::sync`]; a [`SyncError`] (e.g. a full map) comes back as the error's
     /// source: `e.downcast_ref::<SyncError>()` gives the failures and the maps that were full.
-    async fn sync(&mut self, state: &ProxyState) -> Result<crate::proxy::runner::SyncStats> {
+    async fn sync(
+        &mut self,
+        state: &ProxyState,
+        _changed: Option<&std::collections::BTreeSet<crate::proxy::model::ServicePortName>>,
+    ) -> Result<crate::proxy::runner::SyncStats> {
         if self.mirror_at.elapsed() > MIRROR_REFRESH {
             self.refresh_mirror()?;
         }
