@@ -23,12 +23,13 @@ use self::runner::{Dataplane, SyncStats};
 use crate::network::Ipv4Net;
 
 /// The iptables dataplane on the async runner: its syncs run `iptables-restore`, so they
-/// go to a blocking thread.
-pub struct IptablesProxy(Option<IptablesDataplane>);
+/// go to a blocking thread, with a copy of the state that is kept up to date port by port
+/// (not cloned whole for every sync).
+pub struct IptablesProxy(Option<(IptablesDataplane, ProxyState)>);
 
 impl IptablesProxy {
     pub fn new(dataplane: IptablesDataplane) -> IptablesProxy {
-        IptablesProxy(Some(dataplane))
+        IptablesProxy(Some((dataplane, ProxyState::new())))
     }
 }
 
@@ -38,25 +39,33 @@ impl Dataplane for IptablesProxy {
         "iptables"
     }
 
-    /// The planner compares every service's chains with what it wrote last (a string
-    /// comparison per chain, no kernel round trip) and rewrites only the chains that differ,
-    /// so the hint of changed ports is not needed.
     async fn sync(
         &mut self,
         state: &ProxyState,
-        _changed: Option<&BTreeSet<ServicePortName>>,
+        changed: Option<&BTreeSet<ServicePortName>>,
     ) -> Result<SyncStats> {
-        let Some(mut dp) = self.0.take() else {
+        let Some((mut dp, mut copy)) = self.0.take() else {
             bail!("the iptables dataplane was lost by an earlier failure");
         };
-        let state = state.clone();
-        let (dp, result) = tokio::task::spawn_blocking(move || {
-            let r = dp.sync(&state);
-            (dp, r)
+        match changed {
+            Some(changed) => {
+                for port in changed {
+                    match state.get(port) {
+                        Some(sp) => copy.insert(port.clone(), sp.clone()),
+                        None => copy.remove(port),
+                    };
+                }
+            }
+            None => copy = state.clone(),
+        }
+        let changed = changed.cloned();
+        let (dp, copy, result) = tokio::task::spawn_blocking(move || {
+            let r = dp.sync_changed(&copy, changed.as_ref());
+            (dp, copy, r)
         })
         .await?;
         let (services, backends) = dp.programmed();
-        self.0 = Some(dp);
+        self.0 = Some((dp, copy));
         let stats = result?;
         Ok(SyncStats {
             services,

@@ -515,6 +515,18 @@ impl Planner {
     /// the service ports that differ from the previous plan are looked at. The planner
     /// assumes the plan will be applied; if it is not, call [`Planner::reset`].
     pub fn plan(&mut self, state: &ProxyState, kernel: &Kernel, full: bool) -> Plan {
+        self.plan_changed(state, kernel, full, None)
+    }
+
+    /// [`Planner::plan`], given that only the service ports in `changed` may differ from the
+    /// previous plan's state (ignored with `full`): the others are not even compared.
+    pub fn plan_changed(
+        &mut self,
+        state: &ProxyState,
+        kernel: &Kernel,
+        full: bool,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Plan {
         let mut plan = Plan {
             nat: TablePlan::new(Table::Nat),
             filter: TablePlan::new(Table::Filter),
@@ -523,17 +535,27 @@ impl Planner {
         if full {
             self.reset();
         }
-        let mut dirty: Vec<ServicePortName> = state
-            .iter()
-            .filter(|(n, sp)| self.programmed.get(*n).is_none_or(|(p, _)| p != *sp))
-            .map(|(n, _)| n.clone())
-            .collect();
-        dirty.extend(
-            self.programmed
-                .keys()
-                .filter(|n| !state.contains_key(*n))
-                .cloned(),
-        );
+        let dirty: Vec<ServicePortName> = match changed.filter(|_| !full) {
+            Some(changed) => changed
+                .iter()
+                .filter(|n| self.programmed.get(*n).map(|(p, _)| p) != state.get(*n))
+                .cloned()
+                .collect(),
+            None => {
+                let mut dirty: Vec<ServicePortName> = state
+                    .iter()
+                    .filter(|(n, sp)| self.programmed.get(*n).is_none_or(|(p, _)| p != *sp))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                dirty.extend(
+                    self.programmed
+                        .keys()
+                        .filter(|n| !state.contains_key(*n))
+                        .cloned(),
+                );
+                dirty
+            }
+        };
 
         let mut gone: BTreeSet<String> = BTreeSet::new();
         for name in &dirty {
