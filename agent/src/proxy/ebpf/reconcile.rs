@@ -315,6 +315,12 @@ impl Owners {
     }
 }
 
+/// RevNAT ids during a sync: those not to hand out, and those handed out by it.
+struct RevIds {
+    in_use: HashSet<u32>,
+    fresh: Vec<u32>,
+}
+
 /// The reconciler's mirror of the maps: what it believes is in the kernel.
 #[derive(Debug, Default)]
 pub struct Reconciler {
@@ -650,12 +656,14 @@ impl Reconciler {
         }
 
         // 2. Desired frontends.
-        let mut rev_in_use = match scope {
-            None => self.rev_nat_ids_in_use(),
-            // The other maps' ids are checked when allocating.
-            Some(_) => self.frontends.values().map(|f| f.rev_nat_id).collect(),
+        let mut revs = RevIds {
+            in_use: match scope {
+                None => self.rev_nat_ids_in_use(),
+                // The other maps' ids are checked when allocating.
+                Some(_) => self.frontends.values().map(|f| f.rev_nat_id).collect(),
+            },
+            fresh: Vec::new(),
         };
-        let mut fresh_revs = Vec::new();
         for (key, d) in desired {
             let ids: Vec<u32> = d
                 .backends
@@ -663,15 +671,7 @@ impl Reconciler {
                 .filter_map(|(a, _)| self.backend_ids.get(a).copied())
                 .collect();
             let existed = self.frontends.get(key).copied();
-            match self.sync_frontend(
-                store,
-                key,
-                d,
-                &ids,
-                &mut rev_in_use,
-                &mut fresh_revs,
-                &mut st,
-            ) {
+            match self.sync_frontend(store, key, d, &ids, &mut revs, &mut st) {
                 Ok(changed) => match existed {
                     None => st.frontends_added += 1,
                     Some(_) if changed => st.frontends_updated += 1,
@@ -719,8 +719,8 @@ impl Reconciler {
         let mut orphans: Vec<u32> = match scope {
             None => {
                 let owned: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
-                // (rev_in_use: every id known at the start, plus those allocated since.)
-                rev_in_use
+                // (in_use: every id known at the start, plus those allocated since.)
+                revs.in_use
                     .into_iter()
                     .filter(|id| !owned.contains(id))
                     .collect()
@@ -734,7 +734,7 @@ impl Reconciler {
                     .collect();
                 let mut v: Vec<u32> = scope_revs
                     .iter()
-                    .chain(&fresh_revs)
+                    .chain(&revs.fresh)
                     .filter(|id| !owned.contains(id))
                     .copied()
                     .collect();
@@ -844,8 +844,7 @@ impl Reconciler {
         key: &FrontendKey,
         d: &DesiredFrontend,
         ids: &[u32],
-        rev_in_use: &mut HashSet<u32>,
-        fresh_revs: &mut Vec<u32>,
+        revs: &mut RevIds,
         st: &mut SyncStats,
     ) -> Result<bool, MapOpError> {
         let before = st.writes + st.deletes;
@@ -854,14 +853,14 @@ impl Reconciler {
             Some(f) => f.rev_nat_id,
             None => {
                 let id = alloc(&mut self.next_rev_nat_id, |id| {
-                    rev_in_use.contains(&id)
+                    revs.in_use.contains(&id)
                         || self.names.contains_key(&id)
                         || self.revnat.contains_key(&id)
                         || self.slots.contains_key(&id)
                         || self.aff_match.contains_key(&id)
                 });
-                rev_in_use.insert(id);
-                fresh_revs.push(id);
+                revs.in_use.insert(id);
+                revs.fresh.push(id);
                 id
             }
         };
@@ -1217,7 +1216,7 @@ mod tests {
     fn contents(s: &MemStore) -> impl PartialEq + std::fmt::Debug {
         fn sorted<K: Ord + Copy, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
             let mut v: Vec<(K, V)> = m.iter().map(|(k, v)| (*k, *v)).collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.sort_by_key(|e| e.0);
             v
         }
         let fe: Vec<_> = sorted(&s.frontends.m)
@@ -1294,7 +1293,8 @@ mod tests {
         assert_eq!(contents(&scoped_store), contents(&full_store));
 
         let name = |i: u8| svc(&format!("s{i:02}"), [0; 4], 0, vec![]).name;
-        let steps: Vec<Box<dyn Fn(&mut ProxyState)>> = vec![
+        type Step = Box<dyn Fn(&mut ProxyState)>;
+        let steps: Vec<Step> = vec![
             // An endpoint replaced.
             Box::new(move |st| {
                 st.get_mut(&name(1)).unwrap().endpoints[0] = ep([10, 244, 9, 1], 8080, false)
@@ -1382,12 +1382,12 @@ mod tests {
             .unwrap();
         // The new backend, its slot (the old one's goes), and nothing of s12.
         assert_eq!(scoped_store.total_writes() - writes, 2, "{stats:?}");
-        assert!(scoped.frontends.get(&lost).is_none());
+        assert!(!scoped.frontends.contains_key(&lost));
         // A full sync repairs it (under a new revNAT id: the mirror forgot the old one's
         // frontend, the old id's entries are swept as orphans).
         scoped.sync_state(&mut scoped_store, &st, node_ip).unwrap();
         full.sync_state(&mut full_store, &st, node_ip).unwrap();
-        assert!(scoped.frontends.get(&lost).is_some());
+        assert!(scoped.frontends.contains_key(&lost));
         assert_eq!(scoped_store.resolve(&lost), full_store.resolve(&lost));
         assert_eq!(scoped.counts(), full.counts());
         assert_eq!(scoped_store.revnat.m.len(), full_store.revnat.m.len());
