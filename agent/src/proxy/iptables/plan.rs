@@ -1063,6 +1063,45 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_of_changed_ports_looks_only_at_them() {
+        let mut p = Planner::default();
+        let mut k = builtins();
+        let mut st = state(
+            (0..20)
+                .map(|i| {
+                    sp(
+                        &format!("s{i}"),
+                        [10, 96, 0, i as u8],
+                        &[[10, 0, 1, i as u8]],
+                    )
+                })
+                .collect(),
+        );
+        step(&mut p, &mut k, &st, true);
+        let (s3, s4, s5) = (
+            spn("s3", Protocol::Tcp),
+            spn("s4", Protocol::Tcp),
+            spn("s5", Protocol::Tcp),
+        );
+        st.get_mut(&s3).unwrap().endpoints[0].ip = [10, 0, 9, 3].into();
+        st.get_mut(&s4).unwrap().endpoints[0].ip = [10, 0, 9, 4].into();
+        st.remove(&s5);
+        // Told about s3 and s5 only: s4's change waits (it is in no changed set yet).
+        let plan = p.plan_changed(&st, &k, false, Some(&[s3.clone(), s5.clone()].into()));
+        plan.nat.apply(&mut k.nat);
+        let rewritten: Vec<&str> = plan.nat.rewrite.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(rewritten.contains(&svc_chain(&s3).as_str()));
+        assert!(!rewritten.contains(&svc_chain(&s4).as_str()));
+        assert!(!k.nat.chains.contains_key(&svc_chain(&s5)));
+        assert_eq!(p.programmed().0, 19);
+        // A full comparison finds it.
+        let plan = step(&mut p, &mut k, &st, false);
+        let rewritten: Vec<&str> = plan.nat.rewrite.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(rewritten.contains(&svc_chain(&s4).as_str()));
+        assert!(!rewritten.contains(&svc_chain(&s3).as_str()));
+    }
+
+    #[test]
     fn service_add_and_remove_edit_kube_services() {
         let mut p = Planner::default();
         let mut k = builtins();
