@@ -51,7 +51,9 @@ use anyhow::{Context, Result, bail};
 use tracing::{debug, info, warn};
 
 use crate::network::Ipv4Net;
-use crate::proxy::model::ProxyState;
+use std::collections::BTreeSet;
+
+use crate::proxy::model::{ProxyState, ServicePortName};
 use plan::{ConntrackFlush, Kernel, KernelTable, Planner, TablePlan};
 use rules::Table;
 
@@ -182,10 +184,20 @@ impl IptablesDataplane {
 
     /// Make the tables match `state`, writing only what changed.
     pub fn sync(&mut self, state: &ProxyState) -> Result<SyncStats> {
+        self.sync_changed(state, None)
+    }
+
+    /// [`IptablesDataplane::sync`], given that only the service ports in `changed` may
+    /// differ from the last successful sync's state (`None`: compare everything).
+    pub fn sync_changed(
+        &mut self,
+        state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<SyncStats> {
         let start = Instant::now();
         let mut stats = SyncStats::default();
         let mut conntrack = Vec::new();
-        if let Err(e) = self.try_sync(state, &mut stats, &mut conntrack) {
+        if let Err(e) = self.try_sync(state, changed, &mut stats, &mut conntrack) {
             if stats.reloaded {
                 return Err(e);
             }
@@ -195,7 +207,7 @@ impl IptablesDataplane {
             );
             self.invalidate();
             stats = SyncStats::default();
-            self.try_sync(state, &mut stats, &mut Vec::new())?;
+            self.try_sync(state, None, &mut stats, &mut Vec::new())?;
         }
         stats.conntrack_flushes = self.flush_conntrack(&conntrack);
         stats.duration = start.elapsed();
@@ -213,6 +225,7 @@ impl IptablesDataplane {
     fn try_sync(
         &mut self,
         state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
         stats: &mut SyncStats,
         conntrack: &mut Vec<ConntrackFlush>,
     ) -> Result<()> {
@@ -224,7 +237,7 @@ impl IptablesDataplane {
             debug!(took = ?t.elapsed(), "read iptables state");
         }
         let kernel = self.kernel.as_ref().expect("loaded");
-        let plan = self.planner.plan(state, kernel, full);
+        let plan = self.planner.plan_changed(state, kernel, full, changed);
         conntrack.extend(plan.conntrack.iter().cloned());
         for tp in [&plan.nat, &plan.filter] {
             if tp.is_empty() {

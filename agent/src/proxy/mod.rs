@@ -9,24 +9,27 @@ pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+pub mod tracker;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 
 use self::iptables::{Backend, IptablesDataplane};
-use self::model::ProxyState;
+use self::model::{ProxyState, ServicePortName};
 use self::runner::{Dataplane, SyncStats};
 use crate::network::Ipv4Net;
 
 /// The iptables dataplane on the async runner: its syncs run `iptables-restore`, so they
-/// go to a blocking thread.
-pub struct IptablesProxy(Option<IptablesDataplane>);
+/// go to a blocking thread, with a copy of the state that is kept up to date port by port
+/// (not cloned whole for every sync).
+pub struct IptablesProxy(Option<(IptablesDataplane, ProxyState)>);
 
 impl IptablesProxy {
     pub fn new(dataplane: IptablesDataplane) -> IptablesProxy {
-        IptablesProxy(Some(dataplane))
+        IptablesProxy(Some((dataplane, ProxyState::new())))
     }
 }
 
@@ -36,18 +39,33 @@ impl Dataplane for IptablesProxy {
         "iptables"
     }
 
-    async fn sync(&mut self, state: &ProxyState) -> Result<SyncStats> {
-        let Some(mut dp) = self.0.take() else {
+    async fn sync(
+        &mut self,
+        state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<SyncStats> {
+        let Some((mut dp, mut copy)) = self.0.take() else {
             bail!("the iptables dataplane was lost by an earlier failure");
         };
-        let state = state.clone();
-        let (dp, result) = tokio::task::spawn_blocking(move || {
-            let r = dp.sync(&state);
-            (dp, r)
+        match changed {
+            Some(changed) => {
+                for port in changed {
+                    match state.get(port) {
+                        Some(sp) => copy.insert(port.clone(), sp.clone()),
+                        None => copy.remove(port),
+                    };
+                }
+            }
+            None => copy = state.clone(),
+        }
+        let changed = changed.cloned();
+        let (dp, copy, result) = tokio::task::spawn_blocking(move || {
+            let r = dp.sync_changed(&copy, changed.as_ref());
+            (dp, copy, r)
         })
         .await?;
         let (services, backends) = dp.programmed();
-        self.0 = Some(dp);
+        self.0 = Some((dp, copy));
         let stats = result?;
         Ok(SyncStats {
             services,

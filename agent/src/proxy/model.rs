@@ -108,6 +108,22 @@ impl ServicePort {
 /// Everything the dataplane should hold, keyed by ServicePortName.
 pub type ProxyState = BTreeMap<ServicePortName, ServicePort>;
 
+/// `kubernetes.io/service-name`: the label joining an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A Service's identity: (namespace, name).
+pub type ServiceKey = (String, String);
+
+/// The Service an EndpointSlice belongs to (its namespace and `kubernetes.io/service-name`
+/// label), whatever its address type.
+pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((
+        slice.metadata.namespace.clone().unwrap_or_default(),
+        svc.clone(),
+    ))
+}
+
 /// Join Services with their EndpointSlices (`kubernetes.io/service-name` label) into the
 /// proxy's view. `node` marks local endpoints. Headless services and those without an
 /// IPv4 cluster IP are skipped.
@@ -116,106 +132,127 @@ pub fn build<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node: &str,
 ) -> ProxyState {
-    // (namespace, service) → slices
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut by_service: BTreeMap<ServiceKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
-        if s.address_type != "IPv4" {
-            continue;
+        if let Some(key) = slice_service(s) {
+            by_service.entry(key).or_default().push(s);
         }
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        else {
-            continue;
-        };
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        by_service.entry((ns, svc.clone())).or_default().push(s);
     }
     let mut out = ProxyState::new();
     for svc in services {
-        let Some(spec) = &svc.spec else { continue };
-        let Some(cluster_ip) = spec
-            .cluster_ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-        else {
+        let key = (
+            svc.metadata.namespace.clone().unwrap_or_default(),
+            svc.metadata.name.clone().unwrap_or_default(),
+        );
+        let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        out.extend(
+            build_service(svc, slices, node)
+                .into_iter()
+                .map(|p| (p.name.clone(), p)),
+        );
+    }
+    out
+}
+
+/// The entries of `state` that belong to one Service (all its ports).
+pub fn service_entries<'a>(
+    state: &'a ProxyState,
+    (namespace, name): &ServiceKey,
+) -> impl Iterator<Item = (&'a ServicePortName, &'a ServicePort)> {
+    let from = ServicePortName {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        port: String::new(),
+        protocol: Protocol::Tcp,
+    };
+    state
+        .range(from..)
+        .take_while(move |(k, _)| k.namespace == *namespace && k.name == *name)
+}
+
+/// One Service's ports joined with its EndpointSlices (those labelled with its name in its
+/// namespace; slices of other address types than IPv4 are ignored). Empty for headless
+/// and ExternalName services and those without an IPv4 cluster IP.
+pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Vec<ServicePort> {
+    let mut out = Vec::new();
+    let Some(spec) = &svc.spec else { return out };
+    let Some(cluster_ip) = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return out;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return out;
+    }
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(10800)
+            .max(1) as u32
+    });
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    for p in spec.ports.iter().flatten() {
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
             continue;
         };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(10800)
-                .max(1) as u32
-        });
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let slices = by_service.get(&(ns.clone(), name.clone()));
-        for p in spec.ports.iter().flatten() {
-            let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+        let port_name = p.name.clone().unwrap_or_default();
+        let mut endpoints = Vec::new();
+        for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+            // The slice's port with the service port's name carries the target port.
+            let Some(target) = slice.ports.iter().flatten().find(|sp| {
+                sp.name.clone().unwrap_or_default() == port_name
+                    && Protocol::parse(sp.protocol.as_deref()) == Some(protocol)
+            }) else {
                 continue;
             };
-            let port_name = p.name.clone().unwrap_or_default();
-            let mut endpoints = Vec::new();
-            for slice in slices.into_iter().flatten() {
-                // The slice's port with the service port's name carries the target port.
-                let Some(target) = slice.ports.iter().flatten().find(|sp| {
-                    sp.name.clone().unwrap_or_default() == port_name
-                        && Protocol::parse(sp.protocol.as_deref()) == Some(protocol)
-                }) else {
-                    continue;
-                };
-                let Some(tport) = target.port.and_then(|v| u16::try_from(v).ok()) else {
-                    continue;
-                };
-                for ep in &slice.endpoints {
-                    let c = ep.conditions.as_ref();
-                    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                    let local = ep.node_name.as_deref() == Some(node);
-                    for a in &ep.addresses {
-                        if let Ok(ip) = a.parse::<Ipv4Addr>() {
-                            endpoints.push(Endpoint {
-                                ip,
-                                port: tport,
-                                local,
-                                ready,
-                                serving,
-                                terminating,
-                            });
-                        }
+            let Some(tport) = target.port.and_then(|v| u16::try_from(v).ok()) else {
+                continue;
+            };
+            for ep in &slice.endpoints {
+                let c = ep.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let local = ep.node_name.as_deref() == Some(node);
+                for a in &ep.addresses {
+                    if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        endpoints.push(Endpoint {
+                            ip,
+                            port: tport,
+                            local,
+                            ready,
+                            serving,
+                            terminating,
+                        });
                     }
                 }
             }
-            endpoints.sort();
-            endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
-            let key = ServicePortName {
-                namespace: ns.clone(),
-                name: name.clone(),
-                port: port_name,
-                protocol,
-            };
-            out.insert(
-                key.clone(),
-                ServicePort {
-                    name: key,
-                    cluster_ip,
-                    port: u16::try_from(p.port).unwrap_or(0),
-                    node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).unwrap_or(0),
-                    affinity_timeout,
-                    external_local,
-                    endpoints,
-                },
-            );
         }
+        endpoints.sort();
+        endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
+        let key = ServicePortName {
+            namespace: ns.clone(),
+            name: name.clone(),
+            port: port_name,
+            protocol,
+        };
+        // Two ports with the same name and protocol (the API rejects them): the last wins.
+        out.retain(|p: &ServicePort| p.name != key);
+        out.push(ServicePort {
+            name: key,
+            cluster_ip,
+            port: u16::try_from(p.port).unwrap_or(0),
+            node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).unwrap_or(0),
+            affinity_timeout,
+            external_local,
+            endpoints,
+        });
     }
     out
 }

@@ -1,14 +1,16 @@
 //! The proxy loop: Services and EndpointSlices from the API (reflector caches), turned into
 //! a [`ProxyState`] and handed to the dataplane. Changes are batched: after a change, wait a
 //! short moment for more (an endpoint flip usually comes with several slice updates), then
-//! sync once — like kube-proxy's `minSyncPeriod`, but short, because a dataplane sync here is
-//! incremental.
+//! sync once — like kube-proxy's `minSyncPeriod`, but short, because a sync here is
+//! incremental: the watch events name the Services that changed ([`tracker`]), only their
+//! entries of the state are rebuilt, and the dataplane is told which service ports to look at.
+//! The first sync, the periodic resync and the sync after a failure compare everything.
 //!
 //! A BPF map that fills up is reported once as a Warning Event on the Node (reason
 //! [`BPF_MAP_FULL`]), and again only after it had room and filled up again; the failed sync is
 //! retried with back-off meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,15 +19,16 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use skiff_common::events::EventRecorder;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
 use super::ebpf::{MapOpError, SyncError as EbpfSyncError};
 use super::metrics::ProxyMetrics;
-use super::model::{self, ProxyState};
+use super::model::{ProxyState, ServiceKey, ServicePortName};
+use super::tracker::{self, Change, Tracker, Update};
 
 /// What one sync did.
 #[derive(Clone, Debug, Default)]
@@ -40,8 +43,14 @@ pub struct SyncStats {
 #[async_trait]
 pub trait Dataplane: Send {
     fn mode(&self) -> &'static str;
-    /// Make the kernel match `state`, writing only what changed.
-    async fn sync(&mut self, state: &ProxyState) -> Result<SyncStats>;
+    /// Make the kernel match `state`, writing only what changed. `changed`: the service
+    /// ports that may differ from the previous successful sync's state (everything else is
+    /// as it was then); `None`: compare everything.
+    async fn sync(
+        &mut self,
+        state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<SyncStats>;
 }
 
 /// Where the proxy reports conditions an operator has to act on.
@@ -188,11 +197,16 @@ impl Syncer {
         self.dataplane.mode()
     }
 
-    /// Sync `state`; `started` is when building it began (for the sync duration). Returns
-    /// whether the dataplane now matches it.
-    pub async fn sync(&mut self, state: &ProxyState, started: Instant) -> bool {
+    /// Sync `state` (`changed`: see [`Dataplane::sync`]); `started` is when building it
+    /// began (for the sync duration). Returns whether the dataplane now matches it.
+    pub async fn sync(
+        &mut self,
+        state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
+        started: Instant,
+    ) -> bool {
         let build = started.elapsed();
-        let result = self.dataplane.sync(state).await;
+        let result = self.dataplane.sync(state, changed).await;
         for f in self.full.observe(&result) {
             let message = f.message();
             tracing::error!("{message}");
@@ -237,30 +251,55 @@ pub async fn run(
     let events = Arc::new(NodeEvents::new(client.clone(), &node));
     let mut syncer = Syncer::new(dataplane, metrics.clone(), events);
     let start = Instant::now();
-    let changed = Arc::new(Notify::new());
-    let (services, _services_watch) =
-        spawn_reflector::<Service>(Api::all(client.clone()), changed.clone());
-    let (slices, _slices_watch) =
-        spawn_reflector::<EndpointSlice>(Api::all(client), changed.clone());
+    let (changes, mut changed) = mpsc::unbounded_channel();
+    let (services, _services_watch) = spawn_reflector::<Service>(
+        Api::all(client.clone()),
+        changes.clone(),
+        Change::service,
+        Change::service,
+    );
+    let (slices, _slices_watch) = spawn_reflector::<EndpointSlice>(
+        Api::all(client),
+        changes,
+        Change::slice_applied,
+        Change::slice_deleted,
+    );
     let _ = tokio::join!(services.wait_until_ready(), slices.wait_until_ready());
     metrics.record_initial_list(start.elapsed());
     tracing::info!(mode = syncer.mode(), listed = ?start.elapsed(), "service proxy started");
-    let mut last: Option<ProxyState> = None;
+    let objects = StoreObjects { services, slices };
+    let mut tracker = Tracker::new(&node);
+    // Whether the dataplane matches the tracker's state; a failed sync is retried in full.
+    let mut synced = false;
     let mut failures = 0u32;
+    let mut resync = false;
     loop {
+        while let Ok(c) = changed.try_recv() {
+            tracker.record(c);
+        }
         let start = Instant::now();
-        let svcs = services.state();
-        let sls = slices.state();
-        let state = model::build(
-            svcs.iter().map(|s| s.as_ref()),
-            sls.iter().map(|s| s.as_ref()),
-            &node,
-        );
-        if last.as_ref() != Some(&state) || failures > 0 {
-            if syncer.sync(&state, start).await {
-                last = Some(state);
+        let update = if resync {
+            // Anything the change tracking missed shows up here.
+            if tracker.rebuild(&objects) {
+                Update::Full
+            } else {
+                Update::Ports(BTreeSet::new())
+            }
+        } else {
+            tracker.update(&objects)
+        };
+        resync = false;
+        let changed_ports = match &update {
+            Update::Ports(p) if synced => Some(p),
+            _ => None,
+        };
+        let needed = !synced || changed_ports.is_none_or(|p| !p.is_empty());
+        if needed {
+            if syncer.sync(tracker.state(), changed_ports, start).await {
+                synced = true;
                 failures = 0;
             } else {
+                synced = false;
                 failures += 1;
             }
         }
@@ -270,9 +309,35 @@ pub async fn run(
             RESYNC
         };
         tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(BATCH).await,
-            _ = tokio::time::sleep(wait) => {}
+            c = changed.recv() => {
+                if let Some(c) = c {
+                    tracker.record(c);
+                }
+                tokio::time::sleep(BATCH).await;
+            }
+            _ = tokio::time::sleep(wait) => resync = failures == 0,
         }
+    }
+}
+
+/// The reflector stores, as the tracker reads them.
+struct StoreObjects {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+}
+
+impl tracker::Objects for StoreObjects {
+    fn service(&self, (ns, name): &ServiceKey) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(name).within(ns))
+    }
+    fn slice(&self, (ns, name): &(String, String)) -> Option<Arc<EndpointSlice>> {
+        self.slices.get(&ObjectRef::new(name).within(ns))
+    }
+    fn all_services(&self) -> Vec<Arc<Service>> {
+        self.services.state()
+    }
+    fn all_slices(&self) -> Vec<Arc<EndpointSlice>> {
+        self.slices.state()
     }
 }
 
@@ -285,7 +350,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn spawn_reflector<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, AbortOnDrop)
+/// A reflector whose events go to `changes`: `applied`/`deleted` for single objects, and
+/// [`Change::Relisted`] when a (re)list replaced the store.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    changes: mpsc::UnboundedSender<Change>,
+    applied: fn(&K) -> Change,
+    deleted: fn(&K) -> Change,
+) -> (Store<K>, AbortOnDrop)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -299,8 +371,16 @@ where
     let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
         .default_backoff()
         .for_each(move |ev| {
-            if ev.is_ok() {
-                changed.notify_one();
+            let change = match &ev {
+                Ok(watcher::Event::Apply(o)) => Some(applied(o)),
+                Ok(watcher::Event::Delete(o)) => Some(deleted(o)),
+                // The store is replaced at the end of a list.
+                Ok(watcher::Event::InitDone) => Some(Change::Relisted),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => None,
+            };
+            if let Some(c) = change {
+                // The runner gone: the proxy is stopping, so is this task.
+                let _ = changes.send(c);
             }
             futures::future::ready(())
         });
@@ -323,7 +403,11 @@ mod tests {
         fn mode(&self) -> &'static str {
             "scripted"
         }
-        async fn sync(&mut self, _state: &ProxyState) -> Result<SyncStats> {
+        async fn sync(
+            &mut self,
+            _state: &ProxyState,
+            _changed: Option<&BTreeSet<ServicePortName>>,
+        ) -> Result<SyncStats> {
             self.0.pop_front().expect("a scripted result")
         }
     }
@@ -424,7 +508,7 @@ mod tests {
         let mut syncer = Syncer::new(Box::new(dataplane), metrics.clone(), events.clone());
         let mut results = Vec::new();
         for _ in 0..8 {
-            results.push(syncer.sync(&ProxyState::new(), Instant::now()).await);
+            results.push(syncer.sync(&ProxyState::new(), None, Instant::now()).await);
         }
         assert_eq!(
             results,

@@ -16,6 +16,7 @@ pub mod reconcile;
 pub mod sys;
 
 use std::net::Ipv4Addr;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,7 +27,9 @@ pub use maps::{
 };
 pub use reconcile::{SyncError, SyncFailure, SyncStats};
 
-use crate::proxy::model::ProxyState;
+use std::collections::BTreeSet;
+
+use crate::proxy::model::{ProxyState, ServicePortName};
 
 /// Everything [`EbpfDataplane::open`] needs.
 #[derive(Clone, Debug)]
@@ -146,8 +149,18 @@ impl EbpfDataplane {
 
     /// Make the maps equal to `state`. On [`SyncError`] everything that fit was programmed.
     pub fn sync(&mut self, state: &ProxyState) -> Result<SyncStats, SyncError> {
-        let desired = reconcile::desired(state, self.node_ip);
-        self.rec.sync(&mut self.maps, &desired)
+        self.rec.sync_state(&mut self.maps, state, self.node_ip)
+    }
+
+    /// Make the maps equal to `state`, given that only the service ports in `changed` differ
+    /// from the state of the last successful sync ([`reconcile::Reconciler::sync_changed`]).
+    pub fn sync_changed(
+        &mut self,
+        state: &ProxyState,
+        changed: &BTreeSet<ServicePortName>,
+    ) -> Result<SyncStats, SyncError> {
+        self.rec
+            .sync_changed(&mut self.maps, state, changed, self.node_ip)
     }
 
     /// Re-read the maps into the reconciler's mirror, so the next sync also repairs entries
@@ -186,11 +199,18 @@ impl crate::proxy::runner::Dataplane for EbpfDataplane {
 
     /// [`EbpfDataplane::sync`]; a [`SyncError`] (e.g. a full map) comes back as the error's
     /// source: `e.downcast_ref::<SyncError>()` gives the failures and the maps that were full.
-    async fn sync(&mut self, state: &ProxyState) -> Result<crate::proxy::runner::SyncStats> {
+    async fn sync(
+        &mut self,
+        state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Result<crate::proxy::runner::SyncStats> {
         if self.mirror_at.elapsed() > MIRROR_REFRESH {
             self.refresh_mirror()?;
         }
-        let st = EbpfDataplane::sync(self, state)?;
+        let st = match changed {
+            Some(changed) => self.sync_changed(state, changed)?,
+            None => EbpfDataplane::sync(self, state)?,
+        };
         Ok(crate::proxy::runner::SyncStats {
             services: state.len(),
             backends: st.backends,

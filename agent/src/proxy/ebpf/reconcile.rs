@@ -13,7 +13,7 @@
 //! - A failed write (a full map) skips that frontend and is reported by map name in
 //!   [`SyncError`]; everything else is still programmed. The in-memory mirror only records
 //!   writes that succeeded, so the next sync retries what is missing.
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
@@ -26,7 +26,7 @@ use skiff_ebpf_common::{
 };
 
 use super::maps::{LbStore, MapOpError, name_to_bytes};
-use crate::proxy::model::ProxyState;
+use crate::proxy::model::{ProxyState, ServicePort, ServicePortName};
 
 /// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
 /// which SipHash's DoS resistance buys nothing and costs a third of a 10k-service resync.
@@ -78,8 +78,8 @@ impl Hasher for FxHasher {
 }
 
 type FxBuild = BuildHasherDefault<FxHasher>;
-type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
-type HashSet<K> = std::collections::HashSet<K, FxBuild>;
+pub type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
+pub type HashSet<K> = std::collections::HashSet<K, FxBuild>;
 
 /// A backend's identity (raw: network byte order, as stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,8 +108,28 @@ pub fn desired(
     state: &ProxyState,
     node_ip: Option<Ipv4Addr>,
 ) -> BTreeMap<FrontendKey, DesiredFrontend> {
+    desired_owned(state.values(), node_ip).frontends
+}
+
+/// [`desired`] of some service ports, with the port each frontend comes from.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub frontends: BTreeMap<FrontendKey, DesiredFrontend>,
+    pub owners: HashMap<FrontendKey, ServicePortName>,
+    /// Two service ports asked for the same frontend (the first in `ports` order got it).
+    pub contested: bool,
+}
+
+/// [`desired`] of `ports` (in [`ProxyState`] order, so a contested frontend goes to the
+/// same port as in a full build).
+pub fn desired_owned<'a>(
+    ports: impl IntoIterator<Item = &'a ServicePort>,
+    node_ip: Option<Ipv4Addr>,
+) -> Desired {
     let mut out = BTreeMap::new();
-    for sp in state.values() {
+    let mut owners = HashMap::default();
+    let mut contested = false;
+    for sp in ports {
         let proto = sp.name.protocol.number();
         let (aff_flag, timeout) = match sp.affinity_timeout {
             Some(t) => (FE_AFFINITY, t),
@@ -135,19 +155,34 @@ pub fn desired(
             v
         };
         let name = sp.name.to_string();
+        let mut claim = |key: FrontendKey| match owners.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                contested = true;
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(sp.name.clone());
+                true
+            }
+        };
         if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
-            out.entry(FrontendKey {
+            let key = FrontendKey {
                 addr: ip_raw(sp.cluster_ip.octets()),
                 port: port_raw(sp.port),
                 proto,
                 pad: 0,
-            })
-            .or_insert_with(|| DesiredFrontend {
-                name: name.clone(),
-                flags: aff_flag,
-                affinity_timeout: timeout,
-                backends: conv(sp.usable()),
-            });
+            };
+            if claim(key) {
+                out.insert(
+                    key,
+                    DesiredFrontend {
+                        name: name.clone(),
+                        flags: aff_flag,
+                        affinity_timeout: timeout,
+                        backends: conv(sp.usable()),
+                    },
+                );
+            }
         }
         if let Some(node_ip) = node_ip.filter(|_| sp.node_port != 0) {
             let (flags, backends) = if sp.external_local {
@@ -158,21 +193,30 @@ pub fn desired(
             } else {
                 (aff_flag | FE_NODEPORT, conv(sp.usable()))
             };
-            out.entry(FrontendKey {
+            let key = FrontendKey {
                 addr: ip_raw(node_ip.octets()),
                 port: port_raw(sp.node_port),
                 proto,
                 pad: 0,
-            })
-            .or_insert(DesiredFrontend {
-                name,
-                flags,
-                affinity_timeout: timeout,
-                backends,
-            });
+            };
+            if claim(key) {
+                out.insert(
+                    key,
+                    DesiredFrontend {
+                        name,
+                        flags,
+                        affinity_timeout: timeout,
+                        backends,
+                    },
+                );
+            }
         }
     }
-    out
+    Desired {
+        frontends: out,
+        owners,
+        contested,
+    }
 }
 
 /// What a sync did.
@@ -245,6 +289,38 @@ impl fmt::Display for SyncError {
 
 impl std::error::Error for SyncError {}
 
+/// Frontend ↔ service port, for syncing only the frontends of changed ports.
+#[derive(Debug, Default)]
+struct Owners {
+    by_key: HashMap<FrontendKey, ServicePortName>,
+    keys_of: HashMap<ServicePortName, Vec<FrontendKey>>,
+    /// Some frontend was asked for by two ports: which one gets it depends on all ports.
+    contested: bool,
+}
+
+impl Owners {
+    fn from(d: &Desired) -> Owners {
+        let mut o = Owners {
+            contested: d.contested,
+            ..Default::default()
+        };
+        o.add(d);
+        o
+    }
+    fn add(&mut self, d: &Desired) {
+        for (key, port) in &d.owners {
+            self.by_key.insert(*key, port.clone());
+            self.keys_of.entry(port.clone()).or_default().push(*key);
+        }
+    }
+}
+
+/// RevNAT ids during a sync: those not to hand out, and those handed out by it.
+struct RevIds {
+    in_use: HashSet<u32>,
+    fresh: Vec<u32>,
+}
+
 /// The reconciler's mirror of the maps: what it believes is in the kernel.
 #[derive(Debug, Default)]
 pub struct Reconciler {
@@ -259,6 +335,10 @@ pub struct Reconciler {
     names: HashMap<u32, String>,
     next_backend_id: u32,
     next_rev_nat_id: u32,
+    /// Which service port each frontend belongs to, after a [`Reconciler::sync_state`] or
+    /// [`Reconciler::sync_changed`] that succeeded (`None` otherwise: the next
+    /// `sync_changed` compares everything).
+    owners: Option<Owners>,
 }
 
 fn alloc(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
@@ -404,22 +484,135 @@ impl Reconciler {
         self.backend_ids.get(b).copied()
     }
 
+    /// Make the maps equal to `state`'s frontends ([`desired`]).
+    pub fn sync_state(
+        &mut self,
+        store: &mut dyn LbStore,
+        state: &ProxyState,
+        node_ip: Option<Ipv4Addr>,
+    ) -> Result<SyncStats, SyncError> {
+        let desired = desired_owned(state.values(), node_ip);
+        let result = self.sync(store, &desired.frontends);
+        self.owners = result.is_ok().then(|| Owners::from(&desired));
+        result
+    }
+
+    /// [`Reconciler::sync_state`], given that only the service ports in `changed` differ
+    /// from the state of the last successful sync: only their frontends are compared and
+    /// written. Falls back to comparing everything when that could give another result (no
+    /// successful sync yet, a frontend two ports ask for, a backend's local bit to clear).
+    pub fn sync_changed(
+        &mut self,
+        store: &mut dyn LbStore,
+        state: &ProxyState,
+        changed: &BTreeSet<ServicePortName>,
+        node_ip: Option<Ipv4Addr>,
+    ) -> Result<SyncStats, SyncError> {
+        let Some(mut owners) = self.owners.take().filter(|o| !o.contested) else {
+            return self.sync_state(store, state, node_ip);
+        };
+        let desired = desired_owned(changed.iter().filter_map(|p| state.get(p)), node_ip);
+        // A frontend an unchanged port holds: which port gets it depends on both.
+        let taken = desired.owners.iter().any(|(key, port)| {
+            owners
+                .by_key
+                .get(key)
+                .is_some_and(|o| o != port && !changed.contains(o))
+        });
+        if desired.contested || taken {
+            return self.sync_state(store, state, node_ip);
+        }
+        let mut scope: HashSet<FrontendKey> = desired.frontends.keys().copied().collect();
+        for port in changed {
+            scope.extend(owners.keys_of.get(port).into_iter().flatten());
+        }
+        let Some(result) = self.sync_inner(store, &desired.frontends, Some(&scope)) else {
+            return self.sync_state(store, state, node_ip);
+        };
+        if result.is_ok() {
+            for port in changed {
+                for key in owners.keys_of.remove(port).unwrap_or_default() {
+                    owners.by_key.remove(&key);
+                }
+            }
+            owners.add(&desired);
+            self.owners = Some(owners);
+        }
+        result
+    }
+
+    /// Make the maps equal to `desired`.
     pub fn sync(
         &mut self,
         store: &mut dyn LbStore,
         desired: &BTreeMap<FrontendKey, DesiredFrontend>,
     ) -> Result<SyncStats, SyncError> {
+        self.sync_inner(store, desired, None)
+            .expect("a sync of everything is always possible")
+    }
+
+    /// Scoped (`scope` given): make the frontends in `scope` equal to `desired` (which holds
+    /// only frontends of `scope`: what is in `scope` and not in `desired` is removed) and
+    /// leave every other frontend as it is; the backends and ids they share are handled as a
+    /// full sync would. `None` (nothing written) when the outcome could differ from a full
+    /// sync: a backend whose `BE_LOCAL` bit may have to be cleared, which depends on the
+    /// frontends out of scope.
+    fn sync_inner(
+        &mut self,
+        store: &mut dyn LbStore,
+        desired: &BTreeMap<FrontendKey, DesiredFrontend>,
+        scope: Option<&HashSet<FrontendKey>>,
+    ) -> Option<Result<SyncStats, SyncError>> {
+        if scope.is_none() {
+            // Whoever syncs everything directly keeps no owners.
+            self.owners = None;
+        }
         let start = Instant::now();
         let mut st = SyncStats::default();
         let mut failures = Vec::new();
 
-        // 1. Backends every desired frontend needs (added or re-flagged).
         let mut want_backends: HashMap<BackendAddr, bool> = HashMap::default();
         for d in desired.values() {
             for (a, local) in &d.backends {
                 *want_backends.entry(*a).or_default() |= *local;
             }
         }
+        // Scoped: the revNAT ids and backends the frontends in scope hold now.
+        let mut scope_revs: Vec<u32> = Vec::new();
+        let mut scope_backends: HashSet<u32> = HashSet::default();
+        if let Some(scope) = scope {
+            for key in scope {
+                if let Some(f) = self.frontends.get(key) {
+                    scope_revs.push(f.rev_nat_id);
+                    if let Some(s) = self.slots.get(&f.rev_nat_id) {
+                        scope_backends.extend(s.values().copied());
+                    }
+                }
+            }
+            let is_local = |id: &u32| {
+                self.backends
+                    .get(id)
+                    .is_some_and(|b| b.flags & BE_LOCAL != 0)
+            };
+            let wanted_local = |id: &u32| {
+                let b = &self.backends[id];
+                want_backends.get(&BackendAddr {
+                    addr: b.addr,
+                    port: b.port,
+                    proto: b.proto,
+                })
+            };
+            // A local backend the scope no longer wants local: other frontends decide.
+            if scope_backends
+                .iter()
+                .chain(want_backends.keys().filter_map(|a| self.backend_ids.get(a)))
+                .any(|id| is_local(id) && wanted_local(id) != Some(&true))
+            {
+                return None;
+            }
+        }
+
+        // 1. Backends every desired frontend needs (added or re-flagged).
         let mut sorted: Vec<(&BackendAddr, &bool)> = want_backends.iter().collect();
         sorted.sort();
         for (a, local) in sorted {
@@ -463,7 +656,14 @@ impl Reconciler {
         }
 
         // 2. Desired frontends.
-        let mut rev_in_use = self.rev_nat_ids_in_use();
+        let mut revs = RevIds {
+            in_use: match scope {
+                None => self.rev_nat_ids_in_use(),
+                // The other maps' ids are checked when allocating.
+                Some(_) => self.frontends.values().map(|f| f.rev_nat_id).collect(),
+            },
+            fresh: Vec::new(),
+        };
         for (key, d) in desired {
             let ids: Vec<u32> = d
                 .backends
@@ -471,7 +671,7 @@ impl Reconciler {
                 .filter_map(|(a, _)| self.backend_ids.get(a).copied())
                 .collect();
             let existed = self.frontends.get(key).copied();
-            match self.sync_frontend(store, key, d, &ids, &mut rev_in_use, &mut st) {
+            match self.sync_frontend(store, key, d, &ids, &mut revs, &mut st) {
                 Ok(changed) => match existed {
                     None => st.frontends_added += 1,
                     Some(_) if changed => st.frontends_updated += 1,
@@ -485,12 +685,19 @@ impl Reconciler {
         }
 
         // 3. Frontends no longer wanted.
-        let gone: Vec<FrontendKey> = self
-            .frontends
-            .keys()
-            .filter(|k| !desired.contains_key(k))
-            .copied()
-            .collect();
+        let gone: Vec<FrontendKey> = match scope {
+            None => self
+                .frontends
+                .keys()
+                .filter(|k| !desired.contains_key(k))
+                .copied()
+                .collect(),
+            Some(scope) => scope
+                .iter()
+                .filter(|k| self.frontends.contains_key(k) && !desired.contains_key(k))
+                .copied()
+                .collect(),
+        };
         for key in gone {
             let rev = self.frontends[&key].rev_nat_id;
             let name = self.names.get(&rev).cloned().unwrap_or_default();
@@ -509,12 +716,33 @@ impl Reconciler {
 
         // 4. Slot sets, revNATs, names and affinity matches no frontend owns (removed
         //    frontends, frontends whose creation failed, leftovers of an interrupted sync).
-        let owned: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
-        // (rev_in_use: every id known at the start, plus those allocated since.)
-        let mut orphans: Vec<u32> = rev_in_use
-            .into_iter()
-            .filter(|id| !owned.contains(id))
-            .collect();
+        let mut orphans: Vec<u32> = match scope {
+            None => {
+                let owned: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
+                // (in_use: every id known at the start, plus those allocated since.)
+                revs.in_use
+                    .into_iter()
+                    .filter(|id| !owned.contains(id))
+                    .collect()
+            }
+            // A frontend out of scope owns none of the scope's ids.
+            Some(scope) => {
+                let owned: HashSet<u32> = scope
+                    .iter()
+                    .filter_map(|k| self.frontends.get(k))
+                    .map(|f| f.rev_nat_id)
+                    .collect();
+                let mut v: Vec<u32> = scope_revs
+                    .iter()
+                    .chain(&revs.fresh)
+                    .filter(|id| !owned.contains(id))
+                    .copied()
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+        };
         orphans.sort();
         for rev in orphans {
             if let Err(error) = self.purge_rev_nat(store, rev, &mut st) {
@@ -526,17 +754,52 @@ impl Reconciler {
         }
 
         // 5. Backends no slot references any more.
-        let referenced: HashSet<u32> = self
-            .slots
-            .values()
-            .flat_map(|s| s.values().copied())
-            .collect();
-        let mut unused: Vec<u32> = self
-            .backends
-            .keys()
-            .filter(|id| !referenced.contains(id))
-            .copied()
-            .collect();
+        let mut unused: Vec<u32> = match scope {
+            None => {
+                let referenced: HashSet<u32> = self
+                    .slots
+                    .values()
+                    .flat_map(|s| s.values().copied())
+                    .collect();
+                self.backends
+                    .keys()
+                    .filter(|id| !referenced.contains(id))
+                    .copied()
+                    .collect()
+            }
+            // Only backends the scope used or wanted can have lost their last reference.
+            Some(scope) => {
+                scope_backends.extend(
+                    want_backends
+                        .keys()
+                        .filter_map(|a| self.backend_ids.get(a).copied()),
+                );
+                for key in scope {
+                    if let Some(s) = self
+                        .frontends
+                        .get(key)
+                        .and_then(|f| self.slots.get(&f.rev_nat_id))
+                    {
+                        for id in s.values() {
+                            scope_backends.remove(id);
+                        }
+                    }
+                }
+                if scope_backends.is_empty() {
+                    Vec::new()
+                } else {
+                    let referenced: HashSet<u32> = self
+                        .slots
+                        .values()
+                        .flat_map(|s| s.values().copied())
+                        .collect();
+                    scope_backends
+                        .into_iter()
+                        .filter(|id| self.backends.contains_key(id) && !referenced.contains(id))
+                        .collect()
+                }
+            }
+        };
         unused.sort();
         for id in unused {
             match store.backends().delete(&id) {
@@ -564,14 +827,14 @@ impl Reconciler {
         st.frontends = self.frontends.len();
         st.backends = self.backends.len();
         st.duration = start.elapsed();
-        if failures.is_empty() {
+        Some(if failures.is_empty() {
             Ok(st)
         } else {
             Err(SyncError {
                 stats: st,
                 failures,
             })
-        }
+        })
     }
 
     /// Program one frontend; returns whether anything was written.
@@ -581,7 +844,7 @@ impl Reconciler {
         key: &FrontendKey,
         d: &DesiredFrontend,
         ids: &[u32],
-        rev_in_use: &mut HashSet<u32>,
+        revs: &mut RevIds,
         st: &mut SyncStats,
     ) -> Result<bool, MapOpError> {
         let before = st.writes + st.deletes;
@@ -589,8 +852,15 @@ impl Reconciler {
         let rev = match existing {
             Some(f) => f.rev_nat_id,
             None => {
-                let id = alloc(&mut self.next_rev_nat_id, |id| rev_in_use.contains(&id));
-                rev_in_use.insert(id);
+                let id = alloc(&mut self.next_rev_nat_id, |id| {
+                    revs.in_use.contains(&id)
+                        || self.names.contains_key(&id)
+                        || self.revnat.contains_key(&id)
+                        || self.slots.contains_key(&id)
+                        || self.aff_match.contains_key(&id)
+                });
+                revs.in_use.insert(id);
+                revs.fresh.push(id);
                 id
             }
         };
@@ -940,6 +1210,187 @@ mod tests {
     fn run(r: &mut Reconciler, s: &mut MemStore, st: &ProxyState) -> SyncStats {
         r.sync(s, &desired(st, Some(Ipv4Addr::new(192, 168, 0, 1))))
             .expect("sync")
+    }
+
+    /// What the maps hold, to compare two stores.
+    fn contents(s: &MemStore) -> impl PartialEq + std::fmt::Debug {
+        fn sorted<K: Ord + Copy, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
+            let mut v: Vec<(K, V)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+            v.sort_by_key(|e| e.0);
+            v
+        }
+        let fe: Vec<_> = sorted(&s.frontends.m)
+            .into_iter()
+            .map(|(k, f)| {
+                (
+                    (k.addr, k.port, k.proto),
+                    (f.rev_nat_id, f.count, f.flags, f.affinity_timeout),
+                )
+            })
+            .collect();
+        let slots: Vec<_> = sorted(&s.slots.m)
+            .into_iter()
+            .map(|(k, id)| ((k.rev_nat_id, k.slot), id))
+            .collect();
+        let be: Vec<_> = sorted(&s.backends.m)
+            .into_iter()
+            .map(|(id, b)| (id, (b.addr, b.port, b.proto, b.flags)))
+            .collect();
+        let rn: Vec<_> = sorted(&s.revnat.m)
+            .into_iter()
+            .map(|(id, r)| (id, (r.addr, r.port)))
+            .collect();
+        let aff: Vec<_> = sorted(&s.aff_match.m)
+            .into_iter()
+            .map(|(k, _)| (k.rev_nat_id, k.backend_id))
+            .collect();
+        let names: Vec<_> = sorted(&s.names.m)
+            .into_iter()
+            .map(|(id, n)| (id, super::super::maps::name_from_bytes(&n)))
+            .collect();
+        (fe, slots, be, rn, aff, names)
+    }
+
+    /// The ports whose entries differ between two states.
+    fn diff(a: &ProxyState, b: &ProxyState) -> BTreeSet<ServicePortName> {
+        a.keys()
+            .chain(b.keys())
+            .filter(|k| a.get(k) != b.get(k))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_sync_of_changed_ports_touches_only_them_and_equals_a_full_sync() {
+        let node_ip = Some(Ipv4Addr::new(192, 168, 0, 1));
+        let mut st = ProxyState::new();
+        for i in 0..20u8 {
+            let mut s = svc(
+                &format!("s{i:02}"),
+                [10, 96, 0, i + 1],
+                80,
+                vec![
+                    ep([10, 244, 1, i + 1], 8080, false),
+                    ep([10, 244, 2, i + 1], 8080, i % 2 == 0),
+                ],
+            );
+            if i % 3 == 0 {
+                s.node_port = 30000 + u16::from(i);
+                s.external_local = i % 2 == 0;
+            }
+            if i % 4 == 0 {
+                s.affinity_timeout = Some(60);
+            }
+            st.insert(s.name.clone(), s);
+        }
+        // Scoped on one store, full on the other, with the same history.
+        let (mut scoped, mut scoped_store) = (Reconciler::default(), MemStore::new(1024));
+        let (mut full, mut full_store) = (Reconciler::default(), MemStore::new(1024));
+        scoped
+            .sync_changed(&mut scoped_store, &st, &BTreeSet::new(), node_ip)
+            .unwrap();
+        full.sync_state(&mut full_store, &st, node_ip).unwrap();
+        assert_eq!(contents(&scoped_store), contents(&full_store));
+
+        let name = |i: u8| svc(&format!("s{i:02}"), [0; 4], 0, vec![]).name;
+        type Step = Box<dyn Fn(&mut ProxyState)>;
+        let steps: Vec<Step> = vec![
+            // An endpoint replaced.
+            Box::new(move |st| {
+                st.get_mut(&name(1)).unwrap().endpoints[0] = ep([10, 244, 9, 1], 8080, false)
+            }),
+            // A backend shared with another service (its id is reused, not duplicated).
+            Box::new(move |st| {
+                st.get_mut(&name(2))
+                    .unwrap()
+                    .endpoints
+                    .push(ep([10, 244, 1, 4], 8080, false))
+            }),
+            // A service deleted, another added.
+            Box::new(move |st| {
+                st.remove(&name(5));
+                let s = svc(
+                    "t00",
+                    [10, 96, 1, 1],
+                    443,
+                    vec![ep([10, 244, 5, 5], 8443, false)],
+                );
+                st.insert(s.name.clone(), s);
+            }),
+            // A new ClusterIP and a NodePort added; affinity switched off.
+            Box::new(move |st| {
+                let s = st.get_mut(&name(7)).unwrap();
+                s.cluster_ip = Ipv4Addr::new(10, 96, 2, 7);
+                s.node_port = 31007;
+                st.get_mut(&name(8)).unwrap().affinity_timeout = None;
+            }),
+            // No endpoints left; the last reference to a backend gone.
+            Box::new(move |st| {
+                st.get_mut(&name(2)).unwrap().endpoints.clear();
+                st.get_mut(&name(4)).unwrap().endpoints.clear();
+            }),
+            // A local backend turned remote: falls back to a full sync, same result.
+            Box::new(move |st| {
+                st.get_mut(&name(6)).unwrap().endpoints[1].local = false;
+            }),
+            // A ClusterIP another (unchanged) service holds: full sync, same result.
+            Box::new(move |st| {
+                st.get_mut(&name(9)).unwrap().cluster_ip = Ipv4Addr::new(10, 96, 0, 11);
+            }),
+            // Back apart (the contested state is synced in full until it is gone).
+            Box::new(move |st| {
+                st.get_mut(&name(9)).unwrap().cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
+            }),
+        ];
+        for (i, step) in steps.iter().enumerate() {
+            let before = st.clone();
+            step(&mut st);
+            let changed = diff(&before, &st);
+            assert!(!changed.is_empty());
+            scoped
+                .sync_changed(&mut scoped_store, &st, &changed, node_ip)
+                .unwrap();
+            full.sync_state(&mut full_store, &st, node_ip).unwrap();
+            assert_eq!(contents(&scoped_store), contents(&full_store), "step {i}");
+            let owners = desired_owned(st.values(), node_ip).owners;
+            for sp in st.values() {
+                let key = fk(sp.cluster_ip.octets(), sp.port, PROTO_TCP);
+                if owners[&key] != sp.name {
+                    // Step 6: s09 took s10's ClusterIP (the first port in order wins).
+                    continue;
+                }
+                let want: BTreeSet<(u32, u16)> = sp
+                    .usable()
+                    .iter()
+                    .map(|e| be(e.ip.octets(), e.port))
+                    .collect();
+                let got: BTreeSet<(u32, u16)> =
+                    scoped_store.resolve(&key).unwrap().into_iter().collect();
+                assert_eq!(got, want, "step {i}: {}", sp.name);
+            }
+        }
+
+        // Only the changed ports are looked at: a frontend the mirror lost (so a full sync
+        // would write it again) stays as it is when another port changes.
+        let lost = fk([10, 96, 0, 13], 80, PROTO_TCP);
+        scoped.frontends.remove(&lost);
+        let before = st.clone();
+        st.get_mut(&name(1)).unwrap().endpoints[0] = ep([10, 244, 9, 2], 8080, false);
+        let writes = scoped_store.total_writes();
+        let stats = scoped
+            .sync_changed(&mut scoped_store, &st, &diff(&before, &st), node_ip)
+            .unwrap();
+        // The new backend, its slot (the old one's goes), and nothing of s12.
+        assert_eq!(scoped_store.total_writes() - writes, 2, "{stats:?}");
+        assert!(!scoped.frontends.contains_key(&lost));
+        // A full sync repairs it (under a new revNAT id: the mirror forgot the old one's
+        // frontend, the old id's entries are swept as orphans).
+        scoped.sync_state(&mut scoped_store, &st, node_ip).unwrap();
+        full.sync_state(&mut full_store, &st, node_ip).unwrap();
+        assert!(scoped.frontends.contains_key(&lost));
+        assert_eq!(scoped_store.resolve(&lost), full_store.resolve(&lost));
+        assert_eq!(scoped.counts(), full.counts());
+        assert_eq!(scoped_store.revnat.m.len(), full_store.revnat.m.len());
     }
 
     #[test]

@@ -515,6 +515,18 @@ impl Planner {
     /// the service ports that differ from the previous plan are looked at. The planner
     /// assumes the plan will be applied; if it is not, call [`Planner::reset`].
     pub fn plan(&mut self, state: &ProxyState, kernel: &Kernel, full: bool) -> Plan {
+        self.plan_changed(state, kernel, full, None)
+    }
+
+    /// [`Planner::plan`], given that only the service ports in `changed` may differ from the
+    /// previous plan's state (ignored with `full`): the others are not even compared.
+    pub fn plan_changed(
+        &mut self,
+        state: &ProxyState,
+        kernel: &Kernel,
+        full: bool,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Plan {
         let mut plan = Plan {
             nat: TablePlan::new(Table::Nat),
             filter: TablePlan::new(Table::Filter),
@@ -523,17 +535,27 @@ impl Planner {
         if full {
             self.reset();
         }
-        let mut dirty: Vec<ServicePortName> = state
-            .iter()
-            .filter(|(n, sp)| self.programmed.get(*n).is_none_or(|(p, _)| p != *sp))
-            .map(|(n, _)| n.clone())
-            .collect();
-        dirty.extend(
-            self.programmed
-                .keys()
-                .filter(|n| !state.contains_key(*n))
-                .cloned(),
-        );
+        let dirty: Vec<ServicePortName> = match changed.filter(|_| !full) {
+            Some(changed) => changed
+                .iter()
+                .filter(|n| self.programmed.get(*n).map(|(p, _)| p) != state.get(*n))
+                .cloned()
+                .collect(),
+            None => {
+                let mut dirty: Vec<ServicePortName> = state
+                    .iter()
+                    .filter(|(n, sp)| self.programmed.get(*n).is_none_or(|(p, _)| p != *sp))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                dirty.extend(
+                    self.programmed
+                        .keys()
+                        .filter(|n| !state.contains_key(*n))
+                        .cloned(),
+                );
+                dirty
+            }
+        };
 
         let mut gone: BTreeSet<String> = BTreeSet::new();
         for name in &dirty {
@@ -1038,6 +1060,45 @@ mod tests {
         assert!(payload.contains(&format!(":{old_sep} - [0:0]\n")));
         assert!(payload.ends_with(&format!("-X {old_sep}\nCOMMIT\n")));
         assert!(plan.conntrack.is_empty()); // TCP
+    }
+
+    #[test]
+    fn a_plan_of_changed_ports_looks_only_at_them() {
+        let mut p = Planner::default();
+        let mut k = builtins();
+        let mut st = state(
+            (0..20)
+                .map(|i| {
+                    sp(
+                        &format!("s{i}"),
+                        [10, 96, 0, i as u8],
+                        &[[10, 0, 1, i as u8]],
+                    )
+                })
+                .collect(),
+        );
+        step(&mut p, &mut k, &st, true);
+        let (s3, s4, s5) = (
+            spn("s3", Protocol::Tcp),
+            spn("s4", Protocol::Tcp),
+            spn("s5", Protocol::Tcp),
+        );
+        st.get_mut(&s3).unwrap().endpoints[0].ip = [10, 0, 9, 3].into();
+        st.get_mut(&s4).unwrap().endpoints[0].ip = [10, 0, 9, 4].into();
+        st.remove(&s5);
+        // Told about s3 and s5 only: s4's change waits (it is in no changed set yet).
+        let plan = p.plan_changed(&st, &k, false, Some(&[s3.clone(), s5.clone()].into()));
+        plan.nat.apply(&mut k.nat);
+        let rewritten: Vec<&str> = plan.nat.rewrite.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(rewritten.contains(&svc_chain(&s3).as_str()));
+        assert!(!rewritten.contains(&svc_chain(&s4).as_str()));
+        assert!(!k.nat.chains.contains_key(&svc_chain(&s5)));
+        assert_eq!(p.programmed().0, 19);
+        // A full comparison finds it.
+        let plan = step(&mut p, &mut k, &st, false);
+        let rewritten: Vec<&str> = plan.nat.rewrite.iter().map(|(c, _)| c.as_str()).collect();
+        assert!(rewritten.contains(&svc_chain(&s4).as_str()));
+        assert!(!rewritten.contains(&svc_chain(&s3).as_str()));
     }
 
     #[test]
