@@ -391,10 +391,9 @@ impl Cluster {
         self.state.node_command(node, cmd)
     }
 
-    /// A command to run inside the running container of `pod` (namespace `default`, its
-    /// first container) via `skiff-agent exec-in`: the container's namespaces, cgroup and
-    /// environment, so the service dataplane treats it as the pod.
-    pub fn pod_command(&self, pod: &str, cmd: &[&str]) -> Result<Command> {
+    /// The node and host pid of the running process of `pod`'s first container (its newest
+    /// instance, from the agent's state under the node's root dir).
+    pub fn container_pid(&self, pod: &str) -> Result<(String, i32)> {
         let node = self.jsonpath("pod", pod, ".spec.nodeName")?;
         let uid = self.jsonpath("pod", pod, ".metadata.uid")?;
         let container = self.jsonpath("pod", pod, ".spec.containers[0].name")?;
@@ -419,8 +418,17 @@ impl Cluster {
         )?;
         let pid = state["pid"]
             .as_i64()
-            .with_context(|| format!("no pid in {}", state_path.display()))?
-            .to_string();
+            .and_then(|p| i32::try_from(p).ok())
+            .with_context(|| format!("no pid in {}", state_path.display()))?;
+        Ok((node, pid))
+    }
+
+    /// A command to run inside the running container of `pod` (namespace `default`, its
+    /// first container) via `skiff-agent exec-in`: the container's namespaces, cgroup and
+    /// environment, so the service dataplane treats it as the pod.
+    pub fn pod_command(&self, pod: &str, cmd: &[&str]) -> Result<Command> {
+        let (node, pid) = self.container_pid(pod)?;
+        let pid = pid.to_string();
         let agent = agent_binary_path();
         let mut argv = vec![
             agent.to_str().context("agent path")?,

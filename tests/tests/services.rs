@@ -32,41 +32,8 @@ spec:
     )
 }
 
-/// Run `cmd` inside the running container `container` of `pod` (its namespaces and cgroup,
-/// so the service dataplane treats it as the pod), via `skiff-agent exec-in`.
-fn pod_exec_command(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Command> {
-    let node = c.jsonpath("pod", pod, ".spec.nodeName")?;
-    let uid = c.jsonpath("pod", pod, ".metadata.uid")?;
-    let container = c.jsonpath("pod", pod, ".spec.containers[0].name")?;
-    let dir = c
-        .node(&node)
-        .root_dir
-        .join("pods")
-        .join(&uid)
-        .join("containers")
-        .join(&container);
-    let n = std::fs::read_dir(&dir)?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .max()
-        .context("no container instance")?;
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join(n.to_string()).join("state.json"))?)?;
-    let pid = state["pid"].as_i64().context("pid")?.to_string();
-    let agent = skiff_tests::cluster::agent_binary_path();
-    let mut argv = vec![
-        agent.to_str().context("agent path")?,
-        "exec-in",
-        "--pid",
-        &pid,
-        "--",
-    ];
-    argv.extend_from_slice(cmd);
-    c.command(&node, &argv)
-}
-
 fn pod_exec(c: &Cluster, pod: &str, cmd: &[&str]) -> Result<std::process::Output> {
-    Ok(pod_exec_command(c, pod, cmd)?
+    Ok(c.pod_command(pod, cmd)?
         .stdin(std::process::Stdio::null())
         .output()?)
 }
@@ -196,7 +163,8 @@ fn pod_stream(
     pod: &str,
     cmd: &[&str],
 ) -> Result<(std::process::Child, mpsc::Receiver<String>)> {
-    let mut child = pod_exec_command(c, pod, cmd)?
+    let mut child = c
+        .pod_command(pod, cmd)?
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -448,7 +416,7 @@ spec:
     std::thread::sleep(Duration::from_secs(1));
     // Timed from spawning `skiff-agent exec-in`, after the kubectl look-ups of the pod.
     let timed = |cmd: &[&str]| -> Result<(std::process::Output, Duration)> {
-        let mut command = pod_exec_command(&c, "client", cmd)?;
+        let mut command = c.pod_command("client", cmd)?;
         command.stdin(Stdio::null());
         let t = Instant::now();
         let out = command.output()?;
@@ -657,7 +625,8 @@ spec:
         let script = format!(
             "for i in $(seq 150); do timeout 3 wget -q -O - {url} >/dev/null && echo ok || echo FAIL; sleep 0.05; done"
         );
-        let load = pod_exec_command(&c, "client", &["sh", "-c", &script])?
+        let load = c
+            .pod_command("client", &["sh", "-c", &script])?
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()?;

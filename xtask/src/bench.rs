@@ -49,6 +49,21 @@ pub fn bench_proxy(ws: &Workspace, extra: &[String]) -> Result<()> {
 }
 
 fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) -> Result<()> {
+    let mut command = vec![format!("cargo xtask {task}")];
+    command.extend(extra.iter().cloned());
+    build_and_run(ws, binary, out, &command.join(" "), extra)
+}
+
+/// Build the release control plane, agent and the benchmark `binary` of the tests crate, then
+/// run it against them; it writes its report to `out` (relative to the workspace) and names
+/// `command` there as the way to reproduce it.
+pub fn build_and_run(
+    ws: &Workspace,
+    binary: &str,
+    out: &str,
+    command: &str,
+    args: &[String],
+) -> Result<()> {
     run(cargo().current_dir(&ws.root).args([
         "build",
         "--release",
@@ -66,16 +81,13 @@ fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) 
         binary,
     ]))?;
     let release = ws.target.join("release");
-    let out = ws.root.join(out);
-    let mut command = vec![format!("cargo xtask {task}")];
-    command.extend(extra.iter().cloned());
     run(std::process::Command::new(release.join(binary))
         .current_dir(&ws.root)
         .env("SKIFF_CONTROL_BIN", release.join("skiff-control"))
         .env("SKIFF_AGENT_BIN", release.join("skiff-agent"))
         .arg("--out")
-        .arg(&out)
+        .arg(ws.root.join(out))
         .arg("--command")
-        .arg(command.join(" "))
-        .args(extra))
+        .arg(command)
+        .args(args))
 }

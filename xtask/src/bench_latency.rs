@@ -4,7 +4,6 @@
 use anyhow::Result;
 
 use crate::Workspace;
-use crate::cmd::{cargo, run};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -26,22 +25,6 @@ pub struct BenchArgs {
 }
 
 pub fn bench_latency(ws: &Workspace, args: &BenchArgs) -> Result<()> {
-    run(cargo().current_dir(&ws.root).args([
-        "build",
-        "--release",
-        "-p",
-        "skiff-control",
-        "-p",
-        "skiff-agent",
-        "-p",
-        "skiff-tests",
-        "--bin",
-        "skiff-control",
-        "--bin",
-        "skiff-agent",
-        "--bin",
-        "latency-bench",
-    ]))?;
     let mut options = vec![
         format!("--modes={}", args.modes),
         format!("--services={}", args.services),
@@ -54,14 +37,11 @@ pub fn bench_latency(ws: &Workspace, args: &BenchArgs) -> Result<()> {
         options.push(format!("--cpu={cpu}"));
     }
     let command = format!("cargo xtask bench {}", options.join(" "));
-    let release = ws.target.join("release");
-    run(std::process::Command::new(release.join("latency-bench"))
-        .current_dir(&ws.root)
-        .env("SKIFF_CONTROL_BIN", release.join("skiff-control"))
-        .env("SKIFF_AGENT_BIN", release.join("skiff-agent"))
-        .arg("--out")
-        .arg(ws.root.join("docs/benchmarks.md"))
-        .arg("--command")
-        .arg(command)
-        .args(&options))
+    crate::bench::build_and_run(
+        ws,
+        "latency-bench",
+        "docs/benchmarks.md",
+        &command,
+        &options,
+    )
 }

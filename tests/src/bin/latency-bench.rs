@@ -442,29 +442,7 @@ struct PodEntry {
 /// Open the namespaces and cgroup of `pod`'s first container (found by its pid in the agent's
 /// state under the node's root dir).
 fn pod_entry(c: &Cluster, pod: &str) -> Result<PodEntry> {
-    let node = c.jsonpath("pod", pod, ".spec.nodeName")?;
-    let uid = c.jsonpath("pod", pod, ".metadata.uid")?;
-    let container = c.jsonpath("pod", pod, ".spec.containers[0].name")?;
-    let dir = c
-        .node(&node)
-        .root_dir
-        .join("pods")
-        .join(&uid)
-        .join("containers")
-        .join(&container);
-    let instance = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .max()
-        .with_context(|| format!("no container instance in {}", dir.display()))?;
-    let state_path = dir.join(instance.to_string()).join("state.json");
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
-    )?;
-    let pid = state["pid"]
-        .as_i64()
-        .with_context(|| format!("no pid in {}", state_path.display()))?;
+    let (_, pid) = c.container_pid(pod)?;
     let open = |what: &str| {
         File::open(format!("/proc/{pid}/ns/{what}"))
             .with_context(|| format!("{pod}: container process {pid}: {what} namespace"))
