@@ -381,18 +381,9 @@ fn bring_up(
     std::fs::create_dir_all(state.cgroup_root.join(HOST_LEAF))
         .with_context(|| format!("creating cgroup {}", state.cgroup_root.display()))?;
     let mut agent = Command::new(ws.target.join("debug/skiff-agent"));
-    agent
-        .arg("run")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["--node-name", &state.node_name])
+    agent.arg("run").arg("--kubeconfig").arg(&kubeconfig);
+    node_args(&mut agent, state)
         .args(["--node-ip", &node_ip.to_string()])
-        .arg("--root-dir")
-        .arg(&state.agent_root)
-        .arg("--cgroup-root")
-        .arg(&state.cgroup_root)
-        .arg("--bpffs")
-        .arg(&state.bpffs)
         .args(["--proxy-mode", &args.proxy_mode]);
     let child = spawn_logged(&mut agent, &agent_log)?;
     state.agent_pid = child.id();
@@ -505,15 +496,8 @@ fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
     let agent = ws.target.join("debug/skiff-agent");
     if agent.exists() {
         let mut cleanup = Command::new(agent);
-        cleanup
-            .arg("cleanup")
-            .arg("--root-dir")
-            .arg(&state.agent_root)
-            .arg("--cgroup-root")
-            .arg(&state.cgroup_root)
-            .arg("--bpffs")
-            .arg(&state.bpffs)
-            .args(["--node-name", &state.node_name]);
+        cleanup.arg("cleanup");
+        node_args(&mut cleanup, state);
         if let Err(e) = run(&mut cleanup) {
             errors.push(format!("{e:#}"));
         }
@@ -558,6 +542,17 @@ fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(state_path);
     Ok(())
+}
+
+/// The flags that name the node's state to `skiff-agent run` and `cleanup` alike.
+fn node_args<'a>(cmd: &'a mut Command, state: &UpState) -> &'a mut Command {
+    cmd.args(["--node-name", &state.node_name])
+        .arg("--root-dir")
+        .arg(&state.agent_root)
+        .arg("--cgroup-root")
+        .arg(&state.cgroup_root)
+        .arg("--bpffs")
+        .arg(&state.bpffs)
 }
 
 fn read_sysctl(path: &str) -> Result<String> {

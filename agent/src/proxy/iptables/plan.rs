@@ -928,6 +928,15 @@ mod tests {
         sps.into_iter().map(|s| (s.name.clone(), s)).collect()
     }
 
+    /// Services `s0`…`s<n-1>` at 10.96.0.<i>, each with one endpoint 10.0.1.<i>.
+    fn numbered(n: u8) -> ProxyState {
+        state(
+            (0..n)
+                .map(|i| sp(&format!("s{i}"), [10, 96, 0, i], &[[10, 0, 1, i]]))
+                .collect(),
+        )
+    }
+
     /// Plan, then apply as a successful restore would.
     fn step(p: &mut Planner, k: &mut Kernel, st: &ProxyState, full: bool) -> Plan {
         let plan = p.plan(st, k, full);
@@ -1066,17 +1075,7 @@ mod tests {
     fn a_plan_of_changed_ports_looks_only_at_them() {
         let mut p = Planner::default();
         let mut k = builtins();
-        let mut st = state(
-            (0..20)
-                .map(|i| {
-                    sp(
-                        &format!("s{i}"),
-                        [10, 96, 0, i as u8],
-                        &[[10, 0, 1, i as u8]],
-                    )
-                })
-                .collect(),
-        );
+        let mut st = numbered(20);
         step(&mut p, &mut k, &st, true);
         let (s3, s4, s5) = (
             spn("s3", Protocol::Tcp),
@@ -1105,17 +1104,7 @@ mod tests {
     fn service_add_and_remove_edit_kube_services() {
         let mut p = Planner::default();
         let mut k = builtins();
-        let mut st = state(
-            (0..200)
-                .map(|i| {
-                    sp(
-                        &format!("s{i}"),
-                        [10, 96, 0, i as u8],
-                        &[[10, 0, 1, i as u8]],
-                    )
-                })
-                .collect(),
-        );
+        let mut st = numbered(200);
         step(&mut p, &mut k, &st, true);
         // Remove s3, add n1.
         st.remove(&spn("s3", Protocol::Tcp));
@@ -1154,17 +1143,7 @@ mod tests {
     fn many_deletions_go_by_position() {
         let mut p = Planner::default();
         let mut k = builtins();
-        let mut st = state(
-            (0..200)
-                .map(|i| {
-                    sp(
-                        &format!("s{i}"),
-                        [10, 96, 0, i as u8],
-                        &[[10, 0, 1, i as u8]],
-                    )
-                })
-                .collect(),
-        );
+        let mut st = numbered(200);
         step(&mut p, &mut k, &st, true);
         for i in (0..200).step_by(10) {
             st.remove(&spn(&format!("s{i}"), Protocol::Tcp));
