@@ -27,6 +27,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc, needed to build the etcd-client crate",
     ),
+    (
+        "libprotobuf-dev",
+        "the well-known .proto includes (google/protobuf/descriptor.proto) that etcd-client's \
+         build script compiles against; not pulled in by protobuf-compiler without recommends",
+    ),
     ("iptables", "the agent's iptables proxy mode and its tests"),
     (
         "nftables",
