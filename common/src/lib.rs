@@ -1,3 +1,4 @@
 //! Pieces shared by skiff's control plane and node agent.
 pub mod events;
+pub mod selector;
 pub mod tls;

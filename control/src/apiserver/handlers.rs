@@ -191,7 +191,7 @@ impl Handler {
                 let obj = self.registry.get(info, ns, name).await?;
                 Ok(json_response(
                     StatusCode::OK,
-                    &Registry::scale_of(info, &obj),
+                    &Registry::scale_of(info, &obj)?,
                 ))
             }
             (Method::POST, None, None) => {

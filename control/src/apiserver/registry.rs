@@ -712,8 +712,9 @@ impl Registry {
         .await
     }
 
-    /// The `scale` subresource of a Deployment or ReplicaSet, as autoscaling/v1 `Scale`.
-    pub fn scale_of(info: &ResourceInfo, obj: &Value) -> Value {
+    /// The `scale` subresource of a Deployment or ReplicaSet, as autoscaling/v1 `Scale`; a
+    /// selector kube cannot convert is a 400, as kube-apiserver's scale subresource has it.
+    pub fn scale_of(info: &ResourceInfo, obj: &Value) -> ApiResult<Value> {
         let selector = obj
             .pointer("/spec/selector")
             .and_then(|s| serde_json::from_value(s.clone()).ok())
@@ -722,9 +723,10 @@ impl Registry {
                     selector_string(&s)
                 },
             )
+            .transpose()?
             .unwrap_or_default();
         let _ = info;
-        json!({
+        Ok(json!({
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
             "metadata": {
@@ -739,7 +741,7 @@ impl Registry {
                 "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
                 "selector": selector,
             },
-        })
+        }))
     }
 
     /// PUT or PATCH of `scale`: `scale` turns the current Scale into the desired one.
@@ -756,7 +758,7 @@ impl Registry {
     {
         let written = self
             .guaranteed_update(info, ns, name, None, opts, None, |cur| {
-                let desired = scale(&Self::scale_of(info, cur))?;
+                let desired = scale(&Self::scale_of(info, cur)?)?;
                 let replicas = desired.pointer("/spec/replicas").ok_or_else(|| {
                     ApiError::invalid(
                         "autoscaling",
@@ -792,7 +794,7 @@ impl Registry {
                 Ok(new)
             })
             .await?;
-        Ok(Self::scale_of(info, &written.object))
+        Self::scale_of(info, &written.object)
     }
 
     /// `pods/binding`: assign a pod to a node (what the scheduler does).
@@ -1237,27 +1239,13 @@ fn normalize(
     Ok(messages)
 }
 
-/// `app=web,tier in (a,b)` for a LabelSelector, as kube prints it.
+/// `app=web,tier in (a,b)` for a LabelSelector, as kube prints it. A selector kube cannot
+/// convert (an unknown operator, `In` without values, `Exists` with values) is a 400, never
+/// a text that leaves the bad requirement out and so selects more.
 pub fn selector_string(
     sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in sel.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            _ => continue,
-        });
-    }
-    parts.join(",")
+) -> ApiResult<String> {
+    skiff_common::selector::selector_string(sel).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn encode_continue(revision: Revision, key: &str, prefix: &str) -> String {
@@ -1343,6 +1331,35 @@ mod tests {
         let sel = serde_json::from_value(json!({"matchLabels": {"app": "web"},
             "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}))
         .unwrap();
-        assert_eq!(selector_string(&sel), "app=web,tier in (a,b)");
+        assert_eq!(selector_string(&sel).unwrap(), "app=web,tier in (a,b)");
+    }
+
+    #[test]
+    fn unknown_selector_operators_are_bad_requests_not_wider_selectors() {
+        let sel = serde_json::from_value(json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "Foo", "values": ["a"]}]}))
+        .unwrap();
+        let err = selector_string(&sel).unwrap_err();
+        assert_eq!((err.code, err.reason), (400, "BadRequest"));
+        assert_eq!(
+            err.message,
+            r#""Foo" is not a valid label selector operator"#
+        );
+        let empty_in = serde_json::from_value(json!({
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": []}]}))
+        .unwrap();
+        assert_eq!(selector_string(&empty_in).unwrap_err().code, 400);
+
+        // The scale subresource of an object with such a selector is a 400 too.
+        let deps = resources::lookup("apps", "v1", "deployments").unwrap();
+        let d = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2, "selector":
+            {"matchExpressions": [{"key": "tier", "operator": "Foo", "values": ["a"]}]}}});
+        assert_eq!(Registry::scale_of(deps, &d).unwrap_err().code, 400);
+        let ok = json!({"metadata": {"name": "d"}, "spec": {"replicas": 2, "selector":
+            {"matchLabels": {"app": "web"}}}});
+        assert_eq!(
+            Registry::scale_of(deps, &ok).unwrap()["status"]["selector"],
+            "app=web"
+        );
     }
 }

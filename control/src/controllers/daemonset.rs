@@ -265,7 +265,20 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
     // Pods straight from the API, not the cache: acting on a stale view would put two
     // daemons on a node.
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = crate::apiserver::registry::selector_string(&spec.selector);
+    // A selector kube cannot convert selects nothing: listing without the requirement we
+    // cannot express would take over other pods.
+    let selector = match skiff_common::selector::selector_string(&spec.selector) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                daemonset = %name,
+                namespace = %ns,
+                error = %e,
+                "invalid selector; not syncing"
+            );
+            return Ok(runtime::done(ds.as_ref(), &ctx));
+        }
+    };
     let listed = pods_api
         .list(&ListParams::default().labels(&selector))
         .await?;
@@ -583,8 +596,8 @@ mod tests {
                                  {"key": "old", "operator": "DoesNotExist"}]}))
             .unwrap();
         assert_eq!(
-            crate::apiserver::registry::selector_string(&sel),
-            "app=x,tier in (a,b),!old"
+            skiff_common::selector::selector_string(&sel).unwrap(),
+            "app=x,!old,tier in (a,b)"
         );
         assert_eq!(scaled(&IntOrString::String("10%".into()), 15), 2);
     }

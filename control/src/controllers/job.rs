@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use super::Context;
 use super::endpoints::deletions;
 use super::runtime::{self, Result};
-use crate::apiserver::registry::selector_string;
+use skiff_common::selector::selector_string;
 
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
@@ -133,12 +133,26 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>, clock: Arc<FailureClock>) -
     let Some(selector) = spec.selector.as_ref() else {
         return Ok(runtime::done(job.as_ref(), &ctx));
     };
+    // A selector kube cannot convert selects nothing: listing without the requirement we
+    // cannot express would adopt and count pods that are not the job's.
+    let selector = match selector_string(selector) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                job = %name,
+                namespace = %ns,
+                error = %e,
+                "invalid selector; not syncing"
+            );
+            return Ok(runtime::done(job.as_ref(), &ctx));
+        }
+    };
     let now = runtime::now();
 
     // Pods straight from the API: a stale cache would start too many.
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default().labels(&selector_string(selector)))
+        .list(&ListParams::default().labels(&selector))
         .await?
         .items
         .into_iter()
