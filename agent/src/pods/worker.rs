@@ -1088,40 +1088,13 @@ fn limits_of(c: &Container) -> Limits {
     let limits = res.and_then(|r| r.limits.as_ref());
     let requests = res.and_then(|r| r.requests.as_ref());
     Limits {
-        memory_bytes: get(limits, "memory")
-            .and_then(|q| parse_quantity(&q))
-            .map(|v| v as u64),
-        cpu_millis: get(limits, "cpu")
-            .and_then(|q| parse_quantity(&q))
-            .map(|v| (v * 1000.0).ceil() as u64),
+        // The scheduler's exact parser, rounded up as kubelet's Value()/MilliValue() are:
+        // bytes and millicores.
+        memory_bytes: get(limits, "memory").and_then(|q| skiff_common::quantity::parse_value(&q)),
+        cpu_millis: get(limits, "cpu").and_then(|q| skiff_common::quantity::parse_milli_value(&q)),
         cpu_request_millis: get(requests, "cpu")
-            .and_then(|q| parse_quantity(&q))
-            .map(|v| (v * 1000.0).ceil() as u64),
+            .and_then(|q| skiff_common::quantity::parse_milli_value(&q)),
     }
-}
-
-/// A Kubernetes quantity ("128Mi", "0.5", "500m", "1e3") as a number of base units.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let value: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some(value * mult)
 }
 
 /// Remove a pod found on disk that the API no longer has: kill what runs, drop its network
@@ -1163,13 +1136,27 @@ mod tests {
     }
 
     #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity("128Mi"), Some(134217728.0));
-        assert_eq!(parse_quantity("500m"), Some(0.5));
-        assert_eq!(parse_quantity("2"), Some(2.0));
-        assert_eq!(parse_quantity("1e3"), Some(1000.0));
-        assert_eq!(parse_quantity("1G"), Some(1e9));
-        assert_eq!(parse_quantity("x"), None);
+    fn limits_read_quantities_exactly() {
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "c",
+            "resources": {"limits": {"memory": "1Pi", "cpu": "1500u"},
+                          "requests": {"cpu": "250m"}}}))
+        .unwrap();
+        let l = limits_of(&c);
+        assert_eq!(l.memory_bytes, Some(1 << 50));
+        assert_eq!(l.cpu_millis, Some(2)); // 1.5 millicores round up
+        assert_eq!(l.cpu_request_millis, Some(250));
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "c",
+            "resources": {"limits": {"memory": "2Ei", "cpu": "1n"}}}))
+        .unwrap();
+        let l = limits_of(&c);
+        assert_eq!(l.memory_bytes, Some(2 << 60));
+        assert_eq!(l.cpu_millis, Some(1));
+        let c: Container = serde_json::from_value(serde_json::json!({"name": "c",
+            "resources": {"limits": {"memory": "128Mi", "cpu": "x"}}}))
+        .unwrap();
+        let l = limits_of(&c);
+        assert_eq!(l.memory_bytes, Some(128 << 20));
+        assert_eq!(l.cpu_millis, None);
     }
 
     #[test]

@@ -12,77 +12,8 @@ pub const DEFAULT_MILLI_CPU: i64 = 100;
 /// What kube assumes a container without a memory request uses, for scoring (200Mi).
 pub const DEFAULT_MEMORY: i64 = 200 * 1024 * 1024;
 
-/// A quantity in thousandths of its unit, rounded up (as `MilliValue`); `None` if malformed.
-pub fn parse_millis(s: &str) -> Option<i128> {
-    let s = s.trim();
-    let (negative, rest) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
-    let (number, suffix) = rest.split_at(end);
-    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
-    if (int.is_empty() && frac.is_empty()) || frac.contains('.') || int.len() + frac.len() > 30 {
-        return None;
-    }
-    let mantissa: i128 = format!("{int}{frac}").parse().ok()?;
-    let mut exp10 = 3 - i32::try_from(frac.len()).ok()?;
-    let mut exp2 = 0u32;
-    match suffix {
-        "" => {}
-        "n" => exp10 -= 9,
-        "u" => exp10 -= 6,
-        "m" => exp10 -= 3,
-        "k" => exp10 += 3,
-        "M" => exp10 += 6,
-        "G" => exp10 += 9,
-        "T" => exp10 += 12,
-        "P" => exp10 += 15,
-        "E" => exp10 += 18,
-        "Ki" => exp2 = 10,
-        "Mi" => exp2 = 20,
-        "Gi" => exp2 = 30,
-        "Ti" => exp2 = 40,
-        "Pi" => exp2 = 50,
-        "Ei" => exp2 = 60,
-        e if e.starts_with(['e', 'E']) => {
-            let e: i32 = e[1..].parse().ok()?;
-            if e.abs() > 40 {
-                return None;
-            }
-            exp10 += e;
-        }
-        _ => return None,
-    }
-    let mut v = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
-    if exp10 >= 0 {
-        v = v.checked_mul(10i128.checked_pow(exp10.unsigned_abs())?)?;
-    } else {
-        match 10i128.checked_pow(exp10.unsigned_abs()) {
-            // Round up, as kube does.
-            Some(d) => v = v / d + i128::from(v % d != 0),
-            None => v = i128::from(v != 0),
-        }
-    }
-    Some(if negative { -v } else { v })
-}
-
-fn clamp(v: i128) -> i64 {
-    i64::try_from(v.max(0)).unwrap_or(i64::MAX)
-}
-
-/// Millicores (or thousandths of any unit); malformed or negative is 0.
-pub fn milli_value(q: &Quantity) -> i64 {
-    parse_millis(&q.0).map_or(0, clamp)
-}
-
-/// Whole units, rounded up (bytes of memory, a count of pods); malformed or negative is 0.
-pub fn value(q: &Quantity) -> i64 {
-    parse_millis(&q.0).map_or(0, |m| clamp(m / 1000 + i128::from(m % 1000 > 0)))
-}
+// One exact quantity parser for the scheduler and the node agent.
+pub use skiff_common::quantity::{milli_value, parse_millis, value};
 
 /// Amounts of the resources every node has.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -330,32 +261,12 @@ mod tests {
 
     #[test]
     fn quantities() {
-        let m = |s: &str| parse_millis(s);
-        assert_eq!(m("100m"), Some(100));
-        assert_eq!(m("1"), Some(1000));
-        assert_eq!(m("1.5"), Some(1500));
-        assert_eq!(m("0.1"), Some(100));
-        assert_eq!(m(".5"), Some(500));
-        assert_eq!(m("128Mi"), Some(128 * 1024 * 1024 * 1000));
-        assert_eq!(m("1Gi"), Some(1024 * 1024 * 1024 * 1000));
-        assert_eq!(m("1G"), Some(1_000_000_000_000));
-        assert_eq!(m("500M"), Some(500_000_000_000));
-        assert_eq!(m("1e3"), Some(1_000_000));
-        assert_eq!(m("1E3"), Some(1_000_000));
-        assert_eq!(m("2E"), Some(2_000_000_000_000_000_000_000));
-        assert_eq!(m("1k"), Some(1_000_000));
-        assert_eq!(m("1.5Ki"), Some(1536 * 1000));
-        assert_eq!(m("1u"), Some(1)); // rounded up
-        assert_eq!(m("250n"), Some(1));
-        assert_eq!(m("0"), Some(0));
-        assert_eq!(m("-1"), Some(-1000));
-        for bad in ["", "abc", "1.2.3", "1Xi", "m", "1e", "1e999", "."] {
-            assert_eq!(m(bad), None, "{bad}");
-        }
+        // The parser is skiff_common::quantity's (tested there); what the scheduler reads.
+        assert_eq!(milli_value(&Quantity("100m".into())), 100);
+        assert_eq!(value(&Quantity("1Pi".into())), 1 << 50);
         assert_eq!(value(&Quantity("1.5".into())), 2);
-        assert_eq!(value(&Quantity("1Ei".into())), 1 << 60);
-        assert_eq!(value(&Quantity("100Ei".into())), i64::MAX); // saturates
         assert_eq!(milli_value(&Quantity("garbage".into())), 0);
+        assert_eq!(parse_millis("250n"), Some(1));
     }
 
     #[test]
