@@ -12,6 +12,7 @@ use skiff_agent::config::AgentConfig;
 use skiff_agent::image::ImageStore;
 use skiff_agent::network::Ipv4Net;
 use skiff_agent::runtime;
+use skiff_common::duration::seconds_or_duration;
 
 #[derive(Parser)]
 #[command(
@@ -171,21 +172,23 @@ struct RunArgs {
     cluster_dns: Option<Ipv4Addr>,
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
-    /// First CrashLoopBackOff delay, seconds (doubles per restart).
-    #[arg(long, default_value_t = 10.0)]
-    crashloop_backoff_initial: f64,
-    /// CrashLoopBackOff cap, seconds.
-    #[arg(long, default_value_t = 300.0)]
-    crashloop_backoff_max: f64,
+    /// First CrashLoopBackOff delay (doubles per restart): a duration (`10s`, `500ms`) or
+    /// bare seconds.
+    #[arg(long, default_value = "10s", value_parser = seconds_or_duration)]
+    crashloop_backoff_initial: Duration,
+    /// CrashLoopBackOff cap: a duration (`5m`) or bare seconds.
+    #[arg(long, default_value = "5m", value_parser = seconds_or_duration)]
+    crashloop_backoff_max: Duration,
     /// Rotate a container log file beyond this size (bytes).
     #[arg(long, default_value_t = 10 << 20)]
     container_log_max_size: u64,
     /// Log files kept per container instance.
     #[arg(long, default_value_t = 5)]
     container_log_max_files: usize,
-    /// Seconds between Lease renewals and node status updates.
-    #[arg(long, default_value_t = 10)]
-    node_status_update_seconds: u64,
+    /// Time between Lease renewals and node status updates (at least 1 s): a duration
+    /// (`10s`, `1m`) or bare seconds.
+    #[arg(long, default_value = "10s", value_parser = seconds_or_duration)]
+    node_status_update_seconds: Duration,
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
     /// Serve Prometheus metrics (proxy syncs, programmed services) on this address over
@@ -283,12 +286,12 @@ fn tokio_main(cmd: Command) -> Result<()> {
                     proxy_mode: a.proxy_mode,
                     cluster_dns: a.cluster_dns,
                     cluster_domain: a.cluster_domain,
-                    backoff_initial: Duration::from_secs_f64(a.crashloop_backoff_initial.max(0.0)),
-                    backoff_max: Duration::from_secs_f64(a.crashloop_backoff_max.max(0.0)),
+                    backoff_initial: a.crashloop_backoff_initial,
+                    backoff_max: a.crashloop_backoff_max,
                     log_max_size: a.container_log_max_size,
                     log_max_files: a.container_log_max_files.max(1),
                     lease_duration_seconds: 40,
-                    heartbeat_interval: Duration::from_secs(a.node_status_update_seconds.max(1)),
+                    heartbeat_interval: a.node_status_update_seconds.max(Duration::from_secs(1)),
                     max_pods: a.max_pods,
                     bpf_map_sizes: (&a.bpf_maps).into(),
                     metrics_address: if a.metrics_bind_address.is_empty() {
@@ -384,4 +387,65 @@ fn tokio_main(cmd: Command) -> Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = ["skiff-agent", "run", "--kubeconfig", "k"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}")) {
+            Cli {
+                command: Command::Run(a),
+            } => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn duration_flags_take_kube_durations_and_bare_seconds() {
+        let a = run_args(&[]);
+        assert_eq!(a.crashloop_backoff_initial, Duration::from_secs(10));
+        assert_eq!(a.crashloop_backoff_max, Duration::from_secs(300));
+        assert_eq!(a.node_status_update_seconds, Duration::from_secs(10));
+
+        let a = run_args(&[
+            "--crashloop-backoff-initial=500ms",
+            "--crashloop-backoff-max=1h30m",
+            "--node-status-update-seconds=1m",
+        ]);
+        assert_eq!(a.crashloop_backoff_initial, Duration::from_millis(500));
+        assert_eq!(a.crashloop_backoff_max, Duration::from_secs(5400));
+        assert_eq!(a.node_status_update_seconds, Duration::from_secs(60));
+
+        // Bare numbers are seconds, as before (fractions too, for the backoffs).
+        let a = run_args(&[
+            "--crashloop-backoff-initial",
+            "2.5",
+            "--crashloop-backoff-max=30",
+            "--node-status-update-seconds",
+            "2",
+        ]);
+        assert_eq!(a.crashloop_backoff_initial, Duration::from_millis(2500));
+        assert_eq!(a.crashloop_backoff_max, Duration::from_secs(30));
+        assert_eq!(a.node_status_update_seconds, Duration::from_secs(2));
+
+        let err = Cli::try_parse_from([
+            "skiff-agent",
+            "run",
+            "--kubeconfig",
+            "k",
+            "--crashloop-backoff-max=3d",
+        ])
+        .err()
+        .expect("3d is not a duration")
+        .to_string();
+        assert!(
+            err.contains(r#"time: unknown unit "d" in duration "3d""#),
+            "{err}"
+        );
+    }
 }

@@ -1,4 +1,5 @@
 //! Pieces shared by skiff's control plane and node agent.
+pub mod duration;
 pub mod events;
 pub mod quantity;
 pub mod selector;

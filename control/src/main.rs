@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use skiff_common::duration::seconds_or_duration;
 use skiff_control::apiserver::admission::{Ipv4Cidr, PortRange};
 use skiff_control::apiserver::{ApiConfig, ApiServer};
 use skiff_control::controllers::leader::{LeaderElectionConfig, LeaderElector};
@@ -55,12 +56,13 @@ struct Flags {
     /// Where to write the admin kubeconfig (default: <data-dir>/admin.kubeconfig).
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
-    /// How often store history is compacted, in seconds.
-    #[arg(long, default_value_t = 300)]
-    compaction_interval_seconds: u64,
-    /// How long events are kept, in seconds.
-    #[arg(long, default_value_t = 3600)]
-    event_ttl_seconds: u64,
+    /// How often store history is compacted: a duration (`5m`, `1h`) or bare seconds.
+    #[arg(long, default_value = "5m", value_parser = seconds_or_duration)]
+    compaction_interval_seconds: Duration,
+    /// How long events are kept: a duration (`1h`, `90m`) or bare seconds (kube-apiserver's
+    /// `--event-ttl`).
+    #[arg(long, alias = "event-ttl", default_value = "1h", value_parser = seconds_or_duration)]
+    event_ttl_seconds: Duration,
     /// Controllers (and the scheduler) to run: `*` for all, `-name` to drop one, e.g.
     /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, namespace,
     /// nodeipam, nodelifecycle, replicaset, deployment, daemonset, job, endpoints,
@@ -71,24 +73,27 @@ struct Flags {
     /// kube-system, so several skiff-control processes on one etcd share the work safely.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// How long a leader's lease is valid without renewal (seconds).
-    #[arg(long, default_value_t = 15)]
-    leader_elect_lease_duration: u64,
-    /// How long the leader keeps trying to renew before it stops working (seconds).
-    #[arg(long, default_value_t = 10)]
-    leader_elect_renew_deadline: u64,
-    /// How often leaders renew and candidates retry (seconds).
-    #[arg(long, default_value_t = 2)]
-    leader_elect_retry_period: u64,
+    /// How long a leader's lease is valid without renewal: a duration or bare seconds.
+    #[arg(long, default_value = "15s", value_parser = seconds_or_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops working: a duration or bare
+    /// seconds.
+    #[arg(long, default_value = "10s", value_parser = seconds_or_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often leaders renew and candidates retry: a duration or bare seconds.
+    #[arg(long, default_value = "2s", value_parser = seconds_or_duration)]
+    leader_elect_retry_period: Duration,
     /// Size of the podCIDR each node gets from --cluster-cidr.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
-    /// A node whose Lease is not renewed for this long becomes Ready=Unknown (seconds).
-    #[arg(long, default_value_t = 40)]
-    node_monitor_grace_period: u64,
-    /// Pods on an unready node are evicted after this long (seconds).
-    #[arg(long, default_value_t = 300)]
-    pod_eviction_timeout: u64,
+    /// A node whose Lease is not renewed for this long becomes Ready=Unknown: a duration
+    /// (`40s`, `10m`) or bare seconds.
+    #[arg(long, default_value = "40s", value_parser = seconds_or_duration)]
+    node_monitor_grace_period: Duration,
+    /// Pods on an unready node are evicted after this long: a duration (`5m`) or bare
+    /// seconds.
+    #[arg(long, default_value = "5m", value_parser = seconds_or_duration)]
+    pod_eviction_timeout: Duration,
 }
 
 fn main() -> Result<()> {
@@ -130,8 +135,10 @@ async fn run(flags: Flags) -> Result<()> {
     if let Some(path) = flags.kubeconfig_out {
         config.kubeconfig_out = path;
     }
-    config.compaction_interval = Duration::from_secs(flags.compaction_interval_seconds.max(1));
-    config.event_ttl = Duration::from_secs(flags.event_ttl_seconds);
+    config.compaction_interval = flags
+        .compaction_interval_seconds
+        .max(Duration::from_secs(1));
+    config.event_ttl = flags.event_ttl_seconds;
     let kubeconfig = config.kubeconfig_out.clone();
     let server = ApiServer::start(config, store).await?;
     tracing::info!(
@@ -143,8 +150,8 @@ async fn run(flags: Flags) -> Result<()> {
         enabled: flags.controllers.clone(),
         cluster_cidr: flags.cluster_cidr,
         node_cidr_mask_size: flags.node_cidr_mask_size,
-        node_monitor_grace_period: Duration::from_secs(flags.node_monitor_grace_period),
-        pod_eviction_timeout: Duration::from_secs(flags.pod_eviction_timeout),
+        node_monitor_grace_period: flags.node_monitor_grace_period,
+        pod_eviction_timeout: flags.pod_eviction_timeout,
         ..ControllerConfig::default()
     };
     let result = if controller_config.enabled.is_empty() {
@@ -157,9 +164,9 @@ async fn run(flags: Flags) -> Result<()> {
         if flags.leader_elect {
             let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
             let mut election = LeaderElectionConfig::new("kube-controller-manager", &identity);
-            election.lease_duration = Duration::from_secs(flags.leader_elect_lease_duration);
-            election.renew_deadline = Duration::from_secs(flags.leader_elect_renew_deadline);
-            election.retry_period = Duration::from_secs(flags.leader_elect_retry_period);
+            election.lease_duration = flags.leader_elect_lease_duration;
+            election.renew_deadline = flags.leader_elect_renew_deadline;
+            election.retry_period = flags.leader_elect_retry_period;
             let mut elector = LeaderElector::new(client, election);
             tokio::select! {
                 r = elector.run(work) => r.map_err(anyhow::Error::from),
@@ -200,5 +207,61 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Flags {
+        let argv = std::iter::once("skiff-control").chain(args.iter().copied());
+        Flags::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn duration_flags_take_kube_durations_and_bare_seconds() {
+        let f = parse(&[]);
+        assert_eq!(f.node_monitor_grace_period, Duration::from_secs(40));
+        assert_eq!(f.pod_eviction_timeout, Duration::from_secs(300));
+        assert_eq!(f.compaction_interval_seconds, Duration::from_secs(300));
+        assert_eq!(f.event_ttl_seconds, Duration::from_secs(3600));
+        assert_eq!(f.leader_elect_lease_duration, Duration::from_secs(15));
+        assert_eq!(f.leader_elect_renew_deadline, Duration::from_secs(10));
+        assert_eq!(f.leader_elect_retry_period, Duration::from_secs(2));
+
+        let f = parse(&[
+            "--node-monitor-grace-period=10m",
+            "--pod-eviction-timeout=1h30m",
+            "--compaction-interval-seconds=90s",
+            "--event-ttl=1.5h",
+            "--leader-elect-lease-duration=1m",
+            "--leader-elect-renew-deadline=40s",
+            "--leader-elect-retry-period=500ms",
+        ]);
+        assert_eq!(f.node_monitor_grace_period, Duration::from_secs(600));
+        assert_eq!(f.pod_eviction_timeout, Duration::from_secs(5400));
+        assert_eq!(f.compaction_interval_seconds, Duration::from_secs(90));
+        assert_eq!(f.event_ttl_seconds, Duration::from_secs(5400));
+        assert_eq!(f.leader_elect_lease_duration, Duration::from_secs(60));
+        assert_eq!(f.leader_elect_renew_deadline, Duration::from_secs(40));
+        assert_eq!(f.leader_elect_retry_period, Duration::from_millis(500));
+
+        // Bare numbers are seconds, as before.
+        let f = parse(&[
+            "--node-monitor-grace-period",
+            "8",
+            "--pod-eviction-timeout",
+            "5",
+            "--event-ttl-seconds=60",
+        ]);
+        assert_eq!(f.node_monitor_grace_period, Duration::from_secs(8));
+        assert_eq!(f.pod_eviction_timeout, Duration::from_secs(5));
+        assert_eq!(f.event_ttl_seconds, Duration::from_secs(60));
+
+        let err = Flags::try_parse_from(["skiff-control", "--node-monitor-grace-period=soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#"time: invalid duration "soon""#), "{err}");
     }
 }
