@@ -414,6 +414,37 @@ fn socket_lb_end_to_end() {
     );
     dp.sync(&state).unwrap();
 
+    // Session affinity expiry (the NodePort test runs the same case on its path).
+    let expiry_state = |eps: &[Ipv4Addr]| {
+        let mut st = state.clone();
+        let mut s = service("expiry", Protocol::Tcp, VIP_EXPIRY, 80, TCP_PORT, eps);
+        s.affinity_timeout = Some(AFF_TIMEOUT);
+        st.insert(s.name.clone(), s);
+        st
+    };
+    let dial = |n: usize| -> Vec<Option<Ipv4Addr>> {
+        let prefix = format!("tcp {VIP_EXPIRY}:80 ");
+        env.client(&format!("tcp {VIP_EXPIRY}:80 {n}"))
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|who| match who {
+                "A" => Some(BACKEND_A),
+                "B" => Some(BACKEND_B),
+                _ => None,
+            })
+            .collect()
+    };
+    affinity_expiry_case(
+        "socket",
+        &mut dp,
+        &env.bpffs,
+        "lbtest/expiry",
+        [BACKEND_A, BACKEND_B],
+        expiry_state,
+        dial,
+    );
+    dp.sync(&state).unwrap();
+
     // Agent restart under traffic: drop the dataplane, re-open from the pins, sync the same
     // state. The programs are swapped into the same links (no duplicates) and no request fails.
     let links_before: Vec<u32> = cgroup_links(&env.cgroup).iter().map(|l| l.id).collect();
@@ -928,6 +959,60 @@ fn nodeport_end_to_end() {
         "{ct:?}"
     );
 
+    // Session affinity expiry, as on the socket path.
+    let np_expiry_state = |eps: &[Ipv4Addr]| {
+        let mut st = nodeport_state();
+        let mut s = service(
+            "npexpiry",
+            Protocol::Tcp,
+            Ipv4Addr::new(10, 96, 78, 12),
+            80,
+            TCP_PORT,
+            &[],
+        );
+        s.endpoints = eps
+            .iter()
+            .map(|ip| Endpoint {
+                local: *ip == LOCAL_POD,
+                ..ep(*ip, TCP_PORT)
+            })
+            .collect();
+        s.node_port = NP_EXPIRY_PORT;
+        s.affinity_timeout = Some(AFF_TIMEOUT);
+        st.insert(s.name.clone(), s);
+        st
+    };
+    let client_ns = env.c.clone();
+    let dial = move |n: usize| -> Vec<Option<Ipv4Addr>> {
+        let answers = in_netns(&client_ns, move || {
+            (0..n)
+                .map(|_| tcp_ask(SocketAddrV4::new(NODE_IP, NP_EXPIRY_PORT)))
+                .collect::<Vec<String>>()
+        });
+        answers
+            .iter()
+            .map(|a| {
+                if *a == format!("local {CLIENT_IP}") {
+                    Some(LOCAL_POD)
+                } else if *a == format!("remote {NODE_IP}") {
+                    Some(REMOTE_POD)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    };
+    affinity_expiry_case(
+        "nodeport",
+        &mut dp,
+        &env.bpffs,
+        "lbtest/npexpiry",
+        [LOCAL_POD, REMOTE_POD],
+        np_expiry_state,
+        dial,
+    );
+    dp.sync(&nodeport_state()).unwrap();
+
     // Restart: the tc links are reused too.
     drop(dp);
     let mut cfg = EbpfConfig::new(&env.bpffs, &env.cgroup);
@@ -951,4 +1036,172 @@ fn nodeport_end_to_end() {
     // Without the programs the node port is closed.
     let a = in_netns(&env.c, || tcp_ask(SocketAddrV4::new(NODE_IP, 30081)));
     assert!(a.starts_with("ERR"), "{a}");
+}
+
+// ---- session-affinity expiry: the same on the socket and the NodePort path ----
+
+/// The short `sessionAffinityConfig.clientIP.timeoutSeconds` of the expiry cases.
+const AFF_TIMEOUT: u32 = 2;
+/// The socket path's expiry service (ClusterIP only).
+const VIP_EXPIRY: Ipv4Addr = Ipv4Addr::new(10, 96, 77, 13);
+/// The NodePort path's expiry service.
+const NP_EXPIRY_PORT: u16 = 30082;
+
+/// One affinity entry of a service, as the kernel holds it.
+#[derive(Debug)]
+struct AffinityRow {
+    key: skiff_ebpf_common::AffinityKey,
+    value: skiff_ebpf_common::AffinityValue,
+    backend: Option<Ipv4Addr>,
+    idle_secs: u64,
+}
+
+/// The affinity entries of every frontend of `service` (`namespace/name`).
+fn affinity_rows(bpffs: &Path, service: &str) -> Vec<AffinityRow> {
+    use skiff_agent::proxy::ebpf::maps::Table as _;
+    let pinned = ebpf::PinnedMaps::open(bpffs).unwrap();
+    let revs: Vec<u32> = pinned
+        .frontends()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.service == service)
+        .map(|f| f.rev_nat_id)
+        .collect();
+    assert!(!revs.is_empty(), "no frontend of {service}");
+    let backends: BTreeMap<u32, Ipv4Addr> = pinned
+        .backends()
+        .unwrap()
+        .into_iter()
+        .map(|b| (b.id, b.ip))
+        .collect();
+    let now = ebpf::maps::monotonic_secs();
+    pinned
+        .affinity
+        .entries()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| revs.contains(&k.rev_nat_id))
+        .map(|(key, value)| AffinityRow {
+            key,
+            value,
+            backend: backends.get(&value.backend_id).copied(),
+            idle_secs: now.saturating_sub(u64::from(value.last_used)),
+        })
+        .collect()
+}
+
+/// Age every affinity entry of `service` past its timeout, through the pinned map.
+fn expire_affinity(bpffs: &Path, service: &str) {
+    use skiff_agent::proxy::ebpf::maps::Table as _;
+    let rows = affinity_rows(bpffs, service);
+    assert!(!rows.is_empty(), "no affinity entry of {service} to expire");
+    let mut pinned = ebpf::PinnedMaps::open(bpffs).unwrap();
+    let stale = (ebpf::maps::monotonic_secs() as u32).wrapping_sub(AFF_TIMEOUT + 10);
+    for r in rows {
+        let value = skiff_ebpf_common::AffinityValue {
+            last_used: stale,
+            ..r.value
+        };
+        pinned.affinity.put(&r.key, &value).unwrap();
+    }
+}
+
+/// Delete every slot of `service`'s frontends (the count stays): what a half-applied sync, or
+/// a backend removed behind the agent's back, leaves — no backend can be chosen.
+fn drop_slots(bpffs: &Path, service: &str) {
+    use skiff_agent::proxy::ebpf::maps::Table as _;
+    let mut pinned = ebpf::PinnedMaps::open(bpffs).unwrap();
+    let revs: Vec<u32> = pinned
+        .frontends()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.service == service)
+        .map(|f| f.rev_nat_id)
+        .collect();
+    let slots: Vec<skiff_ebpf_common::SlotKey> = pinned
+        .slots
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| revs.contains(&k.rev_nat_id))
+        .collect();
+    assert!(!slots.is_empty(), "{service} has no slots");
+    for k in slots {
+        pinned.slots.delete(&k).unwrap();
+    }
+}
+
+/// `sessionAffinity: ClientIP` expiry, run the same way on the socket path and on the NodePort
+/// path (`path` names it in messages). `state(backends)`: the test's state with `service`
+/// served by `backends` (affinity timeout [`AFF_TIMEOUT`]); `dial(n)`: which backend answered
+/// each of `n` new connections of the one client (`None`: none did).
+fn affinity_expiry_case(
+    path: &str,
+    dp: &mut EbpfDataplane,
+    bpffs: &Path,
+    service: &str,
+    [x, y]: [Ipv4Addr; 2],
+    state: impl Fn(&[Ipv4Addr]) -> ProxyState,
+    dial: impl Fn(usize) -> Vec<Option<Ipv4Addr>>,
+) {
+    dp.sync(&state(&[x, y])).expect("sync");
+    let rows = || affinity_rows(bpffs, service);
+
+    // Fresh: every connection goes to the backend of the first one, and the entry says so.
+    let got = dial(8);
+    let first = got[0].unwrap_or_else(|| panic!("{path}: no answer: {got:?}"));
+    assert!(got.iter().all(|g| *g == Some(first)), "{path}: {got:?}");
+    let r = rows();
+    assert_eq!(r.len(), 1, "{path}: {r:?}");
+    assert_eq!(r[0].backend, Some(first), "{path}: {r:?}");
+
+    // Expired (both backends still serve): not honoured — a fresh pick, which replaces the
+    // entry. Honoured, one backend would answer every time.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        expire_affinity(bpffs, service);
+        let got = dial(1)[0].unwrap_or_else(|| panic!("{path}: round {i}: no answer"));
+        seen.insert(got);
+        let r = rows();
+        assert_eq!(r.len(), 1, "{path}: round {i}: {r:?}");
+        assert_eq!(r[0].backend, Some(got), "{path}: round {i}: {r:?}");
+        assert!(
+            r[0].idle_secs <= 1,
+            "{path}: round {i}: not refreshed: {r:?}"
+        );
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [x, y],
+        "{path}: an expired affinity entry was honoured"
+    );
+
+    // Expired, and its backend left the service: the other one answers, the entry names it.
+    let bound = rows()[0].backend.unwrap();
+    let other = if bound == x { y } else { x };
+    expire_affinity(bpffs, service);
+    dp.sync(&state(&[other])).expect("sync");
+    let got = dial(4);
+    assert!(got.iter().all(|g| *g == Some(other)), "{path}: {got:?}");
+    let r = rows();
+    assert_eq!(r.len(), 1, "{path}: {r:?}");
+    assert_eq!(r[0].backend, Some(other), "{path}: {r:?}");
+    assert!(r[0].idle_secs <= 1, "{path}: {r:?}");
+
+    // Expired, and no backend can be chosen (the slots are gone, the count is not): the
+    // connection fails and the stale entry is removed, not left for later.
+    expire_affinity(bpffs, service);
+    drop_slots(bpffs, service);
+    let got = dial(1);
+    assert_eq!(got, [None], "{path}");
+    let r = rows();
+    assert!(
+        r.is_empty(),
+        "{path}: a stale affinity entry was left behind: {r:?}"
+    );
+    // The agent's next full look at the maps repairs the slots.
+    dp.refresh_mirror().unwrap();
+    dp.sync(&state(&[other])).expect("sync");
+    assert_eq!(dial(2), [Some(other); 2], "{path}");
 }

@@ -20,17 +20,17 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use skiff_ebpf_common::{
-    AFF_CLIENT_IP, AffinityKey, AffinityMatchKey, AffinityValue, BE_LOCAL, CT_ORIGINAL, CT_REPLY,
-    CT_SNAT, CtEntry, CtKey, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, FrontendKey, PROTO_TCP,
-    PROTO_UDP, SlotKey,
+    AFF_CLIENT_IP, BE_LOCAL, CT_ORIGINAL, CT_REPLY, CT_SNAT, CtEntry, CtKey, FE_EXTERNAL_LOCAL,
+    FE_NODEPORT, Frontend, FrontendKey, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::maps::{AFF_MATCH, AFFINITY, BACKENDS, CT, FRONTENDS, SKIFF_NODE_IP, SLOTS, now_secs};
+use crate::maps::{CT, FRONTENDS, SKIFF_NODE_IP, now_secs};
+use crate::select::{Selected, select_backend};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: not ours, let the next program (or the stack) decide.
 const TC_NEXT: i32 = -1;
-const TC_PASS: i32 = TC_ACT_OK as i32;
-const TC_DROP: i32 = TC_ACT_SHOT as i32;
+const TC_PASS: i32 = TC_ACT_OK;
+const TC_DROP: i32 = TC_ACT_SHOT;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -166,7 +166,7 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
         dir: CT_REPLY,
         pad: 0,
     };
-    if let Some(e) = CT.get_ptr_mut(&rkey) {
+    if let Some(e) = CT.get_ptr_mut(rkey) {
         let e = unsafe { &mut *e };
         if e.flags & CT_SNAT != 0 {
             e.last_seen = now;
@@ -185,34 +185,28 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
         proto: f.proto,
         pad: 0,
     };
-    let Some(fe) = (unsafe { FRONTENDS.get(&fkey) }) else {
+    let Some(fe) = (unsafe { FRONTENDS.get(fkey) }) else {
         return TC_NEXT;
     };
     if fe.flags & FE_NODEPORT == 0 {
         return TC_NEXT;
     }
-    let (rev_nat_id, count, flags, timeout) =
-        (fe.rev_nat_id, fe.count, fe.flags, fe.affinity_timeout);
+    let fe = *fe;
 
     let okey = CtKey {
         dir: CT_ORIGINAL,
         ..rkey
     };
-    let (be_addr, be_port, snat, snat_port) = match CT.get_ptr_mut(&okey) {
+    let (be_addr, be_port, snat, snat_port) = match CT.get_ptr_mut(okey) {
         Some(e) => {
             let e = unsafe { &mut *e };
             e.last_seen = now;
             (e.addr, e.port, e.flags & CT_SNAT != 0, e.nat_port)
         }
-        None => {
-            if count == 0 {
-                return TC_DROP;
-            }
-            match new_flow(&f, rev_nat_id, count, flags, timeout, node_ip, now) {
-                Some(t) => t,
-                None => return TC_DROP,
-            }
-        }
+        None => match new_flow(&f, &fe, node_ip, now) {
+            Some(t) => t,
+            None => return TC_DROP,
+        },
     };
     let (saddr, sport) = if snat {
         (node_ip, snat_port)
@@ -236,52 +230,13 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
 
 /// Pick a backend for a new NodePort flow and record it; (backend addr, port, snat, snat port).
 #[inline(always)]
-fn new_flow(
-    f: &Flow,
-    rev_nat_id: u32,
-    count: u32,
-    flags: u8,
-    timeout: u32,
-    node_ip: u32,
-    now: u32,
-) -> Option<(u32, u16, bool, u16)> {
-    let aff_key = AffinityKey {
-        client: f.saddr as u64,
-        rev_nat_id,
-        kind: AFF_CLIENT_IP,
-    };
-    let mut backend_id = 0u32;
-    if flags & FE_AFFINITY != 0 {
-        if let Some(a) = unsafe { AFFINITY.get(&aff_key) } {
-            let id = a.backend_id;
-            let fresh = now.wrapping_sub(a.last_used) <= timeout;
-            let member = AFF_MATCH
-                .get_ptr(AffinityMatchKey {
-                    backend_id: id,
-                    rev_nat_id,
-                })
-                .is_some();
-            if fresh && member {
-                backend_id = id;
-            }
-        }
-    }
-    if backend_id == 0 {
-        let slot = unsafe { bpf_get_prandom_u32() } % count;
-        backend_id = *unsafe { SLOTS.get(SlotKey { rev_nat_id, slot }) }?;
-    }
-    let be = unsafe { BACKENDS.get(&backend_id) }?;
+fn new_flow(f: &Flow, fe: &Frontend, node_ip: u32, now: u32) -> Option<(u32, u16, bool, u16)> {
+    let (rev_nat_id, flags) = (fe.rev_nat_id, fe.flags);
+    let Selected {
+        backend_id,
+        backend: be,
+    } = select_backend(fe, f.saddr as u64, AFF_CLIENT_IP, now)?;
     let (be_addr, be_port, be_flags) = (be.addr, be.port, be.flags);
-    if flags & FE_AFFINITY != 0 {
-        let _ = AFFINITY.insert(
-            &aff_key,
-            &AffinityValue {
-                backend_id,
-                last_used: now,
-            },
-            0,
-        );
-    }
     let snat = be_flags & BE_LOCAL == 0 && flags & FE_EXTERNAL_LOCAL == 0;
     let reply = CtEntry {
         addr: f.saddr,
@@ -310,7 +265,7 @@ fn new_flow(
                 dir: CT_REPLY,
                 pad: 0,
             };
-            if CT.insert(&rkey, &reply, BPF_NOEXIST as u64).is_ok() {
+            if CT.insert(rkey, reply, BPF_NOEXIST as u64).is_ok() {
                 snat_port = p;
                 break;
             }
@@ -329,7 +284,7 @@ fn new_flow(
             dir: CT_REPLY,
             pad: 0,
         };
-        CT.insert(&rkey, &reply, 0).ok()?;
+        CT.insert(rkey, reply, 0).ok()?;
     }
     let okey = CtKey {
         saddr: f.saddr,
@@ -351,7 +306,7 @@ fn new_flow(
         last_seen: now,
         pad: 0,
     };
-    CT.insert(&okey, &orig, 0).ok()?;
+    CT.insert(okey, orig, 0).ok()?;
     Some((be_addr, be_port, snat, snat_port))
 }
 
@@ -370,7 +325,7 @@ pub fn skiff_np_out(ctx: TcContext) -> i32 {
         dir: CT_REPLY,
         pad: 0,
     };
-    let Some(e) = CT.get_ptr_mut(&rkey) else {
+    let Some(e) = CT.get_ptr_mut(rkey) else {
         return TC_NEXT;
     };
     let e = unsafe { &mut *e };

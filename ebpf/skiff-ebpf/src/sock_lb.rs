@@ -8,17 +8,15 @@
 //! rejects (kernel ≥ 5.18; older kernels would report `EPERM`).
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use skiff_ebpf_common::{
-    AFF_CLIENT_NETNS, AffinityKey, AffinityMatchKey, AffinityValue, FE_AFFINITY, FrontendKey,
-    PROTO_TCP, PROTO_UDP, SlotKey, SockRev, SockRevKey,
-};
+use skiff_ebpf_common::{AFF_CLIENT_NETNS, FrontendKey, PROTO_TCP, PROTO_UDP, SockRev, SockRevKey};
 
-use crate::maps::{AFF_MATCH, AFFINITY, BACKENDS, FRONTENDS, REVNAT, SLOTS, SOCK_REV, now_secs};
+use crate::maps::{FRONTENDS, REVNAT, SOCK_REV, now_secs};
+use crate::select::{Selected, select_backend};
 
 /// cgroup sock_addr verdicts.
 const SYS_REJECT: i32 = 0;
@@ -68,14 +66,11 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         proto,
         pad: 0,
     };
-    let Some(fe) = (unsafe { FRONTENDS.get(&key) }) else {
+    let Some(fe) = (unsafe { FRONTENDS.get(key) }) else {
         return SYS_PROCEED;
     };
-    let rev_nat_id = fe.rev_nat_id;
-    let count = fe.count;
-    let flags = fe.flags;
-    let timeout = fe.affinity_timeout;
-    if count == 0 {
+    let fe = *fe;
+    if fe.count == 0 {
         debug!(
             ctx,
             "skiff: no backend for {:i}:{}",
@@ -84,63 +79,28 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         );
         return refuse();
     }
-
-    let now = now_secs();
-    let mut backend_id = 0u32;
-    let aff_key = AffinityKey {
-        client: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        rev_nat_id,
-        kind: AFF_CLIENT_NETNS,
-    };
-    if flags & FE_AFFINITY != 0 {
-        if let Some(a) = unsafe { AFFINITY.get(&aff_key) } {
-            let id = a.backend_id;
-            let fresh = now.wrapping_sub(a.last_used) <= timeout;
-            let member = AFF_MATCH
-                .get_ptr(AffinityMatchKey {
-                    backend_id: id,
-                    rev_nat_id,
-                })
-                .is_some();
-            if fresh && member {
-                backend_id = id;
-            } else {
-                let _ = AFFINITY.remove(&aff_key);
-            }
-        }
-    }
-    if backend_id == 0 {
-        let slot = unsafe { bpf_get_prandom_u32() } % count;
-        match unsafe { SLOTS.get(SlotKey { rev_nat_id, slot }) } {
-            Some(id) => backend_id = *id,
-            None => return refuse(),
-        }
-    }
-    let Some(be) = (unsafe { BACKENDS.get(&backend_id) }) else {
+    let rev_nat_id = fe.rev_nat_id;
+    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
+    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some(Selected {
+        backend_id,
+        backend: be,
+    }) = select_backend(&fe, client, AFF_CLIENT_NETNS, now_secs())
+    else {
         return refuse();
     };
     let (be_addr, be_port) = (be.addr, be.port);
 
-    if flags & FE_AFFINITY != 0 {
-        let _ = AFFINITY.insert(
-            &aff_key,
-            &AffinityValue {
-                backend_id,
-                last_used: now,
-            },
-            0,
-        );
-    }
     // Remember the translation for recvmsg4/getpeername4.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = SOCK_REV.insert(
-        &SockRevKey {
+        SockRevKey {
             cookie,
             addr: be_addr,
             port: be_port,
             pad: 0,
         },
-        &SockRev {
+        SockRev {
             addr: key.addr,
             port: key.port,
             pad: 0,
@@ -178,15 +138,15 @@ fn xlate_rev(ctx: &SockAddrContext) {
         port: unsafe { (*sa).user_port } as u16,
         pad: 0,
     };
-    let Some(rev) = (unsafe { SOCK_REV.get(&key) }) else {
+    let Some(rev) = (unsafe { SOCK_REV.get(key) }) else {
         return;
     };
     let (addr, port, rev_nat_id) = (rev.addr, rev.port, rev.rev_nat_id);
     // The service must still exist with that address, or the entry is stale.
-    match unsafe { REVNAT.get(&rev_nat_id) } {
+    match unsafe { REVNAT.get(rev_nat_id) } {
         Some(r) if r.addr == addr && r.port == port => {}
         _ => {
-            let _ = SOCK_REV.remove(&key);
+            let _ = SOCK_REV.remove(key);
             return;
         }
     }
