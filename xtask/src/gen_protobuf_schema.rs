@@ -12,7 +12,16 @@
 //!   lowercased without underscores. Only where k8s-openapi has no such struct or key does the
 //!   generator fall back to lowerCamel of the snake name, and it lists every such fallback.
 //!
-//! The table covers the transitive closure of [`ROOTS`]. Messages whose JSON form is not an
+//! - `k8s-openapi` also holds each type's OpenAPI schema (its `schemars` impls, compiled only
+//!   with that feature but present in the source): the `"required"` lists of those become each
+//!   message's `required` fields, the ones kube-apiserver always writes (Go fields without
+//!   `omitempty`), which the apiserver fills with zero values when they are missing.
+//!
+//! Fields are emitted in prost's declaration order, which follows the `.proto` files and so Go's
+//! struct order (not the tag order: `PodSpec` declares `volumes` (1), `initContainers` (20),
+//! `containers` (2)): the apiserver writes JSON objects in that order, as kube-apiserver does.
+//!
+//! The table covers the transitive closure of [`ROOTS`] and [`RESPONSE_KINDS`]. Messages whose JSON form is not an
 //! object (`Time`, `Quantity`, `IntOrString`, …) become dedicated types the decoder formats
 //! itself; the generator checks their fields still look as the decoder expects.
 
@@ -62,6 +71,13 @@ const ROOTS: &[(&str, &str, &str)] = &[
 ];
 
 const META_V1: &str = "apimachinery.pkg.apis.meta.v1";
+
+/// Top-level kinds the apiserver only writes (never decodes): their field order and required
+/// fields are needed for responses. Same shape as [`ROOTS`].
+const RESPONSE_KINDS: &[(&str, &str, &str)] = &[
+    (META_V1, "Status", "v1"),
+    (META_V1, "PartialObjectMetadata", "meta.k8s.io/v1"),
+];
 
 /// (tag, prost name, prost kind) of a field the decoder reads itself.
 type ExpectedField = (u32, &'static str, &'static str);
@@ -164,10 +180,11 @@ pub fn run(ws: &Workspace, args: &Args) -> Result<()> {
     println!("k8s-openapi: {}", openapi_dir.display());
 
     let pb = read_k8s_pb(&pb_dir.join("src"))?;
-    let json_keys = read_k8s_openapi(&openapi_dir.join("src"))?;
+    let (json_keys, required) = read_k8s_openapi(&openapi_dir.join("src"))?;
     let text = generate(
         &pb,
         &json_keys,
+        &required,
         &crate_label(&pb_dir),
         &crate_label(&openapi_dir),
     )?;
@@ -460,9 +477,11 @@ fn resolve(module: &str, path: &str) -> String {
     segments.join(".")
 }
 
-/// k8s-openapi: (module, squashed struct name) → JSON keys, merged over all its `v1_*` API versions.
-fn read_k8s_openapi(src: &Path) -> Result<JsonKeys> {
+/// k8s-openapi: (module, squashed struct name) → JSON keys, and → the keys its OpenAPI schema
+/// lists as `required`; both merged over all its `v1_*` API versions.
+fn read_k8s_openapi(src: &Path) -> Result<(JsonKeys, JsonKeys)> {
     let mut keys = JsonKeys::new();
+    let mut required = JsonKeys::new();
     let mut versions = 0;
     for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let dir = entry?.path();
@@ -480,8 +499,35 @@ fn read_k8s_openapi(src: &Path) -> Result<JsonKeys> {
             let module = module_of(&dir, &file);
             let text = std::fs::read_to_string(&file)?;
             let mut current: Option<String> = None;
+            // The struct whose `schemars::JsonSchema` impl is being read, and whether the
+            // lines are inside its `"required": [ … ]` list.
+            let mut schema: Option<String> = None;
+            let mut in_required = false;
             for line in text.lines() {
                 let t = line.trim();
+                if let Some(rest) = t.strip_prefix("impl crate::schemars::JsonSchema for ") {
+                    schema = Some(rest.trim_end_matches(" {").trim().to_string());
+                    in_required = false;
+                    continue;
+                }
+                if let Some(name) = &schema {
+                    if t == "\"required\": [" {
+                        in_required = true;
+                        required.entry((module.clone(), squash(name))).or_default();
+                        continue;
+                    }
+                    if in_required {
+                        if let Some(key) = t.strip_prefix('"').and_then(|k| k.strip_suffix("\",")) {
+                            required
+                                .entry((module.clone(), squash(name)))
+                                .or_default()
+                                .insert(key.to_string());
+                        } else {
+                            in_required = false;
+                        }
+                        continue;
+                    }
+                }
                 if let Some(rest) = t.strip_prefix("impl<'de> crate::serde::Deserialize<'de> for ")
                 {
                     let name = rest.trim_end_matches(" {").trim();
@@ -507,7 +553,13 @@ fn read_k8s_openapi(src: &Path) -> Result<JsonKeys> {
     if versions == 0 {
         bail!("no v1_* directories under {}", src.display());
     }
-    Ok(keys)
+    if required.is_empty() {
+        bail!(
+            "no `\"required\": [` lists in {}: has the schemars code changed shape?",
+            src.display()
+        );
+    }
+    Ok((keys, required))
 }
 
 /// Lowercase without underscores: the form in which prost and JSON names agree.
@@ -655,9 +707,35 @@ fn json_name(
     Ok((guess, false))
 }
 
+/// The JSON names an inlined message contributes to its parent's object (recursively).
+fn inline_names(
+    pb: &PbCrate,
+    json_keys: &JsonKeys,
+    module_keys: &BTreeMap<&str, BTreeSet<&String>>,
+    full: &str,
+) -> Result<Vec<String>> {
+    let (module, name) = full.rsplit_once('.').expect("full names have a module");
+    let keys = json_keys.get(&(module.to_string(), squash(name)));
+    let mut out = Vec::new();
+    let Some(msg) = pb.messages.get(full) else {
+        return Ok(out);
+    };
+    for f in &msg.fields {
+        let (json, inline) = json_name(pb, module_keys, full, keys, f, &mut Vec::new(), &mut 0)?;
+        match (&f.ty, inline) {
+            (PbType::Message(child), true) => {
+                out.extend(inline_names(pb, json_keys, module_keys, child)?)
+            }
+            _ => out.push(json),
+        }
+    }
+    Ok(out)
+}
+
 fn generate(
     pb: &PbCrate,
     json_keys: &JsonKeys,
+    required_keys: &JsonKeys,
     pb_label: &str,
     openapi_label: &str,
 ) -> Result<String> {
@@ -685,7 +763,7 @@ fn generate(
     // Transitive closure of the roots, in a stable (sorted) order.
     let mut reachable: BTreeSet<String> = BTreeSet::new();
     let mut queue: Vec<String> = Vec::new();
-    for (module, name, api_version) in ROOTS {
+    for (module, name, api_version) in ROOTS.iter().chain(RESPONSE_KINDS) {
         let full = format!("{module}.{name}");
         if !pb.messages.contains_key(&full) {
             bail!("root {full} is not in k8s-pb");
@@ -716,17 +794,19 @@ fn generate(
     writeln!(
         head,
         "// @generated by `cargo xtask gen-protobuf-schema` from {pb_label} (messages, tags, wire \
-         types)\n// and {openapi_label} (JSON names). Do not edit: change the generator and rerun it.\n"
+         types,\n// field order) and {openapi_label} (JSON names, required fields). Do not edit: \
+         change the\n// generator and rerun it.\n"
     )?;
     writeln!(
         head,
         "//! The Kubernetes protobuf messages [`super::decode`] understands: every message reachable \
-         from\n//! the [`ROOTS`], each field with its tag, JSON name, cardinality and type.\n"
+         from\n//! the [`ROOTS`] and [`KINDS`], each field with its tag, JSON name, cardinality and type, \
+         in\n//! declaration (Go struct) order, and the JSON names its OpenAPI schema requires.\n"
     )?;
     let mut out = String::new();
     writeln!(
         out,
-        "/// \"apiVersion/kind\" of a body's envelope → the message its `raw` holds.\npub(super) static ROOTS: &[(&str, &Message)] = &["
+        "/// \"apiVersion/kind\" of a body's envelope → the message its `raw` holds.\npub(crate) static ROOTS: &[(&str, &Message)] = &["
     )?;
     for (module, name, api_version) in ROOTS {
         writeln!(
@@ -738,7 +818,24 @@ fn generate(
     writeln!(out, "];\n")?;
     writeln!(
         out,
-        "/// meta/v1 options every API group registers as its own: found by kind whatever the group.\npub(super) static ANY_GROUP: &[(&str, &Message)] = &["
+        "/// \"apiVersion/kind\" → message of every top-level kind a response may carry.\npub(crate) static KINDS: &[(&str, &Message)] = &["
+    )?;
+    // meta/v1 roots (DeleteOptions) are request bodies only.
+    for (module, name, api_version) in ROOTS
+        .iter()
+        .filter(|(m, _, _)| *m != META_V1)
+        .chain(RESPONSE_KINDS)
+    {
+        writeln!(
+            out,
+            "    (\"{api_version}/{name}\", &{}),",
+            static_name(&format!("{module}.{name}"))
+        )?;
+    }
+    writeln!(out, "];\n")?;
+    writeln!(
+        out,
+        "/// meta/v1 options every API group registers as its own: found by kind whatever the group.\npub(crate) static ANY_GROUP: &[(&str, &Message)] = &["
     )?;
     for (module, name, _) in ROOTS.iter().filter(|(m, _, _)| *m == META_V1) {
         writeln!(
@@ -762,6 +859,7 @@ fn generate(
     let mut tys: BTreeSet<String> = BTreeSet::new();
     let mut fields_total = 0;
     let mut statics = BTreeSet::new();
+    let mut unmatched_required = Vec::new();
     for full in &reachable {
         let msg = &pb.messages[full];
         let (module, name) = full.rsplit_once('.').expect("full names have a module");
@@ -772,11 +870,11 @@ fn generate(
         }
         writeln!(
             out,
-            "\npub(super) static {static_ident}: Message = Message {{\n    name: \"{full}\",\n    fields: &["
+            "\npub(crate) static {static_ident}: Message = Message {{\n    name: \"{full}\",\n    fields: &["
         )?;
-        let mut fields: Vec<&PbField> = msg.fields.iter().collect();
-        fields.sort_by_key(|f| f.tag);
-        for f in fields {
+        // Declaration order: Go's struct order, the order kube-apiserver writes JSON keys in.
+        let mut names = Vec::new();
+        for f in &msg.fields {
             fields_total += 1;
             let (json, inline) = json_name(
                 pb,
@@ -808,9 +906,32 @@ fn generate(
             writeln!(out, "        F::new({}, \"{json}\", {card}, {ty}),", f.tag)?;
             if inline {
                 inlined.push(format!("{full}.{}", f.name));
+                if let PbType::Message(child) = &f.ty {
+                    names.extend(inline_names(pb, json_keys, &module_keys, child)?);
+                }
+            } else {
+                names.push(json);
             }
         }
-        writeln!(out, "    ],\n}};")?;
+        // Required keys the message has (TypeMeta's kind/apiVersion are not message fields).
+        let mut required: Vec<&String> = Vec::new();
+        if let Some(keys) = required_keys.get(&(module.to_string(), squash(name))) {
+            for key in keys {
+                if names.contains(key) {
+                    required.push(key);
+                } else if key != "kind" && key != "apiVersion" {
+                    unmatched_required.push(format!("{full}.{key}"));
+                }
+            }
+        }
+        // In declaration order, as the fields.
+        required.sort_by_key(|k| names.iter().position(|n| n == *k));
+        let required: Vec<String> = required.iter().map(|k| format!("\"{k}\"")).collect();
+        writeln!(
+            out,
+            "    ],\n    required: &[{}],\n}};",
+            required.join(", ")
+        )?;
     }
 
     writeln!(
@@ -835,6 +956,12 @@ fn generate(
         "{borrowed} JSON names of messages k8s-openapi has no struct for (Go inlines them) \
          taken from another struct of the same module"
     );
+    if !unmatched_required.is_empty() {
+        bail!(
+            "required keys that are no field of their message: {}",
+            unmatched_required.join(", ")
+        );
+    }
     if fallbacks.is_empty() {
         println!("every JSON name came from k8s-openapi");
     } else {

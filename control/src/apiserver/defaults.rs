@@ -31,6 +31,9 @@ pub fn apply_defaults(plural: &str, obj: &mut Value) {
         "endpoints" => endpoints(root),
         _ => {}
     }
+    // Fields the schema requires (Go fields without `omitempty`: `DaemonSetStatus`' counts,
+    // `ReplicaSetStatus.replicas`, …) exist, as their zero value, as in kube-apiserver.
+    super::wire::fill_required(obj);
 }
 
 // ---------------------------------------------------------------------------------------------

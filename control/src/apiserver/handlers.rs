@@ -57,7 +57,8 @@ pub async fn handle(handler: Arc<Handler>, req: Request<Body>) -> Response {
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    // kube-apiserver's field order, with the fields the schema requires.
+    let body = super::wire::to_vec(value);
     (
         code,
         [(

@@ -26,6 +26,7 @@ pub mod status;
 pub mod table;
 pub mod validation;
 pub mod watch;
+pub mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

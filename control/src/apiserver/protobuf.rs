@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde_json::{Map, Number, Value};
 
 #[path = "protobuf_schema.rs"]
-mod schema;
+pub(crate) mod schema;
 
 /// The bytes before every Kubernetes protobuf body.
 const MAGIC: &[u8] = b"k8s\0";
@@ -27,7 +27,7 @@ const MAX_DEPTH: usize = 64;
 
 /// What a field's value is, and so how its bytes become JSON.
 #[derive(Clone, Copy)]
-enum Ty {
+pub(crate) enum Ty {
     Str,
     Bool,
     I32,
@@ -61,7 +61,7 @@ enum Ty {
 
 /// How often a field occurs.
 #[derive(Clone, Copy)]
-enum Card {
+pub(crate) enum Card {
     One,
     /// A sub-message Go embeds with `json:",inline"`: its fields go into the parent object.
     Inline,
@@ -70,17 +70,17 @@ enum Card {
     Map(Ty),
 }
 
-struct Field {
-    tag: u32,
+pub(crate) struct Field {
+    pub(crate) tag: u32,
     /// The JSON key.
-    name: &'static str,
-    card: Card,
-    ty: Ty,
+    pub(crate) name: &'static str,
+    pub(crate) card: Card,
+    pub(crate) ty: Ty,
 }
 
 impl Field {
     /// Keeps each row of the generated table on one line.
-    const fn new(tag: u32, name: &'static str, card: Card, ty: Ty) -> Field {
+    pub(crate) const fn new(tag: u32, name: &'static str, card: Card, ty: Ty) -> Field {
         Field {
             tag,
             name,
@@ -90,10 +90,14 @@ impl Field {
     }
 }
 
-struct Message {
+pub(crate) struct Message {
     /// Full proto name, for error messages.
-    name: &'static str,
-    fields: &'static [Field],
+    pub(crate) name: &'static str,
+    /// In declaration order: Go's struct order, in which kube-apiserver writes JSON.
+    pub(crate) fields: &'static [Field],
+    /// JSON names the OpenAPI schema requires (Go fields without `omitempty`), which
+    /// kube-apiserver always writes, as their zero value if unset.
+    pub(crate) required: &'static [&'static str],
 }
 
 /// Decode a Kubernetes protobuf body ("k8s\0" magic + runtime.Unknown envelope {typeMeta=1

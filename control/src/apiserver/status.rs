@@ -290,7 +290,18 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (code, axum::Json(self.to_status())).into_response();
+        // In the Go field order (kind, apiVersion, metadata, status, message, reason, details,
+        // code), as kube-apiserver writes it: clients compare error text.
+        let body = super::wire::to_vec(&self.to_status());
+        let mut resp = (
+            code,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
         if self.code == 401 {
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

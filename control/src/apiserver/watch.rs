@@ -242,9 +242,13 @@ pub fn partial_metadata(obj: &Value) -> Value {
 }
 
 fn line(kind: &str, object: Value) -> Bytes {
-    let mut out = serde_json::to_vec(&json!({"type": kind, "object": object}))
-        .unwrap_or_else(|_| b"{}".to_vec());
-    out.push(b'\n');
+    // metav1.WatchEvent's field order: type, then object (in its own type's order).
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"{\"type\":");
+    out.extend_from_slice(Value::from(kind).to_string().as_bytes());
+    out.extend_from_slice(b",\"object\":");
+    super::wire::write(&mut out, &object);
+    out.extend_from_slice(b"}\n");
     Bytes::from(out)
 }
 
