@@ -25,8 +25,7 @@ fn netns_id(path: &str) -> String {
 
 /// Run `f` on a thread inside a new network namespace. Skips (returns) without root.
 fn in_netns<F: FnOnce() + Send + 'static>(name: &str, f: F) {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {name}: needs root");
+    if skiff_common::privileged::skip_unless_root(name) {
         return;
     }
     let h = std::thread::Builder::new()
@@ -394,7 +393,10 @@ fn nft_cluster_ip_lifecycle() {
 #[test]
 fn legacy_cluster_ip_lifecycle() {
     if !have("iptables-legacy") {
-        eprintln!("skipping: no iptables-legacy");
+        skiff_common::privileged::cannot_run(
+            "legacy_cluster_ip_lifecycle",
+            "no iptables-legacy (Debian package iptables)",
+        );
         return;
     }
     in_netns("legacy", || cluster_ip_lifecycle(Backend::Legacy));

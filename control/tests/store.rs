@@ -1046,13 +1046,12 @@ mod embedded_only {
     const CRASH_DIR_ENV: &str = "SKIFF_STORE_CRASH_CHILD_DIR";
     const CHILD_TEST: &str = "embedded_only::crash_child_writer";
 
-    /// Not a test on its own: the writer process of `acknowledged_writes_survive_kill_9`
-    /// (it does nothing unless started by that test).
+    /// Not a test on its own: the writer process of `acknowledged_writes_survive_kill_9`.
     #[tokio::test]
+    #[ignore = "a helper process, not a test: acknowledged_writes_survive_kill_9 runs it"]
     async fn crash_child_writer() {
-        let Some(dir) = std::env::var_os(CRASH_DIR_ENV) else {
-            return;
-        };
+        let dir = std::env::var_os(CRASH_DIR_ENV)
+            .expect("crash_child_writer is started by acknowledged_writes_survive_kill_9");
         let store = EmbeddedStore::open(Path::new(&dir)).unwrap();
         let mut counter = store.create("/crash/counter", v("0")).await.unwrap();
         println!("ACK /crash/counter {}", counter.mod_revision);
@@ -1078,7 +1077,13 @@ mod embedded_only {
         let dir = tempfile::tempdir().unwrap();
         let data: PathBuf = dir.path().join("store");
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                CHILD_TEST,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CRASH_DIR_ENV, &data)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

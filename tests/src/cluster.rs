@@ -47,7 +47,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::{Kubectl, free_ports, target_dir, test_image};
+use crate::{Kubectl, free_ports, target_dir, test_image, wait_for};
 
 /// Pod network of every test cluster (`--cluster-cidr` of agents and control plane).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -384,6 +384,71 @@ impl Cluster {
     /// [`Cluster::exec`] that fails unless the command succeeds; its stdout.
     pub fn exec_ok(&self, node: &str, cmd: &[&str]) -> Result<String> {
         crate::result(&format!("{cmd:?} on {node}"), self.exec(node, cmd)?)
+    }
+
+    /// Fails unless every node's service proxy runs in `mode` (`ebpf` or `iptables`), so a
+    /// test of one mode cannot pass on the other: in iptables mode the `kubernetes` Service has
+    /// `KUBE-SVC-` chains in the node's namespace and no program is attached to the node's
+    /// cgroup; in eBPF mode the reverse.
+    pub fn assert_proxy_mode(&self, mode: &str) -> Result<()> {
+        for node in self.nodes() {
+            let seen = wait_for(
+                &format!("{node}'s proxy programmed in {mode} mode"),
+                Duration::from_secs(30),
+                || {
+                    let chains = self.kube_svc_chains(&node)?;
+                    let programs = self.cgroup_programs(&node)?;
+                    let ok = match mode {
+                        "iptables" => !chains.is_empty() && programs.is_empty(),
+                        "ebpf" => chains.is_empty() && !programs.is_empty(),
+                        other => bail!("no proxy mode {other:?}"),
+                    };
+                    if ok {
+                        return Ok(Some(()));
+                    }
+                    bail!("KUBE-SVC- chains {chains:?}, cgroup programs {programs:?}")
+                },
+            );
+            seen.with_context(|| format!("{node} does not run the {mode} proxy"))?;
+        }
+        Ok(())
+    }
+
+    /// The `KUBE-SVC-` chains in `node`'s namespace, from both iptables backends.
+    fn kube_svc_chains(&self, node: &str) -> Result<Vec<String>> {
+        let mut chains = Vec::new();
+        for save in ["iptables-save", "iptables-legacy-save"] {
+            let out = self.exec(node, &[save, "-t", "nat"])?;
+            chains.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(':'))
+                    .filter(|l| l.starts_with("KUBE-SVC-"))
+                    .filter_map(|l| l.split_whitespace().next())
+                    .map(|chain| format!("{save}: {chain}")),
+            );
+        }
+        Ok(chains)
+    }
+
+    /// The names of the BPF programs attached to `node`'s cgroup (`bpftool cgroup show`).
+    fn cgroup_programs(&self, node: &str) -> Result<Vec<String>> {
+        let cgroup = &self.node(node).cgroup;
+        let out = Command::new("bpftool")
+            .args(["-j", "cgroup", "show"])
+            .arg(cgroup)
+            .stdin(Stdio::null())
+            .output()
+            .context("running bpftool (Debian package bpftool)")?;
+        let out = crate::result(&format!("bpftool cgroup show {}", cgroup.display()), out)?;
+        let attached: serde_json::Value =
+            serde_json::from_str(out.trim()).with_context(|| format!("bpftool's JSON: {out}"))?;
+        Ok(attached
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["name"].as_str().unwrap_or("?").to_string())
+            .collect())
     }
 
     /// A command to run in `node`'s network namespace and cgroup (set stdio and run it).
@@ -1080,14 +1145,9 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// For tests that need root: true (after printing why the test is skipped) when not root.
-pub fn skip_unless_root(test: &str) -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("skipping {test}: it needs root (network namespaces, cgroups)");
-    true
-}
+/// For tests that need root: true when not root, after failing the test under
+/// `SKIFF_REQUIRE_PRIVILEGED=1` or printing why it is skipped.
+pub use skiff_common::privileged::{cannot_run, skip_unless_root};
 
 /// `target/debug/skiff-agent` (or `$SKIFF_AGENT_BIN`).
 pub fn agent_binary_path() -> PathBuf {

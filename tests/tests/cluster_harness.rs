@@ -76,7 +76,10 @@ fn connects_from(c: &Cluster, node: &str, ip: &str, port: u16) -> Result<bool> {
 #[test]
 fn test_image_archive_is_valid() -> Result<()> {
     if !Path::new(test_image::BUSYBOX).exists() {
-        eprintln!("skipping: {} missing (busybox-static)", test_image::BUSYBOX);
+        cluster::cannot_run(
+            "test_image_archive_is_valid",
+            &format!("{} missing (busybox-static)", test_image::BUSYBOX),
+        );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -205,6 +208,11 @@ fn test_image_archive_is_valid() -> Result<()> {
         ensure!(
             reply.trim().ends_with(&format!(" {host} 127.0.0.1:47998")),
             "skiff-udp-echo answered {reply:?}"
+        );
+    } else {
+        cluster::cannot_run(
+            "test_image_archive_is_valid (rootfs part)",
+            "chroot into the unpacked image needs root",
         );
     }
     Ok(())
@@ -460,9 +468,12 @@ fn agents_become_ready_and_survive_kill_9() -> Result<()> {
         return Ok(());
     }
     if !cluster::agent_available() {
-        eprintln!(
-            "skipping agents_become_ready_and_survive_kill_9: {} has no run/image import/cleanup yet",
-            cluster::agent_binary_path().display()
+        cluster::cannot_run(
+            "agents_become_ready_and_survive_kill_9",
+            &format!(
+                "{} has no run/image import/cleanup (build it: cargo build -p skiff-agent)",
+                cluster::agent_binary_path().display()
+            ),
         );
         return Ok(());
     }

@@ -6,12 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use skiff_tests::cluster::{Cluster, ClusterOptions};
+use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
 use skiff_tests::wait_for;
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 fn wait_running(c: &Cluster, pod: &str) -> Result<()> {
     wait_for(
@@ -74,8 +70,7 @@ fn pod_pids(c: &Cluster, node: &str, uid: &str) -> Result<BTreeSet<u32>> {
 
 #[test]
 fn node_agent_on_two_nodes() -> Result<()> {
-    if !is_root() {
-        eprintln!("skipping: needs root (network namespaces, cgroups, mounts)");
+    if skip_unless_root("node_agent_on_two_nodes") {
         return Ok(());
     }
     // One manifest directory for both nodes: each runs the static pod as `<name>-<node>`.

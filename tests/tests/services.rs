@@ -219,6 +219,7 @@ fn conformance(mode: &str) -> Result<()> {
         proxy_mode: mode.into(),
         ..Default::default()
     })?;
+    c.assert_proxy_mode(mode)?;
     let nodes = c.nodes();
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     for (i, node) in nodes.iter().enumerate() {
@@ -867,6 +868,7 @@ fn ebpf_full_map_event() -> Result<()> {
         agent_args: vec!["--bpf-lb-frontends".into(), "4".into()],
         ..Default::default()
     })?;
+    c.assert_proxy_mode("ebpf")?;
     let node = c.nodes()[0].clone();
     let agent = skiff_tests::cluster::agent_binary_path();
     let agent = agent.to_str().context("agent path")?;

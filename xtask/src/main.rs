@@ -7,6 +7,7 @@ mod bench;
 mod bench_latency;
 mod cluster;
 mod cmd;
+mod fresh_check;
 mod gen_protobuf_schema;
 mod lint;
 mod setup;
@@ -44,6 +45,14 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Prove the README's setup on a Debian 12 root that never saw the project (run as root).
+    ///
+    /// Makes a minimal Debian 12 root with debootstrap (cached in target/fresh-check/base),
+    /// lays a throw-away overlay on it, copies the working tree in, bind-mounts the host's
+    /// rustup home and cargo registry, then runs chrooted: `cargo xtask setup`, `cargo build
+    /// --workspace --all-targets` and the unit tests, and prints the packages setup installed.
+    /// Run it whenever setup, a build.rs, .ci/run or a dependency with a build script changes.
+    FreshCheck(fresh_check::FreshCheckArgs),
     /// Run the whole test suite as CI does: setup, build all binaries, `cargo test --workspace`.
     ///
     /// Tests get SKIFF_KUBECTL_120 (path of the private kubectl 1.20) and SKIFF_TARGET_DIR.
@@ -167,6 +176,7 @@ fn main() -> ExitCode {
         Task::Down { data_dir } => up::down(&ws, &data_dir).map(|()| 0),
         Task::Cluster(args) => cluster::cluster(&ws, &args),
         Task::Lint => lint::lint(&ws).map(|()| 0),
+        Task::FreshCheck(args) => fresh_check::fresh_check(&ws, &args).map(|()| 0),
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),

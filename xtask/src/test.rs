@@ -34,6 +34,8 @@ pub fn test(ws: &Workspace, no_setup: bool, cargo_test_args: &[String]) -> Resul
 fn with_test_env(ws: &Workspace, mut cmd: Command) -> Command {
     cmd.current_dir(&ws.root)
         .env("SKIFF_KUBECTL_120", ws.kubectl_120())
-        .env("SKIFF_TARGET_DIR", &ws.target);
+        .env("SKIFF_TARGET_DIR", &ws.target)
+        // A privileged test that cannot run here fails instead of passing by skipping.
+        .env("SKIFF_REQUIRE_PRIVILEGED", "1");
     cmd
 }
