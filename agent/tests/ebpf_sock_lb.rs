@@ -349,6 +349,10 @@ fn socket_lb_end_to_end() {
             .entries,
         4
     );
+    // What the metrics report (`skiff_bpf_map_entries`, from the reconciler's mirror and a
+    // walk of the programs' maps) is what a walk of every pinned map finds.
+    assert_eq!(dp.map_fill(), fill);
+    assert_eq!(fill.len(), ebpf::maps::ALL_MAPS.len());
     drop(pinned);
 
     let out = env.client(&format!(

@@ -25,7 +25,7 @@ use kube::{Api, Client};
 use skiff_common::events::EventRecorder;
 use tokio::sync::mpsc;
 
-use super::ebpf::{MapOpError, SyncError as EbpfSyncError};
+use super::ebpf::{MapFill, MapOpError, SyncError as EbpfSyncError};
 use super::metrics::ProxyMetrics;
 use super::model::{ProxyState, ServiceKey, ServicePortName};
 use super::tracker::{self, Change, Tracker, Update};
@@ -51,6 +51,11 @@ pub trait Dataplane: Send {
         state: &ProxyState,
         changed: Option<&BTreeSet<ServicePortName>>,
     ) -> Result<SyncStats>;
+    /// Entries and capacity of each of the dataplane's kernel maps, asked after every sync
+    /// (success or not) for the `skiff_bpf_map_entries` gauges; cheap. None by default.
+    fn map_fill(&mut self) -> Vec<MapFill> {
+        Vec::new()
+    }
 }
 
 /// Where the proxy reports conditions an operator has to act on.
@@ -214,7 +219,7 @@ impl Syncer {
             let events = self.events.clone();
             tokio::spawn(async move { events.warning(BPF_MAP_FULL, message).await });
         }
-        match result {
+        let synced = match result {
             Ok(stats) => {
                 let took = started.elapsed();
                 self.metrics.record_sync(&stats, took, build);
@@ -232,7 +237,18 @@ impl Syncer {
                 tracing::warn!("syncing the service dataplane: {e:#}");
                 false
             }
+        };
+        // Map fill after every sync, also a failed one (a full map is when it matters); not
+        // part of the sync's duration.
+        let fill = self.dataplane.map_fill();
+        if !fill.is_empty() {
+            self.metrics.set_map_fill(
+                fill.into_iter()
+                    .map(|m| (m.name, m.entries as u64, u64::from(m.max_entries)))
+                    .collect(),
+            );
         }
+        synced
     }
 }
 

@@ -89,7 +89,14 @@ pub trait LbStore {
     fn revnat(&mut self) -> &mut dyn Table<u32, RevNat>;
     fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32>;
     fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName>;
+    /// Fill of the maps only the programs write ([`PROGRAM_MAPS`]: session affinity, socket
+    /// reverse NAT, conntrack), which the reconciler does not mirror: counted by walking their
+    /// keys (one syscall per entry), so callers do it sparingly.
+    fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError>;
 }
+
+/// The maps the programs write and the agent only reads, in [`ALL_MAPS`] order.
+pub const PROGRAM_MAPS: [&str; 3] = [names::AFFINITY, names::SOCK_REVNAT, names::CT];
 
 /// A typed BPF hash (or LRU hash) map.
 pub struct BpfTable<K, V> {
@@ -149,6 +156,15 @@ impl<K: Pod, V: Pod> BpfTable<K, V> {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Entries (walking the keys) and capacity.
+    pub fn fill(&self) -> Result<MapFill, MapOpError> {
+        Ok(MapFill {
+            name: self.name.to_string(),
+            entries: self.count()?,
+            max_entries: self.max_entries,
+        })
     }
 }
 
@@ -238,6 +254,13 @@ impl LbStore for PinnedMaps {
     }
     fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
         &mut self.svc_names
+    }
+    fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError> {
+        Ok(vec![
+            self.affinity.fill()?,
+            self.sock_rev.fill()?,
+            self.ct.fill()?,
+        ])
     }
 }
 
@@ -528,23 +551,16 @@ impl PinnedMaps {
 
     /// Fill level of every map.
     pub fn fill(&self) -> Result<Vec<MapFill>, MapOpError> {
-        fn f<K: Pod, V: Pod>(t: &BpfTable<K, V>) -> Result<MapFill, MapOpError> {
-            Ok(MapFill {
-                name: t.name.to_string(),
-                entries: t.count()?,
-                max_entries: t.max_entries,
-            })
-        }
         Ok(vec![
-            f(&self.frontends)?,
-            f(&self.slots)?,
-            f(&self.backends)?,
-            f(&self.revnat)?,
-            f(&self.affinity)?,
-            f(&self.aff_match)?,
-            f(&self.sock_rev)?,
-            f(&self.ct)?,
-            f(&self.svc_names)?,
+            self.frontends.fill()?,
+            self.slots.fill()?,
+            self.backends.fill()?,
+            self.revnat.fill()?,
+            self.affinity.fill()?,
+            self.aff_match.fill()?,
+            self.sock_rev.fill()?,
+            self.ct.fill()?,
+            self.svc_names.fill()?,
         ])
     }
 }

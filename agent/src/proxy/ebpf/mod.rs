@@ -121,6 +121,7 @@ pub struct EbpfDataplane {
     mirror_at: std::time::Instant,
     node_ip: Option<Ipv4Addr>,
     report: AttachReport,
+    fill: reconcile::FillReporter,
     _logger: Option<loader::LogReader>,
 }
 
@@ -143,6 +144,7 @@ impl EbpfDataplane {
             mirror_at: std::time::Instant::now(),
             node_ip: cfg.node_ip,
             report: loaded.report,
+            fill: reconcile::FillReporter::default(),
             _logger: loaded.logger,
         })
     }
@@ -182,6 +184,13 @@ impl EbpfDataplane {
         &self.maps
     }
 
+    /// Entries and capacity of every pinned map, cheap enough for every sync
+    /// ([`reconcile::FillReporter`]: the reconciler's maps from its mirror, the programs' maps
+    /// walked at most every [`reconcile::PROGRAM_FILL_PERIOD`]).
+    pub fn map_fill(&mut self) -> Vec<MapFill> {
+        self.fill.report(&self.rec, &mut self.maps)
+    }
+
     /// (frontends, backends) currently programmed.
     pub fn counts(&self) -> (usize, usize) {
         self.rec.counts()
@@ -216,6 +225,10 @@ impl crate::proxy::runner::Dataplane for EbpfDataplane {
             backends: st.backends,
             writes: st.writes + st.deletes,
         })
+    }
+
+    fn map_fill(&mut self) -> Vec<MapFill> {
+        EbpfDataplane::map_fill(self)
     }
 }
 

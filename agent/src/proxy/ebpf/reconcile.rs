@@ -25,7 +25,7 @@ use skiff_ebpf_common::{
     FrontendKey, RevNat, SlotKey, ip_raw, port_raw,
 };
 
-use super::maps::{LbStore, MapOpError, name_to_bytes};
+use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, name_to_bytes};
 use crate::proxy::model::{ProxyState, ServicePort, ServicePortName};
 
 /// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
@@ -472,6 +472,47 @@ impl Reconciler {
     /// Number of frontends and backends the mirror holds.
     pub fn counts(&self) -> (usize, usize) {
         (self.frontends.len(), self.backends.len())
+    }
+
+    /// Entries and capacity of each map the reconciler writes, from its mirror: no map is
+    /// walked (the mirror holds what the maps hold, save for changes behind the agent's back
+    /// until the next [`Reconciler::load`]).
+    pub fn mirrored_fill(&self, store: &mut dyn LbStore) -> Vec<MapFill> {
+        let slots = self.slots.values().map(BTreeMap::len).sum();
+        let aff_match = self.aff_match.values().map(HashSet::len).sum();
+        let fill = |name: &str, entries: usize, max_entries: u32| MapFill {
+            name: name.to_string(),
+            entries,
+            max_entries,
+        };
+        vec![
+            fill(
+                store.frontends().name(),
+                self.frontends.len(),
+                store.frontends().max_entries(),
+            ),
+            fill(store.slots().name(), slots, store.slots().max_entries()),
+            fill(
+                store.backends().name(),
+                self.backends.len(),
+                store.backends().max_entries(),
+            ),
+            fill(
+                store.revnat().name(),
+                self.revnat.len(),
+                store.revnat().max_entries(),
+            ),
+            fill(
+                store.aff_match().name(),
+                aff_match,
+                store.aff_match().max_entries(),
+            ),
+            fill(
+                store.svc_names().name(),
+                self.names.len(),
+                store.svc_names().max_entries(),
+            ),
+        ]
     }
 
     /// The revNAT id a frontend has (for tests and diagnostics).
@@ -1038,6 +1079,42 @@ impl Reconciler {
     }
 }
 
+/// How often [`FillReporter`] walks the maps the programs write (affinity, socket revNAT,
+/// conntrack): a walk costs a syscall per entry, so it is not done on every sync.
+pub const PROGRAM_FILL_PERIOD: Duration = Duration::from_secs(15);
+
+/// Entries and capacity of every pinned map, for the `skiff_bpf_map_entries` and
+/// `skiff_bpf_map_max_entries` gauges, cheaply enough to ask after every sync: the maps the
+/// reconciler writes are counted from its mirror (no syscall), the maps the programs write by
+/// walking their keys at most every [`PROGRAM_FILL_PERIOD`] (the last count is reported in
+/// between).
+#[derive(Debug, Default)]
+pub struct FillReporter {
+    program: Vec<MapFill>,
+    walked: Option<Instant>,
+}
+
+impl FillReporter {
+    /// Every map's fill, in [`ALL_MAPS`] order.
+    pub fn report(&mut self, rec: &Reconciler, store: &mut dyn LbStore) -> Vec<MapFill> {
+        if self
+            .walked
+            .is_none_or(|t| t.elapsed() >= PROGRAM_FILL_PERIOD)
+        {
+            match store.program_maps_fill() {
+                Ok(f) => self.program = f,
+                // Keep the last count (the walk is retried after the next period).
+                Err(e) => tracing::warn!("counting the entries of the programs' BPF maps: {e}"),
+            }
+            self.walked = Some(Instant::now());
+        }
+        let mut all = rec.mirrored_fill(store);
+        all.extend(self.program.iter().cloned());
+        all.sort_by_key(|m| ALL_MAPS.iter().position(|n| *n == m.name));
+        all
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::maps::{SvcName, Table};
@@ -1102,6 +1179,10 @@ mod tests {
         revnat: MemTable<u32, RevNat>,
         aff_match: MemTable<AffinityMatchKey, u32>,
         names: MemTable<u32, SvcName>,
+        /// The maps the programs write, as (name, entries, max entries).
+        program: Vec<(&'static str, usize, u32)>,
+        /// How often `program` was walked.
+        program_walks: std::cell::Cell<usize>,
     }
 
     impl MemStore {
@@ -1113,6 +1194,11 @@ mod tests {
                 revnat: MemTable::new("skiff_revnat", max),
                 aff_match: MemTable::new("skiff_aff_match", max * 4),
                 names: MemTable::new("skiff_svc_names", max),
+                program: super::super::maps::PROGRAM_MAPS
+                    .iter()
+                    .map(|n| (*n, 0, max * 2))
+                    .collect(),
+                program_walks: std::cell::Cell::new(0),
             }
         }
         /// Frontend → backends through slots, as the kernel would resolve them.
@@ -1159,6 +1245,18 @@ mod tests {
         }
         fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
             &mut self.names
+        }
+        fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError> {
+            self.program_walks.set(self.program_walks.get() + 1);
+            Ok(self
+                .program
+                .iter()
+                .map(|(name, entries, max_entries)| MapFill {
+                    name: name.to_string(),
+                    entries: *entries,
+                    max_entries: *max_entries,
+                })
+                .collect())
         }
     }
 
@@ -1755,6 +1853,217 @@ mod tests {
         assert_eq!(
             s.resolve(&fk([10, 96, 0, 1], 80, PROTO_TCP)).unwrap(),
             vec![be([10, 244, 0, 1], 80)]
+        );
+    }
+
+    /// Every map's fill as the store really holds it, in `ALL_MAPS` order.
+    fn store_fill(s: &MemStore) -> Vec<(String, usize, u32)> {
+        let mut v = vec![
+            (
+                s.frontends.name.to_string(),
+                s.frontends.m.len(),
+                s.frontends.max,
+            ),
+            (s.slots.name.to_string(), s.slots.m.len(), s.slots.max),
+            (
+                s.backends.name.to_string(),
+                s.backends.m.len(),
+                s.backends.max,
+            ),
+            (s.revnat.name.to_string(), s.revnat.m.len(), s.revnat.max),
+            (
+                s.aff_match.name.to_string(),
+                s.aff_match.m.len(),
+                s.aff_match.max,
+            ),
+            (s.names.name.to_string(), s.names.m.len(), s.names.max),
+        ];
+        v.extend(s.program.iter().map(|(n, e, m)| (n.to_string(), *e, *m)));
+        v.sort_by_key(|m| ALL_MAPS.iter().position(|n| *n == m.0));
+        v
+    }
+
+    fn fill_rows(f: Vec<MapFill>) -> Vec<(String, usize, u32)> {
+        f.into_iter()
+            .map(|m| (m.name, m.entries, m.max_entries))
+            .collect()
+    }
+
+    #[test]
+    fn map_fill_counts_every_map_without_walking_the_mirrored_ones() {
+        let mut s = MemStore::new(64);
+        s.program[0].1 = 3; // affinity entries the programs wrote
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let mut fill = FillReporter::default();
+        let mut a = svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 1, 2], 8080, true),
+                ep([10, 244, 2, 2], 8080, false),
+            ],
+        );
+        a.node_port = 30080;
+        a.affinity_timeout = Some(60);
+        let b = svc(
+            "b",
+            [10, 96, 0, 2],
+            53,
+            vec![ep([10, 244, 1, 2], 8080, true)],
+        );
+        let steps = [
+            state(vec![a.clone(), b.clone()]),
+            state(vec![a.clone()]),
+            state(vec![svc("c", [10, 96, 0, 3], 80, vec![])]),
+            ProxyState::new(),
+        ];
+        for (i, st) in steps.iter().enumerate() {
+            run(&mut r, &mut s, st);
+            let got = fill_rows(fill.report(&r, &mut s));
+            assert_eq!(got, store_fill(&s), "step {i}");
+            assert_eq!(
+                got.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+                ALL_MAPS,
+                "step {i}"
+            );
+        }
+        // The programs' maps were walked once: the later reports are within the period.
+        assert_eq!(s.program_walks.get(), 1);
+        assert_eq!(
+            fill_rows(fill.report(&r, &mut s))[4],
+            ("skiff_affinity".to_string(), 3, 128)
+        );
+    }
+
+    /// The eBPF dataplane's sync and fill over the in-memory store.
+    struct MemDataplane {
+        rec: Reconciler,
+        store: MemStore,
+        fill: FillReporter,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::proxy::runner::Dataplane for MemDataplane {
+        fn mode(&self) -> &'static str {
+            "ebpf-in-memory"
+        }
+        async fn sync(
+            &mut self,
+            state: &ProxyState,
+            _changed: Option<&BTreeSet<ServicePortName>>,
+        ) -> anyhow::Result<crate::proxy::runner::SyncStats> {
+            let st =
+                self.rec
+                    .sync_state(&mut self.store, state, Some(Ipv4Addr::new(192, 168, 0, 1)))?;
+            Ok(crate::proxy::runner::SyncStats {
+                services: state.len(),
+                backends: st.backends,
+                writes: st.writes + st.deletes,
+            })
+        }
+        fn map_fill(&mut self) -> Vec<MapFill> {
+            self.fill.report(&self.rec, &mut self.store)
+        }
+    }
+
+    struct NoEvents;
+
+    #[async_trait::async_trait]
+    impl crate::proxy::runner::ProxyEvents for NoEvents {
+        async fn warning(&self, _reason: &str, _message: String) {}
+    }
+
+    #[tokio::test]
+    async fn the_map_fill_gauges_are_exported_after_a_sync() {
+        use crate::proxy::metrics::ProxyMetrics;
+        use crate::proxy::runner::Syncer;
+        use std::sync::Arc;
+
+        let mut store = MemStore::new(64);
+        store.program[2].1 = 4; // two NodePort flows in conntrack
+        let rec = Reconciler::load(&mut store).unwrap();
+        let metrics = Arc::new(ProxyMetrics::default());
+        let dp = MemDataplane {
+            rec,
+            store,
+            fill: FillReporter::default(),
+        };
+        let mut syncer = Syncer::new(Box::new(dp), metrics.clone(), Arc::new(NoEvents));
+        let mut a = svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 1, 2], 8080, true),
+                ep([10, 244, 2, 2], 8080, false),
+            ],
+        );
+        a.node_port = 30080;
+        a.affinity_timeout = Some(60);
+        let b = svc(
+            "b",
+            [10, 96, 0, 2],
+            53,
+            vec![ep([10, 244, 1, 2], 8080, true)],
+        );
+        let gauges = |text: &str, want: &[(&str, usize, u32)]| {
+            for (map, entries, max) in want {
+                assert!(
+                    text.contains(&format!(
+                        "skiff_bpf_map_entries{{map=\"{map}\"}} {entries}\n"
+                    )),
+                    "{map}: {entries} entries wanted:\n{text}"
+                );
+                assert!(
+                    text.contains(&format!(
+                        "skiff_bpf_map_max_entries{{map=\"{map}\"}} {max}\n"
+                    )),
+                    "{map}: capacity {max} wanted:\n{text}"
+                );
+            }
+            assert_eq!(
+                text.matches("skiff_bpf_map_entries{").count(),
+                ALL_MAPS.len(),
+                "{text}"
+            );
+        };
+
+        assert!(
+            syncer
+                .sync(&state(vec![a.clone(), b]), None, Instant::now())
+                .await
+        );
+        // a: ClusterIP + NodePort, 2 slots each, affinity on both; b: ClusterIP, 1 slot; one
+        // backend shared.
+        gauges(
+            &metrics.render(),
+            &[
+                ("skiff_frontends", 3, 64),
+                ("skiff_slots", 5, 256),
+                ("skiff_backends", 2, 64),
+                ("skiff_revnat", 3, 64),
+                ("skiff_affinity", 0, 128),
+                ("skiff_aff_match", 4, 256),
+                ("skiff_sock_rev", 0, 128),
+                ("skiff_ct", 4, 128),
+                ("skiff_svc_names", 3, 64),
+            ],
+        );
+
+        // b goes: the next sync updates the gauges.
+        assert!(syncer.sync(&state(vec![a]), None, Instant::now()).await);
+        gauges(
+            &metrics.render(),
+            &[
+                ("skiff_frontends", 2, 64),
+                ("skiff_slots", 4, 256),
+                ("skiff_backends", 2, 64),
+                ("skiff_revnat", 2, 64),
+                ("skiff_aff_match", 4, 256),
+                ("skiff_svc_names", 2, 64),
+                ("skiff_ct", 4, 128),
+            ],
         );
     }
 }
