@@ -77,6 +77,12 @@ const META_V1: &str = "apimachinery.pkg.apis.meta.v1";
 const RESPONSE_KINDS: &[(&str, &str, &str)] = &[
     (META_V1, "Status", "v1"),
     (META_V1, "PartialObjectMetadata", "meta.k8s.io/v1"),
+    // Discovery. `APIResource.verbs` is a `Verbs` message in proto but a plain string array in
+    // JSON; the writer passes a value that is not an object through as it is.
+    (META_V1, "APIVersions", "v1"),
+    (META_V1, "APIGroupList", "v1"),
+    (META_V1, "APIGroup", "v1"),
+    (META_V1, "APIResourceList", "v1"),
 ];
 
 /// (tag, prost name, prost kind) of a field the decoder reads itself.

@@ -62,6 +62,10 @@ pub(crate) static KINDS: &[(&str, &Message)] = &[
         "meta.k8s.io/v1/PartialObjectMetadata",
         &META_V1_PARTIAL_OBJECT_METADATA,
     ),
+    ("v1/APIVersions", &META_V1_API_VERSIONS),
+    ("v1/APIGroupList", &META_V1_API_GROUP_LIST),
+    ("v1/APIGroup", &META_V1_API_GROUP),
+    ("v1/APIResourceList", &META_V1_API_RESOURCE_LIST),
 ];
 
 /// meta/v1 options every API group registers as its own: found by kind whatever the group.
@@ -2769,6 +2773,78 @@ pub(crate) static DISCOVERY_V1_FOR_ZONE: Message = Message {
     required: &["name"],
 };
 
+pub(crate) static META_V1_API_GROUP: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.APIGroup",
+    fields: &[
+        F::new(1, "name", One, Str),
+        F::new(
+            2,
+            "versions",
+            Repeated,
+            Msg(&META_V1_GROUP_VERSION_FOR_DISCOVERY),
+        ),
+        F::new(
+            3,
+            "preferredVersion",
+            One,
+            Msg(&META_V1_GROUP_VERSION_FOR_DISCOVERY),
+        ),
+        F::new(
+            4,
+            "serverAddressByClientCIDRs",
+            Repeated,
+            Msg(&META_V1_SERVER_ADDRESS_BY_CLIENT_CIDR),
+        ),
+    ],
+    required: &["name", "versions"],
+};
+
+pub(crate) static META_V1_API_GROUP_LIST: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.APIGroupList",
+    fields: &[F::new(1, "groups", Repeated, Msg(&META_V1_API_GROUP))],
+    required: &["groups"],
+};
+
+pub(crate) static META_V1_API_RESOURCE: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.APIResource",
+    fields: &[
+        F::new(1, "name", One, Str),
+        F::new(6, "singularName", One, Str),
+        F::new(2, "namespaced", One, Bool),
+        F::new(8, "group", One, Str),
+        F::new(9, "version", One, Str),
+        F::new(3, "kind", One, Str),
+        F::new(4, "verbs", One, Msg(&META_V1_VERBS)),
+        F::new(5, "shortNames", Repeated, Str),
+        F::new(7, "categories", Repeated, Str),
+        F::new(10, "storageVersionHash", One, Str),
+    ],
+    required: &["name", "singularName", "namespaced", "kind", "verbs"],
+};
+
+pub(crate) static META_V1_API_RESOURCE_LIST: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.APIResourceList",
+    fields: &[
+        F::new(1, "groupVersion", One, Str),
+        F::new(2, "resources", Repeated, Msg(&META_V1_API_RESOURCE)),
+    ],
+    required: &["groupVersion", "resources"],
+};
+
+pub(crate) static META_V1_API_VERSIONS: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.APIVersions",
+    fields: &[
+        F::new(1, "versions", Repeated, Str),
+        F::new(
+            2,
+            "serverAddressByClientCIDRs",
+            Repeated,
+            Msg(&META_V1_SERVER_ADDRESS_BY_CLIENT_CIDR),
+        ),
+    ],
+    required: &["versions", "serverAddressByClientCIDRs"],
+};
+
 pub(crate) static META_V1_CONDITION: Message = Message {
     name: "apimachinery.pkg.apis.meta.v1.Condition",
     fields: &[
@@ -2798,6 +2874,15 @@ pub(crate) static META_V1_DELETE_OPTIONS: Message = Message {
         ),
     ],
     required: &[],
+};
+
+pub(crate) static META_V1_GROUP_VERSION_FOR_DISCOVERY: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.GroupVersionForDiscovery",
+    fields: &[
+        F::new(1, "groupVersion", One, Str),
+        F::new(2, "version", One, Str),
+    ],
+    required: &["groupVersion", "version"],
 };
 
 pub(crate) static META_V1_LABEL_SELECTOR: Message = Message {
@@ -2909,6 +2994,15 @@ pub(crate) static META_V1_PRECONDITIONS: Message = Message {
     required: &[],
 };
 
+pub(crate) static META_V1_SERVER_ADDRESS_BY_CLIENT_CIDR: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.ServerAddressByClientCIDR",
+    fields: &[
+        F::new(1, "clientCIDR", One, Str),
+        F::new(2, "serverAddress", One, Str),
+    ],
+    required: &["clientCIDR", "serverAddress"],
+};
+
 pub(crate) static META_V1_STATUS: Message = Message {
     name: "apimachinery.pkg.apis.meta.v1.Status",
     fields: &[
@@ -2942,5 +3036,11 @@ pub(crate) static META_V1_STATUS_DETAILS: Message = Message {
         F::new(4, "causes", Repeated, Msg(&META_V1_STATUS_CAUSE)),
         F::new(5, "retryAfterSeconds", One, I32),
     ],
+    required: &[],
+};
+
+pub(crate) static META_V1_VERBS: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.Verbs",
+    fields: &[F::new(1, "items", Repeated, Str)],
     required: &[],
 };

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 
-use super::protobuf::schema::{KINDS, META_V1_LIST_META};
+use super::protobuf::schema::{KINDS, META_V1_LIST_META, META_V1_VERBS};
 use super::protobuf::{Card, Field, Message, Ty};
 
 /// `"apiVersion/kind"` → message of every top-level kind the table knows.
@@ -124,6 +124,8 @@ fn zero(f: &Field) -> Value {
         Ty::F64 => Value::from(0.0),
         Ty::Quantity => Value::String("0".into()),
         Ty::Duration => Value::String("0s".into()),
+        // `metav1.Verbs` is a `[]string` in Go: a message only in proto.
+        Ty::Msg(sub) if std::ptr::eq(sub, &META_V1_VERBS) => Value::Array(Vec::new()),
         Ty::Msg(sub) => {
             let mut o = Map::new();
             fill_msg(&mut o, sub, sub);
@@ -180,7 +182,7 @@ impl Serialize for Zero<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let f = self.0;
         match (f.card, f.ty) {
-            (Card::One, Ty::Msg(m)) => {
+            (Card::One, Ty::Msg(m)) if !std::ptr::eq(m, &META_V1_VERBS) => {
                 let empty = Map::new();
                 write_msg(s, &empty, m)
             }
@@ -494,6 +496,18 @@ mod tests {
                 r#""metadata":{"name":"a","uid":"u"}}}]}"#
             )
         );
+        let resources = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+            "resources": [{"name": "pods", "namespaced": true, "kind": "Pod", "singularName": "pod", "verbs": ["get"]}]});
+        assert_eq!(
+            text(&resources),
+            concat!(
+                r#"{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"v1","resources":[{"name":"pods","#,
+                r#""singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get"]}]}"#
+            )
+        );
+        let no_verbs = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [{}]});
+        let back: Value = serde_json::from_slice(&to_vec(&no_verbs)).unwrap();
+        assert_eq!(back["resources"][0]["verbs"], json!([]));
         // Not objects of a known kind: as they are.
         let plain = json!({"b": 1, "a": [{"d": 1, "c": 2}]});
         assert_eq!(text(&plain), serde_json::to_string(&plain).unwrap());
