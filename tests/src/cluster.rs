@@ -1112,6 +1112,20 @@ impl Cluster {
             }
         }
         let _ = std::fs::remove_dir(Path::new(BPFFS).join("skiff"));
+        // Logs to keep for a look after a passing run (`SKIFF_KEEP_LOGS=<dir>`).
+        if let Some(keep) = std::env::var_os("SKIFF_KEEP_LOGS") {
+            let keep = Path::new(&keep).join(&self.state.name);
+            let _ = std::fs::create_dir_all(&keep);
+            let logs = std::iter::once(("control.log".to_string(), &self.state.control_log)).chain(
+                self.state
+                    .nodes
+                    .iter()
+                    .map(|n| (format!("{}.log", n.name), &n.log)),
+            );
+            for (name, log) in logs {
+                let _ = std::fs::copy(log, keep.join(name));
+            }
+        }
         // 7. The cluster directory, never through a mount left inside it.
         note(
             "removing the cluster directory",

@@ -348,7 +348,36 @@ spec:
             .collect::<String>()
     );
     assert!(c.exec_ok(&n1, &["ip", "-o", "link"])?.contains(&veth));
+    let bridge_mac = || -> Result<String> {
+        let link = c.exec_ok(&n1, &["cat", "/sys/class/net/skiff0/address"])?;
+        Ok(link.trim().to_string())
+    };
+    let mac_before = bridge_mac()?;
     c.kubectl(&["delete", "pod", "web-1", "--wait=true"])?;
+    // The gateway's MAC is fixed (02:5c + the gateway address), not the lowest of its ports:
+    // pods that cached it keep reaching other nodes when a pod's veth goes.
+    let gateway = c.jsonpath("node", &n1, ".spec.podCIDR")?;
+    let octets: Vec<u8> = gateway
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    assert_eq!(octets.len(), 4, "podCIDR {gateway}");
+    let want = format!(
+        "02:5c:{:02x}:{:02x}:{:02x}:{:02x}",
+        octets[0],
+        octets[1],
+        octets[2],
+        octets[3] + 1
+    );
+    assert_eq!(mac_before, want, "skiff0's MAC before the deletion");
+    assert_eq!(
+        bridge_mac()?,
+        want,
+        "skiff0's MAC changed with a pod's veth"
+    );
     let links = c.exec_ok(&n1, &["ip", "-o", "link"])?;
     assert!(!links.contains(&veth), "veth {veth} left behind:\n{links}");
     let addrs = c.exec_ok(&n1, &["ip", "-o", "addr"])?;

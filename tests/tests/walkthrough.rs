@@ -379,7 +379,8 @@ spec:
     let loop_script = format!(
         "while [ ! -e /tmp/stop-load ]; do \
            if out=$(timeout 3 wget -q -O - {url} 2>&1); then echo ok; \
-           else echo \"FAIL $(date +%T) $out\"; fi; sleep 0.05; \
+           else rc=$?; case $rc in 124|143) out=\"no answer within 3 s $out\";; esac; \
+                echo \"FAIL $(date +%T) exit $rc: $out\"; fi; sleep 0.05; \
          done; echo done"
     );
     let _ = c

@@ -84,6 +84,7 @@ pub fn setup(ws: &Workspace, check_only: bool) -> Result<()> {
     setup.apt_packages(linker_missing.then_some(llvm_major).flatten())?;
     setup.kubectl_120()?;
     setup.bpf_linker(llvm_major)?;
+    setup.bpffs()?;
 
     if !setup.missing.is_empty() {
         bail!(
@@ -301,6 +302,26 @@ impl Setup<'_> {
             .with_context(|| format!("could not create the symlink {}", link.display()))
     }
 
+    /// bpffs at /sys/fs/bpf: the eBPF dataplane pins its maps there (`--bpffs`) and its root
+    /// tests load programs against it. systemd mounts it at boot; a container or a minimal
+    /// machine may not have it.
+    fn bpffs(&mut self) -> Result<()> {
+        let piece = "bpffs mounted at /sys/fs/bpf";
+        if is_mounted_bpffs("/sys/fs/bpf") {
+            return self.present(piece);
+        }
+        if !self.missing(piece, "the eBPF dataplane pins its maps there") {
+            return Ok(());
+        }
+        if !sys::is_root() {
+            bail!(
+                "bpffs is not mounted and mounting it needs root; fix: `mount -t bpf bpf /sys/fs/bpf`"
+            );
+        }
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+            .context("could not mount bpffs; fix: `mount -t bpf bpf /sys/fs/bpf`")
+    }
+
     fn bpf_linker(&mut self, llvm_major: Option<u32>) -> Result<()> {
         if let Some(version) = bpf_linker_version() {
             return self.present(&format!("bpf-linker ({version})"));
@@ -360,6 +381,16 @@ fn apt_get() -> Command {
     cmd.env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null());
     cmd
+}
+
+/// Whether `path` is itself a bpffs mount point (/proc/self/mounts: device, path, type, ...).
+fn is_mounted_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            (f.nth(1), f.next()) == (Some(path), Some("bpf"))
+        })
+    })
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -49,6 +49,13 @@ fn is_exists(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -17)
 }
 
+/// The bridge's MAC: locally administered, unique per node because the gateway address is,
+/// and the same after an agent restart.
+fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0x5c, a, b, c, d]
+}
+
 async fn add_address(handle: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
     match handle
         .address()
@@ -85,12 +92,22 @@ impl NetworkEdge for NetlinkNetwork {
             }
         };
         add_address(&self.handle, index, pod_cidr.gateway(), pod_cidr.prefix).await?;
+        // A bridge whose address was never set takes the lowest MAC of its ports, so the
+        // gateway's MAC changed whenever a pod's veth came or went. Pods keep the old one in
+        // their neighbour cache; once that veth is gone their frames to the gateway (all
+        // traffic to other nodes) are dropped until the entry is probed again, seconds later.
+        // A fixed address, as Docker and the CNI bridge plugin set, never changes.
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(bridge_mac(pod_cidr.gateway()).to_vec())
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
-            .context("setting skiff0 up")?;
+            .context("setting skiff0's address and bringing it up")?;
         // Pods on this node reach other nodes (and the node routes between pods) only
         // with forwarding on; the sysctl is per network namespace.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;

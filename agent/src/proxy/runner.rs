@@ -230,6 +230,7 @@ impl Syncer {
                     ?took,
                     "synced the service dataplane"
                 );
+                log_backends(state, changed);
                 true
             }
             Err(e) => {
@@ -249,6 +250,21 @@ impl Syncer {
             );
         }
         synced
+    }
+}
+
+/// At debug level, the backends new connections of each changed service port now go to: the
+/// timeline of a rollout on this node (when a terminating pod stopped being chosen).
+fn log_backends(state: &ProxyState, changed: Option<&BTreeSet<ServicePortName>>) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for name in changed.into_iter().flatten() {
+        let backends: Vec<String> = state
+            .get(name)
+            .map(|sp| sp.usable().iter().map(|e| e.ip.to_string()).collect())
+            .unwrap_or_default();
+        tracing::debug!(service = %name, ?backends, "service backends programmed");
     }
 }
 
