@@ -24,6 +24,7 @@ use skiff_control::store::embedded::EmbeddedStore;
 struct Cluster {
     server: Option<ApiServer>,
     client: Client,
+    store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,7 +35,7 @@ impl Cluster {
             Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
         let mut config = ApiConfig::new(dir.path().to_path_buf());
         config.secure_port = 0;
-        let server = ApiServer::start(config, store).await.unwrap();
+        let server = ApiServer::start(config, store.clone()).await.unwrap();
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
@@ -42,6 +43,7 @@ impl Cluster {
         Cluster {
             server: Some(server),
             client: Client::try_from(config).unwrap(),
+            store,
             _dir: dir,
         }
     }
@@ -65,6 +67,12 @@ impl Cluster {
             .unwrap()
             .to_bytes();
         (code, bytes.to_vec())
+    }
+
+    /// The object under `key` as stored.
+    async fn stored(&self, key: &str) -> Value {
+        let kv = self.store.get(key).await.unwrap().expect("stored object");
+        serde_json::from_slice(&kv.value).unwrap()
     }
 
     /// A request that must succeed: its JSON body.
@@ -421,6 +429,14 @@ async fn every_returned_object_has_its_required_fields() {
 
         let (created, _) = c.ok("POST", &base, Some(&body)).await;
         check(format!("create {kind}"), &created);
+        // Stored with them too, as controllers and patches see the object.
+        let key = match namespaced {
+            true => format!("/registry/{plural}/wire/{name}"),
+            false => format!("/registry/{plural}/{name}"),
+        };
+        if kind != "Binding" {
+            check(format!("stored {kind} after create"), &c.stored(&key).await);
+        }
         if !verbs.iter().any(|v| v == "update") {
             continue; // bindings: create only
         }
@@ -444,6 +460,7 @@ async fn every_returned_object_has_its_required_fields() {
 
         let (got, _) = c.ok("GET", &item, None).await;
         check(format!("get {kind}"), &got);
+        check(format!("stored {kind}"), &c.stored(&key).await);
         let (list, _) = c.ok("GET", &base, None).await;
         for obj in list["items"].as_array().unwrap() {
             let mut obj = obj.clone();
