@@ -349,8 +349,14 @@ spec:
     );
     assert!(c.exec_ok(&n1, &["ip", "-o", "link"])?.contains(&veth));
     let bridge_mac = || -> Result<String> {
-        let link = c.exec_ok(&n1, &["cat", "/sys/class/net/skiff0/address"])?;
-        Ok(link.trim().to_string())
+        // `ip`, not /sys/class/net: the host's sysfs shows the host's namespace.
+        let link = c.exec_ok(&n1, &["ip", "-o", "link", "show", "skiff0"])?;
+        let mac = link.split("link/ether ").nth(1).unwrap_or_default();
+        Ok(mac
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string())
     };
     let mac_before = bridge_mac()?;
     c.kubectl(&["delete", "pod", "web-1", "--wait=true"])?;
