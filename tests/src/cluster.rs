@@ -441,6 +441,10 @@ impl Cluster {
             .output()
             .context("running bpftool (Debian package bpftool)")?;
         let out = crate::result(&format!("bpftool cgroup show {}", cgroup.display()), out)?;
+        // bpftool prints nothing at all, not `[]`, for a cgroup without programs.
+        if out.trim().is_empty() {
+            return Ok(Vec::new());
+        }
         let attached: serde_json::Value =
             serde_json::from_str(out.trim()).with_context(|| format!("bpftool's JSON: {out}"))?;
         Ok(attached
