@@ -20,15 +20,18 @@ use crate::logs::{LogStream, LogWriter};
 
 pub const START_ERROR_FILE: &str = "start-error";
 
+/// The signals the shim ignores, and gives back to the container at their defaults.
+const SHIM_IGNORES: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGPIPE,
+];
+
 pub fn run(spec_path: &Path) -> i32 {
     // The agent signals the container, never the shim; ignore what a session or terminal
     // might deliver so the logs and the exit status are always recorded.
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGPIPE,
-    ] {
+    for s in SHIM_IGNORES {
         // SAFETY: SIG_IGN installs no handler code; nothing runs asynchronously.
         unsafe {
             let _ = signal(s, SigHandler::SigIgn);
@@ -57,14 +60,15 @@ pub fn run(spec_path: &Path) -> i32 {
         }
     };
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let child = Command::new(exe)
-        .arg("init")
+    let mut init = Command::new(exe);
+    init.arg("init")
         .arg("--spec")
         .arg(spec_path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    restore_default_signals(&mut init);
+    let child = init.spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -127,6 +131,24 @@ pub fn run(spec_path: &Path) -> i32 {
     0
 }
 
+/// An ignored signal stays ignored across fork and exec, and a shell cannot even trap a
+/// signal ignored on entry (POSIX): a container started with the shim's SIG_IGN for SIGTERM
+/// never heard the agent's SIGTERM and sat out the whole grace period until SIGKILL. The
+/// container process starts with every signal at its default, as under any runtime.
+fn restore_default_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls signal(2), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            for s in SHIM_IGNORES {
+                signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 fn pump(
     mut from: impl Read + Send + 'static,
     stream: LogStream,
@@ -145,4 +167,41 @@ fn pump(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    /// `sh` whose trap exits 7 on SIGTERM, started with SIGTERM ignored as the shim has it.
+    fn shell_started_by_the_shim() -> Command {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "trap 'exit 7' TERM; kill -TERM $$; sleep 2; exit 0"]);
+        // SAFETY: only signal(2) between fork and exec.
+        unsafe {
+            sh.pre_exec(|| {
+                signal(Signal::SIGTERM, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        sh
+    }
+
+    /// The container hears SIGTERM although the shim ignores it: its trap runs. Without the
+    /// reset the shell may not even trap it (ignored on entry) and sleeps on.
+    #[test]
+    fn the_container_hears_sigterm_although_the_shim_ignores_it() {
+        let unreset = shell_started_by_the_shim().status().unwrap();
+        assert_eq!(
+            unreset.code(),
+            Some(0),
+            "premise: an ignored SIGTERM cannot be trapped"
+        );
+        let mut sh = shell_started_by_the_shim();
+        restore_default_signals(&mut sh);
+        let status = sh.status().unwrap();
+        assert_eq!(status.code(), Some(7), "the trap did not run: {status:?}");
+    }
 }
