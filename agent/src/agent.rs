@@ -87,6 +87,7 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
     )
     .await;
 
+    let drain = Arc::new(crate::proxy::drain::BackendDrain::new());
     let agent = Arc::new(Agent {
         recorder: EventRecorder::new(client.clone(), "kubelet").with_host(&cfg.node_name),
         cfg: cfg.clone(),
@@ -99,6 +100,7 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
         cgroups,
         services,
         pods_by_name: Mutex::new(Default::default()),
+        drain: drain.clone(),
     });
 
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, cfg.port))
@@ -126,11 +128,12 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
     };
     let dataplane = crate::proxy::dataplane(&cfg.proxy_mode, &target).await?;
     let metrics = Arc::new(crate::proxy::metrics::ProxyMetrics::default());
-    tokio::spawn(crate::proxy::runner::run(
+    tokio::spawn(crate::proxy::runner::run_with_drain(
         client.clone(),
         cfg.node_name.clone(),
         dataplane,
         metrics.clone(),
+        drain,
     ));
     if let Some(addr) = cfg.metrics_address {
         tokio::spawn(async move {

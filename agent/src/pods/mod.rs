@@ -27,6 +27,7 @@ use crate::config::AgentConfig;
 use crate::image::ImageStore;
 use crate::network::ipam::Ipam;
 use crate::network::{Ipv4Net, NetworkEdge};
+use crate::proxy::drain::BackendDrain;
 use crate::runtime::Runtime;
 use crate::runtime::cgroup::CgroupLayout;
 use skiff_common::events::EventRecorder;
@@ -45,6 +46,9 @@ pub struct Agent {
     pub recorder: EventRecorder,
     /// (namespace, name) → uid of the pods this node runs, for the log server.
     pub pods_by_name: Mutex<HashMap<(String, String), Arc<Pod>>>,
+    /// The service proxy's drain gate: a pod's network is torn down only once this node's
+    /// dataplane no longer sends new connections to its IP (or a bound has passed).
+    pub drain: Arc<BackendDrain>,
 }
 
 impl Agent {

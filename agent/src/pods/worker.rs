@@ -731,9 +731,44 @@ impl PodWorker {
             .max(0) as u64;
         tracing::info!(pod = %self.name(), grace, "stopping pod");
         self.kill_all(Duration::from_secs(grace), !gone).await;
+        // The containers have stopped: say so while the pod still exists (Ready=False), as the
+        // kubelet does. A last backend that kube-proxy's terminating fallback keeps (serving)
+        // then leaves the dataplane, and the drain gate below does not sit out its bound.
+        let was_ready = self
+            .last_status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !gone && was_ready {
+            // Not ready, whether or not the shims have recorded the exits yet.
+            for t in self.tracks.values_mut() {
+                t.ready = false;
+            }
+            self.report(true, false).await;
+        }
         let state = self.sandbox.take().or_else(|| {
             read_json::<SandboxState>(&self.agent.runtime.sandbox_state_path(&self.uid)).ok()
         });
+        // Before the network goes: wait until this node's service dataplane no longer sends
+        // new connections to the pod (a same-node client's connection into a removed netns
+        // hangs until ARP fails; into the still-wired, empty pod it is refused at once).
+        // Bounded: the proxy may not have synced yet, or keep a last terminating backend.
+        const DRAIN_BOUND: Duration = Duration::from_secs(5);
+        let drain_ip = state
+            .as_ref()
+            .filter(|s| !s.host_network && s.netns_path.is_some())
+            .and_then(|s| s.ip.as_deref().or(self.pod_ip.as_deref()))
+            .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
+        if let Some(ip) = drain_ip {
+            let d = self.agent.drain.wait_unprogrammed(ip, DRAIN_BOUND).await;
+            if d.timed_out {
+                tracing::warn!(pod = %self.name(), %ip, waited = ?d.waited,
+                    "the service dataplane still sends new connections to the pod; removing its network anyway");
+            } else {
+                tracing::info!(pod = %self.name(), %ip, waited = ?d.waited,
+                    "the service dataplane no longer sends new connections to the pod");
+            }
+        }
         if let Err(e) = sandbox::destroy(&self.agent, &self.uid, state.as_ref()).await {
             tracing::warn!(pod = %self.name(), "removing the pod's sandbox: {e:#}");
         }

@@ -4,6 +4,7 @@
 //! NodePort traffic on the uplink (tc) with the programs of `ebpf/` ([`ebpf`]);
 //! `--proxy-mode iptables` programs kube-proxy's chain layout ([`iptables`]); `auto` tries
 //! eBPF and falls back to iptables, saying why.
+pub mod drain;
 pub mod ebpf;
 pub mod iptables;
 pub mod metrics;

@@ -9,6 +9,10 @@
 //! A BPF map that fills up is reported once as a Warning Event on the Node (reason
 //! [`BPF_MAP_FULL`]), and again only after it had room and filled up again; the failed sync is
 //! retried with back-off meanwhile.
+//!
+//! Pod workers about to tear down a pod's network wait on the [`BackendDrain`] gate; after
+//! every successful sync (and when a waiter registers) the synced state is checked for the
+//! IPs waited on — only while someone waits.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use kube::{Api, Client};
 use skiff_common::events::EventRecorder;
 use tokio::sync::mpsc;
 
+use super::drain::BackendDrain;
 use super::ebpf::{MapFill, MapOpError, SyncError as EbpfSyncError};
 use super::metrics::ProxyMetrics;
 use super::model::{ProxyState, ServiceKey, ServicePortName};
@@ -182,6 +187,7 @@ pub struct Syncer {
     metrics: Arc<ProxyMetrics>,
     events: Arc<dyn ProxyEvents>,
     full: FullMapReports,
+    drain: Option<Arc<BackendDrain>>,
 }
 
 impl Syncer {
@@ -195,6 +201,21 @@ impl Syncer {
             metrics,
             events,
             full: FullMapReports::default(),
+            drain: None,
+        }
+    }
+
+    /// Tell `drain` about every successful sync.
+    pub fn with_drain(mut self, drain: Arc<BackendDrain>) -> Syncer {
+        self.drain = Some(drain);
+        self
+    }
+
+    /// Check the drain gate's waiters against `state`, the state the dataplane last synced
+    /// successfully (a waiter registered since). No work without waiters.
+    pub fn check_drain(&self, state: &ProxyState) {
+        if let Some(drain) = &self.drain {
+            drain.synced(state);
         }
     }
 
@@ -231,6 +252,7 @@ impl Syncer {
                     "synced the service dataplane"
                 );
                 log_backends(state, changed);
+                self.check_drain(state);
                 true
             }
             Err(e) => {
@@ -273,15 +295,34 @@ const BATCH: Duration = Duration::from_millis(5);
 /// Full resync even without changes (repairs anything changed behind our back).
 const RESYNC: Duration = Duration::from_secs(60);
 
-/// Run the proxy until the future is dropped (which also stops its watches).
+/// Run the proxy until the future is dropped (which also stops its watches), with a drain
+/// gate nobody waits on.
 pub async fn run(
     client: Client,
     node: String,
     dataplane: Box<dyn Dataplane>,
     metrics: Arc<ProxyMetrics>,
 ) {
+    run_with_drain(
+        client,
+        node,
+        dataplane,
+        metrics,
+        Arc::new(BackendDrain::new()),
+    )
+    .await
+}
+
+/// [`run`], telling `drain` (shared with the pod workers) what the dataplane holds.
+pub async fn run_with_drain(
+    client: Client,
+    node: String,
+    dataplane: Box<dyn Dataplane>,
+    metrics: Arc<ProxyMetrics>,
+    drain: Arc<BackendDrain>,
+) {
     let events = Arc::new(NodeEvents::new(client.clone(), &node));
-    let mut syncer = Syncer::new(dataplane, metrics.clone(), events);
+    let mut syncer = Syncer::new(dataplane, metrics.clone(), events).with_drain(drain.clone());
     let start = Instant::now();
     let (changes, mut changed) = mpsc::unbounded_channel();
     let (services, _services_watch) = spawn_reflector::<Service>(
@@ -305,6 +346,8 @@ pub async fn run(
     let mut synced = false;
     let mut failures = 0u32;
     let mut resync = false;
+    // A drain waiter registered: check it against the synced state.
+    let mut check_drain = false;
     loop {
         while let Ok(c) = changed.try_recv() {
             tracker.record(c);
@@ -334,7 +377,11 @@ pub async fn run(
                 synced = false;
                 failures += 1;
             }
+        } else if check_drain && synced {
+            // Nothing changed since the last successful sync: its state is the dataplane's.
+            syncer.check_drain(tracker.state());
         }
+        check_drain = false;
         let wait = if failures > 0 {
             Duration::from_millis(100 * u64::from(failures.min(50)))
         } else {
@@ -348,6 +395,7 @@ pub async fn run(
                 tokio::time::sleep(BATCH).await;
             }
             _ = tokio::time::sleep(wait) => resync = failures == 0,
+            _ = drain.registered(), if synced => check_drain = true,
         }
     }
 }
@@ -571,5 +619,85 @@ mod tests {
         assert!(got[2].1.contains("(first: default/h:http)"));
         let m = metrics.snapshot();
         assert_eq!((m.syncs, m.errors), (1, 7));
+    }
+
+    #[tokio::test]
+    async fn the_drain_gate_opens_after_a_successful_sync_without_the_ip() {
+        use crate::proxy::drain::tests::{ep, state};
+        use std::net::Ipv4Addr;
+
+        let pod = [10, 244, 1, 5];
+        let other = [10, 244, 1, 6];
+        let with = state(&[("a", vec![ep(pod, true), ep(other, true)])]);
+        let without = state(&[("a", vec![ep(other, true)])]);
+        let dataplane = ScriptedDataplane(VecDeque::from([
+            ok(),
+            ok(),
+            ok(),
+            // The sync that would remove the IP fails: the dataplane may still hold it.
+            Err(anyhow::anyhow!("iptables-restore failed")),
+            ok(),
+        ]));
+        let drain = Arc::new(BackendDrain::new());
+        let mut syncer = Syncer::new(
+            Box::new(dataplane),
+            Arc::new(ProxyMetrics::default()),
+            Arc::new(RecordedEvents::default()),
+        )
+        .with_drain(drain.clone());
+        // Nobody waits: syncs do not look at the state for the gate.
+        assert!(syncer.sync(&with, None, Instant::now()).await);
+        assert!(syncer.sync(&with, None, Instant::now()).await);
+        assert_eq!(drain.scans(), 0);
+
+        let d = drain.clone();
+        let wait = tokio::spawn(async move {
+            d.wait_unprogrammed(Ipv4Addr::from(pod), Duration::from_secs(30))
+                .await
+        });
+        while drain.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The runner's check of a new waiter against the last synced state: still there.
+        syncer.check_drain(&with);
+        assert!(syncer.sync(&with, None, Instant::now()).await);
+        assert!(!syncer.sync(&without, None, Instant::now()).await);
+        assert_eq!(drain.waiting(), 1);
+        assert!(!wait.is_finished());
+        assert!(syncer.sync(&without, None, Instant::now()).await);
+        let drained = wait.await.unwrap();
+        assert!(!drained.timed_out, "{drained:?}");
+        assert_eq!(drain.waiting(), 0);
+        // Two checks and two successful syncs while the waiter waited; none since.
+        assert_eq!(drain.scans(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_drain_gate_releases_a_new_waiter_for_an_ip_already_gone() {
+        use crate::proxy::drain::tests::{ep, state};
+        use std::net::Ipv4Addr;
+
+        let drain = Arc::new(BackendDrain::new());
+        let syncer = Syncer::new(
+            Box::new(ScriptedDataplane(VecDeque::new())),
+            Arc::new(ProxyMetrics::default()),
+            Arc::new(RecordedEvents::default()),
+        )
+        .with_drain(drain.clone());
+        let synced = state(&[("a", vec![ep([10, 244, 1, 6], true)])]);
+        let d = drain.clone();
+        let wait = tokio::spawn(async move {
+            d.wait_unprogrammed(Ipv4Addr::new(10, 244, 1, 5), Duration::from_secs(30))
+                .await
+        });
+        // What `run` does: woken by the registration, it checks the state it last synced.
+        tokio::time::timeout(Duration::from_secs(5), drain.registered())
+            .await
+            .unwrap();
+        while drain.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        syncer.check_drain(&synced);
+        assert!(!wait.await.unwrap().timed_out);
     }
 }
