@@ -202,7 +202,8 @@ spec:
     ])?;
     assert!(events.contains("BackOff"), "{events}");
 
-    // --- A failing liveness probe restarts the container (SIGTERM, grace, SIGKILL → 137).
+    // --- A failing liveness probe restarts the container (SIGTERM, grace, SIGKILL → 137):
+    // this one ignores SIGTERM, so only the SIGKILL after the grace period ends it.
     c.apply(
         r#"apiVersion: v1
 kind: Pod
@@ -212,7 +213,7 @@ spec:
   containers:
   - name: app
     image: skiff.test/busybox:1
-    command: ["sh", "-c", "touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600"]
+    command: ["sh", "-c", "trap '' TERM; touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600"]
     livenessProbe:
       exec: {command: ["cat", "/tmp/alive"]}
       periodSeconds: 1
