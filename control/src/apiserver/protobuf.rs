@@ -389,7 +389,7 @@ fn zero(ty: Ty) -> Value {
 
 /// One value of type `ty`. `None` means "as if absent": a zero `Time` (Go writes an empty
 /// message for it and reads it back as the zero time, which JSON has no form for but `null`).
-fn value(r: &mut Reader, wire: u8, ty: Ty, depth: usize) -> Result<Option<Value>, String> {
+fn value(r: &mut Reader<'_>, wire: u8, ty: Ty, depth: usize) -> Result<Option<Value>, String> {
     let expected = match ty {
         Ty::Bool | Ty::I32 | Ty::I64 => VARINT,
         Ty::F64 => I64,

@@ -33,10 +33,11 @@ use super::{
     WatchStream,
 };
 
-const KV: TableDefinition<&str, (i64, i64, &[u8])> = TableDefinition::new("kv");
-const HISTORY: TableDefinition<(&str, i64), (u8, i64, &[u8])> = TableDefinition::new("history");
-const LOG: TableDefinition<i64, &str> = TableDefinition::new("log");
-const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+const KV: TableDefinition<'static, &str, (i64, i64, &[u8])> = TableDefinition::new("kv");
+const HISTORY: TableDefinition<'static, (&str, i64), (u8, i64, &[u8])> =
+    TableDefinition::new("history");
+const LOG: TableDefinition<'static, i64, &str> = TableDefinition::new("log");
+const META: TableDefinition<'static, &str, i64> = TableDefinition::new("meta");
 
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";

@@ -244,19 +244,32 @@ pub const fn port_from_raw(raw: u16) -> u16 {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding fields,
-    // so every bit pattern is valid and there are no uninitialised bytes.
+    // Every type below is a `#[repr(C)]` struct of plain integers whose padding is spelled out
+    // as named fields (the size checks at the end of this file equal the sum of the fields), so
+    // any bit pattern is a valid value and no byte is uninitialised: what `aya::Pod` requires.
+    // SAFETY: `FrontendKey` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for FrontendKey {}
+    // SAFETY: `Frontend` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for Frontend {}
+    // SAFETY: `SlotKey` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for SlotKey {}
+    // SAFETY: `Backend` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for Backend {}
+    // SAFETY: `RevNat` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for RevNat {}
+    // SAFETY: `AffinityKey` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: `AffinityValue` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for AffinityValue {}
+    // SAFETY: `AffinityMatchKey` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for AffinityMatchKey {}
+    // SAFETY: `SockRevKey` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for SockRevKey {}
+    // SAFETY: `SockRev` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for SockRev {}
+    // SAFETY: `CtKey` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for CtKey {}
+    // SAFETY: `CtEntry` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for CtEntry {}
 }
 

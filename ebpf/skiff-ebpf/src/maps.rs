@@ -49,5 +49,6 @@ pub static SKIFF_NODE_IP: Global<u32> = Global::new(0);
 /// `CLOCK_MONOTONIC` seconds, the clock of `last_used`/`last_seen`.
 #[inline(always)]
 pub fn now_secs() -> u32 {
+    // SAFETY: a helper without arguments, allowed in every program type.
     (unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }

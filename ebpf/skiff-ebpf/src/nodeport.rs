@@ -138,7 +138,11 @@ fn rewrite(
 /// by the kernel's FIB and neighbour tables.
 #[inline(always)]
 fn redirect_out(ctx: &TcContext) -> i32 {
+    // SAFETY: `ctx.skb.skb` is the `__sk_buff` the kernel passed this program, valid for its
+    // whole run; the verifier checks the field access against the context layout.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a helper taking values only; a null `params` with length 0 is its documented
+    // "look the next hop up in the FIB" form, allowed in tc programs.
     unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
@@ -167,6 +171,10 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
         pad: 0,
     };
     if let Some(e) = CT.get_ptr_mut(rkey) {
+        // SAFETY: `get_ptr_mut` returned a non-null pointer to the entry's value, which the
+        // kernel keeps allocated while the program runs (RCU); the reference ends with this
+        // block, and another CPU or the agent writing the same entry meanwhile can only change
+        // plain integers (at worst a `last_seen` update is lost).
         let e = unsafe { &mut *e };
         if e.flags & CT_SNAT != 0 {
             e.last_seen = now;
@@ -185,6 +193,9 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
         proto: f.proto,
         pad: 0,
     };
+    // SAFETY: the value is read at once and copied (`*fe`) before any other map operation; an
+    // update or delete of the entry by the agent meanwhile yields the old or the new bytes of a
+    // plain-integer struct, both valid.
     let Some(fe) = (unsafe { FRONTENDS.get(fkey) }) else {
         return TC_NEXT;
     };
@@ -199,6 +210,8 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
     };
     let (be_addr, be_port, snat, snat_port) = match CT.get_ptr_mut(okey) {
         Some(e) => {
+            // SAFETY: as for the reply entry above: a live, non-null value pointer, the
+            // reference ends with this arm.
             let e = unsafe { &mut *e };
             e.last_seen = now;
             (e.addr, e.port, e.flags & CT_SNAT != 0, e.nat_port)
@@ -254,6 +267,7 @@ fn new_flow(f: &Flow, fe: &Frontend, node_ip: u32, now: u32) -> Option<(u32, u16
         // A free source port: the reply entry must not exist yet.
         let mut i = 0;
         while i < 8 {
+            // SAFETY: a helper without arguments.
             let p = ((SNAT_PORT_MIN + unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN) as u16)
                 .to_be();
             let rkey = CtKey {
@@ -328,6 +342,8 @@ pub fn skiff_np_out(ctx: TcContext) -> i32 {
     let Some(e) = CT.get_ptr_mut(rkey) else {
         return TC_NEXT;
     };
+    // SAFETY: as in `skiff_np_in`: a live, non-null value pointer, the reference ends with this
+    // function.
     let e = unsafe { &mut *e };
     if e.flags & CT_SNAT != 0 {
         return TC_NEXT;

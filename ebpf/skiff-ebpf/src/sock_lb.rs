@@ -48,6 +48,8 @@ pub fn skiff_peername4(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn refuse() -> i32 {
+    // SAFETY: a helper taking only a value; cgroup sock_addr programs may call it (kernel ≥ 5.18,
+    // the verifier rejects the program on older kernels instead).
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     SYS_REJECT
 }
@@ -56,16 +58,23 @@ fn refuse() -> i32 {
 #[inline(always)]
 fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the `bpf_sock_addr` the kernel passed this program, valid for its whole
+    // run; the verifier checks every field access against the context layout.
     let proto = unsafe { (*sa).protocol } as u8;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return SYS_PROCEED;
     }
     let key = FrontendKey {
+        // SAFETY: as for `proto` above.
         addr: unsafe { (*sa).user_ip4 },
+        // SAFETY: as for `proto` above.
         port: unsafe { (*sa).user_port } as u16,
         proto,
         pad: 0,
     };
+    // SAFETY: the value is copied out (`*fe`) before any other map operation; an update or
+    // delete of the entry by the agent meanwhile yields the old or the new bytes of a
+    // plain-integer struct, both valid.
     let Some(fe) = (unsafe { FRONTENDS.get(key) }) else {
         return SYS_PROCEED;
     };
@@ -92,6 +101,7 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
     let (be_addr, be_port) = (be.addr, be.port);
 
     // Remember the translation for recvmsg4/getpeername4.
+    // SAFETY: a helper reading the socket's cookie; ctx is the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = SOCK_REV.insert(
         SockRevKey {
@@ -108,6 +118,8 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         },
         0,
     );
+    // SAFETY: `sa` is this program's context (see `proto`); connect4/sendmsg4 may write
+    // `user_ip4`/`user_port`, which the verifier checks.
     unsafe {
         (*sa).user_ip4 = be_addr;
         (*sa).user_port = be_port as u32;
@@ -128,21 +140,30 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 fn xlate_rev(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the `bpf_sock_addr` the kernel passed this program, valid for its whole
+    // run; the verifier checks every field access against the context layout.
     let proto = unsafe { (*sa).protocol } as u8;
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return;
     }
     let key = SockRevKey {
+        // SAFETY: a helper reading the socket's cookie; ctx is the program's own context.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        // SAFETY: as for `proto` above.
         addr: unsafe { (*sa).user_ip4 },
+        // SAFETY: as for `proto` above.
         port: unsafe { (*sa).user_port } as u16,
         pad: 0,
     };
+    // SAFETY: the fields are copied out on the next line, before any other map operation; a
+    // concurrent update or LRU eviction yields the old or the new bytes of a plain-integer
+    // struct, both valid.
     let Some(rev) = (unsafe { SOCK_REV.get(key) }) else {
         return;
     };
     let (addr, port, rev_nat_id) = (rev.addr, rev.port, rev.rev_nat_id);
     // The service must still exist with that address, or the entry is stale.
+    // SAFETY: the entry is only read inside this match, no map operation in between (see above).
     match unsafe { REVNAT.get(rev_nat_id) } {
         Some(r) if r.addr == addr && r.port == port => {}
         _ => {
@@ -150,6 +171,8 @@ fn xlate_rev(ctx: &SockAddrContext) {
             return;
         }
     }
+    // SAFETY: `sa` is this program's context (see `proto`); recvmsg4/getpeername4 may write
+    // `user_ip4`/`user_port`, which the verifier checks.
     unsafe {
         (*sa).user_ip4 = addr;
         (*sa).user_port = port as u32;
