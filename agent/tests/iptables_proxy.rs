@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use skiff_agent::proxy::iptables::{Backend, IptablesDataplane, SyncStats, rules};
+use skiff_agent::proxy::iptables::{Backend, IptablesDataplane, RuleSyncStats, rules};
 use skiff_agent::proxy::model::{Endpoint, Protocol, ProxyState, ServicePort, ServicePortName};
 
 // ---------------------------------------------------------------- namespace plumbing
@@ -180,7 +180,7 @@ fn put(st: &mut ProxyState, sp: ServicePort) {
     st.insert(sp.name.clone(), sp);
 }
 
-fn changed(stats: &SyncStats) -> Vec<String> {
+fn changed(stats: &RuleSyncStats) -> Vec<String> {
     let mut v = stats.changed_chains.clone();
     v.sort();
     v

@@ -104,9 +104,10 @@ impl Backend {
     }
 }
 
-/// What one [`IptablesDataplane::sync`] did.
+/// What one [`IptablesDataplane::sync`] did to the rules: chains and rule lines written (the
+/// iptables detail behind the dataplane's [`SyncStats`](crate::proxy::dataplane::SyncStats)).
 #[derive(Clone, Debug, Default)]
-pub struct SyncStats {
+pub struct RuleSyncStats {
     /// Chains created, rewritten or edited (deleted ones not counted).
     pub chains_written: usize,
     /// Chains flushed and deleted.
@@ -183,7 +184,7 @@ impl IptablesDataplane {
     }
 
     /// Make the tables match `state`, writing only what changed.
-    pub fn sync(&mut self, state: &ProxyState) -> Result<SyncStats> {
+    pub fn sync(&mut self, state: &ProxyState) -> Result<RuleSyncStats> {
         self.sync_changed(state, None)
     }
 
@@ -193,9 +194,9 @@ impl IptablesDataplane {
         &mut self,
         state: &ProxyState,
         changed: Option<&BTreeSet<ServicePortName>>,
-    ) -> Result<SyncStats> {
+    ) -> Result<RuleSyncStats> {
         let start = Instant::now();
-        let mut stats = SyncStats::default();
+        let mut stats = RuleSyncStats::default();
         let mut conntrack = Vec::new();
         if let Err(e) = self.try_sync(state, changed, &mut stats, &mut conntrack) {
             if stats.reloaded {
@@ -206,7 +207,7 @@ impl IptablesDataplane {
                 "iptables sync failed; re-reading the tables and retrying"
             );
             self.invalidate();
-            stats = SyncStats::default();
+            stats = RuleSyncStats::default();
             self.try_sync(state, None, &mut stats, &mut Vec::new())?;
         }
         stats.conntrack_flushes = self.flush_conntrack(&conntrack);
@@ -226,7 +227,7 @@ impl IptablesDataplane {
         &mut self,
         state: &ProxyState,
         changed: Option<&BTreeSet<ServicePortName>>,
-        stats: &mut SyncStats,
+        stats: &mut RuleSyncStats,
         conntrack: &mut Vec<ConntrackFlush>,
     ) -> Result<()> {
         let full = self.kernel.is_none();
@@ -251,7 +252,7 @@ impl IptablesDataplane {
         Ok(())
     }
 
-    fn write_table(&mut self, tp: &TablePlan, stats: &mut SyncStats) -> Result<()> {
+    fn write_table(&mut self, tp: &TablePlan, stats: &mut RuleSyncStats) -> Result<()> {
         let k = self.kernel.as_ref().expect("loaded").get(tp.table);
         let written = tp.rule_lines();
         let (chains_after, rules_after) = tp.size_after(k);

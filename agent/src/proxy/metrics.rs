@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::runner::SyncStats;
+use super::dataplane::SyncStats;
 
 #[derive(Default)]
 pub struct ProxyMetrics {

@@ -4,6 +4,12 @@
 //! NodePort traffic on the uplink (tc) with the programs of `ebpf/` ([`ebpf`]);
 //! `--proxy-mode iptables` programs kube-proxy's chain layout ([`iptables`]); `auto` tries
 //! eBPF and falls back to iptables, saying why.
+//!
+//! Where to start: [`runner`] is the loop (watch → [`tracker`] → [`model::ProxyState`] →
+//! sync); [`mod@dataplane`] is its boundary with the two dataplanes (the
+//! [`dataplane::Dataplane`] trait and its [`dataplane::SyncReport`]), which depend on it and
+//! not on the loop; [`ebpf::fake`] runs the eBPF dataplane over in-memory maps for tests.
+pub mod dataplane;
 pub mod drain;
 pub mod ebpf;
 pub mod iptables;
@@ -18,9 +24,9 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use async_trait::async_trait;
 
+use self::dataplane::{Dataplane, SyncReport, SyncStats};
 use self::iptables::{Backend, IptablesDataplane};
 use self::model::{ProxyState, ServicePortName};
-use self::runner::{Dataplane, SyncStats};
 use crate::network::Ipv4Net;
 
 /// The iptables dataplane on the async runner: its syncs run `iptables-restore`, so they
@@ -44,7 +50,7 @@ impl Dataplane for IptablesProxy {
         &mut self,
         state: &ProxyState,
         changed: Option<&BTreeSet<ServicePortName>>,
-    ) -> Result<SyncStats> {
+    ) -> Result<SyncReport> {
         let Some((mut dp, mut copy)) = self.0.take() else {
             bail!("the iptables dataplane was lost by an earlier failure");
         };
@@ -68,11 +74,11 @@ impl Dataplane for IptablesProxy {
         let (services, backends) = dp.programmed();
         self.0 = Some((dp, copy));
         let stats = result?;
-        Ok(SyncStats {
+        Ok(SyncReport::complete(SyncStats {
             services,
             backends,
             writes: stats.rules_written,
-        })
+        }))
     }
 }
 

@@ -14,7 +14,7 @@
 //! every successful sync (and when a waiter registers) the synced state is checked for the
 //! IPs waited on — only while someone waits.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,39 +29,11 @@ use kube::{Api, Client};
 use skiff_common::events::EventRecorder;
 use tokio::sync::mpsc;
 
+use super::dataplane::{Dataplane, FullMap, SyncReport};
 use super::drain::BackendDrain;
-use super::ebpf::{MapFill, MapOpError, SyncError as EbpfSyncError};
 use super::metrics::ProxyMetrics;
 use super::model::{ProxyState, ServiceKey, ServicePortName};
 use super::tracker::{self, Change, Tracker, Update};
-
-/// What one sync did.
-#[derive(Clone, Debug, Default)]
-pub struct SyncStats {
-    pub services: usize,
-    pub backends: usize,
-    /// Dataplane writes (map entries or iptables chains), for the log.
-    pub writes: usize,
-}
-
-/// A service dataplane (eBPF maps or iptables rules).
-#[async_trait]
-pub trait Dataplane: Send {
-    fn mode(&self) -> &'static str;
-    /// Make the kernel match `state`, writing only what changed. `changed`: the service
-    /// ports that may differ from the previous successful sync's state (everything else is
-    /// as it was then); `None`: compare everything.
-    async fn sync(
-        &mut self,
-        state: &ProxyState,
-        changed: Option<&BTreeSet<ServicePortName>>,
-    ) -> Result<SyncStats>;
-    /// Entries and capacity of each of the dataplane's kernel maps, asked after every sync
-    /// (success or not) for the `skiff_bpf_map_entries` gauges; cheap. None by default.
-    fn map_fill(&mut self) -> Vec<MapFill> {
-        Vec::new()
-    }
-}
 
 /// Where the proxy reports conditions an operator has to act on.
 #[async_trait]
@@ -105,57 +77,6 @@ impl ProxyEvents for NodeEvents {
 /// Event reason for a BPF map that has no room for what the proxy must program.
 pub const BPF_MAP_FULL: &str = "BPFMapFull";
 
-/// A map that was full during one sync.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FullMap {
-    pub map: &'static str,
-    pub max_entries: u32,
-    /// Entries (services or backends) that did not fit.
-    pub not_programmed: usize,
-    /// The first of them, e.g. `default/web:http`.
-    pub first: String,
-}
-
-impl FullMap {
-    /// The event message: the map, its capacity, what is missing and the flag to raise.
-    pub fn message(&self) -> String {
-        let flag = super::ebpf::size_flag(self.map).unwrap_or("its size flag");
-        format!(
-            "BPF map {} is full ({} entries): {} not programmed (first: {}); raise {} on this node's skiff-agent",
-            self.map,
-            self.max_entries,
-            if self.not_programmed == 1 {
-                "1 entry".to_string()
-            } else {
-                format!("{} entries", self.not_programmed)
-            },
-            self.first,
-            flag
-        )
-    }
-}
-
-/// The full maps a failed sync names; `None` if the error is not an eBPF map sync error (the
-/// maps' state is then unknown).
-pub fn full_maps(err: &anyhow::Error) -> Option<Vec<FullMap>> {
-    let e = err.downcast_ref::<EbpfSyncError>()?;
-    let mut by_map: BTreeMap<&'static str, FullMap> = BTreeMap::new();
-    for f in &e.failures {
-        if let MapOpError::Full { map, max_entries } = f.error {
-            by_map
-                .entry(map)
-                .and_modify(|m| m.not_programmed += 1)
-                .or_insert_with(|| FullMap {
-                    map,
-                    max_entries,
-                    not_programmed: 1,
-                    first: f.service.clone(),
-                });
-        }
-    }
-    Some(by_map.into_values().collect())
-}
-
 /// Which maps were already reported full, so a condition is reported once, not on every
 /// retry, and again after it cleared and came back.
 #[derive(Debug, Default)]
@@ -165,18 +86,16 @@ pub struct FullMapReports {
 
 impl FullMapReports {
     /// The maps to report after a sync with this result.
-    pub fn observe(&mut self, result: &Result<SyncStats>) -> Vec<FullMap> {
+    pub fn observe(&mut self, result: &Result<SyncReport>) -> Vec<FullMap> {
         let full = match result {
-            Ok(_) => Vec::new(),
-            Err(e) => match full_maps(e) {
-                Some(full) => full,
-                // Not a map sync error: nothing is known about the maps.
-                None => return Vec::new(),
-            },
+            Ok(report) => &report.full_maps,
+            // The sync failed before it ran through: nothing is known about the maps.
+            Err(_) => return Vec::new(),
         };
         self.reported.retain(|m| full.iter().any(|f| f.map == *m));
-        full.into_iter()
+        full.iter()
             .filter(|f| self.reported.insert(f.map))
+            .cloned()
             .collect()
     }
 }
@@ -240,6 +159,10 @@ impl Syncer {
             let events = self.events.clone();
             tokio::spawn(async move { events.warning(BPF_MAP_FULL, message).await });
         }
+        let result = result.and_then(|report| match report.incomplete {
+            None => Ok(report.stats),
+            Some(e) => Err(e),
+        });
         let synced = match result {
             Ok(stats) => {
                 let took = started.elapsed();
@@ -473,10 +396,13 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::proxy::ebpf::{SyncFailure, SyncStats as EbpfStats};
+    use crate::proxy::dataplane::SyncStats;
+    use crate::proxy::ebpf::fake::{FakeDataplane, FakeMaps};
+    use crate::proxy::ebpf::{self, MapOpError, MapSyncStats, SyncError, SyncFailure};
+    use std::net::Ipv4Addr;
 
     /// Hands out scripted sync results.
-    struct ScriptedDataplane(VecDeque<Result<SyncStats>>);
+    struct ScriptedDataplane(VecDeque<Result<SyncReport>>);
 
     #[async_trait]
     impl Dataplane for ScriptedDataplane {
@@ -487,7 +413,7 @@ mod tests {
             &mut self,
             _state: &ProxyState,
             _changed: Option<&BTreeSet<ServicePortName>>,
-        ) -> Result<SyncStats> {
+        ) -> Result<SyncReport> {
             self.0.pop_front().expect("a scripted result")
         }
     }
@@ -502,9 +428,10 @@ mod tests {
         }
     }
 
-    fn full(map: &'static str, max_entries: u32, services: &[&str]) -> anyhow::Error {
-        EbpfSyncError {
-            stats: EbpfStats::default(),
+    /// The eBPF dataplane's report of a sync in which `services` did not fit into `map`.
+    fn full(map: &'static str, max_entries: u32, services: &[&str]) -> Result<SyncReport> {
+        let e = SyncError {
+            stats: MapSyncStats::default(),
             failures: services
                 .iter()
                 .map(|s| SyncFailure {
@@ -512,76 +439,48 @@ mod tests {
                     error: MapOpError::Full { map, max_entries },
                 })
                 .collect(),
-        }
-        .into()
+        };
+        Ok(ebpf::sync_report(&ProxyState::new(), Err(e)))
     }
 
-    fn ok() -> Result<SyncStats> {
-        Ok(SyncStats::default())
+    fn ok() -> Result<SyncReport> {
+        Ok(SyncReport::complete(SyncStats::default()))
     }
 
     #[test]
-    fn classifies_full_maps_with_capacity_and_count() {
-        let mut e = EbpfSyncError {
-            stats: EbpfStats::default(),
-            failures: Vec::new(),
-        };
-        for (svc, map) in [
-            ("default/a:http", "skiff_frontends"),
-            ("backend 10.0.0.1:80", "skiff_backends"),
-            ("default/b:http", "skiff_frontends"),
-        ] {
-            e.failures.push(SyncFailure {
-                service: svc.into(),
-                error: MapOpError::Full {
-                    map,
-                    max_entries: 4,
-                },
-            });
-        }
-        e.failures.push(SyncFailure {
-            service: "default/c".into(),
-            error: MapOpError::Sys {
-                map: "skiff_slots",
-                op: "update",
-                source: std::io::Error::from_raw_os_error(1),
-            },
-        });
-        let maps = full_maps(&e.into()).unwrap();
-        assert_eq!(maps.len(), 2, "{maps:?}");
-        let fe = maps.iter().find(|m| m.map == "skiff_frontends").unwrap();
-        assert_eq!((fe.max_entries, fe.not_programmed), (4, 2));
-        assert_eq!(fe.first, "default/a:http");
-        assert_eq!(
-            fe.message(),
-            "BPF map skiff_frontends is full (4 entries): 2 entries not programmed \
-             (first: default/a:http); raise --bpf-lb-frontends on this node's skiff-agent"
+    fn a_failed_sync_says_nothing_about_the_maps() {
+        let mut reports = FullMapReports::default();
+        let reported = reports.observe(&full("skiff_frontends", 4, &["default/a:http"]));
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        // Errors that are not map sync reports say nothing about the maps ...
+        assert!(
+            reports
+                .observe(&Err(anyhow::anyhow!("iptables-restore failed")))
+                .is_empty()
         );
-        let be = maps.iter().find(|m| m.map == "skiff_backends").unwrap();
-        assert!(be.message().contains("raise --bpf-lb-backends"));
-        // Errors that are not map sync errors say nothing about the maps.
-        assert!(full_maps(&anyhow::anyhow!("iptables-restore failed")).is_none());
+        // ... so what was reported stays reported.
+        assert!(
+            reports
+                .observe(&full("skiff_frontends", 4, &["default/a:http"]))
+                .is_empty()
+        );
     }
 
     #[tokio::test]
     async fn a_full_map_is_reported_once_per_condition() {
         let dataplane = ScriptedDataplane(VecDeque::from([
-            Err(full("skiff_frontends", 4, &["default/e:http"])),
+            full("skiff_frontends", 4, &["default/e:http"]),
             // Retries while still full: no new event.
-            Err(full("skiff_frontends", 4, &["default/e:http"])),
-            Err(full(
-                "skiff_frontends",
-                4,
-                &["default/e:http", "default/f:http"],
-            )),
+            full("skiff_frontends", 4, &["default/e:http"]),
+            full("skiff_frontends", 4, &["default/e:http", "default/f:http"]),
             // An unrelated failure keeps what is known.
             Err(anyhow::anyhow!("reading the pinned maps failed")),
-            Err(full("skiff_frontends", 4, &["default/e:http"])),
+            full("skiff_frontends", 4, &["default/e:http"]),
             // Another map is full, the first had room this time: only the new one is reported.
-            Err(full("skiff_slots", 8, &["default/g:http"])),
+            full("skiff_slots", 8, &["default/g:http"]),
             // Recovered, then full again: reported again.
             ok(),
-            Err(full("skiff_frontends", 4, &["default/h:http"])),
+            full("skiff_frontends", 4, &["default/h:http"]),
         ]));
         let metrics = Arc::new(ProxyMetrics::default());
         let events = Arc::new(RecordedEvents::default());
@@ -699,5 +598,193 @@ mod tests {
         }
         syncer.check_drain(&synced);
         assert!(!wait.await.unwrap().timed_out);
+    }
+
+    fn ep(ip: [u8; 4], port: u16, local: bool) -> crate::proxy::model::Endpoint {
+        crate::proxy::model::Endpoint {
+            ip: Ipv4Addr::from(ip),
+            port,
+            local,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    fn svc(
+        name: &str,
+        vip: [u8; 4],
+        port: u16,
+        eps: Vec<crate::proxy::model::Endpoint>,
+    ) -> crate::proxy::model::ServicePort {
+        crate::proxy::model::ServicePort {
+            name: ServicePortName {
+                namespace: "default".into(),
+                name: name.into(),
+                port: String::new(),
+                protocol: crate::proxy::model::Protocol::Tcp,
+            },
+            cluster_ip: Ipv4Addr::from(vip),
+            port,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: false,
+            endpoints: eps,
+        }
+    }
+
+    fn state(svcs: Vec<crate::proxy::model::ServicePort>) -> ProxyState {
+        svcs.into_iter().map(|s| (s.name.clone(), s)).collect()
+    }
+
+    #[tokio::test]
+    async fn the_map_fill_gauges_are_exported_after_a_sync() {
+        let mut store = FakeMaps::new(64);
+        store.program[2].1 = 4; // two NodePort flows in conntrack
+        let dp = FakeDataplane::new(store, Some(Ipv4Addr::new(192, 168, 0, 1))).unwrap();
+        let metrics = Arc::new(ProxyMetrics::default());
+        let mut syncer = Syncer::new(
+            Box::new(dp),
+            metrics.clone(),
+            Arc::new(RecordedEvents::default()),
+        );
+        let mut a = svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 1, 2], 8080, true),
+                ep([10, 244, 2, 2], 8080, false),
+            ],
+        );
+        a.node_port = 30080;
+        a.affinity_timeout = Some(60);
+        let b = svc(
+            "b",
+            [10, 96, 0, 2],
+            53,
+            vec![ep([10, 244, 1, 2], 8080, true)],
+        );
+        let gauges = |text: &str, want: &[(&str, usize, u32)]| {
+            for (map, entries, max) in want {
+                assert!(
+                    text.contains(&format!(
+                        "skiff_bpf_map_entries{{map=\"{map}\"}} {entries}\n"
+                    )),
+                    "{map}: {entries} entries wanted:\n{text}"
+                );
+                assert!(
+                    text.contains(&format!(
+                        "skiff_bpf_map_max_entries{{map=\"{map}\"}} {max}\n"
+                    )),
+                    "{map}: capacity {max} wanted:\n{text}"
+                );
+            }
+            assert_eq!(
+                text.matches("skiff_bpf_map_entries{").count(),
+                ebpf::maps::ALL_MAPS.len(),
+                "{text}"
+            );
+        };
+
+        assert!(
+            syncer
+                .sync(&state(vec![a.clone(), b]), None, Instant::now())
+                .await
+        );
+        // a: ClusterIP + NodePort, 2 slots each, affinity on both; b: ClusterIP, 1 slot; one
+        // backend shared.
+        gauges(
+            &metrics.render(),
+            &[
+                ("skiff_frontends", 3, 64),
+                ("skiff_slots", 5, 256),
+                ("skiff_backends", 2, 64),
+                ("skiff_revnat", 3, 64),
+                ("skiff_affinity", 0, 128),
+                ("skiff_aff_match", 4, 256),
+                ("skiff_sock_rev", 0, 128),
+                ("skiff_ct", 4, 128),
+                ("skiff_svc_names", 3, 64),
+            ],
+        );
+
+        // b goes: the next sync updates the gauges.
+        assert!(syncer.sync(&state(vec![a]), None, Instant::now()).await);
+        gauges(
+            &metrics.render(),
+            &[
+                ("skiff_frontends", 2, 64),
+                ("skiff_slots", 4, 256),
+                ("skiff_backends", 2, 64),
+                ("skiff_revnat", 2, 64),
+                ("skiff_aff_match", 4, 256),
+                ("skiff_svc_names", 2, 64),
+                ("skiff_ct", 4, 128),
+            ],
+        );
+    }
+
+    /// The eBPF dataplane over the fake maps, with injected faults: a full map is reported
+    /// once, an I/O error fails the sync without an event, and both are repaired by a retry.
+    #[tokio::test]
+    async fn injected_map_faults_fail_the_sync_and_a_full_map_is_reported() {
+        let mut store = FakeMaps::new(64);
+        store.report_full("skiff_frontends", 2);
+        let dp = FakeDataplane::new(store, None).unwrap();
+        let metrics = Arc::new(ProxyMetrics::default());
+        let events = Arc::new(RecordedEvents::default());
+        let mut syncer = Syncer::new(Box::new(dp), metrics.clone(), events.clone());
+        let st = state(vec![svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![ep([10, 244, 1, 2], 8080, true)],
+        )]);
+        // Full twice (one event), then room.
+        assert!(!syncer.sync(&st, None, Instant::now()).await);
+        assert!(!syncer.sync(&st, None, Instant::now()).await);
+        assert!(syncer.sync(&st, None, Instant::now()).await);
+        for _ in 0..100 {
+            if !events.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let got = events.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert_eq!(got[0].0, BPF_MAP_FULL);
+        assert!(
+            got[0]
+                .1
+                .starts_with("BPF map skiff_frontends is full (64 entries): 1 entry not programmed (first: default/a)"),
+            "{got:#?}"
+        );
+        assert_eq!(
+            (metrics.snapshot().syncs, metrics.snapshot().errors),
+            (1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_injected_write_error_fails_the_sync_without_an_event() {
+        let mut store = FakeMaps::new(64);
+        store.fail_next_writes("skiff_backends", 1);
+        let dp = FakeDataplane::new(store, None).unwrap();
+        let metrics = Arc::new(ProxyMetrics::default());
+        let events = Arc::new(RecordedEvents::default());
+        let mut syncer = Syncer::new(Box::new(dp), metrics.clone(), events.clone());
+        let st = state(vec![svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![ep([10, 244, 1, 2], 8080, true)],
+        )]);
+        assert!(!syncer.sync(&st, None, Instant::now()).await);
+        assert!(syncer.sync(&st, None, Instant::now()).await);
+        tokio::task::yield_now().await;
+        assert!(events.0.lock().unwrap().is_empty());
+        let m = metrics.snapshot();
+        assert_eq!((m.syncs, m.errors, m.services, m.backends), (1, 1, 1, 1));
     }
 }

@@ -36,11 +36,12 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
+use skiff_agent::proxy::dataplane::Dataplane;
 use skiff_agent::proxy::ebpf::{self, EbpfConfig, EbpfDataplane, PinnedMaps};
 use skiff_agent::proxy::iptables::{Backend, IptablesDataplane, rules};
 use skiff_agent::proxy::metrics::ProxyMetrics;
 use skiff_agent::proxy::model::{Protocol, ServicePortName};
-use skiff_agent::proxy::runner::{self, Dataplane};
+use skiff_agent::proxy::runner;
 use skiff_tests::{ControlPlane, StoreBackend};
 
 #[derive(Parser)]

@@ -23,6 +23,19 @@ pub const SVC_NAMES: &str = "skiff_svc_names";
 pub const SVC_NAME_LEN: usize = 192;
 pub type SvcName = [u8; SVC_NAME_LEN];
 
+/// The agent flag that sets the size of map `name` (what to raise when it is full).
+pub fn size_flag(map: &str) -> Option<&'static str> {
+    Some(match map {
+        names::FRONTENDS | names::REVNAT | SVC_NAMES => "--bpf-lb-frontends",
+        names::BACKENDS => "--bpf-lb-backends",
+        names::SLOTS | names::AFF_MATCH => "--bpf-lb-slots",
+        names::AFFINITY => "--bpf-lb-affinity",
+        names::SOCK_REVNAT => "--bpf-lb-sock-rev",
+        names::CT => "--bpf-ct-max",
+        _ => return None,
+    })
+}
+
 /// Every pinned map, with the kind of entry it holds.
 pub const ALL_MAPS: [&str; 9] = [
     names::FRONTENDS,
@@ -320,13 +333,8 @@ pub struct CtFlow {
     pub idle_secs: u64,
 }
 
-/// Fill level of one map, for `bpf maps`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct MapFill {
-    pub name: String,
-    pub entries: usize,
-    pub max_entries: u32,
-}
+/// Fill level of one map (defined with the dataplane boundary, which reports it).
+pub use crate::proxy::dataplane::MapFill;
 
 pub(crate) fn proto_str(p: u8) -> String {
     match p {

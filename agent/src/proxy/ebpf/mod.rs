@@ -7,9 +7,12 @@
 //!   flush after an agent restart), attaches through pinned bpf_links (or swaps the new
 //!   programs into the links a previous agent left, atomically);
 //! - [`EbpfDataplane::sync`] makes the maps equal to a [`ProxyState`] with minimal writes
-//!   ([`reconcile`]); a full map is an error naming it ([`SyncError`]);
+//!   ([`reconcile`]); a full map is an error naming it ([`SyncError`]), which the proxy loop
+//!   gets as a [`SyncReport`] with the full maps;
 //! - [`cleanup`] detaches and unpins everything;
-//! - [`PinnedMaps::open`] reads the pinned maps without a running agent (for the `bpf` CLI).
+//! - [`PinnedMaps::open`] reads the pinned maps without a running agent (for the `bpf` CLI);
+//! - [`fake`] holds the maps in memory, with fault injection, for tests without root.
+pub mod fake;
 pub mod loader;
 pub mod maps;
 pub mod reconcile;
@@ -23,12 +26,13 @@ use anyhow::{Context, Result};
 
 pub use loader::{AttachReport, CleanupReport, MapSizes, programs_built};
 pub use maps::{
-    AffinityEntry, BackendEntry, CtFlow, FrontendEntry, MapFill, MapOpError, PinnedMaps,
+    AffinityEntry, BackendEntry, CtFlow, FrontendEntry, MapFill, MapOpError, PinnedMaps, size_flag,
 };
-pub use reconcile::{SyncError, SyncFailure, SyncStats};
+pub use reconcile::{MapSyncStats, SyncError, SyncFailure, sync_report};
 
 use std::collections::BTreeSet;
 
+use crate::proxy::dataplane::{Dataplane, SyncReport};
 use crate::proxy::model::{ProxyState, ServicePortName};
 
 /// Everything [`EbpfDataplane::open`] needs.
@@ -85,20 +89,6 @@ pub struct MapSizeFlags {
     pub bpf_ct_max: u32,
 }
 
-/// The agent flag that sets the size of map `name` (what to raise when it is full).
-pub fn size_flag(map: &str) -> Option<&'static str> {
-    use skiff_ebpf_common::names;
-    Some(match map {
-        names::FRONTENDS | names::REVNAT | maps::SVC_NAMES => "--bpf-lb-frontends",
-        names::BACKENDS => "--bpf-lb-backends",
-        names::SLOTS | names::AFF_MATCH => "--bpf-lb-slots",
-        names::AFFINITY => "--bpf-lb-affinity",
-        names::SOCK_REVNAT => "--bpf-lb-sock-rev",
-        names::CT => "--bpf-ct-max",
-        _ => return None,
-    })
-}
-
 impl From<&MapSizeFlags> for MapSizes {
     fn from(f: &MapSizeFlags) -> Self {
         MapSizes {
@@ -150,7 +140,7 @@ impl EbpfDataplane {
     }
 
     /// Make the maps equal to `state`. On [`SyncError`] everything that fit was programmed.
-    pub fn sync(&mut self, state: &ProxyState) -> Result<SyncStats, SyncError> {
+    pub fn sync(&mut self, state: &ProxyState) -> Result<MapSyncStats, SyncError> {
         self.rec.sync_state(&mut self.maps, state, self.node_ip)
     }
 
@@ -160,7 +150,7 @@ impl EbpfDataplane {
         &mut self,
         state: &ProxyState,
         changed: &BTreeSet<ServicePortName>,
-    ) -> Result<SyncStats, SyncError> {
+    ) -> Result<MapSyncStats, SyncError> {
         self.rec
             .sync_changed(&mut self.maps, state, changed, self.node_ip)
     }
@@ -201,30 +191,26 @@ impl EbpfDataplane {
 const MIRROR_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[async_trait::async_trait]
-impl crate::proxy::runner::Dataplane for EbpfDataplane {
+impl Dataplane for EbpfDataplane {
     fn mode(&self) -> &'static str {
         "ebpf"
     }
 
-    /// [`EbpfDataplane::sync`]; a [`SyncError`] (e.g. a full map) comes back as the error's
-    /// source: `e.downcast_ref::<SyncError>()` gives the failures and the maps that were full.
+    /// [`EbpfDataplane::sync`] (or `sync_changed`); a [`SyncError`] (e.g. a full map) is an
+    /// incomplete [`SyncReport`] ([`sync_report`]); failing to re-read the maps an error.
     async fn sync(
         &mut self,
         state: &ProxyState,
         changed: Option<&BTreeSet<ServicePortName>>,
-    ) -> Result<crate::proxy::runner::SyncStats> {
+    ) -> Result<SyncReport> {
         if self.mirror_at.elapsed() > MIRROR_REFRESH {
             self.refresh_mirror()?;
         }
-        let st = match changed {
-            Some(changed) => self.sync_changed(state, changed)?,
-            None => EbpfDataplane::sync(self, state)?,
+        let result = match changed {
+            Some(changed) => self.sync_changed(state, changed),
+            None => EbpfDataplane::sync(self, state),
         };
-        Ok(crate::proxy::runner::SyncStats {
-            services: state.len(),
-            backends: st.backends,
-            writes: st.writes + st.deletes,
-        })
+        Ok(sync_report(state, result))
     }
 
     fn map_fill(&mut self) -> Vec<MapFill> {
@@ -242,4 +228,55 @@ const _: fn() = || {
 /// cgroup links on `cgroup_root`). Idempotent.
 pub fn cleanup(bpffs_dir: &Path, cgroup_root: Option<&Path>) -> Result<CleanupReport> {
     loader::cleanup(bpffs_dir, cgroup_root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_full_maps_with_capacity_and_count() {
+        let mut e = SyncError {
+            stats: MapSyncStats::default(),
+            failures: Vec::new(),
+        };
+        for (svc, map) in [
+            ("default/a:http", "skiff_frontends"),
+            ("backend 10.0.0.1:80", "skiff_backends"),
+            ("default/b:http", "skiff_frontends"),
+        ] {
+            e.failures.push(SyncFailure {
+                service: svc.into(),
+                error: MapOpError::Full {
+                    map,
+                    max_entries: 4,
+                },
+            });
+        }
+        e.failures.push(SyncFailure {
+            service: "default/c".into(),
+            error: MapOpError::Sys {
+                map: "skiff_slots",
+                op: "update",
+                source: std::io::Error::from_raw_os_error(1),
+            },
+        });
+        let report = sync_report(&ProxyState::new(), Err(e));
+        assert!(report.incomplete.is_some());
+        let maps = report.full_maps;
+        assert_eq!(maps.len(), 2, "{maps:?}");
+        let fe = maps.iter().find(|m| m.map == "skiff_frontends").unwrap();
+        assert_eq!((fe.max_entries, fe.not_programmed), (4, 2));
+        assert_eq!(fe.first, "default/a:http");
+        assert_eq!(
+            fe.message(),
+            "BPF map skiff_frontends is full (4 entries): 2 entries not programmed \
+             (first: default/a:http); raise --bpf-lb-frontends on this node's skiff-agent"
+        );
+        let be = maps.iter().find(|m| m.map == "skiff_backends").unwrap();
+        assert!(be.message().contains("raise --bpf-lb-backends"));
+        // A sync without failures names no map.
+        let ok = sync_report(&ProxyState::new(), Ok(MapSyncStats::default()));
+        assert!(ok.full_maps.is_empty() && ok.incomplete.is_none());
+    }
 }

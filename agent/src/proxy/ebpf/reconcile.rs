@@ -25,7 +25,8 @@ use skiff_ebpf_common::{
     FrontendKey, RevNat, SlotKey, ip_raw, port_raw,
 };
 
-use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, name_to_bytes};
+use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, name_to_bytes, size_flag};
+use crate::proxy::dataplane::{FullMap, SyncReport, SyncStats};
 use crate::proxy::model::{ProxyState, ServicePort, ServicePortName};
 
 /// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
@@ -219,9 +220,10 @@ pub fn desired_owned<'a>(
     }
 }
 
-/// What a sync did.
+/// What a sync did to the LB maps: entries programmed, added, removed and written (the map
+/// detail behind the dataplane's [`SyncStats`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct SyncStats {
+pub struct MapSyncStats {
     /// Frontends programmed after the sync.
     pub frontends: usize,
     /// Backends programmed after the sync.
@@ -249,7 +251,7 @@ pub struct SyncFailure {
 /// Some entries could not be written; the rest of the state was programmed.
 #[derive(Debug)]
 pub struct SyncError {
-    pub stats: SyncStats,
+    pub stats: MapSyncStats,
     pub failures: Vec<SyncFailure>,
 }
 
@@ -265,6 +267,27 @@ impl SyncError {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The maps that were full, each with its capacity, how many entries did not fit, the
+    /// first of them and the flag that sizes it (what the runner reports), in name order.
+    pub fn full_map_reports(&self) -> Vec<FullMap> {
+        let mut by_map: BTreeMap<&'static str, FullMap> = BTreeMap::new();
+        for f in &self.failures {
+            if let MapOpError::Full { map, max_entries } = f.error {
+                by_map
+                    .entry(map)
+                    .and_modify(|m| m.not_programmed += 1)
+                    .or_insert_with(|| FullMap {
+                        map,
+                        max_entries,
+                        not_programmed: 1,
+                        first: f.service.clone(),
+                        size_flag: size_flag(map).unwrap_or("its size flag"),
+                    });
+            }
+        }
+        by_map.into_values().collect()
     }
 }
 
@@ -288,6 +311,24 @@ impl fmt::Display for SyncError {
 }
 
 impl std::error::Error for SyncError {}
+
+/// The report of a map sync of `state`: a [`SyncError`] (e.g. a full map) is an incomplete
+/// sync naming the full maps ([`SyncError::full_map_reports`]), the error itself its reason.
+pub fn sync_report(state: &ProxyState, result: Result<MapSyncStats, SyncError>) -> SyncReport {
+    let stats = |st: &MapSyncStats| SyncStats {
+        services: state.len(),
+        backends: st.backends,
+        writes: st.writes + st.deletes,
+    };
+    match result {
+        Ok(st) => SyncReport::complete(stats(&st)),
+        Err(e) => SyncReport {
+            stats: stats(&e.stats),
+            full_maps: e.full_map_reports(),
+            incomplete: Some(e.into()),
+        },
+    }
+}
 
 /// Frontend ↔ service port, for syncing only the frontends of changed ports.
 #[derive(Debug, Default)]
@@ -531,7 +572,7 @@ impl Reconciler {
         store: &mut dyn LbStore,
         state: &ProxyState,
         node_ip: Option<Ipv4Addr>,
-    ) -> Result<SyncStats, SyncError> {
+    ) -> Result<MapSyncStats, SyncError> {
         let desired = desired_owned(state.values(), node_ip);
         let result = self.sync(store, &desired.frontends);
         self.owners = result.is_ok().then(|| Owners::from(&desired));
@@ -548,7 +589,7 @@ impl Reconciler {
         state: &ProxyState,
         changed: &BTreeSet<ServicePortName>,
         node_ip: Option<Ipv4Addr>,
-    ) -> Result<SyncStats, SyncError> {
+    ) -> Result<MapSyncStats, SyncError> {
         let Some(mut owners) = self.owners.take().filter(|o| !o.contested) else {
             return self.sync_state(store, state, node_ip);
         };
@@ -587,7 +628,7 @@ impl Reconciler {
         &mut self,
         store: &mut dyn LbStore,
         desired: &BTreeMap<FrontendKey, DesiredFrontend>,
-    ) -> Result<SyncStats, SyncError> {
+    ) -> Result<MapSyncStats, SyncError> {
         self.sync_inner(store, desired, None)
             .expect("a sync of everything is always possible")
     }
@@ -603,13 +644,13 @@ impl Reconciler {
         store: &mut dyn LbStore,
         desired: &BTreeMap<FrontendKey, DesiredFrontend>,
         scope: Option<&HashSet<FrontendKey>>,
-    ) -> Option<Result<SyncStats, SyncError>> {
+    ) -> Option<Result<MapSyncStats, SyncError>> {
         if scope.is_none() {
             // Whoever syncs everything directly keeps no owners.
             self.owners = None;
         }
         let start = Instant::now();
-        let mut st = SyncStats::default();
+        let mut st = MapSyncStats::default();
         let mut failures = Vec::new();
 
         let mut want_backends: HashMap<BackendAddr, bool> = HashMap::default();
@@ -886,7 +927,7 @@ impl Reconciler {
         d: &DesiredFrontend,
         ids: &[u32],
         revs: &mut RevIds,
-        st: &mut SyncStats,
+        st: &mut MapSyncStats,
     ) -> Result<bool, MapOpError> {
         let before = st.writes + st.deletes;
         let existing = self.frontends.get(key).copied();
@@ -1031,7 +1072,7 @@ impl Reconciler {
         &mut self,
         store: &mut dyn LbStore,
         rev: u32,
-        st: &mut SyncStats,
+        st: &mut MapSyncStats,
     ) -> Result<(), MapOpError> {
         let slots: Vec<u32> = self
             .slots
@@ -1117,148 +1158,10 @@ impl FillReporter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::maps::{SvcName, Table};
+    use super::super::fake::FakeMaps;
     use super::*;
     use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
     use skiff_ebpf_common::{FE_NODEPORT, PROTO_TCP, PROTO_UDP};
-    use std::hash::Hash;
-
-    /// An in-memory map with a capacity, counting writes.
-    struct MemTable<K, V> {
-        name: &'static str,
-        max: u32,
-        m: HashMap<K, V>,
-        writes: usize,
-        deletes: usize,
-    }
-
-    impl<K, V> MemTable<K, V> {
-        fn new(name: &'static str, max: u32) -> Self {
-            MemTable {
-                name,
-                max,
-                m: HashMap::default(),
-                writes: 0,
-                deletes: 0,
-            }
-        }
-    }
-
-    impl<K: Copy + Eq + Hash, V: Copy> Table<K, V> for MemTable<K, V> {
-        fn name(&self) -> &'static str {
-            self.name
-        }
-        fn max_entries(&self) -> u32 {
-            self.max
-        }
-        fn entries(&self) -> Result<Vec<(K, V)>, MapOpError> {
-            Ok(self.m.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn put(&mut self, k: &K, v: &V) -> Result<(), MapOpError> {
-            if !self.m.contains_key(k) && self.m.len() as u32 >= self.max {
-                return Err(MapOpError::Full {
-                    map: self.name,
-                    max_entries: self.max,
-                });
-            }
-            self.writes += 1;
-            self.m.insert(*k, *v);
-            Ok(())
-        }
-        fn delete(&mut self, k: &K) -> Result<(), MapOpError> {
-            self.deletes += 1;
-            self.m.remove(k);
-            Ok(())
-        }
-    }
-
-    struct MemStore {
-        frontends: MemTable<FrontendKey, Frontend>,
-        slots: MemTable<SlotKey, u32>,
-        backends: MemTable<u32, Backend>,
-        revnat: MemTable<u32, RevNat>,
-        aff_match: MemTable<AffinityMatchKey, u32>,
-        names: MemTable<u32, SvcName>,
-        /// The maps the programs write, as (name, entries, max entries).
-        program: Vec<(&'static str, usize, u32)>,
-        /// How often `program` was walked.
-        program_walks: std::cell::Cell<usize>,
-    }
-
-    impl MemStore {
-        fn new(max: u32) -> Self {
-            MemStore {
-                frontends: MemTable::new("skiff_frontends", max),
-                slots: MemTable::new("skiff_slots", max * 4),
-                backends: MemTable::new("skiff_backends", max),
-                revnat: MemTable::new("skiff_revnat", max),
-                aff_match: MemTable::new("skiff_aff_match", max * 4),
-                names: MemTable::new("skiff_svc_names", max),
-                program: super::super::maps::PROGRAM_MAPS
-                    .iter()
-                    .map(|n| (*n, 0, max * 2))
-                    .collect(),
-                program_walks: std::cell::Cell::new(0),
-            }
-        }
-        /// Frontend → backends through slots, as the kernel would resolve them.
-        fn resolve(&self, key: &FrontendKey) -> Option<Vec<(u32, u16)>> {
-            let fe = self.frontends.m.get(key)?;
-            let mut v: Vec<(u32, u16)> = (0..fe.count)
-                .map(|i| {
-                    let id = self.slots.m[&SlotKey {
-                        rev_nat_id: fe.rev_nat_id,
-                        slot: i,
-                    }];
-                    let b = self.backends.m[&id];
-                    (b.addr, b.port)
-                })
-                .collect();
-            v.sort();
-            Some(v)
-        }
-        fn total_writes(&self) -> usize {
-            self.frontends.writes
-                + self.slots.writes
-                + self.backends.writes
-                + self.revnat.writes
-                + self.aff_match.writes
-                + self.names.writes
-        }
-    }
-
-    impl LbStore for MemStore {
-        fn frontends(&mut self) -> &mut dyn Table<FrontendKey, Frontend> {
-            &mut self.frontends
-        }
-        fn slots(&mut self) -> &mut dyn Table<SlotKey, u32> {
-            &mut self.slots
-        }
-        fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
-            &mut self.backends
-        }
-        fn revnat(&mut self) -> &mut dyn Table<u32, RevNat> {
-            &mut self.revnat
-        }
-        fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32> {
-            &mut self.aff_match
-        }
-        fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
-            &mut self.names
-        }
-        fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError> {
-            self.program_walks.set(self.program_walks.get() + 1);
-            Ok(self
-                .program
-                .iter()
-                .map(|(name, entries, max_entries)| MapFill {
-                    name: name.to_string(),
-                    entries: *entries,
-                    max_entries: *max_entries,
-                })
-                .collect())
-        }
-    }
 
     fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
         Endpoint {
@@ -1305,19 +1208,19 @@ mod tests {
         (ip_raw(ip), port_raw(port))
     }
 
-    fn run(r: &mut Reconciler, s: &mut MemStore, st: &ProxyState) -> SyncStats {
+    fn run(r: &mut Reconciler, s: &mut FakeMaps, st: &ProxyState) -> MapSyncStats {
         r.sync(s, &desired(st, Some(Ipv4Addr::new(192, 168, 0, 1))))
             .expect("sync")
     }
 
     /// What the maps hold, to compare two stores.
-    fn contents(s: &MemStore) -> impl PartialEq + std::fmt::Debug {
+    fn contents(s: &FakeMaps) -> impl PartialEq + std::fmt::Debug {
         fn sorted<K: Ord + Copy, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
             let mut v: Vec<(K, V)> = m.iter().map(|(k, v)| (*k, *v)).collect();
             v.sort_by_key(|e| e.0);
             v
         }
-        let fe: Vec<_> = sorted(&s.frontends.m)
+        let fe: Vec<_> = sorted(&s.frontends.map)
             .into_iter()
             .map(|(k, f)| {
                 (
@@ -1326,23 +1229,23 @@ mod tests {
                 )
             })
             .collect();
-        let slots: Vec<_> = sorted(&s.slots.m)
+        let slots: Vec<_> = sorted(&s.slots.map)
             .into_iter()
             .map(|(k, id)| ((k.rev_nat_id, k.slot), id))
             .collect();
-        let be: Vec<_> = sorted(&s.backends.m)
+        let be: Vec<_> = sorted(&s.backends.map)
             .into_iter()
             .map(|(id, b)| (id, (b.addr, b.port, b.proto, b.flags)))
             .collect();
-        let rn: Vec<_> = sorted(&s.revnat.m)
+        let rn: Vec<_> = sorted(&s.revnat.map)
             .into_iter()
             .map(|(id, r)| (id, (r.addr, r.port)))
             .collect();
-        let aff: Vec<_> = sorted(&s.aff_match.m)
+        let aff: Vec<_> = sorted(&s.aff_match.map)
             .into_iter()
             .map(|(k, _)| (k.rev_nat_id, k.backend_id))
             .collect();
-        let names: Vec<_> = sorted(&s.names.m)
+        let names: Vec<_> = sorted(&s.names.map)
             .into_iter()
             .map(|(id, n)| (id, super::super::maps::name_from_bytes(&n)))
             .collect();
@@ -1382,8 +1285,8 @@ mod tests {
             st.insert(s.name.clone(), s);
         }
         // Scoped on one store, full on the other, with the same history.
-        let (mut scoped, mut scoped_store) = (Reconciler::default(), MemStore::new(1024));
-        let (mut full, mut full_store) = (Reconciler::default(), MemStore::new(1024));
+        let (mut scoped, mut scoped_store) = (Reconciler::default(), FakeMaps::new(1024));
+        let (mut full, mut full_store) = (Reconciler::default(), FakeMaps::new(1024));
         scoped
             .sync_changed(&mut scoped_store, &st, &BTreeSet::new(), node_ip)
             .unwrap();
@@ -1488,7 +1391,7 @@ mod tests {
         assert!(scoped.frontends.contains_key(&lost));
         assert_eq!(scoped_store.resolve(&lost), full_store.resolve(&lost));
         assert_eq!(scoped.counts(), full.counts());
-        assert_eq!(scoped_store.revnat.m.len(), full_store.revnat.m.len());
+        assert_eq!(scoped_store.revnat.map.len(), full_store.revnat.map.len());
     }
 
     #[test]
@@ -1507,7 +1410,7 @@ mod tests {
 
     #[test]
     fn programs_a_state_and_resyncs_with_no_writes() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         let mut r = Reconciler::load(&mut s).unwrap();
         let st = state(vec![
             svc(
@@ -1541,15 +1444,15 @@ mod tests {
         // The names map carries the service name per revNAT id.
         let rev = r.rev_nat_id(&fk([10, 96, 0, 10], 80, PROTO_TCP)).unwrap();
         assert_eq!(
-            super::super::maps::name_from_bytes(&s.names.m[&rev]),
+            super::super::maps::name_from_bytes(&s.names.map[&rev]),
             "default/a"
         );
-        assert_eq!(s.revnat.m[&rev].addr, ip_raw([10, 96, 0, 10]));
+        assert_eq!(s.revnat.map[&rev].addr, ip_raw([10, 96, 0, 10]));
     }
 
     #[test]
     fn ids_are_stable_and_changes_are_minimal() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         let mut r = Reconciler::load(&mut s).unwrap();
         let eps =
             |n: u8| -> Vec<Endpoint> { (1..=n).map(|i| ep([10, 244, 0, i], 80, false)).collect() };
@@ -1617,15 +1520,15 @@ mod tests {
         assert_eq!(r.rev_nat_id(&key_a), Some(rev_a));
         let rev_c = r.rev_nat_id(&fk([10, 96, 0, 3], 80, PROTO_TCP)).unwrap();
         assert_ne!(rev_c, rev_b, "a freed revNAT id is not reused at once");
-        assert!(!s.frontends.m.contains_key(&key_b));
-        assert!(!s.revnat.m.contains_key(&rev_b));
-        assert!(!s.names.m.contains_key(&rev_b));
-        assert!(s.slots.m.keys().all(|k| k.rev_nat_id != rev_b));
+        assert!(!s.frontends.map.contains_key(&key_b));
+        assert!(!s.revnat.map.contains_key(&rev_b));
+        assert!(!s.names.map.contains_key(&rev_b));
+        assert!(s.slots.map.keys().all(|k| k.rev_nat_id != rev_b));
     }
 
     #[test]
     fn a_restart_reloads_the_mirror_and_writes_nothing() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         let st = state(vec![svc(
             "a",
             [10, 96, 0, 1],
@@ -1663,26 +1566,26 @@ mod tests {
             ),
         ]);
         run(&mut r2, &mut s, &st2);
-        assert_eq!(s.frontends.m.len(), 2);
-        assert_eq!(s.backends.m.len(), 3);
-        let revs: HashSet<u32> = s.frontends.m.values().map(|f| f.rev_nat_id).collect();
+        assert_eq!(s.frontends.map.len(), 2);
+        assert_eq!(s.backends.map.len(), 3);
+        let revs: HashSet<u32> = s.frontends.map.values().map(|f| f.rev_nat_id).collect();
         assert_eq!(revs.len(), 2);
     }
 
     #[test]
     fn leftovers_of_an_interrupted_sync_are_cleaned() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         // Slots, a revNAT and a name for id 7 with no frontend; a backend no slot uses.
-        s.slots.m.insert(
+        s.slots.map.insert(
             SlotKey {
                 rev_nat_id: 7,
                 slot: 0,
             },
             3,
         );
-        s.revnat.m.insert(7, RevNat::default());
-        s.names.m.insert(7, name_to_bytes("x/y"));
-        s.backends.m.insert(
+        s.revnat.map.insert(7, RevNat::default());
+        s.names.map.insert(7, name_to_bytes("x/y"));
+        s.backends.map.insert(
             3,
             Backend {
                 addr: 1,
@@ -1693,27 +1596,27 @@ mod tests {
         );
         let mut r = Reconciler::load(&mut s).unwrap();
         run(&mut r, &mut s, &ProxyState::new());
-        assert!(s.slots.m.is_empty() && s.revnat.m.is_empty() && s.names.m.is_empty());
-        assert!(s.backends.m.is_empty());
+        assert!(s.slots.map.is_empty() && s.revnat.map.is_empty() && s.names.map.is_empty());
+        assert!(s.backends.map.is_empty());
     }
 
     #[test]
     fn no_endpoints_is_a_frontend_with_zero_count() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         let mut r = Reconciler::load(&mut s).unwrap();
         run(
             &mut r,
             &mut s,
             &state(vec![svc("a", [10, 96, 0, 1], 80, vec![])]),
         );
-        let fe = s.frontends.m[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
+        let fe = s.frontends.map[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
         assert_eq!(fe.count, 0);
-        assert!(s.slots.m.is_empty());
+        assert!(s.slots.map.is_empty());
     }
 
     #[test]
     fn nodeport_affinity_and_external_local() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         let mut r = Reconciler::load(&mut s).unwrap();
         let mut a = svc(
             "np",
@@ -1735,25 +1638,25 @@ mod tests {
         );
         u.name.protocol = Protocol::Udp;
         run(&mut r, &mut s, &state(vec![a.clone(), u]));
-        let cluster = s.frontends.m[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
-        let node = s.frontends.m[&fk([192, 168, 0, 1], 30080, PROTO_TCP)];
+        let cluster = s.frontends.map[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
+        let node = s.frontends.map[&fk([192, 168, 0, 1], 30080, PROTO_TCP)];
         assert_eq!(cluster.count, 2);
         assert_eq!(cluster.flags, FE_AFFINITY);
         assert_eq!(cluster.affinity_timeout, 60);
         assert_eq!(node.count, 1, "Local: only the local backend");
         assert_eq!(node.flags, FE_AFFINITY | FE_NODEPORT | FE_EXTERNAL_LOCAL);
         assert_ne!(cluster.rev_nat_id, node.rev_nat_id);
-        assert_eq!(s.revnat.m[&node.rev_nat_id].port, port_raw(30080));
+        assert_eq!(s.revnat.map[&node.rev_nat_id].port, port_raw(30080));
         assert!(
             s.frontends
-                .m
+                .map
                 .contains_key(&fk([10, 96, 0, 10], 53, PROTO_UDP))
         );
         // Affinity matches: 2 for the ClusterIP frontend, 1 for the NodePort one.
-        assert_eq!(s.aff_match.m.len(), 3);
+        assert_eq!(s.aff_match.map.len(), 3);
         let local = s
             .backends
-            .m
+            .map
             .values()
             .filter(|b| b.flags & BE_LOCAL != 0)
             .count();
@@ -1761,12 +1664,12 @@ mod tests {
         // Turning affinity off removes the matches.
         a.affinity_timeout = None;
         run(&mut r, &mut s, &state(vec![a]));
-        assert!(s.aff_match.m.is_empty());
+        assert!(s.aff_match.map.is_empty());
     }
 
     #[test]
     fn a_full_map_is_reported_by_name_and_the_rest_is_programmed() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         s.frontends.max = 2;
         let mut r = Reconciler::load(&mut s).unwrap();
         let st = state(vec![
@@ -1797,13 +1700,13 @@ mod tests {
         assert_eq!(err.failures[0].service, "default/c");
         assert!(err.to_string().contains("skiff_frontends is full"), "{err}");
         assert_eq!(err.stats.frontends, 2);
-        assert_eq!(s.frontends.m.len(), 2);
+        assert_eq!(s.frontends.map.len(), 2);
         // Nothing dangles from the failed frontend: its slots, revNAT and name were purged,
         // and its backend is gone again.
-        assert_eq!(s.revnat.m.len(), 2);
-        assert_eq!(s.names.m.len(), 2);
-        assert_eq!(s.slots.m.len(), 2);
-        assert_eq!(s.backends.m.len(), 2);
+        assert_eq!(s.revnat.map.len(), 2);
+        assert_eq!(s.names.map.len(), 2);
+        assert_eq!(s.slots.map.len(), 2);
+        assert_eq!(s.backends.map.len(), 2);
         // With room, the next sync programs it.
         s.frontends.max = 3;
         let stats = r.sync(&mut s, &desired(&st, None)).unwrap();
@@ -1813,7 +1716,7 @@ mod tests {
 
     #[test]
     fn a_full_backends_map_programs_what_fits() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         s.backends.max = 1;
         let mut r = Reconciler::load(&mut s).unwrap();
         let st = state(vec![svc(
@@ -1835,7 +1738,7 @@ mod tests {
 
     #[test]
     fn terminating_fallback_and_unready_endpoints() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         let mut r = Reconciler::load(&mut s).unwrap();
         let mut unready = ep([10, 244, 0, 2], 80, false);
         unready.ready = false;
@@ -1856,27 +1759,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn injected_write_faults_skip_the_frontend_until_the_next_sync() {
+        let mut s = FakeMaps::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let st = state(vec![svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![ep([10, 244, 0, 1], 80, false)],
+        )]);
+        let key = fk([10, 96, 0, 1], 80, PROTO_TCP);
+        // An I/O error is a failure, not a full map.
+        s.fail_next_writes("skiff_slots", 1);
+        let err = r.sync(&mut s, &desired(&st, None)).unwrap_err();
+        assert!(err.full_maps().is_empty(), "{err}");
+        assert_eq!(err.failures.len(), 1);
+        assert_eq!(err.failures[0].error.map(), "skiff_slots");
+        assert!(s.resolve(&key).is_none());
+        // A map reported full although it has room.
+        s.report_full("skiff_revnat", 1);
+        let err = r.sync(&mut s, &desired(&st, None)).unwrap_err();
+        assert_eq!(err.full_maps(), vec!["skiff_revnat"]);
+        assert!(s.resolve(&key).is_none());
+        // The faults used up, the next sync programs the frontend.
+        run(&mut r, &mut s, &st);
+        assert_eq!(s.resolve(&key).unwrap(), vec![be([10, 244, 0, 1], 80)]);
+    }
+
     /// Every map's fill as the store really holds it, in `ALL_MAPS` order.
-    fn store_fill(s: &MemStore) -> Vec<(String, usize, u32)> {
+    fn store_fill(s: &FakeMaps) -> Vec<(String, usize, u32)> {
         let mut v = vec![
             (
                 s.frontends.name.to_string(),
-                s.frontends.m.len(),
+                s.frontends.map.len(),
                 s.frontends.max,
             ),
-            (s.slots.name.to_string(), s.slots.m.len(), s.slots.max),
+            (s.slots.name.to_string(), s.slots.map.len(), s.slots.max),
             (
                 s.backends.name.to_string(),
-                s.backends.m.len(),
+                s.backends.map.len(),
                 s.backends.max,
             ),
-            (s.revnat.name.to_string(), s.revnat.m.len(), s.revnat.max),
+            (s.revnat.name.to_string(), s.revnat.map.len(), s.revnat.max),
             (
                 s.aff_match.name.to_string(),
-                s.aff_match.m.len(),
+                s.aff_match.map.len(),
                 s.aff_match.max,
             ),
-            (s.names.name.to_string(), s.names.m.len(), s.names.max),
+            (s.names.name.to_string(), s.names.map.len(), s.names.max),
         ];
         v.extend(s.program.iter().map(|(n, e, m)| (n.to_string(), *e, *m)));
         v.sort_by_key(|m| ALL_MAPS.iter().position(|n| *n == m.0));
@@ -1891,7 +1822,7 @@ mod tests {
 
     #[test]
     fn map_fill_counts_every_map_without_walking_the_mirrored_ones() {
-        let mut s = MemStore::new(64);
+        let mut s = FakeMaps::new(64);
         s.program[0].1 = 3; // affinity entries the programs wrote
         let mut r = Reconciler::load(&mut s).unwrap();
         let mut fill = FillReporter::default();
@@ -1933,137 +1864,6 @@ mod tests {
         assert_eq!(
             fill_rows(fill.report(&r, &mut s))[4],
             ("skiff_affinity".to_string(), 3, 128)
-        );
-    }
-
-    /// The eBPF dataplane's sync and fill over the in-memory store.
-    struct MemDataplane {
-        rec: Reconciler,
-        store: MemStore,
-        fill: FillReporter,
-    }
-
-    #[async_trait::async_trait]
-    impl crate::proxy::runner::Dataplane for MemDataplane {
-        fn mode(&self) -> &'static str {
-            "ebpf-in-memory"
-        }
-        async fn sync(
-            &mut self,
-            state: &ProxyState,
-            _changed: Option<&BTreeSet<ServicePortName>>,
-        ) -> anyhow::Result<crate::proxy::runner::SyncStats> {
-            let st =
-                self.rec
-                    .sync_state(&mut self.store, state, Some(Ipv4Addr::new(192, 168, 0, 1)))?;
-            Ok(crate::proxy::runner::SyncStats {
-                services: state.len(),
-                backends: st.backends,
-                writes: st.writes + st.deletes,
-            })
-        }
-        fn map_fill(&mut self) -> Vec<MapFill> {
-            self.fill.report(&self.rec, &mut self.store)
-        }
-    }
-
-    struct NoEvents;
-
-    #[async_trait::async_trait]
-    impl crate::proxy::runner::ProxyEvents for NoEvents {
-        async fn warning(&self, _reason: &str, _message: String) {}
-    }
-
-    #[tokio::test]
-    async fn the_map_fill_gauges_are_exported_after_a_sync() {
-        use crate::proxy::metrics::ProxyMetrics;
-        use crate::proxy::runner::Syncer;
-        use std::sync::Arc;
-
-        let mut store = MemStore::new(64);
-        store.program[2].1 = 4; // two NodePort flows in conntrack
-        let rec = Reconciler::load(&mut store).unwrap();
-        let metrics = Arc::new(ProxyMetrics::default());
-        let dp = MemDataplane {
-            rec,
-            store,
-            fill: FillReporter::default(),
-        };
-        let mut syncer = Syncer::new(Box::new(dp), metrics.clone(), Arc::new(NoEvents));
-        let mut a = svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 1, 2], 8080, true),
-                ep([10, 244, 2, 2], 8080, false),
-            ],
-        );
-        a.node_port = 30080;
-        a.affinity_timeout = Some(60);
-        let b = svc(
-            "b",
-            [10, 96, 0, 2],
-            53,
-            vec![ep([10, 244, 1, 2], 8080, true)],
-        );
-        let gauges = |text: &str, want: &[(&str, usize, u32)]| {
-            for (map, entries, max) in want {
-                assert!(
-                    text.contains(&format!(
-                        "skiff_bpf_map_entries{{map=\"{map}\"}} {entries}\n"
-                    )),
-                    "{map}: {entries} entries wanted:\n{text}"
-                );
-                assert!(
-                    text.contains(&format!(
-                        "skiff_bpf_map_max_entries{{map=\"{map}\"}} {max}\n"
-                    )),
-                    "{map}: capacity {max} wanted:\n{text}"
-                );
-            }
-            assert_eq!(
-                text.matches("skiff_bpf_map_entries{").count(),
-                ALL_MAPS.len(),
-                "{text}"
-            );
-        };
-
-        assert!(
-            syncer
-                .sync(&state(vec![a.clone(), b]), None, Instant::now())
-                .await
-        );
-        // a: ClusterIP + NodePort, 2 slots each, affinity on both; b: ClusterIP, 1 slot; one
-        // backend shared.
-        gauges(
-            &metrics.render(),
-            &[
-                ("skiff_frontends", 3, 64),
-                ("skiff_slots", 5, 256),
-                ("skiff_backends", 2, 64),
-                ("skiff_revnat", 3, 64),
-                ("skiff_affinity", 0, 128),
-                ("skiff_aff_match", 4, 256),
-                ("skiff_sock_rev", 0, 128),
-                ("skiff_ct", 4, 128),
-                ("skiff_svc_names", 3, 64),
-            ],
-        );
-
-        // b goes: the next sync updates the gauges.
-        assert!(syncer.sync(&state(vec![a]), None, Instant::now()).await);
-        gauges(
-            &metrics.render(),
-            &[
-                ("skiff_frontends", 2, 64),
-                ("skiff_slots", 4, 256),
-                ("skiff_backends", 2, 64),
-                ("skiff_revnat", 2, 64),
-                ("skiff_aff_match", 4, 256),
-                ("skiff_svc_names", 2, 64),
-                ("skiff_ct", 4, 128),
-            ],
         );
     }
 }
