@@ -1,4 +1,19 @@
-//! Pieces shared by skiff's control plane and node agent.
+//! Pieces shared by skiff's control plane (`skiff-control`) and node agent (`skiff-agent`):
+//! where both must behave the same, the code lives here once.
+//!
+//! - [`duration`]: durations in flags, Go's `time.ParseDuration` syntax or bare seconds
+//!   ([`duration::seconds_or_duration`], a clap `value_parser` for both binaries);
+//! - [`events`]: [`events::EventRecorder`], core/v1 Events with count aggregation as
+//!   client-go's recorder writes them (the controllers, the scheduler, the kubelet side of the
+//!   agent and its service proxy);
+//! - [`quantity`]: resource quantities (`500m`, `128Mi`) parsed exactly, so the scheduler and
+//!   the agent never read a request or limit differently;
+//! - [`selector`]: a `LabelSelector` as the text of a `labelSelector=` list option, refusing
+//!   selectors kube cannot convert (the apiserver and the controllers);
+//! - [`tls`]: the HTTPS accept loop and certificate SANs, shared by the API server and the
+//!   agent's log server;
+//! - [`privileged`]: for tests that need root, network namespaces, cgroups or BPF: skip with a
+//!   reason on a developer's machine, fail under `SKIFF_REQUIRE_PRIVILEGED=1` (CI).
 pub mod duration;
 pub mod events;
 pub mod privileged;
