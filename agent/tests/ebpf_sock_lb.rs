@@ -30,7 +30,7 @@ const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
+    if !skiff_common::privileged::is_root() {
         return Some("needs root".into());
     }
     if cgroup2_mount().is_none() {

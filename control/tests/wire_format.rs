@@ -10,44 +10,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use kube::Client;
 use kube::client::Body;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
-use skiff_control::apiserver::{ApiConfig, ApiServer};
-use skiff_control::store::Store;
-use skiff_control::store::embedded::EmbeddedStore;
+mod common;
 
-struct Cluster {
-    server: Option<ApiServer>,
-    client: Client,
-    store: Arc<dyn Store>,
-    _dir: tempfile::TempDir,
+/// The shared harness (an API server on the embedded store), with no controllers: what is
+/// checked is the server's own output.
+type Cluster = common::TestCluster;
+
+async fn start() -> Cluster {
+    Cluster::start("").await
 }
 
-impl Cluster {
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
-        let mut config = ApiConfig::new(dir.path().to_path_buf());
-        config.secure_port = 0;
-        let server = ApiServer::start(config, store.clone()).await.unwrap();
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig).unwrap();
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .unwrap();
-        Cluster {
-            server: Some(server),
-            client: Client::try_from(config).unwrap(),
-            store,
-            _dir: dir,
-        }
-    }
-
+impl common::TestCluster {
     /// Status code and the body's bytes.
     async fn raw(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Vec<u8>) {
         let body = body
@@ -84,16 +62,6 @@ impl Cluster {
             String::from_utf8_lossy(&bytes)
         );
         (serde_json::from_slice(&bytes).unwrap(), bytes)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            handle.spawn(server.shutdown());
-        }
     }
 }
 
@@ -385,7 +353,7 @@ async fn served(c: &Cluster) -> Vec<Served> {
 #[tokio::test]
 async fn every_returned_object_has_its_required_fields() {
     let schemas = schemas();
-    let c = Cluster::start().await;
+    let c = start().await;
     c.ok(
         "POST",
         "/api/v1/namespaces",
@@ -733,7 +701,7 @@ const DAEMON_SET_STATUS: &[&str] = &[
 
 #[tokio::test]
 async fn responses_keep_kube_apiservers_field_order() {
-    let c = Cluster::start().await;
+    let c = start().await;
     let cms = "/api/v1/namespaces/default/configmaps";
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm"}, "data": {"k": "v"}});
     let (created, _) = c.ok("POST", cms, Some(&cm)).await;

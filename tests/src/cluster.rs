@@ -1158,14 +1158,9 @@ impl Drop for Cluster {
     }
 }
 
-/// Whether we run as root.
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// For tests that need root: true when not root, after failing the test under
 /// `SKIFF_REQUIRE_PRIVILEGED=1` or printing why it is skipped.
-pub use skiff_common::privileged::{cannot_run, skip_unless_root};
+pub use skiff_common::privileged::{cannot_run, is_root, skip_unless_root};
 
 /// `target/debug/skiff-agent` (or `$SKIFF_AGENT_BIN`).
 pub fn agent_binary_path() -> PathBuf {

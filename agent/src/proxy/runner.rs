@@ -725,22 +725,31 @@ mod tests {
         );
     }
 
-    /// The eBPF dataplane over the fake maps, with injected faults: a full map is reported
-    /// once, an I/O error fails the sync without an event, and both are repaired by a retry.
-    #[tokio::test]
-    async fn injected_map_faults_fail_the_sync_and_a_full_map_is_reported() {
-        let mut store = FakeMaps::new(64);
-        store.report_full("skiff_frontends", 2);
+    /// A syncer of the eBPF dataplane over `store`, its metrics and events, and a state of one
+    /// service with one backend.
+    fn one_service_over(
+        store: FakeMaps,
+    ) -> (Syncer, Arc<ProxyMetrics>, Arc<RecordedEvents>, ProxyState) {
         let dp = FakeDataplane::new(store, None).unwrap();
         let metrics = Arc::new(ProxyMetrics::default());
         let events = Arc::new(RecordedEvents::default());
-        let mut syncer = Syncer::new(Box::new(dp), metrics.clone(), events.clone());
+        let syncer = Syncer::new(Box::new(dp), metrics.clone(), events.clone());
         let st = state(vec![svc(
             "a",
             [10, 96, 0, 1],
             80,
             vec![ep([10, 244, 1, 2], 8080, true)],
         )]);
+        (syncer, metrics, events, st)
+    }
+
+    /// The eBPF dataplane over the fake maps, with injected faults: a full map is reported
+    /// once, an I/O error fails the sync without an event, and both are repaired by a retry.
+    #[tokio::test]
+    async fn injected_map_faults_fail_the_sync_and_a_full_map_is_reported() {
+        let mut store = FakeMaps::new(64);
+        store.report_full("skiff_frontends", 2);
+        let (mut syncer, metrics, events, st) = one_service_over(store);
         // Full twice (one event), then room.
         assert!(!syncer.sync(&st, None, Instant::now()).await);
         assert!(!syncer.sync(&st, None, Instant::now()).await);
@@ -770,16 +779,7 @@ mod tests {
     async fn an_injected_write_error_fails_the_sync_without_an_event() {
         let mut store = FakeMaps::new(64);
         store.fail_next_writes("skiff_backends", 1);
-        let dp = FakeDataplane::new(store, None).unwrap();
-        let metrics = Arc::new(ProxyMetrics::default());
-        let events = Arc::new(RecordedEvents::default());
-        let mut syncer = Syncer::new(Box::new(dp), metrics.clone(), events.clone());
-        let st = state(vec![svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![ep([10, 244, 1, 2], 8080, true)],
-        )]);
+        let (mut syncer, metrics, events, st) = one_service_over(store);
         assert!(!syncer.sync(&st, None, Instant::now()).await);
         assert!(syncer.sync(&st, None, Instant::now()).await);
         tokio::task::yield_now().await;
