@@ -124,43 +124,20 @@ impl MasterEndpoints {
         registry: &Registry,
         addresses: &BTreeSet<IpAddr>,
     ) -> Result<()> {
-        let opts = WriteOptions::default();
         let port = json!({"name": "https", "port": self.port, "protocol": "TCP"});
+        write_endpoints_object(registry, addresses, &port).await?;
+        self.write_endpoint_slice(registry, addresses, port).await
+    }
 
-        let endpoints = resources::lookup("", "v1", "endpoints").expect("served");
-        let labels = json!({SKIP_MIRROR_LABEL: "true"});
-        let subsets = if addresses.is_empty() {
-            json!([])
-        } else {
-            let ips: Vec<Value> = addresses
-                .iter()
-                .map(|a| json!({"ip": a.to_string()}))
-                .collect();
-            json!([{"addresses": ips, "ports": [port.clone()]}])
-        };
-        let current = match registry.get(endpoints, Some(NAMESPACE), NAME).await {
-            Ok(v) => Some(v),
-            Err(e) if e.code == 404 => None,
-            Err(e) => return Err(e.into()),
-        };
-        let same = current.as_ref().is_some_and(|c| {
-            c["metadata"]["labels"] == labels && normalized(&c["subsets"]) == normalized(&subsets)
-        });
-        if !same {
-            if current.is_some() {
-                tracing::warn!("resetting the endpoints of the kubernetes service");
-            }
-            let ep = json!({
-                "apiVersion": "v1", "kind": "Endpoints",
-                "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
-                "subsets": subsets,
-            });
-            // An unconditional PUT, which creates the Endpoints when they are missing.
-            registry
-                .update(endpoints, Some(NAMESPACE), NAME, None, ep, opts)
-                .await?;
-        }
-
+    /// The `kubernetes` EndpointSlice of this server's address family; other slices of the
+    /// Service are deleted.
+    async fn write_endpoint_slice(
+        &self,
+        registry: &Registry,
+        addresses: &BTreeSet<IpAddr>,
+        port: Value,
+    ) -> Result<()> {
+        let opts = WriteOptions::default();
         let slices = resources::lookup("discovery.k8s.io", "v1", "endpointslices").expect("served");
         let address_type = if self.address.is_ipv4() {
             "IPv4"
@@ -222,6 +199,55 @@ impl MasterEndpoints {
         }
         Ok(())
     }
+}
+
+/// The `kubernetes` Endpoints, rewritten when they differ from what they should be.
+async fn write_endpoints_object(
+    registry: &Registry,
+    addresses: &BTreeSet<IpAddr>,
+    port: &Value,
+) -> Result<()> {
+    let endpoints = resources::lookup("", "v1", "endpoints").expect("served");
+    let labels = json!({SKIP_MIRROR_LABEL: "true"});
+    let subsets = if addresses.is_empty() {
+        json!([])
+    } else {
+        let ips: Vec<Value> = addresses
+            .iter()
+            .map(|a| json!({"ip": a.to_string()}))
+            .collect();
+        json!([{"addresses": ips, "ports": [port.clone()]}])
+    };
+    let current = match registry.get(endpoints, Some(NAMESPACE), NAME).await {
+        Ok(v) => Some(v),
+        Err(e) if e.code == 404 => None,
+        Err(e) => return Err(e.into()),
+    };
+    let same = current.as_ref().is_some_and(|c| {
+        c["metadata"]["labels"] == labels && normalized(&c["subsets"]) == normalized(&subsets)
+    });
+    if !same {
+        if current.is_some() {
+            tracing::warn!("resetting the endpoints of the kubernetes service");
+        }
+        let ep = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
+            "subsets": subsets,
+        });
+        // An unconditional PUT, which creates the Endpoints when they are missing.
+        registry
+            .update(
+                endpoints,
+                Some(NAMESPACE),
+                NAME,
+                None,
+                ep,
+                WriteOptions::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// JSON without nulls and empty lists or objects: what we build compares equal to what the

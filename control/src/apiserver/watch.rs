@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::store::{EventKind, Revision, StoreError, WatchEvent};
+use crate::store::{EventKind, Revision, StoreError, WatchEvent, WatchStream};
 
 use super::object::{decode, decode_at};
 use super::registry::{ListOptions, Registry};
@@ -50,31 +50,11 @@ pub async fn watch(
     ns: Option<&str>,
     opts: WatchOptions,
 ) -> ApiResult<Body> {
-    let initial = opts.resource_version.is_none() || opts.send_initial_events;
-    let mut initial_events = Vec::new();
-    let start = if initial {
-        let page = registry
-            .list(
-                info,
-                ns,
-                &ListOptions {
-                    labels: opts.labels.clone(),
-                    fields: opts.fields.clone(),
-                    resource_version: opts.resource_version,
-                    exact: opts.resource_version.is_some(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        initial_events = page.items;
-        page.resource_version
-    } else {
-        opts.resource_version.unwrap_or(0)
-    };
+    let (initial_events, start) = initial_state(registry, info, ns, &opts).await?;
     let (tx, rx) = mpsc::channel(256);
     let prefix = info.key_prefix(ns);
     let stream = match registry.store().watch(&prefix, start).await {
-        Ok(s) => Some(s),
+        Ok(s) => s,
         Err(StoreError::Compacted {
             requested,
             compacted,
@@ -85,70 +65,114 @@ pub async fn watch(
             ))
             .to_status();
             let _ = tx.try_send(Ok(line("ERROR", status)));
-            None
+            return Ok(rx);
         }
         Err(e) => return Err(ApiError::from_store(e, info.group, info.plural, "")),
-    };
-    let Some(mut stream) = stream else {
-        return Ok(rx);
     };
     let encoder = Encoder {
         info,
         shape: opts.shape,
         include: opts.include,
     };
-    tokio::spawn(async move {
-        let deadline = tokio::time::sleep(opts.timeout);
-        tokio::pin!(deadline);
-        let mut last_rv = start;
-        for obj in initial_events {
-            if tx.send(Ok(encoder.event("ADDED", obj))).await.is_err() {
-                return;
-            }
-        }
-        if opts.send_initial_events && opts.bookmarks {
-            let b = encoder.bookmark(last_rv, true);
-            if tx.send(Ok(b)).await.is_err() {
-                return;
-            }
-        }
-        let mut bookmark = tokio::time::interval(BOOKMARK_EVERY);
-        bookmark.tick().await;
-        loop {
-            tokio::select! {
-                _ = &mut deadline => return,
-                _ = tx.closed() => return,
-                _ = bookmark.tick(), if opts.bookmarks => {
-                    if tx.send(Ok(encoder.bookmark(last_rv, false))).await.is_err() {
-                        return;
-                    }
-                }
-                next = stream.next() => {
-                    let out = match next {
-                        None => return,
-                        Some(Ok(event)) => {
-                            last_rv = event.kv.mod_revision;
-                            match translate(&event, &opts.labels, &opts.fields) {
-                                Ok(Some((kind, obj))) => encoder.event(kind, obj),
-                                Ok(None) => continue,
-                                Err(e) => line("ERROR", e.to_status()),
-                            }
-                        }
-                        Some(Err(e)) => {
-                            // The store could not keep up; the client re-lists on a 410.
-                            let status = ApiError::gone(format!("watch ended: {e}")).to_status();
-                            let _ = tx.send(Ok(line("ERROR", status))).await;
-                            return;
-                        }
-                    };
-                    if tx.send(Ok(out)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(stream_events(
+        encoder,
+        stream,
+        tx,
+        initial_events,
+        start,
+        opts,
+    ));
     Ok(rx)
+}
+
+/// The objects to send as synthetic `ADDED` events and the revision the store watch starts
+/// after: the current list when the client asked for the initial state, else nothing.
+async fn initial_state(
+    registry: &Registry,
+    info: &'static ResourceInfo,
+    ns: Option<&str>,
+    opts: &WatchOptions,
+) -> ApiResult<(Vec<Value>, Revision)> {
+    if let Some(rv) = opts.resource_version
+        && !opts.send_initial_events
+    {
+        return Ok((Vec::new(), rv));
+    }
+    let page = registry
+        .list(
+            info,
+            ns,
+            &ListOptions {
+                labels: opts.labels.clone(),
+                fields: opts.fields.clone(),
+                resource_version: opts.resource_version,
+                exact: opts.resource_version.is_some(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok((page.items, page.resource_version))
+}
+
+/// The body of a watch: the initial events, then store events and bookmarks until the
+/// timeout, the end of the store watch, or the client going away.
+async fn stream_events(
+    encoder: Encoder,
+    mut stream: WatchStream,
+    tx: mpsc::Sender<Result<Bytes, Infallible>>,
+    initial_events: Vec<Value>,
+    start: Revision,
+    opts: WatchOptions,
+) {
+    let deadline = tokio::time::sleep(opts.timeout);
+    tokio::pin!(deadline);
+    let mut last_rv = start;
+    for obj in initial_events {
+        if tx.send(Ok(encoder.event("ADDED", obj))).await.is_err() {
+            return;
+        }
+    }
+    if opts.send_initial_events && opts.bookmarks {
+        let b = encoder.bookmark(last_rv, true);
+        if tx.send(Ok(b)).await.is_err() {
+            return;
+        }
+    }
+    let mut bookmark = tokio::time::interval(BOOKMARK_EVERY);
+    bookmark.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = tx.closed() => return,
+            _ = bookmark.tick(), if opts.bookmarks => {
+                if tx.send(Ok(encoder.bookmark(last_rv, false))).await.is_err() {
+                    return;
+                }
+            }
+            next = stream.next() => {
+                let out = match next {
+                    None => return,
+                    Some(Ok(event)) => {
+                        last_rv = event.kv.mod_revision;
+                        match translate(&event, &opts.labels, &opts.fields) {
+                            Ok(Some((kind, obj))) => encoder.event(kind, obj),
+                            Ok(None) => continue,
+                            Err(e) => line("ERROR", e.to_status()),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // The store could not keep up; the client re-lists on a 410.
+                        let status = ApiError::gone(format!("watch ended: {e}")).to_status();
+                        let _ = tx.send(Ok(line("ERROR", status))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The Kubernetes event type for a store event under the selectors, if the watcher sees it.
