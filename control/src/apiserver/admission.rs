@@ -383,41 +383,7 @@ impl Allocators {
                 spec.remove("clusterIPs");
             }
         } else {
-            let current = svc
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let old_ip = old
-                .and_then(|o| o.pointer("/spec/clusterIP"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let ip = if current == "None" {
-                "None".to_string()
-            } else if !old_ip.is_empty() && (current.is_empty() || current == old_ip) {
-                old_ip
-            } else {
-                let requested = if current.is_empty() {
-                    None
-                } else {
-                    Some(current.parse::<Ipv4Addr>().map_err(|_| {
-                        invalid_service(
-                            &owner,
-                            FieldCause::invalid(
-                                "spec.clusterIP",
-                                &json!(current),
-                                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
-                            ),
-                        )
-                    })?)
-                };
-                let ip = self
-                    .allocate_ip(requested, &owner, "spec.clusterIP")
-                    .await?;
-                claimed.ips.push(ip.to_string());
-                ip.to_string()
-            };
+            let ip = self.cluster_ip(svc, old, &owner, claimed).await?;
             let spec = spec_mut(svc);
             spec.insert("clusterIP".into(), json!(ip));
             spec.insert("clusterIPs".into(), json!([ip]));
@@ -438,40 +404,97 @@ impl Allocators {
                 port.remove("nodePort");
                 continue;
             }
-            let requested = port
-                .get("nodePort")
-                .and_then(Value::as_i64)
-                .filter(|p| *p != 0);
-            if let Some(p) = requested
-                && (held.node_ports.contains(&(p as u16))
-                    || claimed.node_ports.contains(&(p as u16)))
-            {
-                continue;
-            }
-            let requested = match requested {
-                Some(p) => Some(u16::try_from(p).map_err(|_| {
-                    invalid_service(
-                        &owner,
-                        FieldCause::invalid(
-                            format!("spec.ports[{i}].nodePort"),
-                            &json!(p),
-                            "must be between 1 and 65535, inclusive",
-                        ),
-                    )
-                })?),
-                None => None,
-            };
-            let p = self
-                .allocate_port(requested, &owner, &format!("spec.ports[{i}].nodePort"))
-                .await?;
-            claimed.node_ports.push(p);
-            port.insert("nodePort".into(), json!(p));
+            self.node_port(port, i, &owner, &held, claimed).await?;
         }
         if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut)
             && spec.contains_key("ports")
         {
             spec.insert("ports".into(), Value::Array(ports));
         }
+        Ok(())
+    }
+
+    /// The ClusterIP a non-ExternalName service gets: "None" stays, the one it already held
+    /// stays, else the requested one or a free one is claimed.
+    async fn cluster_ip(
+        &self,
+        svc: &Value,
+        old: Option<&Value>,
+        owner: &str,
+        claimed: &mut ServiceAllocations,
+    ) -> ApiResult<String> {
+        let current = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let old_ip = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if current == "None" {
+            return Ok("None".to_string());
+        }
+        if !old_ip.is_empty() && (current.is_empty() || current == old_ip) {
+            return Ok(old_ip);
+        }
+        let requested = if current.is_empty() {
+            None
+        } else {
+            Some(current.parse::<Ipv4Addr>().map_err(|_| {
+                invalid_service(
+                    owner,
+                    FieldCause::invalid(
+                        "spec.clusterIP",
+                        &json!(current),
+                        "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                    ),
+                )
+            })?)
+        };
+        let ip = self.allocate_ip(requested, owner, "spec.clusterIP").await?;
+        claimed.ips.push(ip.to_string());
+        Ok(ip.to_string())
+    }
+
+    /// Fill in the nodePort of port `i`: one the service already holds (or claimed for an
+    /// earlier port) stays, else the requested one or a free one is claimed.
+    async fn node_port(
+        &self,
+        port: &mut serde_json::Map<String, Value>,
+        i: usize,
+        owner: &str,
+        held: &ServiceAllocations,
+        claimed: &mut ServiceAllocations,
+    ) -> ApiResult<()> {
+        let requested = port
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|p| *p != 0);
+        if let Some(p) = requested
+            && (held.node_ports.contains(&(p as u16)) || claimed.node_ports.contains(&(p as u16)))
+        {
+            return Ok(());
+        }
+        let requested = match requested {
+            Some(p) => Some(u16::try_from(p).map_err(|_| {
+                invalid_service(
+                    owner,
+                    FieldCause::invalid(
+                        format!("spec.ports[{i}].nodePort"),
+                        &json!(p),
+                        "must be between 1 and 65535, inclusive",
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let p = self
+            .allocate_port(requested, owner, &format!("spec.ports[{i}].nodePort"))
+            .await?;
+        claimed.node_ports.push(p);
+        port.insert("nodePort".into(), json!(p));
         Ok(())
     }
 }

@@ -217,64 +217,78 @@ fn resource_paths(
     );
 
     for sub in r.subresources {
-        let suffix: String = {
-            let mut c = sub.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        };
-        let path = format!("{item}/{sub}");
-        let entry = match *sub {
-            "status" => json!({
-                "parameters": item_params,
-                "get": operation(op_id("read", r, &suffix), "get", &g, vec![], None, ok(&kind_schema, "200")),
-                "put": operation(op_id("replace", r, &suffix), "put", &g, write_params(false),
-                    Some(json_body(schema_ref(&kind_schema))), ok(&kind_schema, "200")),
-                "patch": operation(op_id("patch", r, &suffix), "patch", &g, write_params(true),
-                    Some(patch_body()), ok(&kind_schema, "200")),
-            }),
-            "scale" => {
-                let sg = gvk("autoscaling", "v1", "Scale");
-                let s = schema_name("autoscaling", "v1", "Scale");
-                schemas.insert(s.clone(), object_schema(Some(sg.clone())));
-                json!({
-                    "parameters": item_params,
-                    "get": operation(op_id("read", r, &suffix), "get", &sg, vec![], None, ok(&s, "200")),
-                    "put": operation(op_id("replace", r, &suffix), "put", &sg, write_params(false),
-                        Some(json_body(schema_ref(&s))), ok(&s, "200")),
-                    "patch": operation(op_id("patch", r, &suffix), "patch", &sg, write_params(true),
-                        Some(patch_body()), ok(&s, "200")),
-                })
-            }
-            "binding" => {
-                let bg = gvk("", "v1", "Binding");
-                let s = schema_name("", "v1", "Binding");
-                schemas.insert(s.clone(), object_schema(Some(bg.clone())));
-                json!({
-                    "parameters": item_params,
-                    "post": operation(op_id("create", r, &suffix), "post", &bg, write_params(false),
-                        Some(json_body(schema_ref(&s))), ok(&s, "201")),
-                })
-            }
-            "finalize" => json!({
-                "parameters": item_params,
-                "put": operation(op_id("replace", r, &suffix), "put", &g, write_params(false),
-                    Some(json_body(schema_ref(&kind_schema))), ok(&kind_schema, "200")),
-            }),
-            "log" => json!({
-                "parameters": item_params,
-                "get": {
-                    "operationId": op_id("read", r, &suffix),
-                    "parameters": [query("container", "string", "The container for which to stream logs.")],
-                    "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-                    "x-kubernetes-action": "get",
-                    "x-kubernetes-group-version-kind": g,
-                },
-            }),
-            _ => continue,
-        };
-        paths.insert(path, entry);
+        if let Some(entry) = subresource_path(r, sub, &item_params, &g, &kind_schema, schemas) {
+            paths.insert(format!("{item}/{sub}"), entry);
+        }
     }
+}
+
+/// The path entry of one subresource (its kind's schema into `schemas`); `None` for one the
+/// document does not describe.
+fn subresource_path(
+    r: &ResourceInfo,
+    sub: &str,
+    item_params: &[Value],
+    g: &Value,
+    kind_schema: &str,
+    schemas: &mut BTreeMap<String, Value>,
+) -> Option<Value> {
+    let suffix: String = {
+        let mut c = sub.chars();
+        c.next()
+            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+            .unwrap_or_default()
+    };
+    let entry = match sub {
+        "status" => json!({
+            "parameters": item_params,
+            "get": operation(op_id("read", r, &suffix), "get", g, vec![], None, ok(kind_schema, "200")),
+            "put": operation(op_id("replace", r, &suffix), "put", g, write_params(false),
+                Some(json_body(schema_ref(kind_schema))), ok(kind_schema, "200")),
+            "patch": operation(op_id("patch", r, &suffix), "patch", g, write_params(true),
+                Some(patch_body()), ok(kind_schema, "200")),
+        }),
+        "scale" => {
+            let sg = gvk("autoscaling", "v1", "Scale");
+            let s = schema_name("autoscaling", "v1", "Scale");
+            schemas.insert(s.clone(), object_schema(Some(sg.clone())));
+            json!({
+                "parameters": item_params,
+                "get": operation(op_id("read", r, &suffix), "get", &sg, vec![], None, ok(&s, "200")),
+                "put": operation(op_id("replace", r, &suffix), "put", &sg, write_params(false),
+                    Some(json_body(schema_ref(&s))), ok(&s, "200")),
+                "patch": operation(op_id("patch", r, &suffix), "patch", &sg, write_params(true),
+                    Some(patch_body()), ok(&s, "200")),
+            })
+        }
+        "binding" => {
+            let bg = gvk("", "v1", "Binding");
+            let s = schema_name("", "v1", "Binding");
+            schemas.insert(s.clone(), object_schema(Some(bg.clone())));
+            json!({
+                "parameters": item_params,
+                "post": operation(op_id("create", r, &suffix), "post", &bg, write_params(false),
+                    Some(json_body(schema_ref(&s))), ok(&s, "201")),
+            })
+        }
+        "finalize" => json!({
+            "parameters": item_params,
+            "put": operation(op_id("replace", r, &suffix), "put", g, write_params(false),
+                Some(json_body(schema_ref(kind_schema))), ok(kind_schema, "200")),
+        }),
+        "log" => json!({
+            "parameters": item_params,
+            "get": {
+                "operationId": op_id("read", r, &suffix),
+                "parameters": [query("container", "string", "The container for which to stream logs.")],
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                "x-kubernetes-action": "get",
+                "x-kubernetes-group-version-kind": g,
+            },
+        }),
+        _ => return None,
+    };
+    Some(entry)
 }
 
 /// A schema we do not describe: any object is accepted (the server validates).

@@ -507,79 +507,13 @@ impl Registry {
             )));
         }
         let warnings = normalize(info, &mut new, opts.validation)?;
-        // Server-owned metadata never changes through an update.
-        let old_meta = cur.get("metadata").cloned().unwrap_or_else(|| json!({}));
-        {
-            let meta = meta_mut(&mut new);
-            for owned in [
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "generation",
-            ] {
-                match old_meta.get(owned) {
-                    Some(v) => meta.insert(owned.into(), v.clone()),
-                    None => meta.remove(owned),
-                };
-            }
-            meta.remove("selfLink");
-        }
+        keep_server_owned_metadata(cur, &mut new);
         // The main resource does not write status, and the status subresource writes only
         // status (kube's status strategies).
         if info.has_status() {
-            match subresource {
-                Some("status") => {
-                    let status = new.get("status").cloned();
-                    let mut only_status = cur.clone();
-                    match status {
-                        Some(s) => only_status["status"] = s,
-                        None => {
-                            if let Some(o) = only_status.as_object_mut() {
-                                o.remove("status");
-                            }
-                        }
-                    }
-                    // Labels and annotations may change with status (kubelet does this).
-                    for field in ["labels", "annotations"] {
-                        if let Some(v) = new.pointer(&format!("/metadata/{field}")) {
-                            meta_mut(&mut only_status).insert(field.into(), v.clone());
-                        }
-                    }
-                    new = only_status;
-                }
-                // A binding sets nodeName and the PodScheduled condition in one write.
-                Some("binding") => {}
-                _ => match cur.get("status") {
-                    Some(s) => new["status"] = s.clone(),
-                    None => {
-                        if let Some(o) = new.as_object_mut() {
-                            o.remove("status");
-                        }
-                    }
-                },
-            }
+            new = status_rules(subresource, cur, new);
         }
-        if is_deleting(cur) {
-            let old = finalizers(cur);
-            let added: Vec<String> = finalizers(&new)
-                .into_iter()
-                .filter(|f| !old.contains(f))
-                .collect();
-            if !added.is_empty() {
-                return Err(ApiError::invalid(
-                    info.group,
-                    info.kind,
-                    name,
-                    vec![FieldCause::forbidden(
-                        "metadata.finalizers",
-                        format!(
-                            "no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
-                        ),
-                    )],
-                ));
-            }
-        }
+        no_new_finalizers_while_deleting(info, name, cur, &new)?;
         // Namespace "defaults" (the `kubernetes` finalizer) belong to creation only: the
         // namespace controller hands the finalizer back through an update.
         if info.plural != "namespaces" {
@@ -596,13 +530,7 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(info.group, info.kind, name, causes));
         }
-        if cur.pointer("/metadata/generation").is_some() && spec_of(&new) != spec_of(cur) {
-            let generation = cur
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            meta_mut(&mut new).insert("generation".into(), json!(generation + 1));
-        }
+        bump_generation(cur, &mut new);
         Ok((new, warnings))
     }
 
@@ -1019,6 +947,106 @@ impl Registry {
             }
         }
         Ok(out)
+    }
+}
+
+/// Server-owned metadata never changes through an update.
+fn keep_server_owned_metadata(cur: &Value, new: &mut Value) {
+    let old_meta = cur.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let meta = meta_mut(new);
+    for owned in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+    ] {
+        match old_meta.get(owned) {
+            Some(v) => meta.insert(owned.into(), v.clone()),
+            None => meta.remove(owned),
+        };
+    }
+    meta.remove("selfLink");
+}
+
+/// What an update of a resource with a status writes: through `status` only the status (and
+/// labels and annotations), through the main resource everything but the status.
+fn status_rules(subresource: Option<&str>, cur: &Value, mut new: Value) -> Value {
+    match subresource {
+        Some("status") => {
+            let status = new.get("status").cloned();
+            let mut only_status = cur.clone();
+            match status {
+                Some(s) => only_status["status"] = s,
+                None => {
+                    if let Some(o) = only_status.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            // Labels and annotations may change with status (kubelet does this).
+            for field in ["labels", "annotations"] {
+                if let Some(v) = new.pointer(&format!("/metadata/{field}")) {
+                    meta_mut(&mut only_status).insert(field.into(), v.clone());
+                }
+            }
+            only_status
+        }
+        // A binding sets nodeName and the PodScheduled condition in one write.
+        Some("binding") => new,
+        _ => {
+            match cur.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            new
+        }
+    }
+}
+
+/// An object being deleted may lose finalizers but not gain any.
+fn no_new_finalizers_while_deleting(
+    info: &ResourceInfo,
+    name: &str,
+    cur: &Value,
+    new: &Value,
+) -> ApiResult<()> {
+    if !is_deleting(cur) {
+        return Ok(());
+    }
+    let old = finalizers(cur);
+    let added: Vec<String> = finalizers(new)
+        .into_iter()
+        .filter(|f| !old.contains(f))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        info.group,
+        info.kind,
+        name,
+        vec![FieldCause::forbidden(
+            "metadata.finalizers",
+            format!(
+                "no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+            ),
+        )],
+    ))
+}
+
+/// A spec change of an object that counts generations starts the next one.
+fn bump_generation(cur: &Value, new: &mut Value) {
+    if cur.pointer("/metadata/generation").is_some() && spec_of(new) != spec_of(cur) {
+        let generation = cur
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        meta_mut(new).insert("generation".into(), json!(generation + 1));
     }
 }
 
