@@ -80,6 +80,23 @@ fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     resp
 }
 
+/// The write options of a create, update or patch: `dryRun` and `fieldValidation`.
+fn write_options(query: &Query) -> ApiResult<WriteOptions> {
+    Ok(WriteOptions {
+        dry_run: query.dry_run()?,
+        validation: FieldValidation::parse(query.get("fieldValidation"))?,
+    })
+}
+
+/// A list's metadata: its resource version and, when there is more, the continue token.
+fn list_meta(rv: &str, continue_token: Option<&str>) -> Value {
+    let mut meta = json!({"resourceVersion": rv});
+    if let Some(c) = continue_token {
+        meta["continue"] = json!(c);
+    }
+    meta
+}
+
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -164,12 +181,7 @@ impl Handler {
         let info = r.info;
         let ns = r.namespace.as_deref();
         let sub = r.subresource.as_deref();
-        let write = || -> ApiResult<WriteOptions> {
-            Ok(WriteOptions {
-                dry_run: query.dry_run()?,
-                validation: FieldValidation::parse(query.get("fieldValidation"))?,
-            })
-        };
+        let write = || write_options(query);
         let not_allowed = || ApiError::method_not_allowed(method.as_str(), info.group, info.plural);
         match (method.clone(), r.name.as_deref(), sub) {
             (Method::GET, None, None) => {
@@ -201,24 +213,7 @@ impl Handler {
                 Ok(written(w))
             }
             (Method::POST, name, Some("binding")) => {
-                let binding = object::parse_body(content_type, &body)?;
-                let pod = match name {
-                    Some(n) => n.to_string(),
-                    None => meta_str(&binding, "name").unwrap_or("").to_string(),
-                };
-                if pod.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "the binding names no pod (metadata.name)",
-                    ));
-                }
-                let ns = ns.ok_or_else(|| ApiError::bad_request("binding needs a namespace"))?;
-                self.registry
-                    .bind(info, ns, &pod, &binding, write()?)
-                    .await?;
-                Ok(json_response(
-                    StatusCode::CREATED,
-                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-                ))
+                self.bind(info, ns, name, query, content_type, &body).await
             }
             (Method::PUT, Some(name), None | Some("status")) => {
                 let obj = object::parse_body(content_type, &body)?;
@@ -245,51 +240,107 @@ impl Handler {
                 Ok(json_response(StatusCode::OK, &out))
             }
             (Method::PATCH, Some(name), None | Some("status") | Some("scale")) => {
-                let ct = content_type.unwrap_or("");
-                let patch_type = PatchType::from_content_type(ct)
-                    .ok_or_else(|| ApiError::unsupported_media_type(ct))?;
-                if sub == Some("scale") {
-                    let out = self
-                        .registry
-                        .update_scale(info, ns, name, write()?, |scale| {
-                            super::patch::apply_patch("Scale", scale, patch_type, &body)
-                        })
-                        .await?;
-                    return Ok(json_response(StatusCode::OK, &out));
-                }
-                let w = self
-                    .registry
-                    .patch(info, ns, name, sub, patch_type, &body, write()?)
-                    .await?;
-                Ok(written(w))
+                self.patch(info, ns, name, sub, query, content_type, &body)
+                    .await
             }
             (Method::DELETE, name, None) => {
-                let opts = delete_options(query, content_type, &body)?;
-                match name {
-                    Some(name) => {
-                        let deleted = self.registry.delete(info, ns, name, &opts).await?;
-                        Ok(deleted_response(info, deleted))
-                    }
-                    None => {
-                        let list = list_options(info, query)?;
-                        let items = self
-                            .registry
-                            .delete_collection(info, ns, &list, &opts)
-                            .await?;
-                        Ok(json_response(
-                            StatusCode::OK,
-                            &json!({
-                                "kind": format!("{}List", info.kind),
-                                "apiVersion": info.api_version(),
-                                "metadata": {},
-                                "items": items,
-                            }),
-                        ))
-                    }
-                }
+                self.delete(info, ns, name, query, content_type, &body)
+                    .await
             }
             _ => Err(not_allowed()),
         }
+    }
+
+    /// `POST pods/{name}/binding` (or a Binding posted to the collection, naming its pod).
+    async fn bind(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: Option<&str>,
+        query: &Query,
+        content_type: Option<&str>,
+        body: &Bytes,
+    ) -> ApiResult<Response> {
+        let binding = object::parse_body(content_type, body)?;
+        let pod = match name {
+            Some(n) => n.to_string(),
+            None => meta_str(&binding, "name").unwrap_or("").to_string(),
+        };
+        if pod.is_empty() {
+            return Err(ApiError::bad_request(
+                "the binding names no pod (metadata.name)",
+            ));
+        }
+        let ns = ns.ok_or_else(|| ApiError::bad_request("binding needs a namespace"))?;
+        self.registry
+            .bind(info, ns, &pod, &binding, write_options(query)?)
+            .await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    }
+
+    /// `PATCH` of an object, its status or its scale, by the patch type of the content type.
+    #[allow(clippy::too_many_arguments)]
+    async fn patch(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        query: &Query,
+        content_type: Option<&str>,
+        body: &Bytes,
+    ) -> ApiResult<Response> {
+        let ct = content_type.unwrap_or("");
+        let patch_type =
+            PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))?;
+        if sub == Some("scale") {
+            let out = self
+                .registry
+                .update_scale(info, ns, name, write_options(query)?, |scale| {
+                    super::patch::apply_patch("Scale", scale, patch_type, body)
+                })
+                .await?;
+            return Ok(json_response(StatusCode::OK, &out));
+        }
+        let w = self
+            .registry
+            .patch(info, ns, name, sub, patch_type, body, write_options(query)?)
+            .await?;
+        Ok(written(w))
+    }
+
+    /// `DELETE` of one object, or of the collection (the deleted items as a list).
+    async fn delete(
+        &self,
+        info: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: Option<&str>,
+        query: &Query,
+        content_type: Option<&str>,
+        body: &Bytes,
+    ) -> ApiResult<Response> {
+        let opts = delete_options(query, content_type, body)?;
+        if let Some(name) = name {
+            let deleted = self.registry.delete(info, ns, name, &opts).await?;
+            return Ok(deleted_response(info, deleted));
+        }
+        let list = list_options(info, query)?;
+        let items = self
+            .registry
+            .delete_collection(info, ns, &list, &opts)
+            .await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": format!("{}List", info.kind),
+                "apiVersion": info.api_version(),
+                "metadata": {},
+                "items": items,
+            }),
+        ))
     }
 
     async fn list(
@@ -312,30 +363,18 @@ impl Handler {
                 None,
                 jiff::Timestamp::now(),
             ),
-            Shape::Metadata => {
-                let mut meta = json!({"resourceVersion": rv});
-                if let Some(c) = &page.continue_token {
-                    meta["continue"] = json!(c);
-                }
-                json!({
-                    "kind": "PartialObjectMetadataList",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": meta,
-                    "items": page.items.iter().map(partial_metadata).collect::<Vec<_>>(),
-                })
-            }
-            Shape::Plain => {
-                let mut meta = json!({"resourceVersion": rv});
-                if let Some(c) = &page.continue_token {
-                    meta["continue"] = json!(c);
-                }
-                json!({
-                    "kind": format!("{}List", info.kind),
-                    "apiVersion": info.api_version(),
-                    "metadata": meta,
-                    "items": page.items,
-                })
-            }
+            Shape::Metadata => json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": list_meta(&rv, page.continue_token.as_deref()),
+                "items": page.items.iter().map(partial_metadata).collect::<Vec<_>>(),
+            }),
+            Shape::Plain => json!({
+                "kind": format!("{}List", info.kind),
+                "apiVersion": info.api_version(),
+                "metadata": list_meta(&rv, page.continue_token.as_deref()),
+                "items": page.items,
+            }),
         };
         Ok(json_response(StatusCode::OK, &body))
     }

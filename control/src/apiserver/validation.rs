@@ -638,18 +638,41 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Causes) {
         out.push(FieldCause::required("spec.ports"));
     }
     if ty == "ExternalName" {
-        let en = &spec["externalName"];
-        match en.as_str() {
-            None | Some("") => out.push(FieldCause::required("spec.externalName")),
-            Some(s) => {
-                let s = s.strip_suffix('.').unwrap_or(s);
-                for e in dns1123_subdomain_errors(s) {
-                    out.push(FieldCause::invalid("spec.externalName", en, e));
-                }
+        external_name(&spec["externalName"], out);
+    }
+    service_ports(ports, ty, out);
+    session_affinity(spec, out);
+    for key in ["externalTrafficPolicy", "internalTrafficPolicy"] {
+        if !spec[key].is_null() {
+            one_of(
+                &spec[key],
+                &format!("spec.{key}"),
+                &["Cluster", "Local"],
+                out,
+            );
+        }
+    }
+    labels(&spec["selector"], "spec.selector", out);
+    if let Some(old) = old {
+        cluster_ip_update(spec, &old["spec"], out);
+    }
+}
+
+fn external_name(en: &Value, out: &mut Causes) {
+    match en.as_str() {
+        None | Some("") => out.push(FieldCause::required("spec.externalName")),
+        Some(s) => {
+            let s = s.strip_suffix('.').unwrap_or(s);
+            for e in dns1123_subdomain_errors(s) {
+                out.push(FieldCause::invalid("spec.externalName", en, e));
             }
         }
     }
+}
 
+/// Port names (required and unique when there are several), numbers, protocols, target
+/// ports, and node ports only for the types that have them.
+fn service_ports(ports: &[Value], ty: &str, out: &mut Causes) {
     let mut names = BTreeSet::new();
     let node_ports_ok = ty == "NodePort" || ty == "LoadBalancer";
     for (i, p) in ports.iter().enumerate() {
@@ -695,7 +718,10 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Causes) {
             }
         }
     }
+}
 
+/// A ClientIP timeout within a day; no ClientIP config without ClientIP affinity.
+fn session_affinity(spec: &Value, out: &mut Causes) {
     one_of(
         &spec["sessionAffinity"],
         "spec.sessionAffinity",
@@ -720,31 +746,20 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Causes) {
             "must not be set when session affinity is None",
         ));
     }
-    for key in ["externalTrafficPolicy", "internalTrafficPolicy"] {
-        if !spec[key].is_null() {
-            one_of(
-                &spec[key],
-                &format!("spec.{key}"),
-                &["Cluster", "Local"],
-                out,
-            );
-        }
-    }
-    labels(&spec["selector"], "spec.selector", out);
+}
 
-    if let Some(old) = old {
-        // Filling an unallocated ClusterIP is allowed; changing an allocated one is not,
-        // except when the type moves to/from ExternalName (which has no ClusterIP).
-        let old_spec = &old["spec"];
-        let (o, n) = (str_at(&old_spec["clusterIP"]), str_at(&spec["clusterIP"]));
-        let external = ty == "ExternalName" || str_at(&old_spec["type"]) == "ExternalName";
-        if !o.is_empty() && !n.is_empty() && o != n && !external {
-            out.push(FieldCause::invalid(
-                "spec.clusterIP",
-                &spec["clusterIP"],
-                "field is immutable",
-            ));
-        }
+/// Filling an unallocated ClusterIP is allowed; changing an allocated one is not, except when
+/// the type moves to/from ExternalName (which has no ClusterIP).
+fn cluster_ip_update(spec: &Value, old_spec: &Value, out: &mut Causes) {
+    let (o, n) = (str_at(&old_spec["clusterIP"]), str_at(&spec["clusterIP"]));
+    let external =
+        str_at(&spec["type"]) == "ExternalName" || str_at(&old_spec["type"]) == "ExternalName";
+    if !o.is_empty() && !n.is_empty() && o != n && !external {
+        out.push(FieldCause::invalid(
+            "spec.clusterIP",
+            &spec["clusterIP"],
+            "field is immutable",
+        ));
     }
 }
 
