@@ -96,6 +96,15 @@ fn str_of<'a>(m: &'a Obj, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
+/// A string field of the object's metadata, `""` when absent.
+fn metadata_str(root: &Obj, key: &str) -> String {
+    root.get("metadata")
+        .and_then(|m| m.get(key))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pods and pod templates.
 
@@ -408,18 +417,8 @@ fn daemonset(root: &mut Obj) {
 /// the user did not ask for a manual selector (it needs `metadata.uid`, so it only happens once
 /// the caller has assigned one).
 fn job(root: &mut Obj) {
-    let uid = root
-        .get("metadata")
-        .and_then(|m| m.get("uid"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let name = root
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let uid = metadata_str(root, "uid");
+    let name = metadata_str(root, "name");
     let Some(spec) = child(root, "spec") else {
         return;
     };
@@ -535,12 +534,7 @@ fn service(root: &mut Obj) {
 }
 
 fn namespace(root: &mut Obj) {
-    let name = root
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let name = metadata_str(root, "name");
     if !name.is_empty()
         && let Some(meta) = child(root, "metadata")
         && let Some(labels) = child(meta, "labels")

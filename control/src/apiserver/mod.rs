@@ -24,6 +24,8 @@ pub mod resources;
 pub mod selectors;
 pub mod status;
 pub mod table;
+#[cfg(test)]
+mod test_rng;
 pub mod validation;
 pub mod watch;
 pub mod wire;

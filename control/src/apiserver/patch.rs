@@ -596,6 +596,7 @@ fn normalize_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::test_rng::Rng;
 
     fn smp(kind: &str, original: Value, patch: Value) -> ApiResult<Value> {
         apply_patch(
@@ -604,6 +605,11 @@ mod tests {
             PatchType::StrategicMerge,
             patch.to_string().as_bytes(),
         )
+    }
+
+    /// The status code of a strategic merge patch of [`deployment`] that must fail.
+    fn deployment_patch_error(patch: Value) -> u16 {
+        smp("Deployment", deployment(), patch).unwrap_err().code
     }
 
     fn deployment() -> Value {
@@ -853,15 +859,9 @@ mod tests {
 
         // A retained-keys list that omits a field the patch sets is malformed.
         let patch = json!({"spec": {"strategy": {"$retainKeys": ["type"], "rollingUpdate": {"maxSurge": 1}}}});
-        assert_eq!(
-            smp("Deployment", deployment(), patch).unwrap_err().code,
-            400
-        );
+        assert_eq!(deployment_patch_error(patch), 400);
         let patch = json!({"spec": {"strategy": {"$retainKeys": "type"}}});
-        assert_eq!(
-            smp("Deployment", deployment(), patch).unwrap_err().code,
-            400
-        );
+        assert_eq!(deployment_patch_error(patch), 400);
     }
 
     #[test]
@@ -951,10 +951,7 @@ mod tests {
         assert!(out["spec"]["strategy"].get("rollingUpdate").is_some());
 
         let patch = json!({"spec": {"strategy": {"$patch": "frobnicate"}}});
-        assert_eq!(
-            smp("Deployment", deployment(), patch).unwrap_err().code,
-            400
-        );
+        assert_eq!(deployment_patch_error(patch), 400);
     }
 
     #[test]
@@ -963,10 +960,7 @@ mod tests {
         let err = smp("Deployment", deployment(), patch).unwrap_err();
         assert_eq!((err.code, err.reason), (422, "Invalid"));
         let patch = json!({"spec": {"template": {"spec": {"containers": ["x"]}}}});
-        assert_eq!(
-            smp("Deployment", deployment(), patch).unwrap_err().code,
-            422
-        );
+        assert_eq!(deployment_patch_error(patch), 422);
     }
 
     #[test]
@@ -1052,24 +1046,7 @@ mod tests {
             json!({"spec": {"template": {"spec": {"containers": [{"$patch": "merge", "name": "a"}]}}}}),
         ];
         for patch in bad_dirs {
-            assert_eq!(
-                smp("Deployment", deployment(), patch).unwrap_err().code,
-                400
-            );
-        }
-    }
-
-    /// Small deterministic generator: no extra dependency, reproducible failures.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            assert_eq!(deployment_patch_error(patch), 400);
         }
     }
 

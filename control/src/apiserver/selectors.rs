@@ -814,6 +814,7 @@ pub fn object_field(obj: &Value, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::test_rng::Rng;
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -1132,19 +1133,6 @@ mod tests {
         assert!(!f.matches(&pod));
         let f = FieldSelector::parse("spec.unschedulable!=true").unwrap();
         assert!(f.matches(&json!({"spec": {}})));
-    }
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     #[test]

@@ -926,166 +926,214 @@ fn last_finished(status: &Value) -> Option<Timestamp> {
 /// init-container progress, sidecar (restartable init) containers and the Terminating override.
 fn pod_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
     let init_specs = arr_at(obj, &["spec", "initContainers"]);
-    // A sidecar is an init container with restartPolicy Always; kube looks it up by name and a
-    // later duplicate overrides an earlier one (map insert), hence `rev().find`.
-    let is_sidecar = |name: &str| {
-        init_specs
-            .iter()
-            .rev()
-            .find(|c| str_at(c, &["name"]) == name)
-            .is_some_and(|c| str_at(c, &["restartPolicy"]) == "Always")
-    };
     let total = arr_at(obj, &["spec", "containers"]).len()
         + init_specs
             .iter()
             .filter(|c| str_at(c, &["restartPolicy"]) == "Always")
             .count();
 
-    let phase = str_at(obj, &["status", "phase"]);
-    let status_reason = str_at(obj, &["status", "reason"]);
-    let mut reason = or_default(status_reason, phase).to_owned();
-    if condition_is(obj, "PodScheduled", |c| {
-        str_at(c, &["reason"]) == "SchedulingGated"
-    }) {
-        reason = "SchedulingGated".into();
+    let mut reason = pod_reason(obj);
+    let init = init_progress(obj, init_specs);
+    let mut ready = init.ready_sidecars;
+    let mut restarts = init.restarts;
+    let initializing = init.reason.is_some();
+    if let Some(r) = init.reason {
+        reason = r;
     }
-
-    let mut restarts: i64 = 0;
-    let mut sidecar_restarts: i64 = 0;
-    let mut last_restart: Option<Timestamp> = None;
-    let mut sidecar_last_restart: Option<Timestamp> = None;
-    let mut ready = 0usize;
-
-    let mut initializing = false;
-    for (i, cs) in arr_at(obj, &["status", "initContainerStatuses"])
-        .iter()
-        .enumerate()
-    {
-        let count = int_at(cs, &["restartCount"]);
-        restarts = restarts.saturating_add(count);
-        let finished = last_finished(cs);
-        last_restart = last_restart.max(finished);
-        let sidecar = is_sidecar(str_at(cs, &["name"]));
-        if sidecar {
-            sidecar_restarts = sidecar_restarts.saturating_add(count);
-            sidecar_last_restart = sidecar_last_restart.max(finished);
-        }
-        let terminated = present(cs, &["state", "terminated"]);
-        let waiting_reason =
-            present(cs, &["state", "waiting"]).map_or("", |w| str_at(w, &["reason"]));
-        match terminated {
-            Some(t) if int_at(t, &["exitCode"]) == 0 => continue,
-            _ if sidecar && bool_at(cs, &["started"]) => {
-                if bool_at(cs, &["ready"]) {
-                    ready += 1;
-                }
-                continue;
-            }
-            Some(t) => {
-                // Initialization failed.
-                let r = str_at(t, &["reason"]);
-                reason = if !r.is_empty() {
-                    format!("Init:{r}")
-                } else if int_at(t, &["signal"]) != 0 {
-                    format!("Init:Signal:{}", int_at(t, &["signal"]))
-                } else {
-                    format!("Init:ExitCode:{}", int_at(t, &["exitCode"]))
-                };
-            }
-            None if !waiting_reason.is_empty() && waiting_reason != "PodInitializing" => {
-                reason = format!("Init:{waiting_reason}");
-            }
-            None => reason = format!("Init:{i}/{}", init_specs.len()),
-        }
-        initializing = true;
-        break;
-    }
-
-    let initialized = first_condition_true(obj, "Initialized");
-    if !initializing || initialized {
+    if !initializing || first_condition_true(obj, "Initialized") {
         // Only sidecar restarts carry over: finished init containers no longer matter.
-        restarts = sidecar_restarts;
-        last_restart = sidecar_last_restart;
-        let mut has_running = false;
-        // kube walks the statuses backwards so the first container's reason wins.
-        for cs in arr_at(obj, &["status", "containerStatuses"]).iter().rev() {
-            restarts = restarts.saturating_add(int_at(cs, &["restartCount"]));
-            last_restart = last_restart.max(last_finished(cs));
-            let waiting_reason =
-                present(cs, &["state", "waiting"]).map_or("", |w| str_at(w, &["reason"]));
-            let terminated = present(cs, &["state", "terminated"]);
-            if !waiting_reason.is_empty() {
-                reason = waiting_reason.to_owned();
-            } else if let Some(t) = terminated {
-                let r = str_at(t, &["reason"]);
-                reason = if !r.is_empty() {
-                    r.to_owned()
-                } else if int_at(t, &["signal"]) != 0 {
-                    format!("Signal:{}", int_at(t, &["signal"]))
-                } else {
-                    format!("ExitCode:{}", int_at(t, &["exitCode"]))
-                };
-            } else if bool_at(cs, &["ready"]) && present(cs, &["state", "running"]).is_some() {
-                has_running = true;
-                ready += 1;
-            }
-        }
-        // A pod whose first container completed while another still runs is not "Completed".
-        if reason == "Completed" && has_running {
-            reason = if condition_is(obj, "Ready", |c| str_at(c, &["status"]) == "True") {
-                "Running".into()
-            } else {
-                "NotReady".into()
-            };
-        }
+        restarts = init.sidecar_restarts;
+        ready += container_progress(obj, &mut restarts, &mut reason);
     }
-
-    let deleting = at(obj, &["metadata", "deletionTimestamp"]).is_some_and(Value::is_string);
-    if deleting && status_reason == "NodeLost" {
-        reason = "Unknown".into();
-    } else if deleting && phase != "Failed" && phase != "Succeeded" {
-        reason = "Terminating".into();
-    }
-
-    let restarts_cell = match last_restart {
-        Some(t) if restarts != 0 => format!("{restarts} ({} ago)", age_since(Some(t), now)),
-        _ => restarts.to_string(),
-    };
+    let reason = deletion_override(obj, reason);
 
     // The internal type mirrors podIP into podIPs when only the former is set.
     let pod_ip = arr_at(obj, &["status", "podIPs"])
         .first()
         .map_or_else(|| str_at(obj, &["status", "podIP"]), |p| str_at(p, &["ip"]));
 
-    let gates = arr_at(obj, &["spec", "readinessGates"]);
-    let readiness_gates = if gates.is_empty() {
-        "<none>".to_owned()
-    } else {
-        let conditions = arr_at(obj, &["status", "conditions"]);
-        let true_count = gates
-            .iter()
-            .filter(|g| {
-                let ty = str_at(g, &["conditionType"]);
-                conditions
-                    .iter()
-                    .find(|c| str_at(c, &["type"]) == ty)
-                    .is_some_and(|c| str_at(c, &["status"]) == "True")
-            })
-            .count();
-        format!("{true_count}/{}", gates.len())
-    };
-
     vec![
         name(obj),
         json!(format!("{ready}/{total}")),
         json!(reason),
-        json!(restarts_cell),
+        json!(restarts.cell(now)),
         age(obj, now),
         json!(none_if_empty(pod_ip)),
         json!(none_if_empty(str_at(obj, &["spec", "nodeName"]))),
         json!(none_if_empty(str_at(obj, &["status", "nominatedNodeName"]))),
-        json!(readiness_gates),
+        json!(readiness_gates_cell(obj)),
     ]
+}
+
+/// Restarts summed over containers, and the latest time one of them finished before one.
+#[derive(Clone, Copy, Default)]
+struct Restarts {
+    count: i64,
+    last: Option<Timestamp>,
+}
+
+impl Restarts {
+    fn add(&mut self, count: i64, finished: Option<Timestamp>) {
+        self.count = self.count.saturating_add(count);
+        self.last = self.last.max(finished);
+    }
+
+    /// `3 (5m ago)`, or just the count when there is no restart or no time for it.
+    fn cell(&self, now: Timestamp) -> String {
+        match self.last {
+            Some(t) if self.count != 0 => {
+                format!("{} ({} ago)", self.count, age_since(Some(t), now))
+            }
+            _ => self.count.to_string(),
+        }
+    }
+}
+
+/// The reason before any container is looked at: the status reason or else the phase, or
+/// `SchedulingGated`.
+fn pod_reason(obj: &Value) -> String {
+    let phase = str_at(obj, &["status", "phase"]);
+    let status_reason = str_at(obj, &["status", "reason"]);
+    if condition_is(obj, "PodScheduled", |c| {
+        str_at(c, &["reason"]) == "SchedulingGated"
+    }) {
+        return "SchedulingGated".into();
+    }
+    or_default(status_reason, phase).to_owned()
+}
+
+/// A sidecar is an init container with restartPolicy Always; kube looks it up by name and a
+/// later duplicate overrides an earlier one (map insert), hence `rev().find`.
+fn is_sidecar(init_specs: &[Value], name: &str) -> bool {
+    init_specs
+        .iter()
+        .rev()
+        .find(|c| str_at(c, &["name"]) == name)
+        .is_some_and(|c| str_at(c, &["restartPolicy"]) == "Always")
+}
+
+/// What the init container statuses say, up to the first one still in the way.
+#[derive(Default)]
+struct InitProgress {
+    restarts: Restarts,
+    sidecar_restarts: Restarts,
+    ready_sidecars: usize,
+    /// `Init:…` while initialization is in progress or has failed.
+    reason: Option<String>,
+}
+
+fn init_progress(obj: &Value, init_specs: &[Value]) -> InitProgress {
+    let mut progress = InitProgress::default();
+    for (i, cs) in arr_at(obj, &["status", "initContainerStatuses"])
+        .iter()
+        .enumerate()
+    {
+        let count = int_at(cs, &["restartCount"]);
+        let finished = last_finished(cs);
+        progress.restarts.add(count, finished);
+        let sidecar = is_sidecar(init_specs, str_at(cs, &["name"]));
+        if sidecar {
+            progress.sidecar_restarts.add(count, finished);
+        }
+        let terminated = present(cs, &["state", "terminated"]);
+        let waiting_reason =
+            present(cs, &["state", "waiting"]).map_or("", |w| str_at(w, &["reason"]));
+        let reason = match terminated {
+            Some(t) if int_at(t, &["exitCode"]) == 0 => continue,
+            _ if sidecar && bool_at(cs, &["started"]) => {
+                if bool_at(cs, &["ready"]) {
+                    progress.ready_sidecars += 1;
+                }
+                continue;
+            }
+            // Initialization failed.
+            Some(t) => terminated_reason(t, "Init:"),
+            None if !waiting_reason.is_empty() && waiting_reason != "PodInitializing" => {
+                format!("Init:{waiting_reason}")
+            }
+            None => format!("Init:{i}/{}", init_specs.len()),
+        };
+        progress.reason = Some(reason);
+        break;
+    }
+    progress
+}
+
+/// A terminated container's reason, else its signal, else its exit code.
+fn terminated_reason(terminated: &Value, prefix: &str) -> String {
+    let r = str_at(terminated, &["reason"]);
+    if !r.is_empty() {
+        format!("{prefix}{r}")
+    } else if int_at(terminated, &["signal"]) != 0 {
+        format!("{prefix}Signal:{}", int_at(terminated, &["signal"]))
+    } else {
+        format!("{prefix}ExitCode:{}", int_at(terminated, &["exitCode"]))
+    }
+}
+
+/// The app containers: their restarts into `restarts`, a waiting or terminated one's reason
+/// into `reason`; returns how many are ready and running.
+fn container_progress(obj: &Value, restarts: &mut Restarts, reason: &mut String) -> usize {
+    let mut ready = 0;
+    let mut has_running = false;
+    // kube walks the statuses backwards so the first container's reason wins.
+    for cs in arr_at(obj, &["status", "containerStatuses"]).iter().rev() {
+        restarts.add(int_at(cs, &["restartCount"]), last_finished(cs));
+        let waiting_reason =
+            present(cs, &["state", "waiting"]).map_or("", |w| str_at(w, &["reason"]));
+        let terminated = present(cs, &["state", "terminated"]);
+        if !waiting_reason.is_empty() {
+            *reason = waiting_reason.to_owned();
+        } else if let Some(t) = terminated {
+            *reason = terminated_reason(t, "");
+        } else if bool_at(cs, &["ready"]) && present(cs, &["state", "running"]).is_some() {
+            has_running = true;
+            ready += 1;
+        }
+    }
+    // A pod whose first container completed while another still runs is not "Completed".
+    if reason == "Completed" && has_running {
+        *reason = if condition_is(obj, "Ready", |c| str_at(c, &["status"]) == "True") {
+            "Running".into()
+        } else {
+            "NotReady".into()
+        };
+    }
+    ready
+}
+
+/// A pod being deleted shows `Terminating` (`Unknown` when its node is lost) unless it has
+/// already finished.
+fn deletion_override(obj: &Value, reason: String) -> String {
+    let phase = str_at(obj, &["status", "phase"]);
+    let deleting = at(obj, &["metadata", "deletionTimestamp"]).is_some_and(Value::is_string);
+    if deleting && str_at(obj, &["status", "reason"]) == "NodeLost" {
+        "Unknown".into()
+    } else if deleting && phase != "Failed" && phase != "Succeeded" {
+        "Terminating".into()
+    } else {
+        reason
+    }
+}
+
+/// READINESS GATES: how many of the gates' conditions are true, of how many gates.
+fn readiness_gates_cell(obj: &Value) -> String {
+    let gates = arr_at(obj, &["spec", "readinessGates"]);
+    if gates.is_empty() {
+        return "<none>".to_owned();
+    }
+    let conditions = arr_at(obj, &["status", "conditions"]);
+    let true_count = gates
+        .iter()
+        .filter(|g| {
+            let ty = str_at(g, &["conditionType"]);
+            conditions
+                .iter()
+                .find(|c| str_at(c, &["type"]) == ty)
+                .is_some_and(|c| str_at(c, &["status"]) == "True")
+        })
+        .count();
+    format!("{true_count}/{}", gates.len())
 }
 
 // ---------------------------------------------------------------------------------------------
