@@ -97,6 +97,18 @@ fn list_meta(rv: &str, continue_token: Option<&str>) -> Value {
     meta
 }
 
+/// A request to a resource, as the steps for one verb take it.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    info: &'static ResourceInfo,
+    ns: Option<&'a str>,
+    name: Option<&'a str>,
+    sub: Option<&'a str>,
+    query: &'a Query,
+    content_type: Option<&'a str>,
+    body: &'a Bytes,
+}
+
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -183,6 +195,15 @@ impl Handler {
         let sub = r.subresource.as_deref();
         let write = || write_options(query);
         let not_allowed = || ApiError::method_not_allowed(method.as_str(), info.group, info.plural);
+        let call = Call {
+            info,
+            ns,
+            name: r.name.as_deref(),
+            sub,
+            query,
+            content_type,
+            body: &body,
+        };
         match (method.clone(), r.name.as_deref(), sub) {
             (Method::GET, None, None) => {
                 let shape = request::negotiate(accept)?;
@@ -212,9 +233,7 @@ impl Handler {
                 let w = self.registry.create(info, ns, obj, write()?).await?;
                 Ok(written(w))
             }
-            (Method::POST, name, Some("binding")) => {
-                self.bind(info, ns, name, query, content_type, &body).await
-            }
+            (Method::POST, _, Some("binding")) => self.bind(&call).await,
             (Method::PUT, Some(name), None | Some("status")) => {
                 let obj = object::parse_body(content_type, &body)?;
                 let w = self
@@ -240,29 +259,17 @@ impl Handler {
                 Ok(json_response(StatusCode::OK, &out))
             }
             (Method::PATCH, Some(name), None | Some("status") | Some("scale")) => {
-                self.patch(info, ns, name, sub, query, content_type, &body)
-                    .await
+                self.patch(&call, name).await
             }
-            (Method::DELETE, name, None) => {
-                self.delete(info, ns, name, query, content_type, &body)
-                    .await
-            }
+            (Method::DELETE, _, None) => self.delete(&call).await,
             _ => Err(not_allowed()),
         }
     }
 
     /// `POST pods/{name}/binding` (or a Binding posted to the collection, naming its pod).
-    async fn bind(
-        &self,
-        info: &'static ResourceInfo,
-        ns: Option<&str>,
-        name: Option<&str>,
-        query: &Query,
-        content_type: Option<&str>,
-        body: &Bytes,
-    ) -> ApiResult<Response> {
-        let binding = object::parse_body(content_type, body)?;
-        let pod = match name {
+    async fn bind(&self, call: &Call<'_>) -> ApiResult<Response> {
+        let binding = object::parse_body(call.content_type, call.body)?;
+        let pod = match call.name {
             Some(n) => n.to_string(),
             None => meta_str(&binding, "name").unwrap_or("").to_string(),
         };
@@ -271,9 +278,11 @@ impl Handler {
                 "the binding names no pod (metadata.name)",
             ));
         }
-        let ns = ns.ok_or_else(|| ApiError::bad_request("binding needs a namespace"))?;
+        let ns = call
+            .ns
+            .ok_or_else(|| ApiError::bad_request("binding needs a namespace"))?;
         self.registry
-            .bind(info, ns, &pod, &binding, write_options(query)?)
+            .bind(call.info, ns, &pod, &binding, write_options(call.query)?)
             .await?;
         Ok(json_response(
             StatusCode::CREATED,
@@ -282,18 +291,16 @@ impl Handler {
     }
 
     /// `PATCH` of an object, its status or its scale, by the patch type of the content type.
-    #[allow(clippy::too_many_arguments)]
-    async fn patch(
-        &self,
-        info: &'static ResourceInfo,
-        ns: Option<&str>,
-        name: &str,
-        sub: Option<&str>,
-        query: &Query,
-        content_type: Option<&str>,
-        body: &Bytes,
-    ) -> ApiResult<Response> {
-        let ct = content_type.unwrap_or("");
+    async fn patch(&self, call: &Call<'_>, name: &str) -> ApiResult<Response> {
+        let Call {
+            info,
+            ns,
+            sub,
+            query,
+            body,
+            ..
+        } = *call;
+        let ct = call.content_type.unwrap_or("");
         let patch_type =
             PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))?;
         if sub == Some("scale") {
@@ -313,17 +320,12 @@ impl Handler {
     }
 
     /// `DELETE` of one object, or of the collection (the deleted items as a list).
-    async fn delete(
-        &self,
-        info: &'static ResourceInfo,
-        ns: Option<&str>,
-        name: Option<&str>,
-        query: &Query,
-        content_type: Option<&str>,
-        body: &Bytes,
-    ) -> ApiResult<Response> {
-        let opts = delete_options(query, content_type, body)?;
-        if let Some(name) = name {
+    async fn delete(&self, call: &Call<'_>) -> ApiResult<Response> {
+        let Call {
+            info, ns, query, ..
+        } = *call;
+        let opts = delete_options(query, call.content_type, call.body)?;
+        if let Some(name) = call.name {
             let deleted = self.registry.delete(info, ns, name, &opts).await?;
             return Ok(deleted_response(info, deleted));
         }
