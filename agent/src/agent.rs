@@ -19,6 +19,7 @@ use crate::network::{NetworkEdge, masquerade};
 use crate::pods::{Agent, PodManager, logsource::PodLogs};
 use crate::runtime::Runtime;
 use crate::runtime::cgroup::CgroupLayout;
+use crate::runtime::edge::linux::{self, LinuxEdge};
 use skiff_common::events::EventRecorder;
 
 /// A client from a kubeconfig file, and the cluster CA (PEM) it trusts.
@@ -57,6 +58,7 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
     let runtime = Runtime::new(&cfg.root_dir)?;
     let images = ImageStore::open(&cfg.root_dir.join("images"))?;
     let cgroups = CgroupLayout::detect(cfg.cgroup_root.clone(), &cfg.node_name)?;
+    let cgroup_root = cgroups.root.clone();
     tracing::info!(
         root = %cgroups.root.display(),
         limits = if cgroups.v2_limits { "cgroup v2" } else if cgroups.v1.is_empty() { "none" } else { "cgroup v1 (hybrid host)" },
@@ -92,12 +94,15 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
         recorder: EventRecorder::new(client.clone(), "kubelet").with_host(&cfg.node_name),
         cfg: cfg.clone(),
         client: client.clone(),
+        edge: Arc::new(LinuxEdge {
+            exe: runtime.exe.clone(),
+            cgroups,
+        }),
         runtime,
         network: network.clone(),
         ipam,
         pod_cidr,
         images,
-        cgroups,
         services,
         pods_by_name: Mutex::new(Default::default()),
         drain: drain.clone(),
@@ -119,7 +124,7 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
     });
     let target = crate::proxy::ProxyTarget {
         bpffs_dir: cfg.bpffs.clone(),
-        cgroup_root: agent.cgroups.root.clone(),
+        cgroup_root,
         node_ip: cfg.node_ip,
         uplink: crate::network::netlink::interface_with(cfg.node_ip).await?,
         cluster_cidr: cfg.cluster_cidr,
@@ -186,7 +191,7 @@ pub async fn cleanup(
         ) {
             crate::runtime::process::signal(state.pause_pid, nix::sys::signal::Signal::SIGKILL);
         }
-        if let Err(e) = runtime.unpin_netns(&uid) {
+        if let Err(e) = linux::unpin_netns(&runtime.netns_path(&uid)) {
             errors.push(format!("{e:#}"));
         }
     }

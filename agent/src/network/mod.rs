@@ -5,6 +5,8 @@
 //! pod logic can be tested without root.
 
 pub mod cidr;
+#[cfg(test)]
+pub mod fake;
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
@@ -49,57 +51,6 @@ pub fn host_veth_name(pod_uid: &str) -> String {
         .take(11)
         .collect();
     format!("skv{hex}")
-}
-
-#[cfg(test)]
-pub mod fake {
-    //! A recording stand-in for the kernel, for unit tests of pod logic.
-    use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    pub struct FakeNetwork {
-        pub calls: Mutex<Vec<String>>,
-    }
-
-    #[async_trait]
-    impl NetworkEdge for FakeNetwork {
-        async fn ensure_bridge(&self, pod_cidr: Ipv4Net) -> Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("bridge {pod_cidr}"));
-            Ok(())
-        }
-        async fn attach_pod(
-            &self,
-            _netns: &Path,
-            host_if: &str,
-            ip: Ipv4Addr,
-            _c: Ipv4Net,
-        ) -> Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("attach {host_if} {ip}"));
-            Ok(())
-        }
-        async fn detach_pod(&self, host_if: &str) -> Result<()> {
-            self.calls.lock().unwrap().push(format!("detach {host_if}"));
-            Ok(())
-        }
-        async fn sync_routes(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("routes {routes:?}"));
-            Ok(())
-        }
-        async fn teardown(&self) -> Result<()> {
-            self.calls.lock().unwrap().push("teardown".into());
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

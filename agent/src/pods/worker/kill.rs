@@ -24,9 +24,11 @@ impl PodWorker {
         }
         t.killing = Some(n);
         t.ready = false;
-        let InstanceStatus::Running(st) =
-            instance_status(&self.agent.runtime.instance_dir(&self.uid, &c.name, n))
-        else {
+        let edge = self.agent.edge.clone();
+        let InstanceStatus::Running(st) = instance_status(
+            &*edge,
+            &self.agent.runtime.instance_dir(&self.uid, &c.name, n),
+        ) else {
             return;
         };
         let pod = self.pod.clone();
@@ -35,7 +37,7 @@ impl PodWorker {
             .await;
         let tx = self.notes_tx.clone();
         tokio::spawn(async move {
-            stop_process(st.pid, st.start_ticks, grace).await;
+            stop_process(&*edge, st.pid, st.start_ticks, grace).await;
             let _ = tx.send(Note::Exited);
         });
     }
@@ -43,6 +45,7 @@ impl PodWorker {
     /// Stop every running container of the pod (concurrently), waiting for them to end.
     pub(super) async fn kill_all(&mut self, grace: Duration, announce: bool) {
         let spec = self.pod.spec.clone().unwrap_or_default();
+        let edge = self.agent.edge.clone();
         let mut stops = Vec::new();
         let all = spec
             .containers
@@ -51,9 +54,8 @@ impl PodWorker {
             .chain(spec.init_containers.iter().flatten().map(|c| (c, true)));
         for (c, init) in all {
             for n in self.agent.runtime.instances(&self.uid, &c.name) {
-                if let InstanceStatus::Running(st) =
-                    instance_status(&self.agent.runtime.instance_dir(&self.uid, &c.name, n))
-                {
+                let dir = self.agent.runtime.instance_dir(&self.uid, &c.name, n);
+                if let InstanceStatus::Running(st) = instance_status(&*edge, &dir) {
                     if announce {
                         let pod = self.pod.clone();
                         self.agent
@@ -66,7 +68,7 @@ impl PodWorker {
                             )
                             .await;
                     }
-                    stops.push(stop_process(st.pid, st.start_ticks, grace));
+                    stops.push(stop_process(&*edge, st.pid, st.start_ticks, grace));
                 }
             }
         }
@@ -86,10 +88,14 @@ pub async fn teardown_orphan(agent: &Agent, uid: &str) -> anyhow::Result<()> {
     {
         let name = entry.file_name().to_string_lossy().to_string();
         for n in agent.runtime.instances(uid, &name) {
-            if let InstanceStatus::Running(st) =
-                instance_status(&agent.runtime.instance_dir(uid, &name, n))
-            {
-                stops.push(stop_process(st.pid, st.start_ticks, Duration::ZERO));
+            let dir = agent.runtime.instance_dir(uid, &name, n);
+            if let InstanceStatus::Running(st) = instance_status(&*agent.edge, &dir) {
+                stops.push(stop_process(
+                    &*agent.edge,
+                    st.pid,
+                    st.start_ticks,
+                    Duration::ZERO,
+                ));
             }
         }
     }

@@ -14,18 +14,20 @@ pub use kill::teardown_orphan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
 use tokio::sync::{mpsc, watch};
+// tokio's clock (the same as std's unless a test pauses it): back-offs and probe timing.
+use tokio::time::Instant;
 
 use super::probe::ProbeKind;
 use super::{Agent, PodUpdate, sandbox};
 
 use crate::runtime::spec::{SandboxState, read_json};
-use crate::runtime::{InstanceStatus, instance_status, process};
+use crate::runtime::{InstanceStatus, instance_status};
 
 /// How often a worker looks again when nothing wakes it.
 const RESYNC: Duration = Duration::from_secs(1);
@@ -159,7 +161,11 @@ impl PodWorker {
         else {
             return;
         };
-        if !process::is_alive(state.pause_pid, state.pause_start_ticks) {
+        if !self
+            .agent
+            .edge
+            .is_alive(state.pause_pid, state.pause_start_ticks)
+        {
             // Left for sync(), which removes the dead sandbox and builds a new one.
             return;
         }
@@ -193,7 +199,7 @@ impl PodWorker {
     fn sandbox_alive(&self) -> bool {
         self.sandbox
             .as_ref()
-            .is_some_and(|s| process::is_alive(s.pause_pid, s.pause_start_ticks))
+            .is_some_and(|s| self.agent.edge.is_alive(s.pause_pid, s.pause_start_ticks))
     }
 
     fn current(&self, name: &str) -> (u32, Option<InstanceStatus>) {
@@ -201,6 +207,7 @@ impl PodWorker {
             Some(&n) => (
                 n,
                 Some(instance_status(
+                    &*self.agent.edge,
                     &self.agent.runtime.instance_dir(&self.uid, name, n),
                 )),
             ),
@@ -397,14 +404,4 @@ pub fn backoff_delay(n: u32, initial: Duration, max: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap() {
-        let (i, m) = (Duration::from_secs(10), Duration::from_secs(300));
-        let d: Vec<u64> = (0..8).map(|n| backoff_delay(n, i, m).as_secs()).collect();
-        assert_eq!(d, [0, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(backoff_delay(200, i, m), m);
-    }
-}
+mod tests;

@@ -1,9 +1,10 @@
 //! Running a container's probes and acting on their results: startup gates the others,
 //! liveness and startup failures restart the container, readiness sets Ready.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
+use tokio::time::Instant;
 
 use super::{Note, PodWorker, ProbeTrack, RESYNC, Track, field_path};
 use crate::pods::probe::{self, ProbeKind, Timing};

@@ -76,7 +76,7 @@ impl PodWorker {
         let image_id = t.and_then(|t| t.image_id.clone()).unwrap_or_default();
         let last_exit = (n > 0)
             .then(|| self.agent.runtime.instance_dir(&self.uid, &c.name, n - 1))
-            .and_then(|d| match instance_status(&d) {
+            .and_then(|d| match instance_status(&*self.agent.edge, &d) {
                 InstanceStatus::Exited(s, e) => {
                     Some((s, e, container_id(&self.uid, &c.name, n - 1)))
                 }

@@ -34,8 +34,8 @@ impl PodWorker {
         let (uid, gid) = user(c, spec.security_context.as_ref(), &image.config.user);
         let cgroups = self
             .agent
-            .cgroups
-            .create_container(&self.uid, &c.name, limits_of(c))?;
+            .edge
+            .create_container_cgroups(&self.uid, &c.name, limits_of(c))?;
         let bind_files = self.bind_files(c);
         let bind_dirs = volumes::mounts(&self.agent, &self.pod, &self.uid, c).await?;
         Ok(ContainerSpec {

@@ -1,13 +1,14 @@
 //! Starting a container instance, and restarting an exited one after its back-off.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
+use tokio::time::Instant;
 
 use super::{Note, PodWorker, RESYNC, backoff_delay, field_path};
 use crate::image::Image;
 use crate::runtime::spec::{ContainerExit, ContainerSpec};
-use crate::runtime::{InstanceStatus, process};
+use crate::runtime::{self, InstanceStatus};
 
 impl PodWorker {
     /// Start instance `n` of a container: its image, its spec, the runtime's start, and the
@@ -35,7 +36,7 @@ impl PodWorker {
                 )
                 .await;
         }
-        match self.agent.runtime.start_container(&spec).await {
+        match runtime::start_container(&*self.agent.edge, &spec).await {
             Ok(st) => self.announce_start(c, n, init, &image, st).await,
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -209,11 +210,11 @@ impl PodWorker {
             return;
         }
         t.watched = Some(n);
-        let tx = self.notes_tx.clone();
+        let (tx, edge) = (self.notes_tx.clone(), self.agent.edge.clone());
         tokio::spawn(async move {
             // The shim writes the exit record and then exits: waiting for it (rather than
             // the container) means the record is there when we look.
-            process::wait_exit(shim_pid).await;
+            edge.wait_exit(shim_pid).await;
             let _ = tx.send(Note::Exited);
         });
     }
