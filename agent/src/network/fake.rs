@@ -39,4 +39,11 @@ impl NetworkEdge for FakeNetwork {
     async fn teardown(&self) -> Result<()> {
         self.rec.call("teardown".into())
     }
+    fn ensure_masquerade(&self, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<()> {
+        self.rec
+            .call(format!("ensure_masquerade {pod_cidr} {cluster_cidr}"))
+    }
+    fn remove_masquerade(&self) -> Result<()> {
+        self.rec.call("remove_masquerade".into())
+    }
 }

@@ -1,8 +1,9 @@
 //! The pod network of one node, as a CNI bridge plugin would build it: bridge `skiff0`
 //! holding the podCIDR's gateway, one veth pair per pod (pod end `eth0`), routes to the
 //! other nodes' podCIDRs via their InternalIPs, and masquerade for traffic leaving the
-//! cluster. Everything goes through netlink (`rtnetlink`), behind [`NetworkEdge`] so the
-//! pod logic can be tested without root.
+//! cluster. Links and routes go through netlink (`rtnetlink`), masquerade through
+//! `iptables-restore`; all of it behind [`NetworkEdge`], whose `fake::FakeNetwork` (tests
+//! only) records the calls, so the pod logic is tested without root.
 
 pub mod cidr;
 #[cfg(test)]
@@ -41,6 +42,10 @@ pub trait NetworkEdge: Send + Sync + 'static {
     async fn sync_routes(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()>;
     /// Remove the bridge and every route this agent added.
     async fn teardown(&self) -> Result<()>;
+    /// Masquerade traffic from `pod_cidr` to anywhere outside `cluster_cidr`.
+    fn ensure_masquerade(&self, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<()>;
+    /// Remove the masquerade rules.
+    fn remove_masquerade(&self) -> Result<()>;
 }
 
 /// The host-side name of a pod's veth: stable per pod, within IFNAMSIZ.
