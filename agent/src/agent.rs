@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
@@ -15,10 +16,11 @@ use crate::config::AgentConfig;
 use crate::image::ImageStore;
 use crate::network::ipam::Ipam;
 use crate::network::netlink::NetlinkNetwork;
-use crate::network::{NetworkEdge, masquerade};
+use crate::network::{Ipv4Net, NetworkEdge};
 use crate::pods::{Agent, PodManager, logsource::PodLogs};
 use crate::runtime::Runtime;
 use crate::runtime::cgroup::CgroupLayout;
+use crate::runtime::edge::linux::{self, LinuxEdge};
 use skiff_common::events::EventRecorder;
 
 /// A client from a kubeconfig file, and the cluster CA (PEM) it trusts.
@@ -56,19 +58,72 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
     crate::node::register(&client, &cfg).await?;
     let runtime = Runtime::new(&cfg.root_dir)?;
     let images = ImageStore::open(&cfg.root_dir.join("images"))?;
+    let cgroups = detect_cgroups(&cfg)?;
+    let cgroup_root = cgroups.root.clone();
+    let (network, pod_cidr, ipam) = pod_network(&client, &cfg).await?;
+    let services = watch_services(&client).await;
+    let drain = Arc::new(crate::proxy::drain::BackendDrain::new());
+    let agent = Arc::new(Agent {
+        recorder: EventRecorder::new(client.clone(), "kubelet").with_host(&cfg.node_name),
+        cfg: cfg.clone(),
+        client: client.clone(),
+        edge: Arc::new(LinuxEdge {
+            exe: runtime.exe.clone(),
+            cgroups,
+        }),
+        runtime,
+        network: network.clone(),
+        ipam,
+        pod_cidr,
+        images,
+        services,
+        pods_by_name: Mutex::new(Default::default()),
+        drain: drain.clone(),
+    });
+    serve_logs(&agent, ca_pem).await?;
+    start_proxy(&client, &cfg, cgroup_root, drain).await?;
+    crate::node::update_status(&client, &cfg, true, "").await?;
+    tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
+    tokio::spawn(crate::node::sync_node_routes(
+        client.clone(),
+        cfg.node_name.clone(),
+        network,
+    ));
+    let static_rx = cfg.manifest_dir.clone().map(|dir| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::static_pods::run(agent.clone(), dir, tx));
+        rx
+    });
+    tracing::info!(node = %cfg.node_name, "node agent running");
+    PodManager::new(agent, static_rx).run().await
+}
+
+fn detect_cgroups(cfg: &AgentConfig) -> Result<CgroupLayout> {
     let cgroups = CgroupLayout::detect(cfg.cgroup_root.clone(), &cfg.node_name)?;
     tracing::info!(
         root = %cgroups.root.display(),
         limits = if cgroups.v2_limits { "cgroup v2" } else if cgroups.v1.is_empty() { "none" } else { "cgroup v1 (hybrid host)" },
         "pod cgroups"
     );
+    Ok(cgroups)
+}
+
+/// Once the node has its podCIDR: the bridge, masquerade and the pod address allocator.
+async fn pod_network(
+    client: &Client,
+    cfg: &AgentConfig,
+) -> Result<(Arc<dyn NetworkEdge>, Ipv4Net, Ipam)> {
     let network: Arc<dyn NetworkEdge> = Arc::new(NetlinkNetwork::connect()?);
-    let pod_cidr = crate::node::wait_pod_cidr(&client, &cfg.node_name).await?;
+    let pod_cidr = crate::node::wait_pod_cidr(client, &cfg.node_name).await?;
     network.ensure_bridge(pod_cidr).await?;
-    masquerade::ensure(pod_cidr, cfg.cluster_cidr)?;
+    network.ensure_masquerade(pod_cidr, cfg.cluster_cidr)?;
     let ipam = Ipam::open(&cfg.root_dir.join("ipam"), pod_cidr)?;
     tracing::info!(%pod_cidr, "pod network ready");
+    Ok((network, pod_cidr, ipam))
+}
 
+/// A cache of the cluster's Services (for containers' service environment variables).
+async fn watch_services(client: &Client) -> Store<Service> {
     let (services, writer) = reflector::store::<Service>();
     let svc_stream = reflector::reflector(
         writer,
@@ -86,23 +141,12 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
         services.wait_until_ready(),
     )
     .await;
+    services
+}
 
-    let drain = Arc::new(crate::proxy::drain::BackendDrain::new());
-    let agent = Arc::new(Agent {
-        recorder: EventRecorder::new(client.clone(), "kubelet").with_host(&cfg.node_name),
-        cfg: cfg.clone(),
-        client: client.clone(),
-        runtime,
-        network: network.clone(),
-        ipam,
-        pod_cidr,
-        images,
-        cgroups,
-        services,
-        pods_by_name: Mutex::new(Default::default()),
-        drain: drain.clone(),
-    });
-
+/// The HTTPS endpoint the apiserver forwards `kubectl logs` to.
+async fn serve_logs(agent: &Arc<Agent>, ca_pem: String) -> Result<()> {
+    let cfg = &agent.cfg;
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, cfg.port))
         .await
         .with_context(|| format!("listening on port {}", cfg.port))?;
@@ -117,9 +161,20 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
             tracing::error!("the log server stopped: {e:#}");
         }
     });
+    Ok(())
+}
+
+/// The service proxy: its dataplane, the loop feeding it (which also answers the pod
+/// workers' drain gate), and its metrics endpoint.
+async fn start_proxy(
+    client: &Client,
+    cfg: &AgentConfig,
+    cgroup_root: PathBuf,
+    drain: Arc<crate::proxy::drain::BackendDrain>,
+) -> Result<()> {
     let target = crate::proxy::ProxyTarget {
         bpffs_dir: cfg.bpffs.clone(),
-        cgroup_root: agent.cgroups.root.clone(),
+        cgroup_root,
         node_ip: cfg.node_ip,
         uplink: crate::network::netlink::interface_with(cfg.node_ip).await?,
         cluster_cidr: cfg.cluster_cidr,
@@ -142,20 +197,7 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
             }
         });
     }
-    crate::node::update_status(&client, &cfg, true, "").await?;
-    tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
-    tokio::spawn(crate::node::sync_node_routes(
-        client.clone(),
-        cfg.node_name.clone(),
-        network,
-    ));
-    let static_rx = cfg.manifest_dir.clone().map(|dir| {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(crate::static_pods::run(agent.clone(), dir, tx));
-        rx
-    });
-    tracing::info!(node = %cfg.node_name, "node agent running");
-    PodManager::new(agent, static_rx).run().await
+    Ok(())
 }
 
 /// Remove everything the agent put into the kernel for this node: pod processes, cgroups,
@@ -186,7 +228,7 @@ pub async fn cleanup(
         ) {
             crate::runtime::process::signal(state.pause_pid, nix::sys::signal::Signal::SIGKILL);
         }
-        if let Err(e) = runtime.unpin_netns(&uid) {
+        if let Err(e) = linux::unpin_netns(&runtime.netns_path(&uid)) {
             errors.push(format!("{e:#}"));
         }
     }
@@ -194,7 +236,7 @@ pub async fn cleanup(
     if let Err(e) = net.teardown().await {
         errors.push(format!("{e:#}"));
     }
-    if let Err(e) = masquerade::remove() {
+    if let Err(e) = net.remove_masquerade() {
         errors.push(format!("{e:#}"));
     }
     if let Err(e) = crate::proxy::iptables::IptablesDataplane::cleanup_all() {

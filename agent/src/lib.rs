@@ -21,16 +21,18 @@
 //! - [`node`]: the Node object: registration (addresses, capacity, daemon endpoint), the
 //!   heartbeat (a Lease plus the Ready condition), and routes to the other nodes' podCIDRs;
 //! - [`pods`]: the pods bound to this node: the manager that watches them and one worker per
-//!   pod (sandbox, containers, restarts with CrashLoopBackOff, probes, status, termination),
-//!   with the container environment, volumes, probes and status computation beside it;
+//!   pod (sandbox, containers, restarts with CrashLoopBackOff, probes, status, termination;
+//!   a file per verb under `pods/worker/`, and its lifecycle tests over the fakes), with the
+//!   container environment, volumes, probes and status computation beside it;
 //! - [`static_pods`]: manifests in `--manifest-dir`, run without the scheduler and shown in the
 //!   API as mirror pods;
 //! - [`runtime`]: the container runtime: a pause process holding each pod's namespaces, a shim
 //!   and an init process per container instance, cgroups, and the on-disk state a restarted
-//!   agent adopts running pods from;
+//!   agent adopts running pods from; processes, netns pins and cgroups sit behind
+//!   [`runtime::edge::RuntimeEdge`] (real: Linux; in tests: a recording fake);
 //! - [`network`]: the pod network, as a CNI bridge plugin builds it: bridge `skiff0`, one veth
-//!   pair per pod, IPAM within the podCIDR, routes, masquerade; netlink sits behind
-//!   [`network::NetworkEdge`];
+//!   pair per pod, IPAM within the podCIDR, routes, masquerade; netlink and iptables sit
+//!   behind [`network::NetworkEdge`] (in tests: a recording fake);
 //! - [`proxy`]: the service proxy (kube-proxy): Services and EndpointSlices in, eBPF maps
 //!   (`--proxy-mode ebpf`, the programs of `ebpf/skiff-ebpf`) or iptables rules
 //!   (`--proxy-mode iptables`) out; also the drain gate pod workers wait on before they tear

@@ -1,10 +1,13 @@
 //! The pod network of one node, as a CNI bridge plugin would build it: bridge `skiff0`
 //! holding the podCIDR's gateway, one veth pair per pod (pod end `eth0`), routes to the
 //! other nodes' podCIDRs via their InternalIPs, and masquerade for traffic leaving the
-//! cluster. Everything goes through netlink (`rtnetlink`), behind [`NetworkEdge`] so the
-//! pod logic can be tested without root.
+//! cluster. Links and routes go through netlink (`rtnetlink`), masquerade through
+//! `iptables-restore`; all of it behind [`NetworkEdge`], whose `fake::FakeNetwork` (tests
+//! only) records the calls, so the pod logic is tested without root.
 
 pub mod cidr;
+#[cfg(test)]
+pub mod fake;
 pub mod ipam;
 pub mod masquerade;
 pub mod netlink;
@@ -39,6 +42,10 @@ pub trait NetworkEdge: Send + Sync + 'static {
     async fn sync_routes(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()>;
     /// Remove the bridge and every route this agent added.
     async fn teardown(&self) -> Result<()>;
+    /// Masquerade traffic from `pod_cidr` to anywhere outside `cluster_cidr`.
+    fn ensure_masquerade(&self, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<()>;
+    /// Remove the masquerade rules.
+    fn remove_masquerade(&self) -> Result<()>;
 }
 
 /// The host-side name of a pod's veth: stable per pod, within IFNAMSIZ.
@@ -49,57 +56,6 @@ pub fn host_veth_name(pod_uid: &str) -> String {
         .take(11)
         .collect();
     format!("skv{hex}")
-}
-
-#[cfg(test)]
-pub mod fake {
-    //! A recording stand-in for the kernel, for unit tests of pod logic.
-    use super::*;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    pub struct FakeNetwork {
-        pub calls: Mutex<Vec<String>>,
-    }
-
-    #[async_trait]
-    impl NetworkEdge for FakeNetwork {
-        async fn ensure_bridge(&self, pod_cidr: Ipv4Net) -> Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("bridge {pod_cidr}"));
-            Ok(())
-        }
-        async fn attach_pod(
-            &self,
-            _netns: &Path,
-            host_if: &str,
-            ip: Ipv4Addr,
-            _c: Ipv4Net,
-        ) -> Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("attach {host_if} {ip}"));
-            Ok(())
-        }
-        async fn detach_pod(&self, host_if: &str) -> Result<()> {
-            self.calls.lock().unwrap().push(format!("detach {host_if}"));
-            Ok(())
-        }
-        async fn sync_routes(&self, routes: &[(Ipv4Net, Ipv4Addr)]) -> Result<()> {
-            self.calls
-                .lock()
-                .unwrap()
-                .push(format!("routes {routes:?}"));
-            Ok(())
-        }
-        async fn teardown(&self) -> Result<()> {
-            self.calls.lock().unwrap().push("teardown".into());
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! [`NetworkEdge`] over rtnetlink.
+//! [`NetworkEdge`] over rtnetlink (masquerade: [`super::masquerade`], with iptables).
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -245,6 +245,14 @@ impl NetworkEdge for NetlinkNetwork {
                 .context("deleting skiff0")?;
         }
         Ok(())
+    }
+
+    fn ensure_masquerade(&self, pod_cidr: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<()> {
+        super::masquerade::ensure(pod_cidr, cluster_cidr)
+    }
+
+    fn remove_masquerade(&self) -> Result<()> {
+        super::masquerade::remove()
     }
 }
 

@@ -64,9 +64,10 @@ impl ContainerLogSource for PodLogs {
             }
         };
         let instance_dir = agent.runtime.instance_dir(&uid, container, chosen);
+        let edge = agent.edge.clone();
         let still_running = Box::new(move || {
             matches!(
-                instance_status(&instance_dir),
+                instance_status(&*edge, &instance_dir),
                 InstanceStatus::Running(_) | InstanceStatus::Starting
             )
         });

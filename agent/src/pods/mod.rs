@@ -29,19 +29,21 @@ use crate::network::ipam::Ipam;
 use crate::network::{Ipv4Net, NetworkEdge};
 use crate::proxy::drain::BackendDrain;
 use crate::runtime::Runtime;
-use crate::runtime::cgroup::CgroupLayout;
+use crate::runtime::edge::RuntimeEdge;
 use skiff_common::events::EventRecorder;
 
 /// What every pod worker shares.
 pub struct Agent {
     pub cfg: AgentConfig,
     pub client: Client,
+    /// Where pods live on disk.
     pub runtime: Runtime,
+    /// Processes, netns pins and cgroups: the kernel under the runtime.
+    pub edge: Arc<dyn RuntimeEdge>,
     pub network: Arc<dyn NetworkEdge>,
     pub ipam: Ipam,
     pub pod_cidr: Ipv4Net,
     pub images: ImageStore,
-    pub cgroups: CgroupLayout,
     pub services: Store<Service>,
     pub recorder: EventRecorder,
     /// (namespace, name) → uid of the pods this node runs, for the log server.

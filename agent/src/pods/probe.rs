@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -70,93 +70,11 @@ pub async fn run(
     let t = timing(probe);
     let attempt = async {
         if let Some(h) = &probe.http_get {
-            let port = resolve_port(&h.port, container)?;
-            let host = h
-                .host
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| pod_ip.to_string());
-            if h.scheme
-                .as_deref()
-                .unwrap_or("HTTP")
-                .eq_ignore_ascii_case("HTTPS")
-            {
-                return Err("HTTPS probes are not supported by skiff yet".to_string());
-            }
-            let path = h.path.clone().unwrap_or_else(|| "/".into());
-            let mut req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
-            );
-            for hdr in h.http_headers.clone().unwrap_or_default() {
-                req.push_str(&format!("{}: {}\r\n", hdr.name, hdr.value));
-            }
-            req.push_str("\r\n");
-            let mut s = TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
-            s.write_all(req.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; 256];
-            let mut n = 0;
-            while n < buf.len() {
-                let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
-                if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
-                    n += r;
-                    break;
-                }
-                n += r;
-            }
-            let line = String::from_utf8_lossy(&buf[..n]);
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("malformed HTTP response from {host}:{port}"))?;
-            if (200..400).contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("HTTP probe failed with statuscode: {code}"))
-            }
+            http_get(h, container, pod_ip).await
         } else if let Some(tcp) = &probe.tcp_socket {
-            let port = resolve_port(&tcp.port, container)?;
-            let host = tcp
-                .host
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| pod_ip.to_string());
-            TcpStream::connect((host.as_str(), port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("dial tcp {host}:{port}: {e}"))
+            tcp_socket(tcp, container, pod_ip).await
         } else if let Some(exec) = &probe.exec {
-            let cmd = exec.command.clone().unwrap_or_default();
-            if cmd.is_empty() {
-                return Err("exec probe without a command".into());
-            }
-            let out = tokio::process::Command::new(agent_exe)
-                .arg("exec-in")
-                .arg("--pid")
-                .arg(container_pid.to_string())
-                .arg("--")
-                .args(&cmd)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| format!("running the exec probe: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                let mut msg = String::from_utf8_lossy(&out.stdout).to_string();
-                msg.push_str(&String::from_utf8_lossy(&out.stderr));
-                Err(format!(
-                    "command {:?} exited with {}: {}",
-                    cmd.join(" "),
-                    out.status.code().unwrap_or(-1),
-                    msg.trim()
-                ))
-            }
+            exec_in(exec, container_pid, agent_exe).await
         } else {
             Err("the probe has no handler skiff supports (httpGet, tcpSocket, exec)".into())
         }
@@ -164,6 +82,107 @@ pub async fn run(
     match tokio::time::timeout(t.timeout, attempt).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", t.timeout.as_secs())),
+    }
+}
+
+/// An HTTP GET: any status from 200 to 399 passes.
+async fn http_get(h: &HTTPGetAction, container: &Container, pod_ip: &str) -> Result<(), String> {
+    let port = resolve_port(&h.port, container)?;
+    let host = h
+        .host
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| pod_ip.to_string());
+    if h.scheme
+        .as_deref()
+        .unwrap_or("HTTP")
+        .eq_ignore_ascii_case("HTTPS")
+    {
+        return Err("HTTPS probes are not supported by skiff yet".to_string());
+    }
+    let path = h.path.clone().unwrap_or_else(|| "/".into());
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    for hdr in h.http_headers.clone().unwrap_or_default() {
+        req.push_str(&format!("{}: {}\r\n", hdr.name, hdr.value));
+    }
+    req.push_str("\r\n");
+    let mut s = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256];
+    let mut n = 0;
+    while n < buf.len() {
+        let r = s.read(&mut buf[n..]).await.map_err(|e| e.to_string())?;
+        if r == 0 || buf[..n + r].windows(2).any(|w| w == b"\r\n") {
+            n += r;
+            break;
+        }
+        n += r;
+    }
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("malformed HTTP response from {host}:{port}"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// A TCP connect: accepted passes.
+async fn tcp_socket(
+    tcp: &TCPSocketAction,
+    container: &Container,
+    pod_ip: &str,
+) -> Result<(), String> {
+    let port = resolve_port(&tcp.port, container)?;
+    let host = tcp
+        .host
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| pod_ip.to_string());
+    TcpStream::connect((host.as_str(), port))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("dial tcp {host}:{port}: {e}"))
+}
+
+/// A command run in the container's namespaces (by `skiff-agent exec-in`): exit 0 passes.
+async fn exec_in(exec: &ExecAction, container_pid: i32, agent_exe: &Path) -> Result<(), String> {
+    let cmd = exec.command.clone().unwrap_or_default();
+    if cmd.is_empty() {
+        return Err("exec probe without a command".into());
+    }
+    let out = tokio::process::Command::new(agent_exe)
+        .arg("exec-in")
+        .arg("--pid")
+        .arg(container_pid.to_string())
+        .arg("--")
+        .args(&cmd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("running the exec probe: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut msg = String::from_utf8_lossy(&out.stdout).to_string();
+        msg.push_str(&String::from_utf8_lossy(&out.stderr));
+        Err(format!(
+            "command {:?} exited with {}: {}",
+            cmd.join(" "),
+            out.status.code().unwrap_or(-1),
+            msg.trim()
+        ))
     }
 }
 

@@ -9,7 +9,6 @@ use nix::sys::signal::Signal;
 
 use super::Agent;
 use crate::network::host_veth_name;
-use crate::runtime::process;
 use crate::runtime::spec::{SandboxState, now_rfc3339, write_json_atomic};
 
 pub fn host_network(pod: &Pod) -> bool {
@@ -37,16 +36,13 @@ pub async fn create(agent: &Agent, pod: &Pod) -> Result<SandboxState> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let host_net = host_network(pod);
     std::fs::create_dir_all(agent.runtime.pod_dir(&uid))?;
-    let cgroup = agent.cgroups.create_pod(&uid)?;
+    let cgroup = agent.edge.create_pod_cgroup(&uid)?;
     let hostname = if host_net {
         agent.cfg.node_name.clone()
     } else {
         hostname(pod)
     };
-    let (pid, ticks) = agent
-        .runtime
-        .start_pause(&hostname, host_net, &cgroup)
-        .await?;
+    let (pid, ticks) = agent.edge.start_pause(&hostname, host_net, &cgroup).await?;
     let mut state = SandboxState {
         pod_uid: uid.clone(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -64,7 +60,8 @@ pub async fn create(agent: &Agent, pod: &Pod) -> Result<SandboxState> {
         if host_net {
             state.ip = Some(agent.cfg.node_ip.to_string());
         } else {
-            let netns = agent.runtime.pin_netns(&uid, pid)?;
+            let netns = agent.runtime.netns_path(&uid);
+            agent.edge.pin_netns(pid, &netns)?;
             state.netns_path = Some(netns.clone());
             let ip = agent.ipam.allocate(&uid)?;
             state.ip = Some(ip.to_string());
@@ -147,12 +144,12 @@ fn resolv_conf(agent: &Agent, pod: &Pod) -> String {
 /// Safe to call on a partial or already-removed sandbox.
 pub async fn destroy(agent: &Agent, uid: &str, state: Option<&SandboxState>) -> Result<()> {
     if let Some(s) = state
-        && process::is_alive(s.pause_pid, s.pause_start_ticks)
+        && agent.edge.is_alive(s.pause_pid, s.pause_start_ticks)
     {
-        process::signal(s.pause_pid, Signal::SIGKILL);
+        agent.edge.signal(s.pause_pid, Signal::SIGKILL);
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            process::wait_exit(s.pause_pid),
+            agent.edge.wait_exit(s.pause_pid),
         )
         .await;
     }
@@ -161,8 +158,8 @@ pub async fn destroy(agent: &Agent, uid: &str, state: Option<&SandboxState>) -> 
         .unwrap_or_else(|| host_veth_name(uid));
     agent.network.detach_pod(&host_if).await?;
     agent.ipam.release(uid)?;
-    agent.runtime.unpin_netns(uid)?;
-    agent.cgroups.remove_pod(uid)?;
+    agent.edge.unpin_netns(&agent.runtime.netns_path(uid))?;
+    agent.edge.remove_pod_cgroups(uid)?;
     let _ = std::fs::remove_file(agent.runtime.sandbox_state_path(uid));
     Ok(())
 }

@@ -175,80 +175,7 @@ pub fn phase(view: &PodView) -> &'static str {
 pub fn pod_status(view: &PodView, previous: Option<&PodStatus>, now: Time) -> PodStatus {
     let phase = phase(view);
     let terminal = phase == "Succeeded" || phase == "Failed";
-    let all_ready = !view.containers.is_empty()
-        && view
-            .containers
-            .iter()
-            .all(|c| matches!(c.now, Now::Running(_)) && c.ready);
-    let not_ready_names: Vec<&str> = view
-        .containers
-        .iter()
-        .filter(|c| !(matches!(c.now, Now::Running(_)) && c.ready))
-        .map(|c| c.name.as_str())
-        .collect();
-    let cond = |type_: &str, ok: bool, reason: Option<String>, message: Option<String>| {
-        let status = if ok { "True" } else { "False" };
-        let prev = previous
-            .and_then(|p| p.conditions.as_ref())
-            .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
-        let since = match prev {
-            Some(p) if p.status == status => p.last_transition_time.clone(),
-            _ => Some(now.clone()),
-        };
-        PodCondition {
-            type_: type_.into(),
-            status: status.into(),
-            last_transition_time: since,
-            reason: if ok { None } else { reason },
-            message: if ok { None } else { message },
-            ..Default::default()
-        }
-    };
-    let unready_reason = if terminal {
-        "PodCompleted"
-    } else {
-        "ContainersNotReady"
-    };
-    let unready_msg = format!(
-        "containers with unready status: [{}]",
-        not_ready_names.join(" ")
-    );
-    let init_msg = format!(
-        "containers with incomplete status: [{}]",
-        view.init
-            .iter()
-            .filter(|c| !matches!(&c.now, Now::Exited { exit, .. } if exit.exit_code == 0))
-            .map(|c| c.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let conditions = vec![
-        cond(
-            "PodReadyToStartContainers",
-            view.pod_ip.is_some(),
-            None,
-            None,
-        ),
-        cond(
-            "Initialized",
-            view.initialized || terminal && !view.init_failed,
-            Some("ContainersNotInitialized".into()),
-            Some(init_msg),
-        ),
-        cond(
-            "Ready",
-            all_ready && !terminal,
-            Some(unready_reason.into()),
-            Some(unready_msg.clone()),
-        ),
-        cond(
-            "ContainersReady",
-            all_ready && !terminal,
-            Some(unready_reason.into()),
-            Some(unready_msg),
-        ),
-        cond("PodScheduled", true, None, None),
-    ];
+    let conditions = conditions(view, terminal, previous, &now);
     let app_default = if view.initialized {
         "ContainerCreating"
     } else {
@@ -288,6 +215,102 @@ pub fn pod_status(view: &PodView, previous: Option<&PodStatus>, now: Time) -> Po
                 ..Default::default()
             })
             .unwrap_or_default()
+    }
+}
+
+/// The pod's conditions, as the kubelet sets them.
+fn conditions(
+    view: &PodView,
+    terminal: bool,
+    previous: Option<&PodStatus>,
+    now: &Time,
+) -> Vec<PodCondition> {
+    let all_ready = !view.containers.is_empty()
+        && view
+            .containers
+            .iter()
+            .all(|c| matches!(c.now, Now::Running(_)) && c.ready);
+    let not_ready_names: Vec<&str> = view
+        .containers
+        .iter()
+        .filter(|c| !(matches!(c.now, Now::Running(_)) && c.ready))
+        .map(|c| c.name.as_str())
+        .collect();
+    let cond = |type_: &str, ok: bool, reason: Option<String>, message: Option<String>| {
+        condition(previous, now, type_, ok, reason, message)
+    };
+    let unready_reason = if terminal {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let unready_msg = format!(
+        "containers with unready status: [{}]",
+        not_ready_names.join(" ")
+    );
+    let init_msg = format!(
+        "containers with incomplete status: [{}]",
+        view.init
+            .iter()
+            .filter(|c| !matches!(&c.now, Now::Exited { exit, .. } if exit.exit_code == 0))
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    vec![
+        cond(
+            "PodReadyToStartContainers",
+            view.pod_ip.is_some(),
+            None,
+            None,
+        ),
+        cond(
+            "Initialized",
+            view.initialized || terminal && !view.init_failed,
+            Some("ContainersNotInitialized".into()),
+            Some(init_msg),
+        ),
+        cond(
+            "Ready",
+            all_ready && !terminal,
+            Some(unready_reason.into()),
+            Some(unready_msg.clone()),
+        ),
+        cond(
+            "ContainersReady",
+            all_ready && !terminal,
+            Some(unready_reason.into()),
+            Some(unready_msg),
+        ),
+        cond("PodScheduled", true, None, None),
+    ]
+}
+
+/// One condition; its transition time is `previous`'s while the status stays the same.
+/// A reason and message only go with a False condition.
+fn condition(
+    previous: Option<&PodStatus>,
+    now: &Time,
+    type_: &str,
+    ok: bool,
+    reason: Option<String>,
+    message: Option<String>,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let prev = previous
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+    let since = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Some(now.clone()),
+    };
+    PodCondition {
+        type_: type_.into(),
+        status: status.into(),
+        last_transition_time: since,
+        reason: if ok { None } else { reason },
+        message: if ok { None } else { message },
+        ..Default::default()
     }
 }
 

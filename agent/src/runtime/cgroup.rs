@@ -4,6 +4,7 @@
 //! has no controllers (cpu and memory are bound to v1), so limits go into per-container
 //! cgroups of the v1 `memory` and `cpu` hierarchies under `skiff/<node>/pod<uid>/<container>`;
 //! on a pure v2 host with those controllers available, they go into the v2 pod cgroup.
+//! The pod worker reaches these through [`super::edge::RuntimeEdge`].
 
 use std::path::{Path, PathBuf};
 

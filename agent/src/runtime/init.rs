@@ -3,6 +3,11 @@
 //! namespace on an overlay of the image, pivots into it and execs the container command.
 //! Failures are written to `start-error` (and stderr, which is the container log) so the
 //! agent can report them as the container's waiting/terminated reason.
+//!
+//! This runs in the child, after the fork, and calls the kernel directly (setns, unshare,
+//! mount, pivot_root, exec): it is what [`super::edge::RuntimeEdge`]'s real implementation
+//! sets in motion, not something the agent's logic calls, so it is not behind the trait
+//! (youki keeps its container-side code the same way).
 
 use std::ffi::CString;
 use std::fs::File;

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,32 +44,10 @@ pub fn run(spec_path: &Path) -> i32 {
             return 1;
         }
     };
-    let writer = match LogWriter::create(
-        &spec.log_dir,
-        spec.restart_count,
-        spec.log_max_size,
-        spec.log_max_files,
-    ) {
-        Ok(w) => Arc::new(Mutex::new(w)),
-        Err(e) => {
-            eprintln!(
-                "skiff shim: opening the log in {}: {e}",
-                spec.log_dir.display()
-            );
-            return 1;
-        }
+    let Some(writer) = open_log(&spec) else {
+        return 1;
     };
-    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let mut init = Command::new(exe);
-    init.arg("init")
-        .arg("--spec")
-        .arg(spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    restore_default_signals(&mut init);
-    let child = init.spawn();
-    let mut child = match child {
+    let mut child = match spawn_init(spec_path) {
         Ok(c) => c,
         Err(e) => {
             let exit = ContainerExit {
@@ -90,7 +68,52 @@ pub fn run(spec_path: &Path) -> i32 {
         started_at: now_rfc3339(),
     };
     let _ = write_json_atomic(&spec.state_path(), &state);
+    let status = log_until_exit(&mut child, &writer);
+    let exit = exit_record(&spec, status);
+    if let Err(e) = write_json_atomic(&spec.exit_path(), &exit) {
+        eprintln!("skiff shim: writing {}: {e}", spec.exit_path().display());
+        return 1;
+    }
+    0
+}
 
+fn open_log(spec: &ContainerSpec) -> Option<Arc<Mutex<LogWriter>>> {
+    match LogWriter::create(
+        &spec.log_dir,
+        spec.restart_count,
+        spec.log_max_size,
+        spec.log_max_files,
+    ) {
+        Ok(w) => Some(Arc::new(Mutex::new(w))),
+        Err(e) => {
+            eprintln!(
+                "skiff shim: opening the log in {}: {e}",
+                spec.log_dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// `skiff-agent init`, which becomes the container, with its output piped to the shim.
+fn spawn_init(spec_path: &Path) -> std::io::Result<Child> {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut init = Command::new(exe);
+    init.arg("init")
+        .arg("--spec")
+        .arg(spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    restore_default_signals(&mut init);
+    init.spawn()
+}
+
+/// Copy the container's stdout and stderr to its log until it exits; returns how it ended.
+fn log_until_exit(
+    child: &mut Child,
+    writer: &Arc<Mutex<LogWriter>>,
+) -> std::io::Result<std::process::ExitStatus> {
     let mut pumps = Vec::new();
     if let Some(out) = child.stdout.take() {
         pumps.push(pump(out, LogStream::Stdout, writer.clone()));
@@ -109,6 +132,14 @@ pub fn run(spec_path: &Path) -> i32 {
     if let Ok(mut w) = writer.lock() {
         let _ = w.flush_partial();
     }
+    status
+}
+
+/// The exit record: the code (128 + signal when killed) and what init reported failing.
+fn exit_record(
+    spec: &ContainerSpec,
+    status: std::io::Result<std::process::ExitStatus>,
+) -> ContainerExit {
     let (exit_code, sig) = match status {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => (c, None),
@@ -118,17 +149,12 @@ pub fn run(spec_path: &Path) -> i32 {
         Err(_) => (255, None),
     };
     let start_error = std::fs::read_to_string(spec.instance_dir.join(START_ERROR_FILE)).ok();
-    let exit = ContainerExit {
+    ContainerExit {
         exit_code,
         signal: sig,
         finished_at: now_rfc3339(),
         start_error,
-    };
-    if let Err(e) = write_json_atomic(&spec.exit_path(), &exit) {
-        eprintln!("skiff shim: writing {}: {e}", spec.exit_path().display());
-        return 1;
     }
-    0
 }
 
 /// An ignored signal stays ignored across fork and exec, and a shell cannot even trap a

@@ -1,0 +1,461 @@
+//! The pod lifecycle, run without root: a worker over the recording fakes of the kernel
+//! ([`FakeRuntime`], [`FakeNetwork`]) and a fake apiserver, on tokio's paused clock so grace
+//! periods and back-offs take no real time.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{PodWorker, backoff_delay};
+use crate::config::AgentConfig;
+use crate::image::ImageStore;
+use crate::network::fake::FakeNetwork;
+use crate::network::ipam::Ipam;
+use crate::network::{Ipv4Net, host_veth_name};
+use crate::pods::{Agent, PodUpdate};
+use crate::proxy::drain::BackendDrain;
+use crate::runtime::Runtime;
+use crate::runtime::edge::fake::{FakeRuntime, Plan, Recorder};
+use skiff_common::events::EventRecorder;
+
+const UID: &str = "0f8e2a6c-1d3b-4e5f-9a7b-123456789abc";
+
+#[test]
+fn backoff_doubles_to_the_cap() {
+    let (i, m) = (Duration::from_secs(10), Duration::from_secs(300));
+    let d: Vec<u64> = (0..8).map(|n| backoff_delay(n, i, m).as_secs()).collect();
+    assert_eq!(d, [0, 10, 20, 40, 80, 160, 300, 300]);
+    assert_eq!(backoff_delay(200, i, m), m);
+}
+
+/// The requests the fake apiserver received: (method, path, body).
+#[derive(Default)]
+struct ApiLog(Mutex<Vec<(String, String, Value)>>);
+
+impl ApiLog {
+    fn requests(&self) -> Vec<(String, String, Value)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The pod statuses the worker sent, in order.
+    fn statuses(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/status"))
+            .map(|(_, _, body)| body["status"].clone())
+            .collect()
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, p, _)| m == "POST" && p.contains("/events"))
+            .map(|(_, _, body)| body["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+/// An apiserver that accepts everything: a POST gets its object back, anything else a pod.
+fn fake_apiserver(log: Arc<ApiLog>) -> Client {
+    let service = tower::service_fn(move |req: hyper::Request<Body>| {
+        let log = log.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let sent: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let reply = if parts.method == hyper::Method::POST {
+                sent.clone()
+            } else {
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}})
+            };
+            log.0.lock().unwrap().push((
+                parts.method.to_string(),
+                parts.uri.path().to_string(),
+                sent,
+            ));
+            let reply = Body::from(serde_json::to_vec(&reply).unwrap());
+            Ok::<_, Infallible>(hyper::Response::new(reply))
+        }
+    });
+    Client::new(service, "default")
+}
+
+/// One node: an agent over the fakes, its files in a temporary directory.
+struct Node {
+    agent: Arc<Agent>,
+    rec: Arc<Recorder>,
+    kernel: Arc<FakeRuntime>,
+    api: Arc<ApiLog>,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let rec = Arc::new(Recorder::default());
+        let kernel = Arc::new(FakeRuntime::new(rec.clone(), &root.join("cgroup")));
+        let api = Arc::new(ApiLog::default());
+        let client = fake_apiserver(api.clone());
+        let pod_cidr: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let images = ImageStore::open(&root.join("images")).unwrap();
+        add_image(&images, "app");
+        let agent = Agent {
+            cfg: AgentConfig::for_tests(root.clone()),
+            recorder: EventRecorder::new(client.clone(), "kubelet"),
+            client,
+            runtime: Runtime::new(&root).unwrap(),
+            edge: kernel.clone(),
+            network: Arc::new(FakeNetwork { rec: rec.clone() }),
+            ipam: Ipam::open(&root.join("ipam"), pod_cidr).unwrap(),
+            pod_cidr,
+            images,
+            services: kube::runtime::reflector::store::<Service>().0,
+            pods_by_name: Mutex::default(),
+            drain: Arc::new(BackendDrain::new()),
+        };
+        Node {
+            agent: Arc::new(agent),
+            rec,
+            kernel,
+            api,
+            dir,
+        }
+    }
+
+    /// Run a worker for `pod`; the sender updates it (None: gone from the API).
+    fn run(&self, pod: Pod) -> (watch::Sender<PodUpdate>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(Some(Arc::new(pod)));
+        let worker = PodWorker::new(self.agent.clone(), UID.to_string(), rx);
+        (tx, tokio::spawn(worker.run()))
+    }
+
+    fn netns(&self) -> String {
+        self.agent.runtime.netns_path(UID).display().to_string()
+    }
+
+    fn pod_cgroup(&self) -> String {
+        self.dir
+            .path()
+            .join("cgroup")
+            .join(format!("pod{UID}"))
+            .display()
+            .to_string()
+    }
+
+    /// Whether the calls so far include `call`.
+    fn called(&self, call: &str) -> bool {
+        self.rec.calls().iter().any(|c| c == call)
+    }
+
+    /// When `call` was made (the first time).
+    fn when(&self, call: &str) -> Instant {
+        self.rec
+            .timed_calls()
+            .into_iter()
+            .find(|(_, c)| c == call)
+            .unwrap_or_else(|| panic!("no call {call:?} in {:#?}", self.rec.calls()))
+            .0
+    }
+
+    /// The calls that start with one of `ops`, in order.
+    fn calls_of(&self, ops: &[&str]) -> Vec<String> {
+        self.rec
+            .calls()
+            .into_iter()
+            .filter(|c| ops.iter().any(|op| c.split(' ').next() == Some(op)))
+            .collect()
+    }
+
+    /// Wait (on the paused clock) until `done`; a hundred seconds is a hang.
+    async fn until(&self, what: &str, done: impl Fn(&Node) -> bool) {
+        for _ in 0..10_000 {
+            if done(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; calls: {:#?}",
+            self.rec.calls()
+        );
+    }
+}
+
+/// An image in the store's on-disk layout (`names.json`, `<id>/config.json`, `<id>/rootfs`).
+fn add_image(store: &ImageStore, name: &str) {
+    let hex = "ab".repeat(32);
+    let dir = store.root().join(&hex);
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    let config = json!({"entrypoint": [], "cmd": ["/bin/app"], "env": ["PATH=/bin"],
+        "working_dir": "/", "user": ""});
+    let record = json!({"id": format!("sha256:{hex}"), "size_bytes": 0, "config": config,
+        "original": {}});
+    std::fs::write(dir.join("config.json"), record.to_string()).unwrap();
+    let names =
+        json!({"names": {format!("docker.io/library/{name}:latest"): format!("sha256:{hex}")}});
+    std::fs::write(store.root().join("names.json"), names.to_string()).unwrap();
+}
+
+fn container(name: &str) -> Value {
+    json!({"name": name, "image": "app"})
+}
+
+fn pod(spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": UID},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn deleted(mut pod: Pod, grace: i64) -> Arc<Pod> {
+    pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
+    pod.metadata.deletion_grace_period_seconds = Some(grace);
+    Arc::new(pod)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sandbox_comes_first_then_init_containers_one_by_one_then_the_app() {
+    let node = Node::new();
+    let spec = json!({"initContainers": [container("setup1"), container("setup2")],
+        "containers": [container("app")]});
+    let (_tx, _worker) = node.run(pod(spec));
+    node.until("setup1 to start", |n| n.called("start setup1/0"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !node.called("start setup2/0"),
+        "setup2 started while setup1 runs"
+    );
+    assert!(node.kernel.exit("setup1/0", 0));
+    node.until("setup2 to start", |n| n.called("start setup2/0"))
+        .await;
+    assert!(
+        !node.called("start app/0"),
+        "the app started before its init containers ended"
+    );
+    assert!(node.kernel.exit("setup2/0", 0));
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+
+    let ip = node.agent.ipam.lookup(UID).expect("the pod has an address");
+    assert_eq!(
+        node.rec.calls()[..6],
+        [
+            format!("create_pod_cgroup {UID}"),
+            format!("start_pause web in {}", node.pod_cgroup()),
+            format!("pin_netns pause at {}", node.netns()),
+            format!("attach_pod {} {ip}", host_veth_name(UID)),
+            format!("create_container_cgroups {UID} setup1"),
+            "start setup1/0".to_string(),
+        ]
+    );
+    assert_eq!(
+        node.calls_of(&["start"]),
+        ["start setup1/0", "start setup2/0", "start app/0"]
+    );
+    node.until("the pod to be reported running", |n| {
+        n.api
+            .statuses()
+            .last()
+            .is_some_and(|s| s["phase"] == "Running")
+    })
+    .await;
+    let status = node.api.statuses().pop().unwrap();
+    assert_eq!(status["podIP"], ip.to_string());
+    assert_eq!(
+        status["initContainerStatuses"][1]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_container_is_restarted_with_a_doubling_back_off() {
+    let node = Node::new();
+    node.kernel
+        .plan("app", &[Plan::Exit(1), Plan::Exit(1), Plan::Exit(1)]);
+    let (_tx, _worker) = node.run(pod(json!({"containers": [container("app")]})));
+    node.until("the fourth instance", |n| n.called("start app/3"))
+        .await;
+    // The first restart is at once; then the back-off doubles from --backoff-initial (10 s).
+    let at = |n: u32| node.when(&format!("start app/{n}"));
+    assert!(
+        at(1) - at(0) < Duration::from_secs(2),
+        "{:?}",
+        at(1) - at(0)
+    );
+    let (first, second) = (at(2) - at(1), at(3) - at(2));
+    assert!(
+        first >= Duration::from_secs(10) && first < Duration::from_secs(12),
+        "{first:?}"
+    );
+    assert!(
+        second >= Duration::from_secs(20) && second < Duration::from_secs(22),
+        "{second:?}"
+    );
+    assert!(node.api.event_reasons().contains(&"BackOff".to_string()));
+    let waiting = node.api.statuses().into_iter().find_map(|s| {
+        let c = &s["containerStatuses"][0];
+        (c["state"]["waiting"]["reason"] == "CrashLoopBackOff").then(|| c.clone())
+    });
+    let waiting = waiting.expect("a status in CrashLoopBackOff");
+    assert_eq!(waiting["lastState"]["terminated"]["exitCode"], 1);
+    // The fourth instance keeps running: no fifth.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert!(!node.called("start app/4"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_restart_policy_never_a_failed_container_fails_the_pod_and_frees_its_sandbox() {
+    let node = Node::new();
+    node.kernel.plan("app", &[Plan::Exit(3)]);
+    let spec = json!({"restartPolicy": "Never", "containers": [container("app")]});
+    let (_tx, _worker) = node.run(pod(spec));
+    node.until("the pod to be reported failed", |n| {
+        n.api
+            .statuses()
+            .last()
+            .is_some_and(|s| s["phase"] == "Failed")
+    })
+    .await;
+    node.until("the sandbox to go", |n| {
+        n.called(&format!("remove_pod_cgroups {UID}"))
+    })
+    .await;
+    assert_eq!(node.calls_of(&["start"]), ["start app/0"]);
+    assert!(node.kernel.live_pauses().is_empty());
+    assert_eq!(node.agent.ipam.lookup(UID), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_sends_sigterm_then_sigkill_after_the_grace_period_and_tears_down_the_pod() {
+    let node = Node::new();
+    node.kernel.plan("app", &[Plan::IgnoreSigterm]);
+    let spec = json!({"containers": [container("app"), container("sidecar")]});
+    let p = pod(spec);
+    let (tx, worker) = node.run(p.clone());
+    node.until("the pod to be reported ready", |n| {
+        n.api.statuses().last().is_some_and(|s| {
+            s["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+    })
+    .await;
+    let ip = node.agent.ipam.lookup(UID).unwrap();
+
+    tx.send(Some(deleted(p, 5))).unwrap();
+    worker.await.unwrap();
+
+    let grace = node.when("signal app/0 SIGKILL") - node.when("signal app/0 SIGTERM");
+    assert!(
+        grace >= Duration::from_secs(5) && grace < Duration::from_secs(6),
+        "{grace:?}"
+    );
+    // The sidecar heeds SIGTERM: no SIGKILL for it.
+    assert!(node.called("signal sidecar/0 SIGTERM"));
+    assert!(!node.called("signal sidecar/0 SIGKILL"));
+    // Containers first, then the sandbox: pause, network, netns pin, cgroups.
+    let teardown = node.calls_of(&["signal", "detach_pod", "unpin_netns", "remove_pod_cgroups"]);
+    assert_eq!(
+        teardown[teardown.len() - 4..],
+        [
+            "signal pause SIGKILL".to_string(),
+            format!("detach_pod {}", host_veth_name(UID)),
+            format!("unpin_netns {}", node.netns()),
+            format!("remove_pod_cgroups {UID}"),
+        ]
+    );
+    assert_eq!(node.agent.ipam.lookup(UID), None, "{ip} is still allocated");
+    assert!(!node.agent.runtime.pod_dir(UID).exists());
+    // Not ready before the network went, then the deletion confirmed.
+    let last = node.api.statuses().pop().unwrap();
+    assert_eq!(last["containerStatuses"][0]["ready"], false);
+    let (method, path, body) = node.api.requests().pop().unwrap();
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("DELETE", "/api/v1/namespaces/default/pods/web")
+    );
+    assert_eq!(body["gracePeriodSeconds"], 0);
+    assert_eq!(body["preconditions"]["uid"], UID);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_gone_from_the_api_loses_its_containers_network_and_cgroups() {
+    let node = Node::new();
+    let (tx, worker) = node.run(pod(json!({"containers": [container("app")]})));
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    tx.send(None).unwrap();
+    worker.await.unwrap();
+    assert_eq!(
+        node.calls_of(&["signal", "detach_pod", "unpin_netns", "remove_pod_cgroups"]),
+        [
+            "signal app/0 SIGTERM".to_string(),
+            "signal pause SIGKILL".to_string(),
+            format!("detach_pod {}", host_veth_name(UID)),
+            format!("unpin_netns {}", node.netns()),
+            format!("remove_pod_cgroups {UID}"),
+        ]
+    );
+    assert!(node.kernel.live_pauses().is_empty());
+    // Nothing to confirm: the pod is already gone.
+    assert!(!node.api.requests().iter().any(|(m, _, _)| m == "DELETE"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sandbox_failure_is_reported_and_what_was_made_is_removed() {
+    let node = Node::new();
+    node.rec.fail_next("attach_pod", "no bridge skiff0");
+    let (_tx, _worker) = node.run(pod(json!({"containers": [container("app")]})));
+    node.until("a second sandbox", |n| {
+        n.calls_of(&["start_pause"]).len() == 2
+    })
+    .await;
+
+    let expected = "Failed to create pod sandbox: wiring the pod's network: no bridge skiff0";
+    let first = node.api.statuses().into_iter().next().unwrap();
+    assert_eq!(first["message"], expected);
+    assert_eq!(first["phase"], "Pending");
+    assert!(
+        node.api
+            .event_reasons()
+            .contains(&"FailedCreatePodSandBox".to_string())
+    );
+    // What the failed attempt made is gone before the next: pause, veth, pin, cgroup.
+    let calls = node.rec.calls();
+    let failed = calls
+        .iter()
+        .position(|c| c.starts_with("attach_pod"))
+        .unwrap();
+    assert_eq!(
+        calls[failed + 1..failed + 5],
+        [
+            "signal pause SIGKILL".to_string(),
+            format!("detach_pod {}", host_veth_name(UID)),
+            format!("unpin_netns {}", node.netns()),
+            format!("remove_pod_cgroups {UID}"),
+        ]
+    );
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    assert_eq!(node.kernel.live_pauses().len(), 1);
+    node.until("the error to clear", |n| {
+        n.api
+            .statuses()
+            .last()
+            .is_some_and(|s| s["message"].is_null())
+    })
+    .await;
+}
