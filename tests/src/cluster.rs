@@ -1792,8 +1792,8 @@ fn is_zombie(pid: u32) -> bool {
 fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
     let text =
         std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
-    let mut v: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", from.display()))?;
+    let mut v: serde_norway::Value =
+        serde_norway::from_str(&text).with_context(|| format!("parsing {}", from.display()))?;
     let clusters = v
         .get_mut("clusters")
         .and_then(|c| c.as_sequence_mut())
@@ -1812,7 +1812,7 @@ fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
         .mode(0o600)
         .open(to)
         .with_context(|| format!("writing {}", to.display()))?;
-    file.write_all(serde_yaml::to_string(&v)?.as_bytes())
+    file.write_all(serde_norway::to_string(&v)?.as_bytes())
         .with_context(|| format!("writing {}", to.display()))
 }
 
