@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use skiff_agent::config::AgentConfig;
 use skiff_agent::image::ImageStore;
 use skiff_agent::network::Ipv4Net;
+use skiff_agent::proxy::ProxyMode;
 use skiff_agent::runtime;
 use skiff_common::duration::seconds_or_duration;
 
@@ -165,8 +166,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 10250)]
     port: u16,
     /// Service proxy mode: ebpf, iptables or auto.
-    #[arg(long, default_value = "auto", value_parser = ["ebpf", "iptables", "auto"])]
-    proxy_mode: String,
+    #[arg(long, value_enum, default_value_t = ProxyMode::Auto)]
+    proxy_mode: ProxyMode,
     /// Cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
     #[arg(long)]
     cluster_dns: Option<Ipv4Addr>,
@@ -403,6 +404,20 @@ mod tests {
             } => *a,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn proxy_mode_flag_takes_the_three_names() {
+        assert_eq!(run_args(&[]).proxy_mode, ProxyMode::Auto);
+        assert_eq!(run_args(&["--proxy-mode=ebpf"]).proxy_mode, ProxyMode::Ebpf);
+        assert_eq!(
+            run_args(&["--proxy-mode", "iptables"]).proxy_mode,
+            ProxyMode::Iptables
+        );
+        assert!(
+            Cli::try_parse_from(["skiff-agent", "run", "--kubeconfig=k", "--proxy-mode=nft"])
+                .is_err()
+        );
     }
 
     #[test]
