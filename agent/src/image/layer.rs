@@ -35,10 +35,11 @@ struct Attributes {
     mtime: Option<SystemTime>,
 }
 
-/// Where a layer entry goes: its path below the rootfs, the same under the rootfs
-/// directory, and its attributes.
+/// A layer entry about to be written.
 struct NewEntry {
+    /// Its path inside the rootfs.
     relative: PathBuf,
+    /// The same path on the host, below the rootfs directory.
     target: PathBuf,
     attributes: Attributes,
 }
