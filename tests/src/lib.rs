@@ -182,6 +182,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Prints a benchmark's Markdown report, and writes it to `out` if given.
+pub fn print_report(md: &str, out: Option<&Path>) -> std::io::Result<()> {
+    println!("{md}");
+    if let Some(path) = out {
+        std::fs::write(path, md)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// `Commit: <sha>; machine: N CPUs, kernel K` for benchmark reports.
 pub fn provenance() -> String {
     let commit = Command::new("git")

@@ -261,10 +261,7 @@ impl RootfsBuilder {
         std::os::unix::fs::symlink(&link_target, &new.target)?;
         self.set_owner_nofollow(&new.target, new.attributes)?;
         set_xattrs(entry, &new.target);
-        if let Some(mtime) = new.attributes.mtime {
-            // Symlink times are cosmetic; a filesystem refusing them is no reason to fail.
-            let _ = sys::set_mtime_nofollow(&new.target, mtime);
-        }
+        set_mtime_nofollow(&new.target, new.attributes);
         Ok(Outcome::Written)
     }
 
@@ -327,9 +324,7 @@ impl RootfsBuilder {
         // mknod is subject to the umask.
         fs::set_permissions(&new.target, fs::Permissions::from_mode(new.attributes.mode))?;
         set_xattrs(entry, &new.target);
-        if let Some(mtime) = new.attributes.mtime {
-            let _ = sys::set_mtime_nofollow(&new.target, mtime);
-        }
+        set_mtime_nofollow(&new.target, new.attributes);
         Ok(Outcome::Written)
     }
 
@@ -609,6 +604,14 @@ fn set_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) {
                 "cannot set extended attribute"
             );
         }
+    }
+}
+
+/// The mtime of a file that must not be opened (symlink, fifo, device node). Such times are
+/// cosmetic; a filesystem refusing them is no reason to fail.
+fn set_mtime_nofollow(path: &Path, attributes: Attributes) {
+    if let Some(mtime) = attributes.mtime {
+        let _ = sys::set_mtime_nofollow(path, mtime);
     }
 }
 

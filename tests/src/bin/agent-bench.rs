@@ -153,11 +153,7 @@ async fn main() -> Result<()> {
             deleted,
         },
     );
-    println!("{md}");
-    if let Some(path) = &args.out {
-        std::fs::write(path, &md)?;
-        eprintln!("wrote {}", path.display());
-    }
+    skiff_tests::print_report(&md, args.out.as_deref())?;
     drop(cluster);
     Ok(())
 }
