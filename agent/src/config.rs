@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::network::Ipv4Net;
+use crate::proxy::ProxyMode;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -18,7 +19,7 @@ pub struct AgentConfig {
     pub service_cidr: Ipv4Net,
     /// The HTTPS port serving logs to the apiserver (kubelet's 10250).
     pub port: u16,
-    pub proxy_mode: String,
+    pub proxy_mode: ProxyMode,
     pub cluster_dns: Option<Ipv4Addr>,
     pub cluster_domain: String,
     /// CrashLoopBackOff: first delay and cap (kubelet: 10 s and 5 min).
@@ -46,7 +47,7 @@ impl AgentConfig {
             cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16),
             service_cidr: Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12),
             port: 10250,
-            proxy_mode: "auto".into(),
+            proxy_mode: ProxyMode::Auto,
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
             backoff_initial: Duration::from_secs(10),

@@ -1,7 +1,7 @@
 //! `skiff-agent`: flags in, library calls out.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use skiff_agent::config::AgentConfig;
 use skiff_agent::image::ImageStore;
 use skiff_agent::network::Ipv4Net;
+use skiff_agent::proxy::ProxyMode;
 use skiff_agent::runtime;
 use skiff_common::duration::seconds_or_duration;
 
@@ -165,8 +166,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 10250)]
     port: u16,
     /// Service proxy mode: ebpf, iptables or auto.
-    #[arg(long, default_value = "auto", value_parser = ["ebpf", "iptables", "auto"])]
-    proxy_mode: String,
+    #[arg(long, value_enum, default_value_t = ProxyMode::Auto)]
+    proxy_mode: ProxyMode,
     /// Cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
     #[arg(long)]
     cluster_dns: Option<Ipv4Addr>,
@@ -268,103 +269,13 @@ fn tokio_main(cmd: Command) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cmd {
-            Command::Run(a) => {
-                let node_ip = match a.node_ip {
-                    Some(ip) => ip,
-                    None => local_ip_toward(&a.kubeconfig)?,
-                };
-                let cfg = AgentConfig {
-                    node_name: a.node_name.unwrap_or_else(hostname),
-                    node_ip,
-                    root_dir: a.root_dir,
-                    cgroup_root: a.cgroup_root,
-                    bpffs: a.bpffs,
-                    manifest_dir: a.manifest_dir,
-                    cluster_cidr: a.cluster_cidr,
-                    service_cidr: a.service_cluster_ip_range,
-                    port: a.port,
-                    proxy_mode: a.proxy_mode,
-                    cluster_dns: a.cluster_dns,
-                    cluster_domain: a.cluster_domain,
-                    backoff_initial: a.crashloop_backoff_initial,
-                    backoff_max: a.crashloop_backoff_max,
-                    log_max_size: a.container_log_max_size,
-                    log_max_files: a.container_log_max_files.max(1),
-                    lease_duration_seconds: 40,
-                    heartbeat_interval: a.node_status_update_seconds.max(Duration::from_secs(1)),
-                    max_pods: a.max_pods,
-                    bpf_map_sizes: (&a.bpf_maps).into(),
-                    metrics_address: if a.metrics_bind_address.is_empty() {
-                        None
-                    } else {
-                        Some(
-                            a.metrics_bind_address
-                                .parse()
-                                .context("--metrics-bind-address")?,
-                        )
-                    },
-                };
-                let run = skiff_agent::agent::run(cfg, &a.kubeconfig);
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    r = run => r,
-                    _ = term.recv() => {
-                        // Pods keep running; a restarted agent adopts them.
-                        tracing::info!("SIGTERM: stopping the agent, leaving pods running");
-                        Ok(())
-                    }
-                    _ = tokio::signal::ctrl_c() => Ok(()),
-                }
-            }
-            Command::Image { root_dir, command } => {
-                let store = ImageStore::open(&root_dir.join("images"))?;
-                match command {
-                    ImageCommand::Import { file } => {
-                        for img in store.import(&file)? {
-                            println!("imported {} ({})", img.name, img.id);
-                        }
-                    }
-                    ImageCommand::Tag { source, target } => {
-                        let img = store.tag(&source, &target)?;
-                        println!("tagged {} ({})", img.name, img.id);
-                    }
-                    ImageCommand::List => {
-                        println!("{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
-                        for img in store.list()? {
-                            let id = img.id.trim_start_matches("sha256:");
-                            println!(
-                                "{:<48} {:<20} {:>9.1}M",
-                                img.name,
-                                &id[..id.len().min(12)],
-                                img.size_bytes as f64 / 1048576.0
-                            );
-                        }
-                    }
-                }
-                Ok(())
-            }
+            Command::Run(a) => run_agent(*a).await,
+            Command::Image { root_dir, command } => image_command(&root_dir, command),
             Command::Bpf {
                 bpffs,
                 output,
                 command,
-            } => {
-                use skiff_agent::bpf_cli::What;
-                let what = match command {
-                    BpfCommand::Lb {
-                        command: LbCommand::List,
-                    } => What::LbList,
-                    BpfCommand::Backends => What::Backends,
-                    BpfCommand::Affinity => What::Affinity,
-                    BpfCommand::Ct => What::Ct,
-                    BpfCommand::Maps => What::Maps,
-                };
-                println!(
-                    "{}",
-                    skiff_agent::bpf_cli::show(&bpffs, what, output == "json")?
-                );
-                Ok(())
-            }
+            } => bpf_command(&bpffs, &output, command),
             Command::Cleanup {
                 root_dir,
                 cgroup_root,
@@ -389,6 +300,107 @@ fn tokio_main(cmd: Command) -> Result<()> {
     })
 }
 
+/// `skiff-agent run`: until the agent fails, SIGTERM or Ctrl-C.
+async fn run_agent(a: RunArgs) -> Result<()> {
+    let kubeconfig = a.kubeconfig.clone();
+    let cfg = agent_config(a)?;
+    let run = skiff_agent::agent::run(cfg, &kubeconfig);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = run => r,
+        _ = term.recv() => {
+            // Pods keep running; a restarted agent adopts them.
+            tracing::info!("SIGTERM: stopping the agent, leaving pods running");
+            Ok(())
+        }
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+fn agent_config(a: RunArgs) -> Result<AgentConfig> {
+    let node_ip = match a.node_ip {
+        Some(ip) => ip,
+        None => local_ip_toward(&a.kubeconfig)?,
+    };
+    Ok(AgentConfig {
+        node_name: a.node_name.unwrap_or_else(hostname),
+        node_ip,
+        root_dir: a.root_dir,
+        cgroup_root: a.cgroup_root,
+        bpffs: a.bpffs,
+        manifest_dir: a.manifest_dir,
+        cluster_cidr: a.cluster_cidr,
+        service_cidr: a.service_cluster_ip_range,
+        port: a.port,
+        proxy_mode: a.proxy_mode,
+        cluster_dns: a.cluster_dns,
+        cluster_domain: a.cluster_domain,
+        backoff_initial: a.crashloop_backoff_initial,
+        backoff_max: a.crashloop_backoff_max,
+        log_max_size: a.container_log_max_size,
+        log_max_files: a.container_log_max_files.max(1),
+        lease_duration_seconds: 40,
+        heartbeat_interval: a.node_status_update_seconds.max(Duration::from_secs(1)),
+        max_pods: a.max_pods,
+        bpf_map_sizes: (&a.bpf_maps).into(),
+        metrics_address: if a.metrics_bind_address.is_empty() {
+            None
+        } else {
+            Some(
+                a.metrics_bind_address
+                    .parse()
+                    .context("--metrics-bind-address")?,
+            )
+        },
+    })
+}
+
+fn image_command(root_dir: &Path, command: ImageCommand) -> Result<()> {
+    let store = ImageStore::open(&root_dir.join("images"))?;
+    match command {
+        ImageCommand::Import { file } => {
+            for img in store.import(&file)? {
+                println!("imported {} ({})", img.name, img.id);
+            }
+        }
+        ImageCommand::Tag { source, target } => {
+            let img = store.tag(&source, &target)?;
+            println!("tagged {} ({})", img.name, img.id);
+        }
+        ImageCommand::List => {
+            println!("{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE");
+            for img in store.list()? {
+                let id = img.id.trim_start_matches("sha256:");
+                println!(
+                    "{:<48} {:<20} {:>9.1}M",
+                    img.name,
+                    &id[..id.len().min(12)],
+                    img.size_bytes as f64 / 1048576.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bpf_command(bpffs: &Path, output: &str, command: BpfCommand) -> Result<()> {
+    use skiff_agent::bpf_cli::What;
+    let what = match command {
+        BpfCommand::Lb {
+            command: LbCommand::List,
+        } => What::LbList,
+        BpfCommand::Backends => What::Backends,
+        BpfCommand::Affinity => What::Affinity,
+        BpfCommand::Ct => What::Ct,
+        BpfCommand::Maps => What::Maps,
+    };
+    println!(
+        "{}",
+        skiff_agent::bpf_cli::show(bpffs, what, output == "json")?
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,32 +418,50 @@ mod tests {
     }
 
     #[test]
+    fn proxy_mode_flag_takes_the_three_names() {
+        assert_eq!(run_args(&[]).proxy_mode, ProxyMode::Auto);
+        assert_eq!(run_args(&["--proxy-mode=ebpf"]).proxy_mode, ProxyMode::Ebpf);
+        assert_eq!(
+            run_args(&["--proxy-mode", "iptables"]).proxy_mode,
+            ProxyMode::Iptables
+        );
+        assert!(
+            Cli::try_parse_from(["skiff-agent", "run", "--kubeconfig=k", "--proxy-mode=nft"])
+                .is_err()
+        );
+    }
+
+    #[test]
     fn duration_flags_take_kube_durations_and_bare_seconds() {
-        let a = run_args(&[]);
-        assert_eq!(a.crashloop_backoff_initial, Duration::from_secs(10));
-        assert_eq!(a.crashloop_backoff_max, Duration::from_secs(300));
-        assert_eq!(a.node_status_update_seconds, Duration::from_secs(10));
-
-        let a = run_args(&[
-            "--crashloop-backoff-initial=500ms",
-            "--crashloop-backoff-max=1h30m",
-            "--node-status-update-seconds=1m",
-        ]);
-        assert_eq!(a.crashloop_backoff_initial, Duration::from_millis(500));
-        assert_eq!(a.crashloop_backoff_max, Duration::from_secs(5400));
-        assert_eq!(a.node_status_update_seconds, Duration::from_secs(60));
-
+        let durations = |args: &[&str]| {
+            let a = run_args(args);
+            (
+                a.crashloop_backoff_initial,
+                a.crashloop_backoff_max,
+                a.node_status_update_seconds,
+            )
+        };
+        let secs = Duration::from_secs;
+        assert_eq!(durations(&[]), (secs(10), secs(300), secs(10)));
+        assert_eq!(
+            durations(&[
+                "--crashloop-backoff-initial=500ms",
+                "--crashloop-backoff-max=1h30m",
+                "--node-status-update-seconds=1m",
+            ]),
+            (Duration::from_millis(500), secs(5400), secs(60))
+        );
         // Bare numbers are seconds, as before (fractions too, for the backoffs).
-        let a = run_args(&[
-            "--crashloop-backoff-initial",
-            "2.5",
-            "--crashloop-backoff-max=30",
-            "--node-status-update-seconds",
-            "2",
-        ]);
-        assert_eq!(a.crashloop_backoff_initial, Duration::from_millis(2500));
-        assert_eq!(a.crashloop_backoff_max, Duration::from_secs(30));
-        assert_eq!(a.node_status_update_seconds, Duration::from_secs(2));
+        assert_eq!(
+            durations(&[
+                "--crashloop-backoff-initial",
+                "2.5",
+                "--crashloop-backoff-max=30",
+                "--node-status-update-seconds",
+                "2",
+            ]),
+            (Duration::from_millis(2500), secs(30), secs(2))
+        );
 
         let err = Cli::try_parse_from([
             "skiff-agent",

@@ -47,7 +47,7 @@ pub fn read_manifests(dir: &Path, node: &str) -> Vec<Pod> {
 }
 
 fn static_pod(text: &str, node: &str) -> Result<Pod, String> {
-    let mut pod: Pod = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let mut pod: Pod = serde_norway::from_str(text).map_err(|e| e.to_string())?;
     let name = pod
         .metadata
         .name

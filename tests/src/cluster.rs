@@ -533,19 +533,7 @@ impl Cluster {
 
     /// Run the newest kubectl with `stdin` (e.g. `kubectl_stdin(&["apply", "-f", "-"], yaml)`).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
-        let mut child = self
-            .kubectl_command()?
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(stdin.as_bytes())?;
-        let out = child.wait_with_output()?;
+        let out = crate::output_with_stdin(self.kubectl_command()?.args(args), stdin)?;
         crate::result(&format!("kubectl {}", args.join(" ")), out)
     }
 
@@ -1033,37 +1021,73 @@ impl Cluster {
     /// Remove everything; the errors met on the way (teardown goes on after each).
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut note = |what: &str, r: Result<()>| {
-            if let Err(e) = r {
-                errors.push(format!("{what}: {e:#}"));
-            }
-        };
         // 1. Agents, as a crash would stop them.
-        for i in 0..self.state.nodes.len() {
-            let name = self.state.nodes[i].name.clone();
-            match self.agents.remove(&name) {
-                Some(mut child) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                None => {
-                    if let Some(rec) = self.state.nodes[i].agent {
-                        kill_record(rec, Duration::ZERO);
-                    }
-                }
-            }
-            self.state.nodes[i].agent = None;
-        }
+        self.kill_agents();
         // 2. The agent's own cleanup: pods, mounts, pod cgroups, pins, its rules in the node.
         for n in &self.state.nodes {
             note(
+                &mut errors,
                 &format!("skiff-agent cleanup on {}", n.name),
                 agent_cleanup(n),
             );
         }
         // 3. Whatever still runs in the cluster's cgroups, then the cgroups themselves.
+        self.remove_cgroups(&mut errors);
+        // 4. Control plane and etcd.
+        stop_process(self.control.take(), self.state.control.take());
+        stop_process(self.etcd.take(), self.state.etcd.take());
+        // 5. Namespaces and links.
+        self.delete_network(&mut errors);
+        // 6. bpffs directories.
+        for n in &self.state.nodes {
+            if n.bpffs.exists() {
+                note(
+                    &mut errors,
+                    "removing a bpffs dir",
+                    std::fs::remove_dir_all(&n.bpffs)
+                        .with_context(|| n.bpffs.display().to_string()),
+                );
+            }
+        }
+        let _ = std::fs::remove_dir(Path::new(BPFFS).join("skiff"));
+        self.keep_logs();
+        // 7. The cluster directory, never through a mount left inside it.
+        note(
+            &mut errors,
+            "removing the cluster directory",
+            remove_dir_safely(&self.state.dir),
+        );
+        // 8. The registry entry.
+        let _ = std::fs::remove_file(registry_path(&self.state.name));
+        errors
+    }
+
+    /// Kills every agent: our own children, or by their records for a cluster this process
+    /// attached to.
+    fn kill_agents(&mut self) {
+        for node in &mut self.state.nodes {
+            match self.agents.remove(&node.name) {
+                Some(mut child) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                None => {
+                    if let Some(rec) = node.agent {
+                        kill_record(rec, Duration::ZERO);
+                    }
+                }
+            }
+            node.agent = None;
+        }
+    }
+
+    fn remove_cgroups(&self, errors: &mut Vec<String>) {
         if let Some(cg) = &self.state.cgroup {
-            note("removing the cluster's cgroups", remove_cgroup_tree(cg));
+            note(
+                errors,
+                "removing the cluster's cgroups",
+                remove_cgroup_tree(cg),
+            );
             if let Some(parent) = cg.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
@@ -1071,28 +1095,19 @@ impl Cluster {
         for (_, mount) in cgroup_v1_mounts() {
             for n in &self.state.nodes {
                 let dir = mount.join("skiff").join(&n.name);
-                note("removing v1 cgroups", remove_cgroup_tree(&dir));
+                note(errors, "removing v1 cgroups", remove_cgroup_tree(&dir));
             }
             let _ = std::fs::remove_dir(mount.join("skiff"));
         }
-        // 4. Control plane and etcd.
-        if let Some(mut child) = self.control.take() {
-            stop_child(&mut child);
-        } else if let Some(rec) = self.state.control {
-            kill_record(rec, Duration::from_secs(3));
-        }
-        self.state.control = None;
-        if let Some(mut child) = self.etcd.take() {
-            stop_child(&mut child);
-        } else if let Some(rec) = self.state.etcd {
-            kill_record(rec, Duration::from_secs(3));
-        }
-        self.state.etcd = None;
-        // 5. Namespaces and links.
+    }
+
+    /// The node and underlay namespaces and the host's link to the underlay.
+    fn delete_network(&self, errors: &mut Vec<String>) {
         for n in &self.state.nodes {
-            note("deleting a node netns", delete_netns(&n.netns));
+            note(errors, "deleting a node netns", delete_netns(&n.netns));
         }
         note(
+            errors,
             "deleting the underlay netns",
             delete_netns(&self.state.underlay_netns),
         );
@@ -1101,43 +1116,45 @@ impl Cluster {
             .exists()
         {
             note(
+                errors,
                 "deleting the host link",
                 ip(&["link", "del", &self.state.host_link]).map(drop),
             );
         }
-        // 6. bpffs directories.
-        for n in &self.state.nodes {
-            if n.bpffs.exists() {
-                note(
-                    "removing a bpffs dir",
-                    std::fs::remove_dir_all(&n.bpffs)
-                        .with_context(|| n.bpffs.display().to_string()),
-                );
-            }
-        }
-        let _ = std::fs::remove_dir(Path::new(BPFFS).join("skiff"));
-        // Logs to keep for a look after a passing run (`SKIFF_KEEP_LOGS=<dir>`).
-        if let Some(keep) = std::env::var_os("SKIFF_KEEP_LOGS") {
-            let keep = Path::new(&keep).join(&self.state.name);
-            let _ = std::fs::create_dir_all(&keep);
-            let logs = std::iter::once(("control.log".to_string(), &self.state.control_log)).chain(
-                self.state
-                    .nodes
-                    .iter()
-                    .map(|n| (format!("{}.log", n.name), &n.log)),
-            );
-            for (name, log) in logs {
-                let _ = std::fs::copy(log, keep.join(name));
-            }
-        }
-        // 7. The cluster directory, never through a mount left inside it.
-        note(
-            "removing the cluster directory",
-            remove_dir_safely(&self.state.dir),
+    }
+
+    /// Copies the logs to `$SKIFF_KEEP_LOGS/<cluster>`, if set, for a look after a passing run.
+    fn keep_logs(&self) {
+        let Some(keep) = std::env::var_os("SKIFF_KEEP_LOGS") else {
+            return;
+        };
+        let keep = Path::new(&keep).join(&self.state.name);
+        let _ = std::fs::create_dir_all(&keep);
+        let logs = std::iter::once(("control.log".to_string(), &self.state.control_log)).chain(
+            self.state
+                .nodes
+                .iter()
+                .map(|n| (format!("{}.log", n.name), &n.log)),
         );
-        // 8. The registry entry.
-        let _ = std::fs::remove_file(registry_path(&self.state.name));
-        errors
+        for (name, log) in logs {
+            let _ = std::fs::copy(log, keep.join(name));
+        }
+    }
+}
+
+/// Records a failed teardown step as "`what`: error".
+fn note(errors: &mut Vec<String>, what: &str, result: Result<()>) {
+    if let Err(e) = result {
+        errors.push(format!("{what}: {e:#}"));
+    }
+}
+
+/// Stops a control-plane process: our own child, else by its record.
+fn stop_process(child: Option<Child>, record: Option<ProcRecord>) {
+    if let Some(mut child) = child {
+        stop_child(&mut child);
+    } else if let Some(rec) = record {
+        kill_record(rec, Duration::from_secs(3));
     }
 }
 
@@ -1205,51 +1222,9 @@ fn binary(env: &str, name: &str) -> Result<PathBuf> {
 fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<ClusterState> {
     let _lock = registry_lock()?;
     gc_locked();
-    let routes = host_ipv4_routes();
-    // Round robin from where the last allocation stopped, so a name just freed is not reused
-    // at once (its logs and any leftovers stay unambiguous).
-    let next_file = Path::new(REGISTRY).join(".next");
-    let start: u8 = std::fs::read_to_string(&next_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .filter(|k| INDEX_RANGE.contains(k))
-        .unwrap_or(*INDEX_RANGE.start());
-    let index = (start..=*INDEX_RANGE.end())
-        .chain(*INDEX_RANGE.start()..start)
-        .find(|&k| index_free(k, &routes, cgroup2))
-        .context(
-            "no free cluster index (too many clusters on this machine; `skiff-cluster gc`?)",
-        )?;
-    let next = if index == *INDEX_RANGE.end() {
-        *INDEX_RANGE.start()
-    } else {
-        index + 1
-    };
-    std::fs::write(&next_file, next.to_string())?;
+    let index = claim_index(cgroup2)?;
     let name = format!("sk{index}");
-    let dir = match &opts.dir {
-        Some(dir) => {
-            let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
-            ensure!(
-                empty,
-                "{} is not empty (a cluster already there? `skiff-cluster down --dir {}`)",
-                dir.display(),
-                dir.display()
-            );
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            let base = target_dir().join("clusters");
-            std::fs::create_dir_all(&base)?;
-            let dir = base.join(&name);
-            // Left behind by a cluster nobody registered any more (e.g. after a reboot).
-            remove_dir_safely(&dir)?;
-            std::fs::create_dir_all(&dir)?;
-            dir
-        }
-    };
-    let dir = std::fs::canonicalize(&dir)?;
+    let dir = std::fs::canonicalize(cluster_dir(opts, &name)?)?;
     let host_ip = format!("10.{index}.0.1");
     // Chosen once the address exists (see `Cluster::start`).
     let api_port = 0;
@@ -1330,6 +1305,59 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
         },
     )?;
     Ok(state)
+}
+
+/// The first free cluster index, round robin from where the last allocation stopped, so a
+/// name just freed is not reused at once (its logs and any leftovers stay unambiguous).
+/// Call with the registry lock held.
+fn claim_index(cgroup2: &Path) -> Result<u8> {
+    let routes = host_ipv4_routes();
+    let next_file = Path::new(REGISTRY).join(".next");
+    let start: u8 = std::fs::read_to_string(&next_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .filter(|k| INDEX_RANGE.contains(k))
+        .unwrap_or(*INDEX_RANGE.start());
+    let index = (start..=*INDEX_RANGE.end())
+        .chain(*INDEX_RANGE.start()..start)
+        .find(|&k| index_free(k, &routes, cgroup2))
+        .context(
+            "no free cluster index (too many clusters on this machine; `skiff-cluster gc`?)",
+        )?;
+    let next = if index == *INDEX_RANGE.end() {
+        *INDEX_RANGE.start()
+    } else {
+        index + 1
+    };
+    std::fs::write(&next_file, next.to_string())?;
+    Ok(index)
+}
+
+/// Creates the cluster directory: `opts.dir`, which must be empty, or
+/// `<target dir>/clusters/<name>`, emptied of what an unregistered cluster left there.
+fn cluster_dir(opts: &ClusterOptions, name: &str) -> Result<PathBuf> {
+    match &opts.dir {
+        Some(dir) => {
+            let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+            ensure!(
+                empty,
+                "{} is not empty (a cluster already there? `skiff-cluster down --dir {}`)",
+                dir.display(),
+                dir.display()
+            );
+            std::fs::create_dir_all(dir)?;
+            Ok(dir.clone())
+        }
+        None => {
+            let base = target_dir().join("clusters");
+            std::fs::create_dir_all(&base)?;
+            let dir = base.join(name);
+            // Left behind by a cluster nobody registered any more (e.g. after a reboot).
+            remove_dir_safely(&dir)?;
+            std::fs::create_dir_all(&dir)?;
+            Ok(dir)
+        }
+    }
 }
 
 /// 6443 on the cluster's own address unless something (a wildcard listener) holds it; a free
@@ -1792,8 +1820,8 @@ fn is_zombie(pid: u32) -> bool {
 fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
     let text =
         std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
-    let mut v: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", from.display()))?;
+    let mut v: serde_norway::Value =
+        serde_norway::from_str(&text).with_context(|| format!("parsing {}", from.display()))?;
     let clusters = v
         .get_mut("clusters")
         .and_then(|c| c.as_sequence_mut())
@@ -1812,7 +1840,7 @@ fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
         .mode(0o600)
         .open(to)
         .with_context(|| format!("writing {}", to.display()))?;
-    file.write_all(serde_yaml::to_string(&v)?.as_bytes())
+    file.write_all(serde_norway::to_string(&v)?.as_bytes())
         .with_context(|| format!("writing {}", to.display()))
 }
 

@@ -182,6 +182,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Prints a benchmark's Markdown report, and writes it to `out` if given.
+pub fn print_report(md: &str, out: Option<&Path>) -> std::io::Result<()> {
+    println!("{md}");
+    if let Some(path) = out {
+        std::fs::write(path, md)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// `Commit: <sha>; machine: N CPUs, kernel K` for benchmark reports.
 pub fn provenance() -> String {
     let commit = Command::new("git")
@@ -403,21 +413,24 @@ impl Kubectl {
 
     /// Run kubectl with `stdin` as its standard input.
     pub fn run_stdin(&self, cp: &ControlPlane, args: &[&str], stdin: &str) -> Result<String> {
-        let mut child = self
-            .command(cp)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(stdin.as_bytes())?;
-        let out = child.wait_with_output()?;
+        let out = output_with_stdin(self.command(cp).args(args), stdin)?;
         result(&format!("kubectl 1.{} {}", self.minor, args.join(" ")), out)
     }
+}
+
+/// Runs kubectl `cmd` with `stdin` as its standard input, collecting its output.
+fn output_with_stdin(cmd: &mut Command, stdin: &str) -> Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(stdin.as_bytes())?;
+    Ok(child.wait_with_output()?)
 }
 
 fn result(what: &str, out: Output) -> Result<String> {

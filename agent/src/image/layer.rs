@@ -16,6 +16,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::stat::SFlag;
 use tar::EntryType;
 
 use super::sys;
@@ -32,6 +33,23 @@ struct Attributes {
     mode: u32,
     owner: Option<(u32, u32)>,
     mtime: Option<SystemTime>,
+}
+
+/// A layer entry about to be written.
+struct NewEntry {
+    /// Its path inside the rootfs.
+    relative: PathBuf,
+    /// The same path on the host, below the rootfs directory.
+    target: PathBuf,
+    attributes: Attributes,
+}
+
+/// Whether an entry left something in the rootfs that whiteouts of this layer must spare.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Written,
+    /// A hard link to itself, or a device node we may not create.
+    Skipped,
 }
 
 /// Applies layers into one rootfs directory.
@@ -110,10 +128,7 @@ impl RootfsBuilder {
                 Ok(metadata) if metadata.is_dir() => {}
                 _ => continue,
             }
-            if let Some((uid, gid)) = attributes.owner {
-                let result = std::os::unix::fs::lchown(&path, Some(uid), Some(gid));
-                self.tolerate_ownership_error(result, &path)?;
-            }
+            self.set_owner_nofollow(&path, attributes)?;
             fs::set_permissions(&path, fs::Permissions::from_mode(attributes.mode))
                 .with_context(|| format!("setting the mode of {}", path.display()))?;
             if let Some(mtime) = attributes.mtime {
@@ -130,11 +145,7 @@ impl RootfsBuilder {
         entry: &mut tar::Entry<'_, R>,
         written: &mut LayerPaths,
     ) -> Result<()> {
-        let mut kind = entry.header().entry_type();
-        // Pre-POSIX tars mark directories only by a trailing slash.
-        if kind == EntryType::Regular && entry.path_bytes().ends_with(b"/") {
-            kind = EntryType::Directory;
-        }
+        let kind = entry_kind(entry);
         if matches!(
             kind,
             EntryType::XGlobalHeader
@@ -154,143 +165,200 @@ impl RootfsBuilder {
             }
             return Ok(());
         };
+        if self.apply_marker(name, parents, written)? {
+            return Ok(());
+        }
+
+        let parent_dir = self.prepare_parents(parents, written)?;
+        let new = NewEntry {
+            relative: components.iter().collect(),
+            target: parent_dir.join(name),
+            attributes,
+        };
+        let outcome = match kind {
+            EntryType::Directory => self.write_directory(entry, &new)?,
+            EntryType::Symlink => self.write_symlink(entry, &new)?,
+            EntryType::Link => self.write_hard_link(entry, &new)?,
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                self.write_node(entry, kind, &new)?
+            }
+            // POSIX: unknown type flags are regular files (this includes contiguous and
+            // GNU sparse files, whose holes the tar reader fills in).
+            _ => self.write_file(entry, &new)?,
+        };
+        if outcome == Outcome::Written {
+            written.mark(&new.relative);
+        }
+        Ok(())
+    }
+
+    /// Applies `name` if it is an opaque marker, a whiteout or aufs bookkeeping rather than
+    /// a file; says whether it was one.
+    fn apply_marker(
+        &mut self,
+        name: &OsStr,
+        parents: &[OsString],
+        written: &mut LayerPaths,
+    ) -> Result<bool> {
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             let directory: PathBuf = parents.iter().collect();
             self.prepare_parents(parents, written)?;
             written.mark(&directory);
-            return self.clear_lower_entries(&directory, written);
+            self.clear_lower_entries(&directory, written)?;
+            return Ok(true);
         }
         if name_bytes.starts_with(AUFS_META_PREFIX.as_bytes()) {
-            return Ok(());
+            return Ok(true);
         }
-        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                bail!("malformed whiteout");
-            }
-            let relative: PathBuf = parents
-                .iter()
-                .map(OsStr::new)
-                .chain([OsStr::from_bytes(hidden)])
-                .collect();
-            if !written.contains(&relative) && self.existing_dir(parents)?.is_some() {
-                self.remove_path(&relative)?;
-            }
-            return Ok(());
+        let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) else {
+            return Ok(false);
+        };
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            bail!("malformed whiteout");
         }
+        let relative: PathBuf = parents
+            .iter()
+            .map(OsStr::new)
+            .chain([OsStr::from_bytes(hidden)])
+            .collect();
+        if !written.contains(&relative) && self.existing_dir(parents)?.is_some() {
+            self.remove_path(&relative)?;
+        }
+        Ok(true)
+    }
 
-        let parent_dir = self.prepare_parents(parents, written)?;
-        let relative: PathBuf = components.iter().collect();
-        let target = parent_dir.join(name);
-        match kind {
-            EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(metadata) if metadata.is_dir() => {}
-                    _ => {
-                        self.remove_path(&relative)?;
-                        create_dir(&target)?;
-                    }
-                }
-                self.directories.insert(relative.clone(), attributes);
-                set_xattrs(entry, &target);
-            }
-            EntryType::Symlink => {
-                let link_target = entry
-                    .link_name()?
-                    .ok_or_else(|| anyhow!("symlink without a target"))?;
-                if link_target.as_os_str().is_empty() {
-                    bail!("symlink with an empty target");
-                }
-                self.remove_path(&relative)?;
-                std::os::unix::fs::symlink(&link_target, &target)?;
-                if let Some((uid, gid)) = attributes.owner {
-                    let result = std::os::unix::fs::lchown(&target, Some(uid), Some(gid));
-                    self.tolerate_ownership_error(result, &target)?;
-                }
-                set_xattrs(entry, &target);
-                if let Some(mtime) = attributes.mtime {
-                    // Symlink times are cosmetic; a filesystem refusing them is no reason to fail.
-                    let _ = sys::set_mtime_nofollow(&target, mtime);
-                }
-            }
-            EntryType::Link => {
-                let link_name = entry
-                    .link_name()?
-                    .ok_or_else(|| anyhow!("hard link without a target"))?;
-                let source_components = confined_components(&link_name)?;
-                let source_relative: PathBuf = source_components.iter().collect();
-                if source_relative == relative {
-                    return Ok(());
-                }
-                let source = self.existing_file(&source_components)?;
-                self.remove_path(&relative)?;
-                fs::hard_link(&source, &target)
-                    .with_context(|| format!("linking to {}", source_relative.display()))?;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                self.remove_path(&relative)?;
-                let file_type = match kind {
-                    EntryType::Char => sys::S_IFCHR,
-                    EntryType::Block => sys::S_IFBLK,
-                    _ => sys::S_IFIFO,
-                };
-                // Fifos often leave the device fields blank, which is not a number.
-                let (major, minor) = if kind == EntryType::Fifo {
-                    (0, 0)
-                } else {
-                    let header = entry.header();
-                    (
-                        header.device_major()?.unwrap_or(0),
-                        header.device_minor()?.unwrap_or(0),
-                    )
-                };
-                match sys::mknod(&target, file_type | attributes.mode, major, minor) {
-                    Ok(()) => {}
-                    // Unprivileged (e.g. rootless test) runs cannot create device nodes; an
-                    // image is still usable without them, as the runtime provides /dev.
-                    Err(error)
-                        if error.kind() == io::ErrorKind::PermissionDenied
-                            && kind != EntryType::Fifo =>
-                    {
-                        tracing::warn!(path = %relative.display(), "no permission to create device node; skipped");
-                        return Ok(());
-                    }
-                    Err(error) => return Err(error).context("creating the node"),
-                }
-                if let Some((uid, gid)) = attributes.owner {
-                    let result = std::os::unix::fs::lchown(&target, Some(uid), Some(gid));
-                    self.tolerate_ownership_error(result, &target)?;
-                }
-                // mknod is subject to the umask.
-                fs::set_permissions(&target, fs::Permissions::from_mode(attributes.mode))?;
-                set_xattrs(entry, &target);
-                if let Some(mtime) = attributes.mtime {
-                    let _ = sys::set_mtime_nofollow(&target, mtime);
-                }
-            }
-            // POSIX: unknown type flags are regular files (this includes contiguous and
-            // GNU sparse files, whose holes the tar reader fills in).
+    fn write_directory<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        new: &NewEntry,
+    ) -> Result<Outcome> {
+        match fs::symlink_metadata(&new.target) {
+            Ok(metadata) if metadata.is_dir() => {}
             _ => {
-                self.remove_path(&relative)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&target)?;
-                io::copy(entry, &mut file).context("writing the file")?;
-                if let Some((uid, gid)) = attributes.owner {
-                    let result = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
-                    self.tolerate_ownership_error(result, &target)?;
-                }
-                // After chown, which clears set-id bits and file capabilities.
-                file.set_permissions(fs::Permissions::from_mode(attributes.mode))?;
-                set_xattrs(entry, &target);
-                if let Some(mtime) = attributes.mtime {
-                    file.set_times(times(mtime))?;
-                }
+                self.remove_path(&new.relative)?;
+                create_dir(&new.target)?;
             }
         }
-        written.mark(&relative);
+        self.directories
+            .insert(new.relative.clone(), new.attributes);
+        set_xattrs(entry, &new.target);
+        Ok(Outcome::Written)
+    }
+
+    fn write_symlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        new: &NewEntry,
+    ) -> Result<Outcome> {
+        let link_target = entry
+            .link_name()?
+            .ok_or_else(|| anyhow!("symlink without a target"))?;
+        if link_target.as_os_str().is_empty() {
+            bail!("symlink with an empty target");
+        }
+        self.remove_path(&new.relative)?;
+        std::os::unix::fs::symlink(&link_target, &new.target)?;
+        self.set_owner_nofollow(&new.target, new.attributes)?;
+        set_xattrs(entry, &new.target);
+        set_mtime_nofollow(&new.target, new.attributes);
+        Ok(Outcome::Written)
+    }
+
+    fn write_hard_link<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        new: &NewEntry,
+    ) -> Result<Outcome> {
+        let link_name = entry
+            .link_name()?
+            .ok_or_else(|| anyhow!("hard link without a target"))?;
+        let source_components = confined_components(&link_name)?;
+        let source_relative: PathBuf = source_components.iter().collect();
+        if source_relative == new.relative {
+            return Ok(Outcome::Skipped);
+        }
+        let source = self.existing_file(&source_components)?;
+        self.remove_path(&new.relative)?;
+        fs::hard_link(&source, &new.target)
+            .with_context(|| format!("linking to {}", source_relative.display()))?;
+        Ok(Outcome::Written)
+    }
+
+    /// A character or block device, or a fifo.
+    fn write_node<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        kind: EntryType,
+        new: &NewEntry,
+    ) -> Result<Outcome> {
+        self.remove_path(&new.relative)?;
+        let file_type = match kind {
+            EntryType::Char => SFlag::S_IFCHR,
+            EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        // Fifos often leave the device fields blank, which is not a number.
+        let (major, minor) = if kind == EntryType::Fifo {
+            (0, 0)
+        } else {
+            let header = entry.header();
+            (
+                header.device_major()?.unwrap_or(0),
+                header.device_minor()?.unwrap_or(0),
+            )
+        };
+        match sys::mknod(&new.target, file_type, new.attributes.mode, major, minor) {
+            Ok(()) => {}
+            // Unprivileged (e.g. rootless test) runs cannot create device nodes; an
+            // image is still usable without them, as the runtime provides /dev.
+            Err(error)
+                if error.kind() == io::ErrorKind::PermissionDenied && kind != EntryType::Fifo =>
+            {
+                tracing::warn!(path = %new.relative.display(), "no permission to create device node; skipped");
+                return Ok(Outcome::Skipped);
+            }
+            Err(error) => return Err(error).context("creating the node"),
+        }
+        self.set_owner_nofollow(&new.target, new.attributes)?;
+        // mknod is subject to the umask.
+        fs::set_permissions(&new.target, fs::Permissions::from_mode(new.attributes.mode))?;
+        set_xattrs(entry, &new.target);
+        set_mtime_nofollow(&new.target, new.attributes);
+        Ok(Outcome::Written)
+    }
+
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        new: &NewEntry,
+    ) -> Result<Outcome> {
+        self.remove_path(&new.relative)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&new.target)?;
+        io::copy(entry, &mut file).context("writing the file")?;
+        if let Some((uid, gid)) = new.attributes.owner {
+            let result = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
+            self.tolerate_ownership_error(result, &new.target)?;
+        }
+        // After chown, which clears set-id bits and file capabilities.
+        file.set_permissions(fs::Permissions::from_mode(new.attributes.mode))?;
+        set_xattrs(entry, &new.target);
+        if let Some(mtime) = new.attributes.mtime {
+            file.set_times(times(mtime))?;
+        }
+        Ok(Outcome::Written)
+    }
+
+    /// Gives `path` itself (not a symlink's target) the entry's owner, where allowed.
+    fn set_owner_nofollow(&mut self, path: &Path, attributes: Attributes) -> Result<()> {
+        if let Some((uid, gid)) = attributes.owner {
+            let result = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+            self.tolerate_ownership_error(result, path)?;
+        }
         Ok(())
     }
 
@@ -433,6 +501,16 @@ impl RootfsBuilder {
     }
 }
 
+/// The entry's type; pre-POSIX tars mark directories only by a trailing slash.
+fn entry_kind<R: Read>(entry: &tar::Entry<'_, R>) -> EntryType {
+    let kind = entry.header().entry_type();
+    if kind == EntryType::Regular && entry.path_bytes().ends_with(b"/") {
+        EntryType::Directory
+    } else {
+        kind
+    }
+}
+
 /// The components of an entry or link name, refusing anything that would leave the rootfs.
 fn confined_components(path: &Path) -> Result<Vec<OsString>> {
     let mut components = Vec::new();
@@ -526,6 +604,14 @@ fn set_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) {
                 "cannot set extended attribute"
             );
         }
+    }
+}
+
+/// The mtime of a file that must not be opened (symlink, fifo, device node). Such times are
+/// cosmetic; a filesystem refusing them is no reason to fail.
+fn set_mtime_nofollow(path: &Path, attributes: Attributes) {
+    if let Some(mtime) = attributes.mtime {
+        let _ = sys::set_mtime_nofollow(path, mtime);
     }
 }
 

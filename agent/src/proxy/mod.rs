@@ -121,8 +121,18 @@ fn ebpf_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
     Ok(Box::new(dp))
 }
 
+/// `--proxy-mode`: which dataplane programs Services (the flag's values are these names in
+/// lower case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyMode {
+    Ebpf,
+    Iptables,
+    // eBPF where the kernel allows it, else iptables.
+    Auto,
+}
+
 /// The dataplane for `--proxy-mode`. Starting in one mode removes the other's leftovers.
-pub async fn dataplane(mode: &str, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+pub async fn dataplane(mode: &ProxyMode, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
     let dp = choose(mode, t)?;
     if dp.mode() == "iptables" {
         crate::network::netlink::ensure_service_route(t.service_cidr).await?;
@@ -130,11 +140,11 @@ pub async fn dataplane(mode: &str, t: &ProxyTarget) -> Result<Box<dyn Dataplane>
     Ok(dp)
 }
 
-fn choose(mode: &str, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+fn choose(mode: &ProxyMode, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
     match mode {
-        "iptables" => iptables_dataplane(t),
-        "ebpf" => ebpf_dataplane(t),
-        "auto" => match ebpf_dataplane(t) {
+        ProxyMode::Iptables => iptables_dataplane(t),
+        ProxyMode::Ebpf => ebpf_dataplane(t),
+        ProxyMode::Auto => match ebpf_dataplane(t) {
             Ok(d) => {
                 tracing::info!("proxy mode auto: using eBPF");
                 Ok(d)
@@ -144,7 +154,6 @@ fn choose(mode: &str, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
                 iptables_dataplane(t)
             }
         },
-        other => bail!("unknown proxy mode {other:?} (ebpf, iptables or auto)"),
     }
 }
 

@@ -119,8 +119,10 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
     let value: Value = match media.as_str() {
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?,
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            serde_norway::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
+        }
         // kubectl 1.32+ sends typed objects (create namespace|deployment|configmap…) this way.
         "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| {
             ApiError::bad_request(format!("the body is not valid Kubernetes protobuf: {e}"))

@@ -115,7 +115,7 @@ fn parse_apply_body(body: &[u8]) -> ApiResult<Map<String, Value>> {
                 "invalid apply patch: nested more than {MAX_YAML_FLOW_DEPTH} levels: {e}"
             )));
         }
-        Err(_) => serde_yaml::from_slice::<Value>(body).map_err(|e| {
+        Err(_) => serde_norway::from_slice::<Value>(body).map_err(|e| {
             ApiError::bad_request(format!("invalid apply patch: not valid YAML or JSON: {e}"))
         })?,
     };

@@ -69,6 +69,23 @@ fn pss_of(what: &str) -> (usize, u64) {
     (n, kib)
 }
 
+/// What `main` measured, for the report.
+struct Measured {
+    /// POST → Running of every pod, sorted.
+    latencies: Vec<Duration>,
+    /// First POST until the last pod was Running.
+    all_running: Duration,
+    /// The agent's RSS (MiB) idle and with the pods, and its PSS with the pods.
+    rss_idle: f64,
+    rss_loaded: f64,
+    agent_pss: f64,
+    /// Per-pod processes: count and total PSS (KiB) of pause and of shim.
+    pause: (usize, u64),
+    shim: (usize, u64),
+    /// Deleting every pod until the API lists none.
+    deleted: Duration,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -85,48 +102,11 @@ async fn main() -> Result<()> {
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     // Watch first, so no transition to Running is missed.
-    let running: tokio::task::JoinHandle<Result<HashMap<String, Instant>>> = {
-        let pods = pods.clone();
-        let want = args.pods;
-        tokio::spawn(async move {
-            let mut seen = HashMap::new();
-            let stream =
-                watcher(pods, watcher::Config::default().labels("bench=start")).applied_objects();
-            futures::pin_mut!(stream);
-            while let Some(p) = stream.try_next().await? {
-                if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    seen.entry(name).or_insert_with(Instant::now);
-                    if seen.len() >= want {
-                        break;
-                    }
-                }
-            }
-            Ok(seen)
-        })
-    };
+    let running = watch_running(pods.clone(), args.pods);
     tokio::time::sleep(Duration::from_millis(500)).await;
     eprintln!("posting {} pods…", args.pods);
     let start = Instant::now();
-    let posted: HashMap<String, Instant> = futures::stream::iter(0..args.pods)
-        .map(|i| {
-            let pods = pods.clone();
-            let node = node.clone();
-            async move {
-                let name = format!("start-{i:04}");
-                let p: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": name, "labels": {"bench": "start"}},
-                    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
-                        "containers": [{"name": "main", "image": "skiff.test/busybox:1",
-                            "command": ["sleep", "3600"]}]}}))?;
-                let t = Instant::now();
-                pods.create(&PostParams::default(), &p).await?;
-                anyhow::Ok((name, t))
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
+    let posted = post_pods(&pods, &node, args.pods).await?;
     let seen = tokio::time::timeout(Duration::from_secs(120), running)
         .await
         .context("pods did not all become Running within 120 s")???;
@@ -150,16 +130,82 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_loaded = rss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
     let agent_pss = pss_kib(agent_pid).unwrap_or(0) as f64 / 1024.0;
-    let (n_pause, pause_kib) = pss_of("pause");
-    let (n_shim, shim_kib) = pss_of("shim");
-    let (p50, p90, p99) = (
+    let pause = pss_of("pause");
+    let shim = pss_of("shim");
+    eprintln!(
+        "start latency p50 {:.2?} p99 {:.2?}; all Running after {all_running:.2?}",
         percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.99)
     );
-    eprintln!("start latency p50 {p50:.2?} p99 {p99:.2?}; all Running after {all_running:.2?}");
 
     eprintln!("deleting the pods…");
+    let deleted = delete_pods(&pods).await?;
+    let md = report(
+        &args,
+        &Measured {
+            latencies,
+            all_running,
+            rss_idle,
+            rss_loaded,
+            agent_pss,
+            pause,
+            shim,
+            deleted,
+        },
+    );
+    skiff_tests::print_report(&md, args.out.as_deref())?;
+    drop(cluster);
+    Ok(())
+}
+
+/// Watches the bench pods until `want` of them are Running: when each was first seen so.
+fn watch_running(
+    pods: Api<Pod>,
+    want: usize,
+) -> tokio::task::JoinHandle<Result<HashMap<String, Instant>>> {
+    tokio::spawn(async move {
+        let mut seen = HashMap::new();
+        let stream =
+            watcher(pods, watcher::Config::default().labels("bench=start")).applied_objects();
+        futures::pin_mut!(stream);
+        while let Some(p) = stream.try_next().await? {
+            if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                seen.entry(name).or_insert_with(Instant::now);
+                if seen.len() >= want {
+                    break;
+                }
+            }
+        }
+        Ok(seen)
+    })
+}
+
+/// Posts `count` busybox pods bound to `node`, 16 at a time: when each POST started.
+async fn post_pods(pods: &Api<Pod>, node: &str, count: usize) -> Result<HashMap<String, Instant>> {
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let pods = pods.clone();
+            let node = node.to_string();
+            async move {
+                let name = format!("start-{i:04}");
+                let p: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"bench": "start"}},
+                    "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "main", "image": "skiff.test/busybox:1",
+                            "command": ["sleep", "3600"]}]}}))?;
+                let t = Instant::now();
+                pods.create(&PostParams::default(), &p).await?;
+                anyhow::Ok((name, t))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+}
+
+/// Deletes the bench pods; the time until the API lists none (at most about 120 s).
+async fn delete_pods(pods: &Api<Pod>) -> Result<Duration> {
     let del_start = Instant::now();
     pods.delete_collection(
         &DeleteParams::default(),
@@ -177,9 +223,17 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deleted = del_start.elapsed();
+    Ok(del_start.elapsed())
+}
 
-    let md = format!(
+fn report(args: &Args, m: &Measured) -> String {
+    let (p50, p90, p99) = (
+        percentile(&m.latencies, 0.5),
+        percentile(&m.latencies, 0.9),
+        percentile(&m.latencies, 0.99),
+    );
+    let ((n_pause, pause_kib), (n_shim, shim_kib)) = (m.pause, m.shim);
+    format!(
         "# Node agent benchmark: pod start latency and memory\n\n\
          Command: `{}`  \n{}; release build; one node (a network namespace) running `skiff-agent`, \
          control plane on the embedded store; image `skiff.test/busybox:1` (busybox-static), \
@@ -197,23 +251,16 @@ async fn main() -> Result<()> {
         p90.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3,
         args.pods,
-        all_running.as_secs_f64(),
+        m.all_running.as_secs_f64(),
         args.pods,
-        rss_idle,
-        rss_loaded,
-        agent_pss,
+        m.rss_idle,
+        m.rss_loaded,
+        m.agent_pss,
         n_pause,
         n_shim,
         pause_kib as f64 / 1024.0,
         shim_kib as f64 / 1024.0,
         args.pods,
-        deleted.as_secs_f64(),
-    );
-    println!("{md}");
-    if let Some(path) = &args.out {
-        std::fs::write(path, &md)?;
-        eprintln!("wrote {}", path.display());
-    }
-    drop(cluster);
-    Ok(())
+        m.deleted.as_secs_f64(),
+    )
 }

@@ -119,52 +119,80 @@ async fn measure(store: &str, args: &Args) -> Result<Figures> {
     );
     let started = Instant::now();
     let api = Arc::new(api);
-    let creates: Vec<Duration> = futures::stream::iter(0..args.objects)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let t = Instant::now();
-                api.create(&PostParams::default(), &configmap(i))
-                    .await
-                    .map(|_| t.elapsed())
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .context("create failed")?;
+    let creates = time_each(0..args.objects, args.concurrency, |i| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &configmap(i)).await }
+    })
+    .await
+    .context("create failed")?;
     let create_wall = started.elapsed();
 
     eprintln!("[{store}] {} random gets…", args.gets);
     let started = Instant::now();
+    let gets = time_each(random_names(args), args.concurrency, |name| {
+        let api = api.clone();
+        async move { api.get(&name).await }
+    })
+    .await
+    .context("get failed")?;
+    let get_wall = started.elapsed();
+
+    eprintln!("[{store}] {} full lists (pages of 500)…", args.lists);
+    let (lists, pages) = time_lists(&api, args).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_loaded = rss_kib(cp.pid());
+    let etcd_rss = etcd.as_ref().map(|e| mib(rss_kib(e.pid())));
+    Ok(Figures {
+        store: store.to_string(),
+        create: percentiles(creates),
+        create_per_s: args.objects as f64 / create_wall.as_secs_f64(),
+        get: percentiles(gets),
+        get_per_s: args.gets as f64 / get_wall.as_secs_f64(),
+        list: percentiles(lists),
+        list_page: percentiles(pages),
+        rss_idle_mib: mib(rss_idle),
+        rss_loaded_mib: mib(rss_loaded),
+        etcd_rss_mib: etcd_rss,
+    })
+}
+
+/// Runs `request` for every item, `concurrency` at a time: the latency of each.
+async fn time_each<T, O, Fut>(
+    items: impl IntoIterator<Item = T>,
+    concurrency: usize,
+    request: impl Fn(T) -> Fut,
+) -> Result<Vec<Duration>, kube::Error>
+where
+    Fut: std::future::Future<Output = Result<O, kube::Error>>,
+{
+    let request = &request;
+    futures::stream::iter(items)
+        .map(|item| async move {
+            let t = Instant::now();
+            request(item).await.map(|_| t.elapsed())
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `args.gets` names of created objects, spread by a fixed xorshift sequence.
+fn random_names(args: &Args) -> Vec<String> {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let names: Vec<String> = (0..args.gets)
+    (0..args.gets)
         .map(|_| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             format!("bench-{:06}", seed as usize % args.objects.max(1))
         })
-        .collect();
-    let gets: Vec<Duration> = futures::stream::iter(names)
-        .map(|name| {
-            let api = api.clone();
-            async move {
-                let t = Instant::now();
-                api.get(&name).await.map(|_| t.elapsed())
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .context("get failed")?;
-    let get_wall = started.elapsed();
+        .collect()
+}
 
-    eprintln!("[{store}] {} full lists (pages of 500)…", args.lists);
+/// `args.lists` full lists in pages of 500: the time of each list and of each page.
+async fn time_lists(api: &Api<ConfigMap>, args: &Args) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let mut lists = Vec::new();
     let mut pages = Vec::new();
     for _ in 0..args.lists {
@@ -192,21 +220,7 @@ async fn measure(store: &str, args: &Args) -> Result<Figures> {
         );
         lists.push(t.elapsed());
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_loaded = rss_kib(cp.pid());
-    let etcd_rss = etcd.as_ref().map(|e| mib(rss_kib(e.pid())));
-    Ok(Figures {
-        store: store.to_string(),
-        create: percentiles(creates),
-        create_per_s: args.objects as f64 / create_wall.as_secs_f64(),
-        get: percentiles(gets),
-        get_per_s: args.gets as f64 / get_wall.as_secs_f64(),
-        list: percentiles(lists),
-        list_page: percentiles(pages),
-        rss_idle_mib: mib(rss_idle),
-        rss_loaded_mib: mib(rss_loaded),
-        etcd_rss_mib: etcd_rss,
-    })
+    Ok((lists, pages))
 }
 
 fn table(args: &Args, figures: &[Figures]) -> String {

@@ -198,10 +198,6 @@ async fn main() -> Result<()> {
         rss_idle,
         rss_loaded,
     );
-    println!("{md}");
-    if let Some(path) = &args.out {
-        std::fs::write(path, &md)?;
-        eprintln!("wrote {}", path.display());
-    }
+    skiff_tests::print_report(&md, args.out.as_deref())?;
     Ok(())
 }

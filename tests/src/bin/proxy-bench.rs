@@ -456,36 +456,13 @@ async fn measure_mode(
         "[{name}] starting the proxy; waiting for {expected} service ports in the dataplane…"
     );
     let start = Instant::now();
-    let runner = AbortOnDrop(tokio::spawn(runner::run(
+    let mut runner = AbortOnDrop(tokio::spawn(runner::run(
         client.clone(),
         NODE.into(),
         dataplane,
         metrics.clone(),
     )));
-    let mut last_report = Instant::now();
-    let full_sync = loop {
-        let m = metrics.snapshot();
-        if m.syncs > 0 && m.services == expected {
-            break start.elapsed();
-        }
-        if runner.0.is_finished() {
-            bail!("the proxy runner stopped");
-        }
-        if start.elapsed() > Duration::from_secs(900) {
-            bail!("the dataplane did not hold {expected} service ports after 900 s: {m:?}");
-        }
-        if last_report.elapsed() > Duration::from_secs(5) {
-            eprintln!(
-                "[{name}]   {:.0?}: listed: {}, sync errors: {}",
-                start.elapsed(),
-                m.initial_list_seconds
-                    .map_or("not yet".into(), |s| format!("in {s:.2} s")),
-                m.errors
-            );
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    };
+    let full_sync = wait_for_full_sync(name, &metrics, &runner, expected, start).await?;
     let m = metrics.snapshot();
     let initial_list = Duration::from_secs_f64(m.initial_list_seconds.unwrap_or(0.0));
     let state_build = Duration::from_secs_f64(m.last_state_build_seconds);
@@ -505,16 +482,115 @@ async fn measure_mode(
     }
 
     eprintln!("[{name}] timing {changes} endpoint changes…");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     let probe = Arc::new(mode.probe()?);
-    let mut latencies = Vec::with_capacity(changes);
-    let mut sync_latencies = Vec::with_capacity(changes);
-    // The runner's last sync after each change: building the state, writing the dataplane.
-    let mut sync_builds = Vec::with_capacity(changes);
-    let mut sync_writes = Vec::with_capacity(changes);
+    let mut times = time_changes(
+        name,
+        client,
+        services,
+        changes,
+        replacements,
+        &metrics,
+        probe,
+    )
+    .await?;
+    // Stopped (and its dataplane handles closed) before the next mode clears the kernel.
+    runner.0.abort();
+    let _ = (&mut runner.0).await;
+    times.kernel.sort();
+    times.synced.sort();
+    times.builds.sort();
+    times.writes.sort();
+    Ok(ModeResult {
+        name: name.into(),
+        open,
+        full_sync,
+        initial_list,
+        state_build,
+        dataplane_write,
+        change_build: percentile(&times.builds, 0.5),
+        change_write: percentile(&times.writes, 0.5),
+        poll: times.poll_time / times.polls.max(1) as u32,
+        changes: times.kernel,
+        synced: times.synced,
+    })
+}
+
+/// Until the runner's dataplane holds all `expected` service ports: the time since `start`.
+async fn wait_for_full_sync(
+    name: &str,
+    metrics: &ProxyMetrics,
+    runner: &AbortOnDrop,
+    expected: usize,
+    start: Instant,
+) -> Result<Duration> {
+    let mut last_report = Instant::now();
+    loop {
+        let m = metrics.snapshot();
+        if m.syncs > 0 && m.services == expected {
+            return Ok(start.elapsed());
+        }
+        if runner.0.is_finished() {
+            bail!("the proxy runner stopped");
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("the dataplane did not hold {expected} service ports after 900 s: {m:?}");
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "[{name}]   {:.0?}: listed: {}, sync errors: {}",
+                start.elapsed(),
+                m.initial_list_seconds
+                    .map_or("not yet".into(), |s| format!("in {s:.2} s")),
+                m.errors
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// What the endpoint changes of one mode took.
+struct ChangeTimes {
+    /// Until the kernel sent to the new endpoint.
+    kernel: Vec<Duration>,
+    /// Until the runner's sync returned.
+    synced: Vec<Duration>,
+    /// The runner's last sync after each change: building the state, writing the dataplane.
+    builds: Vec<Duration>,
+    writes: Vec<Duration>,
+    /// Polls of the kernel, and the time they took.
+    polls: u64,
+    poll_time: Duration,
+}
+
+impl ChangeTimes {
+    fn with_capacity(changes: usize) -> ChangeTimes {
+        ChangeTimes {
+            kernel: Vec::with_capacity(changes),
+            synced: Vec::with_capacity(changes),
+            builds: Vec::with_capacity(changes),
+            writes: Vec::with_capacity(changes),
+            polls: 0,
+            poll_time: Duration::ZERO,
+        }
+    }
+}
+
+/// Replaces one endpoint of a service `changes` times, timing each change until the kernel
+/// and the runner show it.
+async fn time_changes(
+    name: &str,
+    client: &kube::Client,
+    services: &mut [BenchService],
+    changes: usize,
+    replacements: &mut usize,
+    metrics: &ProxyMetrics,
+    probe: Arc<Probe>,
+) -> Result<ChangeTimes> {
+    let n = services.len();
+    let mut times = ChangeTimes::with_capacity(changes);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     let mut syncs_before = metrics.snapshot().syncs;
-    let mut polls = 0u64;
-    let mut poll_time = Duration::ZERO;
     for c in 0..changes {
         // Spread over the services, not in creation order.
         let i = (c * 7919 + 13) % n;
@@ -534,60 +610,28 @@ async fn measure_mode(
             .await
             .with_context(|| format!("changing an endpoint of {}", service_name(i)))?;
         let written = Instant::now();
-        let vip = services[i].cluster_ip;
-        let probe = probe.clone();
-        let kernel = tokio::task::spawn_blocking(move || {
-            let mut n_polls = 0u64;
-            let mut polling = Duration::ZERO;
-            loop {
-                let t = Instant::now();
-                let done = probe.switched(i, vip, old, new)?;
-                polling += t.elapsed();
-                n_polls += 1;
-                if done {
-                    return anyhow::Ok((written.elapsed(), n_polls, polling));
-                }
-                if written.elapsed() > Duration::from_secs(30) {
-                    bail!(
-                        "{} did not switch {old} → {new} within 30 s",
-                        service_name(i)
-                    );
-                }
-                // Leave the CPU to the proxy between the (cheap) map lookups.
-                if probe.is_cheap() {
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
-        });
-        // The runner's own view: its sync after the change returned.
-        let synced = async {
-            loop {
-                // (A failed sync never counts: give up with the kernel probe's limit.)
-                if metrics.snapshot().syncs > syncs_before
-                    || written.elapsed() > Duration::from_secs(30)
-                {
-                    return written.elapsed();
-                }
-                tokio::time::sleep(Duration::from_micros(500)).await;
-            }
-        };
+        let kernel =
+            poll_until_switched(probe.clone(), i, services[i].cluster_ip, old, new, written);
+        let synced = wait_for_sync(metrics, syncs_before, written);
         let (kernel, synced) = tokio::join!(kernel, synced);
         let (latency, n_polls, polling) = kernel??;
         let after = metrics.snapshot();
         if after.syncs > syncs_before {
-            sync_builds.push(Duration::from_secs_f64(after.last_state_build_seconds));
-            sync_writes.push(Duration::from_secs_f64(
+            times
+                .builds
+                .push(Duration::from_secs_f64(after.last_state_build_seconds));
+            times.writes.push(Duration::from_secs_f64(
                 after.last_sync_seconds - after.last_state_build_seconds,
             ));
         }
         syncs_before = after.syncs;
-        sync_latencies.push(synced);
+        times.synced.push(synced);
         services[i].endpoints = eps;
-        latencies.push(latency);
-        polls += n_polls;
-        poll_time += polling;
+        times.kernel.push(latency);
+        times.polls += n_polls;
+        times.poll_time += polling;
         if (c + 1) % (changes / 10).max(1) == 0 {
-            let mut sorted = latencies.clone();
+            let mut sorted = times.kernel.clone();
             sorted.sort();
             eprintln!(
                 "[{name}]   {}/{changes}: p50 {:.1} ms, max {:.1} ms",
@@ -599,27 +643,54 @@ async fn measure_mode(
         // Let the runner settle (its post-sync wake-up) before the next change.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Stopped (and its dataplane handles closed) before the next mode clears the kernel.
-    let mut runner = runner;
-    runner.0.abort();
-    let _ = (&mut runner.0).await;
-    latencies.sort();
-    sync_latencies.sort();
-    sync_builds.sort();
-    sync_writes.sort();
-    Ok(ModeResult {
-        name: name.into(),
-        open,
-        full_sync,
-        initial_list,
-        state_build,
-        dataplane_write,
-        changes: latencies,
-        synced: sync_latencies,
-        change_build: percentile(&sync_builds, 0.5),
-        change_write: percentile(&sync_writes, 0.5),
-        poll: poll_time / polls.max(1) as u32,
+    Ok(times)
+}
+
+/// Polls the kernel until service `i` sends to `new` instead of `old`: the time since
+/// `written`, the number of polls and the time they took.
+fn poll_until_switched(
+    probe: Arc<Probe>,
+    i: usize,
+    vip: Ipv4Addr,
+    old: Ipv4Addr,
+    new: Ipv4Addr,
+    written: Instant,
+) -> tokio::task::JoinHandle<Result<(Duration, u64, Duration)>> {
+    tokio::task::spawn_blocking(move || {
+        let mut n_polls = 0u64;
+        let mut polling = Duration::ZERO;
+        loop {
+            let t = Instant::now();
+            let done = probe.switched(i, vip, old, new)?;
+            polling += t.elapsed();
+            n_polls += 1;
+            if done {
+                return anyhow::Ok((written.elapsed(), n_polls, polling));
+            }
+            if written.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{} did not switch {old} → {new} within 30 s",
+                    service_name(i)
+                );
+            }
+            // Leave the CPU to the proxy between the (cheap) map lookups.
+            if probe.is_cheap() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     })
+}
+
+/// The runner's own view of a change: the time since `written` until a sync after it
+/// returned.
+async fn wait_for_sync(metrics: &ProxyMetrics, syncs_before: u64, written: Instant) -> Duration {
+    loop {
+        // (A failed sync never counts: give up with the kernel probe's limit.)
+        if metrics.snapshot().syncs > syncs_before || written.elapsed() > Duration::from_secs(30) {
+            return written.elapsed();
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
 }
 
 /// A `Mode` to move into a blocking task (the eBPF one only needs its paths).
