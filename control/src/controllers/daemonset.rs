@@ -24,9 +24,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
 use super::endpoints::deletions;
-use super::runtime::{self, Result};
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Result};
 
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 
@@ -284,7 +284,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         .await?;
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for pod in listed.items {
-        if runtime::controller_of(&pod).map(|r| r.uid.as_str()) != Some(uid.as_str()) {
+        if owners::controller_of(&pod).map(|r| r.uid.as_str()) != Some(uid.as_str()) {
             continue;
         }
         let node = pod
@@ -354,8 +354,8 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         let keep = live.remove(0);
         to_delete.extend(live);
         current += 1;
-        let is_ready = runtime::is_pod_ready(&keep);
-        let is_available = runtime::is_pod_available(&keep, min_ready, &now);
+        let is_ready = pod_state::is_pod_ready(&keep);
+        let is_available = pod_state::is_pod_available(&keep, min_ready, &now);
         if is_ready {
             ready += 1;
         }
@@ -508,7 +508,7 @@ async fn create_pod(
             labels: Some(labels),
             annotations: template_meta.annotations,
             finalizers: template_meta.finalizers,
-            owner_references: Some(vec![runtime::controller_ref(ds)]),
+            owner_references: Some(vec![owners::controller_ref(ds)]),
             ..Default::default()
         },
         spec: Some(spec),

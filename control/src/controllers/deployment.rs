@@ -22,8 +22,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
+use super::owners;
+use crate::runtime::{self, Context, Error, Result};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
@@ -76,7 +76,7 @@ type Seen = Arc<Mutex<HashMap<(String, String), usize>>>;
 /// The Deployments a ReplicaSet event concerns: its controller, or for an orphan every
 /// Deployment of the namespace selecting it.
 fn deployments_for_rs(rs: &ReplicaSet, d_store: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
-    runtime::owners_to_notify(rs, d_store, |d| d.spec.as_ref().map(|s| &s.selector))
+    owners::owners_to_notify(rs, d_store, |d| d.spec.as_ref().map(|s| &s.selector))
 }
 
 /// Deletions are not broadcast to shared-informer subscribers: poll the ReplicaSet cache and
@@ -125,7 +125,7 @@ fn count_owned(
         if namespace.is_some_and(|ns| rs.metadata.namespace.as_deref() != Some(ns)) {
             continue;
         }
-        if let Some(owner) = runtime::controller_of(rs.as_ref())
+        if let Some(owner) = owners::controller_of(rs.as_ref())
             && owner.kind == "Deployment"
         {
             let key = (
@@ -463,8 +463,8 @@ impl Sync<'_> {
             if rs.metadata.namespace.as_deref() != Some(ns.as_str()) {
                 continue;
             }
-            let matches = runtime::selects(Some(selector), rs.metadata.labels.as_ref());
-            match runtime::controller_of(rs.as_ref()) {
+            let matches = owners::selects(Some(selector), rs.metadata.labels.as_ref());
+            match owners::controller_of(rs.as_ref()) {
                 Some(owner) if owner.uid == uid => {
                     if matches {
                         out.push(rs.as_ref().clone());
@@ -490,7 +490,7 @@ impl Sync<'_> {
                         continue;
                     }
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(runtime::controller_ref(&self.d));
+                    refs.push(owners::controller_ref(&self.d));
                     if let Some(adopted) = self.patch_owners(&rs, json!(refs)).await? {
                         out.push(adopted);
                     }
@@ -664,7 +664,7 @@ impl Sync<'_> {
                 namespace: self.d.metadata.namespace.clone(),
                 labels,
                 annotations: Some(annotations),
-                owner_references: Some(vec![runtime::controller_ref(&self.d)]),
+                owner_references: Some(vec![owners::controller_ref(&self.d)]),
                 ..Default::default()
             },
             spec: Some(ReplicaSetSpec {
@@ -705,7 +705,7 @@ impl Sync<'_> {
                 // Ours already (a lagging cache), or a hash collision.
                 let existing = self.rs_api.get(&name).await?;
                 let uid = self.d.metadata.uid.clone().unwrap_or_default();
-                let ours = runtime::controller_of(&existing).is_some_and(|r| r.uid == uid);
+                let ours = owners::controller_of(&existing).is_some_and(|r| r.uid == uid);
                 let same = equal_ignore_hash(
                     existing.spec.as_ref().and_then(|s| s.template.as_ref()),
                     Some(&spec.template),
@@ -1152,7 +1152,7 @@ impl Sync<'_> {
             .iter()
             .any(|p: &Arc<Pod>| {
                 p.metadata.namespace == ns
-                    && runtime::controller_of(p.as_ref())
+                    && owners::controller_of(p.as_ref())
                         .is_some_and(|o| old_uids.contains(&o.uid.as_str()))
                     && !matches!(
                         p.status.as_ref().and_then(|s| s.phase.as_deref()),

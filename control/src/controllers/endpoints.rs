@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Result};
+use super::pod_state;
+use crate::runtime::{self, Context, Result};
 
 /// The label kube puts on the Endpoints (and slices) of headless services.
 pub(super) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -169,7 +169,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>, eps: Store<Endpoints>) 
             target_ref: Some(pod_reference(&pod)),
         };
         let group = groups.entry(ports).or_default();
-        if publish_not_ready || runtime::is_pod_ready(&pod) {
+        if publish_not_ready || pod_state::is_pod_ready(&pod) {
             group.0.push(address);
         } else {
             group.1.push(address);
@@ -476,7 +476,7 @@ fn endpoint_fingerprint(pod: &Pod) -> u64 {
         pod.metadata.deletion_timestamp.is_some(),
         status.and_then(|s| s.phase.as_deref()),
         status.map(|s| (&s.pod_ip, &s.pod_ips)),
-        runtime::is_pod_ready(pod),
+        pod_state::is_pod_ready(pod),
         spec.map(|s| (&s.node_name, &s.hostname, &s.subdomain)),
         ports,
     ))
@@ -505,7 +505,7 @@ pub(super) fn selecting_services(
 /// `watches_stream` mappers take. They arrive after the informer's cache has dropped the
 /// object, so a reconcile they trigger does not see it still there.
 pub(super) fn deletions<K>(
-    informer: &super::Informer<K>,
+    informer: &crate::runtime::Informer<K>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,

@@ -19,12 +19,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinSet;
 
-use super::Context;
 use super::endpoints::{
     HEADLESS_LABEL, PodTracker, PortKey, WORKERS, deletions, is_pod_terminal, labels_match,
     normalized, pod_hostname, pod_ip, pod_reference, resolved_ports, service_selector,
 };
-use super::runtime::{self, Result};
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Result};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -294,7 +294,7 @@ async fn reconcile(
         let Some(ports) = resolved_ports(&pod, &svc_ports, headless) else {
             continue;
         };
-        let serving = runtime::is_pod_ready(&pod);
+        let serving = pod_state::is_pod_ready(&pod);
         let terminating = pod.metadata.deletion_timestamp.is_some();
         let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let zone = node_name
@@ -412,7 +412,7 @@ async fn reconcile(
                 app_protocol: p.app_protocol,
             })
             .collect();
-        let owner = runtime::controller_ref(svc.as_ref());
+        let owner = owners::controller_ref(svc.as_ref());
         match current {
             Some(current) => {
                 let owned = current

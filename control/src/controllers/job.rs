@@ -20,9 +20,9 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::Context;
 use super::endpoints::deletions;
-use super::runtime::{self, Result};
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Result};
 use skiff_common::selector::selector_string;
 
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -156,15 +156,18 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>, clock: Arc<FailureClock>) -
         .await?
         .items
         .into_iter()
-        .filter(|p| runtime::controller_of(p).map(|r| r.uid.as_str()) == Some(uid.as_str()))
+        .filter(|p| owners::controller_of(p).map(|r| r.uid.as_str()) == Some(uid.as_str()))
         .collect();
     let succeeded = pods
         .iter()
         .filter(|p| phase(p) == Some("Succeeded"))
         .count() as i32;
     let failed = pods.iter().filter(|p| phase(p) == Some("Failed")).count() as i32;
-    let active: Vec<&Pod> = pods.iter().filter(|p| runtime::is_pod_active(p)).collect();
-    let ready = active.iter().filter(|p| runtime::is_pod_ready(p)).count() as i32;
+    let active: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| pod_state::is_pod_active(p))
+        .collect();
+    let ready = active.iter().filter(|p| pod_state::is_pod_ready(p)).count() as i32;
     let terminating = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some() && !is_terminal(p))
@@ -370,7 +373,7 @@ async fn create_pod(ctx: &Context, job: &Job) -> Result<()> {
             labels: meta.labels,
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![runtime::controller_ref(job)]),
+            owner_references: Some(vec![owners::controller_ref(job)]),
             ..Default::default()
         },
         spec: template.spec,

@@ -25,8 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
+use crate::runtime::{self, Context, Error, Result};
 
 /// The finalizer this controller owns.
 const FINALIZER: &str = "kubernetes";
@@ -319,7 +318,7 @@ mod tests {
     #[test]
     fn covers_every_namespaced_resource() {
         let src = include_str!("namespace.rs");
-        for r in crate::apiserver::resources::RESOURCES
+        for r in crate::api_resources::RESOURCES
             .iter()
             .filter(|r| r.namespaced)
         {

@@ -24,8 +24,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Result};
+use crate::runtime::{self, Context, Result};
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";

@@ -24,9 +24,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
-use crate::apiserver::selectors;
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Error, Result};
+use skiff_common::labels;
 
 /// At most this many creations or deletions per sync (kube's `BurstReplicas`).
 const BURST_REPLICAS: usize = 500;
@@ -111,7 +111,7 @@ impl State {
 
     /// The informer saw this pod (a creation, or a deletion starting).
     fn observed(&self, pod: &Pod) {
-        let Some(owner) = runtime::controller_of(pod).filter(|r| r.kind == "ReplicaSet") else {
+        let Some(owner) = owners::controller_of(pod).filter(|r| r.kind == "ReplicaSet") else {
             return;
         };
         let key = (
@@ -188,10 +188,10 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 /// of the namespace whose selector matches it (candidates for adoption).
 fn replica_sets_for_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
     // A deleting orphan is no adoption candidate.
-    if runtime::controller_of(pod).is_none() && pod.metadata.deletion_timestamp.is_some() {
+    if owners::controller_of(pod).is_none() && pod.metadata.deletion_timestamp.is_some() {
         return Vec::new();
     }
-    runtime::owners_to_notify(pod, rs_store, |rs| rs.spec.as_ref().map(|s| &s.selector))
+    owners::owners_to_notify(pod, rs_store, |rs| rs.spec.as_ref().map(|s| &s.selector))
 }
 
 /// Shared-informer subscribers are not told about deletions, so poll the pod cache: every
@@ -237,7 +237,7 @@ fn count_owned(pods: &[Arc<Pod>], namespace: Option<&str>) -> HashMap<Key, usize
         if namespace.is_some_and(|ns| pod.metadata.namespace.as_deref() != Some(ns)) {
             continue;
         }
-        if let Some(owner) = runtime::controller_of(pod.as_ref())
+        if let Some(owner) = owners::controller_of(pod.as_ref())
             && owner.kind == "ReplicaSet"
         {
             let key = (
@@ -260,7 +260,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
     let Some(spec) = rs.spec.as_ref() else {
         return Ok(runtime::done(rs.as_ref(), &ctx));
     };
-    let selector = match selectors::LabelSelector::from_label_selector(&spec.selector) {
+    let selector = match labels::LabelSelector::from_label_selector(&spec.selector) {
         Ok(s) => s,
         Err(e) => {
             // An invalid selector selects nothing; nothing to do until it is fixed.
@@ -286,7 +286,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
     let candidates: Vec<Arc<Pod>> = snapshot
         .into_iter()
         .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns.as_str()) && runtime::is_pod_active(p)
+            p.metadata.namespace.as_deref() == Some(ns.as_str()) && pod_state::is_pod_active(p)
         })
         .collect();
     let pods = claim_pods(&rs, &uid, &selector, candidates, &ctx).await?;
@@ -316,10 +316,10 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
                 .all(|(k, v)| labels.get(k) == Some(v))
         })
         .count() as i32;
-    let ready = pods.iter().filter(|p| runtime::is_pod_ready(p)).count() as i32;
+    let ready = pods.iter().filter(|p| pod_state::is_pod_ready(p)).count() as i32;
     let available = pods
         .iter()
-        .filter(|p| runtime::is_pod_available(p, min_ready, &now))
+        .filter(|p| pod_state::is_pod_available(p, min_ready, &now))
         .count() as i32;
     let generation = rs.metadata.generation.unwrap_or(0);
     let current = rs.status.clone().unwrap_or_default();
@@ -405,7 +405,7 @@ fn failure_conditions(
 async fn claim_pods(
     rs: &ReplicaSet,
     uid: &str,
-    selector: &selectors::LabelSelector,
+    selector: &labels::LabelSelector,
     candidates: Vec<Arc<Pod>>,
     ctx: &Context,
 ) -> Result<Vec<Arc<Pod>>> {
@@ -415,7 +415,7 @@ async fn claim_pods(
     let mut ours = Vec::new();
     for pod in candidates {
         let matches = selector.matches(pod.metadata.labels.as_ref().unwrap_or(&empty));
-        match runtime::controller_of(pod.as_ref()) {
+        match owners::controller_of(pod.as_ref()) {
             Some(owner) if owner.uid == uid => {
                 if matches {
                     ours.push(pod);
@@ -438,7 +438,7 @@ async fn claim_pods(
                 }
                 let mut refs: Vec<OwnerReference> =
                     pod.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(runtime::controller_ref(rs));
+                refs.push(owners::controller_ref(rs));
                 if patch_owners(&api, &pod, json!(refs)).await? {
                     ours.push(pod);
                 }
@@ -616,7 +616,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: tmeta.labels,
             annotations: tmeta.annotations,
             finalizers: tmeta.finalizers,
-            owner_references: Some(vec![runtime::controller_ref(rs)]),
+            owner_references: Some(vec![owners::controller_ref(rs)]),
             ..Default::default()
         },
         spec: template.spec,
@@ -656,7 +656,7 @@ fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
                 Some("Running") => 2,
                 _ => 3,
             };
-            let ready = runtime::is_pod_ready(p);
+            let ready = pod_state::is_pod_ready(p);
             let cost: i64 = p
                 .metadata
                 .annotations

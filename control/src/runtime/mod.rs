@@ -1,0 +1,52 @@
+//! The runtime the controllers and the scheduler both stand on, as client-go is for
+//! kube-controller-manager and kube-scheduler: API clients only, never the store.
+//!
+//! - [`Context`]: what every controller (and the scheduler) gets: the client, the shared
+//!   [`informer::Informers`], the settings ([`config`]), an event recorder ([`events`]) and the
+//!   per-object back-off;
+//! - [`informer`]: one watch + reflector cache per type, shared by everybody;
+//!   [`cache_ready`] waits for a cache's first list;
+//! - [`queue`]: kube's rate-limited work queue with periodic resync ([`drive`]), back-off
+//!   ([`Backoff`]) and the reconcile [`Error`];
+//! - [`leader`]: leader election on a Lease, so only one process runs all this at a time.
+
+pub mod config;
+pub use skiff_common::events;
+pub mod informer;
+pub mod leader;
+pub mod queue;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+
+pub use self::config::{COMPONENTS, ControllerConfig, Enabled};
+use self::events::EventRecorder;
+pub use self::informer::{Informer, Informers, cache_ready};
+pub use self::queue::{Backoff, Error, Result, done, drive, key_of};
+
+/// What every reconcile function gets.
+pub struct Context {
+    pub client: Client,
+    pub informers: Informers,
+    pub config: ControllerConfig,
+    /// Events, as `kube-controller-manager` (the scheduler has its own recorder).
+    pub recorder: EventRecorder,
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// A context whose informers have not started yet (controllers subscribe first).
+    pub fn new(client: Client, config: ControllerConfig) -> Context {
+        Context {
+            recorder: EventRecorder::new(client.clone(), "kube-controller-manager"),
+            informers: Informers::new(&client),
+            backoff: Backoff::default(),
+            client,
+            config,
+        }
+    }
+}
+
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
