@@ -385,19 +385,7 @@ impl Decision {
 
 async fn delete_pods(ctx: &Context, job: &Job, pods_api: &Api<Pod>, pods: &[&Pod]) -> Result<()> {
     for pod in pods {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        match pods_api
-            .delete(&pod_name, &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {
-                ctx.recorder
-                    .normal(job, "SuccessfulDelete", format!("Deleted pod: {pod_name}"))
-                    .await;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        owners::delete_pod(ctx, job, pods_api, pod, &DeleteParams::background()).await?;
     }
     Ok(())
 }

@@ -1,12 +1,17 @@
 //! Owner references and adoption, as kube's controller_utils: the controller reference a
-//! controller sets on what it creates, and which owners an event on a child concerns.
+//! controller sets on what it creates, which owners an event on a child concerns, and the
+//! deletion of an owner's pod.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::Resource;
+use kube::api::{Api, DeleteParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use skiff_common::labels::LabelSelector as ParsedSelector;
+
+use crate::runtime::{Context, Result};
 
 /// An owner reference to `owner` marking it as the controller, as controllers set on what
 /// they create (so the garbage collector and adoption logic recognise it).
@@ -69,6 +74,32 @@ pub fn selects(
     match ParsedSelector::from_label_selector(selector) {
         Ok(s) => s.matches(labels.unwrap_or(&Default::default())),
         Err(_) => false,
+    }
+}
+
+/// Delete one of `owner`'s pods and record `SuccessfulDelete` on the owner, as the workload
+/// controllers do; a pod already gone is fine.
+pub async fn delete_pod<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    owner: &K,
+    api: &Api<Pod>,
+    pod: &Pod,
+    params: &DeleteParams,
+) -> Result<()> {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    match api.delete(&pod_name, params).await {
+        Ok(_) => {
+            ctx.recorder
+                .normal(
+                    owner,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {pod_name}"),
+                )
+                .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
