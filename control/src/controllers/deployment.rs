@@ -4,11 +4,10 @@
 //! and Recreate rollouts; proportional scaling while paused or mid-rollout; history pruning;
 //! status with the Available and Progressing conditions `kubectl rollout status` reads.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -57,10 +56,12 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                 let d_store = d_store.clone();
                 move |rs: Arc<ReplicaSet>| deployments_for_rs(&rs, &d_store)
             })
-            .reconcile_on(vanished_replica_sets(
+            // Deletions are not broadcast to shared-informer subscribers.
+            .reconcile_on(owners::vanished_children(
                 informers.replica_sets.store(),
                 d_store,
                 seen.clone(),
+                POLL,
             ));
     let reconcile = move |d: Arc<Deployment>, ctx: Arc<Context>| {
         let seen = seen.clone();
@@ -71,71 +72,12 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 
 /// How many ReplicaSets each Deployment (`namespace`, `name`) saw in the cache at its last
 /// reconcile.
-type Seen = Arc<Mutex<HashMap<(String, String), usize>>>;
+type Seen = owners::SeenCounts;
 
 /// The Deployments a ReplicaSet event concerns: its controller, or for an orphan every
 /// Deployment of the namespace selecting it.
 fn deployments_for_rs(rs: &ReplicaSet, d_store: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
     owners::owners_to_notify(rs, d_store, |d| d.spec.as_ref().map(|s| &s.selector))
-}
-
-/// Deletions are not broadcast to shared-informer subscribers: poll the ReplicaSet cache and
-/// reconcile the Deployments whose number of ReplicaSets differs from what they last saw.
-fn vanished_replica_sets(
-    replica_sets: Store<ReplicaSet>,
-    deployments: Store<Deployment>,
-    seen: Seen,
-) -> impl futures::Stream<Item = ObjectRef<Deployment>> + Send + 'static {
-    futures::stream::unfold((), move |()| {
-        let (replica_sets, deployments, seen) =
-            (replica_sets.clone(), deployments.clone(), seen.clone());
-        async move {
-            tokio::time::sleep(POLL).await;
-            let counts = count_owned(&replica_sets.state(), None);
-            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            let mut changed = Vec::new();
-            seen.retain(|(ns, name), n| {
-                let d = ObjectRef::new(name).within(ns);
-                if deployments.get(&d).is_none() {
-                    return false;
-                }
-                if counts
-                    .get(&(ns.clone(), name.clone()))
-                    .copied()
-                    .unwrap_or(0)
-                    != *n
-                {
-                    changed.push(d);
-                }
-                true
-            });
-            Some((futures::stream::iter(changed), ()))
-        }
-    })
-    .flatten()
-}
-
-/// ReplicaSets per controlling Deployment (`namespace`, `name`), optionally of one namespace.
-fn count_owned(
-    rss: &[Arc<ReplicaSet>],
-    namespace: Option<&str>,
-) -> HashMap<(String, String), usize> {
-    let mut counts: HashMap<(String, String), usize> = HashMap::new();
-    for rs in rss {
-        if namespace.is_some_and(|ns| rs.metadata.namespace.as_deref() != Some(ns)) {
-            continue;
-        }
-        if let Some(owner) = owners::controller_of(rs.as_ref())
-            && owner.kind == "Deployment"
-        {
-            let key = (
-                rs.metadata.namespace.clone().unwrap_or_default(),
-                owner.name.clone(),
-            );
-            *counts.entry(key).or_default() += 1;
-        }
-    }
-    counts
 }
 
 // ---------------------------------------------------------------------------------------
@@ -451,14 +393,7 @@ impl Sync<'_> {
         let mut out = Vec::new();
         let snapshot = self.ctx.informers.replica_sets.store().state();
         let key = (ns.clone(), self.name());
-        let owned = count_owned(&snapshot, Some(&ns))
-            .get(&key)
-            .copied()
-            .unwrap_or(0);
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, owned);
+        owners::remember_count::<Deployment, _>(&self.seen, &snapshot, &key);
         for rs in snapshot {
             if rs.metadata.namespace.as_deref() != Some(ns.as_str()) {
                 continue;

@@ -1,8 +1,11 @@
 //! Owner references and adoption, as kube's controller_utils: the controller reference a
 //! controller sets on what it creates, which owners an event on a child concerns, and the
-//! deletion of an owner's pod.
+//! deletion of an owner's pod; and, since deletions do not reach shared-informer subscribers,
+//! counting the children each owner controls to notice those that vanished.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
@@ -75,6 +78,99 @@ pub fn selects(
         Ok(s) => s.matches(labels.unwrap_or(&Default::default())),
         Err(_) => false,
     }
+}
+
+/// An owner's `namespace` and `name`.
+pub type OwnerKey = (String, String);
+
+/// How many children each owner counted in the cache at its last reconcile (see
+/// [`vanished_children`]).
+pub type SeenCounts = Arc<Mutex<HashMap<OwnerKey, usize>>>;
+
+/// Children per controlling owner of type `O`, optionally of one namespace.
+pub fn count_controlled<O, C>(
+    children: &[Arc<C>],
+    namespace: Option<&str>,
+) -> HashMap<OwnerKey, usize>
+where
+    O: Resource<DynamicType = ()>,
+    C: Resource,
+{
+    let mut counts: HashMap<OwnerKey, usize> = HashMap::new();
+    for child in children {
+        if namespace.is_some_and(|ns| child.meta().namespace.as_deref() != Some(ns)) {
+            continue;
+        }
+        if let Some(owner) = controller_of(child.as_ref())
+            && owner.kind == O::kind(&())
+        {
+            let key = (
+                child.meta().namespace.clone().unwrap_or_default(),
+                owner.name.clone(),
+            );
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Remember how many of `children` (a snapshot of its namespace's cache) the owner `key` of
+/// type `O` controls now.
+pub fn remember_count<O, C>(seen: &SeenCounts, children: &[Arc<C>], key: &OwnerKey)
+where
+    O: Resource<DynamicType = ()>,
+    C: Resource,
+{
+    let owned = count_controlled::<O, C>(children, Some(&key.0))
+        .get(key)
+        .copied()
+        .unwrap_or(0);
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone(), owned);
+}
+
+/// Deletions are not broadcast to shared-informer subscribers: every `period`, poll the
+/// children's cache and yield the owners whose number of children differs from what their
+/// last reconcile saw, forgetting owners that are gone.
+pub fn vanished_children<O, C>(
+    children: Store<C>,
+    owners: Store<O>,
+    seen: SeenCounts,
+    period: Duration,
+) -> impl futures::Stream<Item = ObjectRef<O>> + Send + 'static
+where
+    O: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    C: Resource + Clone + Send + Sync + 'static,
+    C::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    use futures::StreamExt;
+    futures::stream::unfold((), move |()| {
+        let (children, owners, seen) = (children.clone(), owners.clone(), seen.clone());
+        async move {
+            tokio::time::sleep(period).await;
+            let counts = count_controlled::<O, C>(&children.state(), None);
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let mut changed = Vec::new();
+            seen.retain(|(ns, name), n| {
+                let owner = ObjectRef::new(name).within(ns);
+                if owners.get(&owner).is_none() {
+                    return false;
+                }
+                if counts
+                    .get(&(ns.clone(), name.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    != *n
+                {
+                    changed.push(owner);
+                }
+                true
+            });
+            Some((futures::stream::iter(changed), ()))
+        }
+    })
+    .flatten()
 }
 
 /// Delete one of `owner`'s pods and record `SuccessfulDelete` on the owner, as the workload
