@@ -83,6 +83,32 @@ fn deployments_for_rs(rs: &ReplicaSet, d_store: &Store<Deployment>) -> Vec<Objec
 // ---------------------------------------------------------------------------------------
 // Small helpers on the API types.
 
+/// Sort the replica sets in the order a proportional scale goes through them: largest first,
+/// on ties newer first when adding (`Some("up")`) and older first when removing
+/// (`Some("down")`); `None` when nothing changes.
+fn order_for_scaling(all: &mut [&mut ReplicaSet], to_add: i32) -> Option<&'static str> {
+    let created = |r: &ReplicaSet| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    match to_add.cmp(&0) {
+        std::cmp::Ordering::Greater => {
+            all.sort_by(|a, b| {
+                rs_replicas(b)
+                    .cmp(&rs_replicas(a))
+                    .then_with(|| created(b).cmp(&created(a)))
+            });
+            Some("up")
+        }
+        std::cmp::Ordering::Less => {
+            all.sort_by(|a, b| {
+                rs_replicas(b)
+                    .cmp(&rs_replicas(a))
+                    .then_with(|| created(a).cmp(&created(b)))
+            });
+            Some("down")
+        }
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
 fn spec_replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
@@ -859,6 +885,18 @@ impl Sync<'_> {
         if is_recreate(&self.d) {
             return Ok(());
         }
+        self.scale_proportionally(new_rs, old).await
+    }
+
+    /// During a rolling update, spread a change of `replicas` over the active replica sets in
+    /// proportion to their sizes (kube's proportional scaling), the rounding left to the
+    /// first one.
+    async fn scale_proportionally(
+        &mut self,
+        new_rs: &mut Option<ReplicaSet>,
+        old: &mut [ReplicaSet],
+    ) -> Result<()> {
+        let want = spec_replicas(&self.d);
         let surge = max_surge(&self.d)?;
         let mut all: Vec<&mut ReplicaSet> = old
             .iter_mut()
@@ -872,31 +910,7 @@ impl Sync<'_> {
             0
         };
         let to_add = allowed - all_replicas;
-        let op = match to_add.cmp(&0) {
-            std::cmp::Ordering::Greater => {
-                // Largest first, newer first on ties.
-                all.sort_by(|a, b| {
-                    rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| {
-                        let ka = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        let kb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        kb.cmp(&ka)
-                    })
-                });
-                Some("up")
-            }
-            std::cmp::Ordering::Less => {
-                // Largest first, older first on ties.
-                all.sort_by(|a, b| {
-                    rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| {
-                        let ka = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        let kb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        ka.cmp(&kb)
-                    })
-                });
-                Some("down")
-            }
-            std::cmp::Ordering::Equal => None,
-        };
+        let op = order_for_scaling(&mut all, to_add);
         let d_status_replicas = self
             .orig
             .status
