@@ -255,13 +255,6 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeMap;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn field_selector_parse_and_match() {
         let f = FieldSelector::parse("metadata.name=web,spec.nodeName!=n1").unwrap();
@@ -407,7 +400,9 @@ mod tests {
             "a", "b", "in", "notin", "=", "==", "!=", "!", "(", ")", ",", " ", ">", "<", "1", "-",
             "x.io/", "é", "\\", "\0", "/", ".", "_",
         ];
-        let subject = labels(&[("a", "1"), ("b", ""), ("in", "notin")]);
+        let subject: BTreeMap<String, String> = [("a", "1"), ("b", ""), ("in", "notin")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
         let obj = json!({"metadata": {"name": "a", "labels": {"a": "1"}}});
         for i in 0..20_000 {
             let s: String = if i % 5 == 0 {

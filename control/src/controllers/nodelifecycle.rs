@@ -222,14 +222,7 @@ async fn mark_unknown(ctx: &Context, node: &Node) -> Result<Option<Node>> {
         "status": {"conditions": conditions},
     });
     let api: Api<Node> = Api::all(ctx.client.clone());
-    match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(n) => Ok(Some(n)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    runtime::merge_status(&api, name, &patch).await
 }
 
 /// Set the Ready condition of the node's pods to False (kube's MarkPodsNotReady).

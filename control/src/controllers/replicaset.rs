@@ -338,14 +338,7 @@ async fn write_status(
         "observedGeneration": generation,
         "conditions": if conditions.is_empty() { serde_json::Value::Null } else { json!(conditions) },
     }});
-    match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(runtime::merge_status(&api, name, &patch).await?.is_some())
 }
 
 /// The ReplicaFailure condition: set while creating/deleting is refused, cleared after.

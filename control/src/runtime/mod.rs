@@ -18,6 +18,9 @@ pub mod queue;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 pub use self::config::{COMPONENTS, ControllerConfig, Enabled};
 use self::events::EventRecorder;
@@ -44,6 +47,23 @@ impl Context {
             client,
             config,
         }
+    }
+}
+
+/// Merge `patch` (`{"status": …}`, perhaps with a `metadata.resourceVersion` guard) into an
+/// object's status subresource: the object as written, or `None` if it is gone (nothing
+/// left to report on).
+pub async fn merge_status<K>(api: &Api<K>, name: &str, patch: &Value) -> Result<Option<K>>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(written) => Ok(Some(written)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
