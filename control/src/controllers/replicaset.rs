@@ -455,90 +455,118 @@ async fn manage_replicas(
         .unwrap_or(1)
         .max(0) as usize;
     let have = pods.len();
-    let (ns, name) = key;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     if have < want {
         let diff = (want - have).min(BURST_REPLICAS);
-        let pod = pod_from_template(rs);
-        let pp = PostParams::default();
-        let mut created = Vec::new();
-        let mut remaining = diff;
-        let mut batch = SLOW_START_INITIAL_BATCH.min(remaining);
-        let mut failure: Option<Error> = None;
-        while batch > 0 {
-            let results: Vec<_> = futures::stream::iter((0..batch).map(|_| api.create(&pp, &pod)))
-                .buffer_unordered(MAX_IN_FLIGHT)
-                .collect()
-                .await;
-            let mut batch_failed = false;
-            for r in results {
-                match r {
-                    Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
-                    Err(e) => {
-                        batch_failed = true;
-                        if failure.is_none() {
-                            failure = Some(e.into());
-                        }
-                    }
-                }
-            }
-            remaining -= batch;
-            if batch_failed {
-                break;
-            }
-            batch = (batch * 2).min(remaining);
-        }
-        state.expect(key, created.clone(), Vec::new());
-        record_events(ctx, state, rs, "SuccessfulCreate", "Created pod", created);
-        if let Some(e) = failure {
-            if let Error::Kube(kube::Error::Api(s)) = &e {
-                record_warning(
-                    ctx,
-                    rs,
-                    "FailedCreate",
-                    format!("Error creating: {}", s.message),
-                );
-            }
-            return Err(e);
-        }
+        create_replicas(rs, key, ctx, state, diff).await
     } else if have > want {
         let diff = (have - want).min(BURST_REPLICAS);
-        let victims = pods_to_delete(pods, diff);
-        let uids: Vec<String> = victims
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone())
-            .collect();
-        state.expect(key, Vec::new(), uids);
-        let results = join_all(victims.iter().map(|p| {
-            let pname = p.metadata.name.clone().unwrap_or_default();
-            let api = api.clone();
-            async move {
-                let r = api.delete(&pname, &DeleteParams::default()).await;
-                (pname, r)
-            }
-        }))
-        .await;
-        let mut deleted = Vec::new();
-        let mut failure: Option<Error> = None;
-        for (pname, r) in results {
+        delete_replicas(rs, key, pods, ctx, state, diff).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Create `diff` pods in slow-start batches (1, 2, 4, …), stopping at the first batch with a
+/// failure, as kube does so a refusing API is not asked hundreds of times.
+async fn create_replicas(
+    rs: &Arc<ReplicaSet>,
+    key: &Key,
+    ctx: &Arc<Context>,
+    state: &Arc<State>,
+    diff: usize,
+) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
+    let pod = pod_from_template(rs);
+    let pp = PostParams::default();
+    let mut created = Vec::new();
+    let mut remaining = diff;
+    let mut batch = SLOW_START_INITIAL_BATCH.min(remaining);
+    let mut failure: Option<Error> = None;
+    while batch > 0 {
+        let results: Vec<_> = futures::stream::iter((0..batch).map(|_| api.create(&pp, &pod)))
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut batch_failed = false;
+        for r in results {
             match r {
-                Ok(_) => deleted.push(pname),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
                 Err(e) => {
+                    batch_failed = true;
                     if failure.is_none() {
                         failure = Some(e.into());
                     }
                 }
             }
         }
-        record_events(ctx, state, rs, "SuccessfulDelete", "Deleted pod", deleted);
-        if let Some(e) = failure {
-            // Some deletions will never be observed; look again soon.
-            state.forget(key);
-            return Err(e);
+        remaining -= batch;
+        if batch_failed {
+            break;
         }
-        tracing::debug!(replicaset = %name, deleted = diff, "scaled down");
+        batch = (batch * 2).min(remaining);
     }
+    state.expect(key, created.clone(), Vec::new());
+    record_events(ctx, state, rs, "SuccessfulCreate", "Created pod", created);
+    if let Some(e) = failure {
+        if let Error::Kube(kube::Error::Api(s)) = &e {
+            record_warning(
+                ctx,
+                rs,
+                "FailedCreate",
+                format!("Error creating: {}", s.message),
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Delete the `diff` least valuable of `pods`, all at once.
+async fn delete_replicas(
+    rs: &Arc<ReplicaSet>,
+    key: &Key,
+    pods: &[Arc<Pod>],
+    ctx: &Arc<Context>,
+    state: &Arc<State>,
+    diff: usize,
+) -> Result<()> {
+    let (ns, name) = key;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let victims = pods_to_delete(pods, diff);
+    let uids: Vec<String> = victims
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    state.expect(key, Vec::new(), uids);
+    let results = join_all(victims.iter().map(|p| {
+        let pname = p.metadata.name.clone().unwrap_or_default();
+        let api = api.clone();
+        async move {
+            let r = api.delete(&pname, &DeleteParams::default()).await;
+            (pname, r)
+        }
+    }))
+    .await;
+    let mut deleted = Vec::new();
+    let mut failure: Option<Error> = None;
+    for (pname, r) in results {
+        match r {
+            Ok(_) => deleted.push(pname),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                if failure.is_none() {
+                    failure = Some(e.into());
+                }
+            }
+        }
+    }
+    record_events(ctx, state, rs, "SuccessfulDelete", "Deleted pod", deleted);
+    if let Some(e) = failure {
+        // Some deletions will never be observed; look again soon.
+        state.forget(key);
+        return Err(e);
+    }
+    tracing::debug!(replicaset = %name, deleted = diff, "scaled down");
     Ok(())
 }
 
