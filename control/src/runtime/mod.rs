@@ -8,7 +8,8 @@
 //!   [`cache_ready`] waits for a cache's first list;
 //! - [`queue`]: kube's rate-limited work queue with periodic resync ([`drive`]), back-off
 //!   ([`Backoff`]) and the reconcile [`Error`];
-//! - [`leader`]: leader election on a Lease, so only one process runs all this at a time.
+//! - [`leader`]: leader election on a Lease, so only one process runs all this at a time;
+//! - [`now`] and [`merge_status`], which every controller uses the same way.
 
 pub mod config;
 pub use skiff_common::events;
