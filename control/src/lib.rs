@@ -5,8 +5,8 @@
 //!
 //! The binary (`src/main.rs`) opens a [`store`] (the embedded redb one, or etcd with
 //! `--etcd-servers`), starts the [`apiserver`] on it ([`apiserver::ApiServer::start`]), then
-//! runs [`controllers::run`] — every controller and the scheduler — as an ordinary API client
-//! with the admin kubeconfig, under leader election ([`controllers::leader`]) unless
+//! runs [`manager::run`] — every controller and the scheduler — as an ordinary API client
+//! with the admin kubeconfig, under leader election ([`runtime::leader`]) unless
 //! `--leader-elect=false`.
 //!
 //! # Modules
@@ -20,13 +20,20 @@
 //!   ([`apiserver::resources`]), the registry, defaulting, admission, validation, patch, watch,
 //!   server-side tables, discovery and OpenAPI, the `default/kubernetes` endpoints, and the
 //!   `pods/log` proxy to node agents;
-//! - [`controllers`]: the controller runtime ([`controllers::runtime`]: shared informers, kube's
-//!   rate-limited work queue, back-off; the event recorder) and one module per controller —
-//!   ReplicaSet, Deployment, DaemonSet, Job, Endpoints, EndpointSlice, Namespace, node IPAM,
-//!   node lifecycle, garbage collector, ServiceAccount. They talk to the API server only,
-//!   never to the store;
+//! - [`api_resources`]: the table of the resources skiff serves, read by the apiserver and by
+//!   the namespace and garbage collector controllers;
+//! - [`runtime`]: what the controllers and the scheduler run on: the [`runtime::Context`] they
+//!   share, shared informers, kube's rate-limited work queue with back-off, the event
+//!   recorder, the settings ([`runtime::ControllerConfig`]) and leader election. An API client
+//!   only, never the store;
+//! - [`controllers`]: one module per controller — ReplicaSet, Deployment, DaemonSet, Job,
+//!   Endpoints, EndpointSlice, Namespace, node IPAM, node lifecycle, garbage collector,
+//!   ServiceAccount — on [`runtime`];
 //! - [`scheduler`]: kube-scheduler's default profile: the scheduling queue, filter and score
-//!   plugins, a node cache that counts assumed pods, binding through `pods/binding`.
+//!   plugins, a node cache that counts assumed pods, binding through `pods/binding`; on
+//!   [`runtime`] too, and independent of the controllers;
+//! - [`manager`]: starts the components `--controllers` enables (controllers and scheduler)
+//!   and the shared informers.
 //!
 //! # How a request flows
 //!
@@ -67,7 +74,10 @@
 //! proxy watches Services and EndpointSlices and programs its node's dataplane from them.
 //! [`controllers::gc`] deletes what lost its owners.
 
+pub mod api_resources;
 pub mod apiserver;
 pub mod controllers;
+pub mod manager;
+pub mod runtime;
 pub mod scheduler;
 pub mod store;

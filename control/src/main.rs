@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use skiff_common::cidr::Ipv4Cidr;
 use skiff_common::duration::seconds_or_duration;
-use skiff_control::apiserver::admission::{Ipv4Cidr, PortRange};
+use skiff_control::apiserver::admission::PortRange;
 use skiff_control::apiserver::{ApiConfig, ApiServer};
-use skiff_control::controllers::leader::{LeaderElectionConfig, LeaderElector};
-use skiff_control::controllers::{self, ControllerConfig, Enabled};
+use skiff_control::manager::{self, ControllerConfig, Enabled};
+use skiff_control::runtime::leader::{LeaderElectionConfig, LeaderElector};
 use skiff_control::store::{self, Store};
 
 #[derive(Parser, Debug)]
@@ -160,7 +161,7 @@ async fn run(flags: Flags) -> Result<()> {
     } else {
         // The controllers are clients of this apiserver, with the admin identity.
         let client = client_for(&server.kubeconfig).await?;
-        let work = controllers::run(client.clone(), controller_config);
+        let work = manager::run(client.clone(), controller_config);
         if flags.leader_elect {
             let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
             let mut election = LeaderElectionConfig::new("kube-controller-manager", &identity);

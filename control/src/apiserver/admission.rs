@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+pub use skiff_common::cidr::Ipv4Cidr;
+
 use crate::store::{Store, StoreError};
 
 use super::object::{self, meta_mut};
@@ -19,61 +21,6 @@ use super::status::{ApiError, ApiResult, FieldCause};
 
 const IP_PREFIX: &str = "/registry/ranges/serviceips/";
 const PORT_PREFIX: &str = "/registry/ranges/servicenodeports/";
-
-/// An IPv4 CIDR such as `10.96.0.0/12`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub base: u32,
-    pub prefix: u8,
-}
-
-impl Ipv4Cidr {
-    pub fn parse(s: &str) -> Result<Ipv4Cidr, String> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (address/length)"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| *p <= 30)
-            .ok_or_else(|| format!("{s:?}: prefix length must be 0..=30"))?;
-        let mask = mask(prefix);
-        Ok(Ipv4Cidr {
-            base: u32::from(addr) & mask,
-            prefix,
-        })
-    }
-
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == self.base
-    }
-
-    /// The address at `offset` from the network address.
-    pub fn nth(&self, offset: u64) -> Ipv4Addr {
-        Ipv4Addr::from(self.base.wrapping_add(offset as u32))
-    }
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
-    }
-}
-
-fn mask(prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(prefix))
-    }
-}
 
 /// A port range such as `30000-32767`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,12 +11,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -24,9 +25,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
 use super::endpoints::deletions;
-use super::runtime::{self, Result};
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Result};
 
 pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 
@@ -248,43 +249,107 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(runtime::done(ds.as_ref(), &ctx));
     }
     let ns = ds.metadata.namespace.clone().unwrap_or_default();
-    let name = ds.metadata.name.clone().unwrap_or_default();
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let Some(spec) = ds.spec.as_ref() else {
         return Ok(runtime::done(ds.as_ref(), &ctx));
     };
-    let template = &spec.template;
-    let Some(template_spec) = template.spec.as_ref() else {
+    let Some(template_spec) = spec.template.spec.as_ref() else {
         return Ok(runtime::done(ds.as_ref(), &ctx));
     };
-    let pod_spec = daemon_pod_spec(template_spec);
-    let hash = template_hash(template);
-    let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let now = runtime::now();
+    let daemon = Daemon {
+        pod_spec: daemon_pod_spec(template_spec),
+        hash: template_hash(&spec.template),
+        min_ready: spec.min_ready_seconds.unwrap_or(0),
+        now: runtime::now(),
+    };
 
     // Pods straight from the API, not the cache: acting on a stale view would put two
     // daemons on a node.
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    // A selector kube cannot convert selects nothing: listing without the requirement we
-    // cannot express would take over other pods.
-    let selector = match skiff_common::selector::selector_string(&spec.selector) {
-        Ok(s) => s,
+    let Some(selector) = pod_selector(&ds, spec) else {
+        return Ok(runtime::done(ds.as_ref(), &ctx));
+    };
+    let mut by_node = pods_by_node(&pods_api, &selector, &uid).await?;
+
+    let nodes = ctx.informers.nodes.store();
+    // Before the first node list every pod would look orphaned.
+    runtime::cache_ready(&nodes).await?;
+    let mut plan = Plan::default();
+    for node in &nodes.state() {
+        let node_name = node.metadata.name.clone().unwrap_or_default();
+        let pods = by_node.remove(&node_name).unwrap_or_default();
+        plan.place(&daemon, node, node_name, pods);
+    }
+    // Pods on nodes that no longer exist: no kubelet will confirm their deletion, so they go
+    // at once (what kube's pod garbage collector does for them).
+    let orphaned: Vec<Pod> = by_node.into_values().flatten().collect();
+    plan.roll(spec.update_strategy.as_ref());
+
+    for node in &plan.to_create {
+        create_pod(&ctx, &ds, &daemon.pod_spec, &daemon.hash, node).await?;
+    }
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    let deletions = plan
+        .to_delete
+        .iter()
+        .map(|p| (p, DeleteParams::default()))
+        .chain(orphaned.iter().map(|p| (p, force.clone())));
+    for (pod, params) in deletions {
+        owners::delete_pod(&ctx, ds.as_ref(), &pods_api, pod, &params).await?;
+    }
+
+    let counts = &plan.counts;
+    write_status(&ctx, &ds, counts.status(ds.metadata.generation)).await?;
+    // Ready but not yet available pods become available without any event.
+    if daemon.min_ready > 0 && counts.ready > counts.available {
+        return Ok(Action::requeue(Duration::from_secs(
+            u64::try_from(daemon.min_ready).unwrap_or(1).max(1),
+        )));
+    }
+    Ok(runtime::done(ds.as_ref(), &ctx))
+}
+
+/// The daemon pod a DaemonSet runs now.
+struct Daemon {
+    pod_spec: PodSpec,
+    /// Of the current template (the `controller-revision-hash` label).
+    hash: String,
+    min_ready: i32,
+    now: Time,
+}
+
+/// The DaemonSet's selector as list-option text. A selector kube cannot convert selects
+/// nothing: listing without the requirement we cannot express would take over other pods.
+fn pod_selector(ds: &DaemonSet, spec: &DaemonSetSpec) -> Option<String> {
+    match skiff_common::selector::selector_string(&spec.selector) {
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(
-                daemonset = %name,
-                namespace = %ns,
+                daemonset = %ds.metadata.name.as_deref().unwrap_or_default(),
+                namespace = %ds.metadata.namespace.as_deref().unwrap_or_default(),
                 error = %e,
                 "invalid selector; not syncing"
             );
-            return Ok(runtime::done(ds.as_ref(), &ctx));
+            None
         }
-    };
+    }
+}
+
+/// The DaemonSet's pods (controller uid `uid`) by node name, oldest first.
+async fn pods_by_node(
+    pods_api: &Api<Pod>,
+    selector: &str,
+    uid: &str,
+) -> Result<BTreeMap<String, Vec<Pod>>> {
     let listed = pods_api
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(selector))
         .await?;
     let mut by_node: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for pod in listed.items {
-        if runtime::controller_of(&pod).map(|r| r.uid.as_str()) != Some(uid.as_str()) {
+        if owners::controller_of(&pod).map(|r| r.uid.as_str()) != Some(uid) {
             continue;
         }
         let node = pod
@@ -304,22 +369,51 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
                 .then_with(|| a.metadata.name.cmp(&b.metadata.name))
         });
     }
+    Ok(by_node)
+}
 
-    let nodes = ctx.informers.nodes.store();
-    // Before the first node list every pod would look orphaned.
-    runtime::cache_ready(&nodes).await?;
-    let nodes = nodes.state();
-    let mut to_create: Vec<String> = Vec::new();
-    let mut to_delete: Vec<Pod> = Vec::new();
-    let (mut desired, mut current, mut misscheduled) = (0i32, 0i32, 0i32);
-    let (mut ready, mut available, mut updated) = (0i32, 0i32, 0i32);
-    // Nodes whose (single, live) pod is of an old template: (node, available?).
-    let mut old: Vec<(Pod, bool)> = Vec::new();
-    let mut unavailable_nodes = 0i32;
-    for node in &nodes {
-        let node_name = node.metadata.name.clone().unwrap_or_default();
-        let pods = by_node.remove(&node_name).unwrap_or_default();
-        let run = should_run(&pod_spec, node);
+/// The numbers of a DaemonSet's status.
+#[derive(Default)]
+struct Counts {
+    desired: i32,
+    current: i32,
+    misscheduled: i32,
+    ready: i32,
+    available: i32,
+    updated: i32,
+}
+
+impl Counts {
+    fn status(&self, generation: Option<i64>) -> serde_json::Value {
+        json!({
+            "desiredNumberScheduled": self.desired,
+            "currentNumberScheduled": self.current,
+            "numberMisscheduled": self.misscheduled,
+            "numberReady": self.ready,
+            "numberAvailable": self.available,
+            "numberUnavailable": (self.desired - self.available).max(0),
+            "updatedNumberScheduled": self.updated,
+            "observedGeneration": generation,
+        })
+    }
+}
+
+/// What one sync does to the DaemonSet's pods, node by node, and what its status counts.
+#[derive(Default)]
+struct Plan {
+    /// Nodes that need a daemon.
+    to_create: Vec<String>,
+    to_delete: Vec<Pod>,
+    /// Nodes whose (single, live) pod is of an old template: (pod, available?).
+    old: Vec<(Pod, bool)>,
+    unavailable_nodes: i32,
+    counts: Counts,
+}
+
+impl Plan {
+    /// One daemon on `node` if it should run one (the oldest live pod kept), none otherwise.
+    fn place(&mut self, daemon: &Daemon, node: &Node, node_name: String, pods: Vec<Pod>) {
+        let run = should_run(&daemon.pod_spec, node);
         let mut live: Vec<Pod> = Vec::new();
         for pod in &pods {
             if pod.metadata.deletion_timestamp.is_some() {
@@ -327,142 +421,96 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
             }
             if is_failed(pod) && run {
                 // A failed daemon is replaced (once it is gone).
-                to_delete.push(pod.clone());
+                self.to_delete.push(pod.clone());
                 continue;
             }
             live.push(pod.clone());
         }
         if !run {
             if !live.is_empty() {
-                misscheduled += 1;
+                self.counts.misscheduled += 1;
             }
-            to_delete.extend(live);
-            continue;
+            self.to_delete.extend(live);
+            return;
         }
-        desired += 1;
+        self.counts.desired += 1;
         if pods.is_empty() {
-            to_create.push(node_name);
-            unavailable_nodes += 1;
-            continue;
+            self.to_create.push(node_name);
+            self.unavailable_nodes += 1;
+            return;
         }
         if live.is_empty() {
             // Only terminating (or failed) pods: wait for them to go before replacing.
-            unavailable_nodes += 1;
-            continue;
+            self.unavailable_nodes += 1;
+            return;
         }
         // One daemon a node: keep the oldest.
         let keep = live.remove(0);
-        to_delete.extend(live);
-        current += 1;
-        let is_ready = runtime::is_pod_ready(&keep);
-        let is_available = runtime::is_pod_available(&keep, min_ready, &now);
+        self.to_delete.extend(live);
+        self.count_kept(daemon, keep);
+    }
+
+    fn count_kept(&mut self, daemon: &Daemon, keep: Pod) {
+        self.counts.current += 1;
+        let is_ready = pod_state::is_pod_ready(&keep);
+        let is_available = pod_state::is_pod_available(&keep, daemon.min_ready, &daemon.now);
         if is_ready {
-            ready += 1;
+            self.counts.ready += 1;
         }
         if is_available {
-            available += 1;
+            self.counts.available += 1;
         } else {
-            unavailable_nodes += 1;
+            self.unavailable_nodes += 1;
         }
-        if pod_hash(&keep) == Some(hash.as_str()) {
-            updated += 1;
+        if pod_hash(&keep) == Some(daemon.hash.as_str()) {
+            self.counts.updated += 1;
         } else {
-            old.push((keep, is_available));
+            self.old.push((keep, is_available));
         }
     }
-    // Pods on nodes that no longer exist: no kubelet will confirm their deletion, so they go
-    // at once (what kube's pod garbage collector does for them).
-    let orphaned: Vec<Pod> = by_node.into_values().flatten().collect();
 
-    // Rolling update: unavailable old pods go at once, available ones within the budget.
-    let strategy = spec.update_strategy.as_ref();
-    let rolling = strategy
-        .and_then(|s| s.type_.as_deref())
-        .is_none_or(|t| t == "RollingUpdate");
-    if rolling && !old.is_empty() {
+    /// Rolling update: unavailable old pods go at once, available ones within the budget.
+    fn roll(&mut self, strategy: Option<&DaemonSetUpdateStrategy>) {
+        let rolling = strategy
+            .and_then(|s| s.type_.as_deref())
+            .is_none_or(|t| t == "RollingUpdate");
+        if !rolling || self.old.is_empty() {
+            return;
+        }
         let max_unavailable = strategy
             .and_then(|s| s.rolling_update.as_ref())
             .and_then(|r| r.max_unavailable.as_ref())
-            .map(|v| scaled(v, desired))
+            .map(|v| scaled(v, self.counts.desired))
             .unwrap_or(1)
             .max(1);
-        let mut budget = max_unavailable - unavailable_nodes;
-        for (pod, is_available) in old {
+        let mut budget = max_unavailable - self.unavailable_nodes;
+        for (pod, is_available) in std::mem::take(&mut self.old) {
             if !is_available {
-                to_delete.push(pod);
+                self.to_delete.push(pod);
             } else if budget > 0 {
                 budget -= 1;
-                to_delete.push(pod);
+                self.to_delete.push(pod);
             }
         }
     }
+}
 
-    for node in &to_create {
-        create_pod(&ctx, &ds, &pod_spec, &hash, node).await?;
-    }
-    let force = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    let deletions = to_delete
-        .iter()
-        .map(|p| (p, DeleteParams::default()))
-        .chain(orphaned.iter().map(|p| (p, force.clone())));
-    for (pod, params) in deletions {
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        match pods_api.delete(&pod_name, &params).await {
-            Ok(_) => {
-                ctx.recorder
-                    .normal(
-                        ds.as_ref(),
-                        "SuccessfulDelete",
-                        format!("Deleted pod: {pod_name}"),
-                    )
-                    .await;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-
-    let status = json!({
-        "desiredNumberScheduled": desired,
-        "currentNumberScheduled": current,
-        "numberMisscheduled": misscheduled,
-        "numberReady": ready,
-        "numberAvailable": available,
-        "numberUnavailable": (desired - available).max(0),
-        "updatedNumberScheduled": updated,
-        "observedGeneration": ds.metadata.generation,
-    });
+/// Patch the status when a number in it changed (absent counts as 0).
+async fn write_status(ctx: &Context, ds: &DaemonSet, status: serde_json::Value) -> Result<()> {
     let have = serde_json::to_value(ds.status.clone().unwrap_or_default()).unwrap_or_default();
     let changed = status
         .as_object()
         .into_iter()
         .flatten()
         .any(|(k, v)| have.get(k).unwrap_or(&json!(0)) != v);
-    if changed {
-        let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "status": status })),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+    if !changed {
+        return Ok(());
     }
-    // Ready but not yet available pods become available without any event.
-    if min_ready > 0 && ready > available {
-        return Ok(Action::requeue(Duration::from_secs(
-            u64::try_from(min_ready).unwrap_or(1).max(1),
-        )));
-    }
-    Ok(runtime::done(ds.as_ref(), &ctx))
+    let ns = ds.metadata.namespace.as_deref().unwrap_or_default();
+    let name = ds.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), ns);
+    runtime::merge_status(&api, name, &json!({ "status": status })).await?;
+    Ok(())
 }
 
 /// `maxUnavailable` as a count of `total` (percentages round up, as kube does for it).
@@ -508,7 +556,7 @@ async fn create_pod(
             labels: Some(labels),
             annotations: template_meta.annotations,
             finalizers: template_meta.finalizers,
-            owner_references: Some(vec![runtime::controller_ref(ds)]),
+            owner_references: Some(vec![owners::controller_ref(ds)]),
             ..Default::default()
         },
         spec: Some(spec),

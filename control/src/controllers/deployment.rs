@@ -4,11 +4,10 @@
 //! and Recreate rollouts; proportional scaling while paused or mid-rollout; history pruning;
 //! status with the Available and Progressing conditions `kubectl rollout status` reads.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -22,8 +21,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
+use super::owners;
+use crate::runtime::{self, Context, Error, Result};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const REVISION_HISTORY: &str = "deployment.kubernetes.io/revision-history";
@@ -57,10 +56,12 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                 let d_store = d_store.clone();
                 move |rs: Arc<ReplicaSet>| deployments_for_rs(&rs, &d_store)
             })
-            .reconcile_on(vanished_replica_sets(
+            // Deletions are not broadcast to shared-informer subscribers.
+            .reconcile_on(owners::vanished_children(
                 informers.replica_sets.store(),
                 d_store,
                 seen.clone(),
+                POLL,
             ));
     let reconcile = move |d: Arc<Deployment>, ctx: Arc<Context>| {
         let seen = seen.clone();
@@ -71,75 +72,42 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 
 /// How many ReplicaSets each Deployment (`namespace`, `name`) saw in the cache at its last
 /// reconcile.
-type Seen = Arc<Mutex<HashMap<(String, String), usize>>>;
+type Seen = owners::SeenCounts;
 
 /// The Deployments a ReplicaSet event concerns: its controller, or for an orphan every
 /// Deployment of the namespace selecting it.
 fn deployments_for_rs(rs: &ReplicaSet, d_store: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
-    runtime::owners_to_notify(rs, d_store, |d| d.spec.as_ref().map(|s| &s.selector))
-}
-
-/// Deletions are not broadcast to shared-informer subscribers: poll the ReplicaSet cache and
-/// reconcile the Deployments whose number of ReplicaSets differs from what they last saw.
-fn vanished_replica_sets(
-    replica_sets: Store<ReplicaSet>,
-    deployments: Store<Deployment>,
-    seen: Seen,
-) -> impl futures::Stream<Item = ObjectRef<Deployment>> + Send + 'static {
-    futures::stream::unfold((), move |()| {
-        let (replica_sets, deployments, seen) =
-            (replica_sets.clone(), deployments.clone(), seen.clone());
-        async move {
-            tokio::time::sleep(POLL).await;
-            let counts = count_owned(&replica_sets.state(), None);
-            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            let mut changed = Vec::new();
-            seen.retain(|(ns, name), n| {
-                let d = ObjectRef::new(name).within(ns);
-                if deployments.get(&d).is_none() {
-                    return false;
-                }
-                if counts
-                    .get(&(ns.clone(), name.clone()))
-                    .copied()
-                    .unwrap_or(0)
-                    != *n
-                {
-                    changed.push(d);
-                }
-                true
-            });
-            Some((futures::stream::iter(changed), ()))
-        }
-    })
-    .flatten()
-}
-
-/// ReplicaSets per controlling Deployment (`namespace`, `name`), optionally of one namespace.
-fn count_owned(
-    rss: &[Arc<ReplicaSet>],
-    namespace: Option<&str>,
-) -> HashMap<(String, String), usize> {
-    let mut counts: HashMap<(String, String), usize> = HashMap::new();
-    for rs in rss {
-        if namespace.is_some_and(|ns| rs.metadata.namespace.as_deref() != Some(ns)) {
-            continue;
-        }
-        if let Some(owner) = runtime::controller_of(rs.as_ref())
-            && owner.kind == "Deployment"
-        {
-            let key = (
-                rs.metadata.namespace.clone().unwrap_or_default(),
-                owner.name.clone(),
-            );
-            *counts.entry(key).or_default() += 1;
-        }
-    }
-    counts
+    owners::owners_to_notify(rs, d_store, |d| d.spec.as_ref().map(|s| &s.selector))
 }
 
 // ---------------------------------------------------------------------------------------
 // Small helpers on the API types.
+
+/// Sort the replica sets in the order a proportional scale goes through them: largest first,
+/// on ties newer first when adding (`Some("up")`) and older first when removing
+/// (`Some("down")`); `None` when nothing changes.
+fn order_for_scaling(all: &mut [&mut ReplicaSet], to_add: i32) -> Option<&'static str> {
+    let created = |r: &ReplicaSet| r.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    match to_add.cmp(&0) {
+        std::cmp::Ordering::Greater => {
+            all.sort_by(|a, b| {
+                rs_replicas(b)
+                    .cmp(&rs_replicas(a))
+                    .then_with(|| created(b).cmp(&created(a)))
+            });
+            Some("up")
+        }
+        std::cmp::Ordering::Less => {
+            all.sort_by(|a, b| {
+                rs_replicas(b)
+                    .cmp(&rs_replicas(a))
+                    .then_with(|| created(a).cmp(&created(b)))
+            });
+            Some("down")
+        }
+        std::cmp::Ordering::Equal => None,
+    }
+}
 
 fn spec_replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
@@ -451,20 +419,13 @@ impl Sync<'_> {
         let mut out = Vec::new();
         let snapshot = self.ctx.informers.replica_sets.store().state();
         let key = (ns.clone(), self.name());
-        let owned = count_owned(&snapshot, Some(&ns))
-            .get(&key)
-            .copied()
-            .unwrap_or(0);
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, owned);
+        owners::remember_count::<Deployment, _>(&self.seen, &snapshot, &key);
         for rs in snapshot {
             if rs.metadata.namespace.as_deref() != Some(ns.as_str()) {
                 continue;
             }
-            let matches = runtime::selects(Some(selector), rs.metadata.labels.as_ref());
-            match runtime::controller_of(rs.as_ref()) {
+            let matches = owners::selects(Some(selector), rs.metadata.labels.as_ref());
+            match owners::controller_of(rs.as_ref()) {
                 Some(owner) if owner.uid == uid => {
                     if matches {
                         out.push(rs.as_ref().clone());
@@ -490,7 +451,7 @@ impl Sync<'_> {
                         continue;
                     }
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(runtime::controller_ref(&self.d));
+                    refs.push(owners::controller_ref(&self.d));
                     if let Some(adopted) = self.patch_owners(&rs, json!(refs)).await? {
                         out.push(adopted);
                     }
@@ -664,7 +625,7 @@ impl Sync<'_> {
                 namespace: self.d.metadata.namespace.clone(),
                 labels,
                 annotations: Some(annotations),
-                owner_references: Some(vec![runtime::controller_ref(&self.d)]),
+                owner_references: Some(vec![owners::controller_ref(&self.d)]),
                 ..Default::default()
             },
             spec: Some(ReplicaSetSpec {
@@ -705,7 +666,7 @@ impl Sync<'_> {
                 // Ours already (a lagging cache), or a hash collision.
                 let existing = self.rs_api.get(&name).await?;
                 let uid = self.d.metadata.uid.clone().unwrap_or_default();
-                let ours = runtime::controller_of(&existing).is_some_and(|r| r.uid == uid);
+                let ours = owners::controller_of(&existing).is_some_and(|r| r.uid == uid);
                 let same = equal_ignore_hash(
                     existing.spec.as_ref().and_then(|s| s.template.as_ref()),
                     Some(&spec.template),
@@ -924,6 +885,18 @@ impl Sync<'_> {
         if is_recreate(&self.d) {
             return Ok(());
         }
+        self.scale_proportionally(new_rs, old).await
+    }
+
+    /// During a rolling update, spread a change of `replicas` over the active replica sets in
+    /// proportion to their sizes (kube's proportional scaling), the rounding left to the
+    /// first one.
+    async fn scale_proportionally(
+        &mut self,
+        new_rs: &mut Option<ReplicaSet>,
+        old: &mut [ReplicaSet],
+    ) -> Result<()> {
+        let want = spec_replicas(&self.d);
         let surge = max_surge(&self.d)?;
         let mut all: Vec<&mut ReplicaSet> = old
             .iter_mut()
@@ -937,31 +910,7 @@ impl Sync<'_> {
             0
         };
         let to_add = allowed - all_replicas;
-        let op = match to_add.cmp(&0) {
-            std::cmp::Ordering::Greater => {
-                // Largest first, newer first on ties.
-                all.sort_by(|a, b| {
-                    rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| {
-                        let ka = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        let kb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        kb.cmp(&ka)
-                    })
-                });
-                Some("up")
-            }
-            std::cmp::Ordering::Less => {
-                // Largest first, older first on ties.
-                all.sort_by(|a, b| {
-                    rs_replicas(b).cmp(&rs_replicas(a)).then_with(|| {
-                        let ka = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        let kb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-                        ka.cmp(&kb)
-                    })
-                });
-                Some("down")
-            }
-            std::cmp::Ordering::Equal => None,
-        };
+        let op = order_for_scaling(&mut all, to_add);
         let d_status_replicas = self
             .orig
             .status
@@ -1152,7 +1101,7 @@ impl Sync<'_> {
             .iter()
             .any(|p: &Arc<Pod>| {
                 p.metadata.namespace == ns
-                    && runtime::controller_of(p.as_ref())
+                    && owners::controller_of(p.as_ref())
                         .is_some_and(|o| old_uids.contains(&o.uid.as_str()))
                     && !matches!(
                         p.status.as_ref().and_then(|s| s.phase.as_deref()),

@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Result};
+use super::pod_state;
+use crate::runtime::{self, Context, Result};
 
 /// The label kube puts on the Endpoints (and slices) of headless services.
 pub(super) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
@@ -91,10 +91,7 @@ fn spawn_cleanup(ctx: Arc<Context>, eps: Store<Endpoints>, tasks: &mut JoinSet<(
                 return;
             }
             for ep in eps.state() {
-                let (Some(ns), Some(name)) = (
-                    ep.metadata.namespace.as_deref(),
-                    ep.metadata.name.as_deref(),
-                ) else {
+                let Some((ns, name)) = namespaced_name(&ep.metadata) else {
                     continue;
                 };
                 if services.get(&ObjectRef::new(name).within(ns)).is_none() {
@@ -106,10 +103,7 @@ fn spawn_cleanup(ctx: Arc<Context>, eps: Store<Endpoints>, tasks: &mut JoinSet<(
             let (client, services) = (client.clone(), services.clone());
             async move {
                 let Ok(svc) = svc else { return };
-                let (Some(ns), Some(name)) = (
-                    svc.metadata.namespace.as_deref(),
-                    svc.metadata.name.as_deref(),
-                ) else {
+                let Some((ns, name)) = namespaced_name(&svc.metadata) else {
                     return;
                 };
                 // Recreated meanwhile: its own sync owns the Endpoints now.
@@ -136,46 +130,51 @@ async fn delete_endpoints(client: &Client, ns: &str, name: &str) {
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>, eps: Store<Endpoints>) -> Result<Action> {
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
     // Services without a selector have user-managed Endpoints.
-    let Some(selector) = service_selector(&svc) else {
+    let Some(service) = SelectedService::of(&svc) else {
         return Ok(runtime::done(svc.as_ref(), &ctx));
     };
-    let spec = svc.spec.clone().unwrap_or_default();
-    let headless = spec.cluster_ip.as_deref() == Some("None");
-    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
-    let svc_ports = spec.ports.clone().unwrap_or_default();
+    let subsets = subsets(&service, &ctx.informers.pods.store().state());
+    let labels = service.labels();
+    let (ns, name) = (service.ns, service.name);
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
+    let cached = eps.get(&ObjectRef::new(name).within(ns));
+    let current = match cached {
+        Some(ep) => Some(ep.as_ref().clone()),
+        None => api.get_opt(name).await?,
+    };
+    match current {
+        Some(current) => update_endpoints(&api, &service, current, labels, subsets).await?,
+        None => create_endpoints(&api, &service, labels, subsets).await?,
+    }
+    Ok(runtime::done(svc.as_ref(), &ctx))
+}
 
-    // Resolved ports → (ready, not ready) addresses, as RepackSubsets groups them.
+/// The subsets of the service's Endpoints: its pods' addresses grouped by their resolved
+/// ports, ready and not-ready apart, as RepackSubsets leaves them. Terminating pods are left
+/// out (EndpointSlices list them, as terminating).
+fn subsets(service: &SelectedService<'_>, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> {
+    // Resolved ports → (ready, not ready) addresses.
     type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
     let mut groups: BTreeMap<Vec<PortKey>, Group> = BTreeMap::new();
-    for pod in ctx.informers.pods.store().state() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str())
-            || !labels_match(selector, pod.metadata.labels.as_ref())
-            || pod.metadata.deletion_timestamp.is_some()
-            || is_pod_terminal(&pod)
-        {
+    for (pod, ip, ports) in service.endpoint_pods(pods) {
+        if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(ip) = pod_ip(&pod) else { continue };
-        let Some(ports) = resolved_ports(&pod, &svc_ports, headless) else {
-            continue;
-        };
         let address = EndpointAddress {
             ip: ip.to_string(),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            hostname: pod_hostname(&pod, &name),
-            target_ref: Some(pod_reference(&pod)),
+            hostname: pod_hostname(pod, service.name),
+            target_ref: Some(pod_reference(pod)),
         };
         let group = groups.entry(ports).or_default();
-        if publish_not_ready || runtime::is_pod_ready(&pod) {
+        if service.publish_not_ready || pod_state::is_pod_ready(pod) {
             group.0.push(address);
         } else {
             group.1.push(address);
         }
     }
-    let subsets: Vec<EndpointSubset> = groups
+    groups
         .into_iter()
         .map(|(ports, (mut ready, mut not_ready))| {
             ready.sort_by(|a, b| a.ip.cmp(&b.ip));
@@ -187,58 +186,127 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>, eps: Store<Endpoints>) 
                     .then(|| ports.into_iter().map(PortKey::into_endpoint_port).collect()),
             }
         })
-        .collect();
-    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-    if headless {
-        labels.insert(HEADLESS_LABEL.to_string(), String::new());
-    } else {
-        labels.remove(HEADLESS_LABEL);
-    }
+        .collect()
+}
 
-    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &ns);
-    let cached = eps.get(&ObjectRef::new(&name).within(&ns));
-    let current = match cached {
-        Some(ep) => Some(ep.as_ref().clone()),
-        None => api.get_opt(&name).await?,
-    };
-    match current {
-        Some(current) => {
-            let same_labels = current.metadata.labels.clone().unwrap_or_default() == labels;
-            if same_labels && normalized(&current.subsets) == normalized(&Some(subsets.clone())) {
-                return Ok(runtime::done(svc.as_ref(), &ctx));
-            }
-            let mut updated = current;
-            updated.metadata.labels = Some(labels);
-            updated.subsets = Some(subsets);
-            // Optimistic concurrency: a stale cache ends in a 409 and a quick retry.
-            api.replace(&name, &PostParams::default(), &updated).await?;
-            tracing::debug!(namespace = %ns, service = %name, "updated endpoints");
-        }
-        None => {
-            let ep = Endpoints {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    ..Default::default()
-                },
-                subsets: Some(subsets),
-            };
-            match api.create(&PostParams::default(), &ep).await {
-                Ok(_) => tracing::debug!(namespace = %ns, service = %name, "created endpoints"),
-                // Made meanwhile (the cache lags): the watch brings us back to update it.
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    return Err(runtime::Error::other("endpoints appeared meanwhile"));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+/// Replace `current` when its labels or subsets differ from what they should be.
+async fn update_endpoints(
+    api: &Api<Endpoints>,
+    service: &SelectedService<'_>,
+    current: Endpoints,
+    labels: BTreeMap<String, String>,
+    subsets: Vec<EndpointSubset>,
+) -> Result<()> {
+    let same_labels = current.metadata.labels.clone().unwrap_or_default() == labels;
+    if same_labels && normalized(&current.subsets) == normalized(&Some(subsets.clone())) {
+        return Ok(());
     }
-    Ok(runtime::done(svc.as_ref(), &ctx))
+    let mut updated = current;
+    updated.metadata.labels = Some(labels);
+    updated.subsets = Some(subsets);
+    // Optimistic concurrency: a stale cache ends in a 409 and a quick retry.
+    api.replace(service.name, &PostParams::default(), &updated)
+        .await?;
+    tracing::debug!(namespace = %service.ns, service = %service.name, "updated endpoints");
+    Ok(())
+}
+
+async fn create_endpoints(
+    api: &Api<Endpoints>,
+    service: &SelectedService<'_>,
+    labels: BTreeMap<String, String>,
+    subsets: Vec<EndpointSubset>,
+) -> Result<()> {
+    let ep = Endpoints {
+        metadata: ObjectMeta {
+            name: Some(service.name.to_string()),
+            namespace: Some(service.ns.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        subsets: Some(subsets),
+    };
+    match api.create(&PostParams::default(), &ep).await {
+        Ok(_) => {
+            tracing::debug!(namespace = %service.ns, service = %service.name, "created endpoints");
+            Ok(())
+        }
+        // Made meanwhile (the cache lags): the watch brings us back to update it.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            Err(runtime::Error::other("endpoints appeared meanwhile"))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers (endpoints, endpoint slices, workload controllers).
+
+/// A Service with a selector as the endpoint controllers read it.
+pub(super) struct SelectedService<'a> {
+    pub svc: &'a Service,
+    pub ns: &'a str,
+    pub name: &'a str,
+    pub selector: &'a BTreeMap<String, String>,
+    /// `clusterIP: None`: endpoints carry the headless label, and port-less services count.
+    pub headless: bool,
+    /// `publishNotReadyAddresses`: every endpoint counts as ready.
+    pub publish_not_ready: bool,
+    pub ports: &'a [ServicePort],
+}
+
+impl<'a> SelectedService<'a> {
+    /// `None` for a service without a (non-empty) selector, whose endpoints are not ours.
+    pub fn of(svc: &'a Service) -> Option<SelectedService<'a>> {
+        let selector = service_selector(svc)?;
+        let spec = svc.spec.as_ref();
+        Some(SelectedService {
+            svc,
+            ns: svc.metadata.namespace.as_deref().unwrap_or_default(),
+            name: svc.metadata.name.as_deref().unwrap_or_default(),
+            selector,
+            headless: spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None"),
+            publish_not_ready: spec.and_then(|s| s.publish_not_ready_addresses) == Some(true),
+            ports: spec.and_then(|s| s.ports.as_deref()).unwrap_or_default(),
+        })
+    }
+
+    /// The pods this service selects that can be endpoints (not finished, with an IPv4
+    /// address, serving its ports), with that address and their resolved ports.
+    pub fn endpoint_pods<'p>(
+        &'p self,
+        pods: &'p [Arc<Pod>],
+    ) -> impl Iterator<Item = (&'p Pod, &'p str, Vec<PortKey>)> + 'p {
+        pods.iter()
+            .map(Arc::as_ref)
+            .filter(|pod| {
+                pod.metadata.namespace.as_deref() == Some(self.ns)
+                    && labels_match(self.selector, pod.metadata.labels.as_ref())
+                    && !is_pod_terminal(pod)
+            })
+            .filter_map(|pod| {
+                let ip = pod_ip(pod)?;
+                let ports = resolved_ports(pod, self.ports, self.headless)?;
+                Some((pod, ip, ports))
+            })
+    }
+
+    /// The labels of the endpoints: the service's own, with the headless label when it is.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.svc.metadata.labels.clone().unwrap_or_default();
+        if self.headless {
+            labels.insert(HEADLESS_LABEL.to_string(), String::new());
+        } else {
+            labels.remove(HEADLESS_LABEL);
+        }
+        labels
+    }
+}
+
+/// The namespace and name of an object, when it has both.
+pub(super) fn namespaced_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
+    Some((meta.namespace.as_deref()?, meta.name.as_deref()?))
+}
 
 /// A resolved service port, sortable so pods can be grouped by their port sets.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -476,7 +544,7 @@ fn endpoint_fingerprint(pod: &Pod) -> u64 {
         pod.metadata.deletion_timestamp.is_some(),
         status.and_then(|s| s.phase.as_deref()),
         status.map(|s| (&s.pod_ip, &s.pod_ips)),
-        runtime::is_pod_ready(pod),
+        pod_state::is_pod_ready(pod),
         spec.map(|s| (&s.node_name, &s.hostname, &s.subdomain)),
         ports,
     ))
@@ -505,7 +573,7 @@ pub(super) fn selecting_services(
 /// `watches_stream` mappers take. They arrive after the informer's cache has dropped the
 /// object, so a reconcile they trigger does not see it still there.
 pub(super) fn deletions<K>(
-    informer: &super::Informer<K>,
+    informer: &crate::runtime::Informer<K>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,

@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::Controller;
@@ -19,12 +20,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinSet;
 
-use super::Context;
 use super::endpoints::{
-    HEADLESS_LABEL, PodTracker, PortKey, WORKERS, deletions, is_pod_terminal, labels_match,
-    normalized, pod_hostname, pod_ip, pod_reference, resolved_ports, service_selector,
+    PodTracker, PortKey, SelectedService, WORKERS, deletions, namespaced_name, normalized,
+    pod_hostname, pod_reference,
 };
-use super::runtime::{self, Result};
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Result};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -115,6 +116,50 @@ impl SliceIndex {
             .unwrap_or_default()
     }
 
+    /// The service's IPv4 slices in the cache, sorted by name: looked up by the names
+    /// recorded (forgetting those the cache no longer has), or found by a full scan, whose
+    /// result is recorded, when none are.
+    fn cached_slices(
+        &self,
+        cache: &Store<EndpointSlice>,
+        key: &str,
+        ns: &str,
+        name: &str,
+    ) -> Vec<Arc<EndpointSlice>> {
+        let known = self.slices(key);
+        let candidates: Vec<Arc<EndpointSlice>> = if known.is_empty() {
+            cache.state()
+        } else {
+            known
+                .iter()
+                .filter_map(|n| {
+                    let slice = cache.get(&ObjectRef::new(n).within(ns));
+                    if slice.is_none() {
+                        self.remove(key, n);
+                    }
+                    slice
+                })
+                .collect()
+        };
+        let mut v: Vec<_> = candidates
+            .into_iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(ns)
+                    && managed(&s.metadata) == Some(name)
+                    && s.address_type == "IPv4"
+            })
+            .collect();
+        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        if known.is_empty() {
+            for slice in &v {
+                if let Some(n) = slice.metadata.name.as_deref() {
+                    self.add(key, n);
+                }
+            }
+        }
+        v
+    }
+
     /// Record a slice event; the service it belongs to.
     fn observe(&self, meta: &ObjectMeta, deleted: bool) -> Option<ObjectRef<Service>> {
         let svc = service_of_slice(meta)?;
@@ -181,10 +226,7 @@ fn spawn_cleanup(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
                 let ctx = ctx.clone();
                 async move {
                     let Ok(svc) = svc else { return };
-                    let (Some(ns), Some(name)) = (
-                        svc.metadata.namespace.as_deref(),
-                        svc.metadata.name.as_deref(),
-                    ) else {
+                    let Some((ns, name)) = namespaced_name(&svc.metadata) else {
                         return;
                     };
                     let uid = svc.metadata.uid.as_deref();
@@ -229,43 +271,10 @@ async fn reconcile(
     if !expectations.satisfied(&key, &cache, &ns) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    let existing: Vec<Arc<EndpointSlice>> = {
-        let known = index.slices(&key);
-        let candidates: Vec<Arc<EndpointSlice>> = if known.is_empty() {
-            cache.state()
-        } else {
-            known
-                .iter()
-                .filter_map(|n| {
-                    let slice = cache.get(&ObjectRef::new(n).within(&ns));
-                    if slice.is_none() {
-                        index.remove(&key, n);
-                    }
-                    slice
-                })
-                .collect()
-        };
-        let mut v: Vec<_> = candidates
-            .into_iter()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && managed(&s.metadata) == Some(name.as_str())
-                    && s.address_type == "IPv4"
-            })
-            .collect();
-        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        if known.is_empty() {
-            for slice in &v {
-                if let Some(n) = slice.metadata.name.as_deref() {
-                    index.add(&key, n);
-                }
-            }
-        }
-        v
-    };
+    let existing = index.cached_slices(&cache, &key, &ns, &name);
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
 
-    let Some(selector) = service_selector(&svc) else {
+    let Some(service) = SelectedService::of(&svc) else {
         // No selector (any more): slices are somebody else's business, ours go.
         for slice in &existing {
             delete_slice(&api, slice, &key, &expectations).await?;
@@ -275,61 +284,96 @@ async fn reconcile(
     if svc.metadata.deletion_timestamp.is_some() {
         return Ok(runtime::done(svc.as_ref(), &ctx));
     }
-    let spec = svc.spec.clone().unwrap_or_default();
-    let headless = spec.cluster_ip.as_deref() == Some("None");
-    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
-    let svc_ports = spec.ports.clone().unwrap_or_default();
-    let nodes = ctx.informers.nodes.store();
+    let desired = desired_endpoints(
+        &service,
+        &ctx.informers.pods.store().state(),
+        &ctx.informers.nodes.store(),
+    );
+    let (to_write, to_delete) = plan_slices(desired, &existing);
+    let writer = SliceWriter {
+        api: &api,
+        service: &service,
+        labels: slice_labels(&service),
+        key: &key,
+        expectations: &expectations,
+        index: &index,
+    };
+    for (current, ports, endpoints) in to_write {
+        writer.write(current, ports, endpoints).await?;
+    }
+    for slice in &to_delete {
+        delete_slice(&api, slice, &key, &expectations).await?;
+    }
+    Ok(runtime::done(svc.as_ref(), &ctx))
+}
 
-    // Port set → pod uid → endpoint.
-    let mut desired: BTreeMap<Vec<PortKey>, BTreeMap<String, Endpoint>> = BTreeMap::new();
-    for pod in ctx.informers.pods.store().state() {
-        if pod.metadata.namespace.as_deref() != Some(ns.as_str())
-            || !labels_match(selector, pod.metadata.labels.as_ref())
-            || is_pod_terminal(&pod)
-        {
-            continue;
-        }
-        let Some(ip) = pod_ip(&pod) else { continue };
-        let Some(ports) = resolved_ports(&pod, &svc_ports, headless) else {
-            continue;
-        };
-        let serving = runtime::is_pod_ready(&pod);
-        let terminating = pod.metadata.deletion_timestamp.is_some();
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let zone = node_name
-            .as_deref()
-            .and_then(|n| nodes.get(&ObjectRef::<Node>::new(n)))
-            .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
-        let endpoint = Endpoint {
-            addresses: vec![ip.to_string()],
-            conditions: Some(EndpointConditions {
-                ready: Some(publish_not_ready || (serving && !terminating)),
-                serving: Some(serving),
-                terminating: Some(terminating),
-            }),
-            hostname: pod_hostname(&pod, &name),
-            node_name,
-            target_ref: Some(pod_reference(&pod)),
-            zone,
-            ..Default::default()
-        };
+/// Port set → pod uid → endpoint.
+type Desired = BTreeMap<Vec<PortKey>, BTreeMap<String, Endpoint>>;
+
+/// The endpoints the service's slices should hold, by port set and pod.
+fn desired_endpoints(
+    service: &SelectedService<'_>,
+    pods: &[Arc<Pod>],
+    nodes: &Store<Node>,
+) -> Desired {
+    let mut desired = Desired::new();
+    for (pod, ip, ports) in service.endpoint_pods(pods) {
+        let endpoint = pod_endpoint(service, pod, ip, nodes);
         let uid = pod.metadata.uid.clone().unwrap_or_else(|| ip.to_string());
         desired.entry(ports).or_default().insert(uid, endpoint);
     }
+    desired
+}
 
-    let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-    if headless {
-        labels.insert(HEADLESS_LABEL.to_string(), String::new());
-    } else {
-        labels.remove(HEADLESS_LABEL);
+/// A pod as an endpoint: a terminating pod stays listed (for connection draining) but is not
+/// ready, unless the service publishes not-ready addresses.
+fn pod_endpoint(
+    service: &SelectedService<'_>,
+    pod: &Pod,
+    ip: &str,
+    nodes: &Store<Node>,
+) -> Endpoint {
+    let serving = pod_state::is_pod_ready(pod);
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let zone = node_name
+        .as_deref()
+        .and_then(|n| nodes.get(&ObjectRef::<Node>::new(n)))
+        .and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned());
+    Endpoint {
+        addresses: vec![ip.to_string()],
+        conditions: Some(EndpointConditions {
+            ready: Some(service.publish_not_ready || (serving && !terminating)),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
+        hostname: pod_hostname(pod, service.name),
+        node_name,
+        target_ref: Some(pod_reference(pod)),
+        zone,
+        ..Default::default()
     }
-    labels.insert(SERVICE_NAME_LABEL.to_string(), name.clone());
-    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+}
 
+/// The service's labels (headless or not), the service name and this controller.
+fn slice_labels(service: &SelectedService<'_>) -> BTreeMap<String, String> {
+    let mut labels = service.labels();
+    labels.insert(SERVICE_NAME_LABEL.to_string(), service.name.to_string());
+    labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());
+    labels
+}
+
+/// Which slices to write and which to delete so that the service's slices hold `desired`:
+/// per port set, endpoints stay in the slice they are in, new ones fill the room left, then
+/// new slices of at most 100; slices left empty go, except that a service without endpoints
+/// keeps one empty placeholder slice.
+fn plan_slices(
+    mut desired: Desired,
+    existing: &[Arc<EndpointSlice>],
+) -> (Vec<SliceWrite>, Vec<Arc<EndpointSlice>>) {
     // Existing slices by their port set.
     let mut by_ports: BTreeMap<Vec<PortKey>, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
-    for slice in &existing {
+    for slice in existing {
         by_ports
             .entry(slice_port_keys(slice))
             .or_default()
@@ -347,25 +391,32 @@ async fn reconcile(
     let mut to_write: Vec<SliceWrite> = Vec::new();
     let mut to_delete: Vec<Arc<EndpointSlice>> = Vec::new();
     let placeholder = desired.values().all(BTreeMap::is_empty);
-    for (ports, mut want) in desired {
-        let mut kept: Vec<(Arc<EndpointSlice>, Vec<Endpoint>)> = Vec::new();
-        for slice in by_ports.remove(&ports).unwrap_or_default() {
-            let mut eps = Vec::new();
-            for ep in &slice.endpoints {
-                let uid = ep
-                    .target_ref
-                    .as_ref()
-                    .and_then(|r| r.uid.clone())
-                    .or_else(|| ep.addresses.first().cloned())
-                    .unwrap_or_default();
-                if eps.len() < MAX_ENDPOINTS_PER_SLICE
-                    && let Some(new) = want.remove(&uid)
-                {
-                    eps.push(new);
-                }
-            }
-            kept.push((slice, eps));
-        }
+    for (ports, want) in desired {
+        let slices = by_ports.remove(&ports).unwrap_or_default();
+        let port_set = PortSetPlan { ports, placeholder };
+        port_set.plan(want, slices, &mut to_write, &mut to_delete);
+    }
+    to_delete.extend(by_ports.into_values().flatten());
+    (to_write, to_delete)
+}
+
+/// Planning the slices of one port set.
+struct PortSetPlan {
+    ports: Vec<PortKey>,
+    /// The service has no endpoints at all, and keeps one empty slice.
+    placeholder: bool,
+}
+
+impl PortSetPlan {
+    /// Put the endpoints `want` into `slices` (this port set's existing slices) and new ones.
+    fn plan(
+        &self,
+        mut want: BTreeMap<String, Endpoint>,
+        slices: Vec<Arc<EndpointSlice>>,
+        to_write: &mut Vec<SliceWrite>,
+        to_delete: &mut Vec<Arc<EndpointSlice>>,
+    ) {
+        let mut kept = keep_in_place(slices, &mut want);
         let mut rest = want.into_values();
         for (_, eps) in kept.iter_mut() {
             while eps.len() < MAX_ENDPOINTS_PER_SLICE {
@@ -380,29 +431,74 @@ async fn reconcile(
         for (slice, eps) in kept {
             // An empty slice goes, unless it is the one placeholder a service without
             // endpoints keeps.
-            let keep_as_placeholder = placeholder && !placeholder_kept;
+            let keep_as_placeholder = self.placeholder && !placeholder_kept;
             if eps.is_empty() && !keep_as_placeholder {
                 to_delete.push(slice);
                 continue;
             }
-            let ports = if placeholder {
+            let ports = if self.placeholder {
                 Vec::new()
             } else {
-                ports.clone()
+                self.ports.clone()
             };
             placeholder_kept = true;
             to_write.push((Some(slice), ports, eps));
         }
         for chunk in rest.chunks(MAX_ENDPOINTS_PER_SLICE) {
-            to_write.push((None, ports.clone(), chunk.to_vec()));
+            to_write.push((None, self.ports.clone(), chunk.to_vec()));
         }
-        if placeholder && !placeholder_kept {
+        if self.placeholder && !placeholder_kept {
             to_write.push((None, Vec::new(), Vec::new()));
         }
     }
-    to_delete.extend(by_ports.into_values().flatten());
+}
 
-    for (current, ports, endpoints) in to_write {
+/// The existing slices with the wanted endpoints they already hold (updated), taken out of
+/// `want`; at most 100 a slice.
+fn keep_in_place(
+    slices: Vec<Arc<EndpointSlice>>,
+    want: &mut BTreeMap<String, Endpoint>,
+) -> Vec<(Arc<EndpointSlice>, Vec<Endpoint>)> {
+    let mut kept = Vec::new();
+    for slice in slices {
+        let mut eps = Vec::new();
+        for ep in &slice.endpoints {
+            let uid = ep
+                .target_ref
+                .as_ref()
+                .and_then(|r| r.uid.clone())
+                .or_else(|| ep.addresses.first().cloned())
+                .unwrap_or_default();
+            if eps.len() < MAX_ENDPOINTS_PER_SLICE
+                && let Some(new) = want.remove(&uid)
+            {
+                eps.push(new);
+            }
+        }
+        kept.push((slice, eps));
+    }
+    kept
+}
+
+/// Writes the planned slices of one service.
+struct SliceWriter<'a> {
+    api: &'a Api<EndpointSlice>,
+    service: &'a SelectedService<'a>,
+    labels: BTreeMap<String, String>,
+    /// The service's `namespace/name`.
+    key: &'a str,
+    expectations: &'a Expectations,
+    index: &'a SliceIndex,
+}
+
+impl SliceWriter<'_> {
+    /// Update `current` (if it differs) or create a slice.
+    async fn write(
+        &self,
+        current: Option<Arc<EndpointSlice>>,
+        ports: Vec<PortKey>,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<()> {
         let ports: Vec<EndpointPort> = ports
             .into_iter()
             .map(|p| EndpointPort {
@@ -412,56 +508,70 @@ async fn reconcile(
                 app_protocol: p.app_protocol,
             })
             .collect();
-        let owner = runtime::controller_ref(svc.as_ref());
+        let owner = owners::controller_ref(self.service.svc);
         match current {
-            Some(current) => {
-                let owned = current
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|r| r.uid == owner.uid);
-                let unchanged = owned
-                    && current.metadata.labels.as_ref() == Some(&labels)
-                    && normalized(&current.endpoints) == normalized(&endpoints)
-                    && normalized(&current.ports) == normalized(&ports);
-                if unchanged {
-                    continue;
-                }
-                let mut updated = current.as_ref().clone();
-                updated.metadata.labels = Some(labels.clone());
-                updated.metadata.owner_references = Some(vec![owner]);
-                updated.endpoints = endpoints;
-                updated.ports = Some(ports);
-                let slice_name = updated.metadata.name.clone().unwrap_or_default();
-                api.replace(&slice_name, &PostParams::default(), &updated)
-                    .await?;
-            }
-            None => {
-                let slice = EndpointSlice {
-                    metadata: ObjectMeta {
-                        generate_name: Some(format!("{}-", truncate(&name, 57))),
-                        namespace: Some(ns.clone()),
-                        labels: Some(labels.clone()),
-                        owner_references: Some(vec![owner]),
-                        ..Default::default()
-                    },
-                    address_type: "IPv4".to_string(),
-                    endpoints,
-                    ports: Some(ports),
-                };
-                let created = api.create(&PostParams::default(), &slice).await?;
-                if let Some(n) = created.metadata.name.as_deref() {
-                    expectations.expect(&key, n, true);
-                    index.add(&key, n);
-                }
-            }
+            Some(current) => self.update(&current, owner, ports, endpoints).await,
+            None => self.create(owner, ports, endpoints).await,
         }
     }
-    for slice in &to_delete {
-        delete_slice(&api, slice, &key, &expectations).await?;
+
+    async fn update(
+        &self,
+        current: &EndpointSlice,
+        owner: OwnerReference,
+        ports: Vec<EndpointPort>,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<()> {
+        let owned = current
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == owner.uid);
+        let unchanged = owned
+            && current.metadata.labels.as_ref() == Some(&self.labels)
+            && normalized(&current.endpoints) == normalized(&endpoints)
+            && normalized(&current.ports) == normalized(&ports);
+        if unchanged {
+            return Ok(());
+        }
+        let mut updated = current.clone();
+        updated.metadata.labels = Some(self.labels.clone());
+        updated.metadata.owner_references = Some(vec![owner]);
+        updated.endpoints = endpoints;
+        updated.ports = Some(ports);
+        let slice_name = updated.metadata.name.clone().unwrap_or_default();
+        self.api
+            .replace(&slice_name, &PostParams::default(), &updated)
+            .await?;
+        Ok(())
     }
-    Ok(runtime::done(svc.as_ref(), &ctx))
+
+    async fn create(
+        &self,
+        owner: OwnerReference,
+        ports: Vec<EndpointPort>,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<()> {
+        let slice = EndpointSlice {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", truncate(self.service.name, 57))),
+                namespace: Some(self.service.ns.to_string()),
+                labels: Some(self.labels.clone()),
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            address_type: "IPv4".to_string(),
+            endpoints,
+            ports: Some(ports),
+        };
+        let created = self.api.create(&PostParams::default(), &slice).await?;
+        if let Some(n) = created.metadata.name.as_deref() {
+            self.expectations.expect(self.key, n, true);
+            self.index.add(self.key, n);
+        }
+        Ok(())
+    }
 }
 
 async fn delete_slice(

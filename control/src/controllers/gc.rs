@@ -29,9 +29,8 @@ use kube::{Client, Resource};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
-use crate::apiserver::resources::{RESOURCES, ResourceInfo};
+use crate::api_resources::{RESOURCES, ResourceInfo};
+use crate::runtime::{self, Context, Error, Result};
 
 const TICK: Duration = Duration::from_secs(1);
 /// Kinds without an informer are listed every this many sweeps.

@@ -10,19 +10,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::batch::v1::{Job, JobCondition};
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::Context;
 use super::endpoints::deletions;
-use super::runtime::{self, Result};
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Result};
 use skiff_common::selector::selector_string;
 
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
@@ -121,7 +121,6 @@ fn condition(type_: &str, reason: &str, message: &str, now: &Time) -> JobConditi
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>, clock: Arc<FailureClock>) -> Result<Action> {
     let ns = job.metadata.namespace.clone().unwrap_or_default();
-    let name = job.metadata.name.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let finished = has_condition(&job, "Complete") || has_condition(&job, "Failed");
     if job.metadata.deletion_timestamp.is_some() {
@@ -130,22 +129,8 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>, clock: Arc<FailureClock>) -
     let Some(spec) = job.spec.as_ref() else {
         return Ok(runtime::done(job.as_ref(), &ctx));
     };
-    let Some(selector) = spec.selector.as_ref() else {
+    let Some(selector) = pod_selector(&job, spec) else {
         return Ok(runtime::done(job.as_ref(), &ctx));
-    };
-    // A selector kube cannot convert selects nothing: listing without the requirement we
-    // cannot express would adopt and count pods that are not the job's.
-    let selector = match selector_string(selector) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(
-                job = %name,
-                namespace = %ns,
-                error = %e,
-                "invalid selector; not syncing"
-            );
-            return Ok(runtime::done(job.as_ref(), &ctx));
-        }
     };
     let now = runtime::now();
 
@@ -156,198 +141,276 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>, clock: Arc<FailureClock>) -
         .await?
         .items
         .into_iter()
-        .filter(|p| runtime::controller_of(p).map(|r| r.uid.as_str()) == Some(uid.as_str()))
+        .filter(|p| owners::controller_of(p).map(|r| r.uid.as_str()) == Some(uid.as_str()))
         .collect();
-    let succeeded = pods
-        .iter()
-        .filter(|p| phase(p) == Some("Succeeded"))
-        .count() as i32;
-    let failed = pods.iter().filter(|p| phase(p) == Some("Failed")).count() as i32;
-    let active: Vec<&Pod> = pods.iter().filter(|p| runtime::is_pod_active(p)).collect();
-    let ready = active.iter().filter(|p| runtime::is_pod_ready(p)).count() as i32;
-    let terminating = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_some() && !is_terminal(p))
-        .count() as i32;
+    let counts = PodCounts::of(&pods);
 
     let status = job.status.clone().unwrap_or_default();
-    let suspended = spec.suspend == Some(true);
-    let mut conditions = status.conditions.clone().unwrap_or_default();
-    let mut start_time = status.start_time.clone();
-    let mut completion_time = status.completion_time.clone();
-    let mut delete_active = false;
-    let mut to_create = 0i32;
-    let mut requeue: Option<Duration> = None;
-
+    let mut decision = Decision::from_status(&status);
     if !finished {
-        if start_time.is_none() && !suspended {
-            start_time = Some(now.clone());
-        }
-        let parallelism = spec.parallelism.unwrap_or(1).max(0);
-        let backoff_limit = spec.backoff_limit.unwrap_or(6);
-        let deadline = spec.active_deadline_seconds.and_then(|secs| {
-            let start = start_time.as_ref()?;
-            Some(start.0.as_second().saturating_add(secs) - now.0.as_second())
-        });
-        let complete = match spec.completions {
-            Some(c) => succeeded >= c,
-            None => succeeded > 0 && active.is_empty(),
-        };
-        if complete {
-            conditions.push(condition(
-                "SuccessCriteriaMet",
-                "CompletionsReached",
-                "Reached expected number of succeeded pods",
-                &now,
-            ));
-            conditions.push(condition(
-                "Complete",
-                "CompletionsReached",
-                "Reached expected number of succeeded pods",
-                &now,
-            ));
-            completion_time = Some(now.clone());
-            delete_active = true;
-            ctx.recorder
-                .normal(job.as_ref(), "Completed", "Job completed")
-                .await;
-        } else if failed > backoff_limit {
-            let msg = "Job has reached the specified backoff limit";
-            conditions.push(condition(
-                "FailureTarget",
-                "BackoffLimitExceeded",
-                msg,
-                &now,
-            ));
-            conditions.push(condition("Failed", "BackoffLimitExceeded", msg, &now));
-            delete_active = true;
-            ctx.recorder
-                .warning(job.as_ref(), "BackoffLimitExceeded", msg)
-                .await;
-        } else if deadline.is_some_and(|left| left <= 0) {
-            let msg = "Job was active longer than specified deadline";
-            conditions.push(condition("FailureTarget", "DeadlineExceeded", msg, &now));
-            conditions.push(condition("Failed", "DeadlineExceeded", msg, &now));
-            delete_active = true;
-            ctx.recorder
-                .warning(job.as_ref(), "DeadlineExceeded", msg)
-                .await;
-        } else if suspended {
-            delete_active = true;
-            if !has_condition(&job, "Suspended") {
-                conditions.retain(|c| c.type_ != "Suspended");
-                conditions.push(condition(
-                    "Suspended",
-                    "JobSuspended",
-                    "Job suspended",
-                    &now,
-                ));
-                ctx.recorder
-                    .normal(job.as_ref(), "Suspended", "Job suspended")
-                    .await;
-            }
-        } else {
-            if has_condition(&job, "Suspended") {
-                conditions.retain(|c| c.type_ != "Suspended");
-                conditions.push(JobCondition {
-                    status: "False".to_string(),
-                    ..condition("Suspended", "JobResumed", "Job resumed", &now)
-                });
-                ctx.recorder
-                    .normal(job.as_ref(), "Resumed", "Job resumed")
-                    .await;
-            }
-            let want = match spec.completions {
-                Some(c) => parallelism.min(c - succeeded),
-                // Work queue: once one pod succeeded, no new ones.
-                None if succeeded > 0 => 0,
-                None => parallelism,
-            }
-            .max(0);
-            let live = active.len() as i32;
-            if live < want {
-                match clock.wait(&uid, failed) {
-                    Some(wait) => requeue = Some(wait),
-                    None => to_create = want - live,
-                }
-            }
-            if let Some(left) = deadline {
-                let left = Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1);
-                requeue = Some(requeue.map_or(left, |r| r.min(left)));
-            }
-        }
+        decision
+            .decide(&job, spec, &ctx, &clock, &counts, &now)
+            .await;
     }
 
     let mut created = 0i32;
-    for _ in 0..to_create {
+    for _ in 0..decision.to_create {
         create_pod(&ctx, &job).await?;
         created += 1;
     }
-    if delete_active {
-        for pod in &active {
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            match pods_api
-                .delete(&pod_name, &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {
-                    ctx.recorder
-                        .normal(
-                            job.as_ref(),
-                            "SuccessfulDelete",
-                            format!("Deleted pod: {pod_name}"),
-                        )
-                        .await;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+    if decision.delete_active {
+        delete_pods(&ctx, &job, &pods_api, &counts.active).await?;
     }
-    if has_condition_in(&conditions, "Complete") || has_condition_in(&conditions, "Failed") {
+    if has_condition_in(&decision.conditions, "Complete")
+        || has_condition_in(&decision.conditions, "Failed")
+    {
         clock.forget(&uid);
     }
+    let requeue = decision.requeue;
+    write_status(&ctx, &job, &status, decision.status(&counts, created)).await?;
+    match requeue {
+        Some(after) => Ok(Action::requeue(after)),
+        None => Ok(runtime::done(job.as_ref(), &ctx)),
+    }
+}
 
-    let active_count = if delete_active {
-        0
-    } else {
-        active.len() as i32 + created
-    };
-    let new_status = json!({
-        "active": active_count,
-        "ready": if delete_active { 0 } else { ready },
-        "succeeded": succeeded,
-        "failed": failed,
-        "terminating": terminating,
-        "startTime": start_time,
-        "completionTime": completion_time,
-        "conditions": conditions,
-    });
-    let have = serde_json::to_value(&status).unwrap_or_default();
+/// The job's selector as list-option text. A selector kube cannot convert selects nothing:
+/// listing without the requirement we cannot express would adopt and count pods that are not
+/// the job's.
+fn pod_selector(job: &Job, spec: &JobSpec) -> Option<String> {
+    match selector_string(spec.selector.as_ref()?) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                job = %job.metadata.name.as_deref().unwrap_or_default(),
+                namespace = %job.metadata.namespace.as_deref().unwrap_or_default(),
+                error = %e,
+                "invalid selector; not syncing"
+            );
+            None
+        }
+    }
+}
+
+/// The job's pods, counted as its status reports them.
+struct PodCounts<'a> {
+    succeeded: i32,
+    failed: i32,
+    active: Vec<&'a Pod>,
+    ready: i32,
+    terminating: i32,
+}
+
+impl<'a> PodCounts<'a> {
+    fn of(pods: &'a [Pod]) -> PodCounts<'a> {
+        let active: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| pod_state::is_pod_active(p))
+            .collect();
+        PodCounts {
+            succeeded: pods
+                .iter()
+                .filter(|p| phase(p) == Some("Succeeded"))
+                .count() as i32,
+            failed: pods.iter().filter(|p| phase(p) == Some("Failed")).count() as i32,
+            ready: active.iter().filter(|p| pod_state::is_pod_ready(p)).count() as i32,
+            active,
+            terminating: pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some() && !is_terminal(p))
+                .count() as i32,
+        }
+    }
+}
+
+/// What one sync of an unfinished job decides: its new conditions and times, and what to do
+/// with its pods.
+struct Decision {
+    conditions: Vec<JobCondition>,
+    start_time: Option<Time>,
+    completion_time: Option<Time>,
+    /// Delete every active pod (the job is done, failed or suspended).
+    delete_active: bool,
+    to_create: i32,
+    requeue: Option<Duration>,
+}
+
+impl Decision {
+    /// Nothing decided yet: the conditions and times as they are.
+    fn from_status(status: &JobStatus) -> Decision {
+        Decision {
+            conditions: status.conditions.clone().unwrap_or_default(),
+            start_time: status.start_time.clone(),
+            completion_time: status.completion_time.clone(),
+            delete_active: false,
+            to_create: 0,
+            requeue: None,
+        }
+    }
+
+    /// Complete, fail (back-off limit, deadline), suspend, or run the pods the job needs.
+    async fn decide(
+        &mut self,
+        job: &Job,
+        spec: &JobSpec,
+        ctx: &Context,
+        clock: &FailureClock,
+        counts: &PodCounts<'_>,
+        now: &Time,
+    ) {
+        let suspended = spec.suspend == Some(true);
+        if self.start_time.is_none() && !suspended {
+            self.start_time = Some(now.clone());
+        }
+        let backoff_limit = spec.backoff_limit.unwrap_or(6);
+        let deadline = spec.active_deadline_seconds.and_then(|secs| {
+            let start = self.start_time.as_ref()?;
+            Some(start.0.as_second().saturating_add(secs) - now.0.as_second())
+        });
+        let complete = match spec.completions {
+            Some(c) => counts.succeeded >= c,
+            None => counts.succeeded > 0 && counts.active.is_empty(),
+        };
+        if complete {
+            self.complete(job, ctx, now).await;
+        } else if counts.failed > backoff_limit {
+            let msg = "Job has reached the specified backoff limit";
+            self.fail(job, ctx, "BackoffLimitExceeded", msg, now).await;
+        } else if deadline.is_some_and(|left| left <= 0) {
+            let msg = "Job was active longer than specified deadline";
+            self.fail(job, ctx, "DeadlineExceeded", msg, now).await;
+        } else if suspended {
+            self.suspend(job, ctx, now).await;
+        } else {
+            self.resume(job, ctx, now).await;
+            self.run_pods(job, spec, clock, counts, deadline);
+        }
+    }
+
+    async fn complete(&mut self, job: &Job, ctx: &Context, now: &Time) {
+        let (reason, msg) = (
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+        );
+        self.conditions
+            .push(condition("SuccessCriteriaMet", reason, msg, now));
+        self.conditions
+            .push(condition("Complete", reason, msg, now));
+        self.completion_time = Some(now.clone());
+        self.delete_active = true;
+        ctx.recorder.normal(job, "Completed", "Job completed").await;
+    }
+
+    async fn fail(&mut self, job: &Job, ctx: &Context, reason: &str, msg: &str, now: &Time) {
+        self.conditions
+            .push(condition("FailureTarget", reason, msg, now));
+        self.conditions.push(condition("Failed", reason, msg, now));
+        self.delete_active = true;
+        ctx.recorder.warning(job, reason, msg).await;
+    }
+
+    async fn suspend(&mut self, job: &Job, ctx: &Context, now: &Time) {
+        self.delete_active = true;
+        if !has_condition(job, "Suspended") {
+            self.conditions.retain(|c| c.type_ != "Suspended");
+            self.conditions
+                .push(condition("Suspended", "JobSuspended", "Job suspended", now));
+            ctx.recorder.normal(job, "Suspended", "Job suspended").await;
+        }
+    }
+
+    /// A job that was suspended is no longer.
+    async fn resume(&mut self, job: &Job, ctx: &Context, now: &Time) {
+        if has_condition(job, "Suspended") {
+            self.conditions.retain(|c| c.type_ != "Suspended");
+            self.conditions.push(JobCondition {
+                status: "False".to_string(),
+                ..condition("Suspended", "JobResumed", "Job resumed", now)
+            });
+            ctx.recorder.normal(job, "Resumed", "Job resumed").await;
+        }
+    }
+
+    /// Up to `parallelism` pods, unless the failure back-off holds new ones off; and come back
+    /// when the active deadline passes.
+    fn run_pods(
+        &mut self,
+        job: &Job,
+        spec: &JobSpec,
+        clock: &FailureClock,
+        counts: &PodCounts<'_>,
+        deadline: Option<i64>,
+    ) {
+        let parallelism = spec.parallelism.unwrap_or(1).max(0);
+        let want = match spec.completions {
+            Some(c) => parallelism.min(c - counts.succeeded),
+            // Work queue: once one pod succeeded, no new ones.
+            None if counts.succeeded > 0 => 0,
+            None => parallelism,
+        }
+        .max(0);
+        let live = counts.active.len() as i32;
+        if live < want {
+            let uid = job.metadata.uid.as_deref().unwrap_or_default();
+            match clock.wait(uid, counts.failed) {
+                Some(wait) => self.requeue = Some(wait),
+                None => self.to_create = want - live,
+            }
+        }
+        if let Some(left) = deadline {
+            let left = Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1);
+            self.requeue = Some(self.requeue.map_or(left, |r| r.min(left)));
+        }
+    }
+
+    /// The status to write, after `created` new pods.
+    fn status(self, counts: &PodCounts<'_>, created: i32) -> Value {
+        let active_count = if self.delete_active {
+            0
+        } else {
+            counts.active.len() as i32 + created
+        };
+        json!({
+            "active": active_count,
+            "ready": if self.delete_active { 0 } else { counts.ready },
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "terminating": counts.terminating,
+            "startTime": self.start_time,
+            "completionTime": self.completion_time,
+            "conditions": self.conditions,
+        })
+    }
+}
+
+async fn delete_pods(ctx: &Context, job: &Job, pods_api: &Api<Pod>, pods: &[&Pod]) -> Result<()> {
+    for pod in pods {
+        owners::delete_pod(ctx, job, pods_api, pod, &DeleteParams::background()).await?;
+    }
+    Ok(())
+}
+
+/// Patch the status when it differs from `status` (absent, 0 and [] count as the same).
+async fn write_status(
+    ctx: &Context,
+    job: &Job,
+    status: &JobStatus,
+    new_status: Value,
+) -> Result<()> {
+    let have = serde_json::to_value(status).unwrap_or_default();
     let changed = new_status.as_object().into_iter().flatten().any(|(k, v)| {
         let old = have.get(k).cloned().unwrap_or(Value::Null);
         let zeroish = |x: &Value| x.is_null() || *x == json!(0) || *x == json!([]);
         !(old == *v || zeroish(&old) && zeroish(v))
     });
-    if changed {
-        let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({ "status": new_status })),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+    if !changed {
+        return Ok(());
     }
-    match requeue {
-        Some(after) => Ok(Action::requeue(after)),
-        None => Ok(runtime::done(job.as_ref(), &ctx)),
-    }
+    let ns = job.metadata.namespace.as_deref().unwrap_or_default();
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    runtime::merge_status(&api, name, &json!({ "status": new_status })).await?;
+    Ok(())
 }
 
 fn has_condition_in(conditions: &[JobCondition], type_: &str) -> bool {
@@ -370,7 +433,7 @@ async fn create_pod(ctx: &Context, job: &Job) -> Result<()> {
             labels: meta.labels,
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![runtime::controller_ref(job)]),
+            owner_references: Some(vec![owners::controller_ref(job)]),
             ..Default::default()
         },
         spec: template.spec,

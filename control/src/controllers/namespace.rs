@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::{Client, Resource};
@@ -25,8 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
+use crate::runtime::{self, Context, Error, Result};
 
 /// The finalizer this controller owns.
 const FINALIZER: &str = "kubernetes";
@@ -249,14 +248,8 @@ async fn update_conditions(
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     let name = ns.metadata.name.as_deref().unwrap_or_default();
     let patch = json!({"status": {"phase": "Terminating", "conditions": wanted}});
-    match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    runtime::merge_status(&api, name, &patch).await?;
+    Ok(())
 }
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action> {
@@ -319,7 +312,7 @@ mod tests {
     #[test]
     fn covers_every_namespaced_resource() {
         let src = include_str!("namespace.rs");
-        for r in crate::apiserver::resources::RESOURCES
+        for r in crate::api_resources::RESOURCES
             .iter()
             .filter(|r| r.namespaced)
         {

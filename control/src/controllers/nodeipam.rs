@@ -16,9 +16,8 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Result};
-use crate::apiserver::admission::Ipv4Cidr;
+use crate::runtime::{self, Context, Result};
+use skiff_common::cidr::Ipv4Cidr;
 
 /// How soon a node that found the range full tries again.
 const FULL_RETRY: Duration = Duration::from_secs(10);

@@ -24,8 +24,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Result};
+use crate::runtime::{self, Context, Result};
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -223,14 +222,7 @@ async fn mark_unknown(ctx: &Context, node: &Node) -> Result<Option<Node>> {
         "status": {"conditions": conditions},
     });
     let api: Api<Node> = Api::all(ctx.client.clone());
-    match api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(n) => Ok(Some(n)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    runtime::merge_status(&api, name, &patch).await
 }
 
 /// Set the Ready condition of the node's pods to False (kube's MarkPodsNotReady).
@@ -322,30 +314,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>, registry: Registry) -> Re
         .get(&ObjectRef::new(&name).within(LEASE_NAMESPACE));
     let heartbeat = heartbeat_of(&node, lease.as_deref());
     let now = Instant::now();
-    let stale = {
-        let mut reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget deleted nodes now and then.
-        let nodes = ctx.informers.nodes.store();
-        if reg.len() > 2 * nodes.len() + 16 {
-            let alive: std::collections::HashSet<String> = nodes
-                .state()
-                .iter()
-                .filter_map(|n| n.metadata.uid.clone())
-                .collect();
-            reg.retain(|uid, _| alive.contains(uid));
-        }
-        let h = reg.entry(uid.clone()).or_insert_with(|| Health {
-            heartbeat: heartbeat.clone(),
-            observed: now,
-            unready_since: None,
-            evicted: false,
-        });
-        if h.heartbeat != heartbeat {
-            h.heartbeat = heartbeat;
-            h.observed = now;
-        }
-        now.duration_since(h.observed) > ctx.config.node_monitor_grace_period
-    };
+    let stale = observe_heartbeat(&ctx, &registry, &uid, heartbeat, now);
 
     let posted = condition(&node, "Ready").map_or("Unknown", |c| c.status.as_str());
     let ready = if stale { "Unknown" } else { posted };
@@ -367,41 +336,10 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>, registry: Registry) -> Re
     // No verdict on a node that never posted status and is still within its grace period.
     let judged = stale || condition(&node, "Ready").is_some();
     if judged && let Some(taints) = updated_taints(&current, ready) {
-        let api: Api<Node> = Api::all(ctx.client.clone());
-        let patch = json!({
-            "metadata": {"resourceVersion": current.metadata.resource_version},
-            "spec": {"taints": taints},
-        });
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        set_taints(&ctx, &current, taints).await?;
     }
 
-    // Ok(recovered) when Ready, Err((unready for, first eviction)) otherwise.
-    let verdict = {
-        let mut reg = registry.lock().unwrap_or_else(|p| p.into_inner());
-        match reg.get_mut(&uid) {
-            None => Ok(false),
-            Some(h) if ready == "True" || !judged => {
-                h.evicted = false;
-                Ok(h.unready_since.take().is_some())
-            }
-            Some(h) => {
-                let since = *h.unready_since.get_or_insert(now);
-                let unready_for = now.duration_since(since);
-                let first = unready_for >= ctx.config.pod_eviction_timeout && !h.evicted;
-                if first {
-                    h.evicted = true;
-                }
-                Err((unready_for, first))
-            }
-        }
-    };
+    let verdict = judge(&ctx, &registry, &uid, ready == "True" || !judged, now);
     let (unready_for, first_eviction) = match verdict {
         Ok(recovered) => {
             if recovered {
@@ -439,6 +377,85 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>, registry: Registry) -> Re
     }
     ctx.backoff.succeeded(&runtime::key_of(node.as_ref()));
     Ok(Action::requeue(period))
+}
+
+/// Record the node's latest heartbeat; whether it is older than the grace period (judged by
+/// when this controller saw it change, not by the node's clock).
+fn observe_heartbeat(
+    ctx: &Context,
+    registry: &Registry,
+    uid: &str,
+    heartbeat: String,
+    now: Instant,
+) -> bool {
+    let mut reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+    // Forget deleted nodes now and then.
+    let nodes = ctx.informers.nodes.store();
+    if reg.len() > 2 * nodes.len() + 16 {
+        let alive: std::collections::HashSet<String> = nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.uid.clone())
+            .collect();
+        reg.retain(|uid, _| alive.contains(uid));
+    }
+    let h = reg.entry(uid.to_string()).or_insert_with(|| Health {
+        heartbeat: heartbeat.clone(),
+        observed: now,
+        unready_since: None,
+        evicted: false,
+    });
+    if h.heartbeat != heartbeat {
+        h.heartbeat = heartbeat;
+        h.observed = now;
+    }
+    now.duration_since(h.observed) > ctx.config.node_monitor_grace_period
+}
+
+/// Write the node's taints (compare-and-swap on its resourceVersion).
+async fn set_taints(ctx: &Context, node: &Node, taints: Vec<Taint>) -> Result<()> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "metadata": {"resourceVersion": node.metadata.resource_version},
+        "spec": {"taints": taints},
+    });
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `Ok(recovered)` for a node that is fine (`healthy`: Ready, or not judged yet), else
+/// `Err((how long it has been unready, whether this is its first eviction))`.
+fn judge(
+    ctx: &Context,
+    registry: &Registry,
+    uid: &str,
+    healthy: bool,
+    now: Instant,
+) -> std::result::Result<bool, (Duration, bool)> {
+    let mut reg = registry.lock().unwrap_or_else(|p| p.into_inner());
+    match reg.get_mut(uid) {
+        None => Ok(false),
+        Some(h) if healthy => {
+            h.evicted = false;
+            Ok(h.unready_since.take().is_some())
+        }
+        Some(h) => {
+            let since = *h.unready_since.get_or_insert(now);
+            let unready_for = now.duration_since(since);
+            let first = unready_for >= ctx.config.pod_eviction_timeout && !h.evicted;
+            if first {
+                h.evicted = true;
+            }
+            Err((unready_for, first))
+        }
+    }
 }
 
 #[cfg(test)]

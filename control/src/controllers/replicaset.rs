@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{
+    ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -24,9 +26,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Error, Result};
-use crate::apiserver::selectors;
+use super::{owners, pod_state};
+use crate::runtime::{self, Context, Error, Result};
+use skiff_common::labels;
 
 /// At most this many creations or deletions per sync (kube's `BurstReplicas`).
 const BURST_REPLICAS: usize = 500;
@@ -59,7 +61,7 @@ struct Expectation {
 struct State {
     expectations: Mutex<HashMap<Key, Expectation>>,
     /// How many pods each ReplicaSet saw in the cache at its last reconcile.
-    seen: Mutex<HashMap<Key, usize>>,
+    seen: owners::SeenCounts,
     /// Event token buckets per ReplicaSet uid: (tokens, last refill).
     event_tokens: Mutex<HashMap<String, (f64, Instant)>>,
 }
@@ -111,7 +113,7 @@ impl State {
 
     /// The informer saw this pod (a creation, or a deletion starting).
     fn observed(&self, pod: &Pod) {
-        let Some(owner) = runtime::controller_of(pod).filter(|r| r.kind == "ReplicaSet") else {
+        let Some(owner) = owners::controller_of(pod).filter(|r| r.kind == "ReplicaSet") else {
             return;
         };
         let key = (
@@ -176,7 +178,13 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
             .watches_shared_stream(pod_events, move |pod: Arc<Pod>| {
                 replica_sets_for_pod(&pod, &rs_store)
             })
-            .reconcile_on(vanished_pods(pod_store, rs_store2, state.clone()));
+            // Deletions are not broadcast to shared-informer subscribers.
+            .reconcile_on(owners::vanished_children(
+                pod_store,
+                rs_store2,
+                state.seen.clone(),
+                SWEEP_PERIOD,
+            ));
     let reconcile = move |rs: Arc<ReplicaSet>, ctx: Arc<Context>| {
         let state = state.clone();
         async move { reconcile(rs, ctx, state).await }
@@ -188,66 +196,10 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
 /// of the namespace whose selector matches it (candidates for adoption).
 fn replica_sets_for_pod(pod: &Pod, rs_store: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
     // A deleting orphan is no adoption candidate.
-    if runtime::controller_of(pod).is_none() && pod.metadata.deletion_timestamp.is_some() {
+    if owners::controller_of(pod).is_none() && pod.metadata.deletion_timestamp.is_some() {
         return Vec::new();
     }
-    runtime::owners_to_notify(pod, rs_store, |rs| rs.spec.as_ref().map(|s| &s.selector))
-}
-
-/// Shared-informer subscribers are not told about deletions, so poll the pod cache: every
-/// ReplicaSet whose number of cached pods differs from what its last reconcile saw gets
-/// reconciled again.
-fn vanished_pods(
-    pods: Store<Pod>,
-    replica_sets: Store<ReplicaSet>,
-    state: Arc<State>,
-) -> impl futures::Stream<Item = ObjectRef<ReplicaSet>> + Send + 'static {
-    futures::stream::unfold((), move |()| {
-        let (pods, replica_sets, state) = (pods.clone(), replica_sets.clone(), state.clone());
-        async move {
-            tokio::time::sleep(SWEEP_PERIOD).await;
-            let counts = count_owned(&pods.state(), None);
-            let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let mut changed = Vec::new();
-            seen.retain(|(ns, name), n| {
-                let rs = ObjectRef::new(name).within(ns);
-                if replica_sets.get(&rs).is_none() {
-                    return false;
-                }
-                if counts
-                    .get(&(ns.clone(), name.clone()))
-                    .copied()
-                    .unwrap_or(0)
-                    != *n
-                {
-                    changed.push(rs);
-                }
-                true
-            });
-            Some((futures::stream::iter(changed), ()))
-        }
-    })
-    .flatten()
-}
-
-/// Pods per controlling ReplicaSet (`namespace`, `name`), optionally of one namespace.
-fn count_owned(pods: &[Arc<Pod>], namespace: Option<&str>) -> HashMap<Key, usize> {
-    let mut counts: HashMap<Key, usize> = HashMap::new();
-    for pod in pods {
-        if namespace.is_some_and(|ns| pod.metadata.namespace.as_deref() != Some(ns)) {
-            continue;
-        }
-        if let Some(owner) = runtime::controller_of(pod.as_ref())
-            && owner.kind == "ReplicaSet"
-        {
-            let key = (
-                pod.metadata.namespace.clone().unwrap_or_default(),
-                owner.name.clone(),
-            );
-            *counts.entry(key).or_default() += 1;
-        }
-    }
-    counts
+    owners::owners_to_notify(pod, rs_store, |rs| rs.spec.as_ref().map(|s| &s.selector))
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) -> Result<Action> {
@@ -260,7 +212,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
     let Some(spec) = rs.spec.as_ref() else {
         return Ok(runtime::done(rs.as_ref(), &ctx));
     };
-    let selector = match selectors::LabelSelector::from_label_selector(&spec.selector) {
+    let selector = match labels::LabelSelector::from_label_selector(&spec.selector) {
         Ok(s) => s,
         Err(e) => {
             // An invalid selector selects nothing; nothing to do until it is fixed.
@@ -270,23 +222,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
     };
     let needs_sync = state.satisfied(&key, &pod_store);
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let empty = BTreeMap::new();
 
     // The active pods of the namespace that are ours or could be.
     let snapshot = pod_store.state();
-    let owned = count_owned(&snapshot, Some(&ns))
-        .get(&key)
-        .copied()
-        .unwrap_or(0);
-    state
-        .seen
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key.clone(), owned);
+    owners::remember_count::<ReplicaSet, _>(&state.seen, &snapshot, &key);
     let candidates: Vec<Arc<Pod>> = snapshot
         .into_iter()
         .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns.as_str()) && runtime::is_pod_active(p)
+            p.metadata.namespace.as_deref() == Some(ns.as_str()) && pod_state::is_pod_active(p)
         })
         .collect();
     let pods = claim_pods(&rs, &uid, &selector, candidates, &ctx).await?;
@@ -297,80 +240,112 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>, state: Arc<State>) ->
         None
     };
 
-    // Status.
-    let now = runtime::now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let template_labels = spec
-        .template
-        .as_ref()
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.as_ref())
-        .unwrap_or(&empty);
-    let replicas = pods.len() as i32;
-    let fully_labeled = pods
-        .iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
-            template_labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .count() as i32;
-    let ready = pods.iter().filter(|p| runtime::is_pod_ready(p)).count() as i32;
-    let available = pods
-        .iter()
-        .filter(|p| runtime::is_pod_available(p, min_ready, &now))
-        .count() as i32;
-    let generation = rs.metadata.generation.unwrap_or(0);
+    let counts = ReplicaCounts::of(spec, &pods, min_ready);
     let current = rs.status.clone().unwrap_or_default();
     let failure = manage_err
         .as_ref()
         .filter(|e| e.code() == Some(403) || e.code() == Some(422));
     let conditions = failure_conditions(&current, failure.map(|e| e.to_string()));
-    if current.replicas != replicas
-        || current.fully_labeled_replicas.unwrap_or(0) != fully_labeled
-        || current.ready_replicas.unwrap_or(0) != ready
-        || current.available_replicas.unwrap_or(0) != available
-        || current.observed_generation.unwrap_or(0) != generation
-        || current.conditions.clone().unwrap_or_default() != conditions
+    let generation = rs.metadata.generation.unwrap_or(0);
+    if counts.differ_from(&current, generation, &conditions)
+        && !write_status(&ctx, &rs, &counts, generation, &conditions).await?
     {
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"status": {
-            "replicas": replicas,
-            "fullyLabeledReplicas": fully_labeled,
-            "readyReplicas": ready,
-            "availableReplicas": available,
-            "observedGeneration": generation,
-            "conditions": if conditions.is_empty() { serde_json::Value::Null } else { json!(conditions) },
-        }});
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                state.forget(&key);
-                return Ok(Action::await_change());
-            }
-            Err(e) => return Err(e.into()),
-        }
+        state.forget(&key);
+        return Ok(Action::await_change());
     }
     if let Some(e) = manage_err {
         return Err(e);
     }
     // Pods ready but not yet available become available on their own: come back then.
-    if min_ready > 0 && ready == replicas && available != replicas {
+    if min_ready > 0 && counts.ready == counts.replicas && counts.available != counts.replicas {
         ctx.backoff.succeeded(&runtime::key_of(rs.as_ref()));
         return Ok(Action::requeue(Duration::from_secs(min_ready as u64)));
     }
     Ok(runtime::done(rs.as_ref(), &ctx))
 }
 
+/// The pod counts of a ReplicaSet's status.
+struct ReplicaCounts {
+    replicas: i32,
+    /// Pods carrying every label of the template.
+    fully_labeled: i32,
+    ready: i32,
+    available: i32,
+}
+
+impl ReplicaCounts {
+    fn of(spec: &ReplicaSetSpec, pods: &[Arc<Pod>], min_ready: i32) -> ReplicaCounts {
+        let now = runtime::now();
+        let empty = BTreeMap::new();
+        let template_labels = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref())
+            .unwrap_or(&empty);
+        let fully_labeled = pods
+            .iter()
+            .filter(|p| {
+                let labels = p.metadata.labels.as_ref().unwrap_or(&empty);
+                template_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .count() as i32;
+        ReplicaCounts {
+            replicas: pods.len() as i32,
+            fully_labeled,
+            ready: pods.iter().filter(|p| pod_state::is_pod_ready(p)).count() as i32,
+            available: pods
+                .iter()
+                .filter(|p| pod_state::is_pod_available(p, min_ready, &now))
+                .count() as i32,
+        }
+    }
+
+    fn differ_from(
+        &self,
+        current: &ReplicaSetStatus,
+        generation: i64,
+        conditions: &[ReplicaSetCondition],
+    ) -> bool {
+        current.replicas != self.replicas
+            || current.fully_labeled_replicas.unwrap_or(0) != self.fully_labeled
+            || current.ready_replicas.unwrap_or(0) != self.ready
+            || current.available_replicas.unwrap_or(0) != self.available
+            || current.observed_generation.unwrap_or(0) != generation
+            || current.conditions.as_deref().unwrap_or_default() != conditions
+    }
+}
+
+/// Write the status; false if the ReplicaSet is gone.
+async fn write_status(
+    ctx: &Context,
+    rs: &ReplicaSet,
+    counts: &ReplicaCounts,
+    generation: i64,
+    conditions: &[ReplicaSetCondition],
+) -> Result<bool> {
+    let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
+    let name = rs.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({"status": {
+        "replicas": counts.replicas,
+        "fullyLabeledReplicas": counts.fully_labeled,
+        "readyReplicas": counts.ready,
+        "availableReplicas": counts.available,
+        "observedGeneration": generation,
+        "conditions": if conditions.is_empty() { serde_json::Value::Null } else { json!(conditions) },
+    }});
+    Ok(runtime::merge_status(&api, name, &patch).await?.is_some())
+}
+
 /// The ReplicaFailure condition: set while creating/deleting is refused, cleared after.
 fn failure_conditions(
-    current: &k8s_openapi::api::apps::v1::ReplicaSetStatus,
+    current: &ReplicaSetStatus,
     failure: Option<String>,
-) -> Vec<k8s_openapi::api::apps::v1::ReplicaSetCondition> {
+) -> Vec<ReplicaSetCondition> {
     let mut conditions: Vec<_> = current
         .conditions
         .clone()
@@ -383,7 +358,7 @@ fn failure_conditions(
             .conditions
             .as_ref()
             .and_then(|cs| cs.iter().find(|c| c.type_ == "ReplicaFailure"));
-        let mut cond = k8s_openapi::api::apps::v1::ReplicaSetCondition {
+        let mut cond = ReplicaSetCondition {
             type_: "ReplicaFailure".into(),
             status: "True".into(),
             reason: Some("FailedCreate".into()),
@@ -405,7 +380,7 @@ fn failure_conditions(
 async fn claim_pods(
     rs: &ReplicaSet,
     uid: &str,
-    selector: &selectors::LabelSelector,
+    selector: &labels::LabelSelector,
     candidates: Vec<Arc<Pod>>,
     ctx: &Context,
 ) -> Result<Vec<Arc<Pod>>> {
@@ -415,7 +390,7 @@ async fn claim_pods(
     let mut ours = Vec::new();
     for pod in candidates {
         let matches = selector.matches(pod.metadata.labels.as_ref().unwrap_or(&empty));
-        match runtime::controller_of(pod.as_ref()) {
+        match owners::controller_of(pod.as_ref()) {
             Some(owner) if owner.uid == uid => {
                 if matches {
                     ours.push(pod);
@@ -438,7 +413,7 @@ async fn claim_pods(
                 }
                 let mut refs: Vec<OwnerReference> =
                     pod.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(runtime::controller_ref(rs));
+                refs.push(owners::controller_ref(rs));
                 if patch_owners(&api, &pod, json!(refs)).await? {
                     ours.push(pod);
                 }
@@ -480,90 +455,118 @@ async fn manage_replicas(
         .unwrap_or(1)
         .max(0) as usize;
     let have = pods.len();
-    let (ns, name) = key;
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     if have < want {
         let diff = (want - have).min(BURST_REPLICAS);
-        let pod = pod_from_template(rs);
-        let pp = PostParams::default();
-        let mut created = Vec::new();
-        let mut remaining = diff;
-        let mut batch = SLOW_START_INITIAL_BATCH.min(remaining);
-        let mut failure: Option<Error> = None;
-        while batch > 0 {
-            let results: Vec<_> = futures::stream::iter((0..batch).map(|_| api.create(&pp, &pod)))
-                .buffer_unordered(MAX_IN_FLIGHT)
-                .collect()
-                .await;
-            let mut batch_failed = false;
-            for r in results {
-                match r {
-                    Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
-                    Err(e) => {
-                        batch_failed = true;
-                        if failure.is_none() {
-                            failure = Some(e.into());
-                        }
-                    }
-                }
-            }
-            remaining -= batch;
-            if batch_failed {
-                break;
-            }
-            batch = (batch * 2).min(remaining);
-        }
-        state.expect(key, created.clone(), Vec::new());
-        record_events(ctx, state, rs, "SuccessfulCreate", "Created pod", created);
-        if let Some(e) = failure {
-            if let Error::Kube(kube::Error::Api(s)) = &e {
-                record_warning(
-                    ctx,
-                    rs,
-                    "FailedCreate",
-                    format!("Error creating: {}", s.message),
-                );
-            }
-            return Err(e);
-        }
+        create_replicas(rs, key, ctx, state, diff).await
     } else if have > want {
         let diff = (have - want).min(BURST_REPLICAS);
-        let victims = pods_to_delete(pods, diff);
-        let uids: Vec<String> = victims
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone())
-            .collect();
-        state.expect(key, Vec::new(), uids);
-        let results = join_all(victims.iter().map(|p| {
-            let pname = p.metadata.name.clone().unwrap_or_default();
-            let api = api.clone();
-            async move {
-                let r = api.delete(&pname, &DeleteParams::default()).await;
-                (pname, r)
-            }
-        }))
-        .await;
-        let mut deleted = Vec::new();
-        let mut failure: Option<Error> = None;
-        for (pname, r) in results {
+        delete_replicas(rs, key, pods, ctx, state, diff).await
+    } else {
+        Ok(())
+    }
+}
+
+/// Create `diff` pods in slow-start batches (1, 2, 4, …), stopping at the first batch with a
+/// failure, as kube does so a refusing API is not asked hundreds of times.
+async fn create_replicas(
+    rs: &Arc<ReplicaSet>,
+    key: &Key,
+    ctx: &Arc<Context>,
+    state: &Arc<State>,
+    diff: usize,
+) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
+    let pod = pod_from_template(rs);
+    let pp = PostParams::default();
+    let mut created = Vec::new();
+    let mut remaining = diff;
+    let mut batch = SLOW_START_INITIAL_BATCH.min(remaining);
+    let mut failure: Option<Error> = None;
+    while batch > 0 {
+        let results: Vec<_> = futures::stream::iter((0..batch).map(|_| api.create(&pp, &pod)))
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut batch_failed = false;
+        for r in results {
             match r {
-                Ok(_) => deleted.push(pname),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Ok(p) => created.push(p.metadata.name.unwrap_or_default()),
                 Err(e) => {
+                    batch_failed = true;
                     if failure.is_none() {
                         failure = Some(e.into());
                     }
                 }
             }
         }
-        record_events(ctx, state, rs, "SuccessfulDelete", "Deleted pod", deleted);
-        if let Some(e) = failure {
-            // Some deletions will never be observed; look again soon.
-            state.forget(key);
-            return Err(e);
+        remaining -= batch;
+        if batch_failed {
+            break;
         }
-        tracing::debug!(replicaset = %name, deleted = diff, "scaled down");
+        batch = (batch * 2).min(remaining);
     }
+    state.expect(key, created.clone(), Vec::new());
+    record_events(ctx, state, rs, "SuccessfulCreate", "Created pod", created);
+    if let Some(e) = failure {
+        if let Error::Kube(kube::Error::Api(s)) = &e {
+            record_warning(
+                ctx,
+                rs,
+                "FailedCreate",
+                format!("Error creating: {}", s.message),
+            );
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Delete the `diff` least valuable of `pods`, all at once.
+async fn delete_replicas(
+    rs: &Arc<ReplicaSet>,
+    key: &Key,
+    pods: &[Arc<Pod>],
+    ctx: &Arc<Context>,
+    state: &Arc<State>,
+    diff: usize,
+) -> Result<()> {
+    let (ns, name) = key;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let victims = pods_to_delete(pods, diff);
+    let uids: Vec<String> = victims
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    state.expect(key, Vec::new(), uids);
+    let results = join_all(victims.iter().map(|p| {
+        let pname = p.metadata.name.clone().unwrap_or_default();
+        let api = api.clone();
+        async move {
+            let r = api.delete(&pname, &DeleteParams::default()).await;
+            (pname, r)
+        }
+    }))
+    .await;
+    let mut deleted = Vec::new();
+    let mut failure: Option<Error> = None;
+    for (pname, r) in results {
+        match r {
+            Ok(_) => deleted.push(pname),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                if failure.is_none() {
+                    failure = Some(e.into());
+                }
+            }
+        }
+    }
+    record_events(ctx, state, rs, "SuccessfulDelete", "Deleted pod", deleted);
+    if let Some(e) = failure {
+        // Some deletions will never be observed; look again soon.
+        state.forget(key);
+        return Err(e);
+    }
+    tracing::debug!(replicaset = %name, deleted = diff, "scaled down");
     Ok(())
 }
 
@@ -616,7 +619,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: tmeta.labels,
             annotations: tmeta.annotations,
             finalizers: tmeta.finalizers,
-            owner_references: Some(vec![runtime::controller_ref(rs)]),
+            owner_references: Some(vec![owners::controller_ref(rs)]),
             ..Default::default()
         },
         spec: template.spec,
@@ -656,7 +659,7 @@ fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
                 Some("Running") => 2,
                 _ => 3,
             };
-            let ready = runtime::is_pod_ready(p);
+            let ready = pod_state::is_pod_ready(p);
             let cost: i64 = p
                 .metadata
                 .annotations

@@ -12,8 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tokio::task::JoinSet;
 
-use super::Context;
-use super::runtime::{self, Result};
+use crate::runtime::{self, Context, Result};
 
 const DEFAULT: &str = "default";
 

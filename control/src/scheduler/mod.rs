@@ -33,8 +33,8 @@ use self::cache::Cache;
 use self::filters::{NodeInfo, PodCtx, RawScore, filter, finalize, fit_error, score};
 use self::queue::Queue;
 use self::resources::PodRes;
-use crate::controllers::Context;
-use crate::controllers::events::EventRecorder;
+use crate::runtime::Context;
+use crate::runtime::events::EventRecorder;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Bindings in flight at once.
@@ -372,12 +372,8 @@ impl Scheduler {
 
     /// The scheduling loop: one pod at a time, binding in the background.
     async fn run(self: Arc<Self>) {
-        crate::controllers::runtime::cache_ready(&self.pods)
-            .await
-            .ok();
-        crate::controllers::runtime::cache_ready(&self.nodes)
-            .await
-            .ok();
+        crate::runtime::cache_ready(&self.pods).await.ok();
+        crate::runtime::cache_ready(&self.nodes).await.ok();
         self.resync();
         let mut inflight = JoinSet::new();
         loop {
@@ -536,7 +532,7 @@ impl Scheduler {
                 let since = current
                     .filter(|c| c.status == "False")
                     .and_then(|c| c.last_transition_time.clone())
-                    .unwrap_or_else(crate::controllers::runtime::now);
+                    .unwrap_or_else(crate::runtime::now);
                 let patch = json!({"status": {"conditions": [{
                     "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": message, "lastProbeTime": null, "lastTransitionTime": since,

@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use skiff_control::apiserver::{ApiConfig, ApiServer};
-use skiff_control::controllers::{self, ControllerConfig, Enabled};
+use skiff_control::manager::{self, ControllerConfig, Enabled};
 use skiff_control::store::Store;
 use skiff_control::store::embedded::EmbeddedStore;
 
@@ -67,7 +67,7 @@ impl TestCluster {
         let server = ApiServer::start(api_config, store.clone()).await.unwrap();
         let client = client_for(&server.kubeconfig).await;
         let controllers = (!config.enabled.is_empty())
-            .then(|| tokio::spawn(controllers::run(client.clone(), config)));
+            .then(|| tokio::spawn(manager::run(client.clone(), config)));
         TestCluster {
             client,
             server: Some(server),

@@ -1,0 +1,112 @@
+//! The settings of the controllers and the scheduler (`skiff-control`'s flags), and which of
+//! them run. A leaf: every controller reads it through [`super::Context`], and the manager
+//! picks the components to start from it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use skiff_common::cidr::Ipv4Cidr;
+
+/// Every component `--controllers` can name, in start order.
+pub const COMPONENTS: &[&str] = &[
+    "scheduler",
+    "serviceaccount",
+    "namespace",
+    "nodeipam",
+    "nodelifecycle",
+    "replicaset",
+    "deployment",
+    "daemonset",
+    "job",
+    "endpoints",
+    "endpointslice",
+    "garbagecollector",
+];
+
+/// Which components run: `*` for all, `name` to add one, `-name` to drop one
+/// (kube-controller-manager's `--controllers` syntax).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enabled(BTreeSet<&'static str>);
+
+impl Enabled {
+    pub fn parse(spec: &str) -> Result<Enabled, String> {
+        let mut set = BTreeSet::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (remove, name) = match item.strip_prefix('-') {
+                Some(n) => (true, n),
+                None => (false, item),
+            };
+            let names: Vec<&'static str> = if name == "*" {
+                COMPONENTS.to_vec()
+            } else {
+                vec![*COMPONENTS.iter().find(|c| **c == name).ok_or_else(|| {
+                    format!(
+                        "unknown controller {name:?}; known: {}",
+                        COMPONENTS.join(", ")
+                    )
+                })?]
+            };
+            for n in names {
+                if remove {
+                    set.remove(n);
+                } else {
+                    set.insert(n);
+                }
+            }
+        }
+        Ok(Enabled(set))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Settings shared by the controllers (flags of `skiff-control`).
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub enabled: Enabled,
+    /// Pod network; node IPAM gives each node a `/node_cidr_mask_size` of it.
+    pub cluster_cidr: Ipv4Cidr,
+    pub node_cidr_mask_size: u8,
+    /// A node whose Lease is not renewed for this long becomes Ready=Unknown.
+    pub node_monitor_grace_period: Duration,
+    /// Pods on a NotReady/Unknown node are evicted after this long.
+    pub pod_eviction_timeout: Duration,
+    /// Every object is reconciled at least this often, even without changes.
+    pub resync_period: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            enabled: Enabled::parse("*").expect("valid"),
+            cluster_cidr: Ipv4Cidr::parse("10.244.0.0/16").expect("valid"),
+            node_cidr_mask_size: 24,
+            node_monitor_grace_period: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
+            resync_period: Duration::from_secs(300),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_flag_like_kube_controller_manager() {
+        let all = Enabled::parse("*").unwrap();
+        assert!(all.contains("job") && all.contains("scheduler"));
+        let no_job = Enabled::parse("*,-job").unwrap();
+        assert!(!no_job.contains("job") && no_job.contains("replicaset"));
+        let some = Enabled::parse("replicaset,deployment").unwrap();
+        assert!(some.contains("deployment") && !some.contains("scheduler"));
+        assert!(Enabled::parse("").unwrap().is_empty());
+        assert!(Enabled::parse("*,-bogus").is_err());
+    }
+}
