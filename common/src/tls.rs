@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::SanType;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::TlsAcceptor;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,6 +28,31 @@ pub async fn serve<S, B>(
 ) where
     S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
         + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_with_peer(listener, acceptor, shutdown, move |_| service.clone()).await
+}
+
+/// The certificate chain a client presented in the handshake (leaf first), already verified
+/// by the acceptor's client-certificate verifier; empty when it presented none.
+pub type PeerCertificates = Vec<CertificateDer<'static>>;
+
+/// Like [`serve`], with the service of each connection made by `make_service` from the
+/// client certificate chain of that connection, so a handler can authenticate by it.
+pub async fn serve_with_peer<M, S, B>(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: impl Future<Output = ()>,
+    make_service: M,
+) where
+    M: Fn(PeerCertificates) -> S + Clone + Send + 'static,
+    S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -53,7 +79,7 @@ pub async fn serve<S, B>(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = service.clone();
+        let make_service = make_service.clone();
         connections.spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -63,6 +89,14 @@ pub async fn serve<S, B>(
                 }
                 Err(_) => return,
             };
+            // The service is made after the handshake, once the peer's certificates are known.
+            let certs = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let service = make_service(certs);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -126,7 +126,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     resource!("", "v1", core::v1::Secret, "Secret", "secrets", "secret",
         namespaced: true, short: [], categories: [], sub: []),
     resource!("", "v1", core::v1::ServiceAccount, "ServiceAccount", "serviceaccounts", "serviceaccount",
-        namespaced: true, short: ["sa"], categories: [], sub: []),
+        namespaced: true, short: ["sa"], categories: [], sub: ["token"]),
     resource!("apps", "v1", apps::v1::Deployment, "Deployment", "deployments", "deployment",
         namespaced: true, short: ["deploy"], categories: ["all"], sub: ["status", "scale"]),
     resource!("apps", "v1", apps::v1::ReplicaSet, "ReplicaSet", "replicasets", "replicaset",

@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 
-use crate::apiserver::resources::{RESOURCES, ResourceInfo, groups};
+use crate::apiserver::resources::{REVIEWS, RESOURCES, ResourceInfo, ReviewResource, groups};
 
 pub const SERVER_MAJOR: &str = "1";
 pub const SERVER_MINOR: &str = "33";
@@ -131,6 +131,12 @@ fn subresources(r: &ResourceInfo) -> Vec<Sub> {
                     "binding" => (None, None, "Binding", &["create"]),
                     "log" => (None, None, "Pod", &["get"]),
                     "finalize" => (None, None, r.kind, &["update"]),
+                    "token" => (
+                        Some("authentication.k8s.io"),
+                        Some("v1"),
+                        "TokenRequest",
+                        &["create"],
+                    ),
                     // An unknown subresource name in the table: skip it rather than invent a
                     // kind, so discovery never advertises something with the wrong shape.
                     _ => return None,
@@ -153,6 +159,26 @@ fn resources_in<'a>(
     RESOURCES
         .iter()
         .filter(move |r| r.group == group && r.version == version)
+}
+
+fn reviews_in<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ReviewResource> + 'a {
+    REVIEWS
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+/// The `APIResourceDiscovery` of a review resource.
+fn aggregated_review(r: &ReviewResource) -> Value {
+    json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": scope(r.namespaced),
+        "singularResource": r.singular,
+        "verbs": ReviewResource::VERBS,
+    })
 }
 
 /// `GET /api/v1` or `GET /apis/<group>/<version>`: an `APIResourceList`.
@@ -189,6 +215,15 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             }
             entries.push(e);
         }
+    }
+    for r in reviews_in(group, version) {
+        entries.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": ReviewResource::VERBS,
+        }));
     }
     if entries.is_empty() {
         return None;
@@ -279,8 +314,10 @@ fn aggregated_group(group: &str, versions: &[&str]) -> Value {
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let mut resources: Vec<Value> =
-                resources_in(group, v).map(aggregated_resource).collect();
+            let mut resources: Vec<Value> = resources_in(group, v)
+                .map(aggregated_resource)
+                .chain(reviews_in(group, v).map(aggregated_review))
+                .collect();
             if group.is_empty() && *v == "v1" {
                 resources.push(json!({
                     "resource": "bindings",

@@ -14,7 +14,7 @@ use super::nodeproxy::{self, NodeClient};
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::PatchType;
-use super::pki::TokenAuthenticator;
+use super::authn::{self, Authenticator, PeerCertificates};
 use super::registry::{
     self, DeleteOptions, Deleted, FieldValidation, ListOptions, Registry, WriteOptions, Written,
 };
@@ -30,7 +30,7 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub struct Handler {
     pub registry: Registry,
-    pub auth: TokenAuthenticator,
+    pub authn: Authenticator,
     /// The address clients should use, for `/api`'s serverAddressByClientCIDRs.
     pub advertise: String,
     /// Connections to node agents (`pods/log`).
@@ -116,16 +116,16 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 impl Handler {
     async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
         let (parts, body) = req.into_parts();
-        let endpoint = request::route(parts.uri.path())?;
-        let public = matches!(endpoint, Endpoint::Version | Endpoint::Health);
-        if !public
-            && self
-                .auth
-                .authenticate(header_str(&parts.headers, header::AUTHORIZATION))
-                .is_none()
-        {
-            return Err(ApiError::unauthorized());
+        let peer = parts.extensions.get::<PeerCertificates>();
+        let user = self
+            .authn
+            .authenticate(&self.registry, &parts.headers, peer)
+            .await?;
+        let endpoint = request::route(parts.uri.path());
+        if !matches!(endpoint, Ok(Endpoint::Version | Endpoint::Health)) {
+            authn::require_authenticated(&user)?;
         }
+        let endpoint = endpoint?;
         let accept = header_str(&parts.headers, header::ACCEPT);
         let read_only = parts.method == Method::GET || parts.method == Method::HEAD;
         match endpoint {
@@ -146,6 +146,21 @@ impl Handler {
                 self.resource(&parts.method, r, &query, accept, content_type, body)
                     .await
             }
+            Endpoint::Review { info, .. } if parts.method == Method::POST => {
+                let body = read_body(&parts.headers, body).await?;
+                let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
+                let review = object::parse_body(content_type, &body)?;
+                let out = match info.kind {
+                    "SelfSubjectReview" => authn::review::self_subject_review(&user, &review)?,
+                    _ => return Err(ApiError::no_route(parts.uri.path())),
+                };
+                Ok(json_response(StatusCode::CREATED, &out))
+            }
+            Endpoint::Review { info, .. } => Err(ApiError::method_not_allowed(
+                parts.method.as_str(),
+                info.group,
+                info.plural,
+            )),
             _ if !read_only => Err(ApiError::method_not_allowed(
                 parts.method.as_str(),
                 "",
@@ -234,6 +249,18 @@ impl Handler {
                 Ok(written(w))
             }
             (Method::POST, _, Some("binding")) => self.bind(&call).await,
+            (Method::POST, Some(name), Some("token")) => {
+                let request = object::parse_body(content_type, &body)?;
+                let out = authn::token_request::create(
+                    &self.registry,
+                    &self.authn.service_accounts,
+                    ns.unwrap_or_default(),
+                    name,
+                    request,
+                )
+                .await?;
+                Ok(json_response(StatusCode::CREATED, &out))
+            }
             (Method::PUT, Some(name), None | Some("status")) => {
                 let obj = object::parse_body(content_type, &body)?;
                 let w = self

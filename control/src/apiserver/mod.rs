@@ -1,5 +1,6 @@
-//! The Kubernetes-compatible API server: HTTPS (rustls), bearer-token authentication, and the
-//! REST semantics of kube-apiserver over a [`Store`].
+//! The Kubernetes-compatible API server: HTTPS (rustls), authentication ([`authn`]: client
+//! certificates, bearer tokens, service-account and bootstrap tokens), and the REST semantics
+//! of kube-apiserver over a [`Store`].
 //!
 //! Layout follows the request path: [`request`] works out what is asked, [`handlers`] speaks
 //! HTTP, [`registry`] gives objects their Kubernetes semantics over the store, with
@@ -8,6 +9,7 @@
 //! node agents.
 
 pub mod admission;
+pub mod authn;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
@@ -45,7 +47,8 @@ use crate::store::{Store, StoreError};
 use self::admission::{Allocators, Ipv4Cidr, PortRange};
 use self::handlers::Handler;
 use self::master_endpoints::MasterEndpoints;
-use self::pki::{Pki, TokenAuthenticator};
+use self::authn::{Authenticator, PeerCertificates, ServiceAccountTokens, StaticTokens};
+use self::pki::Pki;
 use self::registry::{Registry, WriteOptions};
 
 /// Everything the API server needs to start.
@@ -61,6 +64,11 @@ pub struct ApiConfig {
     pub service_cidr: Ipv4Cidr,
     pub node_ports: PortRange,
     pub token_auth_file: Option<PathBuf>,
+    /// The `iss` of the service-account tokens this server signs and accepts.
+    pub service_account_issuer: String,
+    /// The audiences tokens must name to be accepted (kube's `--api-audiences`); the issuer
+    /// when empty.
+    pub api_audiences: Vec<String>,
     pub tls_sans: Vec<String>,
     pub kubeconfig_out: PathBuf,
     /// How often history older than the previous tick is compacted away (kube: 5 minutes).
@@ -80,6 +88,8 @@ impl ApiConfig {
             service_cidr: Ipv4Cidr::parse("10.96.0.0/12").expect("valid default"),
             node_ports: PortRange::parse("30000-32767").expect("valid default"),
             token_auth_file: None,
+            service_account_issuer: authn::serviceaccount::DEFAULT_ISSUER.to_string(),
+            api_audiences: Vec::new(),
             tls_sans: Vec::new(),
             compaction_interval: Duration::from_secs(300),
             event_ttl: Duration::from_secs(3600),
@@ -131,12 +141,7 @@ impl ApiServer {
         }
         sans.extend(config.tls_sans.iter().cloned());
         let pki = Pki::load_or_create(&config.data_dir, &sans)?;
-        let mut auth = TokenAuthenticator::default();
-        auth.insert(pki.admin_token.clone(), Pki::admin_user());
-        if let Some(path) = &config.token_auth_file {
-            auth.load_csv(path)
-                .with_context(|| format!("reading --token-auth-file {}", path.display()))?;
-        }
+        let authn = authenticator(&config, &pki)?;
 
         let listener = TcpListener::bind((config.bind_address, config.secure_port))
             .await
@@ -163,14 +168,14 @@ impl ApiServer {
             .context("publishing the kubernetes service endpoints")?;
         let handler = Arc::new(Handler {
             registry,
-            auth,
+            authn,
             advertise: SocketAddr::new(advertise, local_addr.port()).to_string(),
             nodes: nodeproxy::NodeClient::new(pki.kubelet_client_config.clone()),
         });
 
         pki.write_kubeconfig(&config.kubeconfig_out, &url)
             .with_context(|| format!("writing {}", config.kubeconfig_out.display()))?;
-        let kubeconfig = pki.kubeconfig(&url, "admin", &pki.admin_token);
+        let kubeconfig = pki.token_kubeconfig(&url);
 
         let (stop, stopped) = signal::channel(false);
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
@@ -217,23 +222,49 @@ impl ApiServer {
     }
 }
 
+/// The authenticator chain: the admin token and `--token-auth-file` users, and
+/// service-account tokens signed with the key in the data dir.
+fn authenticator(config: &ApiConfig, pki: &Pki) -> Result<Authenticator> {
+    let mut tokens = StaticTokens::default();
+    tokens.insert(pki.admin_token.clone(), authn::token::admin_user());
+    if let Some(path) = &config.token_auth_file {
+        tokens
+            .load_csv(path)
+            .with_context(|| format!("reading --token-auth-file {}", path.display()))?;
+    }
+    let service_accounts = ServiceAccountTokens::load_or_create(
+        &config.data_dir,
+        &config.service_account_issuer,
+        &config.api_audiences,
+    )
+    .context("loading the service-account signing key")?;
+    Ok(Authenticator {
+        tokens,
+        service_accounts,
+    })
+}
+
 async fn serve(
     listener: TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     handler: Arc<Handler>,
     mut stopped: signal::Receiver<bool>,
 ) {
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    // Each connection's service hands its verified client certificates to every request.
+    let make_service = move |certs: skiff_common::tls::PeerCertificates| {
         let handler = handler.clone();
-        async move {
-            let req = req.map(axum::body::Body::new);
-            Ok::<_, std::convert::Infallible>(handlers::handle(handler, req).await)
-        }
-    });
+        let peer = PeerCertificates(Arc::new(certs));
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let handler = handler.clone();
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(peer.clone());
+            async move { Ok::<_, std::convert::Infallible>(handlers::handle(handler, req).await) }
+        })
+    };
     let shutdown = async move {
         let _ = stopped.changed().await;
     };
-    skiff_common::tls::serve(listener, tls, shutdown, service).await;
+    skiff_common::tls::serve_with_peer(listener, tls, shutdown, make_service).await;
 }
 
 /// Every [`master_endpoints::RECONCILE_INTERVAL`]: renew this server's lease and put the

@@ -1,14 +1,17 @@
-//! Serving certificates, bearer tokens and the admin kubeconfig.
+//! The cluster CA, serving and client certificates, and kubeconfigs.
 //!
 //! kubectl sends no bearer token over plain http, so the apiserver serves HTTPS only. A CA is
 //! generated once and kept in the data dir (every kubeconfig handed out carries it); the
 //! serving certificate is re-issued from it at every start so new `--tls-san`s take effect.
 //! So is the client certificate the apiserver presents to node agents (kube-apiserver's
-//! `--kubelet-client-certificate`), which [`super::nodeproxy`] uses for `pods/log`.
+//! `--kubelet-client-certificate`), which [`super::nodeproxy`] uses for `pods/log`, and the
+//! admin kubeconfig's client certificate (`kubernetes-admin` in `system:masters`, as kubeadm
+//! writes `admin.conf`). Clients may present a certificate signed by the CA; the handshake
+//! checks the chain and [`super::authn::x509`] reads the user from it.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -23,90 +26,21 @@ const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const ADMIN_TOKEN: &str = "admin.token";
 
-/// The identity a request authenticated as.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserInfo {
-    pub name: String,
-    pub uid: String,
-    pub groups: Vec<String>,
-}
+/// The user and group of the admin kubeconfig's client certificate (kubeadm's `admin.conf`).
+pub const ADMIN_USER: &str = "kubernetes-admin";
+pub const MASTERS_GROUP: &str = "system:masters";
+/// How long the admin client certificate is valid; it is re-issued at every start.
+const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Client certificates start this long before their issue, so clocks a little behind ours
+/// accept them (kubeadm backdates by the same).
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
-/// Bearer tokens the apiserver accepts.
-#[derive(Clone, Debug, Default)]
-pub struct TokenAuthenticator {
-    tokens: HashMap<String, UserInfo>,
-}
-
-impl TokenAuthenticator {
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<&UserInfo> {
-        let token = authorization?.strip_prefix("Bearer ")?.trim();
-        self.tokens.get(token)
-    }
-
-    pub fn insert(&mut self, token: String, user: UserInfo) {
-        self.tokens.insert(token, user);
-    }
-
-    /// Tokens in kube-apiserver's `--token-auth-file` format:
-    /// `token,user,uid[,"group1,group2"]`, one per line; `#` starts a comment.
-    pub fn load_csv(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading token file {}", path.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let fields = split_csv(line);
-            if fields.len() < 3 || fields[0].is_empty() || fields[1].is_empty() {
-                bail!(
-                    "{}:{}: want token,user,uid[,\"groups\"], got {line:?}",
-                    path.display(),
-                    i + 1
-                );
-            }
-            let groups = fields
-                .get(3)
-                .map(|g| {
-                    g.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.insert(
-                fields[0].clone(),
-                UserInfo {
-                    name: fields[1].clone(),
-                    uid: fields[2].clone(),
-                    groups,
-                },
-            );
-        }
-        Ok(())
-    }
-}
-
-/// Split one CSV line, honouring double quotes (the groups column is quoted).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur).trim().to_string()),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur.trim().to_string());
-    out
-}
-
-/// The CA, serving certificate and admin token of one control plane.
+/// The CA, serving certificate and admin credentials of one control plane.
 pub struct Pki {
+    pub ca: ClusterCa,
     pub ca_pem: String,
+    /// The bearer token of the in-process controllers and scheduler (user `admin` in
+    /// `system:masters`), kept in `admin.token` for the clients that read it.
     pub admin_token: String,
     pub server_config: Arc<rustls::ServerConfig>,
     /// TLS for connections to node agents: presents the `kube-apiserver-kubelet-client`
@@ -133,7 +67,9 @@ fn ca_params() -> Result<CertificateParams> {
     Ok(params)
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// Write `contents` to `path` readable by its owner only (keys, tokens, kubeconfigs), through a
+/// temporary file so a reader never sees half of it.
+pub fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -156,27 +92,144 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The cluster CA: its certificate (PEM) and what signs with its key.
+pub struct ClusterCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A client certificate and its private key, both PEM.
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClusterCa {
+    /// The CA kept in `dir`, created (key mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> Result<ClusterCa> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if dir.join(CA_CERT).exists() && dir.join(CA_KEY).exists() {
+            return ClusterCa::load(dir);
+        }
+        let key = KeyPair::generate()?;
+        let cert = ca_params()?.self_signed(&key)?;
+        write_private(&dir.join(CA_KEY), &key.serialize_pem())?;
+        std::fs::write(dir.join(CA_CERT), cert.pem())?;
+        Ok(ClusterCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(ca_params()?, key),
+        })
+    }
+
+    /// The CA kept in `dir`; an error when there is none (`skiff-control kubeconfig` signs
+    /// with the CA of an existing control plane, never a new one).
+    pub fn load(dir: &Path) -> Result<ClusterCa> {
+        let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+        if !cert_path.exists() || !key_path.exists() {
+            bail!(
+                "no cluster CA in {} (want {CA_CERT} and {CA_KEY}): is --data-dir the control plane's?",
+                dir.display()
+            );
+        }
+        let key_pem = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("parsing {}", key_path.display()))?;
+        let pem = std::fs::read_to_string(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?;
+        // The issuer is rebuilt from the same name and key as the stored CA certificate,
+        // so certificates it signs chain to that certificate.
+        Ok(ClusterCa {
+            pem,
+            issuer: Issuer::new(ca_params()?, key),
+        })
+    }
+
+    pub fn der(&self) -> Result<CertificateDer<'static>> {
+        CertificateDer::from_pem_slice(self.pem.as_bytes()).context("parsing ca.crt")
+    }
+
+    /// A client certificate for `user` in `groups` (CN and O, as kube-apiserver's x509
+    /// authenticator reads them), valid for `validity` from now.
+    pub fn issue_client(
+        &self,
+        user: &str,
+        groups: &[String],
+        validity: Duration,
+    ) -> Result<ClientCert> {
+        if user.is_empty() {
+            bail!("a client certificate needs a user name");
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, user);
+        for g in groups {
+            dn.push(DnType::OrganizationName, g.as_str());
+        }
+        params.distinguished_name = dn;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + validity;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// What a kubeconfig's user presents.
+pub enum Credential<'a> {
+    Token(&'a str),
+    Certificate(&'a ClientCert),
+}
+
+/// A kubeconfig for `server` that trusts `ca_pem` and presents `credential` as `user`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, credential: Credential<'_>) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let ca = b64(ca_pem);
+    let auth = match credential {
+        Credential::Token(token) => format!("    token: {token}\n"),
+        Credential::Certificate(c) => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&c.cert_pem),
+            b64(&c.key_pem)
+        ),
+    };
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: skiff
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {user}
+  user:
+{auth}contexts:
+- name: skiff
+  context:
+    cluster: skiff
+    user: {user}
+    namespace: default
+current-context: skiff
+"
+    )
+}
+
 impl Pki {
     /// Load the CA and admin token from `dir`, creating them on first start, and issue a
     /// serving certificate for `sans` (DNS names or IPs).
     pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Pki> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (ca_cert_path, ca_key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
-        let (ca_pem, ca_key) = if ca_cert_path.exists() && ca_key_path.exists() {
-            let key_pem = std::fs::read_to_string(&ca_key_path)?;
-            let key = KeyPair::from_pem(&key_pem)
-                .with_context(|| format!("parsing {}", ca_key_path.display()))?;
-            (std::fs::read_to_string(&ca_cert_path)?, key)
-        } else {
-            let key = KeyPair::generate()?;
-            let cert = ca_params()?.self_signed(&key)?;
-            write_private(&ca_key_path, &key.serialize_pem())?;
-            std::fs::write(&ca_cert_path, cert.pem())?;
-            (cert.pem(), key)
-        };
-        // The issuer is rebuilt from the same name and key as the stored CA certificate,
-        // so certificates it signs chain to that certificate.
-        let issuer = Issuer::new(ca_params()?, ca_key);
+        let ca = ClusterCa::load_or_create(dir)?;
+        let ca_pem = ca.pem.clone();
 
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -193,24 +246,14 @@ impl Pki {
             }
         }
         let server_key = KeyPair::generate()?;
-        let server_cert = params.signed_by(&server_key, &issuer)?;
+        let server_cert = params.signed_by(&server_key, &ca.issuer)?;
         std::fs::write(dir.join("apiserver.crt"), server_cert.pem())?;
 
-        let chain = vec![
-            server_cert.der().clone(),
-            CertificateDer::from_pem_slice(ca_pem.as_bytes()).context("parsing ca.crt")?,
-        ];
+        let chain = vec![server_cert.der().clone(), ca.der()?];
         let key = PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes())
             .context("parsing the serving key")?;
-        let mut server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-
-        let kubelet_client_config = kubelet_client_config(dir, &issuer, &ca_pem)?;
+        let server_config = server_config(&ca, chain, key)?;
+        let kubelet_client_config = kubelet_client_config(dir, &ca.issuer, &ca_pem)?;
 
         let token_path = dir.join(ADMIN_TOKEN);
         let admin_token = match std::fs::read_to_string(&token_path) {
@@ -222,53 +265,65 @@ impl Pki {
             }
         };
         Ok(Pki {
+            ca,
             ca_pem,
             admin_token,
-            server_config: Arc::new(server_config),
+            server_config,
             kubelet_client_config,
         })
     }
 
-    /// A kubeconfig for `server` that trusts this CA and presents `token`.
-    pub fn kubeconfig(&self, server: &str, user: &str, token: &str) -> String {
-        let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: skiff
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: {user}
-  user:
-    token: {token}
-contexts:
-- name: skiff
-  context:
-    cluster: skiff
-    user: {user}
-    namespace: default
-current-context: skiff
-"
+    /// The in-process controllers' kubeconfig: the admin token.
+    pub fn token_kubeconfig(&self, server: &str) -> String {
+        kubeconfig(
+            server,
+            &self.ca_pem,
+            "admin",
+            Credential::Token(&self.admin_token),
         )
     }
 
+    /// The admin kubeconfig as kubeadm writes it: a fresh client certificate for
+    /// `kubernetes-admin` in `system:masters`, written mode 0600.
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        write_private(path, &self.kubeconfig(server, "admin", &self.admin_token))
+        let cert =
+            self.ca
+                .issue_client(ADMIN_USER, &[MASTERS_GROUP.into()], ADMIN_CERT_VALIDITY)?;
+        let text = kubeconfig(
+            server,
+            &self.ca_pem,
+            ADMIN_USER,
+            Credential::Certificate(&cert),
+        );
+        write_private(path, &text)
     }
+}
 
-    pub fn admin_user() -> UserInfo {
-        UserInfo {
-            name: "admin".into(),
-            uid: "admin".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
-        }
-    }
+/// TLS for the API: the serving chain, and client certificates checked against the cluster CA
+/// when a client presents one (kube-apiserver's `--client-ca-file`). A client without one still
+/// connects; it may authenticate by bearer token or be anonymous.
+fn server_config(
+    ca: &ClusterCa,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()?).context("trusting ca.crt")?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .context("building the client certificate verifier")?;
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server_config))
 }
 
 /// Issue the client certificate the apiserver presents to node agents (CN
@@ -370,30 +425,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_csv_with_quoted_groups() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.csv");
-        std::fs::write(&path, "# comment\nt1,alice,1001,\"dev,ops\"\nt2,bob,1002\n").unwrap();
-        let mut auth = TokenAuthenticator::default();
-        auth.load_csv(&path).unwrap();
-        let alice = auth.authenticate(Some("Bearer t1")).unwrap();
-        assert_eq!(alice.name, "alice");
-        assert_eq!(alice.groups, vec!["dev", "ops"]);
-        assert_eq!(auth.authenticate(Some("Bearer t2")).unwrap().uid, "1002");
-        assert!(auth.authenticate(Some("Bearer nope")).is_none());
-        assert!(auth.authenticate(Some("Basic t1")).is_none());
-        assert!(auth.authenticate(None).is_none());
-    }
-
-    #[test]
-    fn malformed_token_file_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens.csv");
-        std::fs::write(&path, "onlytoken\n").unwrap();
-        assert!(TokenAuthenticator::default().load_csv(&path).is_err());
-    }
-
-    #[test]
     fn ca_is_kept_and_admin_token_stable_across_starts() {
         let dir = tempfile::tempdir().unwrap();
         let a = Pki::load_or_create(dir.path(), &["localhost".into(), "127.0.0.1".into()]).unwrap();
@@ -401,8 +432,33 @@ mod tests {
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.admin_token, b.admin_token);
         assert!(
-            a.kubeconfig("https://127.0.0.1:6443", "admin", "t")
-                .contains("token: t")
+            a.token_kubeconfig("https://127.0.0.1:6443")
+                .contains(&format!("token: {}", a.admin_token))
         );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn admin_kubeconfig_carries_a_client_certificate_from_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path(), &["localhost".into()]).unwrap();
+        let path = dir.path().join("admin.kubeconfig");
+        pki.write_kubeconfig(&path, "https://127.0.0.1:6443").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("client-certificate-data: "), "{text}");
+        assert!(text.contains("client-key-data: "), "{text}");
+        assert!(!text.contains("token:"), "{text}");
+        assert!(text.contains("user: kubernetes-admin"), "{text}");
+    }
+
+    #[test]
+    fn load_needs_an_existing_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ClusterCa::load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("no cluster CA"), "{err}");
+        ClusterCa::load_or_create(dir.path()).unwrap();
+        assert!(ClusterCa::load(dir.path()).is_ok());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::resources::{self, ResourceInfo};
+use super::resources::{self, ResourceInfo, ReviewResource};
 use super::status::{ApiError, ApiResult};
 
 /// The endpoint a path names.
@@ -25,6 +25,11 @@ pub enum Endpoint {
     OpenApiV3Root,
     OpenApiV3(String),
     Resource(ResourceRequest),
+    /// A review resource (created, answered, never stored), in its namespace if namespaced.
+    Review {
+        info: &'static ReviewResource,
+        namespace: Option<String>,
+    },
 }
 
 /// A request on a resource: a collection, one object, or one object's subresource.
@@ -73,6 +78,9 @@ pub fn route(path: &str) -> ApiResult<Endpoint> {
         return Err(ApiError::no_route(path));
     }
     let unknown = || ApiError::no_route(path);
+    if let Some(review) = review_endpoint(group, version, rest) {
+        return Ok(review);
+    }
     // `/namespaces/<ns>/<resource>…` addresses namespaced resources; `/namespaces` and
     // `/namespaces/<name>[/<sub>]` address the namespace objects themselves.
     let (namespace, rest) = match rest {
@@ -128,6 +136,17 @@ pub fn route(path: &str) -> ApiResult<Endpoint> {
         name: name.map(str::to_string),
         subresource: sub.map(str::to_string),
     }))
+}
+
+/// `<reviews>` or `namespaces/<ns>/<reviews>` of a review resource.
+fn review_endpoint(group: &str, version: &str, rest: &[&str]) -> Option<Endpoint> {
+    let (namespace, plural) = match rest {
+        [plural] => (None, *plural),
+        ["namespaces", ns, plural] => (Some((*ns).to_string()), *plural),
+        _ => return None,
+    };
+    let info = resources::lookup_review(group, version, plural)?;
+    (info.namespaced == namespace.is_some()).then_some(Endpoint::Review { info, namespace })
 }
 
 /// The query string as a map; the last value of a repeated parameter wins, except for

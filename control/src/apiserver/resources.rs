@@ -6,12 +6,48 @@ use serde_json::Value;
 
 pub use crate::api_resources::{RESOURCES, ResourceInfo};
 
+/// A resource that is only ever created and answered, never stored (kube's "review"
+/// resources: `SelfSubjectReview`, and the access reviews of `authorization.k8s.io`).
+#[derive(Debug)]
+pub struct ReviewResource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+}
+
+impl ReviewResource {
+    pub const VERBS: &'static [&'static str] = &["create"];
+}
+
+/// The review resources served, in the groups discovery lists after those of [`RESOURCES`].
+pub static REVIEWS: &[ReviewResource] = &[ReviewResource {
+    group: "authentication.k8s.io",
+    version: "v1",
+    kind: "SelfSubjectReview",
+    plural: "selfsubjectreviews",
+    singular: "selfsubjectreview",
+    namespaced: false,
+}];
+
+pub fn lookup_review(group: &str, version: &str, plural: &str) -> Option<&'static ReviewResource> {
+    REVIEWS
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
 /// The groups in the order discovery lists them (core first, as kube-apiserver does).
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&'static str, &'static str)> = Vec::new();
-    for r in RESOURCES {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+    let all = RESOURCES
+        .iter()
+        .map(|r| (r.group, r.version))
+        .chain(REVIEWS.iter().map(|r| (r.group, r.version)));
+    for gv in all {
+        if !out.contains(&gv) {
+            out.push(gv);
         }
     }
     out

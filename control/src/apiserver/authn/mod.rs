@@ -1,0 +1,171 @@
+//! Authentication: who a request comes from, as kube-apiserver's authenticator chain works it
+//! out. The first authenticator that recognises the credential wins:
+//!
+//! 1. [`x509`]: a client certificate signed by the cluster CA (the TLS handshake has already
+//!    checked the chain; CN is the user, O the groups);
+//! 2. a bearer token, tried by [`token`] (static tokens: the admin token and
+//!    `--token-auth-file`), [`serviceaccount`] (service-account JWTs) and [`bootstrap`]
+//!    (bootstrap-token Secrets); a bearer token none of them accepts is a 401;
+//! 3. otherwise the request is `system:anonymous` in `system:unauthenticated`.
+//!
+//! Every authenticated user is also in `system:authenticated`. What a user may do is not
+//! decided here: until an authorizer does, [`require_authenticated`] turns anonymous requests
+//! away from everything but the public endpoints.
+
+pub mod bootstrap;
+pub mod review;
+pub mod serviceaccount;
+pub mod token;
+pub mod token_request;
+pub mod x509;
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, header};
+
+use super::registry::Registry;
+use super::status::{ApiError, ApiResult};
+
+pub use self::serviceaccount::ServiceAccountTokens;
+pub use self::token::StaticTokens;
+
+pub const ANONYMOUS_USER: &str = "system:anonymous";
+pub const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
+/// The identity a request authenticated as (kube's `user.Info`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl UserInfo {
+    pub fn anonymous() -> UserInfo {
+        UserInfo {
+            name: ANONYMOUS_USER.into(),
+            groups: vec![UNAUTHENTICATED_GROUP.into()],
+            ..UserInfo::default()
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.name == ANONYMOUS_USER
+    }
+
+    /// Add `system:authenticated`, as kube-apiserver does for every authenticated user
+    /// (unless the authenticator already did, or the user is anonymous).
+    fn authenticated(mut self) -> UserInfo {
+        let listed = self
+            .groups
+            .iter()
+            .any(|g| g == AUTHENTICATED_GROUP || g == UNAUTHENTICATED_GROUP);
+        if !listed && !self.is_anonymous() {
+            self.groups.push(AUTHENTICATED_GROUP.into());
+        }
+        self
+    }
+}
+
+/// The verified client certificate chain of a connection (leaf first), put into each request's
+/// extensions by the HTTPS server; empty when the client presented none.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCertificates(pub std::sync::Arc<skiff_common::tls::PeerCertificates>);
+
+/// The authenticator chain of one API server.
+pub struct Authenticator {
+    pub tokens: StaticTokens,
+    pub service_accounts: ServiceAccountTokens,
+}
+
+impl Authenticator {
+    /// Who sent a request with these `headers` over a connection with these `peer`
+    /// certificates: the user, anonymous when it carries no credential, or a 401 when it
+    /// carries a bearer token nobody accepts.
+    pub async fn authenticate(
+        &self,
+        registry: &Registry,
+        headers: &HeaderMap,
+        peer: Option<&PeerCertificates>,
+    ) -> ApiResult<UserInfo> {
+        if let Some(user) = peer.and_then(|p| x509::user_from_chain(&p.0)) {
+            return Ok(user.authenticated());
+        }
+        let Some(token) = bearer_token(headers) else {
+            return Ok(UserInfo::anonymous());
+        };
+        match self.authenticate_token(registry, token).await {
+            Some(user) => Ok(user.authenticated()),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+
+    /// The user a bearer token stands for, trying each token authenticator in kube's order.
+    pub async fn authenticate_token(&self, registry: &Registry, token: &str) -> Option<UserInfo> {
+        if let Some(user) = self.tokens.authenticate(token) {
+            return Some(user.clone());
+        }
+        if serviceaccount::looks_like_jwt(token) {
+            return self.service_accounts.authenticate(registry, token).await;
+        }
+        bootstrap::authenticate(registry, token).await
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. Another scheme, or an empty token,
+/// is no bearer credential at all (kube's bearer authenticator passes on it).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Turn away anonymous requests: what every non-public endpoint does until an authorizer
+/// decides per request (the RBAC authorizer replaces this, answering 403 where it denies).
+pub fn require_authenticated(user: &UserInfo) -> ApiResult<()> {
+    if user.is_anonymous() {
+        Err(ApiError::unauthorized())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&headers("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer_token(&headers("Basic abc")), None);
+        assert_eq!(bearer_token(&headers("Bearer ")), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn authenticated_users_join_system_authenticated_once() {
+        let u = UserInfo {
+            name: "alice".into(),
+            groups: vec!["devs".into()],
+            ..UserInfo::default()
+        }
+        .authenticated();
+        assert_eq!(u.groups, vec!["devs", AUTHENTICATED_GROUP]);
+        assert_eq!(u.clone().authenticated().groups, u.groups);
+        let anon = UserInfo::anonymous().authenticated();
+        assert_eq!(anon.groups, vec![UNAUTHENTICATED_GROUP]);
+        assert!(require_authenticated(&anon).is_err());
+        assert!(require_authenticated(&u).is_ok());
+    }
+}
