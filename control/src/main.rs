@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use skiff_common::cidr::Ipv4Cidr;
 use skiff_common::duration::seconds_or_duration;
 use skiff_control::apiserver::admission::PortRange;
+use skiff_control::apiserver::authn::serviceaccount::DEFAULT_ISSUER;
+use skiff_control::apiserver::pki;
 use skiff_control::apiserver::{ApiConfig, ApiServer};
 use skiff_control::manager::{self, ControllerConfig, Enabled};
 use skiff_control::runtime::leader::{LeaderElectionConfig, LeaderElector};
@@ -23,6 +25,8 @@ use skiff_control::store::{self, Store};
     about = "skiff control plane: a Kubernetes-compatible API server over an embedded store or etcd"
 )]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the embedded store, the CA, keys and the admin token live.
     #[arg(long, default_value = "/var/lib/skiff/control")]
     data_dir: PathBuf,
@@ -51,6 +55,12 @@ struct Flags {
     /// Extra bearer tokens, in kube-apiserver's CSV format (token,user,uid,"group1,group2").
     #[arg(long)]
     token_auth_file: Option<PathBuf>,
+    /// The issuer (`iss`) of the service-account tokens this server signs and accepts.
+    #[arg(long, default_value = DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// Audiences a token must name to be accepted (comma-separated); the issuer when unset.
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
     /// Extra IPs or DNS names for the serving certificate (repeat or comma-separate).
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
@@ -97,8 +107,40 @@ struct Flags {
     pod_eviction_timeout: Duration,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Issue a kubeconfig with a client certificate for a user (CN) in groups (O), signed by
+    /// the cluster CA in --data-dir, and print it (or write it to --out, mode 0600).
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct KubeconfigArgs {
+    /// The user name (the certificate's common name).
+    #[arg(long)]
+    user: String,
+    /// A group of the user (the certificate's organization).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The control plane's data dir, holding the cluster CA.
+    #[arg(long, default_value = "/var/lib/skiff/control")]
+    data_dir: PathBuf,
+    /// The API server URL (default: the server of <data-dir>/admin.kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
+    /// How long the certificate is valid: a duration (`8760h`, `30m`) or bare seconds.
+    #[arg(long, default_value = "8760h", value_parser = seconds_or_duration)]
+    expiration: Duration,
+    /// Write the kubeconfig here (mode 0600) instead of printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() -> Result<()> {
     let flags = Flags::parse();
+    if let Some(Command::Kubeconfig(args)) = &flags.command {
+        return issue_kubeconfig(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -132,6 +174,8 @@ async fn run(flags: Flags) -> Result<()> {
     config.service_cidr = flags.service_cluster_ip_range;
     config.node_ports = flags.service_node_port_range;
     config.token_auth_file = flags.token_auth_file;
+    config.service_account_issuer = flags.service_account_issuer;
+    config.api_audiences = flags.api_audiences;
     config.tls_sans = flags.tls_san;
     if let Some(path) = flags.kubeconfig_out {
         config.kubeconfig_out = path;
@@ -188,6 +232,38 @@ async fn run(flags: Flags) -> Result<()> {
     // Losing leadership ends the process (as kube-controller-manager does): a supervisor
     // restarts it as a fresh candidate, and no controller keeps working unsupervised.
     result
+}
+
+/// `skiff-control kubeconfig`: a client certificate for `--user` from the cluster CA.
+fn issue_kubeconfig(args: &KubeconfigArgs) -> Result<()> {
+    let ca = pki::ClusterCa::load(&args.data_dir)?;
+    let server = match &args.server {
+        Some(s) => s.clone(),
+        None => admin_server(&args.data_dir.join("admin.kubeconfig"))
+            .unwrap_or_else(|| "https://127.0.0.1:6443".to_string()),
+    };
+    let cert = ca.issue_client(&args.user, &args.groups, args.expiration)?;
+    let text = pki::kubeconfig(
+        &server,
+        &ca.pem,
+        &args.user,
+        pki::Credential::Certificate(&cert),
+    );
+    match &args.out {
+        Some(path) => pki::write_private(path, &text)
+            .with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// The server of the first cluster in a kubeconfig file, if it has one.
+fn admin_server(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let config = kube::config::Kubeconfig::from_yaml(&text).ok()?;
+    config.clusters.first()?.cluster.as_ref()?.server.clone()
 }
 
 async fn client_for(kubeconfig: &str) -> Result<kube::Client> {
@@ -259,6 +335,22 @@ mod tests {
         assert_eq!(f.node_monitor_grace_period, Duration::from_secs(8));
         assert_eq!(f.pod_eviction_timeout, Duration::from_secs(5));
         assert_eq!(f.event_ttl_seconds, Duration::from_secs(60));
+
+        let f = parse(&[
+            "kubeconfig",
+            "--user",
+            "alice",
+            "--group",
+            "devs",
+            "--expiration=10m",
+        ]);
+        let Some(Command::Kubeconfig(k)) = f.command else {
+            panic!("no kubeconfig command");
+        };
+        assert_eq!(k.user, "alice");
+        assert_eq!(k.groups, vec!["devs"]);
+        assert_eq!(k.expiration, Duration::from_secs(600));
+        assert_eq!(parse(&[]).service_account_issuer, DEFAULT_ISSUER);
 
         let err = Flags::try_parse_from(["skiff-control", "--node-monitor-grace-period=soon"])
             .unwrap_err()

@@ -406,7 +406,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["apps", "batch", "coordination.k8s.io", "discovery.k8s.io"]
+            [
+                "apps",
+                "batch",
+                "coordination.k8s.io",
+                "discovery.k8s.io",
+                "authentication.k8s.io"
+            ]
         );
         let apps = &l["groups"][0];
         assert_eq!(apps["preferredVersion"]["groupVersion"], "apps/v1");
@@ -440,6 +446,11 @@ mod tests {
         assert_eq!(find(&l, "pods/binding")["kind"], "Binding");
         assert_eq!(find(&l, "pods/binding")["verbs"], json!(["create"]));
         assert_eq!(find(&l, "pods/log")["verbs"], json!(["get"]));
+        let token = find(&l, "serviceaccounts/token");
+        assert_eq!(token["kind"], "TokenRequest");
+        assert_eq!(token["group"], "authentication.k8s.io");
+        assert_eq!(token["version"], "v1");
+        assert_eq!(token["verbs"], json!(["create"]));
         assert_eq!(find(&l, "namespaces/finalize")["verbs"], json!(["update"]));
         assert_eq!(find(&l, "namespaces")["namespaced"], false);
         assert_eq!(find(&l, "bindings")["verbs"], json!(["create"]));
@@ -530,8 +541,16 @@ mod tests {
         let d = aggregated(false, AggregatedVersion::V2Beta1);
         assert_eq!(d["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let items = d["items"].as_array().unwrap();
-        assert_eq!(items.len(), 4);
+        assert_eq!(items.len(), 5);
         assert_eq!(items[0]["metadata"]["name"], "apps");
+        let authn = &items[4];
+        assert_eq!(authn["metadata"]["name"], "authentication.k8s.io");
+        assert_eq!(
+            authn["versions"][0]["resources"][0],
+            json!({"resource": "selfsubjectreviews",
+                "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "SelfSubjectReview"},
+                "scope": "Cluster", "singularResource": "selfsubjectreview", "verbs": ["create"]})
+        );
         let deploy = items[0]["versions"][0]["resources"]
             .as_array()
             .unwrap()

@@ -160,6 +160,14 @@ impl ClusterCa {
         if user.is_empty() {
             bail!("a client certificate needs a user name");
         }
+        // rcgen keeps one value per attribute type in a subject, so a second O would replace
+        // the first: refuse rather than issue a certificate missing a group.
+        if groups.len() > 1 {
+            bail!(
+                "a client certificate can carry one group (O) here, got {}: {groups:?}; bind roles to the user or to one group",
+                groups.len()
+            );
+        }
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, user);
