@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::SanType;
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

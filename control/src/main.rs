@@ -250,8 +250,9 @@ fn issue_kubeconfig(args: &KubeconfigArgs) -> Result<()> {
         pki::Credential::Certificate(&cert),
     );
     match &args.out {
-        Some(path) => pki::write_private(path, &text)
-            .with_context(|| format!("writing {}", path.display())),
+        Some(path) => {
+            pki::write_private(path, &text).with_context(|| format!("writing {}", path.display()))
+        }
         None => {
             print!("{text}");
             Ok(())

@@ -67,6 +67,17 @@ const ROOTS: &[(&str, &str, &str)] = &[
     ("api.coordination.v1", "Lease", "coordination.k8s.io/v1"),
     ("api.discovery.v1", "EndpointSlice", "discovery.k8s.io/v1"),
     ("api.autoscaling.v1", "Scale", "autoscaling/v1"),
+    // `serviceaccounts/token` and `kubectl auth whoami` post these.
+    (
+        "api.authentication.v1",
+        "TokenRequest",
+        "authentication.k8s.io/v1",
+    ),
+    (
+        "api.authentication.v1",
+        "SelfSubjectReview",
+        "authentication.k8s.io/v1",
+    ),
     (META_V1, "DeleteOptions", "meta.k8s.io/v1"),
 ];
 

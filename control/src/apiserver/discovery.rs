@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 
-use crate::apiserver::resources::{REVIEWS, RESOURCES, ResourceInfo, ReviewResource, groups};
+use crate::apiserver::resources::{RESOURCES, REVIEWS, ResourceInfo, ReviewResource, groups};
 
 pub const SERVER_MAJOR: &str = "1";
 pub const SERVER_MINOR: &str = "33";

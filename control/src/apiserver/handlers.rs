@@ -9,12 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::authn::{self, Authenticator, PeerCertificates};
 use super::discovery::{self, AggregatedVersion};
 use super::nodeproxy::{self, NodeClient};
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::PatchType;
-use super::authn::{self, Authenticator, PeerCertificates};
 use super::registry::{
     self, DeleteOptions, Deleted, FieldValidation, ListOptions, Registry, WriteOptions, Written,
 };

@@ -45,9 +45,9 @@ use tokio::sync::watch as signal;
 use crate::store::{Store, StoreError};
 
 use self::admission::{Allocators, Ipv4Cidr, PortRange};
+use self::authn::{Authenticator, PeerCertificates, ServiceAccountTokens, StaticTokens};
 use self::handlers::Handler;
 use self::master_endpoints::MasterEndpoints;
-use self::authn::{Authenticator, PeerCertificates, ServiceAccountTokens, StaticTokens};
 use self::pki::Pki;
 use self::registry::{Registry, WriteOptions};
 

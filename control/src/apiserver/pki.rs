@@ -321,11 +321,13 @@ fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der()?).context("trusting ca.crt")?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .context("building the client certificate verifier")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("building the client certificate verifier")?;
     let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -444,7 +446,10 @@ mod tests {
                 .contains(&format!("token: {}", a.admin_token))
         );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(CA_KEY)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -453,7 +458,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::load_or_create(dir.path(), &["localhost".into()]).unwrap();
         let path = dir.path().join("admin.kubeconfig");
-        pki.write_kubeconfig(&path, "https://127.0.0.1:6443").unwrap();
+        pki.write_kubeconfig(&path, "https://127.0.0.1:6443")
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("client-certificate-data: "), "{text}");
         assert!(text.contains("client-key-data: "), "{text}");

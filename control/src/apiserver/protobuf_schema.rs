@@ -32,6 +32,14 @@ pub(crate) static ROOTS: &[(&str, &Message)] = &[
         &DISCOVERY_V1_ENDPOINT_SLICE,
     ),
     ("autoscaling/v1/Scale", &AUTOSCALING_V1_SCALE),
+    (
+        "authentication.k8s.io/v1/TokenRequest",
+        &AUTHENTICATION_V1_TOKEN_REQUEST,
+    ),
+    (
+        "authentication.k8s.io/v1/SelfSubjectReview",
+        &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW,
+    ),
     ("meta.k8s.io/v1/DeleteOptions", &META_V1_DELETE_OPTIONS),
 ];
 
@@ -57,6 +65,14 @@ pub(crate) static KINDS: &[(&str, &Message)] = &[
         &DISCOVERY_V1_ENDPOINT_SLICE,
     ),
     ("autoscaling/v1/Scale", &AUTOSCALING_V1_SCALE),
+    (
+        "authentication.k8s.io/v1/TokenRequest",
+        &AUTHENTICATION_V1_TOKEN_REQUEST,
+    ),
+    (
+        "authentication.k8s.io/v1/SelfSubjectReview",
+        &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW,
+    ),
     ("v1/Status", &META_V1_STATUS),
     (
         "meta.k8s.io/v1/PartialObjectMetadata",
@@ -290,6 +306,98 @@ pub(crate) static APPS_V1_ROLLING_UPDATE_DEPLOYMENT: Message = Message {
     fields: &[
         F::new(1, "maxUnavailable", One, IntOrString),
         F::new(2, "maxSurge", One, IntOrString),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE: Message = Message {
+    name: "api.authentication.v1.BoundObjectReference",
+    fields: &[
+        F::new(1, "kind", One, Str),
+        F::new(2, "apiVersion", One, Str),
+        F::new(3, "name", One, Str),
+        F::new(4, "uid", One, Str),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHENTICATION_V1_EXTRA_VALUE: Message = Message {
+    name: "api.authentication.v1.ExtraValue",
+    fields: &[F::new(1, "items", Repeated, Str)],
+    required: &[],
+};
+
+pub(crate) static AUTHENTICATION_V1_SELF_SUBJECT_REVIEW: Message = Message {
+    name: "api.authentication.v1.SelfSubjectReview",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(
+            2,
+            "status",
+            One,
+            Msg(&AUTHENTICATION_V1_SELF_SUBJECT_REVIEW_STATUS),
+        ),
+    ],
+    required: &["metadata"],
+};
+
+pub(crate) static AUTHENTICATION_V1_SELF_SUBJECT_REVIEW_STATUS: Message = Message {
+    name: "api.authentication.v1.SelfSubjectReviewStatus",
+    fields: &[F::new(
+        1,
+        "userInfo",
+        One,
+        Msg(&AUTHENTICATION_V1_USER_INFO),
+    )],
+    required: &[],
+};
+
+pub(crate) static AUTHENTICATION_V1_TOKEN_REQUEST: Message = Message {
+    name: "api.authentication.v1.TokenRequest",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(2, "spec", One, Msg(&AUTHENTICATION_V1_TOKEN_REQUEST_SPEC)),
+        F::new(
+            3,
+            "status",
+            One,
+            Msg(&AUTHENTICATION_V1_TOKEN_REQUEST_STATUS),
+        ),
+    ],
+    required: &["metadata", "spec"],
+};
+
+pub(crate) static AUTHENTICATION_V1_TOKEN_REQUEST_SPEC: Message = Message {
+    name: "api.authentication.v1.TokenRequestSpec",
+    fields: &[
+        F::new(1, "audiences", Repeated, Str),
+        F::new(4, "expirationSeconds", One, I64),
+        F::new(
+            3,
+            "boundObjectRef",
+            One,
+            Msg(&AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE),
+        ),
+    ],
+    required: &["audiences"],
+};
+
+pub(crate) static AUTHENTICATION_V1_TOKEN_REQUEST_STATUS: Message = Message {
+    name: "api.authentication.v1.TokenRequestStatus",
+    fields: &[
+        F::new(1, "token", One, Str),
+        F::new(2, "expirationTimestamp", One, Time),
+    ],
+    required: &["token", "expirationTimestamp"],
+};
+
+pub(crate) static AUTHENTICATION_V1_USER_INFO: Message = Message {
+    name: "api.authentication.v1.UserInfo",
+    fields: &[
+        F::new(1, "username", One, Str),
+        F::new(2, "uid", One, Str),
+        F::new(3, "groups", Repeated, Str),
+        F::new(4, "extra", Map(Str), Msg(&AUTHENTICATION_V1_EXTRA_VALUE)),
     ],
     required: &[],
 };

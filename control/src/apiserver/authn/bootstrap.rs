@@ -46,9 +46,7 @@ pub async fn authenticate(registry: &Registry, token: &str) -> Option<UserInfo> 
 /// A key of the Secret's `data`, decoded.
 fn data(secret: &Value, key: &str) -> Option<String> {
     let b64 = secret.get("data")?.get(key)?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     String::from_utf8(bytes).ok()
 }
 

@@ -319,11 +319,12 @@ mod tests {
         assert!(t.verify(&future).is_none(), "not valid before nbf");
         let (vault, _) = t.issue(&grant(None, vec!["vault".into()]), now).unwrap();
         assert!(t.verify(&vault).is_none());
-        let other_issuer =
-            ServiceAccountTokens::load_or_create(dir.path(), "https://elsewhere", &[
-                DEFAULT_ISSUER.into()
-            ])
-            .unwrap();
+        let other_issuer = ServiceAccountTokens::load_or_create(
+            dir.path(),
+            "https://elsewhere",
+            &[DEFAULT_ISSUER.into()],
+        )
+        .unwrap();
         let (elsewhere, _) = other_issuer
             .issue(&grant(None, vec![DEFAULT_ISSUER.into()]), now)
             .unwrap();
@@ -339,9 +340,7 @@ mod tests {
     #[test]
     fn deleted_objects_keep_tokens_only_during_the_grace() {
         let now = 1_000_000;
-        let obj = |ts: Option<&str>| {
-            serde_json::json!({"metadata": {"uid": "u", "deletionTimestamp": ts}})
-        };
+        let obj = |ts: Option<&str>| serde_json::json!({"metadata": {"uid": "u", "deletionTimestamp": ts}});
         assert!(live_with_uid(&obj(None), "u", now));
         assert!(!live_with_uid(&obj(None), "other", now));
         let t = |secs: i64| jiff::Timestamp::from_second(secs).unwrap().to_string();

@@ -26,8 +26,13 @@ pub async fn create(
     tokens: &ServiceAccountTokens,
     ns: &str,
     name: &str,
-    request: Value,
+    mut request: Value,
 ) -> ApiResult<Value> {
+    // The status is the server's to write; a protobuf body carries an empty one whose zero
+    // time does not decode as a TokenRequestStatus.
+    if let Some(obj) = request.as_object_mut() {
+        obj.remove("status");
+    }
     let req: TokenRequest = serde_json::from_value(request)
         .map_err(|e| ApiError::bad_request(format!("the body is not a TokenRequest: {e}")))?;
     let sa = get(registry, "serviceaccounts", ns, name).await?;

@@ -18,7 +18,12 @@ pub fn user_from_chain(chain: &[rustls::pki_types::CertificateDer<'static>]) -> 
 pub fn user_from_der(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     if name.is_empty() {
         return None;
     }
