@@ -143,13 +143,17 @@ async fn client_certificates_authenticate_the_admin_and_issued_users() {
     let text = std::fs::read_to_string(&admin).unwrap();
     assert!(text.contains("client-certificate-data:"), "{text}");
     c.kubectl(&admin, &["get", "namespaces"]).unwrap();
+    // kube-rs clients (the node agents, the harness) present the certificate too.
+    let client = client_from_yaml(&text).await.unwrap();
+    let (code, _) = raw(&client, "GET", "/api/v1/namespaces/kube-system", vec![]).await;
+    assert_eq!(code, 200);
     assert_eq!(
         c.whoami(&admin).unwrap(),
         json!({"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]})
     );
 
     let out = c.data_dir().join("alice.kubeconfig");
-    let status = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
+    let issued = Command::new(env!("CARGO_BIN_EXE_skiff-control"))
         .args([
             "kubeconfig",
             "--user",
@@ -163,9 +167,13 @@ async fn client_certificates_authenticate_the_admin_and_issued_users() {
         .arg(c.data_dir())
         .arg("--out")
         .arg(&out)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&out).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
