@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::authn::{self, Authenticator, PeerCertificates};
+use super::authn::{self, Authenticator, PeerIdentity};
 use super::discovery::{self, AggregatedVersion};
 use super::nodeproxy::{self, NodeClient};
 use super::object::{self, meta_str};
@@ -116,7 +116,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 impl Handler {
     async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
         let (parts, body) = req.into_parts();
-        let peer = parts.extensions.get::<PeerCertificates>();
+        let peer = parts.extensions.get::<PeerIdentity>();
         let user = self
             .authn
             .authenticate(&self.registry, &parts.headers, peer)

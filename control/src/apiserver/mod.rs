@@ -45,7 +45,7 @@ use tokio::sync::watch as signal;
 use crate::store::{Store, StoreError};
 
 use self::admission::{Allocators, Ipv4Cidr, PortRange};
-use self::authn::{Authenticator, PeerCertificates, ServiceAccountTokens, StaticTokens};
+use self::authn::{Authenticator, PeerIdentity, ServiceAccountTokens, StaticTokens};
 use self::handlers::Handler;
 use self::master_endpoints::MasterEndpoints;
 use self::pki::Pki;
@@ -250,10 +250,11 @@ async fn serve(
     handler: Arc<Handler>,
     mut stopped: signal::Receiver<bool>,
 ) {
-    // Each connection's service hands its verified client certificates to every request.
+    // The user of a connection's client certificate is read once, after the handshake, and
+    // handed to each of its requests.
     let make_service = move |certs: skiff_common::tls::PeerCertificates| {
         let handler = handler.clone();
-        let peer = PeerCertificates(Arc::new(certs));
+        let peer = PeerIdentity::from_chain(&certs);
         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let handler = handler.clone();
             let mut req = req.map(axum::body::Body::new);

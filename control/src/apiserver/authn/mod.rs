@@ -69,10 +69,16 @@ impl UserInfo {
     }
 }
 
-/// The verified client certificate chain of a connection (leaf first), put into each request's
-/// extensions by the HTTPS server; empty when the client presented none.
+/// The user a connection's verified client certificate names (`None` without one), read once
+/// per connection and put into each of its requests' extensions by the HTTPS server.
 #[derive(Clone, Debug, Default)]
-pub struct PeerCertificates(pub std::sync::Arc<skiff_common::tls::PeerCertificates>);
+pub struct PeerIdentity(pub Option<std::sync::Arc<UserInfo>>);
+
+impl PeerIdentity {
+    pub fn from_chain(chain: &[rustls::pki_types::CertificateDer<'static>]) -> PeerIdentity {
+        PeerIdentity(x509::user_from_chain(chain).map(std::sync::Arc::new))
+    }
+}
 
 /// The authenticator chain of one API server.
 pub struct Authenticator {
@@ -81,17 +87,17 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Who sent a request with these `headers` over a connection with these `peer`
-    /// certificates: the user, anonymous when it carries no credential, or a 401 when it
+    /// Who sent a request with these `headers` over a connection whose certificate names
+    /// `peer`: the user, anonymous when it carries no credential, or a 401 when it
     /// carries a bearer token nobody accepts.
     pub async fn authenticate(
         &self,
         registry: &Registry,
         headers: &HeaderMap,
-        peer: Option<&PeerCertificates>,
+        peer: Option<&PeerIdentity>,
     ) -> ApiResult<UserInfo> {
-        if let Some(user) = peer.and_then(|p| x509::user_from_chain(&p.0)) {
-            return Ok(user.authenticated());
+        if let Some(user) = peer.and_then(|p| p.0.as_deref()) {
+            return Ok(user.clone().authenticated());
         }
         let Some(token) = bearer_token(headers) else {
             return Ok(UserInfo::anonymous());
