@@ -112,6 +112,8 @@ pub struct ApiServer {
     pub url: String,
     pub ca_pem: String,
     pub admin_token: String,
+    /// A kubeconfig with the admin token, for in-process clients (the controllers); the file
+    /// at `kubeconfig_out` carries the `kubernetes-admin` client certificate instead.
     pub kubeconfig: String,
     stop: signal::Sender<bool>,
     /// Keeps the `kubernetes` endpoints; on stop it takes this server out of them.

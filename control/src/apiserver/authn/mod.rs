@@ -174,4 +174,68 @@ mod tests {
         assert!(require_authenticated(&anon).is_err());
         assert!(require_authenticated(&u).is_ok());
     }
+
+    /// The chain over a real registry: first match wins, a token nobody accepts is a 401.
+    #[tokio::test]
+    async fn the_chain_tries_each_authenticator_in_order() {
+        use crate::apiserver::admission::{Allocators, Ipv4Cidr, PortRange};
+        use crate::store::{Store, embedded::EmbeddedStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let allocators = Allocators::new(
+            store.clone(),
+            Ipv4Cidr::parse("10.96.0.0/12").unwrap(),
+            PortRange::parse("30000-32767").unwrap(),
+        );
+        let registry = Registry::new(store, allocators);
+        let mut tokens = StaticTokens::default();
+        tokens.insert("admin-token".into(), token::admin_user());
+        let service_accounts =
+            ServiceAccountTokens::load_or_create(dir.path(), serviceaccount::DEFAULT_ISSUER, &[])
+                .unwrap();
+        let grant = serviceaccount::Grant {
+            namespace: "foo".into(),
+            service_account: serviceaccount::ObjectRef {
+                name: "gone".into(),
+                uid: "u".into(),
+            },
+            bound: None,
+            audiences: vec![serviceaccount::DEFAULT_ISSUER.into()],
+            expiration: std::time::Duration::from_secs(600),
+        };
+        let now = jiff::Timestamp::now().as_second();
+        let (orphan_jwt, _) = service_accounts.issue(&grant, now).unwrap();
+        let authn = Authenticator {
+            tokens,
+            service_accounts,
+        };
+        let who = |h: HeaderMap, peer: Option<PeerIdentity>| {
+            let (authn, registry) = (&authn, &registry);
+            async move { authn.authenticate(registry, &h, peer.as_ref()).await }
+        };
+
+        assert_eq!(who(HeaderMap::new(), None).await, Ok(UserInfo::anonymous()));
+        let admin = who(headers("Bearer admin-token"), None).await.unwrap();
+        assert_eq!(admin.name, "admin");
+        assert_eq!(admin.groups, vec!["system:masters", AUTHENTICATED_GROUP]);
+        for bad in [
+            "Bearer wrong",
+            "Bearer abcdef.0123456789abcdef",
+            &format!("Bearer {orphan_jwt}"),
+        ] {
+            let err = who(headers(bad), None).await.unwrap_err();
+            assert_eq!((err.code, err.reason), (401, "Unauthorized"), "{bad}");
+        }
+        // A client certificate wins over whatever token comes with it.
+        let cert_user = UserInfo {
+            name: "alice".into(),
+            groups: vec!["devs".into()],
+            ..UserInfo::default()
+        };
+        let peer = PeerIdentity(Some(std::sync::Arc::new(cert_user)));
+        let alice = who(headers("Bearer wrong"), Some(peer)).await.unwrap();
+        assert_eq!(alice.name, "alice");
+        assert_eq!(alice.groups, vec!["devs", AUTHENTICATED_GROUP]);
+    }
 }
