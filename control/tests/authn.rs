@@ -160,6 +160,8 @@ async fn client_certificates_authenticate_the_admin_and_issued_users() {
             "alice",
             "--group",
             "devs",
+            "--group",
+            "ops",
             "--expiration",
             "1h",
         ])
@@ -185,7 +187,7 @@ async fn client_certificates_authenticate_the_admin_and_issued_users() {
     );
     assert_eq!(
         c.whoami(&out).unwrap(),
-        json!({"username": "alice", "groups": ["devs", "system:authenticated"]})
+        json!({"username": "alice", "groups": ["devs", "ops", "system:authenticated"]})
     );
 
     // No CA in the data dir: an error, not a kubeconfig signed by a new CA.

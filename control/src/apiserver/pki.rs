@@ -149,47 +149,101 @@ impl ClusterCa {
         CertificateDer::from_pem_slice(self.pem.as_bytes()).context("parsing ca.crt")
     }
 
-    /// A client certificate for `user` in `groups` (CN and O, as kube-apiserver's x509
-    /// authenticator reads them), valid for `validity` from now.
+    /// A client certificate for `user` in `groups` (CN and one O per group, as
+    /// kube-apiserver's x509 authenticator reads them), valid for `validity` from now.
+    ///
+    /// Built with x509-cert rather than rcgen: rcgen keeps one value per subject attribute, so
+    /// a second group would replace the first.
     pub fn issue_client(
         &self,
         user: &str,
         groups: &[String],
         validity: Duration,
     ) -> Result<ClientCert> {
+        use p256::pkcs8::DecodePrivateKey;
+        use rcgen::PublicKeyData;
+        use x509_cert::der::{Decode, EncodePem};
         if user.is_empty() {
             bail!("a client certificate needs a user name");
         }
-        // rcgen keeps one value per attribute type in a subject, so a second O would replace
-        // the first: refuse rather than issue a certificate missing a group.
-        if groups.len() > 1 {
-            bail!(
-                "a client certificate can carry one group (O) here, got {}: {groups:?}; bind roles to the user or to one group",
-                groups.len()
-            );
-        }
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, user);
-        for g in groups {
-            dn.push(DnType::OrganizationName, g.as_str());
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + validity;
+        let signer = p256::ecdsa::SigningKey::from_pkcs8_pem(&self.issuer.key().serialize_pem())
+            .context("the CA key is not an ECDSA P-256 key")?;
+        let ca =
+            x509_cert::Certificate::from_der(self.der()?.as_ref()).context("parsing ca.crt")?;
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let spki =
+            x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&key.subject_public_key_info())
+                .context("encoding the client public key")?;
+        let profile = x509_cert::builder::Profile::Leaf {
+            issuer: ca.tbs_certificate.subject,
+            enable_key_agreement: false,
+            enable_key_encipherment: true,
+        };
+        let mut builder = x509_cert::builder::CertificateBuilder::new(
+            profile,
+            random_serial()?,
+            client_validity(validity)?,
+            client_subject(user, groups)?,
+            spki,
+            &signer,
+        )
+        .context("building the client certificate")?;
+        use x509_cert::builder::Builder;
+        builder
+            .add_extension(&x509_cert::ext::pkix::ExtendedKeyUsage(vec![
+                x509_cert::der::oid::db::rfc5280::ID_KP_CLIENT_AUTH,
+            ]))
+            .context("adding the clientAuth usage")?;
+        let cert = builder
+            .build::<p256::ecdsa::DerSignature>()
+            .context("signing the client certificate")?;
         Ok(ClientCert {
-            cert_pem: cert.pem(),
+            cert_pem: cert.to_pem(x509_cert::der::pem::LineEnding::LF)?,
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// `O=<group>` for each group, then `CN=<user>`, as Go's crypto/x509 orders a subject.
+fn client_subject(user: &str, groups: &[String]) -> Result<x509_cert::name::Name> {
+    use x509_cert::attr::AttributeTypeAndValue;
+    use x509_cert::der::asn1::{Any, SetOfVec, Utf8StringRef};
+    use x509_cert::der::oid::db::rfc4519::{CN, O};
+    use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
+    let rdn = |oid, value: &str| -> Result<RelativeDistinguishedName> {
+        let value = Any::from(Utf8StringRef::new(value)?);
+        let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }])?;
+        Ok(RelativeDistinguishedName(set))
+    };
+    let mut rdns = groups
+        .iter()
+        .map(|g| rdn(O, g))
+        .collect::<Result<Vec<_>>>()?;
+    rdns.push(rdn(CN, user)?);
+    Ok(RdnSequence(rdns))
+}
+
+/// From [`BACKDATE`] ago to `validity` from now.
+fn client_validity(validity: Duration) -> Result<x509_cert::time::Validity> {
+    use x509_cert::time::Time;
+    let now = std::time::SystemTime::now();
+    let start = now.checked_sub(BACKDATE).unwrap_or(now);
+    let end = now
+        .checked_add(validity)
+        .context("--expiration is too far in the future")?;
+    Ok(x509_cert::time::Validity {
+        not_before: Time::try_from(start).context("certificate start")?,
+        not_after: Time::try_from(end).context("certificate expiry out of range")?,
+    })
+}
+
+/// A random positive 16-byte serial number (RFC 5280 allows up to 20).
+fn random_serial() -> Result<x509_cert::serial_number::SerialNumber> {
+    use rand::Rng;
+    let mut bytes: [u8; 16] = rand::rng().random();
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    Ok(x509_cert::serial_number::SerialNumber::new(&bytes)?)
 }
 
 /// What a kubeconfig's user presents.
