@@ -19,7 +19,7 @@ use super::registry::{
     self, DeleteOptions, Deleted, FieldValidation, ListOptions, Registry, WriteOptions, Written,
 };
 use super::request::{self, Endpoint, Query, ResourceRequest, Shape};
-use super::resources::ResourceInfo;
+use super::resources::{ResourceInfo, ReviewResource};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, success_status};
 use super::table::{self, IncludeObject};
@@ -150,11 +150,7 @@ impl Handler {
                 let body = read_body(&parts.headers, body).await?;
                 let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
                 let review = object::parse_body(content_type, &body)?;
-                let out = match info.kind {
-                    "SelfSubjectReview" => authn::review::self_subject_review(&user, &review)?,
-                    _ => return Err(ApiError::no_route(parts.uri.path())),
-                };
-                Ok(json_response(StatusCode::CREATED, &out))
+                review_answer(info, &user, &review, parts.uri.path())
             }
             Endpoint::Review { info, .. } => Err(ApiError::method_not_allowed(
                 parts.method.as_str(),
@@ -450,6 +446,20 @@ impl Handler {
         )
             .into_response())
     }
+}
+
+/// The answer to a posted review (created, never stored).
+fn review_answer(
+    info: &ReviewResource,
+    user: &authn::UserInfo,
+    review: &Value,
+    path: &str,
+) -> ApiResult<Response> {
+    let out = match info.kind {
+        "SelfSubjectReview" => authn::review::self_subject_review(user, review)?,
+        _ => return Err(ApiError::no_route(path)),
+    };
+    Ok(json_response(StatusCode::CREATED, &out))
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {
