@@ -8,6 +8,11 @@
 //! lists and the type of every property. The served resources come from discovery, so a new
 //! resource without a fixture below fails the test.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
