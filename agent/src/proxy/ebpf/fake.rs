@@ -14,10 +14,11 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
+use rustc_hash::FxHashMap as HashMap;
 use skiff_ebpf_common::{AffinityMatchKey, Backend, Frontend, FrontendKey, RevNat, SlotKey};
 
 use super::maps::{LbStore, MapFill, MapOpError, PROGRAM_MAPS, SVC_NAMES, SvcName, Table};
-use super::reconcile::{FillReporter, HashMap, Reconciler, sync_report};
+use super::reconcile::{FillReporter, Reconciler, sync_report};
 use crate::proxy::dataplane::{Dataplane, SyncReport};
 use crate::proxy::model::{ProxyState, ServicePortName};
 

@@ -13,6 +13,7 @@
 //! - [`PinnedMaps::open`] reads the pinned maps without a running agent (for the `bpf` CLI);
 //! - [`fake`] holds the maps in memory, with fault injection, for tests without root.
 pub mod fake;
+pub mod id_allocator;
 pub mod loader;
 pub mod maps;
 pub mod reconcile;

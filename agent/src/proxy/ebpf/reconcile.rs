@@ -3,84 +3,43 @@
 //!
 //! - Ids are stable: a frontend keeps its revNAT id (which also names its slot set) for as long
 //!   as it exists; a backend (ip, port, protocol) keeps its id while any slot references it.
-//!   Ids are allocated from a moving cursor, so a freed id is not handed out again at once.
+//!   Ids come from [`IdAllocator`]s (a moving cursor: a freed id is not handed out again at
+//!   once), restored from the maps by [`Reconciler::load`].
 //! - Slots are stable too: a surviving backend stays in its slot, a new one fills a hole or is
 //!   appended, and the tail is compacted into holes — one backend more or less costs one or two
 //!   slot writes, not a rewrite of the set.
 //! - Write order keeps the datapath consistent at every step: backends and slots before the
 //!   frontend that counts them; the frontend's count shrinks before its tail slots go; backends
 //!   go last, once no slot references them.
+//! - A sync runs as named steps (the `steps` submodule): ensure backends, upsert frontends,
+//!   remove frontends, prune orphans, prune backends.
 //! - A failed write (a full map) skips that frontend and is reported by map name in
 //!   [`SyncError`]; everything else is still programmed. The in-memory mirror only records
 //!   writes that succeeded, so the next sync retries what is missing.
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod frontend;
+mod slots;
+mod steps;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
+// which SipHash's DoS resistance buys nothing and costs a third of a 10k-service resync.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 use skiff_ebpf_common::{
-    AffinityMatchKey, BE_LOCAL, Backend, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend,
-    FrontendKey, RevNat, SlotKey, ip_raw, port_raw,
+    Backend, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend, FrontendKey, RevNat, ip_raw,
+    port_raw,
 };
 
-use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, name_to_bytes, size_flag};
+pub use slots::assign_slots;
+
+use super::id_allocator::IdAllocator;
+use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, size_flag};
 use crate::proxy::dataplane::{FullMap, SyncReport, SyncStats};
 use crate::proxy::model::{ProxyState, ServicePort, ServicePortName};
-
-/// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
-/// which SipHash's DoS resistance buys nothing and costs a third of a 10k-service resync.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut c = bytes.chunks_exact(8);
-        for w in &mut c {
-            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        for b in c.remainder() {
-            self.add(u64::from(*b));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxBuild = BuildHasherDefault<FxHasher>;
-pub type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
-pub type HashSet<K> = std::collections::HashSet<K, FxBuild>;
 
 /// A backend's identity (raw: network byte order, as stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +47,17 @@ pub struct BackendAddr {
     pub addr: u32,
     pub port: u16,
     pub proto: u8,
+}
+
+impl BackendAddr {
+    /// The identity of backend entry `b`.
+    pub fn of(b: &Backend) -> Self {
+        BackendAddr {
+            addr: b.addr,
+            port: b.port,
+            proto: b.proto,
+        }
+    }
 }
 
 /// What one frontend should look like.
@@ -356,12 +326,6 @@ impl Owners {
     }
 }
 
-/// RevNAT ids during a sync: those not to hand out, and those handed out by it.
-struct RevIds {
-    in_use: HashSet<u32>,
-    fresh: Vec<u32>,
-}
-
 /// The reconciler's mirror of the maps: what it believes is in the kernel.
 #[derive(Debug, Default)]
 pub struct Reconciler {
@@ -374,133 +338,66 @@ pub struct Reconciler {
     /// revNAT id → backend ids with an affinity-match entry.
     aff_match: HashMap<u32, HashSet<u32>>,
     names: HashMap<u32, String>,
-    next_backend_id: u32,
-    next_rev_nat_id: u32,
+    /// The ids of `backends`.
+    backend_id_alloc: IdAllocator,
+    /// The revNAT ids any map holds, and those a sync allocated until it purges them.
+    rev_nat_id_alloc: IdAllocator,
     /// Which service port each frontend belongs to, after a [`Reconciler::sync_state`] or
     /// [`Reconciler::sync_changed`] that succeeded (`None` otherwise: the next
     /// `sync_changed` compares everything).
     owners: Option<Owners>,
 }
 
-fn alloc(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
-    loop {
-        let id = *next;
-        *next = next.wrapping_add(1).max(1);
-        if id != 0 && !used(id) {
-            return id;
-        }
+/// Each backend address's id; of two ids for one address (left by an older agent), the lower.
+fn backend_ids_by_addr(backends: &HashMap<u32, Backend>) -> HashMap<BackendAddr, u32> {
+    let mut ids: Vec<(&u32, &Backend)> = backends.iter().collect();
+    ids.sort();
+    let mut by_addr = HashMap::default();
+    for (id, b) in ids {
+        by_addr.entry(BackendAddr::of(b)).or_insert(*id);
     }
-}
-
-/// New slot contents for a set that holds `current` and should hold `want` (see module doc).
-pub fn assign_slots(current: &[u32], want: &[u32]) -> Vec<u32> {
-    // Fast path (the common case of a resync): the same backends, no holes or duplicates.
-    if current.len() == want.len()
-        && current.len() <= 32
-        && current.iter().all(|id| *id != 0 && want.contains(id))
-        && want.iter().all(|id| current.contains(id))
-        && current
-            .iter()
-            .enumerate()
-            .all(|(i, id)| !current[..i].contains(id))
-    {
-        return current.to_vec();
-    }
-    let want_set: HashSet<u32> = want.iter().copied().collect();
-    let mut seen = HashSet::default();
-    let mut out: Vec<u32> = current
-        .iter()
-        .map(|&id| {
-            if id != 0 && want_set.contains(&id) && seen.insert(id) {
-                id
-            } else {
-                0
-            }
-        })
-        .collect();
-    let mut fresh: VecDeque<u32> = want
-        .iter()
-        .copied()
-        .filter(|id| !seen.contains(id))
-        .collect();
-    {
-        let mut dedup = HashSet::default();
-        fresh.retain(|id| dedup.insert(*id));
-    }
-    for slot in out.iter_mut() {
-        if *slot == 0 {
-            match fresh.pop_front() {
-                Some(id) => *slot = id,
-                None => break,
-            }
-        }
-    }
-    out.extend(fresh);
-    loop {
-        while out.last() == Some(&0) {
-            out.pop();
-        }
-        match out.iter().position(|&id| id == 0) {
-            Some(hole) => {
-                let last = out.pop().expect("non-empty");
-                out[hole] = last;
-            }
-            None => break,
-        }
-    }
-    out
+    by_addr
 }
 
 impl Reconciler {
     /// Read the maps into a mirror (after an agent restart: the pinned maps as they are).
     pub fn load(store: &mut dyn LbStore) -> Result<Reconciler, MapOpError> {
-        let mut r = Reconciler {
-            next_backend_id: 1,
-            next_rev_nat_id: 1,
-            ..Default::default()
-        };
-        r.frontends = store.frontends().entries()?.into_iter().collect();
+        let frontends = store.frontends().entries()?.into_iter().collect();
+        let mut slots: HashMap<u32, BTreeMap<u32, u32>> = HashMap::default();
         for (k, id) in store.slots().entries()? {
-            r.slots.entry(k.rev_nat_id).or_default().insert(k.slot, id);
+            slots.entry(k.rev_nat_id).or_default().insert(k.slot, id);
         }
-        r.backends = store.backends().entries()?.into_iter().collect();
-        let mut ids: Vec<(&u32, &Backend)> = r.backends.iter().collect();
-        ids.sort();
-        for (id, b) in ids {
-            r.backend_ids
-                .entry(BackendAddr {
-                    addr: b.addr,
-                    port: b.port,
-                    proto: b.proto,
-                })
-                .or_insert(*id);
-        }
-        r.revnat = store.revnat().entries()?.into_iter().collect();
+        let backends: HashMap<u32, Backend> = store.backends().entries()?.into_iter().collect();
+        let revnat = store.revnat().entries()?.into_iter().collect();
+        let mut aff_match: HashMap<u32, HashSet<u32>> = HashMap::default();
         for (k, _) in store.aff_match().entries()? {
-            r.aff_match
+            aff_match
                 .entry(k.rev_nat_id)
                 .or_default()
                 .insert(k.backend_id);
         }
-        r.names = store
+        let names = store
             .svc_names()
             .entries()?
             .into_iter()
             .map(|(id, n)| (id, super::maps::name_from_bytes(&n)))
             .collect();
-        r.next_backend_id = r
-            .backends
-            .keys()
-            .max()
-            .map_or(1, |m| m.wrapping_add(1).max(1));
-        r.next_rev_nat_id = r
-            .rev_nat_ids_in_use()
-            .into_iter()
-            .max()
-            .map_or(1, |m| m.wrapping_add(1).max(1));
+        let mut r = Reconciler {
+            backend_ids: backend_ids_by_addr(&backends),
+            backend_id_alloc: IdAllocator::restore(backends.keys().copied()),
+            frontends,
+            slots,
+            backends,
+            revnat,
+            aff_match,
+            names,
+            ..Default::default()
+        };
+        r.rev_nat_id_alloc = IdAllocator::restore(r.rev_nat_ids_in_use());
         Ok(r)
     }
 
+    /// Every revNAT id some map of the mirror holds.
     fn rev_nat_ids_in_use(&self) -> HashSet<u32> {
         let mut s: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
         s.extend(self.slots.keys());
@@ -632,492 +529,6 @@ impl Reconciler {
         self.sync_inner(store, desired, None)
             .expect("a sync of everything is always possible")
     }
-
-    /// Scoped (`scope` given): make the frontends in `scope` equal to `desired` (which holds
-    /// only frontends of `scope`: what is in `scope` and not in `desired` is removed) and
-    /// leave every other frontend as it is; the backends and ids they share are handled as a
-    /// full sync would. `None` (nothing written) when the outcome could differ from a full
-    /// sync: a backend whose `BE_LOCAL` bit may have to be cleared, which depends on the
-    /// frontends out of scope.
-    fn sync_inner(
-        &mut self,
-        store: &mut dyn LbStore,
-        desired: &BTreeMap<FrontendKey, DesiredFrontend>,
-        scope: Option<&HashSet<FrontendKey>>,
-    ) -> Option<Result<MapSyncStats, SyncError>> {
-        if scope.is_none() {
-            // Whoever syncs everything directly keeps no owners.
-            self.owners = None;
-        }
-        let start = Instant::now();
-        let mut st = MapSyncStats::default();
-        let mut failures = Vec::new();
-
-        let mut want_backends: HashMap<BackendAddr, bool> = HashMap::default();
-        for d in desired.values() {
-            for (a, local) in &d.backends {
-                *want_backends.entry(*a).or_default() |= *local;
-            }
-        }
-        // Scoped: the revNAT ids and backends the frontends in scope hold now.
-        let mut scope_revs: Vec<u32> = Vec::new();
-        let mut scope_backends: HashSet<u32> = HashSet::default();
-        if let Some(scope) = scope {
-            for key in scope {
-                if let Some(f) = self.frontends.get(key) {
-                    scope_revs.push(f.rev_nat_id);
-                    if let Some(s) = self.slots.get(&f.rev_nat_id) {
-                        scope_backends.extend(s.values().copied());
-                    }
-                }
-            }
-            let is_local = |id: &u32| {
-                self.backends
-                    .get(id)
-                    .is_some_and(|b| b.flags & BE_LOCAL != 0)
-            };
-            let wanted_local = |id: &u32| {
-                let b = &self.backends[id];
-                want_backends.get(&BackendAddr {
-                    addr: b.addr,
-                    port: b.port,
-                    proto: b.proto,
-                })
-            };
-            // A local backend the scope no longer wants local: other frontends decide.
-            if scope_backends
-                .iter()
-                .chain(want_backends.keys().filter_map(|a| self.backend_ids.get(a)))
-                .any(|id| is_local(id) && wanted_local(id) != Some(&true))
-            {
-                return None;
-            }
-        }
-
-        // 1. Backends every desired frontend needs (added or re-flagged).
-        let mut sorted: Vec<(&BackendAddr, &bool)> = want_backends.iter().collect();
-        sorted.sort();
-        for (a, local) in sorted {
-            let value = Backend {
-                addr: a.addr,
-                port: a.port,
-                proto: a.proto,
-                flags: if *local { BE_LOCAL } else { 0 },
-            };
-            let (id, new) = match self.backend_ids.get(a) {
-                Some(id) => (*id, false),
-                None => {
-                    let backends = &self.backends;
-                    (
-                        alloc(&mut self.next_backend_id, |id| backends.contains_key(&id)),
-                        true,
-                    )
-                }
-            };
-            if self.backends.get(&id) == Some(&value) {
-                continue;
-            }
-            match store.backends().put(&id, &value) {
-                Ok(()) => {
-                    st.writes += 1;
-                    if new {
-                        st.backends_added += 1;
-                    }
-                    self.backends.insert(id, value);
-                    self.backend_ids.insert(*a, id);
-                }
-                Err(error) => failures.push(SyncFailure {
-                    service: format!(
-                        "backend {}:{}",
-                        Ipv4Addr::from(a.addr.to_ne_bytes()),
-                        u16::from_be(a.port)
-                    ),
-                    error,
-                }),
-            }
-        }
-
-        // 2. Desired frontends.
-        let mut revs = RevIds {
-            in_use: match scope {
-                None => self.rev_nat_ids_in_use(),
-                // The other maps' ids are checked when allocating.
-                Some(_) => self.frontends.values().map(|f| f.rev_nat_id).collect(),
-            },
-            fresh: Vec::new(),
-        };
-        for (key, d) in desired {
-            let ids: Vec<u32> = d
-                .backends
-                .iter()
-                .filter_map(|(a, _)| self.backend_ids.get(a).copied())
-                .collect();
-            let existed = self.frontends.get(key).copied();
-            match self.sync_frontend(store, key, d, &ids, &mut revs, &mut st) {
-                Ok(changed) => match existed {
-                    None => st.frontends_added += 1,
-                    Some(_) if changed => st.frontends_updated += 1,
-                    Some(_) => {}
-                },
-                Err(error) => failures.push(SyncFailure {
-                    service: d.name.clone(),
-                    error,
-                }),
-            }
-        }
-
-        // 3. Frontends no longer wanted.
-        let gone: Vec<FrontendKey> = match scope {
-            None => self
-                .frontends
-                .keys()
-                .filter(|k| !desired.contains_key(k))
-                .copied()
-                .collect(),
-            Some(scope) => scope
-                .iter()
-                .filter(|k| self.frontends.contains_key(k) && !desired.contains_key(k))
-                .copied()
-                .collect(),
-        };
-        for key in gone {
-            let rev = self.frontends[&key].rev_nat_id;
-            let name = self.names.get(&rev).cloned().unwrap_or_default();
-            let res = store.frontends().delete(&key).map(|()| {
-                st.deletes += 1;
-                self.frontends.remove(&key);
-                st.frontends_removed += 1;
-            });
-            if let Err(error) = res {
-                failures.push(SyncFailure {
-                    service: name,
-                    error,
-                });
-            }
-        }
-
-        // 4. Slot sets, revNATs, names and affinity matches no frontend owns (removed
-        //    frontends, frontends whose creation failed, leftovers of an interrupted sync).
-        let mut orphans: Vec<u32> = match scope {
-            None => {
-                let owned: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
-                // (in_use: every id known at the start, plus those allocated since.)
-                revs.in_use
-                    .into_iter()
-                    .filter(|id| !owned.contains(id))
-                    .collect()
-            }
-            // A frontend out of scope owns none of the scope's ids.
-            Some(scope) => {
-                let owned: HashSet<u32> = scope
-                    .iter()
-                    .filter_map(|k| self.frontends.get(k))
-                    .map(|f| f.rev_nat_id)
-                    .collect();
-                let mut v: Vec<u32> = scope_revs
-                    .iter()
-                    .chain(&revs.fresh)
-                    .filter(|id| !owned.contains(id))
-                    .copied()
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            }
-        };
-        orphans.sort();
-        for rev in orphans {
-            if let Err(error) = self.purge_rev_nat(store, rev, &mut st) {
-                failures.push(SyncFailure {
-                    service: format!("revnat {rev}"),
-                    error,
-                });
-            }
-        }
-
-        // 5. Backends no slot references any more.
-        let mut unused: Vec<u32> = match scope {
-            None => {
-                let referenced: HashSet<u32> = self
-                    .slots
-                    .values()
-                    .flat_map(|s| s.values().copied())
-                    .collect();
-                self.backends
-                    .keys()
-                    .filter(|id| !referenced.contains(id))
-                    .copied()
-                    .collect()
-            }
-            // Only backends the scope used or wanted can have lost their last reference.
-            Some(scope) => {
-                scope_backends.extend(
-                    want_backends
-                        .keys()
-                        .filter_map(|a| self.backend_ids.get(a).copied()),
-                );
-                for key in scope {
-                    if let Some(s) = self
-                        .frontends
-                        .get(key)
-                        .and_then(|f| self.slots.get(&f.rev_nat_id))
-                    {
-                        for id in s.values() {
-                            scope_backends.remove(id);
-                        }
-                    }
-                }
-                if scope_backends.is_empty() {
-                    Vec::new()
-                } else {
-                    let referenced: HashSet<u32> = self
-                        .slots
-                        .values()
-                        .flat_map(|s| s.values().copied())
-                        .collect();
-                    scope_backends
-                        .into_iter()
-                        .filter(|id| self.backends.contains_key(id) && !referenced.contains(id))
-                        .collect()
-                }
-            }
-        };
-        unused.sort();
-        for id in unused {
-            match store.backends().delete(&id) {
-                Ok(()) => {
-                    st.deletes += 1;
-                    st.backends_removed += 1;
-                    if let Some(b) = self.backends.remove(&id) {
-                        let a = BackendAddr {
-                            addr: b.addr,
-                            port: b.port,
-                            proto: b.proto,
-                        };
-                        if self.backend_ids.get(&a) == Some(&id) {
-                            self.backend_ids.remove(&a);
-                        }
-                    }
-                }
-                Err(error) => failures.push(SyncFailure {
-                    service: format!("backend {id}"),
-                    error,
-                }),
-            }
-        }
-
-        st.frontends = self.frontends.len();
-        st.backends = self.backends.len();
-        st.duration = start.elapsed();
-        Some(if failures.is_empty() {
-            Ok(st)
-        } else {
-            Err(SyncError {
-                stats: st,
-                failures,
-            })
-        })
-    }
-
-    /// Program one frontend; returns whether anything was written.
-    fn sync_frontend(
-        &mut self,
-        store: &mut dyn LbStore,
-        key: &FrontendKey,
-        d: &DesiredFrontend,
-        ids: &[u32],
-        revs: &mut RevIds,
-        st: &mut MapSyncStats,
-    ) -> Result<bool, MapOpError> {
-        let before = st.writes + st.deletes;
-        let existing = self.frontends.get(key).copied();
-        let rev = match existing {
-            Some(f) => f.rev_nat_id,
-            None => {
-                let id = alloc(&mut self.next_rev_nat_id, |id| {
-                    revs.in_use.contains(&id)
-                        || self.names.contains_key(&id)
-                        || self.revnat.contains_key(&id)
-                        || self.slots.contains_key(&id)
-                        || self.aff_match.contains_key(&id)
-                });
-                revs.in_use.insert(id);
-                revs.fresh.push(id);
-                id
-            }
-        };
-        if self.names.get(&rev) != Some(&d.name) {
-            store.svc_names().put(&rev, &name_to_bytes(&d.name))?;
-            st.writes += 1;
-            self.names.insert(rev, d.name.clone());
-        }
-        let rn = RevNat {
-            addr: key.addr,
-            port: key.port,
-            pad: 0,
-        };
-        if self.revnat.get(&rev) != Some(&rn) {
-            store.revnat().put(&rev, &rn)?;
-            st.writes += 1;
-            self.revnat.insert(rev, rn);
-        }
-
-        // Affinity matches for the new backends, before the frontend can pick them.
-        let want_match: HashSet<u32> = if d.flags & FE_AFFINITY != 0 {
-            ids.iter().copied().collect()
-        } else {
-            HashSet::default()
-        };
-        let mut adds: Vec<u32> = want_match
-            .iter()
-            .filter(|id| !self.aff_match.get(&rev).is_some_and(|s| s.contains(id)))
-            .copied()
-            .collect();
-        adds.sort();
-        for id in adds {
-            store.aff_match().put(
-                &AffinityMatchKey {
-                    backend_id: id,
-                    rev_nat_id: rev,
-                },
-                &1,
-            )?;
-            st.writes += 1;
-            self.aff_match.entry(rev).or_default().insert(id);
-        }
-
-        // Slots 0..n, then the frontend, then the tail beyond n.
-        let cur_count = existing.map_or(0, |f| f.count);
-        let current: Vec<u32> = {
-            let set = self.slots.get(&rev);
-            (0..cur_count)
-                .map(|i| set.and_then(|s| s.get(&i)).copied().unwrap_or(0))
-                .collect()
-        };
-        let new = assign_slots(&current, ids);
-        for (i, id) in new.iter().enumerate() {
-            let slot = i as u32;
-            if self.slots.get(&rev).and_then(|s| s.get(&slot)) == Some(id) {
-                continue;
-            }
-            store.slots().put(
-                &SlotKey {
-                    rev_nat_id: rev,
-                    slot,
-                },
-                id,
-            )?;
-            st.writes += 1;
-            self.slots.entry(rev).or_default().insert(slot, *id);
-        }
-        let fe = Frontend {
-            rev_nat_id: rev,
-            count: new.len() as u32,
-            affinity_timeout: d.affinity_timeout,
-            flags: d.flags,
-            pad: [0; 3],
-        };
-        if existing != Some(fe) {
-            store.frontends().put(key, &fe)?;
-            st.writes += 1;
-            self.frontends.insert(*key, fe);
-        }
-        let tail: Vec<u32> = self
-            .slots
-            .get(&rev)
-            .map(|s| s.range(new.len() as u32..).map(|(k, _)| *k).collect())
-            .unwrap_or_default();
-        for slot in tail {
-            store.slots().delete(&SlotKey {
-                rev_nat_id: rev,
-                slot,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.slots.get_mut(&rev) {
-                s.remove(&slot);
-            }
-        }
-        if self.slots.get(&rev).is_some_and(|s| s.is_empty()) {
-            self.slots.remove(&rev);
-        }
-        let mut dels: Vec<u32> = self
-            .aff_match
-            .get(&rev)
-            .map(|s| {
-                s.iter()
-                    .filter(|id| !want_match.contains(id))
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        dels.sort();
-        for id in dels {
-            store.aff_match().delete(&AffinityMatchKey {
-                backend_id: id,
-                rev_nat_id: rev,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.aff_match.get_mut(&rev) {
-                s.remove(&id);
-            }
-        }
-        if self.aff_match.get(&rev).is_some_and(|s| s.is_empty()) {
-            self.aff_match.remove(&rev);
-        }
-        Ok(st.writes + st.deletes != before)
-    }
-
-    /// Delete everything keyed by a revNAT id no frontend owns.
-    fn purge_rev_nat(
-        &mut self,
-        store: &mut dyn LbStore,
-        rev: u32,
-        st: &mut MapSyncStats,
-    ) -> Result<(), MapOpError> {
-        let slots: Vec<u32> = self
-            .slots
-            .get(&rev)
-            .map(|s| s.keys().copied().collect())
-            .unwrap_or_default();
-        for slot in slots {
-            store.slots().delete(&SlotKey {
-                rev_nat_id: rev,
-                slot,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.slots.get_mut(&rev) {
-                s.remove(&slot);
-            }
-        }
-        self.slots.remove(&rev);
-        let matches: Vec<u32> = self
-            .aff_match
-            .get(&rev)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        for id in matches {
-            store.aff_match().delete(&AffinityMatchKey {
-                backend_id: id,
-                rev_nat_id: rev,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.aff_match.get_mut(&rev) {
-                s.remove(&id);
-            }
-        }
-        self.aff_match.remove(&rev);
-        if self.revnat.contains_key(&rev) {
-            store.revnat().delete(&rev)?;
-            st.deletes += 1;
-            self.revnat.remove(&rev);
-        }
-        if self.names.contains_key(&rev) {
-            store.svc_names().delete(&rev)?;
-            st.deletes += 1;
-            self.names.remove(&rev);
-        }
-        Ok(())
-    }
 }
 
 /// How often [`FillReporter`] walks the maps the programs write (affinity, socket revNAT,
@@ -1159,9 +570,10 @@ impl FillReporter {
 #[cfg(test)]
 mod tests {
     use super::super::fake::FakeMaps;
+    use super::super::maps::name_to_bytes;
     use super::*;
     use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
-    use skiff_ebpf_common::{FE_NODEPORT, PROTO_TCP, PROTO_UDP};
+    use skiff_ebpf_common::{BE_LOCAL, FE_NODEPORT, PROTO_TCP, PROTO_UDP, SlotKey};
 
     fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
         Endpoint {
