@@ -16,6 +16,7 @@ pub mod fake;
 pub mod id_allocator;
 pub mod loader;
 pub mod maps;
+pub mod programs;
 pub mod reconcile;
 pub mod sys;
 

@@ -1,0 +1,101 @@
+//! The socket-LB programs (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`), attached to the
+//! cgroup whose processes get service addresses translated.
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::Ebpf;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
+use skiff_ebpf_common::programs;
+
+use super::{LinkedProgram, load_and_link};
+use crate::proxy::ebpf::loader::AttachReport;
+use crate::proxy::ebpf::sys;
+
+/// `enum bpf_attach_type` of each cgroup program.
+const PROGRAMS: [(&str, u32); 4] = [
+    (programs::CONNECT4, 10),     // BPF_CGROUP_INET4_CONNECT
+    (programs::SENDMSG4, 14),     // BPF_CGROUP_UDP4_SENDMSG
+    (programs::RECVMSG4, 19),     // BPF_CGROUP_UDP4_RECVMSG
+    (programs::GETPEERNAME4, 29), // BPF_CGROUP_INET4_GETPEERNAME
+];
+
+impl LinkedProgram for CgroupSockAddr {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+    fn owned_fd(&self) -> Result<OwnedFd> {
+        Ok(self.fd()?.as_fd().try_clone_to_owned()?)
+    }
+}
+
+/// Load every cgroup program and attach it to `cgroup_root` through its pinned link in
+/// `links`.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    links: &Path,
+    cgroup_root: &Path,
+    report: &mut AttachReport,
+) -> Result<()> {
+    let cgroup = fs::File::open(cgroup_root)
+        .with_context(|| format!("open cgroup {}", cgroup_root.display()))?;
+    let cgroup_id = sys::cgroup_id(cgroup_root)?;
+    for (name, attach_type) in PROGRAMS {
+        let fits = |i: &sys::LinkInfo| {
+            i.link_type == sys::LINK_TYPE_CGROUP
+                && i.cgroup_id == cgroup_id
+                && i.attach_type == attach_type
+        };
+        load_and_link(
+            ebpf,
+            name,
+            links,
+            fits,
+            report,
+            |prog: &mut CgroupSockAddr| {
+                let id = prog
+                    .attach(&cgroup, CgroupAttachMode::Single)
+                    .with_context(|| format!("attach {name} to {}", cgroup_root.display()))?;
+                Ok(prog.take_link(id)?.try_into()?)
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Detach skiff cgroup links on `root` that no pin holds (left by a crash between attach and
+/// pin); returns how many.
+pub fn sweep(root: &Path) -> Result<usize> {
+    let cgroup_id = match sys::cgroup_id(root) {
+        Ok(id) => id,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let skiff_progs: std::collections::HashSet<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| PROGRAMS.iter().any(|(name, _)| *name == n))
+        })
+        .map(|p| p.id())
+        .collect();
+    let mut n = 0;
+    for id in sys::link_ids()? {
+        let Ok(fd) = sys::link_fd_by_id(id) else {
+            continue;
+        };
+        let Ok(info) = sys::link_info(&fd) else {
+            continue;
+        };
+        if info.link_type == sys::LINK_TYPE_CGROUP
+            && info.cgroup_id == cgroup_id
+            && skiff_progs.contains(&info.prog_id)
+        {
+            sys::link_detach(&fd).with_context(|| format!("detach link {id}"))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
