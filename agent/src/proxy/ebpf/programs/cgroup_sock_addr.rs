@@ -2,15 +2,14 @@
 //! cgroup whose processes get service addresses translated.
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use skiff_ebpf_common::programs;
 
-use super::{LinkedProgram, load_and_link};
+use super::{Attachment, Hook, load_and_link};
 use crate::proxy::ebpf::loader::AttachReport;
 use crate::proxy::ebpf::sys;
 
@@ -21,15 +20,6 @@ const PROGRAMS: [(&str, u32); 4] = [
     (programs::RECVMSG4, 19),     // BPF_CGROUP_UDP4_RECVMSG
     (programs::GETPEERNAME4, 29), // BPF_CGROUP_INET4_GETPEERNAME
 ];
-
-impl LinkedProgram for CgroupSockAddr {
-    fn load_program(&mut self) -> Result<(), ProgramError> {
-        self.load()
-    }
-    fn owned_fd(&self) -> Result<OwnedFd> {
-        Ok(self.fd()?.as_fd().try_clone_to_owned()?)
-    }
-}
 
 /// Load every cgroup program and attach it to `cgroup_root` through its pinned link in
 /// `links`.
@@ -43,24 +33,17 @@ pub fn attach(
         .with_context(|| format!("open cgroup {}", cgroup_root.display()))?;
     let cgroup_id = sys::cgroup_id(cgroup_root)?;
     for (name, attach_type) in PROGRAMS {
-        let fits = |i: &sys::LinkInfo| {
-            i.link_type == sys::LINK_TYPE_CGROUP
-                && i.cgroup_id == cgroup_id
-                && i.attach_type == attach_type
-        };
-        load_and_link(
-            ebpf,
+        let at = Attachment {
             name,
-            links,
-            fits,
-            report,
-            |prog: &mut CgroupSockAddr| {
-                let id = prog
-                    .attach(&cgroup, CgroupAttachMode::Single)
-                    .with_context(|| format!("attach {name} to {}", cgroup_root.display()))?;
-                Ok(prog.take_link(id)?.try_into()?)
-            },
-        )?;
+            attach_type,
+            hook: Hook::Cgroup(cgroup_id),
+        };
+        load_and_link(ebpf, &at, links, report, |prog: &mut CgroupSockAddr| {
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to {}", cgroup_root.display()))?;
+            Ok(prog.take_link(id)?.try_into()?)
+        })?;
     }
     Ok(())
 }

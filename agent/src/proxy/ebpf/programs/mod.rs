@@ -10,13 +10,13 @@ pub mod tc;
 
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use aya::Ebpf;
 use aya::programs::links::FdLink;
-use aya::programs::{Program, ProgramError};
+use aya::programs::{CgroupSockAddr, Program, ProgramError, SchedClassifier};
 use tracing::{debug, info, warn};
 
 use super::loader::AttachReport;
@@ -29,13 +29,57 @@ trait LinkedProgram {
     fn owned_fd(&self) -> Result<OwnedFd>;
 }
 
-/// Load program `name` (of kind `P`) and put it behind its pinned link in `links`: swapped into
-/// the link a previous run pinned if that `fits`, else `attach`ed anew and pinned.
+/// [`LinkedProgram`] for aya's program kinds, which share these methods but no trait.
+macro_rules! linked_program {
+    ($($kind:ty),+) => {$(
+        impl LinkedProgram for $kind {
+            fn load_program(&mut self) -> Result<(), ProgramError> {
+                self.load()
+            }
+            fn owned_fd(&self) -> Result<OwnedFd> {
+                Ok(self.fd()?.as_fd().try_clone_to_owned()?)
+            }
+        }
+    )+};
+}
+linked_program!(CgroupSockAddr, SchedClassifier);
+
+/// What a program's link attaches to.
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    /// A cgroup, by id.
+    Cgroup(u64),
+    /// A network interface (TCX), by index.
+    Interface(u32),
+}
+
+/// Program `name`, attached as `attach_type` (`enum bpf_attach_type`) to `hook`.
+struct Attachment<'a> {
+    name: &'a str,
+    attach_type: u32,
+    hook: Hook,
+}
+
+impl Attachment<'_> {
+    /// Whether the link `info` describes is this attachment's (a pinned link to reuse).
+    fn is(&self, info: &sys::LinkInfo) -> bool {
+        let on_hook = match self.hook {
+            Hook::Cgroup(id) => info.link_type == sys::LINK_TYPE_CGROUP && info.cgroup_id == id,
+            Hook::Interface(ifindex) => {
+                info.link_type == sys::LINK_TYPE_TCX && info.ifindex == ifindex
+            }
+        };
+        on_hook && info.attach_type == self.attach_type
+    }
+}
+
+/// Load program `at.name` (of kind `P`) and put it behind its pinned link in `links`: swapped
+/// into the link a previous run pinned there if that is `at`'s, else `attach`ed anew and
+/// pinned.
 fn load_and_link<P>(
     ebpf: &mut Ebpf,
-    name: &str,
+    at: &Attachment<'_>,
     links: &Path,
-    fits: impl Fn(&sys::LinkInfo) -> bool,
     report: &mut AttachReport,
     attach: impl FnOnce(&mut P) -> Result<FdLink>,
 ) -> Result<()>
@@ -43,6 +87,7 @@ where
     P: LinkedProgram,
     for<'p> &'p mut P: TryFrom<&'p mut Program, Error = ProgramError>,
 {
+    let name = at.name;
     let prog: &mut P = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
@@ -50,7 +95,7 @@ where
     prog.load_program()
         .with_context(|| format!("load program {name}"))?;
     let pin = links.join(name);
-    let existing = reusable_link(&pin, fits, report)?;
+    let existing = reusable_link(&pin, |info| at.is(info), report)?;
     let prog_fd = prog.owned_fd()?;
     swap_or_attach(name, &pin, existing, prog_fd, report, || attach(prog))
 }

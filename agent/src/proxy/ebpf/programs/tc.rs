@@ -1,33 +1,22 @@
 //! The NodePort programs, attached to the uplink interface with TCX (ingress and egress).
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
 use aya::programs::tc::TcAttachOptions;
-use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use skiff_ebpf_common::programs;
 
-use super::{LinkedProgram, detach_pinned, load_and_link};
+use super::{Attachment, Hook, detach_pinned, load_and_link};
 use crate::proxy::ebpf::loader::AttachReport;
-use crate::proxy::ebpf::sys;
 
 /// `enum bpf_attach_type` and direction of each tc program.
 const PROGRAMS: [(&str, u32, TcAttachType); 2] = [
     (programs::NODEPORT_INGRESS, 46, TcAttachType::Ingress), // BPF_TCX_INGRESS
     (programs::NODEPORT_EGRESS, 47, TcAttachType::Egress),   // BPF_TCX_EGRESS
 ];
-
-impl LinkedProgram for SchedClassifier {
-    fn load_program(&mut self) -> Result<(), ProgramError> {
-        self.load()
-    }
-    fn owned_fd(&self) -> Result<OwnedFd> {
-        Ok(self.fd()?.as_fd().try_clone_to_owned()?)
-    }
-}
 
 /// Load every tc program and attach it to interface `ifname` through its pinned link in
 /// `links`.
@@ -39,25 +28,18 @@ pub fn attach(
 ) -> Result<()> {
     let ifindex = if_index(ifname)?;
     for (name, attach_type, direction) in PROGRAMS {
-        let fits = |i: &sys::LinkInfo| {
-            i.link_type == sys::LINK_TYPE_TCX
-                && i.ifindex == ifindex
-                && i.attach_type == attach_type
-        };
-        load_and_link(
-            ebpf,
+        let at = Attachment {
             name,
-            links,
-            fits,
-            report,
-            |prog: &mut SchedClassifier| {
-                let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-                let id = prog
-                    .attach_with_options(ifname, direction, options)
-                    .with_context(|| format!("attach {name} to {ifname} (tcx)"))?;
-                Ok(prog.take_link(id)?.try_into()?)
-            },
-        )?;
+            attach_type,
+            hook: Hook::Interface(ifindex),
+        };
+        load_and_link(ebpf, &at, links, report, |prog: &mut SchedClassifier| {
+            let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+            let id = prog
+                .attach_with_options(ifname, direction, options)
+                .with_context(|| format!("attach {name} to {ifname} (tcx)"))?;
+            Ok(prog.take_link(id)?.try_into()?)
+        })?;
     }
     Ok(())
 }

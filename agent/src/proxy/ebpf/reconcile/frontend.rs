@@ -1,12 +1,14 @@
 //! The entries of one revNAT id: a frontend's name, revNAT, affinity matches and slots,
 //! written in an order the programs can read at any step, and purged once no frontend owns
 //! the id.
-use rustc_hash::FxHashSet as HashSet;
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use skiff_ebpf_common::{AffinityMatchKey, FE_AFFINITY, Frontend, FrontendKey, RevNat, SlotKey};
 
 use super::steps::SyncRun;
 use super::{DesiredFrontend, MapSyncStats, Reconciler, assign_slots};
-use crate::proxy::ebpf::maps::{LbStore, MapOpError, name_to_bytes};
+use crate::proxy::ebpf::maps::{LbStore, MapOpError, Table, name_to_bytes};
 
 impl Reconciler {
     /// Program frontend `key` as `d` asks, with backend ids `ids`; returns whether anything
@@ -167,20 +169,11 @@ impl Reconciler {
         st: &mut MapSyncStats,
     ) -> Result<(), MapOpError> {
         ids.sort();
-        for id in ids {
-            store.aff_match().delete(&AffinityMatchKey {
-                backend_id: id,
-                rev_nat_id: rev,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.aff_match.get_mut(&rev) {
-                s.remove(&id);
-            }
-        }
-        if self.aff_match.get(&rev).is_some_and(|s| s.is_empty()) {
-            self.aff_match.remove(&rev);
-        }
-        Ok(())
+        let key = |backend_id| AffinityMatchKey {
+            backend_id,
+            rev_nat_id: rev,
+        };
+        delete_members(store.aff_match(), &mut self.aff_match, rev, ids, key, st)
     }
 
     /// Slots `0..count` of `rev` as the mirror holds them (0: a hole).
@@ -233,19 +226,58 @@ impl Reconciler {
         slots: Vec<u32>,
         st: &mut MapSyncStats,
     ) -> Result<(), MapOpError> {
-        for slot in slots {
-            store.slots().delete(&SlotKey {
-                rev_nat_id: rev,
-                slot,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.slots.get_mut(&rev) {
-                s.remove(&slot);
-            }
-        }
-        if self.slots.get(&rev).is_some_and(|s| s.is_empty()) {
-            self.slots.remove(&rev);
-        }
-        Ok(())
+        let key = |slot| SlotKey {
+            rev_nat_id: rev,
+            slot,
+        };
+        delete_members(store.slots(), &mut self.slots, rev, slots, key, st)
     }
+}
+
+/// What the mirror holds per revNAT id of a map keyed by (id, member): its slots (slot →
+/// backend id) or its affinity matches (backend ids).
+trait Members {
+    fn remove_member(&mut self, member: u32);
+    fn is_empty(&self) -> bool;
+}
+
+impl Members for BTreeMap<u32, u32> {
+    fn remove_member(&mut self, slot: u32) {
+        self.remove(&slot);
+    }
+    fn is_empty(&self) -> bool {
+        BTreeMap::is_empty(self)
+    }
+}
+
+impl Members for HashSet<u32> {
+    fn remove_member(&mut self, backend_id: u32) {
+        self.remove(&backend_id);
+    }
+    fn is_empty(&self) -> bool {
+        HashSet::is_empty(self)
+    }
+}
+
+/// Delete `members` of `rev` from `table` (entry `key(member)`) and from the mirror's `sets`,
+/// in order, and `rev`'s set once empty.
+fn delete_members<K, S: Members>(
+    table: &mut dyn Table<K, u32>,
+    sets: &mut HashMap<u32, S>,
+    rev: u32,
+    members: Vec<u32>,
+    key: impl Fn(u32) -> K,
+    st: &mut MapSyncStats,
+) -> Result<(), MapOpError> {
+    for member in members {
+        table.delete(&key(member))?;
+        st.deletes += 1;
+        if let Some(s) = sets.get_mut(&rev) {
+            s.remove_member(member);
+        }
+    }
+    if sets.get(&rev).is_some_and(S::is_empty) {
+        sets.remove(&rev);
+    }
+    Ok(())
 }
