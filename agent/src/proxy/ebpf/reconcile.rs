@@ -39,7 +39,7 @@ pub use slots::assign_slots;
 use super::id_allocator::IdAllocator;
 use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, size_flag};
 use crate::proxy::dataplane::{FullMap, SyncReport, SyncStats};
-use crate::proxy::model::{ProxyState, ServicePort, ServicePortName};
+use crate::proxy::model::{Endpoint, ProxyState, ServicePort, ServicePortName};
 
 /// A backend's identity (raw: network byte order, as stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,97 +97,82 @@ pub fn desired_owned<'a>(
     ports: impl IntoIterator<Item = &'a ServicePort>,
     node_ip: Option<Ipv4Addr>,
 ) -> Desired {
-    let mut out = BTreeMap::new();
-    let mut owners = HashMap::default();
-    let mut contested = false;
+    let mut d = Desired::default();
     for sp in ports {
         let proto = sp.name.protocol.number();
         let (aff_flag, timeout) = match sp.affinity_timeout {
             Some(t) => (FE_AFFINITY, t),
             None => (0, 0),
         };
-        let conv = |eps: Vec<&crate::proxy::model::Endpoint>| -> Vec<(BackendAddr, bool)> {
-            let mut v: Vec<(BackendAddr, bool)> = eps
-                .into_iter()
-                .map(|e| {
-                    (
-                        BackendAddr {
-                            addr: ip_raw(e.ip.octets()),
-                            port: port_raw(e.port),
-                            proto,
-                        },
-                        e.local,
-                    )
-                })
-                .collect();
-            // The model's endpoints are sorted and deduplicated by (ip, port): duplicates,
-            // if any, are adjacent.
-            v.dedup_by(|a, b| a.0 == b.0);
-            v
-        };
-        let name = sp.name.to_string();
-        let mut claim = |key: FrontendKey| match owners.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                contested = true;
-                false
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(sp.name.clone());
-                true
-            }
+        let frontend = |flags: u8, eps: Vec<&Endpoint>| DesiredFrontend {
+            name: sp.name.to_string(),
+            flags,
+            affinity_timeout: timeout,
+            backends: backends_of(eps, proto),
         };
         if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
-            let key = FrontendKey {
-                addr: ip_raw(sp.cluster_ip.octets()),
-                port: port_raw(sp.port),
-                proto,
-                pad: 0,
-            };
-            if claim(key) {
-                out.insert(
-                    key,
-                    DesiredFrontend {
-                        name: name.clone(),
-                        flags: aff_flag,
-                        affinity_timeout: timeout,
-                        backends: conv(sp.usable()),
-                    },
-                );
-            }
+            let key = frontend_key(sp.cluster_ip, sp.port, proto);
+            d.claim(key, &sp.name, || frontend(aff_flag, sp.usable()));
         }
         if let Some(node_ip) = node_ip.filter(|_| sp.node_port != 0) {
-            let (flags, backends) = if sp.external_local {
-                (
-                    aff_flag | FE_NODEPORT | FE_EXTERNAL_LOCAL,
-                    conv(sp.usable_local()),
-                )
+            let key = frontend_key(node_ip, sp.node_port, proto);
+            if sp.external_local {
+                let flags = aff_flag | FE_NODEPORT | FE_EXTERNAL_LOCAL;
+                d.claim(key, &sp.name, || frontend(flags, sp.usable_local()));
             } else {
-                (aff_flag | FE_NODEPORT, conv(sp.usable()))
-            };
-            let key = FrontendKey {
-                addr: ip_raw(node_ip.octets()),
-                port: port_raw(sp.node_port),
-                proto,
-                pad: 0,
-            };
-            if claim(key) {
-                out.insert(
-                    key,
-                    DesiredFrontend {
-                        name,
-                        flags,
-                        affinity_timeout: timeout,
-                        backends,
-                    },
-                );
+                d.claim(key, &sp.name, || {
+                    frontend(aff_flag | FE_NODEPORT, sp.usable())
+                });
             }
         }
     }
-    Desired {
-        frontends: out,
-        owners,
-        contested,
+    d
+}
+
+impl Desired {
+    /// Frontend `key` for `port`, unless an earlier port has it.
+    fn claim(
+        &mut self,
+        key: FrontendKey,
+        port: &ServicePortName,
+        frontend: impl FnOnce() -> DesiredFrontend,
+    ) {
+        match self.owners.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => self.contested = true,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(port.clone());
+                self.frontends.insert(key, frontend());
+            }
+        }
     }
+}
+
+fn frontend_key(ip: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
+    FrontendKey {
+        addr: ip_raw(ip.octets()),
+        port: port_raw(port),
+        proto,
+        pad: 0,
+    }
+}
+
+/// The backends of endpoints `eps`, with their local bit.
+fn backends_of(eps: Vec<&Endpoint>, proto: u8) -> Vec<(BackendAddr, bool)> {
+    let mut v: Vec<(BackendAddr, bool)> = eps
+        .into_iter()
+        .map(|e| {
+            let addr = BackendAddr {
+                addr: ip_raw(e.ip.octets()),
+                port: port_raw(e.port),
+                proto,
+            };
+            (addr, e.local)
+        })
+        .collect();
+    // The model's endpoints are sorted and deduplicated by (ip, port): duplicates, if any,
+    // are adjacent.
+    v.dedup_by(|a, b| a.0 == b.0);
+    v
 }
 
 /// What a sync did to the LB maps: entries programmed, added, removed and written (the map
@@ -572,40 +557,9 @@ mod tests {
     use super::super::fake::FakeMaps;
     use super::super::maps::name_to_bytes;
     use super::*;
-    use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
+    use crate::proxy::model::{Endpoint, Protocol};
+    use crate::proxy::test_support::{ep, nodeport_affinity_pair, remote_eps, state, svc};
     use skiff_ebpf_common::{BE_LOCAL, FE_NODEPORT, PROTO_TCP, PROTO_UDP, SlotKey};
-
-    fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            local,
-            ready: true,
-            serving: true,
-            terminating: false,
-        }
-    }
-
-    fn svc(name: &str, vip: [u8; 4], port: u16, eps: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            name: ServicePortName {
-                namespace: "default".into(),
-                name: name.into(),
-                port: String::new(),
-                protocol: Protocol::Tcp,
-            },
-            cluster_ip: Ipv4Addr::from(vip),
-            port,
-            node_port: 0,
-            affinity_timeout: None,
-            external_local: false,
-            endpoints: eps,
-        }
-    }
-
-    fn state(svcs: Vec<ServicePort>) -> ProxyState {
-        svcs.into_iter().map(|s| (s.name.clone(), s)).collect()
-    }
 
     fn fk(vip: [u8; 4], port: u16, proto: u8) -> FrontendKey {
         FrontendKey {
@@ -618,6 +572,16 @@ mod tests {
 
     fn be(ip: [u8; 4], port: u16) -> (u32, u16) {
         (ip_raw(ip), port_raw(port))
+    }
+
+    /// `a` on 10.96.0.1:80 with backends 10.244.0.1:80 and 10.244.0.2:80.
+    fn svc_a_two_backends() -> ServicePort {
+        svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            remote_eps(80, &[[10, 244, 0, 1], [10, 244, 0, 2]]),
+        )
     }
 
     fn run(r: &mut Reconciler, s: &mut FakeMaps, st: &ProxyState) -> MapSyncStats {
@@ -726,7 +690,7 @@ mod tests {
                     "t00",
                     [10, 96, 1, 1],
                     443,
-                    vec![ep([10, 244, 5, 5], 8443, false)],
+                    remote_eps(8443, &[[10, 244, 5, 5]]),
                 );
                 st.insert(s.name.clone(), s);
             }),
@@ -886,23 +850,20 @@ mod tests {
             proto: PROTO_TCP,
         };
         let id1 = r.backend_id(&b1).unwrap();
+        let a_without_2 = || {
+            svc(
+                "a",
+                [10, 96, 0, 1],
+                80,
+                remote_eps(80, &[[10, 244, 0, 1], [10, 244, 0, 3]]),
+            )
+        };
 
         // One backend of a goes away: one slot move, one count update, one slot delete.
         let stats = run(
             &mut r,
             &mut s,
-            &state(vec![
-                svc(
-                    "a",
-                    [10, 96, 0, 1],
-                    80,
-                    vec![
-                        ep([10, 244, 0, 1], 80, false),
-                        ep([10, 244, 0, 3], 80, false),
-                    ],
-                ),
-                svc("b", [10, 96, 0, 2], 80, eps(1)),
-            ]),
+            &state(vec![a_without_2(), svc("b", [10, 96, 0, 2], 80, eps(1))]),
         );
         assert_eq!(stats.frontends_updated, 1);
         assert_eq!(stats.writes, 2, "{stats:?}"); // slot 1 ← backend 3, frontend count
@@ -916,18 +877,7 @@ mod tests {
         run(
             &mut r,
             &mut s,
-            &state(vec![
-                svc(
-                    "a",
-                    [10, 96, 0, 1],
-                    80,
-                    vec![
-                        ep([10, 244, 0, 1], 80, false),
-                        ep([10, 244, 0, 3], 80, false),
-                    ],
-                ),
-                svc("c", [10, 96, 0, 3], 80, eps(1)),
-            ]),
+            &state(vec![a_without_2(), svc("c", [10, 96, 0, 3], 80, eps(1))]),
         );
         assert_eq!(r.rev_nat_id(&key_a), Some(rev_a));
         let rev_c = r.rev_nat_id(&fk([10, 96, 0, 3], 80, PROTO_TCP)).unwrap();
@@ -941,15 +891,7 @@ mod tests {
     #[test]
     fn a_restart_reloads_the_mirror_and_writes_nothing() {
         let mut s = FakeMaps::new(64);
-        let st = state(vec![svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 0, 1], 80, false),
-                ep([10, 244, 0, 2], 80, false),
-            ],
-        )]);
+        let st = state(vec![svc_a_two_backends()]);
         {
             let mut r = Reconciler::load(&mut s).unwrap();
             run(&mut r, &mut s, &st);
@@ -961,21 +903,8 @@ mod tests {
         assert_eq!(s.total_writes(), before);
         // New ids after a restart do not collide with the pinned ones.
         let st2 = state(vec![
-            svc(
-                "a",
-                [10, 96, 0, 1],
-                80,
-                vec![
-                    ep([10, 244, 0, 1], 80, false),
-                    ep([10, 244, 0, 2], 80, false),
-                ],
-            ),
-            svc(
-                "d",
-                [10, 96, 0, 4],
-                80,
-                vec![ep([10, 244, 0, 9], 80, false)],
-            ),
+            svc_a_two_backends(),
+            svc("d", [10, 96, 0, 4], 80, remote_eps(80, &[[10, 244, 0, 9]])),
         ]);
         run(&mut r2, &mut s, &st2);
         assert_eq!(s.frontends.map.len(), 2);
@@ -1085,24 +1014,9 @@ mod tests {
         s.frontends.max = 2;
         let mut r = Reconciler::load(&mut s).unwrap();
         let st = state(vec![
-            svc(
-                "a",
-                [10, 96, 0, 1],
-                80,
-                vec![ep([10, 244, 0, 1], 80, false)],
-            ),
-            svc(
-                "b",
-                [10, 96, 0, 2],
-                80,
-                vec![ep([10, 244, 0, 2], 80, false)],
-            ),
-            svc(
-                "c",
-                [10, 96, 0, 3],
-                80,
-                vec![ep([10, 244, 0, 3], 80, false)],
-            ),
+            svc("a", [10, 96, 0, 1], 80, remote_eps(80, &[[10, 244, 0, 1]])),
+            svc("b", [10, 96, 0, 2], 80, remote_eps(80, &[[10, 244, 0, 2]])),
+            svc("c", [10, 96, 0, 3], 80, remote_eps(80, &[[10, 244, 0, 3]])),
         ]);
         let err = r
             .sync(&mut s, &desired(&st, None))
@@ -1131,15 +1045,7 @@ mod tests {
         let mut s = FakeMaps::new(64);
         s.backends.max = 1;
         let mut r = Reconciler::load(&mut s).unwrap();
-        let st = state(vec![svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 0, 1], 80, false),
-                ep([10, 244, 0, 2], 80, false),
-            ],
-        )]);
+        let st = state(vec![svc_a_two_backends()]);
         let err = r.sync(&mut s, &desired(&st, None)).unwrap_err();
         assert_eq!(err.full_maps(), vec!["skiff_backends"]);
         assert_eq!(
@@ -1179,7 +1085,7 @@ mod tests {
             "a",
             [10, 96, 0, 1],
             80,
-            vec![ep([10, 244, 0, 1], 80, false)],
+            remote_eps(80, &[[10, 244, 0, 1]]),
         )]);
         let key = fk([10, 96, 0, 1], 80, PROTO_TCP);
         // An I/O error is a failure, not a full map.
@@ -1238,23 +1144,7 @@ mod tests {
         s.program[0].1 = 3; // affinity entries the programs wrote
         let mut r = Reconciler::load(&mut s).unwrap();
         let mut fill = FillReporter::default();
-        let mut a = svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 1, 2], 8080, true),
-                ep([10, 244, 2, 2], 8080, false),
-            ],
-        );
-        a.node_port = 30080;
-        a.affinity_timeout = Some(60);
-        let b = svc(
-            "b",
-            [10, 96, 0, 2],
-            53,
-            vec![ep([10, 244, 1, 2], 8080, true)],
-        );
+        let (a, b) = nodeport_affinity_pair();
         let steps = [
             state(vec![a.clone(), b.clone()]),
             state(vec![a.clone()]),

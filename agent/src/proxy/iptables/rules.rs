@@ -450,6 +450,7 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::test_support::ep;
 
     pub(crate) fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
         ServicePortName {
@@ -457,17 +458,6 @@ mod tests {
             name: name.into(),
             port: port.into(),
             protocol,
-        }
-    }
-
-    fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            local,
-            ready: true,
-            serving: true,
-            terminating: false,
         }
     }
 
