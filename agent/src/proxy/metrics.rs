@@ -66,34 +66,39 @@ impl Default for ProxyMetrics {
 }
 
 impl ProxyMetrics {
+    /// Register the metrics, in the order they are exported.
     fn registered(mut self) -> Self {
         let r = &mut self.registry;
-        r.register(
-            "skiff_proxy_services",
-            "Service ports programmed into the dataplane",
-            self.services.clone(),
-        );
-        r.register(
-            "skiff_proxy_backends",
-            "Backends programmed into the dataplane",
-            self.backends.clone(),
-        );
+        let counts = [
+            (
+                "skiff_proxy_services",
+                "Service ports programmed into the dataplane",
+                &self.services,
+            ),
+            (
+                "skiff_proxy_backends",
+                "Backends programmed into the dataplane",
+                &self.backends,
+            ),
+        ];
+        for (name, help, gauge) in counts {
+            r.register(name, help, gauge.clone());
+        }
+        let syncs_help = "Time of dataplane syncs";
         r.register(
             "skiff_proxy_sync_duration_seconds",
-            "Time of dataplane syncs",
+            syncs_help,
             self.sync_duration.clone(),
         );
+        let last_help = "Time of the last dataplane sync";
         r.register(
             "skiff_proxy_last_sync_duration_seconds",
-            "Time of the last dataplane sync",
+            last_help,
             self.last_sync.clone(),
         );
         // Exported with the counter's `_total` suffix.
-        r.register(
-            "skiff_proxy_sync_errors",
-            "Failed dataplane syncs (e.g. a full map)",
-            self.errors.clone(),
-        );
+        let errors_help = "Failed dataplane syncs (e.g. a full map)";
+        r.register("skiff_proxy_sync_errors", errors_help, self.errors.clone());
         r.register_collector(Box::new(self.reported.clone()));
         self
     }
