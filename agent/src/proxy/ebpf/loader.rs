@@ -142,21 +142,7 @@ pub struct LoadConfig<'a> {
     pub debug_log: bool,
 }
 
-/// What [`load`] did with each attachment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AttachReport {
-    /// Links created (and pinned) by this call.
-    pub attached: Vec<String>,
-    /// Pinned links whose program was swapped atomically (`BPF_LINK_UPDATE`).
-    pub updated: Vec<String>,
-    /// Pinned links removed because they pointed elsewhere (other cgroup or interface).
-    pub replaced: Vec<String>,
-    /// Maps reused from pins / created / resized (entries migrated) / recreated empty.
-    pub maps_reused: Vec<String>,
-    pub maps_created: Vec<String>,
-    pub maps_resized: Vec<String>,
-    pub maps_recreated: Vec<String>,
-}
+pub use super::programs::AttachReport;
 
 /// The loaded dataplane: its maps, and the debug-log reader if on.
 pub struct Loaded {

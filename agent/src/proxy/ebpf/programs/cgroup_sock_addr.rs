@@ -9,8 +9,7 @@ use aya::Ebpf;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use skiff_ebpf_common::programs;
 
-use super::{Attachment, Hook, load_and_link};
-use crate::proxy::ebpf::loader::AttachReport;
+use super::{AttachReport, Attachment, Hook, load_and_link};
 use crate::proxy::ebpf::sys;
 
 /// `enum bpf_attach_type` of each cgroup program.

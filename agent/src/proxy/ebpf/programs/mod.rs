@@ -19,8 +19,23 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupSockAddr, Program, ProgramError, SchedClassifier};
 use tracing::{debug, info, warn};
 
-use super::loader::AttachReport;
 use super::sys;
+
+/// What [`load`](super::loader::load) did with each attachment (and each pinned map).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttachReport {
+    /// Links created (and pinned) by this call.
+    pub attached: Vec<String>,
+    /// Pinned links whose program was swapped atomically (`BPF_LINK_UPDATE`).
+    pub updated: Vec<String>,
+    /// Pinned links removed because they pointed elsewhere (other cgroup or interface).
+    pub replaced: Vec<String>,
+    /// Maps reused from pins / created / resized (entries migrated) / recreated empty.
+    pub maps_reused: Vec<String>,
+    pub maps_created: Vec<String>,
+    pub maps_resized: Vec<String>,
+    pub maps_recreated: Vec<String>,
+}
 
 /// A kind of program this agent attaches through a bpf_link.
 trait LinkedProgram {

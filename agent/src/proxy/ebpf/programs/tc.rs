@@ -9,8 +9,7 @@ use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use skiff_ebpf_common::programs;
 
-use super::{Attachment, Hook, detach_pinned, load_and_link};
-use crate::proxy::ebpf::loader::AttachReport;
+use super::{AttachReport, Attachment, Hook, detach_pinned, load_and_link};
 
 /// `enum bpf_attach_type` and direction of each tc program.
 const PROGRAMS: [(&str, u32, TcAttachType); 2] = [
