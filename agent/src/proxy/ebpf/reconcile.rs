@@ -318,6 +318,7 @@ pub struct Reconciler {
     /// revNAT id → slot → backend id.
     slots: HashMap<u32, BTreeMap<u32, u32>>,
     backends: HashMap<u32, Backend>,
+    /// Backend address → the id it is programmed under.
     backend_ids: HashMap<BackendAddr, u32>,
     revnat: HashMap<u32, RevNat>,
     /// revNAT id → backend ids with an affinity-match entry.
@@ -333,7 +334,7 @@ pub struct Reconciler {
     owners: Option<Owners>,
 }
 
-/// Each backend address's id; of two ids for one address (left by an older agent), the lower.
+/// Each backend address's id (of two ids for one address, the lower).
 fn backend_ids_by_addr(backends: &HashMap<u32, Backend>) -> HashMap<BackendAddr, u32> {
     let mut ids: Vec<(&u32, &Backend)> = backends.iter().collect();
     ids.sort();
