@@ -268,7 +268,7 @@ impl TablePlan {
         s
     }
 
-    /// Update the tracked kernel table as a successful restore of [`payload`] did.
+    /// Update the tracked kernel table as a successful restore of [`TablePlan::payload`] did.
     pub fn apply(&self, k: &mut KernelTable) {
         for (c, rules) in &self.rewrite {
             let old = k.chains.insert(c.clone(), rules.clone());

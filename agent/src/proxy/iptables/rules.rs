@@ -191,7 +191,7 @@ fn base32(data: &[u8]) -> String {
     out
 }
 
-/// kube-proxy's `portProtoHash`: base32(sha256(name + protocol))[:16].
+/// kube-proxy's `portProtoHash`: `base32(sha256(name + protocol))[:16]`.
 pub fn hash16(input: &str) -> String {
     let digest = Sha256::digest(input.as_bytes());
     let mut s = base32(&digest);
