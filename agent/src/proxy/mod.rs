@@ -16,6 +16,8 @@ pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod tracker;
 
 use std::collections::BTreeSet;
