@@ -143,15 +143,19 @@ impl ProxyMetrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (what prometheus-client writes: counters' metadata
+    /// without `_total`, a closing `# EOF`), served as [`CONTENT_TYPE`].
     pub fn render(&self) -> String {
         let mut out = String::new();
-        match prometheus_client::encoding::text::encode_registry(&mut out, &self.registry) {
+        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             Ok(()) => out,
             Err(_) => String::new(),
         }
     }
 }
+
+/// The media type of [`ProxyMetrics::render`]'s text, so Prometheus parses it as OpenMetrics.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The metrics exported only once there is something to report: the initial list's time,
 /// and the BPF maps' fill (eBPF mode), one series per map in the order given.
@@ -219,6 +223,8 @@ mod tests {
         assert!(t.contains("skiff_proxy_sync_duration_seconds_count 1\n"));
         assert!(t.contains("skiff_bpf_map_entries{map=\"skiff_frontends\"} 3\n"));
         assert!(t.contains("skiff_proxy_initial_list_duration_seconds 0.25\n"));
+        assert!(t.contains("skiff_proxy_sync_errors_total 0\n"));
+        assert!(t.ends_with("# EOF\n"));
         assert_eq!(m.snapshot().last_state_build_seconds, 0.002);
     }
 }

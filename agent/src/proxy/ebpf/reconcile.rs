@@ -554,6 +554,10 @@ impl FillReporter {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
 mod tests {
     use super::super::fake::FakeMaps;
     use super::super::maps::name_to_bytes;
