@@ -10,6 +10,8 @@
 //! body, `metadata.uid` / `creationTimestamp` / `resourceVersion` handling, ClusterIP
 //! allocation.
 
+pub mod rbac;
+
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
@@ -32,7 +34,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
         "secrets" => secret(obj, old, &mut out),
         "endpointslices" => endpointslice(obj, &mut out),
         "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
-            crate::apiserver::rbac::validation::validate(info.plural, obj, old, &mut out)
+            rbac::validate(info.plural, obj, old, &mut out)
         }
         _ => {}
     }
@@ -303,7 +305,7 @@ fn meta(info: &ResourceInfo, m: &Value, out: &mut Causes) {
                 "namespaces" => dns1123_label_errors(n),
                 "services" => dns1035_label_errors(n),
                 "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
-                    crate::apiserver::rbac::validation::path_segment_name_errors(n)
+                    rbac::path_segment_name_errors(n)
                 }
                 _ => dns1123_subdomain_errors(n),
             };

@@ -3,8 +3,8 @@
 //! [`rules`] matches rules against them, [`authorizer`] evaluates the stored roles and
 //! bindings (an index by subject, kept current by a watch), [`escalation`] refuses role and
 //! binding writes that grant more than their author holds, [`bootstrap`] reconciles the
-//! default policy at start, [`aggregation`] fills aggregated ClusterRoles, and [`validation`]
-//! checks and defaults the four kinds.
+//! default policy at start and [`aggregation`] fills aggregated ClusterRoles. The four kinds
+//! are validated and defaulted in `validation::rbac`.
 
 pub mod aggregation;
 pub mod attributes;
@@ -12,7 +12,6 @@ pub mod authorizer;
 pub mod bootstrap;
 pub mod escalation;
 pub mod rules;
-pub mod validation;
 
 pub use authorizer::Authorizer;
 pub use bootstrap::GROUP;

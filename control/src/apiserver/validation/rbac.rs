@@ -5,9 +5,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::bootstrap::GROUP;
+use super::{is_dns1123_subdomain, required_msg};
 use crate::apiserver::status::FieldCause;
-use crate::apiserver::validation::{is_dns1123_subdomain, required_msg};
+
+/// The RBAC API group (also `apiserver::rbac::GROUP`; defined here so validation stays a leaf).
+const GROUP: &str = "rbac.authorization.k8s.io";
 
 /// kube's `IsValidPathSegmentName` (the name rule of every RBAC object).
 pub fn path_segment_name_errors(name: &str) -> Vec<String> {
