@@ -330,3 +330,106 @@ impl Authorizer {
         format!("{what}.rbac.authorization.k8s.io {:?} not found", role.name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            uid: String::new(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn list(verb: &str, resource: &str, namespace: &str) -> Request {
+        Request::Resource {
+            verb: verb.into(),
+            group: String::new(),
+            resource: resource.into(),
+            subresource: String::new(),
+            name: String::new(),
+            namespace: namespace.into(),
+        }
+    }
+
+    fn index() -> Index {
+        let rule = |res: &str| json!([{"apiGroups": [""], "resources": [res], "verbs": ["list"]}]);
+        let binding = |kind: &str, role: &str, subjects: Value| {
+            json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+                "subjects": subjects})
+        };
+        let objects: BTreeMap<String, Value> = [
+            (
+                "/registry/roles/foo/svc",
+                json!({"rules": rule("services")}),
+            ),
+            (
+                "/registry/clusterroles/pods",
+                json!({"rules": rule("pods")}),
+            ),
+            (
+                "/registry/clusterroles/nodes",
+                json!({"rules": rule("nodes")}),
+            ),
+            (
+                "/registry/rolebindings/foo/sa",
+                binding(
+                    "Role",
+                    "svc",
+                    json!([{"kind": "ServiceAccount", "name": "default"}]),
+                ),
+            ),
+            (
+                "/registry/rolebindings/foo/pods",
+                binding(
+                    "ClusterRole",
+                    "pods",
+                    json!([{"kind": "Group", "name": "devs"}]),
+                ),
+            ),
+            (
+                "/registry/rolebindings/foo/nodes",
+                binding(
+                    "ClusterRole",
+                    "nodes",
+                    json!([{"kind": "User", "name": "bob"}]),
+                ),
+            ),
+            (
+                "/registry/clusterrolebindings/ops",
+                binding(
+                    "ClusterRole",
+                    "pods",
+                    json!([{"kind": "User", "name": "ops"}]),
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Index::build(&objects)
+    }
+
+    #[test]
+    fn bindings_grant_where_kube_says() {
+        let index = index();
+        let sa = user("system:serviceaccount:foo:default", &[]);
+        assert!(index.allows(&sa, &list("list", "services", "foo")));
+        assert!(!index.allows(&sa, &list("list", "services", "bar")));
+        assert!(!index.allows(&sa, &list("watch", "services", "foo")));
+        let dev = user("alice", &["devs"]);
+        assert!(index.allows(&dev, &list("list", "pods", "foo")));
+        assert!(!index.allows(&dev, &list("list", "pods", "bar")));
+        assert!(!index.allows(&dev, &list("list", "pods", "")));
+        // A ClusterRole for nodes bound by a RoleBinding grants nothing.
+        assert!(!index.allows(&user("bob", &[]), &list("list", "nodes", "")));
+        let ops = user("ops", &[]);
+        assert!(index.allows(&ops, &list("list", "pods", "bar")));
+        assert!(index.allows(&ops, &list("list", "pods", "")));
+        assert_eq!(index.rules_for(&dev, "foo").len(), 1);
+        assert!(index.rules_for(&dev, "").is_empty());
+    }
+}
