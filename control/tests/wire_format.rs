@@ -303,6 +303,13 @@ fn fixture(kind: &str) -> Option<Value> {
         "EndpointSlice" => {
             json!({"metadata": {"name": "es"}, "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.1"]}], "ports": [{"port": 80}]})
         }
+        "Role" | "ClusterRole" => {
+            json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            json!({"metadata": {"name": "rb"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "User", "name": "u"}]})
+        }
         _ => return None,
     })
 }

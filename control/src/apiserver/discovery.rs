@@ -369,7 +369,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["apps", "batch", "coordination.k8s.io", "discovery.k8s.io"]
+            [
+                "apps",
+                "batch",
+                "coordination.k8s.io",
+                "discovery.k8s.io",
+                "rbac.authorization.k8s.io"
+            ]
         );
         let apps = &l["groups"][0];
         assert_eq!(apps["preferredVersion"]["groupVersion"], "apps/v1");
@@ -493,8 +499,9 @@ mod tests {
         let d = aggregated(false, AggregatedVersion::V2Beta1);
         assert_eq!(d["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let items = d["items"].as_array().unwrap();
-        assert_eq!(items.len(), 4);
+        assert_eq!(items.len(), 5);
         assert_eq!(items[0]["metadata"]["name"], "apps");
+        assert_eq!(items[4]["metadata"]["name"], "rbac.authorization.k8s.io");
         let deploy = items[0]["versions"][0]["resources"]
             .as_array()
             .unwrap()
