@@ -1,6 +1,11 @@
 //! RBAC end to end: static-token users from `--token-auth-file`, real kubectl for the seeds'
 //! walkthrough, and the kube client for exact `Status` bodies.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

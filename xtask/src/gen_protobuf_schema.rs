@@ -66,7 +66,11 @@ const ROOTS: &[(&str, &str, &str)] = &[
     ("api.batch.v1", "Job", "batch/v1"),
     ("api.coordination.v1", "Lease", "coordination.k8s.io/v1"),
     ("api.discovery.v1", "EndpointSlice", "discovery.k8s.io/v1"),
-    ("api.rbac.v1", "ClusterRoleBinding", "rbac.authorization.k8s.io/v1"),
+    (
+        "api.rbac.v1",
+        "ClusterRoleBinding",
+        "rbac.authorization.k8s.io/v1",
+    ),
     ("api.rbac.v1", "ClusterRole", "rbac.authorization.k8s.io/v1"),
     ("api.rbac.v1", "RoleBinding", "rbac.authorization.k8s.io/v1"),
     ("api.rbac.v1", "Role", "rbac.authorization.k8s.io/v1"),
