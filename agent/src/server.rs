@@ -322,20 +322,8 @@ fn year(t: jiff::Timestamp) -> i32 {
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    skiff_common::fs::write_atomic(path, contents.as_bytes(), mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -4,6 +4,11 @@
 //! and dials service addresses. Nothing leaves the namespace: it has only `lo`.
 //!
 //! Skipped (with a message) when not root or without cgroup2/bpffs.
+
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};

@@ -6,6 +6,11 @@
 //! `cargo test -p skiff-agent --test iptables_proxy -- --ignored --nocapture scale` prints
 //! sync times at 1,000 and 10,000 services.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};

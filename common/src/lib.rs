@@ -5,6 +5,8 @@
 //!   (the apiserver's allocator and the node IPAM controller);
 //! - [`duration`]: durations in flags, Go's `time.ParseDuration` syntax or bare seconds
 //!   ([`duration::seconds_or_duration`], a clap `value_parser` for both binaries);
+//! - [`fs`]: files replaced whole ([`fs::write_atomic`], with the mode set before any byte is
+//!   written), for state, specs and keys;
 //! - [`events`]: [`events::EventRecorder`], core/v1 Events with count aggregation as
 //!   client-go's recorder writes them (the controllers, the scheduler, the kubelet side of the
 //!   agent and its service proxy);
@@ -22,6 +24,7 @@
 pub mod cidr;
 pub mod duration;
 pub mod events;
+pub mod fs;
 pub mod labels;
 pub mod privileged;
 pub mod quantity;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac};
 
 #[derive(Debug)]
 pub struct ResourceInfo {
@@ -138,5 +138,13 @@ pub static RESOURCES: &[ResourceInfo] = &[
     resource!("coordination.k8s.io", "v1", coordination::v1::Lease, "Lease", "leases", "lease",
         namespaced: true, short: [], categories: [], sub: []),
     resource!("discovery.k8s.io", "v1", discovery::v1::EndpointSlice, "EndpointSlice", "endpointslices", "endpointslice",
+        namespaced: true, short: [], categories: [], sub: []),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::ClusterRoleBinding, "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding",
+        namespaced: false, short: [], categories: [], sub: []),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::ClusterRole, "ClusterRole", "clusterroles", "clusterrole",
+        namespaced: false, short: [], categories: [], sub: []),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::RoleBinding, "RoleBinding", "rolebindings", "rolebinding",
+        namespaced: true, short: [], categories: [], sub: []),
+    resource!("rbac.authorization.k8s.io", "v1", rbac::v1::Role, "Role", "roles", "role",
         namespaced: true, short: [], categories: [], sub: []),
 ];

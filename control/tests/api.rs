@@ -1,6 +1,11 @@
 //! API tests through a real Kubernetes client (`kube`) against an in-process apiserver on the
 //! embedded store: what kube-apiserver's behaviour promises clients, case by case.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -4,6 +4,11 @@
 //! `kubectl auth whoami` and raw requests. kubectl runs blocking, so the tests run on a
 //! multi-threaded runtime: the in-process server keeps serving on the other workers.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -232,14 +237,24 @@ async fn wrong_missing_and_foreign_credentials_are_refused() {
     // Even a public endpoint refuses a bad token, as kube-apiserver does.
     assert_eq!(raw(&wrong, "GET", "/version", vec![]).await.0, 401);
 
-    // No credential: anonymous, still 401 on resources (until RBAC), public endpoints open.
+    // No credential: anonymous, which the default RBAC policy lets read the public endpoints
+    // only: a 403 naming system:anonymous elsewhere, as kube-apiserver with anonymous auth.
     let anonymous_yaml = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {url}\n    certificate-authority-data: {}\nusers:\n- name: anon\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: anon}}\ncurrent-context: c\n",
         base64_std(ca)
     );
     let anonymous = client_from_yaml(&anonymous_yaml).await.unwrap();
     let (code, body) = raw(&anonymous, "GET", "/api/v1/namespaces", vec![]).await;
-    assert_eq!((code, body["reason"].as_str()), (401, Some("Unauthorized")));
+    assert_eq!(
+        (code, body["reason"].as_str(), body["message"].as_str()),
+        (
+            403,
+            Some("Forbidden"),
+            Some(
+                "namespaces is forbidden: User \"system:anonymous\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
+            )
+        )
+    );
     assert_eq!(raw(&anonymous, "GET", "/version", vec![]).await.0, 200);
 
     // A client certificate from another CA: the handshake refuses it.

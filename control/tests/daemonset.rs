@@ -1,6 +1,11 @@
 //! The DaemonSet controller: one pod per eligible node, following nodes as they come and go,
 //! honouring node selectors and taints, rolling template changes out.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

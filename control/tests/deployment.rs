@@ -1,6 +1,11 @@
 //! The Deployment controller: ReplicaSets per template with revisions, rolling and recreate
 //! rollouts, rollback, scaling, pausing, status.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,11 @@
 //! time each controller took is printed (the figure docs/benchmarks-control.md quotes; run
 //! with `cargo test -p skiff-control --test endpoints_scale -- --nocapture`).
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

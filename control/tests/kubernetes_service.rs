@@ -2,6 +2,11 @@
 //! advertise address and the secure port), put back when deleted or altered, listing every
 //! live server's lease, and left alone by the Endpoints and EndpointSlice controllers.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 mod common;
 
 use std::net::IpAddr;

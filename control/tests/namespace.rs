@@ -1,5 +1,10 @@
 //! The namespace controller empties a Terminating namespace and then finalizes it.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -8,6 +8,11 @@
 //! lists and the type of every property. The served resources come from discovery, so a new
 //! resource without a fixture below fails the test.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -299,6 +304,13 @@ fn fixture(kind: &str) -> Option<Value> {
         "SelfSubjectReview" => json!({"metadata": {"name": "ssr"}}),
         "EndpointSlice" => {
             json!({"metadata": {"name": "es"}, "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.1"]}], "ports": [{"port": 80}]})
+        }
+        "Role" | "ClusterRole" => {
+            json!({"metadata": {"name": "r"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            json!({"metadata": {"name": "rb"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "User", "name": "u"}]})
         }
         _ => return None,
     })

@@ -3,6 +3,11 @@
 //! skiff-agent built that has `run`, `image import` and `cleanup`, also a cluster of agents
 //! becoming Ready and an agent surviving `kill -9` and a restart.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,6 +2,11 @@
 //! 1.20) runs the same user session against a real `skiff-control`, and the session on etcd
 //! is checked with `etcdctl` as the seeds do.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;

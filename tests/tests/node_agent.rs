@@ -2,6 +2,11 @@
 //! both nodes reach each other by pod IP, logs, restarts with back-off, probes, deletion
 //! leaving no kernel state behind, adoption after `kill -9`, missing images.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

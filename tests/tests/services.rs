@@ -2,6 +2,11 @@
 //! asserts which backend answered (its hostname, or its pod IP for DNS), never merely that a
 //! connection opened.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::process::Stdio;

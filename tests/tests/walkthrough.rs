@@ -4,6 +4,11 @@
 //! rolling update and rollback under load → a node dies and its pods come back elsewhere →
 //! the pods as keys in etcd → service environment variables in a pod.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;

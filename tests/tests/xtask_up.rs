@@ -3,6 +3,11 @@
 //! `cargo xtask down` sends) leaves the namespace's links, addresses, routes, rules, iptables
 //! tables and forwarding and redirect sysctls exactly as they were, and no cgroup, bpffs pin or state file.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::unix::process::CommandExt;

@@ -66,6 +66,14 @@ const ROOTS: &[(&str, &str, &str)] = &[
     ("api.batch.v1", "Job", "batch/v1"),
     ("api.coordination.v1", "Lease", "coordination.k8s.io/v1"),
     ("api.discovery.v1", "EndpointSlice", "discovery.k8s.io/v1"),
+    (
+        "api.rbac.v1",
+        "ClusterRoleBinding",
+        "rbac.authorization.k8s.io/v1",
+    ),
+    ("api.rbac.v1", "ClusterRole", "rbac.authorization.k8s.io/v1"),
+    ("api.rbac.v1", "RoleBinding", "rbac.authorization.k8s.io/v1"),
+    ("api.rbac.v1", "Role", "rbac.authorization.k8s.io/v1"),
     ("api.autoscaling.v1", "Scale", "autoscaling/v1"),
     // `serviceaccounts/token` and `kubectl auth whoami` post these.
     (
@@ -756,7 +764,48 @@ fn generate(
     pb_label: &str,
     openapi_label: &str,
 ) -> Result<String> {
-    // The special types must still have the shape the decoder reads.
+    check_special_types(pb)?;
+    let reachable = reachable_messages(pb)?;
+    let mut out = String::new();
+    write_kind_tables(&mut out)?;
+    // Every JSON key of a module: names for messages k8s-openapi has no struct for, because
+    // Go inlines them into their parent (`ProbeHandler` into `Probe`).
+    let mut module_keys: BTreeMap<&str, BTreeSet<&String>> = BTreeMap::new();
+    for ((module, _), keys) in json_keys {
+        module_keys.entry(module).or_default().extend(keys);
+    }
+    let mut tables = MessageTables {
+        pb,
+        json_keys,
+        required_keys,
+        module_keys: &module_keys,
+        out,
+        cards: BTreeSet::new(),
+        tys: BTreeSet::new(),
+        fields_total: 0,
+        statics: BTreeSet::new(),
+        unmatched_required: Vec::new(),
+        fallbacks: Vec::new(),
+        inlined: Vec::new(),
+        borrowed: 0,
+    };
+    for full in &reachable {
+        tables.write_message(full)?;
+    }
+    let mut head = header(pb_label, openapi_label)?;
+    writeln!(
+        head,
+        "use super::Card::{{{}}};\nuse super::Ty::{{{}}};\nuse super::{{Field as F, Message}};\n",
+        tables.cards.iter().copied().collect::<Vec<_>>().join(", "),
+        tables.tys.iter().cloned().collect::<Vec<_>>().join(", ")
+    )?;
+    head.push_str(&tables.out);
+    tables.report(reachable.len())?;
+    Ok(head)
+}
+
+/// The special types must still have the shape the decoder reads.
+fn check_special_types(pb: &PbCrate) -> Result<()> {
     for (full, _, expected) in SPECIAL {
         let msg = pb
             .messages
@@ -776,8 +825,11 @@ fn generate(
             }
         }
     }
+    Ok(())
+}
 
-    // Transitive closure of the roots, in a stable (sorted) order.
+/// Transitive closure of the roots, in a stable (sorted) order.
+fn reachable_messages(pb: &PbCrate) -> Result<BTreeSet<String>> {
     let mut reachable: BTreeSet<String> = BTreeSet::new();
     let mut queue: Vec<String> = Vec::new();
     for (module, name, api_version) in ROOTS.iter().chain(RESPONSE_KINDS) {
@@ -806,7 +858,11 @@ fn generate(
             }
         }
     }
+    Ok(reachable)
+}
 
+/// The generated file's comment and module doc.
+fn header(pb_label: &str, openapi_label: &str) -> Result<String> {
     let mut head = String::new();
     writeln!(
         head,
@@ -820,17 +876,17 @@ fn generate(
          from\n//! the [`ROOTS`] and [`KINDS`], each field with its tag, JSON name, cardinality and type, \
          in\n//! declaration (Go struct) order, and the JSON names its OpenAPI schema requires.\n"
     )?;
-    let mut out = String::new();
+    Ok(head)
+}
+
+/// The `ROOTS`, `KINDS` and `ANY_GROUP` tables: kinds to their messages.
+fn write_kind_tables(out: &mut String) -> Result<()> {
     writeln!(
         out,
         "/// \"apiVersion/kind\" of a body's envelope → the message its `raw` holds.\npub(crate) static ROOTS: &[(&str, &Message)] = &["
     )?;
     for (module, name, api_version) in ROOTS {
-        writeln!(
-            out,
-            "    (\"{api_version}/{name}\", &{}),",
-            static_name(&format!("{module}.{name}"))
-        )?;
+        write_kind_entry(out, api_version, module, name)?;
     }
     writeln!(out, "];\n")?;
     writeln!(
@@ -843,11 +899,7 @@ fn generate(
         .filter(|(m, _, _)| *m != META_V1)
         .chain(RESPONSE_KINDS)
     {
-        writeln!(
-            out,
-            "    (\"{api_version}/{name}\", &{}),",
-            static_name(&format!("{module}.{name}"))
-        )?;
+        write_kind_entry(out, api_version, module, name)?;
     }
     writeln!(out, "];\n")?;
     writeln!(
@@ -862,133 +914,178 @@ fn generate(
         )?;
     }
     writeln!(out, "];")?;
+    Ok(())
+}
 
-    let mut fallbacks = Vec::new();
-    let mut inlined = Vec::new();
-    let mut borrowed = 0;
-    // Every JSON key of a module: names for messages k8s-openapi has no struct for, because
-    // Go inlines them into their parent (`ProbeHandler` into `Probe`).
-    let mut module_keys: BTreeMap<&str, BTreeSet<&String>> = BTreeMap::new();
-    for ((module, _), keys) in json_keys {
-        module_keys.entry(module).or_default().extend(keys);
-    }
-    let mut cards: BTreeSet<&str> = BTreeSet::new();
-    let mut tys: BTreeSet<String> = BTreeSet::new();
-    let mut fields_total = 0;
-    let mut statics = BTreeSet::new();
-    let mut unmatched_required = Vec::new();
-    for full in &reachable {
+fn write_kind_entry(out: &mut String, api_version: &str, module: &str, name: &str) -> Result<()> {
+    writeln!(
+        out,
+        "    (\"{api_version}/{name}\", &{}),",
+        static_name(&format!("{module}.{name}"))
+    )?;
+    Ok(())
+}
+
+/// The message statics being written, and what the generator reports about them afterwards.
+struct MessageTables<'a> {
+    pb: &'a PbCrate,
+    json_keys: &'a JsonKeys,
+    required_keys: &'a JsonKeys,
+    module_keys: &'a BTreeMap<&'a str, BTreeSet<&'a String>>,
+    out: String,
+    /// Imports: only what the table uses, as an unused import would fail clippy -D warnings.
+    cards: BTreeSet<&'static str>,
+    tys: BTreeSet<String>,
+    fields_total: usize,
+    statics: BTreeSet<String>,
+    unmatched_required: Vec<String>,
+    fallbacks: Vec<String>,
+    inlined: Vec<String>,
+    borrowed: usize,
+}
+
+impl MessageTables<'_> {
+    fn write_message(&mut self, full: &str) -> Result<()> {
+        let pb = self.pb;
         let msg = &pb.messages[full];
         let (module, name) = full.rsplit_once('.').expect("full names have a module");
-        let keys = json_keys.get(&(module.to_string(), squash(name)));
+        let keys = self.json_keys.get(&(module.to_string(), squash(name)));
         let static_ident = static_name(full);
-        if !statics.insert(static_ident.clone()) {
+        if !self.statics.insert(static_ident.clone()) {
             bail!("two messages map to the static name {static_ident}");
         }
         writeln!(
-            out,
+            self.out,
             "\npub(crate) static {static_ident}: Message = Message {{\n    name: \"{full}\",\n    fields: &["
         )?;
         // Declaration order: Go's struct order, the order kube-apiserver writes JSON keys in.
         let mut names = Vec::new();
         for f in &msg.fields {
-            fields_total += 1;
-            let (json, inline) = json_name(
-                pb,
-                &module_keys,
-                full,
-                keys,
-                f,
-                &mut fallbacks,
-                &mut borrowed,
-            )?;
-            let card = match &f.card {
-                PbCard::One if inline => "Inline".to_string(),
-                PbCard::One => "One".to_string(),
-                PbCard::Repeated => "Repeated".to_string(),
-                PbCard::Map(key) => format!("Map({})", scalar_ty(key)?),
-            };
-            let ty = ty_expr(&f.ty).with_context(|| format!("{full}.{}", f.name))?;
-            // Import only what the table uses: an unused import would fail clippy -D warnings.
-            cards.insert(match f.card {
-                PbCard::One if inline => "Inline",
-                PbCard::One => "One",
-                PbCard::Repeated => "Repeated",
-                PbCard::Map(_) => "Map",
-            });
-            if let PbCard::Map(key) = &f.card {
-                tys.insert(scalar_ty(key)?.to_string());
-            }
-            tys.insert(ty.split('(').next().unwrap_or(&ty).to_string());
-            writeln!(out, "        F::new({}, \"{json}\", {card}, {ty}),", f.tag)?;
-            if inline {
-                inlined.push(format!("{full}.{}", f.name));
-                if let PbType::Message(child) = &f.ty {
-                    names.extend(inline_names(pb, json_keys, &module_keys, child)?);
-                }
-            } else {
-                names.push(json);
-            }
+            self.write_field(full, keys, f, &mut names)?;
         }
-        // Required keys the message has (TypeMeta's kind/apiVersion are not message fields).
+        let required = self.required_in_order(full, module, name, &names);
+        writeln!(
+            self.out,
+            "    ],\n    required: &[{}],\n}};",
+            required.join(", ")
+        )?;
+        Ok(())
+    }
+
+    /// One `F::new(…)` line; the JSON names the field contributes go to `names`.
+    fn write_field(
+        &mut self,
+        full: &str,
+        keys: Option<&BTreeSet<String>>,
+        f: &PbField,
+        names: &mut Vec<String>,
+    ) -> Result<()> {
+        self.fields_total += 1;
+        let (json, inline) = json_name(
+            self.pb,
+            self.module_keys,
+            full,
+            keys,
+            f,
+            &mut self.fallbacks,
+            &mut self.borrowed,
+        )?;
+        let card = match &f.card {
+            PbCard::One if inline => "Inline".to_string(),
+            PbCard::One => "One".to_string(),
+            PbCard::Repeated => "Repeated".to_string(),
+            PbCard::Map(key) => format!("Map({})", scalar_ty(key)?),
+        };
+        let ty = ty_expr(&f.ty).with_context(|| format!("{full}.{}", f.name))?;
+        self.cards.insert(match f.card {
+            PbCard::One if inline => "Inline",
+            PbCard::One => "One",
+            PbCard::Repeated => "Repeated",
+            PbCard::Map(_) => "Map",
+        });
+        if let PbCard::Map(key) = &f.card {
+            self.tys.insert(scalar_ty(key)?.to_string());
+        }
+        self.tys
+            .insert(ty.split('(').next().unwrap_or(&ty).to_string());
+        writeln!(
+            self.out,
+            "        F::new({}, \"{json}\", {card}, {ty}),",
+            f.tag
+        )?;
+        if inline {
+            self.inlined.push(format!("{full}.{}", f.name));
+            if let PbType::Message(child) = &f.ty {
+                names.extend(inline_names(
+                    self.pb,
+                    self.json_keys,
+                    self.module_keys,
+                    child,
+                )?);
+            }
+        } else {
+            names.push(json);
+        }
+        Ok(())
+    }
+
+    /// The required keys the message has (TypeMeta's kind/apiVersion are not message fields),
+    /// quoted, in declaration order as the fields.
+    fn required_in_order(
+        &mut self,
+        full: &str,
+        module: &str,
+        name: &str,
+        names: &[String],
+    ) -> Vec<String> {
         let mut required: Vec<&String> = Vec::new();
-        if let Some(keys) = required_keys.get(&(module.to_string(), squash(name))) {
+        if let Some(keys) = self.required_keys.get(&(module.to_string(), squash(name))) {
             for key in keys {
                 if names.contains(key) {
                     required.push(key);
                 } else if key != "kind" && key != "apiVersion" {
-                    unmatched_required.push(format!("{full}.{key}"));
+                    self.unmatched_required.push(format!("{full}.{key}"));
                 }
             }
         }
-        // In declaration order, as the fields.
         required.sort_by_key(|k| names.iter().position(|n| n == *k));
-        let required: Vec<String> = required.iter().map(|k| format!("\"{k}\"")).collect();
-        writeln!(
-            out,
-            "    ],\n    required: &[{}],\n}};",
-            required.join(", ")
-        )?;
+        required.iter().map(|k| format!("\"{k}\"")).collect()
     }
 
-    writeln!(
-        head,
-        "use super::Card::{{{}}};\nuse super::Ty::{{{}}};\nuse super::{{Field as F, Message}};\n",
-        cards.into_iter().collect::<Vec<_>>().join(", "),
-        tys.into_iter().collect::<Vec<_>>().join(", ")
-    )?;
-    head.push_str(&out);
-
-    println!(
-        "{} messages, {fields_total} fields reachable from {} roots",
-        reachable.len(),
-        ROOTS.len()
-    );
-    println!(
-        "{} inlined sub-messages (Go `json:\",inline\"`): {}",
-        inlined.len(),
-        inlined.join(", ")
-    );
-    println!(
-        "{borrowed} JSON names of messages k8s-openapi has no struct for (Go inlines them) \
-         taken from another struct of the same module"
-    );
-    if !unmatched_required.is_empty() {
-        bail!(
-            "required keys that are no field of their message: {}",
-            unmatched_required.join(", ")
-        );
-    }
-    if fallbacks.is_empty() {
-        println!("every JSON name came from k8s-openapi");
-    } else {
+    /// What the run found, and an error for required keys that matched no field.
+    fn report(&self, reachable: usize) -> Result<()> {
         println!(
-            "{} JSON names guessed as lowerCamel (no k8s-openapi match):",
-            fallbacks.len()
+            "{reachable} messages, {} fields reachable from {} roots",
+            self.fields_total,
+            ROOTS.len()
         );
-        for f in &fallbacks {
-            println!("  {f}");
+        println!(
+            "{} inlined sub-messages (Go `json:\",inline\"`): {}",
+            self.inlined.len(),
+            self.inlined.join(", ")
+        );
+        println!(
+            "{} JSON names of messages k8s-openapi has no struct for (Go inlines them) \
+             taken from another struct of the same module",
+            self.borrowed
+        );
+        if !self.unmatched_required.is_empty() {
+            bail!(
+                "required keys that are no field of their message: {}",
+                self.unmatched_required.join(", ")
+            );
         }
+        if self.fallbacks.is_empty() {
+            println!("every JSON name came from k8s-openapi");
+        } else {
+            println!(
+                "{} JSON names guessed as lowerCamel (no k8s-openapi match):",
+                self.fallbacks.len()
+            );
+            for f in &self.fallbacks {
+                println!("  {f}");
+            }
+        }
+        Ok(())
     }
-    Ok(head)
 }

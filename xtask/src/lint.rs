@@ -2,7 +2,7 @@
 //!
 //! The lints themselves are `[workspace.lints]` in the root Cargo.toml (every member has
 //! `[lints] workspace = true`); `ebpf/skiff-ebpf` is its own workspace, so its Cargo.toml
-//! mirrors that table in `[lints]`. Four phases run, all of them even if one fails:
+//! mirrors that table in `[lints]`. Five phases run, all of them even if one fails:
 //!
 //! 1. `cargo fmt --all --check` — the workspace (which includes `ebpf/skiff-ebpf-common`);
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`;
@@ -17,6 +17,8 @@
 //!    environment cargo gives xtask (`RUSTC`, `RUSTFLAGS`, `RUSTUP_TOOLCHAIN`, …) is removed
 //!    so the nightly cargo uses nightly's own rustc and clippy.
 //!
+//! 5. no module cycle in any crate of the workspace ([`crate::modcycles`]).
+//!
 //! With `SKIFF_EBPF_SKIP=1` (the agent's build.rs switch for machines without the eBPF
 //! toolchain) the eBPF clippy phase is skipped with a note; the workspace clippy then also
 //! compiles the agent without the eBPF object.
@@ -28,6 +30,7 @@ use anyhow::{Result, bail};
 
 use crate::Workspace;
 use crate::cmd::{cargo, phase, status};
+use crate::modcycles;
 
 pub fn lint(ws: &Workspace) -> Result<()> {
     let ebpf_dir = ws.root.join("ebpf/skiff-ebpf");
@@ -60,7 +63,11 @@ pub fn lint(ws: &Workspace) -> Result<()> {
         })?
         .success()
     };
+    let acyclic = phase("module cycles", || module_cycles(ws))?;
     let mut problems = Vec::new();
+    if !acyclic {
+        problems.push("modules depend on each other in a cycle (see above)");
+    }
     if !fmt.success() {
         problems.push("formatting differs: run `cargo fmt --all`");
     }
@@ -81,6 +88,27 @@ pub fn lint(ws: &Workspace) -> Result<()> {
     } else {
         bail!("{}", problems.join("; "))
     }
+}
+
+/// The crates whose modules must not form cycles.
+pub const CYCLE_CHECKED_CRATES: [&str; 5] = ["common", "control", "agent", "tests", "xtask"];
+
+/// Prints every module cycle; true when there is none.
+fn module_cycles(ws: &Workspace) -> Result<bool> {
+    let mut clean = true;
+    for krate in CYCLE_CHECKED_CRATES {
+        for cycle in modcycles::cycles(&ws.root.join(krate).join("src"))? {
+            clean = false;
+            println!("{krate}: cycle among {}", cycle.modules.join(", "));
+            for edge in &cycle.edges {
+                println!("    {edge}");
+            }
+        }
+    }
+    if clean {
+        println!("no module cycle in {}", CYCLE_CHECKED_CRATES.join(", "));
+    }
+    Ok(clean)
 }
 
 /// `SKIFF_EBPF_SKIP=1` (or `true`), read as agent/build.rs reads it.

@@ -10,6 +10,7 @@ mod cmd;
 mod fresh_check;
 mod gen_protobuf_schema;
 mod lint;
+mod modcycles;
 mod setup;
 mod sys;
 mod test;
@@ -126,8 +127,9 @@ enum Task {
     /// Writes docs/benchmarks.md and docs/benchmarks-latency.svg. A quick run:
     /// `cargo xtask bench --services 1,100 --requests 2000`.
     Bench(bench_latency::BenchArgs),
-    /// Check formatting (`cargo fmt --check`) and lints (`cargo clippy -D warnings`) of the
-    /// workspace and of the eBPF crate (nightly clippy for bpfel-unknown-none).
+    /// Check formatting (`cargo fmt --check`), lints (`cargo clippy -D warnings`) of the
+    /// workspace and of the eBPF crate (nightly clippy for bpfel-unknown-none), and that no
+    /// modules of a crate depend on each other in a cycle.
     Lint,
     /// Regenerate control/src/apiserver/protobuf_schema.rs from the k8s-pb and k8s-openapi
     /// sources in the cargo registry (the table the protobuf request decoder walks).

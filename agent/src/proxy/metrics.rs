@@ -1,13 +1,35 @@
-//! The proxy's Prometheus metrics (served by the agent's metrics endpoint).
+//! The proxy's Prometheus metrics (served by the agent's metrics endpoint), kept in a
+//! `prometheus-client` registry.
 
-use std::sync::Mutex;
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use super::dataplane::SyncStats;
 
-#[derive(Default)]
+/// A gauge of seconds.
+type Seconds = Gauge<f64, AtomicU64>;
+
 pub struct ProxyMetrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    services: Gauge,
+    backends: Gauge,
+    sync_duration: Histogram,
+    last_sync: Seconds,
+    errors: Counter,
+    /// Not exported (the histogram's `_count` is): for [`ProxyMetrics::snapshot`].
+    syncs: Counter,
+    /// Not exported: for [`ProxyMetrics::snapshot`].
+    last_state_build: Seconds,
+    reported: Arc<Reported>,
 }
 
 /// The figures behind the metrics, for in-process readers (the proxy benchmark).
@@ -25,101 +47,156 @@ pub struct ProxyMetricsSnapshot {
     pub initial_list_seconds: Option<f64>,
 }
 
-#[derive(Default)]
-struct Inner {
-    services: usize,
-    backends: usize,
-    syncs: u64,
-    errors: u64,
-    last_sync_seconds: f64,
-    last_state_build_seconds: f64,
-    sync_seconds_sum: f64,
-    initial_list_seconds: Option<f64>,
-    /// (map name, entries, max entries), set by the eBPF dataplane.
-    map_fill: Vec<(String, u64, u64)>,
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        let m = ProxyMetrics {
+            registry: Registry::default(),
+            services: Gauge::default(),
+            backends: Gauge::default(),
+            // 1 ms to ~65 s.
+            sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            last_sync: Seconds::default(),
+            errors: Counter::default(),
+            syncs: Counter::default(),
+            last_state_build: Seconds::default(),
+            reported: Arc::default(),
+        };
+        m.registered()
+    }
 }
 
 impl ProxyMetrics {
+    /// Register the metrics, in the order they are exported.
+    fn registered(mut self) -> Self {
+        let r = &mut self.registry;
+        let counts = [
+            (
+                "skiff_proxy_services",
+                "Service ports programmed into the dataplane",
+                &self.services,
+            ),
+            (
+                "skiff_proxy_backends",
+                "Backends programmed into the dataplane",
+                &self.backends,
+            ),
+        ];
+        for (name, help, gauge) in counts {
+            r.register(name, help, gauge.clone());
+        }
+        let syncs_help = "Time of dataplane syncs";
+        r.register(
+            "skiff_proxy_sync_duration_seconds",
+            syncs_help,
+            self.sync_duration.clone(),
+        );
+        let last_help = "Time of the last dataplane sync";
+        r.register(
+            "skiff_proxy_last_sync_duration_seconds",
+            last_help,
+            self.last_sync.clone(),
+        );
+        // Exported with the counter's `_total` suffix.
+        let errors_help = "Failed dataplane syncs (e.g. a full map)";
+        r.register("skiff_proxy_sync_errors", errors_help, self.errors.clone());
+        r.register_collector(Box::new(self.reported.clone()));
+        self
+    }
+
     /// A successful sync that took `took` in all, `build` of it building the state.
     pub fn record_sync(&self, s: &SyncStats, took: Duration, build: Duration) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.services = s.services;
-            m.backends = s.backends;
-            m.syncs += 1;
-            m.last_sync_seconds = took.as_secs_f64();
-            m.last_state_build_seconds = build.as_secs_f64();
-            m.sync_seconds_sum += took.as_secs_f64();
-        }
+        self.services.set(s.services as i64);
+        self.backends.set(s.backends as i64);
+        self.sync_duration.observe(took.as_secs_f64());
+        self.syncs.inc();
+        self.last_sync.set(took.as_secs_f64());
+        self.last_state_build.set(build.as_secs_f64());
     }
     /// The time the first list of Services and EndpointSlices took.
     pub fn record_initial_list(&self, took: Duration) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.initial_list_seconds = Some(took.as_secs_f64());
+        if let Ok(mut m) = self.reported.initial_list_seconds.lock() {
+            *m = Some(took.as_secs_f64());
         }
     }
     pub fn snapshot(&self) -> ProxyMetricsSnapshot {
-        let Ok(m) = self.inner.lock() else {
-            return ProxyMetricsSnapshot::default();
-        };
         ProxyMetricsSnapshot {
-            services: m.services,
-            backends: m.backends,
-            syncs: m.syncs,
-            errors: m.errors,
-            last_sync_seconds: m.last_sync_seconds,
-            last_state_build_seconds: m.last_state_build_seconds,
-            initial_list_seconds: m.initial_list_seconds,
+            services: self.services.get() as usize,
+            backends: self.backends.get() as usize,
+            syncs: self.syncs.get(),
+            errors: self.errors.get(),
+            last_sync_seconds: self.last_sync.get(),
+            last_state_build_seconds: self.last_state_build.get(),
+            initial_list_seconds: self
+                .reported
+                .initial_list_seconds
+                .lock()
+                .ok()
+                .and_then(|m| *m),
         }
     }
     pub fn record_error(&self) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.errors += 1;
-        }
+        self.errors.inc();
     }
     pub fn set_map_fill(&self, fill: Vec<(String, u64, u64)>) {
-        if let Ok(mut m) = self.inner.lock() {
-            m.map_fill = fill;
+        if let Ok(mut m) = self.reported.map_fill.lock() {
+            *m = fill;
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition (what prometheus-client writes: counters' metadata
+    /// without `_total`, a closing `# EOF`), served as [`CONTENT_TYPE`].
     pub fn render(&self) -> String {
-        let Ok(m) = self.inner.lock() else {
-            return String::new();
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            Ok(()) => out,
+            Err(_) => String::new(),
+        }
+    }
+}
+
+/// The media type of [`ProxyMetrics::render`]'s text, so Prometheus parses it as OpenMetrics.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The metrics exported only once there is something to report: the initial list's time,
+/// and the BPF maps' fill (eBPF mode), one series per map in the order given.
+#[derive(Debug, Default)]
+struct Reported {
+    initial_list_seconds: Mutex<Option<f64>>,
+    /// (map name, entries, max entries), set by the eBPF dataplane.
+    map_fill: Mutex<Vec<(String, u64, u64)>>,
+}
+
+impl Collector for Reported {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        if let Some(list) = self.initial_list_seconds.lock().ok().and_then(|m| *m) {
+            let gauge = ConstGauge::new(list);
+            gauge.encode(encoder.encode_descriptor(
+                "skiff_proxy_initial_list_duration_seconds",
+                "Time from the proxy's start until Services and EndpointSlices were listed.",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        let Ok(fill) = self.map_fill.lock() else {
+            return Ok(());
         };
-        let mut out = format!(
-            "# HELP skiff_proxy_services Service ports programmed into the dataplane.\n\
-             # TYPE skiff_proxy_services gauge\nskiff_proxy_services {}\n\
-             # HELP skiff_proxy_backends Backends programmed into the dataplane.\n\
-             # TYPE skiff_proxy_backends gauge\nskiff_proxy_backends {}\n\
-             # HELP skiff_proxy_sync_duration_seconds Time of dataplane syncs.\n\
-             # TYPE skiff_proxy_sync_duration_seconds summary\n\
-             skiff_proxy_sync_duration_seconds_sum {}\nskiff_proxy_sync_duration_seconds_count {}\n\
-             # HELP skiff_proxy_last_sync_duration_seconds Time of the last dataplane sync.\n\
-             # TYPE skiff_proxy_last_sync_duration_seconds gauge\nskiff_proxy_last_sync_duration_seconds {}\n\
-             # HELP skiff_proxy_sync_errors_total Failed dataplane syncs (e.g. a full map).\n\
-             # TYPE skiff_proxy_sync_errors_total counter\nskiff_proxy_sync_errors_total {}\n",
-            m.services, m.backends, m.sync_seconds_sum, m.syncs, m.last_sync_seconds, m.errors
-        );
-        if let Some(list) = m.initial_list_seconds {
-            out.push_str(&format!(
-                "# HELP skiff_proxy_initial_list_duration_seconds Time from the proxy's start until Services and EndpointSlices were listed.\n\
-                 # TYPE skiff_proxy_initial_list_duration_seconds gauge\nskiff_proxy_initial_list_duration_seconds {list}\n"
-            ));
+        if fill.is_empty() {
+            return Ok(());
         }
-        if !m.map_fill.is_empty() {
-            out.push_str("# HELP skiff_bpf_map_entries Entries in each BPF map.\n# TYPE skiff_bpf_map_entries gauge\n");
-            for (name, n, _) in &m.map_fill {
-                out.push_str(&format!("skiff_bpf_map_entries{{map=\"{name}\"}} {n}\n"));
-            }
-            out.push_str("# HELP skiff_bpf_map_max_entries Capacity of each BPF map.\n# TYPE skiff_bpf_map_max_entries gauge\n");
-            for (name, _, max) in &m.map_fill {
-                out.push_str(&format!(
-                    "skiff_bpf_map_max_entries{{map=\"{name}\"}} {max}\n"
-                ));
+        let per_map = [
+            ("skiff_bpf_map_entries", "Entries in each BPF map."),
+            ("skiff_bpf_map_max_entries", "Capacity of each BPF map."),
+        ];
+        for (i, (name, help)) in per_map.into_iter().enumerate() {
+            let ty = ConstGauge::new(0u64).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, ty)?;
+            for (map, entries, max) in fill.iter() {
+                let value = if i == 0 { *entries } else { *max };
+                let labels = [("map", map.as_str())];
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
-        out
+        Ok(())
     }
 }
 
@@ -146,6 +223,8 @@ mod tests {
         assert!(t.contains("skiff_proxy_sync_duration_seconds_count 1\n"));
         assert!(t.contains("skiff_bpf_map_entries{map=\"skiff_frontends\"} 3\n"));
         assert!(t.contains("skiff_proxy_initial_list_duration_seconds 0.25\n"));
+        assert!(t.contains("skiff_proxy_sync_errors_total 0\n"));
+        assert!(t.ends_with("# EOF\n"));
         assert_eq!(m.snapshot().last_state_build_seconds, 0.002);
     }
 }

@@ -16,6 +16,8 @@ pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod tracker;
 
 use std::collections::BTreeSet;
@@ -167,7 +169,12 @@ pub async fn serve_metrics(
             "/metrics",
             axum::routing::get(move || {
                 let m = metrics.clone();
-                async move { m.render() }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                        m.render(),
+                    )
+                }
             }),
         )
         .route("/healthz", axum::routing::get(|| async { "ok" }));

@@ -399,6 +399,7 @@ mod tests {
     use crate::proxy::dataplane::SyncStats;
     use crate::proxy::ebpf::fake::{FakeDataplane, FakeMaps};
     use crate::proxy::ebpf::{self, MapOpError, MapSyncStats, SyncError, SyncFailure};
+    use crate::proxy::test_support::{ep, nodeport_affinity_pair, state, svc};
     use std::net::Ipv4Addr;
 
     /// Hands out scripted sync results.
@@ -600,43 +601,6 @@ mod tests {
         assert!(!wait.await.unwrap().timed_out);
     }
 
-    fn ep(ip: [u8; 4], port: u16, local: bool) -> crate::proxy::model::Endpoint {
-        crate::proxy::model::Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            local,
-            ready: true,
-            serving: true,
-            terminating: false,
-        }
-    }
-
-    fn svc(
-        name: &str,
-        vip: [u8; 4],
-        port: u16,
-        eps: Vec<crate::proxy::model::Endpoint>,
-    ) -> crate::proxy::model::ServicePort {
-        crate::proxy::model::ServicePort {
-            name: ServicePortName {
-                namespace: "default".into(),
-                name: name.into(),
-                port: String::new(),
-                protocol: crate::proxy::model::Protocol::Tcp,
-            },
-            cluster_ip: Ipv4Addr::from(vip),
-            port,
-            node_port: 0,
-            affinity_timeout: None,
-            external_local: false,
-            endpoints: eps,
-        }
-    }
-
-    fn state(svcs: Vec<crate::proxy::model::ServicePort>) -> ProxyState {
-        svcs.into_iter().map(|s| (s.name.clone(), s)).collect()
-    }
-
     #[tokio::test]
     async fn the_map_fill_gauges_are_exported_after_a_sync() {
         let mut store = FakeMaps::new(64);
@@ -648,23 +612,7 @@ mod tests {
             metrics.clone(),
             Arc::new(RecordedEvents::default()),
         );
-        let mut a = svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 1, 2], 8080, true),
-                ep([10, 244, 2, 2], 8080, false),
-            ],
-        );
-        a.node_port = 30080;
-        a.affinity_timeout = Some(60);
-        let b = svc(
-            "b",
-            [10, 96, 0, 2],
-            53,
-            vec![ep([10, 244, 1, 2], 8080, true)],
-        );
+        let (a, b) = nodeport_affinity_pair();
         let gauges = |text: &str, want: &[(&str, usize, u32)]| {
             for (map, entries, max) in want {
                 assert!(

@@ -2,7 +2,6 @@
 //! they leave behind on disk. These files are also what a restarted agent adopts pods from,
 //! so every field needed to find a running process again lives here.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -89,13 +88,7 @@ pub struct SandboxState {
 
 /// Write JSON to `path` so a reader never sees half a file (write a temporary, then rename).
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    skiff_common::fs::write_json_atomic(path, value)
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<T> {

@@ -29,6 +29,7 @@ pub fn apply_defaults(plural: &str, obj: &mut Value) {
         "secrets" => secret(root),
         "endpointslices" => endpointslice(root),
         "endpoints" => endpoints(root),
+        "rolebindings" | "clusterrolebindings" => super::validation::rbac::apply_defaults(root),
         _ => {}
     }
     // Fields the schema requires (Go fields without `omitempty`: `DaemonSetStatus`' counts,

@@ -411,6 +411,7 @@ mod tests {
                 "batch",
                 "coordination.k8s.io",
                 "discovery.k8s.io",
+                "rbac.authorization.k8s.io",
                 "authentication.k8s.io"
             ]
         );
@@ -541,9 +542,10 @@ mod tests {
         let d = aggregated(false, AggregatedVersion::V2Beta1);
         assert_eq!(d["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let items = d["items"].as_array().unwrap();
-        assert_eq!(items.len(), 5);
+        assert_eq!(items.len(), 6);
         assert_eq!(items[0]["metadata"]["name"], "apps");
-        let authn = &items[4];
+        assert_eq!(items[4]["metadata"]["name"], "rbac.authorization.k8s.io");
+        let authn = &items[5];
         assert_eq!(authn["metadata"]["name"], "authentication.k8s.io");
         assert_eq!(
             authn["versions"][0]["resources"][0],

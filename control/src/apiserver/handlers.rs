@@ -15,6 +15,7 @@ use super::nodeproxy::{self, NodeClient};
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::PatchType;
+use super::rbac::{self, Authorizer, escalation};
 use super::registry::{
     self, DeleteOptions, Deleted, FieldValidation, ListOptions, Registry, WriteOptions, Written,
 };
@@ -31,6 +32,7 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 pub struct Handler {
     pub registry: Registry,
     pub authn: Authenticator,
+    pub rbac: Arc<Authorizer>,
     /// The address clients should use, for `/api`'s serverAddressByClientCIDRs.
     pub advertise: String,
     /// Connections to node agents (`pods/log`).
@@ -121,11 +123,12 @@ impl Handler {
             .authn
             .authenticate(&self.registry, &parts.headers, peer)
             .await?;
-        let endpoint = request::route(parts.uri.path());
-        if !matches!(endpoint, Ok(Endpoint::Version | Endpoint::Health)) {
-            authn::require_authenticated(&user)?;
-        }
-        let endpoint = endpoint?;
+        // Authorized before a missing route is reported, as kube-apiserver does.
+        let routed = request::route(parts.uri.path());
+        let (path, raw_query) = (parts.uri.path(), parts.uri.query());
+        let attributes = rbac::attributes::of(&parts.method, routed.as_ref().ok(), path, raw_query);
+        self.rbac.authorize(&user, &attributes)?;
+        let endpoint = routed?;
         let accept = header_str(&parts.headers, header::ACCEPT);
         let read_only = parts.method == Method::GET || parts.method == Method::HEAD;
         match endpoint {
@@ -143,8 +146,25 @@ impl Handler {
                     read_body(&parts.headers, body).await?
                 };
                 let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
-                self.resource(&parts.method, r, &query, accept, content_type, body)
-                    .await
+                let write = escalation::Write {
+                    method: &parts.method,
+                    request: &r,
+                    content_type,
+                    body: &body,
+                };
+                escalation::check(&self.rbac, &self.registry, &user, &write).await?;
+                let rbac_write = r.info.group == rbac::GROUP && !read_only;
+                let out = self
+                    .resource(&parts.method, r, &query, accept, content_type, body)
+                    .await;
+                if rbac_write && out.is_ok() {
+                    // The author's next request must see the new grants.
+                    self.rbac
+                        .resync()
+                        .await
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                }
+                out
             }
             Endpoint::Review { info, .. } if parts.method == Method::POST => {
                 let body = read_body(&parts.headers, body).await?;

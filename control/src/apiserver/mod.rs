@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod request;
 pub mod resources;
@@ -160,6 +161,14 @@ impl ApiServer {
         bootstrap(&registry, local_addr.port())
             .await
             .context("creating the system namespaces and the kubernetes service")?;
+        rbac::bootstrap::reconcile(&registry)
+            .await
+            .context("reconciling the default RBAC roles and bindings")?;
+        let authorizer = Arc::new(
+            rbac::Authorizer::load(store.clone())
+                .await
+                .context("loading the RBAC roles and bindings")?,
+        );
         let master = MasterEndpoints {
             address: advertise,
             port: local_addr.port(),
@@ -171,6 +180,7 @@ impl ApiServer {
         let handler = Arc::new(Handler {
             registry,
             authn,
+            rbac: authorizer,
             advertise: SocketAddr::new(advertise, local_addr.port()).to_string(),
             nodes: nodeproxy::NodeClient::new(pki.kubelet_client_config.clone()),
         });
@@ -187,6 +197,7 @@ impl ApiServer {
             handler.clone(),
             stopped.clone(),
         ));
+        let rbac = tokio::spawn(follow_rbac(handler.clone(), stopped.clone()));
         let maintain = tokio::spawn(maintenance(
             store,
             handler,
@@ -202,7 +213,7 @@ impl ApiServer {
             kubeconfig,
             stop,
             endpoints,
-            tasks: vec![serve, maintain],
+            tasks: vec![serve, maintain, rbac],
         })
     }
 
@@ -293,6 +304,15 @@ async fn keep_master_endpoints(
     if let Err(e) = master.remove(&handler.registry).await {
         tracing::warn!(error = %e, "removing this server from the kubernetes endpoints failed");
     }
+}
+
+/// Keep the RBAC index current and aggregated ClusterRoles filled.
+async fn follow_rbac(handler: Arc<Handler>, stopped: signal::Receiver<bool>) {
+    let aggregate = || async {
+        let roles = handler.rbac.cluster_roles().await;
+        rbac::aggregation::aggregate(&handler.registry, &roles).await;
+    };
+    handler.rbac.follow(stopped, aggregate).await;
 }
 
 /// Periodic upkeep: compaction (to the revision seen one interval ago, as kube-apiserver does

@@ -70,20 +70,8 @@ fn ca_params() -> Result<CertificateParams> {
 /// Write `contents` to `path` readable by its owner only (keys, tokens, kubeconfigs), through a
 /// temporary file so a reader never sees half of it.
 pub fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    skiff_common::fs::write_atomic(path, contents.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn random_token() -> String {

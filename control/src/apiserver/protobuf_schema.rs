@@ -31,6 +31,19 @@ pub(crate) static ROOTS: &[(&str, &Message)] = &[
         "discovery.k8s.io/v1/EndpointSlice",
         &DISCOVERY_V1_ENDPOINT_SLICE,
     ),
+    (
+        "rbac.authorization.k8s.io/v1/ClusterRoleBinding",
+        &RBAC_V1_CLUSTER_ROLE_BINDING,
+    ),
+    (
+        "rbac.authorization.k8s.io/v1/ClusterRole",
+        &RBAC_V1_CLUSTER_ROLE,
+    ),
+    (
+        "rbac.authorization.k8s.io/v1/RoleBinding",
+        &RBAC_V1_ROLE_BINDING,
+    ),
+    ("rbac.authorization.k8s.io/v1/Role", &RBAC_V1_ROLE),
     ("autoscaling/v1/Scale", &AUTOSCALING_V1_SCALE),
     (
         "authentication.k8s.io/v1/TokenRequest",
@@ -64,6 +77,19 @@ pub(crate) static KINDS: &[(&str, &Message)] = &[
         "discovery.k8s.io/v1/EndpointSlice",
         &DISCOVERY_V1_ENDPOINT_SLICE,
     ),
+    (
+        "rbac.authorization.k8s.io/v1/ClusterRoleBinding",
+        &RBAC_V1_CLUSTER_ROLE_BINDING,
+    ),
+    (
+        "rbac.authorization.k8s.io/v1/ClusterRole",
+        &RBAC_V1_CLUSTER_ROLE,
+    ),
+    (
+        "rbac.authorization.k8s.io/v1/RoleBinding",
+        &RBAC_V1_ROLE_BINDING,
+    ),
+    ("rbac.authorization.k8s.io/v1/Role", &RBAC_V1_ROLE),
     ("autoscaling/v1/Scale", &AUTOSCALING_V1_SCALE),
     (
         "authentication.k8s.io/v1/TokenRequest",
@@ -2879,6 +2905,89 @@ pub(crate) static DISCOVERY_V1_FOR_ZONE: Message = Message {
     name: "api.discovery.v1.ForZone",
     fields: &[F::new(1, "name", One, Str)],
     required: &["name"],
+};
+
+pub(crate) static RBAC_V1_AGGREGATION_RULE: Message = Message {
+    name: "api.rbac.v1.AggregationRule",
+    fields: &[F::new(
+        1,
+        "clusterRoleSelectors",
+        Repeated,
+        Msg(&META_V1_LABEL_SELECTOR),
+    )],
+    required: &[],
+};
+
+pub(crate) static RBAC_V1_CLUSTER_ROLE: Message = Message {
+    name: "api.rbac.v1.ClusterRole",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(2, "rules", Repeated, Msg(&RBAC_V1_POLICY_RULE)),
+        F::new(3, "aggregationRule", One, Msg(&RBAC_V1_AGGREGATION_RULE)),
+    ],
+    required: &["metadata"],
+};
+
+pub(crate) static RBAC_V1_CLUSTER_ROLE_BINDING: Message = Message {
+    name: "api.rbac.v1.ClusterRoleBinding",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(2, "subjects", Repeated, Msg(&RBAC_V1_SUBJECT)),
+        F::new(3, "roleRef", One, Msg(&RBAC_V1_ROLE_REF)),
+    ],
+    required: &["metadata", "roleRef"],
+};
+
+pub(crate) static RBAC_V1_POLICY_RULE: Message = Message {
+    name: "api.rbac.v1.PolicyRule",
+    fields: &[
+        F::new(1, "verbs", Repeated, Str),
+        F::new(2, "apiGroups", Repeated, Str),
+        F::new(3, "resources", Repeated, Str),
+        F::new(4, "resourceNames", Repeated, Str),
+        F::new(5, "nonResourceURLs", Repeated, Str),
+    ],
+    required: &["verbs"],
+};
+
+pub(crate) static RBAC_V1_ROLE: Message = Message {
+    name: "api.rbac.v1.Role",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(2, "rules", Repeated, Msg(&RBAC_V1_POLICY_RULE)),
+    ],
+    required: &["metadata"],
+};
+
+pub(crate) static RBAC_V1_ROLE_BINDING: Message = Message {
+    name: "api.rbac.v1.RoleBinding",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(2, "subjects", Repeated, Msg(&RBAC_V1_SUBJECT)),
+        F::new(3, "roleRef", One, Msg(&RBAC_V1_ROLE_REF)),
+    ],
+    required: &["metadata", "roleRef"],
+};
+
+pub(crate) static RBAC_V1_ROLE_REF: Message = Message {
+    name: "api.rbac.v1.RoleRef",
+    fields: &[
+        F::new(1, "apiGroup", One, Str),
+        F::new(2, "kind", One, Str),
+        F::new(3, "name", One, Str),
+    ],
+    required: &["apiGroup", "kind", "name"],
+};
+
+pub(crate) static RBAC_V1_SUBJECT: Message = Message {
+    name: "api.rbac.v1.Subject",
+    fields: &[
+        F::new(1, "kind", One, Str),
+        F::new(2, "apiGroup", One, Str),
+        F::new(3, "name", One, Str),
+        F::new(4, "namespace", One, Str),
+    ],
+    required: &["kind", "name"],
 };
 
 pub(crate) static META_V1_API_GROUP: Message = Message {

@@ -432,6 +432,40 @@ const ENDPOINTSLICE_COLS: &[Col] = &[
     age_col(),
 ];
 
+const ROLEBINDING_COLS: &[Col] = &[
+    name_col(),
+    c(
+        "Role",
+        "string",
+        "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable.",
+    ),
+    age_col(),
+    w("Users", "string", "Users in the roleBinding"),
+    w("Groups", "string", "Groups in the roleBinding"),
+    w(
+        "ServiceAccounts",
+        "string",
+        "ServiceAccounts in the roleBinding",
+    ),
+];
+
+const CLUSTERROLEBINDING_COLS: &[Col] = &[
+    name_col(),
+    c(
+        "Role",
+        "string",
+        "RoleRef can only reference a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error. This field is immutable.",
+    ),
+    age_col(),
+    w("Users", "string", "Users in the clusterRoleBinding"),
+    w("Groups", "string", "Groups in the clusterRoleBinding"),
+    w(
+        "ServiceAccounts",
+        "string",
+        "ServiceAccounts in the clusterRoleBinding",
+    ),
+];
+
 /// kube-apiserver's `DefaultTableConvertor` (k8s.io/apiserver/pkg/registry/rest/table.go), used
 /// for every resource without a printer: `kubectl get clusterroles` shows NAME / CREATED AT.
 const DEFAULT_COLS: &[Col] = &[name_col(), c("Created At", "date", D_AGE)];
@@ -453,6 +487,8 @@ fn cols_for(plural: &str) -> &'static [Col] {
         "serviceaccounts" => SERVICEACCOUNT_COLS,
         "leases" => LEASE_COLS,
         "endpointslices" => ENDPOINTSLICE_COLS,
+        "rolebindings" => ROLEBINDING_COLS,
+        "clusterrolebindings" => CLUSTERROLEBINDING_COLS,
         _ => DEFAULT_COLS,
     }
 }
@@ -519,8 +555,37 @@ pub fn row_cells(plural: &str, obj: &Value, now: Timestamp) -> Vec<Value> {
             age(obj, now),
         ],
         "endpointslices" => endpointslice_cells(obj, now),
+        "rolebindings" | "clusterrolebindings" => role_binding_cells(obj, now),
         _ => vec![name(obj), json!(created_at_rfc3339(obj))],
     }
+}
+
+/// kube's printRoleBinding: `Kind/name` of the role, then the subjects by kind (service
+/// accounts as `namespace/name`), each list joined with ", ".
+fn role_binding_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
+    let role = format!(
+        "{}/{}",
+        str_at(obj, &["roleRef", "kind"]),
+        str_at(obj, &["roleRef", "name"])
+    );
+    let (mut users, mut groups, mut sas) = (Vec::new(), Vec::new(), Vec::new());
+    for s in arr_at(obj, &["subjects"]) {
+        let name = str_at(s, &["name"]);
+        match str_at(s, &["kind"]) {
+            "User" => users.push(name.to_string()),
+            "Group" => groups.push(name.to_string()),
+            "ServiceAccount" => sas.push(format!("{}/{name}", str_at(s, &["namespace"]))),
+            _ => {}
+        }
+    }
+    vec![
+        name(obj),
+        json!(role),
+        age(obj, now),
+        json!(users.join(", ")),
+        json!(groups.join(", ")),
+        json!(sas.join(", ")),
+    ]
 }
 
 /// Row conditions kube attaches (only pods use them: finished pods are marked `Completed`, which

@@ -10,6 +10,8 @@
 //! body, `metadata.uid` / `creationTimestamp` / `resourceVersion` handling, ClusterIP
 //! allocation.
 
+pub mod rbac;
+
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
@@ -31,6 +33,9 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
         "configmaps" => configmap(obj, old, &mut out),
         "secrets" => secret(obj, old, &mut out),
         "endpointslices" => endpointslice(obj, &mut out),
+        "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
+            rbac::validate(info.plural, obj, old, &mut out)
+        }
         _ => {}
     }
     out
@@ -241,7 +246,7 @@ fn too_long(field: impl Into<String>, limit: usize) -> FieldCause {
     }
 }
 
-fn required_msg(field: impl Into<String>, detail: &str) -> FieldCause {
+pub(crate) fn required_msg(field: impl Into<String>, detail: &str) -> FieldCause {
     FieldCause {
         reason: "FieldValueRequired",
         field: field.into(),
@@ -299,6 +304,9 @@ fn meta(info: &ResourceInfo, m: &Value, out: &mut Causes) {
             let errors = match info.plural {
                 "namespaces" => dns1123_label_errors(n),
                 "services" => dns1035_label_errors(n),
+                "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
+                    rbac::path_segment_name_errors(n)
+                }
                 _ => dns1123_subdomain_errors(n),
             };
             for e in errors {
@@ -806,7 +814,7 @@ fn selector_is_empty(sel: &Value) -> bool {
 }
 
 /// Whether `sel` selects an object with `labels` (LabelSelectorAsSelector + Matches).
-fn selector_matches(sel: &Value, labels: &Value) -> bool {
+pub(crate) fn selector_matches(sel: &Value, labels: &Value) -> bool {
     let get = |k: &str| labels.get(k).and_then(Value::as_str);
     if let Some(ml) = obj(&sel["matchLabels"]) {
         for (k, v) in ml {

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -124,6 +125,8 @@ async fn delete_contents(ctx: &Context, ns: &str, force_pods: bool) -> Result<Ve
         purge::<Secret>(c, ns, "secrets", &dp).await?,
         purge::<ServiceAccount>(c, ns, "serviceaccounts", &dp).await?,
         purge::<Lease>(c, ns, "leases.coordination.k8s.io", &dp).await?,
+        purge::<RoleBinding>(c, ns, "rolebindings.rbac.authorization.k8s.io", &dp).await?,
+        purge::<Role>(c, ns, "roles.rbac.authorization.k8s.io", &dp).await?,
         purge::<Event>(c, ns, "events", &dp).await?,
     ];
     Ok(out.into_iter().filter(|r| r.count > 0).collect())

@@ -213,108 +213,17 @@ impl FakeNode {
     fn start(client: Client, name: &str) -> FakeNode {
         let heartbeat = Arc::new(AtomicBool::new(true));
         let pods_ready = Arc::new(AtomicBool::new(true));
-        let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-        let lease_task = {
-            let heartbeat = heartbeat.clone();
-            let name = name.to_string();
-            tokio::spawn(async move {
-                loop {
-                    if heartbeat.load(Ordering::SeqCst) {
-                        let now = k8s_openapi::jiff::Timestamp::now()
-                            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-                            .to_string();
-                        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                            "metadata": {"name": name, "namespace": "kube-node-lease"},
-                            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
-                        let r = leases
-                            .patch(
-                                &name,
-                                &PatchParams::apply("fake-kubelet"),
-                                &Patch::Apply(&lease),
-                            )
-                            .await;
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, "fake lease renewal failed");
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            })
-        };
-        let pods_task = {
-            let client = client.clone();
-            let name = name.to_string();
-            let pods_ready = pods_ready.clone();
-            let heartbeat = heartbeat.clone();
-            tokio::spawn(async move {
-                let pods: Api<Pod> = Api::all(client.clone());
-                let cfg = watcher::Config::default().fields(&format!("spec.nodeName={name}"));
-                let mut stream = watcher(pods, cfg)
-                    .default_backoff()
-                    .applied_objects()
-                    .boxed();
-                let mut ip = 2u32;
-                while let Some(Ok(pod)) = stream.next().await {
-                    if !heartbeat.load(Ordering::SeqCst) {
-                        // A dead kubelet does nothing.
-                        continue;
-                    }
-                    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                    let pname = pod.metadata.name.clone().unwrap_or_default();
-                    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-                    if pod.metadata.deletion_timestamp.is_some() {
-                        let _ = api
-                            .delete(
-                                &pname,
-                                &DeleteParams {
-                                    grace_period_seconds: Some(0),
-                                    ..Default::default()
-                                },
-                            )
-                            .await;
-                        continue;
-                    }
-                    let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-                    if phase.as_deref() == Some("Running")
-                        || phase.as_deref() == Some("Succeeded")
-                        || phase.as_deref() == Some("Failed")
-                    {
-                        continue;
-                    }
-                    ip += 1;
-                    let ready = if pods_ready.load(Ordering::SeqCst) {
-                        "True"
-                    } else {
-                        "False"
-                    };
-                    let now = k8s_openapi::jiff::Timestamp::now()
-                        .strftime("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string();
-                    let containers: Vec<serde_json::Value> = pod
-                        .spec
-                        .as_ref()
-                        .map(|s| s.containers.iter().map(|c| json!({
-                            "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
-                            "ready": ready == "True", "restartCount": 0, "started": true,
-                            "state": {"running": {"startedAt": now}}})).collect())
-                        .unwrap_or_default();
-                    let status = json!({"status": {
-                        "phase": "Running", "podIP": format!("10.244.{}.{}", ip / 250, ip % 250 + 2),
-                        "podIPs": [{"ip": format!("10.244.{}.{}", ip / 250, ip % 250 + 2)}],
-                        "hostIP": "192.168.100.2", "startTime": now,
-                        "conditions": [
-                            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-                            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
-                            {"type": "Ready", "status": ready, "lastTransitionTime": now},
-                            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
-                        "containerStatuses": containers,
-                    }});
-                    let _ = api
-                        .patch_status(&pname, &PatchParams::default(), &Patch::Merge(&status))
-                        .await;
-                }
-            })
-        };
+        let lease_task = tokio::spawn(renew_lease(
+            client.clone(),
+            name.to_string(),
+            heartbeat.clone(),
+        ));
+        let pods_task = tokio::spawn(run_pods(
+            client,
+            name.to_string(),
+            pods_ready.clone(),
+            heartbeat.clone(),
+        ));
         FakeNode {
             name: name.to_string(),
             heartbeat,
@@ -335,6 +244,113 @@ impl Drop for FakeNode {
             t.abort();
         }
     }
+}
+
+/// The fake kubelet's node Lease, renewed every second while its heartbeat is on.
+async fn renew_lease(client: Client, name: String, heartbeat: Arc<AtomicBool>) {
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    loop {
+        if heartbeat.load(Ordering::SeqCst) {
+            let now = k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                .to_string();
+            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+            let r = leases
+                .patch(
+                    &name,
+                    &PatchParams::apply("fake-kubelet"),
+                    &Patch::Apply(&lease),
+                )
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "fake lease renewal failed");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The fake kubelet's pods: each new one bound here is reported Running (Ready as
+/// `pods_ready` says) with an IP of its own; a deleted one is removed at once.
+async fn run_pods(
+    client: Client,
+    name: String,
+    pods_ready: Arc<AtomicBool>,
+    heartbeat: Arc<AtomicBool>,
+) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={name}"));
+    let mut stream = watcher(pods, cfg)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let mut ip = 2u32;
+    while let Some(Ok(pod)) = stream.next().await {
+        if !heartbeat.load(Ordering::SeqCst) {
+            // A dead kubelet does nothing.
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let pname = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let _ = api
+                .delete(
+                    &pname,
+                    &DeleteParams {
+                        grace_period_seconds: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            continue;
+        }
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        if matches!(phase.as_deref(), Some("Running" | "Succeeded" | "Failed")) {
+            continue;
+        }
+        ip += 1;
+        let status = running_status(&pod, ip, pods_ready.load(Ordering::SeqCst));
+        let _ = api
+            .patch_status(&pname, &PatchParams::default(), &Patch::Merge(&status))
+            .await;
+    }
+}
+
+/// The status patch of a pod the fake kubelet started: Running, with the `ip`-th address.
+fn running_status(pod: &Pod, ip: u32, ready: bool) -> serde_json::Value {
+    let ready = if ready { "True" } else { "False" };
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| {
+                    json!({
+            "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "",
+            "ready": ready == "True", "restartCount": 0, "started": true,
+            "state": {"running": {"startedAt": now}}})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({"status": {
+        "phase": "Running", "podIP": format!("10.244.{}.{}", ip / 250, ip % 250 + 2),
+        "podIPs": [{"ip": format!("10.244.{}.{}", ip / 250, ip % 250 + 2)}],
+        "hostIP": "192.168.100.2", "startTime": now,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
+            {"type": "Ready", "status": ready, "lastTransitionTime": now},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
+        "containerStatuses": containers,
+    }})
 }
 
 /// Set a pod's Ready condition (what a readiness probe flip would do).

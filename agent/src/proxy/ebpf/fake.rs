@@ -14,10 +14,13 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
+use rustc_hash::FxHashMap as HashMap;
 use skiff_ebpf_common::{AffinityMatchKey, Backend, Frontend, FrontendKey, RevNat, SlotKey};
 
-use super::maps::{LbStore, MapFill, MapOpError, PROGRAM_MAPS, SVC_NAMES, SvcName, Table};
-use super::reconcile::{FillReporter, HashMap, Reconciler, sync_report};
+use super::maps::{
+    LbStore, MapFill, MapOpError, PROGRAM_MAPS, SVC_NAMES, SvcName, Table, lb_store_tables,
+};
+use super::reconcile::{FillReporter, Reconciler, sync_report};
 use crate::proxy::dataplane::{Dataplane, SyncReport};
 use crate::proxy::model::{ProxyState, ServicePortName};
 
@@ -204,24 +207,7 @@ impl FakeMaps {
 }
 
 impl LbStore for FakeMaps {
-    fn frontends(&mut self) -> &mut dyn Table<FrontendKey, Frontend> {
-        &mut self.frontends
-    }
-    fn slots(&mut self) -> &mut dyn Table<SlotKey, u32> {
-        &mut self.slots
-    }
-    fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
-        &mut self.backends
-    }
-    fn revnat(&mut self) -> &mut dyn Table<u32, RevNat> {
-        &mut self.revnat
-    }
-    fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32> {
-        &mut self.aff_match
-    }
-    fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
-        &mut self.names
-    }
+    lb_store_tables!(names);
     fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError> {
         self.program_walks.set(self.program_walks.get() + 1);
         Ok(self

@@ -8,7 +8,6 @@
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,17 +15,15 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Map, MapData, MapInfo, MapType};
-use aya::programs::links::FdLink;
-use aya::programs::tc::TcAttachOptions;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader, Pod};
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, CtEntry, CtKey, Frontend, FrontendKey,
-    RevNat, SlotKey, SockRev, SockRevKey, globals, ip_raw, names, programs,
+    RevNat, SlotKey, SockRev, SockRevKey, globals, ip_raw, names,
 };
 use tracing::{debug, info, warn};
 
 use super::maps::{BpfTable, PinnedMaps, SVC_NAME_LEN, SVC_NAMES, SvcName, Table, map_pin_path};
+use super::programs::{self, cgroup_sock_addr, tc};
 use super::sys;
 
 /// The programs, built by build.rs (empty when built with `SKIFF_EBPF_SKIP=1`).
@@ -145,21 +142,7 @@ pub struct LoadConfig<'a> {
     pub debug_log: bool,
 }
 
-/// What [`load`] did with each attachment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AttachReport {
-    /// Links created (and pinned) by this call.
-    pub attached: Vec<String>,
-    /// Pinned links whose program was swapped atomically (`BPF_LINK_UPDATE`).
-    pub updated: Vec<String>,
-    /// Pinned links removed because they pointed elsewhere (other cgroup or interface).
-    pub replaced: Vec<String>,
-    /// Maps reused from pins / created / resized (entries migrated) / recreated empty.
-    pub maps_reused: Vec<String>,
-    pub maps_created: Vec<String>,
-    pub maps_resized: Vec<String>,
-    pub maps_recreated: Vec<String>,
-}
+pub use super::programs::AttachReport;
 
 /// The loaded dataplane: its maps, and the debug-log reader if on.
 pub struct Loaded {
@@ -187,23 +170,13 @@ fn links_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("links")
 }
 
-/// `enum bpf_attach_type` of each cgroup program.
-const CGROUP_PROGRAMS: [(&str, u32); 4] = [
-    (programs::CONNECT4, 10),     // BPF_CGROUP_INET4_CONNECT
-    (programs::SENDMSG4, 14),     // BPF_CGROUP_UDP4_SENDMSG
-    (programs::RECVMSG4, 19),     // BPF_CGROUP_UDP4_RECVMSG
-    (programs::GETPEERNAME4, 29), // BPF_CGROUP_INET4_GETPEERNAME
-];
-const TC_PROGRAMS: [(&str, u32, bool); 2] = [
-    (programs::NODEPORT_INGRESS, 46, true), // BPF_TCX_INGRESS
-    (programs::NODEPORT_EGRESS, 47, false), // BPF_TCX_EGRESS
-];
-
 /// Whether the embedded object holds programs (false when built with `SKIFF_EBPF_SKIP=1`).
 pub fn programs_built() -> bool {
     !OBJECT.is_empty()
 }
 
+/// Load the programs and attach them (see the module doc); the maps keep the entries a
+/// previous agent pinned.
 pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
     if !programs_built() {
         bail!(
@@ -211,6 +184,31 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
         );
     }
     let dir = cfg.bpffs_dir;
+    prepare_pin_dirs(dir)?;
+    let mut report = AttachReport::default();
+    let specs = specs(&cfg.sizes);
+    let resized = check_pinned_maps(dir, &specs, &mut report)?;
+    let mut ebpf = load_object(dir, &specs, cfg)?;
+    let names_data = open_names_map(dir, &specs)?;
+    let mut maps = take_maps(&mut ebpf, names_data)?;
+    // Before any program uses the new maps.
+    migrate_resized(&mut maps, dir, resized)?;
+    attach_programs(&mut ebpf, cfg, &mut report)?;
+    let logger = if cfg.debug_log {
+        Some(start_log_reader(&mut ebpf)?)
+    } else {
+        None
+    };
+    debug!(?report, "eBPF dataplane loaded");
+    Ok(Loaded {
+        maps,
+        report,
+        logger,
+    })
+}
+
+/// `dir` and its `maps` and `links`, on a bpffs mount.
+fn prepare_pin_dirs(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     if !sys::is_bpffs(dir).with_context(|| format!("statfs {}", dir.display()))? {
         bail!(
@@ -222,13 +220,18 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
         fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("create {}", dir.join(sub).display()))?;
     }
-    let mut report = AttachReport::default();
+    Ok(())
+}
 
-    // 1. Pinned maps: keep compatible ones, move resized ones aside for migration, drop
-    //    incompatible ones.
-    let specs = specs(&cfg.sizes);
+/// Compare the pinned maps with `specs`: keep compatible ones, move resized ones aside for
+/// migration (returned), drop incompatible ones.
+fn check_pinned_maps(
+    dir: &Path,
+    specs: &[MapSpec],
+    report: &mut AttachReport,
+) -> Result<Vec<&'static str>> {
     let mut resized = Vec::new();
-    for spec in &specs {
+    for spec in specs {
         let pin = map_pin_path(dir, spec.name);
         match pin_state(&pin, spec) {
             PinState::Missing => report.maps_created.push(spec.name.into()),
@@ -254,8 +257,11 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
             }
         }
     }
+    Ok(resized)
+}
 
-    // 2. The object, with its maps pinned (aya reuses a pin when present).
+/// The object, with its maps pinned (aya reuses a pin when present) and its globals set.
+fn load_object(dir: &Path, specs: &[MapSpec], cfg: &LoadConfig<'_>) -> Result<Ebpf> {
     let node_ip = cfg.node_ip.map_or(0, |ip| ip_raw(ip.octets()));
     let log_level: u8 = if cfg.debug_log {
         aya_log::Level::Debug as u8
@@ -269,39 +275,43 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
     }
     loader.override_global(globals::NODE_IP, &node_ip, true);
     loader.override_global(aya_log::LEVEL, &log_level, false);
-    let mut ebpf = loader.load(OBJECT).context("load the eBPF object")?;
+    loader.load(OBJECT).context("load the eBPF object")
+}
 
-    // The names map is userspace-only: create it by hand (no preallocation: names are big).
+/// The names map, pinned. It is userspace-only, so not in the object: created by hand (with
+/// no preallocation: names are big).
+fn open_names_map(dir: &Path, specs: &[MapSpec]) -> Result<MapData> {
     let names_spec = specs
         .iter()
         .find(|s| s.name == SVC_NAMES)
         .expect("names spec");
     let names_pin = map_pin_path(dir, SVC_NAMES);
-    let names_data = match MapData::from_pin(&names_pin) {
-        Ok(m) => m,
-        Err(_) => {
-            const BPF_MAP_TYPE_HASH: u32 = 1;
-            const BPF_F_NO_PREALLOC: u32 = 1;
-            let obj = aya_obj::Map::new_from_params(
-                BPF_MAP_TYPE_HASH,
-                4,
-                SVC_NAME_LEN as u32,
-                names_spec.max,
-                BPF_F_NO_PREALLOC,
-            );
-            let m = MapData::create(obj, SVC_NAMES, None)
-                .map_err(|e| anyhow!("create BPF map {SVC_NAMES}: {e}"))?;
-            m.pin(&names_pin)
-                .map_err(|e| anyhow!("pin {}: {e}", names_pin.display()))?;
-            m
-        }
-    };
+    if let Ok(m) = MapData::from_pin(&names_pin) {
+        return Ok(m);
+    }
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let obj = aya_obj::Map::new_from_params(
+        BPF_MAP_TYPE_HASH,
+        4,
+        SVC_NAME_LEN as u32,
+        names_spec.max,
+        BPF_F_NO_PREALLOC,
+    );
+    let m = MapData::create(obj, SVC_NAMES, None)
+        .map_err(|e| anyhow!("create BPF map {SVC_NAMES}: {e}"))?;
+    m.pin(&names_pin)
+        .map_err(|e| anyhow!("pin {}: {e}", names_pin.display()))?;
+    Ok(m)
+}
 
+/// The object's maps, typed, with the names map.
+fn take_maps(ebpf: &mut Ebpf, names_data: MapData) -> Result<PinnedMaps> {
     let mut take = |name: &'static str| -> Result<Map> {
         ebpf.take_map(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     };
-    let mut maps = PinnedMaps {
+    Ok(PinnedMaps {
         frontends: BpfTable::from_map(names::FRONTENDS, take(names::FRONTENDS)?)?,
         slots: BpfTable::from_map(names::SLOTS, take(names::SLOTS)?)?,
         backends: BpfTable::from_map(names::BACKENDS, take(names::BACKENDS)?)?,
@@ -311,190 +321,28 @@ pub fn load(cfg: &LoadConfig<'_>) -> Result<Loaded> {
         sock_rev: BpfTable::from_map(names::SOCK_REVNAT, take(names::SOCK_REVNAT)?)?,
         ct: BpfTable::from_map(names::CT, take(names::CT)?)?,
         svc_names: BpfTable::new(SVC_NAMES, names_data)?,
-    };
-
-    // 3. Copy the entries of resized maps, before any program uses the new maps.
-    for name in resized {
-        let aside = map_pin_path(dir, name).with_extension("old");
-        let n =
-            migrate(&mut maps, name, &aside).with_context(|| format!("migrate BPF map {name}"))?;
-        info!(map = name, entries = n, "migrated pinned BPF map");
-        let _ = fs::remove_file(&aside);
-    }
-
-    // 4. Programs: swap into the pinned links, or attach and pin.
-    let links = links_dir(dir);
-    let cgroup = fs::File::open(cfg.cgroup_root)
-        .with_context(|| format!("open cgroup {}", cfg.cgroup_root.display()))?;
-    let cgroup_id = sys::cgroup_id(cfg.cgroup_root)?;
-    for (name, attach_type) in CGROUP_PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-            .try_into()?;
-        prog.load()
-            .with_context(|| format!("load program {name}"))?;
-        let pin = links.join(name);
-        let existing = reusable_link(
-            &pin,
-            |i| {
-                i.link_type == sys::LINK_TYPE_CGROUP
-                    && i.cgroup_id == cgroup_id
-                    && i.attach_type == attach_type
-            },
-            &mut report,
-        )?;
-        let prog_fd = prog.fd()?.as_fd().try_clone_to_owned()?;
-        swap_or_attach(name, &pin, existing, prog_fd, &mut report, || {
-            let id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attach {name} to {}", cfg.cgroup_root.display()))?;
-            Ok(prog.take_link(id)?.try_into()?)
-        })?;
-    }
-    match cfg.uplink {
-        Some(ifname) => {
-            let ifindex = if_index(ifname)?;
-            for (name, attach_type, ingress) in TC_PROGRAMS {
-                let prog: &mut SchedClassifier = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-                    .try_into()?;
-                prog.load()
-                    .with_context(|| format!("load program {name}"))?;
-                let pin = links.join(name);
-                let existing = reusable_link(
-                    &pin,
-                    |i| {
-                        i.link_type == sys::LINK_TYPE_TCX
-                            && i.ifindex == ifindex
-                            && i.attach_type == attach_type
-                    },
-                    &mut report,
-                )?;
-                let prog_fd = prog.fd()?.as_fd().try_clone_to_owned()?;
-                swap_or_attach(name, &pin, existing, prog_fd, &mut report, || {
-                    let tc_type = if ingress {
-                        TcAttachType::Ingress
-                    } else {
-                        TcAttachType::Egress
-                    };
-                    let id = prog
-                        .attach_with_options(
-                            ifname,
-                            tc_type,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        )
-                        .with_context(|| format!("attach {name} to {ifname} (tcx)"))?;
-                    Ok(prog.take_link(id)?.try_into()?)
-                })?;
-            }
-        }
-        None => {
-            // No uplink (any more): NodePort programs a previous run attached must go.
-            for (name, _, _) in TC_PROGRAMS {
-                let pin = links.join(name);
-                if fs::symlink_metadata(&pin).is_ok() {
-                    detach_pinned(&pin)?;
-                    report.replaced.push(name.into());
-                }
-            }
-        }
-    }
-
-    // 5. Debug log records.
-    let logger = if cfg.debug_log {
-        Some(start_log_reader(&mut ebpf)?)
-    } else {
-        None
-    };
-    debug!(?report, "eBPF dataplane loaded");
-    Ok(Loaded {
-        maps,
-        report,
-        logger,
     })
 }
 
-fn if_index(ifname: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(ifname).context("interface name")?;
-    // SAFETY: a valid C string.
-    let i = unsafe { nix::libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("uplink interface {ifname}"));
-    }
-    Ok(i)
-}
-
-/// Put program `name` behind its pinned link: swap it into the reusable link a previous
-/// run pinned (connections keep flowing), or `attach` it anew and pin the link.
-fn swap_or_attach(
-    name: &str,
-    pin: &Path,
-    existing: Option<OwnedFd>,
-    prog_fd: OwnedFd,
-    report: &mut AttachReport,
-    attach: impl FnOnce() -> Result<FdLink>,
-) -> Result<()> {
-    match existing {
-        Some(link) => {
-            sys::link_update(&link, &prog_fd)
-                .with_context(|| format!("swap program {name} into {}", pin.display()))?;
-            report.updated.push(name.into());
-        }
-        None => {
-            let link = attach()?;
-            link.pin(pin)
-                .map_err(|e| anyhow!("pin link {}: {e}", pin.display()))?;
-            report.attached.push(name.into());
-        }
+/// Copy the entries of the maps moved aside by [`check_pinned_maps`] into the new ones.
+fn migrate_resized(maps: &mut PinnedMaps, dir: &Path, resized: Vec<&'static str>) -> Result<()> {
+    for name in resized {
+        let aside = map_pin_path(dir, name).with_extension("old");
+        let n = migrate(maps, name, &aside).with_context(|| format!("migrate BPF map {name}"))?;
+        info!(map = name, entries = n, "migrated pinned BPF map");
+        let _ = fs::remove_file(&aside);
     }
     Ok(())
 }
 
-/// The pinned link at `pin` if it exists and `fits`; a link that does not fit (another cgroup
-/// or interface) is detached and unpinned.
-fn reusable_link(
-    pin: &Path,
-    fits: impl Fn(&sys::LinkInfo) -> bool,
-    report: &mut AttachReport,
-) -> Result<Option<OwnedFd>> {
-    if fs::symlink_metadata(pin).is_err() {
-        return Ok(None);
-    }
-    let fd = match sys::obj_get(pin) {
-        Ok(fd) => fd,
-        Err(e) => {
-            warn!(pin = %pin.display(), error = %e, "unreadable pinned link; replacing it");
-            let _ = fs::remove_file(pin);
-            return Ok(None);
-        }
-    };
-    let info = sys::link_info(&fd).with_context(|| format!("link info of {}", pin.display()))?;
-    if fits(&info) {
-        return Ok(Some(fd));
-    }
-    info!(pin = %pin.display(), ?info, "pinned link points elsewhere; replacing it");
-    let _ = sys::link_detach(&fd);
-    fs::remove_file(pin).with_context(|| format!("unpin {}", pin.display()))?;
-    report
-        .replaced
-        .push(pin.file_name().unwrap_or_default().to_string_lossy().into());
-    Ok(None)
-}
-
-fn detach_pinned(pin: &Path) -> Result<()> {
-    if let Ok(fd) = sys::obj_get(pin)
-        && let Err(e) = sys::link_detach(&fd)
-    {
-        // EINVAL/EOPNOTSUPP: already detached (e.g. its cgroup or interface is gone).
-        debug!(pin = %pin.display(), error = %e, "link detach");
-    }
-    match fs::remove_file(pin) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("unpin {}", pin.display())),
+/// The programs, behind their pinned links: socket LB on the cgroup; NodePort on the uplink,
+/// or (no uplink any more) the NodePort programs a previous run attached taken away.
+fn attach_programs(ebpf: &mut Ebpf, cfg: &LoadConfig<'_>, report: &mut AttachReport) -> Result<()> {
+    let links = links_dir(cfg.bpffs_dir);
+    cgroup_sock_addr::attach(ebpf, &links, cfg.cgroup_root, report)?;
+    match cfg.uplink {
+        Some(ifname) => tc::attach(ebpf, &links, ifname, report),
+        None => tc::detach(&links, report),
     }
 }
 
@@ -569,12 +417,12 @@ pub fn cleanup(bpffs_dir: &Path, cgroup_root: Option<&Path>) -> Result<CleanupRe
     let links = links_dir(bpffs_dir);
     if let Ok(rd) = fs::read_dir(&links) {
         for e in rd.flatten() {
-            detach_pinned(&e.path())?;
+            programs::detach_pinned(&e.path())?;
             rep.links.push(e.file_name().to_string_lossy().into());
         }
     }
     if let Some(root) = cgroup_root {
-        rep.swept = sweep_cgroup(root).unwrap_or_else(|e| {
+        rep.swept = cgroup_sock_addr::sweep(root).unwrap_or_else(|e| {
             warn!(cgroup = %root.display(), error = %e, "sweeping skiff cgroup links");
             0
         });
@@ -598,38 +446,4 @@ pub fn cleanup(bpffs_dir: &Path, cgroup_root: Option<&Path>) -> Result<CleanupRe
     rep.links.sort();
     rep.maps.sort();
     Ok(rep)
-}
-
-/// Detach skiff cgroup links on `root` that no pin holds.
-fn sweep_cgroup(root: &Path) -> Result<usize> {
-    let cgroup_id = match sys::cgroup_id(root) {
-        Ok(id) => id,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e.into()),
-    };
-    let skiff_progs: std::collections::HashSet<u32> = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .filter(|p| {
-            p.name_as_str()
-                .is_some_and(|n| CGROUP_PROGRAMS.iter().any(|(name, _)| *name == n))
-        })
-        .map(|p| p.id())
-        .collect();
-    let mut n = 0;
-    for id in sys::link_ids()? {
-        let Ok(fd) = sys::link_fd_by_id(id) else {
-            continue;
-        };
-        let Ok(info) = sys::link_info(&fd) else {
-            continue;
-        };
-        if info.link_type == sys::LINK_TYPE_CGROUP
-            && info.cgroup_id == cgroup_id
-            && skiff_progs.contains(&info.prog_id)
-        {
-            sys::link_detach(&fd).with_context(|| format!("detach link {id}"))?;
-            n += 1;
-        }
-    }
-    Ok(n)
 }

@@ -108,6 +108,32 @@ pub trait LbStore {
     fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError>;
 }
 
+/// The [`LbStore`] accessors of a struct holding the six tables in fields named as the
+/// methods (the names map's field given).
+macro_rules! lb_store_tables {
+    ($svc_names:ident) => {
+        fn frontends(&mut self) -> &mut dyn Table<FrontendKey, Frontend> {
+            &mut self.frontends
+        }
+        fn slots(&mut self) -> &mut dyn Table<SlotKey, u32> {
+            &mut self.slots
+        }
+        fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
+            &mut self.backends
+        }
+        fn revnat(&mut self) -> &mut dyn Table<u32, RevNat> {
+            &mut self.revnat
+        }
+        fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32> {
+            &mut self.aff_match
+        }
+        fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
+            &mut self.$svc_names
+        }
+    };
+}
+pub(crate) use lb_store_tables;
+
 /// The maps the programs write and the agent only reads, in [`ALL_MAPS`] order.
 pub const PROGRAM_MAPS: [&str; 3] = [names::AFFINITY, names::SOCK_REVNAT, names::CT];
 
@@ -250,24 +276,7 @@ pub fn map_pin_path(bpffs_dir: &Path, name: &str) -> PathBuf {
 }
 
 impl LbStore for PinnedMaps {
-    fn frontends(&mut self) -> &mut dyn Table<FrontendKey, Frontend> {
-        &mut self.frontends
-    }
-    fn slots(&mut self) -> &mut dyn Table<SlotKey, u32> {
-        &mut self.slots
-    }
-    fn backends(&mut self) -> &mut dyn Table<u32, Backend> {
-        &mut self.backends
-    }
-    fn revnat(&mut self) -> &mut dyn Table<u32, RevNat> {
-        &mut self.revnat
-    }
-    fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32> {
-        &mut self.aff_match
-    }
-    fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
-        &mut self.svc_names
-    }
+    lb_store_tables!(svc_names);
     fn program_maps_fill(&self) -> Result<Vec<MapFill>, MapOpError> {
         Ok(vec![
             self.affinity.fill()?,

@@ -5,16 +5,19 @@
 //!
 //! - [`EbpfDataplane::open`] loads the programs, reusing the maps pinned under `--bpffs` (no
 //!   flush after an agent restart), attaches through pinned bpf_links (or swaps the new
-//!   programs into the links a previous agent left, atomically);
+//!   programs into the links a previous agent left, atomically) — [`loader`], with one module
+//!   per program kind in [`programs`];
 //! - [`EbpfDataplane::sync`] makes the maps equal to a [`ProxyState`] with minimal writes
-//!   ([`reconcile`]); a full map is an error naming it ([`SyncError`]), which the proxy loop
-//!   gets as a [`SyncReport`] with the full maps;
+//!   ([`reconcile`], ids from [`id_allocator`]); a full map is an error naming it
+//!   ([`SyncError`]), which the proxy loop gets as a [`SyncReport`] with the full maps;
 //! - [`cleanup`] detaches and unpins everything;
 //! - [`PinnedMaps::open`] reads the pinned maps without a running agent (for the `bpf` CLI);
 //! - [`fake`] holds the maps in memory, with fault injection, for tests without root.
 pub mod fake;
+pub mod id_allocator;
 pub mod loader;
 pub mod maps;
+pub mod programs;
 pub mod reconcile;
 pub mod sys;
 

@@ -3,84 +3,43 @@
 //!
 //! - Ids are stable: a frontend keeps its revNAT id (which also names its slot set) for as long
 //!   as it exists; a backend (ip, port, protocol) keeps its id while any slot references it.
-//!   Ids are allocated from a moving cursor, so a freed id is not handed out again at once.
+//!   Ids come from [`IdAllocator`]s (a moving cursor: a freed id is not handed out again at
+//!   once), restored from the maps by [`Reconciler::load`].
 //! - Slots are stable too: a surviving backend stays in its slot, a new one fills a hole or is
 //!   appended, and the tail is compacted into holes — one backend more or less costs one or two
 //!   slot writes, not a rewrite of the set.
 //! - Write order keeps the datapath consistent at every step: backends and slots before the
 //!   frontend that counts them; the frontend's count shrinks before its tail slots go; backends
 //!   go last, once no slot references them.
+//! - A sync runs as named steps (the `steps` submodule): ensure backends, upsert frontends,
+//!   remove frontends, prune orphans, prune backends.
 //! - A failed write (a full map) skips that frontend and is reported by map name in
 //!   [`SyncError`]; everything else is still programmed. The in-memory mirror only records
 //!   writes that succeeded, so the next sync retries what is missing.
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod frontend;
+mod slots;
+mod steps;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
+// which SipHash's DoS resistance buys nothing and costs a third of a 10k-service resync.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 use skiff_ebpf_common::{
-    AffinityMatchKey, BE_LOCAL, Backend, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend,
-    FrontendKey, RevNat, SlotKey, ip_raw, port_raw,
+    Backend, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend, FrontendKey, RevNat, ip_raw,
+    port_raw,
 };
 
-use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, name_to_bytes, size_flag};
+pub use slots::assign_slots;
+
+use super::id_allocator::IdAllocator;
+use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, size_flag};
 use crate::proxy::dataplane::{FullMap, SyncReport, SyncStats};
-use crate::proxy::model::{ProxyState, ServicePort, ServicePortName};
-
-/// FxHash (rustc's hasher): the mirror's keys are small integers and structs of integers, for
-/// which SipHash's DoS resistance buys nothing and costs a third of a 10k-service resync.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut c = bytes.chunks_exact(8);
-        for w in &mut c {
-            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        for b in c.remainder() {
-            self.add(u64::from(*b));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxBuild = BuildHasherDefault<FxHasher>;
-pub type HashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
-pub type HashSet<K> = std::collections::HashSet<K, FxBuild>;
+use crate::proxy::model::{Endpoint, ProxyState, ServicePort, ServicePortName};
 
 /// A backend's identity (raw: network byte order, as stored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +47,17 @@ pub struct BackendAddr {
     pub addr: u32,
     pub port: u16,
     pub proto: u8,
+}
+
+impl BackendAddr {
+    /// The identity of backend entry `b`.
+    pub fn of(b: &Backend) -> Self {
+        BackendAddr {
+            addr: b.addr,
+            port: b.port,
+            proto: b.proto,
+        }
+    }
 }
 
 /// What one frontend should look like.
@@ -127,97 +97,82 @@ pub fn desired_owned<'a>(
     ports: impl IntoIterator<Item = &'a ServicePort>,
     node_ip: Option<Ipv4Addr>,
 ) -> Desired {
-    let mut out = BTreeMap::new();
-    let mut owners = HashMap::default();
-    let mut contested = false;
+    let mut d = Desired::default();
     for sp in ports {
         let proto = sp.name.protocol.number();
         let (aff_flag, timeout) = match sp.affinity_timeout {
             Some(t) => (FE_AFFINITY, t),
             None => (0, 0),
         };
-        let conv = |eps: Vec<&crate::proxy::model::Endpoint>| -> Vec<(BackendAddr, bool)> {
-            let mut v: Vec<(BackendAddr, bool)> = eps
-                .into_iter()
-                .map(|e| {
-                    (
-                        BackendAddr {
-                            addr: ip_raw(e.ip.octets()),
-                            port: port_raw(e.port),
-                            proto,
-                        },
-                        e.local,
-                    )
-                })
-                .collect();
-            // The model's endpoints are sorted and deduplicated by (ip, port): duplicates,
-            // if any, are adjacent.
-            v.dedup_by(|a, b| a.0 == b.0);
-            v
-        };
-        let name = sp.name.to_string();
-        let mut claim = |key: FrontendKey| match owners.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                contested = true;
-                false
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(sp.name.clone());
-                true
-            }
+        let frontend = |flags: u8, eps: Vec<&Endpoint>| DesiredFrontend {
+            name: sp.name.to_string(),
+            flags,
+            affinity_timeout: timeout,
+            backends: backends_of(eps, proto),
         };
         if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
-            let key = FrontendKey {
-                addr: ip_raw(sp.cluster_ip.octets()),
-                port: port_raw(sp.port),
-                proto,
-                pad: 0,
-            };
-            if claim(key) {
-                out.insert(
-                    key,
-                    DesiredFrontend {
-                        name: name.clone(),
-                        flags: aff_flag,
-                        affinity_timeout: timeout,
-                        backends: conv(sp.usable()),
-                    },
-                );
-            }
+            let key = frontend_key(sp.cluster_ip, sp.port, proto);
+            d.claim(key, &sp.name, || frontend(aff_flag, sp.usable()));
         }
         if let Some(node_ip) = node_ip.filter(|_| sp.node_port != 0) {
-            let (flags, backends) = if sp.external_local {
-                (
-                    aff_flag | FE_NODEPORT | FE_EXTERNAL_LOCAL,
-                    conv(sp.usable_local()),
-                )
+            let key = frontend_key(node_ip, sp.node_port, proto);
+            if sp.external_local {
+                let flags = aff_flag | FE_NODEPORT | FE_EXTERNAL_LOCAL;
+                d.claim(key, &sp.name, || frontend(flags, sp.usable_local()));
             } else {
-                (aff_flag | FE_NODEPORT, conv(sp.usable()))
-            };
-            let key = FrontendKey {
-                addr: ip_raw(node_ip.octets()),
-                port: port_raw(sp.node_port),
-                proto,
-                pad: 0,
-            };
-            if claim(key) {
-                out.insert(
-                    key,
-                    DesiredFrontend {
-                        name,
-                        flags,
-                        affinity_timeout: timeout,
-                        backends,
-                    },
-                );
+                d.claim(key, &sp.name, || {
+                    frontend(aff_flag | FE_NODEPORT, sp.usable())
+                });
             }
         }
     }
-    Desired {
-        frontends: out,
-        owners,
-        contested,
+    d
+}
+
+impl Desired {
+    /// Frontend `key` for `port`, unless an earlier port has it.
+    fn claim(
+        &mut self,
+        key: FrontendKey,
+        port: &ServicePortName,
+        frontend: impl FnOnce() -> DesiredFrontend,
+    ) {
+        match self.owners.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => self.contested = true,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(port.clone());
+                self.frontends.insert(key, frontend());
+            }
+        }
     }
+}
+
+fn frontend_key(ip: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
+    FrontendKey {
+        addr: ip_raw(ip.octets()),
+        port: port_raw(port),
+        proto,
+        pad: 0,
+    }
+}
+
+/// The backends of endpoints `eps`, with their local bit.
+fn backends_of(eps: Vec<&Endpoint>, proto: u8) -> Vec<(BackendAddr, bool)> {
+    let mut v: Vec<(BackendAddr, bool)> = eps
+        .into_iter()
+        .map(|e| {
+            let addr = BackendAddr {
+                addr: ip_raw(e.ip.octets()),
+                port: port_raw(e.port),
+                proto,
+            };
+            (addr, e.local)
+        })
+        .collect();
+    // The model's endpoints are sorted and deduplicated by (ip, port): duplicates, if any,
+    // are adjacent.
+    v.dedup_by(|a, b| a.0 == b.0);
+    v
 }
 
 /// What a sync did to the LB maps: entries programmed, added, removed and written (the map
@@ -356,12 +311,6 @@ impl Owners {
     }
 }
 
-/// RevNAT ids during a sync: those not to hand out, and those handed out by it.
-struct RevIds {
-    in_use: HashSet<u32>,
-    fresh: Vec<u32>,
-}
-
 /// The reconciler's mirror of the maps: what it believes is in the kernel.
 #[derive(Debug, Default)]
 pub struct Reconciler {
@@ -369,138 +318,72 @@ pub struct Reconciler {
     /// revNAT id → slot → backend id.
     slots: HashMap<u32, BTreeMap<u32, u32>>,
     backends: HashMap<u32, Backend>,
+    /// Backend address → the id it is programmed under.
     backend_ids: HashMap<BackendAddr, u32>,
     revnat: HashMap<u32, RevNat>,
     /// revNAT id → backend ids with an affinity-match entry.
     aff_match: HashMap<u32, HashSet<u32>>,
     names: HashMap<u32, String>,
-    next_backend_id: u32,
-    next_rev_nat_id: u32,
+    /// The ids of `backends`.
+    backend_id_alloc: IdAllocator,
+    /// The revNAT ids any map holds, and those a sync allocated until it purges them.
+    rev_nat_id_alloc: IdAllocator,
     /// Which service port each frontend belongs to, after a [`Reconciler::sync_state`] or
     /// [`Reconciler::sync_changed`] that succeeded (`None` otherwise: the next
     /// `sync_changed` compares everything).
     owners: Option<Owners>,
 }
 
-fn alloc(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
-    loop {
-        let id = *next;
-        *next = next.wrapping_add(1).max(1);
-        if id != 0 && !used(id) {
-            return id;
-        }
+/// Each backend address's id (of two ids for one address, the lower).
+fn backend_ids_by_addr(backends: &HashMap<u32, Backend>) -> HashMap<BackendAddr, u32> {
+    let mut ids: Vec<(&u32, &Backend)> = backends.iter().collect();
+    ids.sort();
+    let mut by_addr = HashMap::default();
+    for (id, b) in ids {
+        by_addr.entry(BackendAddr::of(b)).or_insert(*id);
     }
-}
-
-/// New slot contents for a set that holds `current` and should hold `want` (see module doc).
-pub fn assign_slots(current: &[u32], want: &[u32]) -> Vec<u32> {
-    // Fast path (the common case of a resync): the same backends, no holes or duplicates.
-    if current.len() == want.len()
-        && current.len() <= 32
-        && current.iter().all(|id| *id != 0 && want.contains(id))
-        && want.iter().all(|id| current.contains(id))
-        && current
-            .iter()
-            .enumerate()
-            .all(|(i, id)| !current[..i].contains(id))
-    {
-        return current.to_vec();
-    }
-    let want_set: HashSet<u32> = want.iter().copied().collect();
-    let mut seen = HashSet::default();
-    let mut out: Vec<u32> = current
-        .iter()
-        .map(|&id| {
-            if id != 0 && want_set.contains(&id) && seen.insert(id) {
-                id
-            } else {
-                0
-            }
-        })
-        .collect();
-    let mut fresh: VecDeque<u32> = want
-        .iter()
-        .copied()
-        .filter(|id| !seen.contains(id))
-        .collect();
-    {
-        let mut dedup = HashSet::default();
-        fresh.retain(|id| dedup.insert(*id));
-    }
-    for slot in out.iter_mut() {
-        if *slot == 0 {
-            match fresh.pop_front() {
-                Some(id) => *slot = id,
-                None => break,
-            }
-        }
-    }
-    out.extend(fresh);
-    loop {
-        while out.last() == Some(&0) {
-            out.pop();
-        }
-        match out.iter().position(|&id| id == 0) {
-            Some(hole) => {
-                let last = out.pop().expect("non-empty");
-                out[hole] = last;
-            }
-            None => break,
-        }
-    }
-    out
+    by_addr
 }
 
 impl Reconciler {
     /// Read the maps into a mirror (after an agent restart: the pinned maps as they are).
     pub fn load(store: &mut dyn LbStore) -> Result<Reconciler, MapOpError> {
-        let mut r = Reconciler {
-            next_backend_id: 1,
-            next_rev_nat_id: 1,
-            ..Default::default()
-        };
-        r.frontends = store.frontends().entries()?.into_iter().collect();
+        let frontends = store.frontends().entries()?.into_iter().collect();
+        let mut slots: HashMap<u32, BTreeMap<u32, u32>> = HashMap::default();
         for (k, id) in store.slots().entries()? {
-            r.slots.entry(k.rev_nat_id).or_default().insert(k.slot, id);
+            slots.entry(k.rev_nat_id).or_default().insert(k.slot, id);
         }
-        r.backends = store.backends().entries()?.into_iter().collect();
-        let mut ids: Vec<(&u32, &Backend)> = r.backends.iter().collect();
-        ids.sort();
-        for (id, b) in ids {
-            r.backend_ids
-                .entry(BackendAddr {
-                    addr: b.addr,
-                    port: b.port,
-                    proto: b.proto,
-                })
-                .or_insert(*id);
-        }
-        r.revnat = store.revnat().entries()?.into_iter().collect();
+        let backends: HashMap<u32, Backend> = store.backends().entries()?.into_iter().collect();
+        let revnat = store.revnat().entries()?.into_iter().collect();
+        let mut aff_match: HashMap<u32, HashSet<u32>> = HashMap::default();
         for (k, _) in store.aff_match().entries()? {
-            r.aff_match
+            aff_match
                 .entry(k.rev_nat_id)
                 .or_default()
                 .insert(k.backend_id);
         }
-        r.names = store
+        let names = store
             .svc_names()
             .entries()?
             .into_iter()
             .map(|(id, n)| (id, super::maps::name_from_bytes(&n)))
             .collect();
-        r.next_backend_id = r
-            .backends
-            .keys()
-            .max()
-            .map_or(1, |m| m.wrapping_add(1).max(1));
-        r.next_rev_nat_id = r
-            .rev_nat_ids_in_use()
-            .into_iter()
-            .max()
-            .map_or(1, |m| m.wrapping_add(1).max(1));
+        let mut r = Reconciler {
+            backend_ids: backend_ids_by_addr(&backends),
+            backend_id_alloc: IdAllocator::restore(backends.keys().copied()),
+            frontends,
+            slots,
+            backends,
+            revnat,
+            aff_match,
+            names,
+            ..Default::default()
+        };
+        r.rev_nat_id_alloc = IdAllocator::restore(r.rev_nat_ids_in_use());
         Ok(r)
     }
 
+    /// Every revNAT id some map of the mirror holds.
     fn rev_nat_ids_in_use(&self) -> HashSet<u32> {
         let mut s: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
         s.extend(self.slots.keys());
@@ -632,492 +515,6 @@ impl Reconciler {
         self.sync_inner(store, desired, None)
             .expect("a sync of everything is always possible")
     }
-
-    /// Scoped (`scope` given): make the frontends in `scope` equal to `desired` (which holds
-    /// only frontends of `scope`: what is in `scope` and not in `desired` is removed) and
-    /// leave every other frontend as it is; the backends and ids they share are handled as a
-    /// full sync would. `None` (nothing written) when the outcome could differ from a full
-    /// sync: a backend whose `BE_LOCAL` bit may have to be cleared, which depends on the
-    /// frontends out of scope.
-    fn sync_inner(
-        &mut self,
-        store: &mut dyn LbStore,
-        desired: &BTreeMap<FrontendKey, DesiredFrontend>,
-        scope: Option<&HashSet<FrontendKey>>,
-    ) -> Option<Result<MapSyncStats, SyncError>> {
-        if scope.is_none() {
-            // Whoever syncs everything directly keeps no owners.
-            self.owners = None;
-        }
-        let start = Instant::now();
-        let mut st = MapSyncStats::default();
-        let mut failures = Vec::new();
-
-        let mut want_backends: HashMap<BackendAddr, bool> = HashMap::default();
-        for d in desired.values() {
-            for (a, local) in &d.backends {
-                *want_backends.entry(*a).or_default() |= *local;
-            }
-        }
-        // Scoped: the revNAT ids and backends the frontends in scope hold now.
-        let mut scope_revs: Vec<u32> = Vec::new();
-        let mut scope_backends: HashSet<u32> = HashSet::default();
-        if let Some(scope) = scope {
-            for key in scope {
-                if let Some(f) = self.frontends.get(key) {
-                    scope_revs.push(f.rev_nat_id);
-                    if let Some(s) = self.slots.get(&f.rev_nat_id) {
-                        scope_backends.extend(s.values().copied());
-                    }
-                }
-            }
-            let is_local = |id: &u32| {
-                self.backends
-                    .get(id)
-                    .is_some_and(|b| b.flags & BE_LOCAL != 0)
-            };
-            let wanted_local = |id: &u32| {
-                let b = &self.backends[id];
-                want_backends.get(&BackendAddr {
-                    addr: b.addr,
-                    port: b.port,
-                    proto: b.proto,
-                })
-            };
-            // A local backend the scope no longer wants local: other frontends decide.
-            if scope_backends
-                .iter()
-                .chain(want_backends.keys().filter_map(|a| self.backend_ids.get(a)))
-                .any(|id| is_local(id) && wanted_local(id) != Some(&true))
-            {
-                return None;
-            }
-        }
-
-        // 1. Backends every desired frontend needs (added or re-flagged).
-        let mut sorted: Vec<(&BackendAddr, &bool)> = want_backends.iter().collect();
-        sorted.sort();
-        for (a, local) in sorted {
-            let value = Backend {
-                addr: a.addr,
-                port: a.port,
-                proto: a.proto,
-                flags: if *local { BE_LOCAL } else { 0 },
-            };
-            let (id, new) = match self.backend_ids.get(a) {
-                Some(id) => (*id, false),
-                None => {
-                    let backends = &self.backends;
-                    (
-                        alloc(&mut self.next_backend_id, |id| backends.contains_key(&id)),
-                        true,
-                    )
-                }
-            };
-            if self.backends.get(&id) == Some(&value) {
-                continue;
-            }
-            match store.backends().put(&id, &value) {
-                Ok(()) => {
-                    st.writes += 1;
-                    if new {
-                        st.backends_added += 1;
-                    }
-                    self.backends.insert(id, value);
-                    self.backend_ids.insert(*a, id);
-                }
-                Err(error) => failures.push(SyncFailure {
-                    service: format!(
-                        "backend {}:{}",
-                        Ipv4Addr::from(a.addr.to_ne_bytes()),
-                        u16::from_be(a.port)
-                    ),
-                    error,
-                }),
-            }
-        }
-
-        // 2. Desired frontends.
-        let mut revs = RevIds {
-            in_use: match scope {
-                None => self.rev_nat_ids_in_use(),
-                // The other maps' ids are checked when allocating.
-                Some(_) => self.frontends.values().map(|f| f.rev_nat_id).collect(),
-            },
-            fresh: Vec::new(),
-        };
-        for (key, d) in desired {
-            let ids: Vec<u32> = d
-                .backends
-                .iter()
-                .filter_map(|(a, _)| self.backend_ids.get(a).copied())
-                .collect();
-            let existed = self.frontends.get(key).copied();
-            match self.sync_frontend(store, key, d, &ids, &mut revs, &mut st) {
-                Ok(changed) => match existed {
-                    None => st.frontends_added += 1,
-                    Some(_) if changed => st.frontends_updated += 1,
-                    Some(_) => {}
-                },
-                Err(error) => failures.push(SyncFailure {
-                    service: d.name.clone(),
-                    error,
-                }),
-            }
-        }
-
-        // 3. Frontends no longer wanted.
-        let gone: Vec<FrontendKey> = match scope {
-            None => self
-                .frontends
-                .keys()
-                .filter(|k| !desired.contains_key(k))
-                .copied()
-                .collect(),
-            Some(scope) => scope
-                .iter()
-                .filter(|k| self.frontends.contains_key(k) && !desired.contains_key(k))
-                .copied()
-                .collect(),
-        };
-        for key in gone {
-            let rev = self.frontends[&key].rev_nat_id;
-            let name = self.names.get(&rev).cloned().unwrap_or_default();
-            let res = store.frontends().delete(&key).map(|()| {
-                st.deletes += 1;
-                self.frontends.remove(&key);
-                st.frontends_removed += 1;
-            });
-            if let Err(error) = res {
-                failures.push(SyncFailure {
-                    service: name,
-                    error,
-                });
-            }
-        }
-
-        // 4. Slot sets, revNATs, names and affinity matches no frontend owns (removed
-        //    frontends, frontends whose creation failed, leftovers of an interrupted sync).
-        let mut orphans: Vec<u32> = match scope {
-            None => {
-                let owned: HashSet<u32> = self.frontends.values().map(|f| f.rev_nat_id).collect();
-                // (in_use: every id known at the start, plus those allocated since.)
-                revs.in_use
-                    .into_iter()
-                    .filter(|id| !owned.contains(id))
-                    .collect()
-            }
-            // A frontend out of scope owns none of the scope's ids.
-            Some(scope) => {
-                let owned: HashSet<u32> = scope
-                    .iter()
-                    .filter_map(|k| self.frontends.get(k))
-                    .map(|f| f.rev_nat_id)
-                    .collect();
-                let mut v: Vec<u32> = scope_revs
-                    .iter()
-                    .chain(&revs.fresh)
-                    .filter(|id| !owned.contains(id))
-                    .copied()
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            }
-        };
-        orphans.sort();
-        for rev in orphans {
-            if let Err(error) = self.purge_rev_nat(store, rev, &mut st) {
-                failures.push(SyncFailure {
-                    service: format!("revnat {rev}"),
-                    error,
-                });
-            }
-        }
-
-        // 5. Backends no slot references any more.
-        let mut unused: Vec<u32> = match scope {
-            None => {
-                let referenced: HashSet<u32> = self
-                    .slots
-                    .values()
-                    .flat_map(|s| s.values().copied())
-                    .collect();
-                self.backends
-                    .keys()
-                    .filter(|id| !referenced.contains(id))
-                    .copied()
-                    .collect()
-            }
-            // Only backends the scope used or wanted can have lost their last reference.
-            Some(scope) => {
-                scope_backends.extend(
-                    want_backends
-                        .keys()
-                        .filter_map(|a| self.backend_ids.get(a).copied()),
-                );
-                for key in scope {
-                    if let Some(s) = self
-                        .frontends
-                        .get(key)
-                        .and_then(|f| self.slots.get(&f.rev_nat_id))
-                    {
-                        for id in s.values() {
-                            scope_backends.remove(id);
-                        }
-                    }
-                }
-                if scope_backends.is_empty() {
-                    Vec::new()
-                } else {
-                    let referenced: HashSet<u32> = self
-                        .slots
-                        .values()
-                        .flat_map(|s| s.values().copied())
-                        .collect();
-                    scope_backends
-                        .into_iter()
-                        .filter(|id| self.backends.contains_key(id) && !referenced.contains(id))
-                        .collect()
-                }
-            }
-        };
-        unused.sort();
-        for id in unused {
-            match store.backends().delete(&id) {
-                Ok(()) => {
-                    st.deletes += 1;
-                    st.backends_removed += 1;
-                    if let Some(b) = self.backends.remove(&id) {
-                        let a = BackendAddr {
-                            addr: b.addr,
-                            port: b.port,
-                            proto: b.proto,
-                        };
-                        if self.backend_ids.get(&a) == Some(&id) {
-                            self.backend_ids.remove(&a);
-                        }
-                    }
-                }
-                Err(error) => failures.push(SyncFailure {
-                    service: format!("backend {id}"),
-                    error,
-                }),
-            }
-        }
-
-        st.frontends = self.frontends.len();
-        st.backends = self.backends.len();
-        st.duration = start.elapsed();
-        Some(if failures.is_empty() {
-            Ok(st)
-        } else {
-            Err(SyncError {
-                stats: st,
-                failures,
-            })
-        })
-    }
-
-    /// Program one frontend; returns whether anything was written.
-    fn sync_frontend(
-        &mut self,
-        store: &mut dyn LbStore,
-        key: &FrontendKey,
-        d: &DesiredFrontend,
-        ids: &[u32],
-        revs: &mut RevIds,
-        st: &mut MapSyncStats,
-    ) -> Result<bool, MapOpError> {
-        let before = st.writes + st.deletes;
-        let existing = self.frontends.get(key).copied();
-        let rev = match existing {
-            Some(f) => f.rev_nat_id,
-            None => {
-                let id = alloc(&mut self.next_rev_nat_id, |id| {
-                    revs.in_use.contains(&id)
-                        || self.names.contains_key(&id)
-                        || self.revnat.contains_key(&id)
-                        || self.slots.contains_key(&id)
-                        || self.aff_match.contains_key(&id)
-                });
-                revs.in_use.insert(id);
-                revs.fresh.push(id);
-                id
-            }
-        };
-        if self.names.get(&rev) != Some(&d.name) {
-            store.svc_names().put(&rev, &name_to_bytes(&d.name))?;
-            st.writes += 1;
-            self.names.insert(rev, d.name.clone());
-        }
-        let rn = RevNat {
-            addr: key.addr,
-            port: key.port,
-            pad: 0,
-        };
-        if self.revnat.get(&rev) != Some(&rn) {
-            store.revnat().put(&rev, &rn)?;
-            st.writes += 1;
-            self.revnat.insert(rev, rn);
-        }
-
-        // Affinity matches for the new backends, before the frontend can pick them.
-        let want_match: HashSet<u32> = if d.flags & FE_AFFINITY != 0 {
-            ids.iter().copied().collect()
-        } else {
-            HashSet::default()
-        };
-        let mut adds: Vec<u32> = want_match
-            .iter()
-            .filter(|id| !self.aff_match.get(&rev).is_some_and(|s| s.contains(id)))
-            .copied()
-            .collect();
-        adds.sort();
-        for id in adds {
-            store.aff_match().put(
-                &AffinityMatchKey {
-                    backend_id: id,
-                    rev_nat_id: rev,
-                },
-                &1,
-            )?;
-            st.writes += 1;
-            self.aff_match.entry(rev).or_default().insert(id);
-        }
-
-        // Slots 0..n, then the frontend, then the tail beyond n.
-        let cur_count = existing.map_or(0, |f| f.count);
-        let current: Vec<u32> = {
-            let set = self.slots.get(&rev);
-            (0..cur_count)
-                .map(|i| set.and_then(|s| s.get(&i)).copied().unwrap_or(0))
-                .collect()
-        };
-        let new = assign_slots(&current, ids);
-        for (i, id) in new.iter().enumerate() {
-            let slot = i as u32;
-            if self.slots.get(&rev).and_then(|s| s.get(&slot)) == Some(id) {
-                continue;
-            }
-            store.slots().put(
-                &SlotKey {
-                    rev_nat_id: rev,
-                    slot,
-                },
-                id,
-            )?;
-            st.writes += 1;
-            self.slots.entry(rev).or_default().insert(slot, *id);
-        }
-        let fe = Frontend {
-            rev_nat_id: rev,
-            count: new.len() as u32,
-            affinity_timeout: d.affinity_timeout,
-            flags: d.flags,
-            pad: [0; 3],
-        };
-        if existing != Some(fe) {
-            store.frontends().put(key, &fe)?;
-            st.writes += 1;
-            self.frontends.insert(*key, fe);
-        }
-        let tail: Vec<u32> = self
-            .slots
-            .get(&rev)
-            .map(|s| s.range(new.len() as u32..).map(|(k, _)| *k).collect())
-            .unwrap_or_default();
-        for slot in tail {
-            store.slots().delete(&SlotKey {
-                rev_nat_id: rev,
-                slot,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.slots.get_mut(&rev) {
-                s.remove(&slot);
-            }
-        }
-        if self.slots.get(&rev).is_some_and(|s| s.is_empty()) {
-            self.slots.remove(&rev);
-        }
-        let mut dels: Vec<u32> = self
-            .aff_match
-            .get(&rev)
-            .map(|s| {
-                s.iter()
-                    .filter(|id| !want_match.contains(id))
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        dels.sort();
-        for id in dels {
-            store.aff_match().delete(&AffinityMatchKey {
-                backend_id: id,
-                rev_nat_id: rev,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.aff_match.get_mut(&rev) {
-                s.remove(&id);
-            }
-        }
-        if self.aff_match.get(&rev).is_some_and(|s| s.is_empty()) {
-            self.aff_match.remove(&rev);
-        }
-        Ok(st.writes + st.deletes != before)
-    }
-
-    /// Delete everything keyed by a revNAT id no frontend owns.
-    fn purge_rev_nat(
-        &mut self,
-        store: &mut dyn LbStore,
-        rev: u32,
-        st: &mut MapSyncStats,
-    ) -> Result<(), MapOpError> {
-        let slots: Vec<u32> = self
-            .slots
-            .get(&rev)
-            .map(|s| s.keys().copied().collect())
-            .unwrap_or_default();
-        for slot in slots {
-            store.slots().delete(&SlotKey {
-                rev_nat_id: rev,
-                slot,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.slots.get_mut(&rev) {
-                s.remove(&slot);
-            }
-        }
-        self.slots.remove(&rev);
-        let matches: Vec<u32> = self
-            .aff_match
-            .get(&rev)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        for id in matches {
-            store.aff_match().delete(&AffinityMatchKey {
-                backend_id: id,
-                rev_nat_id: rev,
-            })?;
-            st.deletes += 1;
-            if let Some(s) = self.aff_match.get_mut(&rev) {
-                s.remove(&id);
-            }
-        }
-        self.aff_match.remove(&rev);
-        if self.revnat.contains_key(&rev) {
-            store.revnat().delete(&rev)?;
-            st.deletes += 1;
-            self.revnat.remove(&rev);
-        }
-        if self.names.contains_key(&rev) {
-            store.svc_names().delete(&rev)?;
-            st.deletes += 1;
-            self.names.remove(&rev);
-        }
-        Ok(())
-    }
 }
 
 /// How often [`FillReporter`] walks the maps the programs write (affinity, socket revNAT,
@@ -1157,43 +554,17 @@ impl FillReporter {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
 mod tests {
     use super::super::fake::FakeMaps;
+    use super::super::maps::name_to_bytes;
     use super::*;
-    use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
-    use skiff_ebpf_common::{FE_NODEPORT, PROTO_TCP, PROTO_UDP};
-
-    fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            local,
-            ready: true,
-            serving: true,
-            terminating: false,
-        }
-    }
-
-    fn svc(name: &str, vip: [u8; 4], port: u16, eps: Vec<Endpoint>) -> ServicePort {
-        ServicePort {
-            name: ServicePortName {
-                namespace: "default".into(),
-                name: name.into(),
-                port: String::new(),
-                protocol: Protocol::Tcp,
-            },
-            cluster_ip: Ipv4Addr::from(vip),
-            port,
-            node_port: 0,
-            affinity_timeout: None,
-            external_local: false,
-            endpoints: eps,
-        }
-    }
-
-    fn state(svcs: Vec<ServicePort>) -> ProxyState {
-        svcs.into_iter().map(|s| (s.name.clone(), s)).collect()
-    }
+    use crate::proxy::model::{Endpoint, Protocol};
+    use crate::proxy::test_support::{ep, nodeport_affinity_pair, remote_eps, state, svc};
+    use skiff_ebpf_common::{BE_LOCAL, FE_NODEPORT, PROTO_TCP, PROTO_UDP, SlotKey};
 
     fn fk(vip: [u8; 4], port: u16, proto: u8) -> FrontendKey {
         FrontendKey {
@@ -1206,6 +577,16 @@ mod tests {
 
     fn be(ip: [u8; 4], port: u16) -> (u32, u16) {
         (ip_raw(ip), port_raw(port))
+    }
+
+    /// `a` on 10.96.0.1:80 with backends 10.244.0.1:80 and 10.244.0.2:80.
+    fn svc_a_two_backends() -> ServicePort {
+        svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            remote_eps(80, &[[10, 244, 0, 1], [10, 244, 0, 2]]),
+        )
     }
 
     fn run(r: &mut Reconciler, s: &mut FakeMaps, st: &ProxyState) -> MapSyncStats {
@@ -1314,7 +695,7 @@ mod tests {
                     "t00",
                     [10, 96, 1, 1],
                     443,
-                    vec![ep([10, 244, 5, 5], 8443, false)],
+                    remote_eps(8443, &[[10, 244, 5, 5]]),
                 );
                 st.insert(s.name.clone(), s);
             }),
@@ -1474,23 +855,20 @@ mod tests {
             proto: PROTO_TCP,
         };
         let id1 = r.backend_id(&b1).unwrap();
+        let a_without_2 = || {
+            svc(
+                "a",
+                [10, 96, 0, 1],
+                80,
+                remote_eps(80, &[[10, 244, 0, 1], [10, 244, 0, 3]]),
+            )
+        };
 
         // One backend of a goes away: one slot move, one count update, one slot delete.
         let stats = run(
             &mut r,
             &mut s,
-            &state(vec![
-                svc(
-                    "a",
-                    [10, 96, 0, 1],
-                    80,
-                    vec![
-                        ep([10, 244, 0, 1], 80, false),
-                        ep([10, 244, 0, 3], 80, false),
-                    ],
-                ),
-                svc("b", [10, 96, 0, 2], 80, eps(1)),
-            ]),
+            &state(vec![a_without_2(), svc("b", [10, 96, 0, 2], 80, eps(1))]),
         );
         assert_eq!(stats.frontends_updated, 1);
         assert_eq!(stats.writes, 2, "{stats:?}"); // slot 1 ← backend 3, frontend count
@@ -1504,18 +882,7 @@ mod tests {
         run(
             &mut r,
             &mut s,
-            &state(vec![
-                svc(
-                    "a",
-                    [10, 96, 0, 1],
-                    80,
-                    vec![
-                        ep([10, 244, 0, 1], 80, false),
-                        ep([10, 244, 0, 3], 80, false),
-                    ],
-                ),
-                svc("c", [10, 96, 0, 3], 80, eps(1)),
-            ]),
+            &state(vec![a_without_2(), svc("c", [10, 96, 0, 3], 80, eps(1))]),
         );
         assert_eq!(r.rev_nat_id(&key_a), Some(rev_a));
         let rev_c = r.rev_nat_id(&fk([10, 96, 0, 3], 80, PROTO_TCP)).unwrap();
@@ -1529,15 +896,7 @@ mod tests {
     #[test]
     fn a_restart_reloads_the_mirror_and_writes_nothing() {
         let mut s = FakeMaps::new(64);
-        let st = state(vec![svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 0, 1], 80, false),
-                ep([10, 244, 0, 2], 80, false),
-            ],
-        )]);
+        let st = state(vec![svc_a_two_backends()]);
         {
             let mut r = Reconciler::load(&mut s).unwrap();
             run(&mut r, &mut s, &st);
@@ -1549,21 +908,8 @@ mod tests {
         assert_eq!(s.total_writes(), before);
         // New ids after a restart do not collide with the pinned ones.
         let st2 = state(vec![
-            svc(
-                "a",
-                [10, 96, 0, 1],
-                80,
-                vec![
-                    ep([10, 244, 0, 1], 80, false),
-                    ep([10, 244, 0, 2], 80, false),
-                ],
-            ),
-            svc(
-                "d",
-                [10, 96, 0, 4],
-                80,
-                vec![ep([10, 244, 0, 9], 80, false)],
-            ),
+            svc_a_two_backends(),
+            svc("d", [10, 96, 0, 4], 80, remote_eps(80, &[[10, 244, 0, 9]])),
         ]);
         run(&mut r2, &mut s, &st2);
         assert_eq!(s.frontends.map.len(), 2);
@@ -1673,24 +1019,9 @@ mod tests {
         s.frontends.max = 2;
         let mut r = Reconciler::load(&mut s).unwrap();
         let st = state(vec![
-            svc(
-                "a",
-                [10, 96, 0, 1],
-                80,
-                vec![ep([10, 244, 0, 1], 80, false)],
-            ),
-            svc(
-                "b",
-                [10, 96, 0, 2],
-                80,
-                vec![ep([10, 244, 0, 2], 80, false)],
-            ),
-            svc(
-                "c",
-                [10, 96, 0, 3],
-                80,
-                vec![ep([10, 244, 0, 3], 80, false)],
-            ),
+            svc("a", [10, 96, 0, 1], 80, remote_eps(80, &[[10, 244, 0, 1]])),
+            svc("b", [10, 96, 0, 2], 80, remote_eps(80, &[[10, 244, 0, 2]])),
+            svc("c", [10, 96, 0, 3], 80, remote_eps(80, &[[10, 244, 0, 3]])),
         ]);
         let err = r
             .sync(&mut s, &desired(&st, None))
@@ -1719,15 +1050,7 @@ mod tests {
         let mut s = FakeMaps::new(64);
         s.backends.max = 1;
         let mut r = Reconciler::load(&mut s).unwrap();
-        let st = state(vec![svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 0, 1], 80, false),
-                ep([10, 244, 0, 2], 80, false),
-            ],
-        )]);
+        let st = state(vec![svc_a_two_backends()]);
         let err = r.sync(&mut s, &desired(&st, None)).unwrap_err();
         assert_eq!(err.full_maps(), vec!["skiff_backends"]);
         assert_eq!(
@@ -1767,7 +1090,7 @@ mod tests {
             "a",
             [10, 96, 0, 1],
             80,
-            vec![ep([10, 244, 0, 1], 80, false)],
+            remote_eps(80, &[[10, 244, 0, 1]]),
         )]);
         let key = fk([10, 96, 0, 1], 80, PROTO_TCP);
         // An I/O error is a failure, not a full map.
@@ -1826,23 +1149,7 @@ mod tests {
         s.program[0].1 = 3; // affinity entries the programs wrote
         let mut r = Reconciler::load(&mut s).unwrap();
         let mut fill = FillReporter::default();
-        let mut a = svc(
-            "a",
-            [10, 96, 0, 1],
-            80,
-            vec![
-                ep([10, 244, 1, 2], 8080, true),
-                ep([10, 244, 2, 2], 8080, false),
-            ],
-        );
-        a.node_port = 30080;
-        a.affinity_timeout = Some(60);
-        let b = svc(
-            "b",
-            [10, 96, 0, 2],
-            53,
-            vec![ep([10, 244, 1, 2], 8080, true)],
-        );
+        let (a, b) = nodeport_affinity_pair();
         let steps = [
             state(vec![a.clone(), b.clone()]),
             state(vec![a.clone()]),

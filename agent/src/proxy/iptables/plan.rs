@@ -45,6 +45,41 @@ fn split_rule(line: &str) -> Option<(Option<&str>, &str, &str)> {
     })
 }
 
+/// A line of `iptables-save` output that matters for one table.
+enum SaveLine<'a> {
+    /// A comment, wherever it stands.
+    Comment(&'a str),
+    /// A line of the table's section (a chain declaration or a rule), with its number.
+    Table(usize, &'a str),
+}
+
+/// The comments of `text` (`iptables-save` output) and the lines of `table`'s section
+/// (between `*table` and `COMMIT`), trailing blanks trimmed.
+fn save_lines<'a>(text: &'a str, table: &str) -> impl Iterator<Item = SaveLine<'a>> {
+    let mut in_table = false;
+    text.lines().enumerate().filter_map(move |(no, line)| {
+        let line = line.trim_end();
+        if line.is_empty() {
+            return None;
+        }
+        if line.starts_with('#') {
+            return Some(SaveLine::Comment(line));
+        }
+        if let Some(t) = line.strip_prefix('*') {
+            in_table = t == table;
+            return None;
+        }
+        if !in_table {
+            return None;
+        }
+        if line == "COMMIT" {
+            in_table = false;
+            return None;
+        }
+        Some(SaveLine::Table(no + 1, line))
+    })
+}
+
 impl KernelTable {
     /// Parse the part of `iptables-save` output (with or without `-c`) for `table`.
     /// A table missing from the output is empty.
@@ -55,27 +90,14 @@ impl KernelTable {
     /// [`KernelTable::parse`] for any table (`mangle`, `raw`, ...).
     pub fn parse_named(text: &str, table: &str) -> Result<KernelTable> {
         let mut kt = KernelTable::default();
-        let mut in_table = false;
-        for (no, line) in text.lines().enumerate() {
-            let line = line.trim_end();
-            if line.is_empty() || line.starts_with('#') {
+        for line in save_lines(text, table) {
+            let SaveLine::Table(no, line) = line else {
                 continue;
-            }
-            if let Some(t) = line.strip_prefix('*') {
-                in_table = t == table;
-                continue;
-            }
-            if !in_table {
-                continue;
-            }
-            if line == "COMMIT" {
-                in_table = false;
-                continue;
-            }
+            };
             if let Some(decl) = line.strip_prefix(':') {
                 let mut it = decl.split_whitespace();
                 let (Some(name), Some(policy)) = (it.next(), it.next()) else {
-                    bail!("line {}: bad chain declaration {line:?}", no + 1);
+                    bail!("line {no}: bad chain declaration {line:?}");
                 };
                 kt.chains.entry(name.to_string()).or_default();
                 if policy != "-" {
@@ -84,7 +106,7 @@ impl KernelTable {
                 continue;
             }
             let Some((_, chain, spec)) = split_rule(line) else {
-                bail!("line {}: unexpected {line:?}", no + 1);
+                bail!("line {no}: unexpected {line:?}");
             };
             kt.chains
                 .entry(chain.to_string())
@@ -246,7 +268,7 @@ impl TablePlan {
         s
     }
 
-    /// Update the tracked kernel table as a successful restore of [`payload`] did.
+    /// Update the tracked kernel table as a successful restore of [`TablePlan::payload`] did.
     pub fn apply(&self, k: &mut KernelTable) {
         for (c, rules) in &self.rewrite {
             let old = k.chains.insert(c.clone(), rules.clone());
@@ -535,30 +557,58 @@ impl Planner {
         if full {
             self.reset();
         }
-        let dirty: Vec<ServicePortName> = match changed.filter(|_| !full) {
-            Some(changed) => changed
+        let dirty = self.dirty_ports(state, changed.filter(|_| !full));
+        let gone = self.regenerate(state, &dirty, full, &mut plan);
+        self.plan_service_chains(kernel, &dirty, &gone, &mut plan);
+        if full {
+            // The first sync after start, or after a failure.
+            self.sweep_stale_chains(kernel, &mut plan);
+        }
+        plan_static_chains(kernel, &mut plan);
+        self.plan_shared_chains(kernel, &mut plan, full || !dirty.is_empty());
+        plan_jumps(kernel, &mut plan);
+        plan
+    }
+
+    /// The service ports whose rules may differ from the previous plan's: those in `changed`
+    /// that do, or (`None`) every port that does.
+    fn dirty_ports(
+        &self,
+        state: &ProxyState,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> Vec<ServicePortName> {
+        if let Some(changed) = changed {
+            return changed
                 .iter()
                 .filter(|n| self.programmed.get(*n).map(|(p, _)| p) != state.get(*n))
                 .cloned()
-                .collect(),
-            None => {
-                let mut dirty: Vec<ServicePortName> = state
-                    .iter()
-                    .filter(|(n, sp)| self.programmed.get(*n).is_none_or(|(p, _)| p != *sp))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                dirty.extend(
-                    self.programmed
-                        .keys()
-                        .filter(|n| !state.contains_key(*n))
-                        .cloned(),
-                );
-                dirty
-            }
-        };
+                .collect();
+        }
+        let mut dirty: Vec<ServicePortName> = state
+            .iter()
+            .filter(|(n, sp)| self.programmed.get(*n).is_none_or(|(p, _)| p != *sp))
+            .map(|(n, _)| n.clone())
+            .collect();
+        dirty.extend(
+            self.programmed
+                .keys()
+                .filter(|n| !state.contains_key(*n))
+                .cloned(),
+        );
+        dirty
+    }
 
+    /// Generate the rules of the `dirty` ports anew (and, when not `full`, the conntrack
+    /// flushes their change calls for); returns the per-service chains they had before.
+    fn regenerate(
+        &mut self,
+        state: &ProxyState,
+        dirty: &[ServicePortName],
+        full: bool,
+        plan: &mut Plan,
+    ) -> BTreeSet<String> {
         let mut gone: BTreeSet<String> = BTreeSet::new();
-        for name in &dirty {
+        for name in dirty {
             let old = self.programmed.remove(name);
             let new = state.get(name);
             if !full {
@@ -584,10 +634,20 @@ impl Planner {
                 self.programmed.insert(name.clone(), (sp.clone(), r));
             }
         }
+        gone
+    }
 
-        // Per-service chains of the changed service ports.
+    /// Rewrite the per-service chains of the `dirty` ports the kernel holds otherwise; delete
+    /// those of `gone` no port wants any more.
+    fn plan_service_chains(
+        &self,
+        kernel: &Kernel,
+        dirty: &[ServicePortName],
+        gone: &BTreeSet<String>,
+        plan: &mut Plan,
+    ) {
         let mut wanted: HashSet<&str> = HashSet::new();
-        for name in &dirty {
+        for name in dirty {
             if let Some((_, r)) = self.programmed.get(name) {
                 for (c, rules) in &r.chains {
                     wanted.insert(c);
@@ -597,66 +657,73 @@ impl Planner {
                 }
             }
         }
-        for c in &gone {
+        for c in gone {
             if !wanted.contains(c.as_str()) && kernel.nat.chains.contains_key(c) {
                 plan.nat.delete.push(c.clone());
             }
         }
+    }
 
-        // Stale per-service chains (first sync after start, or after a failure).
-        if full {
-            let owned: HashSet<&str> = self
-                .programmed
-                .values()
-                .flat_map(|(_, r)| r.chains.iter().map(|(c, _)| c.as_str()))
-                .collect();
-            for t in Table::ALL {
-                let k = kernel.get(t);
-                let referenced = referenced_by_foreign(k, t);
-                for c in k.chains.keys() {
-                    if rules::is_service_chain(c)
-                        && !owned.contains(c.as_str())
-                        && !referenced.contains(c.as_str())
-                    {
-                        plan_mut(&mut plan, t).delete.push(c.clone());
-                    }
+    /// Delete the per-service chains no programmed port owns (unless a chain we do not
+    /// manage jumps to one).
+    fn sweep_stale_chains(&self, kernel: &Kernel, plan: &mut Plan) {
+        let owned: HashSet<&str> = self
+            .programmed
+            .values()
+            .flat_map(|(_, r)| r.chains.iter().map(|(c, _)| c.as_str()))
+            .collect();
+        for t in Table::ALL {
+            let k = kernel.get(t);
+            let referenced = referenced_by_foreign(k, t);
+            for c in k.chains.keys() {
+                if rules::is_service_chain(c)
+                    && !owned.contains(c.as_str())
+                    && !referenced.contains(c.as_str())
+                {
+                    plan_mut(plan, t).delete.push(c.clone());
                 }
             }
         }
+    }
 
-        // Fixed chains.
-        for (t, c, rules) in rules::static_chains() {
-            if kernel.get(t).chains.get(c) != Some(&rules) {
-                plan_mut(&mut plan, t).rewrite.push((c.to_string(), rules));
-            }
-        }
-
-        // Shared chains.
+    /// Edit (or rewrite) the shared chains to hold the programmed ports' rules; with
+    /// `compare_all` false (nothing changed), only a chain the kernel lacks.
+    fn plan_shared_chains(&self, kernel: &Kernel, plan: &mut Plan, compare_all: bool) {
         let empty = BTreeSet::new();
         for s in SHARED_CHAINS {
             let cur = kernel.get(s.table).chains.get(s.chain);
-            if !full && dirty.is_empty() && cur.is_some() {
+            if !compare_all && cur.is_some() {
                 continue;
             }
             let desired = self.shared.get(&(s.table, s.chain)).unwrap_or(&empty);
             match shared_op(s.chain, desired, s.tail, cur) {
                 SharedOp::Keep => {}
-                SharedOp::Rewrite(rules) => plan_mut(&mut plan, s.table)
+                SharedOp::Rewrite(rules) => plan_mut(plan, s.table)
                     .rewrite
                     .push((s.chain.to_string(), rules)),
-                SharedOp::Edit(e) => plan_mut(&mut plan, s.table).edits.push(e),
+                SharedOp::Edit(e) => plan_mut(plan, s.table).edits.push(e),
             }
         }
+    }
+}
 
-        // Jumps from the built-in chains.
-        for (t, chain, rule) in rules::jumps() {
-            if !kernel.get(t).has_rule(chain, rule) {
-                plan_mut(&mut plan, t)
-                    .jumps
-                    .push((chain.to_string(), rule.to_string()));
-            }
+/// Rewrite the fixed chains the kernel holds otherwise.
+fn plan_static_chains(kernel: &Kernel, plan: &mut Plan) {
+    for (t, c, rules) in rules::static_chains() {
+        if kernel.get(t).chains.get(c) != Some(&rules) {
+            plan_mut(plan, t).rewrite.push((c.to_string(), rules));
         }
-        plan
+    }
+}
+
+/// Insert the jumps from the built-in chains the kernel lacks.
+fn plan_jumps(kernel: &Kernel, plan: &mut Plan) {
+    for (t, chain, rule) in rules::jumps() {
+        if !kernel.get(t).has_rule(chain, rule) {
+            plan_mut(plan, t)
+                .jumps
+                .push((chain.to_string(), rule.to_string()));
+        }
     }
 }
 
@@ -742,38 +809,21 @@ type TableLines<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str, &'a str)>);
 fn table_lines<'a>(save: &'a str, table: &str) -> Result<TableLines<'a>> {
     let mut decls = Vec::new();
     let mut rules = Vec::new();
-    let mut in_table = false;
-    for line in save.lines() {
-        let line = line.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with('#') {
+    for line in save_lines(save, table) {
+        match line {
             // iptables-nft-save: "# Table `nat' is incompatible, use 'nft' tool."
-            if line.contains("ncompatible") {
+            SaveLine::Comment(line) if line.contains("ncompatible") => {
                 bail!("iptables-save reports: {line}");
             }
-            continue;
+            SaveLine::Comment(_) => {}
+            SaveLine::Table(_, line) if line.starts_with(':') => decls.push(line),
+            SaveLine::Table(_, line) => {
+                let Some((_, chain, spec)) = split_rule(line) else {
+                    bail!("unexpected iptables-save line {line:?}");
+                };
+                rules.push((line, chain, spec));
+            }
         }
-        if let Some(t) = line.strip_prefix('*') {
-            in_table = t == table;
-            continue;
-        }
-        if !in_table {
-            continue;
-        }
-        if line == "COMMIT" {
-            in_table = false;
-            continue;
-        }
-        if line.starts_with(':') {
-            decls.push(line);
-            continue;
-        }
-        let Some((_, chain, spec)) = split_rule(line) else {
-            bail!("unexpected iptables-save line {line:?}");
-        };
-        rules.push((line, chain, spec));
     }
     Ok((decls, rules))
 }

@@ -191,7 +191,7 @@ fn base32(data: &[u8]) -> String {
     out
 }
 
-/// kube-proxy's `portProtoHash`: base32(sha256(name + protocol))[:16].
+/// kube-proxy's `portProtoHash`: `base32(sha256(name + protocol))[:16]`.
 pub fn hash16(input: &str) -> String {
     let digest = Sha256::digest(input.as_bytes());
     let mut s = base32(&digest);
@@ -313,71 +313,112 @@ pub fn reject_with(protocol: Protocol) -> &'static str {
 
 /// Everything one service port needs, in `iptables-save` form.
 pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
-    let name = sp.name.to_string();
-    let proto = sp.name.protocol.as_str();
-    let vip = sp.cluster_ip;
-    let port = sp.port;
-    let np = sp.node_port;
-    let c = quote(&name);
     let usable = sp.usable();
     let mut out = ServiceRules::default();
-
     if usable.is_empty() {
-        let comment = quote(&format!("{name} has no endpoints"));
-        let reject = reject_with(sp.name.protocol);
-        out.shared.push((
-            Table::Filter,
-            KUBE_SERVICES,
-            format!(
-                "-d {vip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j REJECT --reject-with {reject}"
-            ),
-        ));
-        if np != 0 {
-            out.shared.push((
-                Table::Filter,
-                KUBE_EXTERNAL_SERVICES,
-                format!(
-                    "-p {proto} -m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j REJECT --reject-with {reject}"
-                ),
-            ));
-        }
+        reject_rules(sp, &mut out);
         return out;
     }
-
-    let svc = svc_chain(&sp.name);
-    let seps: Vec<(String, &Endpoint)> = usable
-        .iter()
-        .map(|e| (sep_chain(&sp.name, e.ip, e.port), *e))
-        .collect();
-
-    // The service chain.
-    let cluster_ip = quote(&format!("{name} cluster IP"));
-    let mut svc_rules = Vec::with_capacity(seps.len() * 2 + 1);
-    if cfg.masquerade_all {
-        svc_rules.push(format!(
-            "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j KUBE-MARK-MASQ"
-        ));
-    } else if let Some(cidr) = cfg.cluster_cidr {
-        svc_rules.push(format!(
-            "! -s {cidr} -d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j KUBE-MARK-MASQ"
-        ));
+    let port = Balanced {
+        sp,
+        cfg,
+        name: sp.name.to_string(),
+        proto: sp.name.protocol.as_str(),
+        svc: svc_chain(&sp.name),
+        seps: usable
+            .iter()
+            .map(|e| (sep_chain(&sp.name, e.ip, e.port), *e))
+            .collect(),
+    };
+    port.service_chain(&mut out);
+    if sp.node_port != 0 {
+        port.external_chain(&mut out);
     }
-    balance(&mut svc_rules, &name, &seps, sp.affinity_timeout);
-    out.chains.push((svc.clone(), svc_rules));
+    port.endpoint_chains(&mut out);
+    out
+}
+
+/// A service port with usable endpoints, and what its chains are built from.
+struct Balanced<'a> {
+    sp: &'a ServicePort,
+    cfg: &'a RuleConfig,
+    /// `namespace/name:port`.
+    name: String,
+    proto: &'static str,
+    /// Its `KUBE-SVC-*` chain.
+    svc: String,
+    /// Its endpoints, each with its `KUBE-SEP-*` chain.
+    seps: Vec<(String, &'a Endpoint)>,
+}
+
+/// Without usable endpoints: REJECT new connections to the cluster IP and the node port
+/// (filter table).
+fn reject_rules(sp: &ServicePort, out: &mut ServiceRules) {
+    let (vip, port, np) = (sp.cluster_ip, sp.port, sp.node_port);
+    let proto = sp.name.protocol.as_str();
+    let comment = quote(&format!("{} has no endpoints", sp.name));
+    let reject = reject_with(sp.name.protocol);
     out.shared.push((
-        Table::Nat,
+        Table::Filter,
         KUBE_SERVICES,
         format!(
-            "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j {svc}"
+            "-d {vip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j REJECT --reject-with {reject}"
         ),
     ));
-
-    // Node port.
     if np != 0 {
+        out.shared.push((
+            Table::Filter,
+            KUBE_EXTERNAL_SERVICES,
+            format!(
+                "-p {proto} -m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j REJECT --reject-with {reject}"
+            ),
+        ));
+    }
+}
+
+impl Balanced<'_> {
+    /// `KUBE-SVC-*` (masquerade, then balance over every endpoint) and its jump from
+    /// `KUBE-SERVICES`.
+    fn service_chain(&self, out: &mut ServiceRules) {
+        let (vip, port, proto, svc) = (self.sp.cluster_ip, self.sp.port, self.proto, &self.svc);
+        let cluster_ip = quote(&format!("{} cluster IP", self.name));
+        let mut svc_rules = Vec::with_capacity(self.seps.len() * 2 + 1);
+        if self.cfg.masquerade_all {
+            svc_rules.push(format!(
+                "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j KUBE-MARK-MASQ"
+            ));
+        } else if let Some(cidr) = self.cfg.cluster_cidr {
+            svc_rules.push(format!(
+                "! -s {cidr} -d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j KUBE-MARK-MASQ"
+            ));
+        }
+        balance(
+            &mut svc_rules,
+            &self.name,
+            &self.seps,
+            self.sp.affinity_timeout,
+        );
+        out.chains.push((svc.clone(), svc_rules));
+        out.shared.push((
+            Table::Nat,
+            KUBE_SERVICES,
+            format!(
+                "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j {svc}"
+            ),
+        ));
+    }
+
+    /// `KUBE-EXT-*`, the node port's entry, and its jump from `KUBE-NODEPORTS`: masquerade and
+    /// go to the service chain (`Cluster` policy), or balance over the local endpoints keeping
+    /// the client address (`Local`; dropped in the filter table without local endpoints).
+    fn external_chain(&self, out: &mut ServiceRules) {
+        let (sp, name, proto, svc) = (self.sp, &self.name, self.proto, &self.svc);
+        let np = sp.node_port;
+        let c = quote(name);
         let ext = ext_chain(&sp.name);
         let mut ext_rules = Vec::new();
         if sp.external_local {
-            if let Some(cidr) = cfg.cluster_cidr {
+            if let Some(cidr) = self.cfg.cluster_cidr {
                 ext_rules.push(format!(
                     "-s {cidr} -m comment --comment {} -j {svc}",
                     quote(&format!("pod traffic for {name} external destinations"))
@@ -396,7 +437,7 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
                 ))
             ));
             let local: Vec<(String, &Endpoint)> =
-                seps.iter().filter(|(_, e)| e.local).cloned().collect();
+                self.seps.iter().filter(|(_, e)| e.local).cloned().collect();
             if local.is_empty() {
                 out.shared.push((
                     Table::Filter,
@@ -407,7 +448,7 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
                     ),
                 ));
             } else {
-                balance(&mut ext_rules, &name, &local, sp.affinity_timeout);
+                balance(&mut ext_rules, name, &local, sp.affinity_timeout);
             }
         } else {
             ext_rules.push(format!(
@@ -426,30 +467,33 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
         ));
     }
 
-    // Endpoint chains.
-    for (sep, ep) in &seps {
-        let recent = if sp.affinity_timeout.is_some() {
-            format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
-        } else {
-            String::new()
-        };
-        out.chains.push((
-            sep.clone(),
-            vec![
-                format!("-s {}/32 -m comment --comment {c} -j KUBE-MARK-MASQ", ep.ip),
-                format!(
-                    "-p {proto} -m comment --comment {c}{recent} -m {proto} -j DNAT --to-destination {}:{}",
-                    ep.ip, ep.port
-                ),
-            ],
-        ));
+    /// `KUBE-SEP-*` of each endpoint: hairpin masquerade, (affinity) and DNAT.
+    fn endpoint_chains(&self, out: &mut ServiceRules) {
+        let (c, proto) = (quote(&self.name), self.proto);
+        for (sep, ep) in &self.seps {
+            let recent = if self.sp.affinity_timeout.is_some() {
+                format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
+            } else {
+                String::new()
+            };
+            out.chains.push((
+                sep.clone(),
+                vec![
+                    format!("-s {}/32 -m comment --comment {c} -j KUBE-MARK-MASQ", ep.ip),
+                    format!(
+                        "-p {proto} -m comment --comment {c}{recent} -m {proto} -j DNAT --to-destination {}:{}",
+                        ep.ip, ep.port
+                    ),
+                ],
+            ));
+        }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::test_support::ep;
 
     pub(crate) fn spn(ns: &str, name: &str, port: &str, protocol: Protocol) -> ServicePortName {
         ServicePortName {
@@ -457,17 +501,6 @@ mod tests {
             name: name.into(),
             port: port.into(),
             protocol,
-        }
-    }
-
-    fn ep(ip: [u8; 4], port: u16, local: bool) -> Endpoint {
-        Endpoint {
-            ip: Ipv4Addr::from(ip),
-            port,
-            local,
-            ready: true,
-            serving: true,
-            terminating: false,
         }
     }
 

@@ -8,9 +8,9 @@
 //!    (bootstrap-token Secrets); a bearer token none of them accepts is a 401;
 //! 3. otherwise the request is `system:anonymous` in `system:unauthenticated`.
 //!
-//! Every authenticated user is also in `system:authenticated`. What a user may do is not
-//! decided here: until an authorizer does, [`require_authenticated`] turns anonymous requests
-//! away from everything but the public endpoints.
+//! Every authenticated user is also in `system:authenticated`. What a user (anonymous
+//! included) may do is decided afterwards by the RBAC authorizer (`super::rbac`): the default
+//! policy lets `system:unauthenticated` read `/version` and the health endpoints only.
 
 pub mod bootstrap;
 pub mod review;
@@ -129,16 +129,6 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Turn away anonymous requests: what every non-public endpoint does until an authorizer
-/// decides per request (the RBAC authorizer replaces this, answering 403 where it denies).
-pub fn require_authenticated(user: &UserInfo) -> ApiResult<()> {
-    if user.is_anonymous() {
-        Err(ApiError::unauthorized())
-    } else {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,8 +161,7 @@ mod tests {
         assert_eq!(u.clone().authenticated().groups, u.groups);
         let anon = UserInfo::anonymous().authenticated();
         assert_eq!(anon.groups, vec![UNAUTHENTICATED_GROUP]);
-        assert!(require_authenticated(&anon).is_err());
-        assert!(require_authenticated(&u).is_ok());
+        assert!(anon.is_anonymous() && !u.is_anonymous());
     }
 
     /// The chain over a real registry: first match wins, a token nobody accepts is a 401.

@@ -1,0 +1,242 @@
+//! The attributes of a request as kube's `RequestInfoFactory` derives them (verb from the
+//! method and whether a name is given, group, resource, subresource, name, namespace; other
+//! paths as non-resource URLs), and the 403 kube writes when they are not allowed.
+
+use axum::http::Method;
+use serde_json::json;
+
+use super::rules::Request;
+use crate::apiserver::authn::UserInfo;
+use crate::apiserver::request::{Endpoint, ResourceRequest};
+use crate::apiserver::status::ApiError;
+
+/// Whether the raw query asks for a watch (`watch=true`, `watch=1`).
+fn wants_watch(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+    })
+}
+
+/// kube's verb of a resource request.
+fn resource_verb(method: &Method, named: bool, query: Option<&str>) -> String {
+    let verb = match *method {
+        Method::GET | Method::HEAD if wants_watch(query) => "watch",
+        Method::GET | Method::HEAD if named => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => return method.as_str().to_ascii_lowercase(),
+    };
+    verb.to_string()
+}
+
+/// The attributes of a request to a resource.
+pub fn resource_request(method: &Method, r: &ResourceRequest, query: Option<&str>) -> Request {
+    let info = r.info;
+    let name = r.name.clone().unwrap_or_default();
+    let (resource, subresource) = match r.subresource.as_deref() {
+        // `/namespaces/<ns>/bindings` is the `bindings` resource to kube.
+        Some("binding") if r.name.is_none() => ("bindings".to_string(), String::new()),
+        sub => (info.plural.to_string(), sub.unwrap_or("").to_string()),
+    };
+    // kube reads `/api/v1/namespaces/<name>` as a request in namespace <name>: reading your
+    // own namespace is granted by a RoleBinding there.
+    let namespace = match &r.namespace {
+        Some(ns) => ns.clone(),
+        None if info.plural == "namespaces" => name.clone(),
+        None => String::new(),
+    };
+    Request::Resource {
+        verb: resource_verb(method, r.name.is_some(), query),
+        group: info.group.to_string(),
+        resource,
+        subresource,
+        name,
+        namespace,
+    }
+}
+
+/// The attributes of any request (`None`: a path that names nothing, a non-resource URL).
+pub fn of(
+    method: &Method,
+    endpoint: Option<&Endpoint>,
+    path: &str,
+    query: Option<&str>,
+) -> Request {
+    match endpoint {
+        Some(Endpoint::Resource(r)) => resource_request(method, r, query),
+        // A review (`selfsubjectreviews`, …) is a resource to kube, though never stored.
+        Some(Endpoint::Review { info, namespace }) => Request::Resource {
+            verb: resource_verb(method, false, query),
+            group: info.group.to_string(),
+            resource: info.plural.to_string(),
+            subresource: String::new(),
+            name: String::new(),
+            namespace: namespace.clone().unwrap_or_default(),
+        },
+        _ => Request::NonResource {
+            verb: method.as_str().to_ascii_lowercase(),
+            path: path.to_string(),
+        },
+    }
+}
+
+/// kube's `forbiddenMessage` wrapped in `NewForbidden`: 403 `Forbidden`, details {name, group,
+/// kind: the resource}.
+pub fn forbidden(user: &UserInfo, request: &Request) -> ApiError {
+    let who = &user.name;
+    match request {
+        Request::NonResource { verb, path } => ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("forbidden: User {who:?} cannot {verb} path {path:?}"),
+            details: Some(json!({})),
+        },
+        Request::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            name,
+            namespace,
+        } => {
+            let shown = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            let scope = if namespace.is_empty() {
+                "at the cluster scope".to_string()
+            } else {
+                format!("in the namespace {namespace:?}")
+            };
+            let reason = format!(
+                "User {who:?} cannot {verb} resource {shown:?} in API group {group:?} {scope}"
+            );
+            forbidden_object(group, resource, name, &reason)
+        }
+    }
+}
+
+/// `<resource>[.<group>] ["<name>"] is forbidden: <reason>`, as kube's `NewForbidden`.
+pub fn forbidden_object(group: &str, resource: &str, name: &str, reason: &str) -> ApiError {
+    let qualified = if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    };
+    let message = if name.is_empty() {
+        format!("{qualified} is forbidden: {reason}")
+    } else {
+        format!("{qualified} {name:?} is forbidden: {reason}")
+    };
+    let mut details = json!({});
+    if !name.is_empty() {
+        details["name"] = json!(name);
+    }
+    if !group.is_empty() {
+        details["group"] = json!(group);
+    }
+    details["kind"] = json!(resource);
+    ApiError {
+        code: 403,
+        reason: "Forbidden",
+        message,
+        details: Some(details),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::request::route;
+
+    fn attrs(method: Method, path_and_query: &str) -> Request {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        of(&method, route(path).ok().as_ref(), path, query)
+    }
+
+    fn user(name: &str) -> UserInfo {
+        UserInfo {
+            name: name.into(),
+            uid: String::new(),
+            groups: vec![],
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn verbs_follow_method_and_name() {
+        let verb = |m: Method, p: &str| attrs(m, p).verb().to_string();
+        assert_eq!(verb(Method::GET, "/api/v1/namespaces/foo/pods"), "list");
+        assert_eq!(
+            verb(Method::GET, "/api/v1/namespaces/foo/pods?watch=true"),
+            "watch"
+        );
+        assert_eq!(verb(Method::GET, "/api/v1/namespaces/foo/pods/p"), "get");
+        assert_eq!(verb(Method::POST, "/api/v1/namespaces/foo/pods"), "create");
+        assert_eq!(verb(Method::PUT, "/api/v1/namespaces/foo/pods/p"), "update");
+        assert_eq!(
+            verb(Method::PATCH, "/api/v1/namespaces/foo/pods/p"),
+            "patch"
+        );
+        assert_eq!(
+            verb(Method::DELETE, "/api/v1/namespaces/foo/pods/p"),
+            "delete"
+        );
+        assert_eq!(
+            verb(Method::DELETE, "/api/v1/namespaces/foo/pods"),
+            "deletecollection"
+        );
+        assert_eq!(verb(Method::GET, "/apis"), "get");
+    }
+
+    #[test]
+    fn denials_read_as_kube_writes_them() {
+        let u = user("system:serviceaccount:foo:default");
+        let e = forbidden(&u, &attrs(Method::GET, "/api/v1/namespaces/foo/services"));
+        assert_eq!(
+            e.message,
+            r#"services is forbidden: User "system:serviceaccount:foo:default" cannot list resource "services" in API group "" in the namespace "foo""#
+        );
+        assert_eq!(e.details, Some(json!({"kind": "services"})));
+        let e = forbidden(
+            &user("x"),
+            &attrs(Method::GET, "/api/v1/namespaces/foo/pods/p/log"),
+        );
+        assert_eq!(
+            e.message,
+            r#"pods "p" is forbidden: User "x" cannot get resource "pods/log" in API group "" in the namespace "foo""#
+        );
+        assert_eq!(e.details, Some(json!({"name": "p", "kind": "pods"})));
+        let e = forbidden(&user("x"), &attrs(Method::GET, "/api/v1/nodes"));
+        assert_eq!(
+            e.message,
+            r#"nodes is forbidden: User "x" cannot list resource "nodes" in API group "" at the cluster scope"#
+        );
+        let e = forbidden(&user("x"), &attrs(Method::GET, "/apis/apps/v1/deployments"));
+        assert!(
+            e.message.starts_with("deployments.apps is forbidden"),
+            "{}",
+            e.message
+        );
+        let e = forbidden(&user("x"), &attrs(Method::GET, "/apis"));
+        assert_eq!(e.message, r#"forbidden: User "x" cannot get path "/apis""#);
+    }
+
+    #[test]
+    fn a_namespace_object_is_in_its_own_namespace() {
+        assert_eq!(
+            attrs(Method::GET, "/api/v1/namespaces/foo").namespace(),
+            "foo"
+        );
+        assert_eq!(attrs(Method::GET, "/api/v1/namespaces").namespace(), "");
+    }
+}
