@@ -1831,7 +1831,7 @@ fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
             cluster.insert("server".into(), server.into());
         }
     }
-    // It carries the admin token: readable by root only, like the original.
+    // It carries the admin client certificate and key: readable by root only, like the original.
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = OpenOptions::new()
         .write(true)
