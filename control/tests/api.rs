@@ -6,6 +6,8 @@
     reason = "a test is one scenario, read top to bottom"
 )]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,19 +99,7 @@ async fn raw(
     content_type: &str,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", content_type)
-        .body(Body::from(body))
-        .unwrap();
-    let resp = client.send(req).await.unwrap();
-    let code = resp.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    common::raw_request(client, method, path, content_type, body).await
 }
 
 fn api_error(e: kube::Error) -> (u16, String) {

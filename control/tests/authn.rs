@@ -9,6 +9,8 @@
     reason = "a test is one scenario, read top to bottom"
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -82,11 +84,7 @@ impl Cluster {
             .args(args)
             .output()
             .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        common::stdout_or_stderr(out)
     }
 
     /// `kubectl auth whoami -o json`'s user info.
@@ -124,19 +122,7 @@ async fn client_from_yaml(yaml: &str) -> kube::Result<Client> {
 }
 
 async fn raw(client: &Client, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap();
-    let resp = client.send(req).await.unwrap();
-    let code = resp.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    common::raw_request(client, method, path, "application/json", body).await
 }
 
 const UNAUTHORIZED: &str = r#"{"apiVersion":"v1","code":401,"kind":"Status","message":"Unauthorized","metadata":{},"reason":"Unauthorized","status":"Failure"}"#;

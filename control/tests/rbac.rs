@@ -85,11 +85,7 @@ impl Rbac {
             .args(args)
             .output()
             .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        common::stdout_or_stderr(out)
     }
 
     fn admin(&self, args: &[&str]) -> String {

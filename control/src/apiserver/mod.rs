@@ -119,6 +119,9 @@ pub struct ApiServer {
     stop: signal::Sender<bool>,
     /// Keeps the `kubernetes` endpoints; on stop it takes this server out of them.
     endpoints: tokio::task::JoinHandle<()>,
+    /// Accepts connections; aborted on stop (open watches would hold a graceful end).
+    serve: tokio::task::JoinHandle<()>,
+    /// Background work that ends by itself on the stop signal (maintenance, the RBAC index).
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -213,7 +216,8 @@ impl ApiServer {
             kubeconfig,
             stop,
             endpoints,
-            tasks: vec![serve, maintain, rbac],
+            serve,
+            tasks: vec![maintain, rbac],
         })
     }
 
@@ -228,9 +232,19 @@ impl ApiServer {
         {
             endpoints.abort();
         }
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
+        self.serve.abort();
+        let _ = self.serve.await;
+        // Let each task see the stop signal rather than abort it: an aborted task's store call
+        // in flight runs on in its blocking thread and keeps the embedded store open, so the
+        // same data dir could not be opened again right away.
+        for mut task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 }
