@@ -371,6 +371,56 @@ fn node() -> Vec<PolicyRule> {
     ]
 }
 
+/// What every authenticated user may ask about itself.
+fn basic_user() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+        ),
+        rule(
+            &["create"],
+            &["authentication.k8s.io"],
+            &["selfsubjectreviews"],
+        ),
+    ]
+}
+
+/// Discovery, OpenAPI, health and version: what every authenticated user may read.
+fn discovery() -> Vec<PolicyRule> {
+    vec![urls(
+        &["get"],
+        &[
+            "/api",
+            "/api/*",
+            "/apis",
+            "/apis/*",
+            "/healthz",
+            "/livez",
+            "/openapi",
+            "/openapi/*",
+            "/readyz",
+            "/version",
+            "/version/",
+        ],
+    )]
+}
+
+/// What a service proxy (kube-proxy, the agent's proxy) reads.
+fn node_proxier() -> Vec<PolicyRule> {
+    vec![
+        rule(&["list", "watch"], &[""], &["endpoints", "services"]),
+        rule(READ, &[""], &["nodes"]),
+        events_rule(),
+        rule(
+            &["list", "watch"],
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+        ),
+    ]
+}
+
 /// The default ClusterRoles, as kube-apiserver 1.33 bootstraps them (the subset skiff's
 /// components and users rely on).
 pub fn cluster_roles() -> Vec<Value> {
@@ -388,22 +438,7 @@ pub fn cluster_roles() -> Vec<Value> {
         ),
         ("system:aggregate-to-edit", aggregate_to_edit(), &["edit"]),
         ("system:aggregate-to-view", aggregate_to_view(), &["view"]),
-        (
-            "system:basic-user",
-            vec![
-                rule(
-                    &["create"],
-                    &["authorization.k8s.io"],
-                    &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
-                ),
-                rule(
-                    &["create"],
-                    &["authentication.k8s.io"],
-                    &["selfsubjectreviews"],
-                ),
-            ],
-            &[],
-        ),
+        ("system:basic-user", basic_user(), &[]),
         (
             "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
             vec![rule(
@@ -422,26 +457,7 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
             &[],
         ),
-        (
-            "system:discovery",
-            vec![urls(
-                &["get"],
-                &[
-                    "/api",
-                    "/api/*",
-                    "/apis",
-                    "/apis/*",
-                    "/healthz",
-                    "/livez",
-                    "/openapi",
-                    "/openapi/*",
-                    "/readyz",
-                    "/version",
-                    "/version/",
-                ],
-            )],
-            &[],
-        ),
+        ("system:discovery", discovery(), &[]),
         (
             "system:kube-controller-manager",
             kube_controller_manager(),
@@ -458,20 +474,7 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
             &[],
         ),
-        (
-            "system:node-proxier",
-            vec![
-                rule(&["list", "watch"], &[""], &["endpoints", "services"]),
-                rule(READ, &[""], &["nodes"]),
-                events_rule(),
-                rule(
-                    &["list", "watch"],
-                    &["discovery.k8s.io"],
-                    &["endpointslices"],
-                ),
-            ],
-            &[],
-        ),
+        ("system:node-proxier", node_proxier(), &[]),
         (
             "system:public-info-viewer",
             vec![urls(
