@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use super::authn::{self, Authenticator, PeerIdentity};
 use super::discovery::{self, AggregatedVersion};
+use super::nodeauthz::{self, NodeAuthorizer};
 use super::nodeproxy::{self, NodeClient};
+use super::noderestriction;
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::PatchType;
@@ -33,6 +35,8 @@ pub struct Handler {
     pub registry: Registry,
     pub authn: Authenticator,
     pub rbac: Arc<Authorizer>,
+    /// The Node authorizer, first in the chain `Node,RBAC`.
+    pub node_authz: Arc<NodeAuthorizer>,
     /// The address clients should use, for `/api`'s serverAddressByClientCIDRs.
     pub advertise: String,
     /// Connections to node agents (`pods/log`).
@@ -127,7 +131,7 @@ impl Handler {
         let routed = request::route(parts.uri.path());
         let (path, raw_query) = (parts.uri.path(), parts.uri.query());
         let attributes = rbac::attributes::of(&parts.method, routed.as_ref().ok(), path, raw_query);
-        self.rbac.authorize(&user, &attributes)?;
+        nodeauthz::authorize(&self.node_authz, &self.rbac, &user, &attributes)?;
         let endpoint = routed?;
         let accept = header_str(&parts.headers, header::ACCEPT);
         let read_only = parts.method == Method::GET || parts.method == Method::HEAD;
@@ -153,6 +157,13 @@ impl Handler {
                     body: &body,
                 };
                 escalation::check(&self.rbac, &self.registry, &user, &write).await?;
+                let node_write = noderestriction::Write {
+                    method: &parts.method,
+                    request: &r,
+                    content_type,
+                    body: &body,
+                };
+                noderestriction::admit(&self.registry, &user, &node_write).await?;
                 let rbac_write = r.info.group == rbac::GROUP && !read_only;
                 let out = self
                     .resource(&parts.method, r, &query, accept, content_type, body)

@@ -14,7 +14,9 @@ pub mod defaults;
 pub mod discovery;
 pub mod handlers;
 pub mod master_endpoints;
+pub mod nodeauthz;
 pub mod nodeproxy;
+pub mod noderestriction;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -172,6 +174,11 @@ impl ApiServer {
                 .await
                 .context("loading the RBAC roles and bindings")?,
         );
+        let node_authz = Arc::new(
+            nodeauthz::NodeAuthorizer::load(store.clone())
+                .await
+                .context("loading the node authorizer's graph of pods")?,
+        );
         let master = MasterEndpoints {
             address: advertise,
             port: local_addr.port(),
@@ -184,6 +191,7 @@ impl ApiServer {
             registry,
             authn,
             rbac: authorizer,
+            node_authz,
             advertise: SocketAddr::new(advertise, local_addr.port()).to_string(),
             nodes: nodeproxy::NodeClient::new(pki.kubelet_client_config.clone()),
         });
@@ -201,6 +209,11 @@ impl ApiServer {
             stopped.clone(),
         ));
         let rbac = tokio::spawn(follow_rbac(handler.clone(), stopped.clone()));
+        let graph = handler.node_authz.clone();
+        let node_graph = tokio::spawn({
+            let stopped = stopped.clone();
+            async move { graph.follow(stopped).await }
+        });
         let maintain = tokio::spawn(maintenance(
             store,
             handler,
@@ -217,7 +230,7 @@ impl ApiServer {
             stop,
             endpoints,
             serve,
-            tasks: vec![maintain, rbac],
+            tasks: vec![maintain, rbac, node_graph],
         })
     }
 

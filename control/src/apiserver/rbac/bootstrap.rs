@@ -320,7 +320,8 @@ fn kube_scheduler() -> Vec<PolicyRule> {
     ]
 }
 
-fn node() -> Vec<PolicyRule> {
+/// kube's `NodeRules()`: the `system:node` role, and what the Node authorizer grants nodes.
+pub fn node() -> Vec<PolicyRule> {
     vec![
         rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
         rule(
