@@ -229,6 +229,42 @@ async fn nodes_read_only_what_their_pods_use() {
         "{err}"
     );
 
+    // A list or watch pinned to one name (kubelet's way of following a Secret) is a read of
+    // that object.
+    let listed = c
+        .kubectl(
+            &n1,
+            &[
+                "get",
+                "secrets",
+                "-n",
+                NS,
+                "--field-selector",
+                "metadata.name=secret-n1",
+                "-o",
+                "name",
+            ],
+        )
+        .unwrap();
+    assert_eq!(listed.trim(), "secret/secret-n1");
+    let err = c
+        .kubectl(
+            &n1,
+            &[
+                "get",
+                "secrets",
+                "-n",
+                NS,
+                "--field-selector",
+                "metadata.name=secret-n2",
+            ],
+        )
+        .unwrap_err();
+    assert!(
+        err.contains("cannot list resource \"secrets\" in API group \"\" in the namespace \"node-authz\": no relationship found between node 'n1' and this object"),
+        "{err}"
+    );
+
     // The exact Status a client gets.
     let node_client = common::client_for(&std::fs::read_to_string(&n1).unwrap()).await;
     let (code, status) = common::raw_request(

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::rules::Request;
 use crate::apiserver::authn::UserInfo;
-use crate::apiserver::request::{Endpoint, ResourceRequest};
+use crate::apiserver::request::{Endpoint, Query, ResourceRequest};
+use crate::apiserver::selectors::FieldSelector;
 use crate::apiserver::status::ApiError;
 
 /// Whether the raw query asks for a watch (`watch=true`, `watch=1`).
@@ -37,7 +38,12 @@ fn resource_verb(method: &Method, named: bool, query: Option<&str>) -> String {
 /// The attributes of a request to a resource.
 pub fn resource_request(method: &Method, r: &ResourceRequest, query: Option<&str>) -> Request {
     let info = r.info;
-    let name = r.name.clone().unwrap_or_default();
+    let verb = resource_verb(method, r.name.is_some(), query);
+    let name = match &r.name {
+        Some(n) => n.clone(),
+        None if verb == "list" || verb == "watch" => selected_name(query).unwrap_or_default(),
+        None => String::new(),
+    };
     let (resource, subresource) = match r.subresource.as_deref() {
         // `/namespaces/<ns>/bindings` is the `bindings` resource to kube.
         Some("binding") if r.name.is_none() => ("bindings".to_string(), String::new()),
@@ -51,13 +57,24 @@ pub fn resource_request(method: &Method, r: &ResourceRequest, query: Option<&str
         None => String::new(),
     };
     Request::Resource {
-        verb: resource_verb(method, r.name.is_some(), query),
+        verb,
         group: info.group.to_string(),
         resource,
         subresource,
         name,
         namespace,
     }
+}
+
+/// The name a list or watch pins with `fieldSelector=metadata.name=<name>`: kube's
+/// RequestInfo takes it as the request's name, so a rule with resourceNames (or the Node
+/// authorizer) can allow watching one object.
+fn selected_name(query: Option<&str>) -> Option<String> {
+    let query = Query::parse(query).ok()?;
+    let selector = FieldSelector::parse(query.value("fieldSelector")?).ok()?;
+    let name = selector.exact_name()?;
+    let valid = !matches!(name, "" | "." | "..") && !name.contains(['/', '%']);
+    valid.then(|| name.to_string())
 }
 
 /// The attributes of any request (`None`: a path that names nothing, a non-resource URL).
@@ -229,6 +246,30 @@ mod tests {
         );
         let e = forbidden(&user("x"), &attrs(Method::GET, "/apis"));
         assert_eq!(e.message, r#"forbidden: User "x" cannot get path "/apis""#);
+    }
+
+    #[test]
+    fn a_field_selector_on_the_name_names_a_list_or_watch() {
+        let name = |p: &str| match attrs(Method::GET, p) {
+            Request::Resource { name, verb, .. } => format!("{verb} {name}"),
+            Request::NonResource { .. } => unreachable!(),
+        };
+        assert_eq!(
+            name("/api/v1/namespaces/a/secrets?fieldSelector=metadata.name%3Ds1&watch=true"),
+            "watch s1"
+        );
+        assert_eq!(
+            name("/api/v1/namespaces/a/secrets?fieldSelector=metadata.name=s1"),
+            "list s1"
+        );
+        assert_eq!(
+            name("/api/v1/namespaces/a/secrets?fieldSelector=metadata.name!%3Ds1"),
+            "list "
+        );
+        assert_eq!(
+            name("/api/v1/namespaces/a/secrets?fieldSelector=metadata.name%3D.."),
+            "list "
+        );
     }
 
     #[test]
