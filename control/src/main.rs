@@ -75,7 +75,7 @@ struct Flags {
     #[arg(long, alias = "event-ttl", default_value = "1h", value_parser = seconds_or_duration)]
     event_ttl_seconds: Duration,
     /// Controllers (and the scheduler) to run: `*` for all, `-name` to drop one, e.g.
-    /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, namespace,
+    /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, root-ca-cert-publisher, namespace,
     /// nodeipam, nodelifecycle, replicaset, deployment, daemonset, job, endpoints,
     /// endpointslice, garbagecollector.
     #[arg(long, default_value = "*", value_parser = Enabled::parse)]
@@ -197,6 +197,7 @@ async fn run(flags: Flags) -> Result<()> {
         node_cidr_mask_size: flags.node_cidr_mask_size,
         node_monitor_grace_period: flags.node_monitor_grace_period,
         pod_eviction_timeout: flags.pod_eviction_timeout,
+        root_ca: server.ca_pem.clone(),
         ..ControllerConfig::default()
     };
     let result = if controller_config.enabled.is_empty() {

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::controllers::{
     daemonset, deployment, endpoints, endpointslice, gc, job, namespace, nodeipam, nodelifecycle,
-    replicaset, serviceaccount,
+    replicaset, rootcacert, serviceaccount,
 };
 use crate::runtime::Context;
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
@@ -29,6 +29,7 @@ pub async fn run(client: Client, config: ControllerConfig) {
         match *name {
             "scheduler" => scheduler::spawn(ctx, &mut tasks),
             "serviceaccount" => serviceaccount::spawn(ctx, &mut tasks),
+            "root-ca-cert-publisher" => rootcacert::spawn(ctx, &mut tasks),
             "namespace" => namespace::spawn(ctx, &mut tasks),
             "nodeipam" => nodeipam::spawn(ctx, &mut tasks),
             "nodelifecycle" => nodelifecycle::spawn(ctx, &mut tasks),

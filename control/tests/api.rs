@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use kube::Client;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -45,6 +45,15 @@ impl Cluster {
         config.secure_port = 0;
         let server = ApiServer::start(config, store.clone()).await.unwrap();
         let client = client_for(&server.kubeconfig).await;
+        // Pods are admitted only with their service account, which the serviceaccount
+        // controller makes in a whole cluster; this API server runs alone.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let account = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+        match accounts.create(&PostParams::default(), &account).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("creating the default service account: {e}"),
+        }
         Cluster {
             server: Some(server),
             client,

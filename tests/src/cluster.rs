@@ -463,9 +463,25 @@ impl Cluster {
     /// The node and host pid of the running process of `pod`'s first container (its newest
     /// instance, from the agent's state under the node's root dir).
     pub fn container_pid(&self, pod: &str) -> Result<(String, i32)> {
-        let node = self.jsonpath("pod", pod, ".spec.nodeName")?;
-        let uid = self.jsonpath("pod", pod, ".metadata.uid")?;
-        let container = self.jsonpath("pod", pod, ".spec.containers[0].name")?;
+        self.container_pid_in("default", pod)
+    }
+
+    /// [`Cluster::container_pid`] of a pod in namespace `ns`.
+    pub fn container_pid_in(&self, ns: &str, pod: &str) -> Result<(String, i32)> {
+        let field = |path: &str| {
+            self.kubectl(&[
+                "get",
+                "pod",
+                pod,
+                "-n",
+                ns,
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ])
+        };
+        let node = field(".spec.nodeName")?;
+        let uid = field(".metadata.uid")?;
+        let container = field(".spec.containers[0].name")?;
         let dir = self
             .state
             .node(&node)?
@@ -496,7 +512,12 @@ impl Cluster {
     /// first container) via `skiff-agent exec-in`: the container's namespaces, cgroup and
     /// environment, so the service dataplane treats it as the pod.
     pub fn pod_command(&self, pod: &str, cmd: &[&str]) -> Result<Command> {
-        let (node, pid) = self.container_pid(pod)?;
+        self.pod_command_in("default", pod, cmd)
+    }
+
+    /// [`Cluster::pod_command`] for a pod in namespace `ns`.
+    pub fn pod_command_in(&self, ns: &str, pod: &str, cmd: &[&str]) -> Result<Command> {
+        let (node, pid) = self.container_pid_in(ns, pod)?;
         let pid = pid.to_string();
         let agent = agent_binary_path();
         let mut argv = vec![

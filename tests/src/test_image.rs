@@ -1,6 +1,8 @@
 //! The test image `skiff.test/busybox:1`: Debian's static `/bin/busybox` (package
 //! busybox-static) with one symlink per applet, plus `/bin/skiff-udp-echo` (a static UDP
-//! server and client, `src/udp_echo.c`, since busybox has neither), as a `docker save`
+//! server and client, `src/udp_echo.c`, since busybox has neither) and `/bin/skiff-https-get`
+//! (a static HTTPS client that verifies the server, `src/https_get.c`: busybox's wget cannot
+//! handshake with rustls), as a `docker save`
 //! archive that `skiff-agent image import` loads on every node of a test cluster.
 //!
 //! The archive is built deterministically (fixed owners and times), so its digests only change
@@ -28,6 +30,14 @@ pub const UDP_ECHO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/skiff-udp-
 
 /// Where [`UDP_ECHO`] is in the image.
 pub const UDP_ECHO_PATH: &str = "/bin/skiff-udp-echo";
+
+/// `skiff-https-get [--cacert FILE | --insecure] [--header 'Name: value']... https://IP:PORT/PATH`
+/// prints the body, then `HTTP <code>` on stderr; exit 0 for 2xx, 22 for other codes, 1 for
+/// errors (a certificate that does not chain to FILE or name the IP is one). Built by build.rs.
+pub const HTTPS_GET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/skiff-https-get"));
+
+/// Where [`HTTPS_GET`] is in the image.
+pub const HTTPS_GET_PATH: &str = "/bin/skiff-https-get";
 
 /// `PATH` of the image's config.
 pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -170,8 +180,8 @@ fn build_with_layer(out: &Path, layer: Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// The image's only layer: busybox, its applet links, skiff-udp-echo, a few directories and
-/// files.
+/// The image's only layer: busybox, its applet links, skiff-udp-echo, skiff-https-get, a few
+/// directories and files.
 fn layer_tar() -> Result<Vec<u8>> {
     let busybox = std::fs::read(BUSYBOX)
         .with_context(|| format!("reading {BUSYBOX} (install Debian's busybox-static)"))?;
@@ -186,6 +196,12 @@ fn layer_tar() -> Result<Vec<u8>> {
         UDP_ECHO_PATH.trim_start_matches('/'),
         0o755,
         UDP_ECHO,
+    )?;
+    file_entry(
+        &mut b,
+        HTTPS_GET_PATH.trim_start_matches('/'),
+        0o755,
+        HTTPS_GET,
     )?;
     for applet in &applets {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);

@@ -59,6 +59,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "libc6-dev",
         "the static libc the test image's skiff-udp-echo is linked with",
     ),
+    (
+        "libssl-dev",
+        "the static OpenSSL the test image's skiff-https-get is linked with",
+    ),
 ];
 
 const RUSTUP_FIX: &str = "install rustup from https://rustup.rs \

@@ -1,10 +1,13 @@
 //! What kube-apiserver's registry strategies and built-in admission plugins do to an object
 //! beyond plain defaulting: the server-owned parts of status on create, Job selectors, pod QoS,
-//! NamespaceLifecycle, and the ClusterIP / NodePort allocators.
+//! NamespaceLifecycle, and the ClusterIP / NodePort allocators. The ServiceAccount plugin is
+//! in [`serviceaccount`].
 //!
 //! Allocations are one store key per address or port (`/registry/ranges/serviceips/<ip>`,
 //! `/registry/ranges/servicenodeports/<port>`), created with create-if-absent, so two
 //! apiservers on one etcd can never hand out the same one, and a restart forgets nothing.
+
+pub mod serviceaccount;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

@@ -336,6 +336,14 @@ impl Registry {
             && info.namespaced
         {
             admission::check_namespace(self.store.as_ref(), ns).await?;
+            if info.plural == "pods" {
+                let shown = if name.is_empty() {
+                    generate.as_deref().unwrap_or("")
+                } else {
+                    &name
+                };
+                admission::serviceaccount::admit(self.store.as_ref(), ns, &mut obj, shown).await?;
+            }
         }
         // A generated name can collide; kube retries with a fresh suffix.
         let attempts = if name.is_empty() { 5 } else { 1 };

@@ -16,4 +16,5 @@ pub mod nodelifecycle;
 pub mod owners;
 pub mod pod_state;
 pub mod replicaset;
+pub mod rootcacert;
 pub mod serviceaccount;

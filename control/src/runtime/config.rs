@@ -11,6 +11,7 @@ use skiff_common::cidr::Ipv4Cidr;
 pub const COMPONENTS: &[&str] = &[
     "scheduler",
     "serviceaccount",
+    "root-ca-cert-publisher",
     "namespace",
     "nodeipam",
     "nodelifecycle",
@@ -79,6 +80,9 @@ pub struct ControllerConfig {
     pub pod_eviction_timeout: Duration,
     /// Every object is reconciled at least this often, even without changes.
     pub resync_period: Duration,
+    /// The cluster CA (PEM) published in every namespace (kube's `--root-ca-file`); empty
+    /// publishes nothing.
+    pub root_ca: String,
 }
 
 impl Default for ControllerConfig {
@@ -90,6 +94,7 @@ impl Default for ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(300),
             resync_period: Duration::from_secs(300),
+            root_ca: String::new(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::Api;
@@ -118,6 +118,7 @@ pub struct Informers {
     pub daemon_sets: Informer<DaemonSet>,
     pub jobs: Informer<Job>,
     pub leases: Informer<Lease>,
+    pub config_maps: Informer<ConfigMap>,
 }
 
 impl Informers {
@@ -135,6 +136,7 @@ impl Informers {
             jobs: Informer::new(Api::all(client.clone())),
             // Node heartbeats live in kube-node-lease.
             leases: Informer::new(Api::namespaced(client.clone(), "kube-node-lease")),
+            config_maps: Informer::new(Api::all(client.clone())),
         }
     }
 
@@ -151,6 +153,7 @@ impl Informers {
         self.daemon_sets.start(tasks);
         self.jobs.start(tasks);
         self.leases.start(tasks);
+        self.config_maps.start(tasks);
     }
 }
 

@@ -32,10 +32,11 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
-/// Controller settings with test-sized timings.
+/// Controller settings with test-sized timings. The serviceaccount controller always runs:
+/// pods are admitted only once their namespace's `default` account exists, as in kube.
 pub fn test_config(controllers: &str) -> ControllerConfig {
     ControllerConfig {
-        enabled: Enabled::parse(controllers).unwrap(),
+        enabled: Enabled::parse(&format!("serviceaccount,{controllers}")).unwrap(),
         node_monitor_grace_period: Duration::from_secs(4),
         pod_eviction_timeout: Duration::from_secs(3),
         resync_period: Duration::from_secs(30),
@@ -66,6 +67,10 @@ impl TestCluster {
         api(&mut api_config);
         let server = ApiServer::start(api_config, store.clone()).await.unwrap();
         let client = client_for(&server.kubeconfig).await;
+        let mut config = config;
+        if config.root_ca.is_empty() {
+            config.root_ca = server.ca_pem.clone();
+        }
         let controllers = (!config.enabled.is_empty())
             .then(|| tokio::spawn(manager::run(client.clone(), config)));
         TestCluster {

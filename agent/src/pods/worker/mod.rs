@@ -33,6 +33,9 @@ use crate::runtime::{InstanceStatus, instance_status};
 const RESYNC: Duration = Duration::from_secs(1);
 /// How soon a worker tries again to create a sandbox that failed.
 const SANDBOX_RETRY: Duration = Duration::from_secs(2);
+/// How often a running pod's service-account tokens are looked at (renewal is due at 80 % of
+/// a lifetime of at least ten minutes).
+const TOKEN_CHECK: Duration = Duration::from_secs(10);
 
 enum Note {
     /// A container process (or its shim) ended.
@@ -92,6 +95,7 @@ pub struct PodWorker {
     finished: bool,
     start_time: Option<Time>,
     pod_ip: Option<String>,
+    next_token_check: Instant,
 }
 
 impl PodWorker {
@@ -115,6 +119,7 @@ impl PodWorker {
             finished: false,
             start_time,
             pod_ip: None,
+            next_token_check: Instant::now(),
         }
     }
 
@@ -228,6 +233,7 @@ impl PodWorker {
             self.report(false, false).await;
             return SANDBOX_RETRY;
         }
+        self.refresh_tokens().await;
         let policy = restart_policy(&spec);
         let init = self.run_init_containers(&spec, &policy).await;
         let mut wake = init.wake;
@@ -238,6 +244,18 @@ impl PodWorker {
             self.finish().await;
         }
         wake
+    }
+
+    /// Renew the service-account tokens in the pod's volumes when due (checked every
+    /// [`TOKEN_CHECK`]); a failure is retried at the next check.
+    async fn refresh_tokens(&mut self) {
+        if Instant::now() < self.next_token_check {
+            return;
+        }
+        self.next_token_check = Instant::now() + TOKEN_CHECK;
+        if let Err(e) = super::volumes::refresh_tokens(&self.agent, &self.pod, &self.uid).await {
+            tracing::warn!(pod = %self.name(), "renewing service-account tokens: {e:#}");
+        }
     }
 
     /// Make sure a live sandbox exists, replacing a dead one. Returns false when creating it

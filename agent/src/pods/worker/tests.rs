@@ -62,16 +62,30 @@ impl ApiLog {
     }
 }
 
-/// An apiserver that accepts everything: a POST gets its object back, anything else a pod.
+/// An apiserver that accepts everything: a POST gets its object back (a TokenRequest with a
+/// token: the first one already due for renewal, the next ones fresh), a ConfigMap GET the
+/// cluster CA, anything else a pod.
 fn fake_apiserver(log: Arc<ApiLog>) -> Client {
+    let tokens = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let service = tower::service_fn(move |req: hyper::Request<Body>| {
         let log = log.clone();
+        let tokens = tokens.clone();
         async move {
             let (parts, body) = req.into_parts();
             let bytes = body.collect_bytes().await.unwrap_or_default();
             let sent: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let reply = if parts.method == hyper::Method::POST {
+            let path = parts.uri.path();
+            let reply = if parts.method == hyper::Method::POST && path.ends_with("/token") {
+                let n = tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut answer = sent.clone();
+                answer["status"] =
+                    json!({"token": fake_jwt(n), "expirationTimestamp": "2030-01-01T00:00:00Z"});
+                answer
+            } else if parts.method == hyper::Method::POST {
                 sent.clone()
+            } else if path.contains("/configmaps/") {
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
+                    "data": {"ca.crt": "CA PEM"}})
             } else {
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}})
             };
@@ -85,6 +99,17 @@ fn fake_apiserver(log: Arc<ApiLog>) -> Client {
         }
     });
     Client::new(service, "default")
+}
+
+/// Token number `n`: the first was issued 50 minutes into its hour (due for renewal), the
+/// others just now.
+fn fake_jwt(n: i64) -> String {
+    use base64::Engine;
+    let now = jiff::Timestamp::now().as_second();
+    let iat = if n == 0 { now - 3000 } else { now };
+    let claims = json!({"iat": iat, "exp": iat + 3607, "n": n});
+    let enc = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!("{}.{}.sig", enc(&json!({"alg": "RS256"})), enc(&claims))
 }
 
 /// One node: an agent over the fakes, its files in a temporary directory.
@@ -458,4 +483,88 @@ async fn a_sandbox_failure_is_reported_and_what_was_made_is_removed() {
             .is_some_and(|s| s["message"].is_null())
     })
     .await;
+}
+
+/// The service-account volume: the bound token, the CA and the namespace written through
+/// `..data`; a token past 80 % of its life is renewed, a fresh one is left alone.
+#[tokio::test]
+async fn the_service_account_volume_is_projected_and_its_token_renewed() {
+    let node = Node::new();
+    let dir_in_pod = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let spec = json!({
+        "serviceAccountName": "default",
+        "containers": [{"name": "app", "image": "app", "volumeMounts": [
+            {"name": "kube-api-access-abcde", "mountPath": dir_in_pod, "readOnly": true}]}],
+        "volumes": [{"name": "kube-api-access-abcde", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}}],
+    });
+    let pod = pod(spec);
+    let c = &pod.spec.as_ref().unwrap().containers[0];
+    let mounts = crate::pods::volumes::mounts(&node.agent, &pod, UID, c)
+        .await
+        .unwrap();
+    assert_eq!(mounts.len(), 1);
+    let (dir, path, read_only) = &mounts[0];
+    assert_eq!((path.as_str(), *read_only), (dir_in_pod, true));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("namespace")).unwrap(),
+        "default"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        "CA PEM"
+    );
+    let token = std::fs::read(dir.join("token")).unwrap();
+    let (iat, exp) = crate::pods::volumes::projected::token_times(&token).unwrap();
+    assert_eq!(exp - iat, 3607);
+    assert_eq!(
+        std::fs::read_link(dir.join("token")).unwrap(),
+        std::path::PathBuf::from("..data/token")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+
+    let token_requests = || {
+        node.api
+            .requests()
+            .into_iter()
+            .filter(|(m, p, _)| {
+                m == "POST" && p == "/api/v1/namespaces/default/serviceaccounts/default/token"
+            })
+            .map(|(_, _, body)| body)
+            .collect::<Vec<_>>()
+    };
+    let sent = token_requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["spec"]["expirationSeconds"], 3607);
+    assert_eq!(
+        sent[0]["spec"]["boundObjectRef"],
+        json!({"apiVersion": "v1", "kind": "Pod", "name": "web", "uid": UID})
+    );
+    let first = std::fs::read_to_string(dir.join("token")).unwrap();
+
+    // The first token is 50 minutes into its hour: renewed, atomically.
+    crate::pods::volumes::refresh_tokens(&node.agent, &pod, UID)
+        .await
+        .unwrap();
+    assert_eq!(token_requests().len(), 2);
+    let second = std::fs::read_to_string(dir.join("token")).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        "CA PEM"
+    );
+    // A fresh one is left alone.
+    crate::pods::volumes::refresh_tokens(&node.agent, &pod, UID)
+        .await
+        .unwrap();
+    assert_eq!(token_requests().len(), 2);
 }

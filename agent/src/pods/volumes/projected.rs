@@ -1,0 +1,349 @@
+//! The files of API-backed volumes, as the kubelet projects them: configMap and secret keys
+//! (all, or the `items` picked, `optional` sources may be missing), downward API fields, and
+//! service-account tokens from the TokenRequest API bound to the pod, refreshed before they
+//! expire (the kubelet's token manager: at 80 % of the token's lifetime, or after 24 h).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Secret,
+    ServiceAccount, ServiceAccountTokenProjection,
+};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use super::atomic_writer::{FileProjection, Payload};
+use crate::pods::env;
+
+/// The mode of a file nobody gave one (0644).
+pub const DEFAULT_MODE: i32 = 0o644;
+/// The kubelet refreshes a token that has lived this long, whatever its lifetime.
+const MAX_TOKEN_AGE_SECONDS: i64 = 24 * 3600;
+
+/// What a projection needs to know about where the pod runs.
+pub struct Projector<'a> {
+    pub client: &'a Client,
+    pub pod: &'a Pod,
+    pub host_ip: &'a str,
+}
+
+impl Projector<'_> {
+    fn namespace(&self) -> String {
+        self.pod.metadata.namespace.clone().unwrap_or_default()
+    }
+
+    /// Every source of a projected volume, merged into one payload.
+    pub async fn projected(&self, v: &ProjectedVolumeSource) -> Result<Payload> {
+        let default_mode = v.default_mode.unwrap_or(DEFAULT_MODE);
+        let mut payload = Payload::new();
+        for src in v.sources.iter().flatten() {
+            let part = if let Some(cm) = &src.config_map {
+                self.config_map(&cm.name, cm.items.as_deref(), cm.optional, default_mode)
+                    .await?
+            } else if let Some(s) = &src.secret {
+                self.secret(&s.name, s.items.as_deref(), s.optional, default_mode)
+                    .await?
+            } else if let Some(d) = &src.downward_api {
+                self.downward(d.items.as_deref().unwrap_or_default(), default_mode)?
+            } else if let Some(t) = &src.service_account_token {
+                self.token(t, default_mode).await?
+            } else {
+                bail!("projected volume source not supported by skiff");
+            };
+            payload.extend(part);
+        }
+        Ok(payload)
+    }
+
+    /// The keys of ConfigMap `name` (an `optional` one that does not exist projects nothing).
+    pub async fn config_map(
+        &self,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        optional: Option<bool>,
+        default_mode: i32,
+    ) -> Result<Payload> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace());
+        let Some(obj) = api.get_opt(name).await? else {
+            if optional == Some(true) {
+                return Ok(Payload::new());
+            }
+            bail!("configmap \"{name}\" not found");
+        };
+        let mut files: BTreeMap<String, Vec<u8>> = obj
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        files.extend(
+            obj.binary_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0)),
+        );
+        select("configmap", files, items, optional, default_mode)
+    }
+
+    /// The keys of Secret `name` (an `optional` one that does not exist projects nothing).
+    pub async fn secret(
+        &self,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        optional: Option<bool>,
+        default_mode: i32,
+    ) -> Result<Payload> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace());
+        let Some(obj) = api.get_opt(name).await? else {
+            if optional == Some(true) {
+                return Ok(Payload::new());
+            }
+            bail!("secret \"{name}\" not found");
+        };
+        let mut files: BTreeMap<String, Vec<u8>> = obj
+            .string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        files.extend(
+            obj.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0)),
+        );
+        select("secret", files, items, optional, default_mode)
+    }
+
+    /// Downward API files: the fields of the pod's metadata and spec the kubelet offers.
+    pub fn downward(&self, items: &[DownwardAPIVolumeFile], default_mode: i32) -> Result<Payload> {
+        let pod_ip = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let mut payload = Payload::new();
+        for item in items {
+            let Some(f) = &item.field_ref else {
+                bail!("downwardAPI {}: only fieldRef is supported", item.path);
+            };
+            let value = match f.field_path.as_str() {
+                "metadata.labels" => format_map(self.pod.metadata.labels.as_ref()),
+                "metadata.annotations" => format_map(self.pod.metadata.annotations.as_ref()),
+                path => env::field_ref(self.pod, path, self.host_ip, &pod_ip)
+                    .ok_or_else(|| anyhow!("unsupported fieldRef {path}"))?,
+            };
+            payload.insert(
+                item.path.clone(),
+                file(value.into_bytes(), item.mode, default_mode),
+            );
+        }
+        Ok(payload)
+    }
+
+    /// A token of the pod's service account, bound to the pod (it dies with the pod).
+    pub async fn token(
+        &self,
+        t: &ServiceAccountTokenProjection,
+        default_mode: i32,
+    ) -> Result<Payload> {
+        let meta = &self.pod.metadata;
+        let account = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: t
+                    .audience
+                    .clone()
+                    .filter(|a| !a.is_empty())
+                    .into_iter()
+                    .collect(),
+                expiration_seconds: t.expiration_seconds,
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: meta.name.clone(),
+                    uid: meta.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace());
+        let answer: TokenRequest = api
+            .create_subresource("token", &account, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token of service account {account}"))?;
+        let token = answer
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow!("the TokenRequest answer has no token"))?;
+        Ok(Payload::from([(
+            t.path.clone(),
+            file(token.into_bytes(), None, default_mode),
+        )]))
+    }
+}
+
+/// The files of `data` as `items` picks them (all keys when there are none). A picked key
+/// that is missing fails the volume unless the source is optional (as the kubelet does).
+fn select(
+    what: &str,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    default_mode: i32,
+) -> Result<Payload> {
+    let Some(items) = items.filter(|i| !i.is_empty()) else {
+        return Ok(data
+            .into_iter()
+            .map(|(k, v)| (k, file(v, None, default_mode)))
+            .collect());
+    };
+    let mut payload = Payload::new();
+    for item in items {
+        match data.get(&item.key) {
+            Some(v) => {
+                payload.insert(item.path.clone(), file(v.clone(), item.mode, default_mode));
+            }
+            None if optional == Some(true) => {}
+            None => bail!("{what} references non-existent config key: {}", item.key),
+        }
+    }
+    Ok(payload)
+}
+
+fn file(data: Vec<u8>, mode: Option<i32>, default_mode: i32) -> FileProjection {
+    FileProjection {
+        data,
+        mode: mode.unwrap_or(default_mode).clamp(0, 0o777) as u32,
+    }
+}
+
+/// Labels or annotations as the kubelet writes them: `key="value"` lines, sorted by key, the
+/// value quoted as Go's `strconv.Quote` does for printable text.
+pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", go_quote(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether a token issued at `iat` and expiring at `exp` (seconds) is due for a new one at
+/// `now`: past 80 % of its lifetime, or older than a day.
+pub fn token_needs_refresh(iat: i64, exp: i64, now: i64) -> bool {
+    let ttl = (exp - iat).max(0);
+    now >= iat + MAX_TOKEN_AGE_SECONDS || now >= exp - ttl / 5
+}
+
+/// `(iat, exp)` of a JWT, read without checking its signature (the agent only needs to know
+/// when to ask for a new one).
+pub fn token_times(token: &[u8]) -> Option<(i64, i64)> {
+    let text = std::str::from_utf8(token).ok()?;
+    let claims = text.trim().split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    Some((v.get("iat")?.as_i64()?, v.get("exp")?.as_i64()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_at_eighty_percent_or_a_day() {
+        // A one-hour token: due after 48 minutes.
+        assert!(!token_needs_refresh(0, 3600, 2879));
+        assert!(token_needs_refresh(0, 3600, 2880));
+        // A year-long token: due after a day.
+        assert!(!token_needs_refresh(0, 365 * 86400, 86399));
+        assert!(token_needs_refresh(0, 365 * 86400, 86400));
+    }
+
+    #[test]
+    fn reads_the_times_of_a_jwt() {
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"RS256"}"#),
+            enc(r#"{"iat":100,"exp":3700,"sub":"x"}"#)
+        );
+        assert_eq!(token_times(jwt.as_bytes()), Some((100, 3700)));
+        assert_eq!(token_times(b"not a token"), None);
+    }
+
+    #[test]
+    fn picks_items_and_modes() {
+        let data = BTreeMap::from([
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec()),
+        ]);
+        let all = select("configmap", data.clone(), None, None, 0o644).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["a"].mode, 0o644);
+        let items = [KeyToPath {
+            key: "b".into(),
+            path: "dir/b.txt".into(),
+            mode: Some(0o400),
+        }];
+        let picked = select("configmap", data.clone(), Some(&items), None, 0o644).unwrap();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked["dir/b.txt"].data, b"2");
+        assert_eq!(picked["dir/b.txt"].mode, 0o400);
+        let missing = [KeyToPath {
+            key: "c".into(),
+            path: "c".into(),
+            mode: None,
+        }];
+        let err = select("configmap", data.clone(), Some(&missing), None, 0o644).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configmap references non-existent config key: c"
+        );
+        assert!(
+            select("configmap", data, Some(&missing), Some(true), 0o644)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn maps_are_written_like_the_kubelet() {
+        let m = BTreeMap::from([
+            ("b".to_string(), "two \"q\"".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]);
+        assert_eq!(format_map(Some(&m)), "a=\"1\"\nb=\"two \\\"q\\\"\"");
+        assert_eq!(format_map(None), "");
+    }
+}
