@@ -473,6 +473,18 @@ async fn warm_up(side: &Side, concurrency: usize) -> Result<()> {
     Ok(())
 }
 
+/// Who runs when in round `r`: each identity starts a round in turn, and every other cycle
+/// runs backwards, so no identity always follows the same one (whatever load one leaves
+/// behind lands on different identities).
+fn round_order(r: usize, n: usize) -> Vec<usize> {
+    let order = (0..n).map(|k| (r + k) % n);
+    if (r / n.max(1)) % 2 == 0 {
+        order.collect()
+    } else {
+        order.rev().collect()
+    }
+}
+
 /// The identities' clients, admin first.
 async fn clients(
     cp: &ControlPlane,
@@ -536,9 +548,8 @@ async fn measure(args: &Args) -> Result<Outcome> {
         warm_up(side, args.concurrency).await?;
     }
     for r in 0..args.rounds {
-        let n = sides.len();
-        for k in 0..n {
-            let side = &mut sides[(r + k) % n];
+        for i in round_order(r, sides.len()) {
+            let side = &mut sides[i];
             eprintln!("round {}/{}: {:?}", r + 1, args.rounds, side.identity);
             run_round(side, r, args).await?;
         }
@@ -760,6 +771,56 @@ fn report(args: &Args, outcome: &Outcome) -> String {
     out.push('\n');
     out.push_str(&verdict(outcome, admin));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_identity_takes_every_place_and_follows_different_ones() {
+        let orders: Vec<Vec<usize>> = (0..8).map(|r| round_order(r, 4)).collect();
+        for place in 0..4 {
+            let mut at: Vec<usize> = orders.iter().map(|o| o[place]).collect();
+            at.sort();
+            assert_eq!(at, [0, 0, 1, 1, 2, 2, 3, 3], "place {place}");
+        }
+        let before_0: std::collections::BTreeSet<usize> = orders
+            .iter()
+            .filter_map(|o| {
+                o.iter()
+                    .position(|&i| i == 0)
+                    .filter(|&p| p > 0)
+                    .map(|p| o[p - 1])
+            })
+            .collect();
+        assert!(before_0.len() >= 2, "{before_0:?}");
+    }
+
+    #[test]
+    fn paired_differences_are_medians_of_per_round_ones() {
+        let round = |v: f64| {
+            [
+                (v, false),
+                (v, true),
+                (v, false),
+                (v, true),
+                (f64::NAN, false),
+            ]
+        };
+        let admin = Tally {
+            rounds: vec![round(1.0), round(1.0), round(1.0)],
+            ..Tally::default()
+        };
+        let side = Tally {
+            rounds: vec![round(1.1), round(0.5), round(1.2)],
+            ..Tally::default()
+        };
+        let d = paired(&side, &admin);
+        assert!((d[0] - 10.0).abs() < 1e-9, "{d:?}");
+        assert!((d[1] - (1.0 / 1.1 - 1.0) * 100.0).abs() < 1e-9, "{d:?}");
+        assert!(d[4].is_nan());
+    }
 }
 
 #[tokio::main]
