@@ -38,19 +38,19 @@ use policy::{Policy, Rng};
 #[derive(Parser)]
 struct Args {
     /// ConfigMaps each identity creates (and then gets and lists).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     objects: usize,
     /// Concurrent clients for creates and gets.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Random gets each identity times.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 40_000)]
     gets: usize,
     /// Full (paged) lists of its namespace each identity times.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 40)]
     lists: usize,
     /// Rounds the work is split into; each round runs every identity once.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 40)]
     rounds: usize,
     /// Roles and ClusterRoles to seed.
     #[arg(long, default_value_t = 200)]
@@ -478,7 +478,7 @@ async fn warm_up(side: &Side, concurrency: usize) -> Result<()> {
 /// behind lands on different identities).
 fn round_order(r: usize, n: usize) -> Vec<usize> {
     let order = (0..n).map(|k| (r + k) % n);
-    if (r / n.max(1)) % 2 == 0 {
+    if (r / n.max(1)).is_multiple_of(2) {
         order.collect()
     } else {
         order.rev().collect()
@@ -679,7 +679,7 @@ fn paired(side: &Tally, admin: &Tally) -> [f64; PAIRED] {
         diffs.sort_by(f64::total_cmp);
         match diffs.len() {
             0 => f64::NAN,
-            n if n % 2 == 1 => diffs[n / 2],
+            n if !n.is_multiple_of(2) => diffs[n / 2],
             n => (diffs[n / 2 - 1] + diffs[n / 2]) / 2.0,
         }
     })
@@ -773,6 +773,14 @@ fn report(args: &Args, outcome: &Outcome) -> String {
     out
 }
 
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse().sized();
+    let outcome = measure(&args).await?;
+    let md = report(&args, &outcome);
+    skiff_tests::print_report(&md, args.out.as_deref()).context("writing the report")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,12 +829,4 @@ mod tests {
         assert!((d[1] - (1.0 / 1.1 - 1.0) * 100.0).abs() < 1e-9, "{d:?}");
         assert!(d[4].is_nan());
     }
-}
-
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse().sized();
-    let outcome = measure(&args).await?;
-    let md = report(&args, &outcome);
-    skiff_tests::print_report(&md, args.out.as_deref()).context("writing the report")
 }
