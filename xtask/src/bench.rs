@@ -15,6 +15,18 @@ pub fn bench_api(ws: &Workspace, extra: &[String]) -> Result<()> {
     )
 }
 
+/// `cargo xtask bench-authz`: the admin path against RBAC-authorized users on the same
+/// workload, under a seeded policy of 200 roles and 500 bindings.
+pub fn bench_authz(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(
+        ws,
+        "authz-bench",
+        "bench-authz",
+        "docs/benchmarks-authz.md",
+        extra,
+    )
+}
+
 /// `cargo xtask bench-control`: Deployment → bound pods, scheduler throughput.
 pub fn bench_control(ws: &Workspace, extra: &[String]) -> Result<()> {
     bench(

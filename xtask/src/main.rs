@@ -98,6 +98,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark what authorization costs on the API's hot path: create/get/list as the admin
+    /// (system:masters) against a client-certificate user and a service-account token
+    /// authorized by RBAC under 200 roles and 500 bindings, in alternating rounds on one
+    /// control plane; writes docs/benchmarks-authz.md. Arguments after `--` go to the
+    /// benchmark, e.g. `-- --quick` or `-- --objects 2000 --identities admin,user`.
+    BenchAuthz {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Benchmark the controllers and scheduler: a 1,000-replica Deployment until every pod is
     /// bound, and scheduler throughput with 100 nodes; writes docs/benchmarks-control.md.
     /// Arguments after `--` go to the benchmark, e.g. `-- --replicas 200 --nodes 10`.
@@ -182,6 +191,7 @@ fn main() -> ExitCode {
         Task::FreshCheck(args) => fresh_check::fresh_check(&ws, &args).map(|()| 0),
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),
         Task::BenchApi { args } => bench::bench_api(&ws, &args).map(|()| 0),
+        Task::BenchAuthz { args } => bench::bench_authz(&ws, &args).map(|()| 0),
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
         Task::BenchAgent { args } => bench::bench_agent(&ws, &args).map(|()| 0),
         Task::BenchProxy { args } => bench::bench_proxy(&ws, &args).map(|()| 0),
