@@ -123,6 +123,11 @@ impl Handler {
             .authn
             .authenticate(&self.registry, &parts.headers, peer)
             .await?;
+        let uri = parts.uri.path_and_query().map_or("", |p| p.as_str());
+        let user = authn::impersonation::impersonate(user, &parts.headers, uri, |who, target| {
+            let acting_as = rbac::attributes::impersonation(target);
+            self.rbac.authorize(who, &acting_as)
+        })?;
         // Authorized before a missing route is reported, as kube-apiserver does.
         let routed = request::route(parts.uri.path());
         let (path, raw_query) = (parts.uri.path(), parts.uri.query());
@@ -166,11 +171,21 @@ impl Handler {
                 }
                 out
             }
-            Endpoint::Review { info, .. } if parts.method == Method::POST => {
+            Endpoint::Review { info, namespace } if parts.method == Method::POST => {
                 let body = read_body(&parts.headers, body).await?;
                 let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
                 let review = object::parse_body(content_type, &body)?;
-                review_answer(info, &user, &review, parts.uri.path())
+                let out = match info.group {
+                    rbac::review::GROUP => rbac::review::answer(
+                        &self.rbac,
+                        info.kind,
+                        &user,
+                        &review,
+                        namespace.as_deref(),
+                    )?,
+                    _ => authn_review(info, &user, &review, parts.uri.path())?,
+                };
+                Ok(json_response(StatusCode::CREATED, &out))
             }
             Endpoint::Review { info, .. } => Err(ApiError::method_not_allowed(
                 parts.method.as_str(),
@@ -468,18 +483,17 @@ impl Handler {
     }
 }
 
-/// The answer to a posted review (created, never stored).
-fn review_answer(
+/// The answer to a posted review of `authentication.k8s.io` (created, never stored).
+fn authn_review(
     info: &ReviewResource,
     user: &authn::UserInfo,
     review: &Value,
     path: &str,
-) -> ApiResult<Response> {
-    let out = match info.kind {
-        "SelfSubjectReview" => authn::review::self_subject_review(user, review)?,
-        _ => return Err(ApiError::no_route(path)),
-    };
-    Ok(json_response(StatusCode::CREATED, &out))
+) -> ApiResult<Value> {
+    match info.kind {
+        "SelfSubjectReview" => authn::review::self_subject_review(user, review),
+        _ => Err(ApiError::no_route(path)),
+    }
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {

@@ -55,6 +55,8 @@ pub(crate) enum Ty {
     Quantity,
     /// `util.intstr.IntOrString`: a JSON number or string.
     IntOrString,
+    /// A message of repeated strings at tag 1 that Go types as `[]string` (`ExtraValue`).
+    StringList,
     /// `runtime.RawExtension`, `meta.v1.FieldsV1`: a field holding JSON bytes.
     RawJson,
 }
@@ -384,6 +386,7 @@ fn zero(ty: Ty) -> Value {
         Ty::Quantity => Value::String("0".into()),
         Ty::Duration => Value::String("0s".into()),
         Ty::Time | Ty::MicroTime | Ty::RawJson => Value::Null,
+        Ty::StringList => Value::Array(Vec::new()),
     }
 }
 
@@ -447,6 +450,17 @@ fn value(r: &mut Reader<'_>, wire: u8, ty: Ty, depth: usize) -> Result<Option<Va
                 }
             }
             Value::String(s)
+        }
+        Ty::StringList => {
+            let mut items = Vec::new();
+            let mut l = Reader::new(r.bytes()?);
+            while let Some((tag, wire)) = l.key()? {
+                match (tag, wire) {
+                    (1, LEN) => items.push(Value::String(utf8(l.bytes()?))),
+                    _ => l.skip(tag, wire)?,
+                }
+            }
+            Value::Array(items)
         }
         Ty::IntOrString => {
             let (mut kind, mut int, mut string) = (0i64, 0i32, String::new());
