@@ -192,7 +192,7 @@ async fn can_i_walkthrough(kubectl: Kubectl) {
     // --list: what the account holds in foo, as kubectl tabulates the rules review.
     let ran = t.run(
         &admin,
-        &["auth", "can-i", "--list", "-n", "foo", &as_sa[0], as_sa[1]],
+        &["auth", "can-i", "--list", "-n", "foo", as_sa[0], as_sa[1]],
     );
     assert_eq!(ran.code, 0, "{}", ran.err);
     let rows = listed(&ran.out);
@@ -211,7 +211,7 @@ async fn can_i_walkthrough(kubectl: Kubectl) {
     let ran = t.run(
         &admin,
         &[
-            "auth", "can-i", "--list", "-n", "default", &as_sa[0], as_sa[1],
+            "auth", "can-i", "--list", "-n", "default", as_sa[0], as_sa[1],
         ],
     );
     assert!(

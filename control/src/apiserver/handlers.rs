@@ -116,18 +116,23 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 impl Handler {
-    async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
-        let (parts, body) = req.into_parts();
+    /// Who a request is served as: its authenticated user, or whom that user may impersonate.
+    async fn identity(&self, parts: &axum::http::request::Parts) -> ApiResult<authn::UserInfo> {
         let peer = parts.extensions.get::<PeerIdentity>();
         let user = self
             .authn
             .authenticate(&self.registry, &parts.headers, peer)
             .await?;
         let uri = parts.uri.path_and_query().map_or("", |p| p.as_str());
-        let user = authn::impersonation::impersonate(user, &parts.headers, uri, |who, target| {
-            let acting_as = rbac::attributes::impersonation(target);
-            self.rbac.authorize(who, &acting_as)
-        })?;
+        authn::impersonation::impersonate(user, &parts.headers, uri, |who, target| {
+            self.rbac
+                .authorize(who, &rbac::attributes::impersonation(target))
+        })
+    }
+
+    async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
+        let (parts, body) = req.into_parts();
+        let user = self.identity(&parts).await?;
         // Authorized before a missing route is reported, as kube-apiserver does.
         let routed = request::route(parts.uri.path());
         let (path, raw_query) = (parts.uri.path(), parts.uri.query());
@@ -175,16 +180,7 @@ impl Handler {
                 let body = read_body(&parts.headers, body).await?;
                 let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
                 let review = object::parse_body(content_type, &body)?;
-                let out = match info.group {
-                    rbac::review::GROUP => rbac::review::answer(
-                        &self.rbac,
-                        info.kind,
-                        &user,
-                        &review,
-                        namespace.as_deref(),
-                    )?,
-                    _ => authn_review(info, &user, &review, parts.uri.path())?,
-                };
+                let out = self.review(info, namespace.as_deref(), &user, &review, path)?;
                 Ok(json_response(StatusCode::CREATED, &out))
             }
             Endpoint::Review { info, .. } => Err(ApiError::method_not_allowed(
@@ -483,16 +479,23 @@ impl Handler {
     }
 }
 
-/// The answer to a posted review of `authentication.k8s.io` (created, never stored).
-fn authn_review(
-    info: &ReviewResource,
-    user: &authn::UserInfo,
-    review: &Value,
-    path: &str,
-) -> ApiResult<Value> {
-    match info.kind {
-        "SelfSubjectReview" => authn::review::self_subject_review(user, review),
-        _ => Err(ApiError::no_route(path)),
+impl Handler {
+    /// The answer to a posted review (created, never stored).
+    fn review(
+        &self,
+        info: &ReviewResource,
+        namespace: Option<&str>,
+        user: &authn::UserInfo,
+        review: &Value,
+        path: &str,
+    ) -> ApiResult<Value> {
+        match (info.group, info.kind) {
+            (rbac::review::GROUP, kind) => {
+                rbac::review::answer(&self.rbac, kind, user, review, namespace)
+            }
+            (_, "SelfSubjectReview") => authn::review::self_subject_review(user, review),
+            _ => Err(ApiError::no_route(path)),
+        }
     }
 }
 

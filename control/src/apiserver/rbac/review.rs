@@ -5,8 +5,6 @@
 //! --list`). Nothing is stored: each answer is the posted review with its status filled in by
 //! the same authorizer every request goes through.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SelfSubjectAccessReviewSpec, SubjectAccessReviewSpec,
 };
@@ -289,7 +287,7 @@ fn subject_of(spec: &SubjectAccessReviewSpec) -> UserInfo {
         name: spec.user.clone().unwrap_or_default(),
         uid: spec.uid.clone().unwrap_or_default(),
         groups: spec.groups.clone().unwrap_or_default(),
-        extra: spec.extra.clone().unwrap_or_else(BTreeMap::new),
+        extra: spec.extra.clone().unwrap_or_default(),
     }
 }
 
