@@ -571,6 +571,25 @@ async fn raw_reviews_are_validated_and_authorized_as_kube() {
     let resp = admin.send(req).await.unwrap();
     assert_eq!(resp.status().as_u16(), 500);
 
+    // kubectl creates a review from a file and prints the answer. (Reviews have no patch
+    // operation to carry server-side field validation, so kubectl would validate on the client
+    // against /openapi/v2, which skiff does not serve.)
+    let file = t.dir.path().join("sar.json");
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "alice", "nonResourceAttributes": {"path": "/healthz", "verb": "get"}}});
+    std::fs::write(&file, review.to_string()).unwrap();
+    let out = t.admin(&[
+        "create",
+        "-f",
+        file.to_str().unwrap(),
+        "--validate=false",
+        "-o",
+        "json",
+    ]);
+    let answered: Value = serde_json::from_str(&out).unwrap();
+    // alice is not in system:authenticated here: a SubjectAccessReview takes the groups given.
+    assert_eq!(answered["status"], json!({"allowed": false}), "{out}");
+
     // Discovery lists the four reviews, create only.
     let out = t.admin(&[
         "api-resources",
