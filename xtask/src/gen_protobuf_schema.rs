@@ -86,6 +86,27 @@ const ROOTS: &[(&str, &str, &str)] = &[
         "SelfSubjectReview",
         "authentication.k8s.io/v1",
     ),
+    // `kubectl auth can-i` (and `--list`) posts these; the others are their siblings.
+    (
+        "api.authorization.v1",
+        "SubjectAccessReview",
+        "authorization.k8s.io/v1",
+    ),
+    (
+        "api.authorization.v1",
+        "LocalSubjectAccessReview",
+        "authorization.k8s.io/v1",
+    ),
+    (
+        "api.authorization.v1",
+        "SelfSubjectAccessReview",
+        "authorization.k8s.io/v1",
+    ),
+    (
+        "api.authorization.v1",
+        "SelfSubjectRulesReview",
+        "authorization.k8s.io/v1",
+    ),
     (META_V1, "DeleteOptions", "meta.k8s.io/v1"),
 ];
 
@@ -140,6 +161,17 @@ const SPECIAL: &[(&str, &str, &[ExpectedField])] = &[
         "apimachinery.pkg.api.resource.Quantity",
         "Quantity",
         &[(1, "string", "string")],
+    ),
+    // `ExtraValue` is a `[]string` in Go: a message only in proto.
+    (
+        "api.authentication.v1.ExtraValue",
+        "StringList",
+        &[(1, "items", "repeated string")],
+    ),
+    (
+        "api.authorization.v1.ExtraValue",
+        "StringList",
+        &[(1, "items", "repeated string")],
     ),
     (
         "apimachinery.pkg.util.intstr.IntOrString",
@@ -452,7 +484,8 @@ fn parse_pb_field(module: &str, attr: &str, decl: &str) -> Result<PbField> {
         // Option<T>, Vec<T>, Option<Box<T>>: peel the wrappers down to the path of T.
         let mut t = ty_text;
         while let Some(inner) = generic_args(t) {
-            t = inner;
+            // rustfmt leaves a trailing comma when it breaks `Vec<…>` over lines.
+            t = inner.trim_end_matches(',');
         }
         PbType::Message(resolve(module, t))
     } else {
@@ -812,11 +845,17 @@ fn check_special_types(pb: &PbCrate) -> Result<()> {
             .get(*full)
             .with_context(|| format!("special type {full} is not in k8s-pb"))?;
         for (tag, name, kind) in *expected {
+            // `repeated string`: a list field; a bare kind: a single one.
+            let (repeated, kind) = match kind.strip_prefix("repeated ") {
+                Some(k) => (true, k),
+                None => (false, *kind),
+            };
             let ok = msg.fields.iter().any(|f| {
                 f.tag == *tag
                     && f.name == *name
-                    && matches!(f.card, PbCard::One)
-                    && f.ty == PbType::Scalar((*kind).to_string())
+                    && matches!(f.card, PbCard::Repeated) == repeated
+                    && matches!(f.card, PbCard::One | PbCard::Repeated)
+                    && f.ty == PbType::Scalar(kind.to_string())
             });
             if !ok {
                 bail!(

@@ -412,7 +412,8 @@ mod tests {
                 "coordination.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
-                "authentication.k8s.io"
+                "authentication.k8s.io",
+                "authorization.k8s.io"
             ]
         );
         let apps = &l["groups"][0];
@@ -542,17 +543,39 @@ mod tests {
         let d = aggregated(false, AggregatedVersion::V2Beta1);
         assert_eq!(d["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let items = d["items"].as_array().unwrap();
-        assert_eq!(items.len(), 6);
         assert_eq!(items[0]["metadata"]["name"], "apps");
-        assert_eq!(items[4]["metadata"]["name"], "rbac.authorization.k8s.io");
-        let authn = &items[5];
-        assert_eq!(authn["metadata"]["name"], "authentication.k8s.io");
+        let group = |name: &str| {
+            items
+                .iter()
+                .find(|i| i["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{name} is not listed"))
+        };
+        group("rbac.authorization.k8s.io");
+        let authn = group("authentication.k8s.io");
         assert_eq!(
             authn["versions"][0]["resources"][0],
             json!({"resource": "selfsubjectreviews",
                 "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "SelfSubjectReview"},
                 "scope": "Cluster", "singularResource": "selfsubjectreview", "verbs": ["create"]})
         );
+        let authz = &group("authorization.k8s.io")["versions"][0]["resources"];
+        let names: Vec<&str> = authz
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["resource"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "localsubjectaccessreviews",
+                "selfsubjectaccessreviews",
+                "selfsubjectrulesreviews",
+                "subjectaccessreviews"
+            ]
+        );
+        assert_eq!(authz[0]["scope"], "Namespaced");
+        assert_eq!(authz[3]["verbs"], json!(["create"]));
         let deploy = items[0]["versions"][0]["resources"]
             .as_array()
             .unwrap()

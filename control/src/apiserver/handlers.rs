@@ -120,13 +120,23 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 }
 
 impl Handler {
-    async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
-        let (parts, body) = req.into_parts();
+    /// Who a request is served as: its authenticated user, or whom that user may impersonate.
+    async fn identity(&self, parts: &axum::http::request::Parts) -> ApiResult<authn::UserInfo> {
         let peer = parts.extensions.get::<PeerIdentity>();
         let user = self
             .authn
             .authenticate(&self.registry, &parts.headers, peer)
             .await?;
+        let uri = parts.uri.path_and_query().map_or("", |p| p.as_str());
+        authn::impersonation::impersonate(user, &parts.headers, uri, |who, target| {
+            self.rbac
+                .authorize(who, &rbac::attributes::impersonation(target))
+        })
+    }
+
+    async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
+        let (parts, body) = req.into_parts();
+        let user = self.identity(&parts).await?;
         // Authorized before a missing route is reported, as kube-apiserver does.
         let routed = request::route(parts.uri.path());
         let (path, raw_query) = (parts.uri.path(), parts.uri.query());
@@ -177,11 +187,12 @@ impl Handler {
                 }
                 out
             }
-            Endpoint::Review { info, .. } if parts.method == Method::POST => {
+            Endpoint::Review { info, namespace } if parts.method == Method::POST => {
                 let body = read_body(&parts.headers, body).await?;
                 let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
                 let review = object::parse_body(content_type, &body)?;
-                review_answer(info, &user, &review, parts.uri.path())
+                let out = self.review(info, namespace.as_deref(), &user, &review, path)?;
+                Ok(json_response(StatusCode::CREATED, &out))
             }
             Endpoint::Review { info, .. } => Err(ApiError::method_not_allowed(
                 parts.method.as_str(),
@@ -479,18 +490,28 @@ impl Handler {
     }
 }
 
-/// The answer to a posted review (created, never stored).
-fn review_answer(
-    info: &ReviewResource,
-    user: &authn::UserInfo,
-    review: &Value,
-    path: &str,
-) -> ApiResult<Response> {
-    let out = match info.kind {
-        "SelfSubjectReview" => authn::review::self_subject_review(user, review)?,
-        _ => return Err(ApiError::no_route(path)),
-    };
-    Ok(json_response(StatusCode::CREATED, &out))
+impl Handler {
+    /// The answer to a posted review (created, never stored).
+    fn review(
+        &self,
+        info: &ReviewResource,
+        namespace: Option<&str>,
+        user: &authn::UserInfo,
+        review: &Value,
+        path: &str,
+    ) -> ApiResult<Value> {
+        match (info.group, info.kind) {
+            (rbac::review::GROUP, kind) => {
+                let chain = nodeauthz::Chain {
+                    nodes: &self.node_authz,
+                    rbac: &self.rbac,
+                };
+                rbac::review::answer(&chain, kind, user, review, namespace)
+            }
+            (_, "SelfSubjectReview") => authn::review::self_subject_review(user, review),
+            _ => Err(ApiError::no_route(path)),
+        }
+    }
 }
 
 async fn read_body(headers: &HeaderMap, body: Body) -> ApiResult<Bytes> {

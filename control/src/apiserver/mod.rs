@@ -179,6 +179,13 @@ impl ApiServer {
                 .await
                 .context("loading the node authorizer's graph of pods")?,
         );
+        // The aggregated roles (admin, edit, view) are filled before the first request, not
+        // only once the watch behind `follow_rbac` has started.
+        rbac::aggregation::aggregate(&registry, &authorizer.cluster_roles().await).await;
+        authorizer
+            .resync()
+            .await
+            .context("loading the aggregated RBAC roles")?;
         let master = MasterEndpoints {
             address: advertise,
             port: local_addr.port(),

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value, json};
 
 use crate::apiserver::discovery::fnv1a64;
-use crate::apiserver::resources::{RESOURCES, ResourceInfo, groups};
+use crate::apiserver::resources::{RESOURCES, REVIEWS, ResourceInfo, ReviewResource, groups};
 
 /// The OpenAPI path of a group version: `api/v1`, `apis/apps/v1`.
 fn gv_path(group: &str, version: &str) -> String {
@@ -146,19 +146,57 @@ fn patch_body() -> Value {
 
 /// `readCoreV1NamespacedPod`-style operation ids.
 fn op_id(verb: &str, r: &ResourceInfo, suffix: &str) -> String {
+    kind_op_id(verb, r.group, r.version, r.namespaced, r.kind, suffix)
+}
+
+fn kind_op_id(
+    verb: &str,
+    group: &str,
+    version: &str,
+    namespaced: bool,
+    kind: &str,
+    suffix: &str,
+) -> String {
     let mut gv = String::new();
-    for part in package(r.group)
-        .split('-')
-        .chain(std::iter::once(r.version))
-    {
+    for part in package(group).split('-').chain(std::iter::once(version)) {
         let mut c = part.chars();
         if let Some(f) = c.next() {
             gv.push(f.to_ascii_uppercase());
             gv.push_str(c.as_str());
         }
     }
-    let ns = if r.namespaced { "Namespaced" } else { "" };
-    format!("{verb}{gv}{ns}{}{suffix}", r.kind)
+    let ns = if namespaced { "Namespaced" } else { "" };
+    format!("{verb}{gv}{ns}{kind}{suffix}")
+}
+
+/// The one path of a review resource: create only (kubectl validates a review it creates
+/// from a file against this).
+fn review_paths(
+    r: &ReviewResource,
+    paths: &mut Map<String, Value>,
+    schemas: &mut BTreeMap<String, Value>,
+) {
+    let base = format!("/{}", gv_path(r.group, r.version));
+    let (path, params) = if r.namespaced {
+        (
+            format!("{base}/namespaces/{{namespace}}/{}", r.plural),
+            vec![path_param("namespace")],
+        )
+    } else {
+        (format!("{base}/{}", r.plural), vec![])
+    };
+    let kind_schema = schema_name(r.group, r.version, r.kind);
+    let g = gvk(r.group, r.version, r.kind);
+    schemas.insert(kind_schema.clone(), object_schema(Some(g.clone())));
+    let id = kind_op_id("create", r.group, r.version, r.namespaced, r.kind, "");
+    paths.insert(
+        path,
+        json!({
+            "parameters": params,
+            "post": operation(id, "post", &g, write_params(false),
+                Some(json_body(schema_ref(&kind_schema))), ok(&kind_schema, "201")),
+        }),
+    );
 }
 
 /// The paths of one resource (collection, object, subresources) into `paths`.
@@ -308,6 +346,12 @@ fn build_group_version(group: &str, version: &str) -> Option<Value> {
         .filter(|r| r.group == group && r.version == version)
     {
         resource_paths(r, &mut paths, &mut schemas);
+    }
+    for r in REVIEWS
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        review_paths(r, &mut paths, &mut schemas);
     }
     if paths.is_empty() {
         return None;

@@ -55,6 +55,8 @@ pub(crate) enum Ty {
     Quantity,
     /// `util.intstr.IntOrString`: a JSON number or string.
     IntOrString,
+    /// A message of repeated strings at tag 1 that Go types as `[]string` (`ExtraValue`).
+    StringList,
     /// `runtime.RawExtension`, `meta.v1.FieldsV1`: a field holding JSON bytes.
     RawJson,
 }
@@ -384,7 +386,21 @@ fn zero(ty: Ty) -> Value {
         Ty::Quantity => Value::String("0".into()),
         Ty::Duration => Value::String("0s".into()),
         Ty::Time | Ty::MicroTime | Ty::RawJson => Value::Null,
+        Ty::StringList => Value::Array(Vec::new()),
     }
+}
+
+/// A message of strings at tag 1 (`ExtraValue`) as the JSON array Go writes for it.
+fn string_list(buf: &[u8]) -> Result<Value, String> {
+    let mut items = Vec::new();
+    let mut l = Reader::new(buf);
+    while let Some((tag, wire)) = l.key()? {
+        match (tag, wire) {
+            (1, LEN) => items.push(Value::String(utf8(l.bytes()?))),
+            _ => l.skip(tag, wire)?,
+        }
+    }
+    Ok(Value::Array(items))
 }
 
 /// One value of type `ty`. `None` means "as if absent": a zero `Time` (Go writes an empty
@@ -448,6 +464,7 @@ fn value(r: &mut Reader<'_>, wire: u8, ty: Ty, depth: usize) -> Result<Option<Va
             }
             Value::String(s)
         }
+        Ty::StringList => string_list(r.bytes()?)?,
         Ty::IntOrString => {
             let (mut kind, mut int, mut string) = (0i64, 0i32, String::new());
             let mut v = Reader::new(r.bytes()?);
@@ -766,6 +783,28 @@ mod tests {
         .unwrap();
         assert_eq!(secret["data"], json!({"password": "aHVudGVyMg=="}));
         assert_eq!(secret["metadata"]["name"], "s");
+    }
+
+    /// `kubectl auth can-i` posts reviews; a subject's extras are `ExtraValue` messages in
+    /// proto and plain string lists in JSON.
+    #[test]
+    fn access_reviews_decode_with_extras_as_lists() {
+        let attrs = Enc::new().str(1, "foo").str(2, "list").str(5, "services");
+        let spec = Enc::new().msg(1, attrs).str(3, "alice").str(4, "devs").msg(
+            5,
+            Enc::new()
+                .str(1, "scopes")
+                .msg(2, Enc::new().str(1, "view").str(1, "edit")),
+        );
+        let sar = Enc::new().msg(1, Enc::new()).msg(2, spec);
+        let body = body("authorization.k8s.io/v1", "SubjectAccessReview", sar);
+        let sar = decode(&body).unwrap();
+        assert_eq!(sar["kind"], "SubjectAccessReview");
+        assert_eq!(
+            sar["spec"],
+            json!({"resourceAttributes": {"namespace": "foo", "verb": "list", "resource": "services"},
+                "user": "alice", "groups": ["devs"], "extra": {"scopes": ["view", "edit"]}})
+        );
     }
 
     #[test]

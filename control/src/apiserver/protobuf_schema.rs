@@ -7,7 +7,9 @@
 //! declaration (Go struct) order, and the JSON names its OpenAPI schema requires.
 
 use super::Card::{Inline, Map, One, Repeated};
-use super::Ty::{Bool, Bytes, I32, I64, IntOrString, MicroTime, Msg, Quantity, RawJson, Str, Time};
+use super::Ty::{
+    Bool, Bytes, I32, I64, IntOrString, MicroTime, Msg, Quantity, RawJson, Str, StringList, Time,
+};
 use super::{Field as F, Message};
 
 /// "apiVersion/kind" of a body's envelope → the message its `raw` holds.
@@ -52,6 +54,22 @@ pub(crate) static ROOTS: &[(&str, &Message)] = &[
     (
         "authentication.k8s.io/v1/SelfSubjectReview",
         &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/SubjectAccessReview",
+        &AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/LocalSubjectAccessReview",
+        &AUTHORIZATION_V1_LOCAL_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/SelfSubjectAccessReview",
+        &AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/SelfSubjectRulesReview",
+        &AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW,
     ),
     ("meta.k8s.io/v1/DeleteOptions", &META_V1_DELETE_OPTIONS),
 ];
@@ -98,6 +116,22 @@ pub(crate) static KINDS: &[(&str, &Message)] = &[
     (
         "authentication.k8s.io/v1/SelfSubjectReview",
         &AUTHENTICATION_V1_SELF_SUBJECT_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/SubjectAccessReview",
+        &AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/LocalSubjectAccessReview",
+        &AUTHORIZATION_V1_LOCAL_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/SelfSubjectAccessReview",
+        &AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1/SelfSubjectRulesReview",
+        &AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW,
     ),
     ("v1/Status", &META_V1_STATUS),
     (
@@ -347,12 +381,6 @@ pub(crate) static AUTHENTICATION_V1_BOUND_OBJECT_REFERENCE: Message = Message {
     required: &[],
 };
 
-pub(crate) static AUTHENTICATION_V1_EXTRA_VALUE: Message = Message {
-    name: "api.authentication.v1.ExtraValue",
-    fields: &[F::new(1, "items", Repeated, Str)],
-    required: &[],
-};
-
 pub(crate) static AUTHENTICATION_V1_SELF_SUBJECT_REVIEW: Message = Message {
     name: "api.authentication.v1.SelfSubjectReview",
     fields: &[
@@ -423,9 +451,249 @@ pub(crate) static AUTHENTICATION_V1_USER_INFO: Message = Message {
         F::new(1, "username", One, Str),
         F::new(2, "uid", One, Str),
         F::new(3, "groups", Repeated, Str),
-        F::new(4, "extra", Map(Str), Msg(&AUTHENTICATION_V1_EXTRA_VALUE)),
+        F::new(4, "extra", Map(Str), StringList),
     ],
     required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_FIELD_SELECTOR_ATTRIBUTES: Message = Message {
+    name: "api.authorization.v1.FieldSelectorAttributes",
+    fields: &[
+        F::new(1, "rawSelector", One, Str),
+        F::new(
+            2,
+            "requirements",
+            Repeated,
+            Msg(&META_V1_FIELD_SELECTOR_REQUIREMENT),
+        ),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_LABEL_SELECTOR_ATTRIBUTES: Message = Message {
+    name: "api.authorization.v1.LabelSelectorAttributes",
+    fields: &[
+        F::new(1, "rawSelector", One, Str),
+        F::new(
+            2,
+            "requirements",
+            Repeated,
+            Msg(&META_V1_LABEL_SELECTOR_REQUIREMENT),
+        ),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_LOCAL_SUBJECT_ACCESS_REVIEW: Message = Message {
+    name: "api.authorization.v1.LocalSubjectAccessReview",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(
+            2,
+            "spec",
+            One,
+            Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_SPEC),
+        ),
+        F::new(
+            3,
+            "status",
+            One,
+            Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS),
+        ),
+    ],
+    required: &["metadata", "spec"],
+};
+
+pub(crate) static AUTHORIZATION_V1_NON_RESOURCE_ATTRIBUTES: Message = Message {
+    name: "api.authorization.v1.NonResourceAttributes",
+    fields: &[F::new(1, "path", One, Str), F::new(2, "verb", One, Str)],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_NON_RESOURCE_RULE: Message = Message {
+    name: "api.authorization.v1.NonResourceRule",
+    fields: &[
+        F::new(1, "verbs", Repeated, Str),
+        F::new(2, "nonResourceURLs", Repeated, Str),
+    ],
+    required: &["verbs"],
+};
+
+pub(crate) static AUTHORIZATION_V1_RESOURCE_ATTRIBUTES: Message = Message {
+    name: "api.authorization.v1.ResourceAttributes",
+    fields: &[
+        F::new(1, "namespace", One, Str),
+        F::new(2, "verb", One, Str),
+        F::new(3, "group", One, Str),
+        F::new(4, "version", One, Str),
+        F::new(5, "resource", One, Str),
+        F::new(6, "subresource", One, Str),
+        F::new(7, "name", One, Str),
+        F::new(
+            8,
+            "fieldSelector",
+            One,
+            Msg(&AUTHORIZATION_V1_FIELD_SELECTOR_ATTRIBUTES),
+        ),
+        F::new(
+            9,
+            "labelSelector",
+            One,
+            Msg(&AUTHORIZATION_V1_LABEL_SELECTOR_ATTRIBUTES),
+        ),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_RESOURCE_RULE: Message = Message {
+    name: "api.authorization.v1.ResourceRule",
+    fields: &[
+        F::new(1, "verbs", Repeated, Str),
+        F::new(2, "apiGroups", Repeated, Str),
+        F::new(3, "resources", Repeated, Str),
+        F::new(4, "resourceNames", Repeated, Str),
+    ],
+    required: &["verbs"],
+};
+
+pub(crate) static AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW: Message = Message {
+    name: "api.authorization.v1.SelfSubjectAccessReview",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(
+            2,
+            "spec",
+            One,
+            Msg(&AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW_SPEC),
+        ),
+        F::new(
+            3,
+            "status",
+            One,
+            Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS),
+        ),
+    ],
+    required: &["metadata", "spec"],
+};
+
+pub(crate) static AUTHORIZATION_V1_SELF_SUBJECT_ACCESS_REVIEW_SPEC: Message = Message {
+    name: "api.authorization.v1.SelfSubjectAccessReviewSpec",
+    fields: &[
+        F::new(
+            1,
+            "resourceAttributes",
+            One,
+            Msg(&AUTHORIZATION_V1_RESOURCE_ATTRIBUTES),
+        ),
+        F::new(
+            2,
+            "nonResourceAttributes",
+            One,
+            Msg(&AUTHORIZATION_V1_NON_RESOURCE_ATTRIBUTES),
+        ),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW: Message = Message {
+    name: "api.authorization.v1.SelfSubjectRulesReview",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(
+            2,
+            "spec",
+            One,
+            Msg(&AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW_SPEC),
+        ),
+        F::new(
+            3,
+            "status",
+            One,
+            Msg(&AUTHORIZATION_V1_SUBJECT_RULES_REVIEW_STATUS),
+        ),
+    ],
+    required: &["metadata", "spec"],
+};
+
+pub(crate) static AUTHORIZATION_V1_SELF_SUBJECT_RULES_REVIEW_SPEC: Message = Message {
+    name: "api.authorization.v1.SelfSubjectRulesReviewSpec",
+    fields: &[F::new(1, "namespace", One, Str)],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW: Message = Message {
+    name: "api.authorization.v1.SubjectAccessReview",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(
+            2,
+            "spec",
+            One,
+            Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_SPEC),
+        ),
+        F::new(
+            3,
+            "status",
+            One,
+            Msg(&AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS),
+        ),
+    ],
+    required: &["metadata", "spec"],
+};
+
+pub(crate) static AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_SPEC: Message = Message {
+    name: "api.authorization.v1.SubjectAccessReviewSpec",
+    fields: &[
+        F::new(
+            1,
+            "resourceAttributes",
+            One,
+            Msg(&AUTHORIZATION_V1_RESOURCE_ATTRIBUTES),
+        ),
+        F::new(
+            2,
+            "nonResourceAttributes",
+            One,
+            Msg(&AUTHORIZATION_V1_NON_RESOURCE_ATTRIBUTES),
+        ),
+        F::new(3, "user", One, Str),
+        F::new(4, "groups", Repeated, Str),
+        F::new(5, "extra", Map(Str), StringList),
+        F::new(6, "uid", One, Str),
+    ],
+    required: &[],
+};
+
+pub(crate) static AUTHORIZATION_V1_SUBJECT_ACCESS_REVIEW_STATUS: Message = Message {
+    name: "api.authorization.v1.SubjectAccessReviewStatus",
+    fields: &[
+        F::new(1, "allowed", One, Bool),
+        F::new(4, "denied", One, Bool),
+        F::new(2, "reason", One, Str),
+        F::new(3, "evaluationError", One, Str),
+    ],
+    required: &["allowed"],
+};
+
+pub(crate) static AUTHORIZATION_V1_SUBJECT_RULES_REVIEW_STATUS: Message = Message {
+    name: "api.authorization.v1.SubjectRulesReviewStatus",
+    fields: &[
+        F::new(
+            1,
+            "resourceRules",
+            Repeated,
+            Msg(&AUTHORIZATION_V1_RESOURCE_RULE),
+        ),
+        F::new(
+            2,
+            "nonResourceRules",
+            Repeated,
+            Msg(&AUTHORIZATION_V1_NON_RESOURCE_RULE),
+        ),
+        F::new(3, "incomplete", One, Bool),
+        F::new(4, "evaluationError", One, Str),
+    ],
+    required: &["resourceRules", "nonResourceRules", "incomplete"],
 };
 
 pub(crate) static AUTOSCALING_V1_SCALE: Message = Message {
@@ -3091,6 +3359,16 @@ pub(crate) static META_V1_DELETE_OPTIONS: Message = Message {
         ),
     ],
     required: &[],
+};
+
+pub(crate) static META_V1_FIELD_SELECTOR_REQUIREMENT: Message = Message {
+    name: "apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
+    fields: &[
+        F::new(1, "key", One, Str),
+        F::new(2, "operator", One, Str),
+        F::new(3, "values", Repeated, Str),
+    ],
+    required: &["key", "operator"],
 };
 
 pub(crate) static META_V1_GROUP_VERSION_FOR_DISCOVERY: Message = Message {

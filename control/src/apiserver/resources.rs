@@ -23,14 +23,49 @@ impl ReviewResource {
 }
 
 /// The review resources served, in the groups discovery lists after those of [`RESOURCES`].
-pub static REVIEWS: &[ReviewResource] = &[ReviewResource {
-    group: "authentication.k8s.io",
-    version: "v1",
-    kind: "SelfSubjectReview",
-    plural: "selfsubjectreviews",
-    singular: "selfsubjectreview",
-    namespaced: false,
-}];
+pub static REVIEWS: &[ReviewResource] = &[
+    ReviewResource {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectReview",
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        namespaced: false,
+    },
+    // authorization.k8s.io/v1: the access reviews (`rbac::review`).
+    ReviewResource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "LocalSubjectAccessReview",
+        plural: "localsubjectaccessreviews",
+        singular: "localsubjectaccessreview",
+        namespaced: true,
+    },
+    ReviewResource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        namespaced: false,
+    },
+    ReviewResource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        namespaced: false,
+    },
+    ReviewResource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        namespaced: false,
+    },
+];
 
 pub fn lookup_review(group: &str, version: &str, plural: &str) -> Option<&'static ReviewResource> {
     REVIEWS

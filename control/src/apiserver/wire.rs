@@ -133,6 +133,7 @@ fn zero(f: &Field) -> Value {
         }
         // A zero `metav1.Time` marshals as `null`, and so does an empty RawExtension.
         Ty::Time | Ty::MicroTime | Ty::RawJson => Value::Null,
+        Ty::StringList => Value::Array(Vec::new()),
     }
 }
 

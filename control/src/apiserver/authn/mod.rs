@@ -8,11 +8,13 @@
 //!    (bootstrap-token Secrets); a bearer token none of them accepts is a 401;
 //! 3. otherwise the request is `system:anonymous` in `system:unauthenticated`.
 //!
-//! Every authenticated user is also in `system:authenticated`. What a user (anonymous
+//! Every authenticated user is also in `system:authenticated`. A request may then ask to act
+//! as someone else ([`impersonation`]). What a user (anonymous
 //! included) may do is decided afterwards by the RBAC authorizer (`super::rbac`): the default
 //! policy lets `system:unauthenticated` read `/version` and the health endpoints only.
 
 pub mod bootstrap;
+pub mod impersonation;
 pub mod review;
 pub mod serviceaccount;
 pub mod token;

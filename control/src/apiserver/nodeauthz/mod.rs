@@ -88,6 +88,51 @@ pub fn authorize(
     })
 }
 
+/// The chain `Node,RBAC` as the access reviews see it (kube's union authorizer and rule
+/// resolver): allowed by either, with the reasons of those that said no.
+pub struct Chain<'a> {
+    pub nodes: &'a NodeAuthorizer,
+    pub rbac: &'a rbac::Authorizer,
+}
+
+impl rbac::review::AccessDecider for Chain<'_> {
+    fn decide(&self, user: &UserInfo, request: &Request) -> rbac::authorizer::Decision {
+        let node_reason = match node_name(user).map(|n| self.nodes.decide(&user.name, n, request)) {
+            Some(Decision::Allow) => {
+                return rbac::authorizer::Decision {
+                    allowed: true,
+                    reason: String::new(),
+                };
+            }
+            Some(Decision::NoOpinion(reason)) => reason,
+            None => String::new(),
+        };
+        let mut decision = self.rbac.decide(user, request);
+        if !decision.allowed && !node_reason.is_empty() {
+            // kube's union authorizer joins the reasons of every authorizer that said no.
+            decision.reason = [node_reason, decision.reason]
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        decision
+    }
+
+    fn rules_review(&self, user: &UserInfo, namespace: &str) -> rbac::review::RulesReview {
+        let mut review = rbac::review::AccessDecider::rules_review(self.rbac, user, namespace);
+        if node_name(user).is_some() {
+            // kube's node authorizer cannot enumerate what it allows (it depends on the pods
+            // bound to the node), and says so.
+            review.incomplete = true;
+            review
+                .errors
+                .push("node authorizer does not support user rule resolution".into());
+        }
+        review
+    }
+}
+
 impl NodeAuthorizer {
     /// An authorizer over `store`, with the graph of the pods stored now.
     pub async fn load(store: Arc<dyn Store>) -> StoreResult<NodeAuthorizer> {

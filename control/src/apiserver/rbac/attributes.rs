@@ -6,7 +6,7 @@ use axum::http::Method;
 use serde_json::json;
 
 use super::rules::Request;
-use crate::apiserver::authn::UserInfo;
+use crate::apiserver::authn::{UserInfo, impersonation};
 use crate::apiserver::request::{Endpoint, Query, ResourceRequest};
 use crate::apiserver::selectors::FieldSelector;
 use crate::apiserver::status::ApiError;
@@ -102,15 +102,33 @@ pub fn of(
     }
 }
 
+/// What impersonating one part of an identity asks of the authorizer: verb `impersonate` on
+/// the target, kube's `actingAsAttributes`.
+pub fn impersonation(target: &impersonation::Target) -> Request {
+    Request::Resource {
+        verb: "impersonate".into(),
+        group: target.group().into(),
+        resource: target.resource().into(),
+        subresource: target.extra_key.clone(),
+        name: target.name.clone(),
+        namespace: target.namespace.clone(),
+    }
+}
+
 /// kube's `forbiddenMessage` wrapped in `NewForbidden`: 403 `Forbidden`, details {name, group,
-/// kind: the resource}.
-pub fn forbidden(user: &UserInfo, request: &Request) -> ApiError {
+/// kind: the resource}; the authorizer's `reason`, if any, after a colon.
+pub fn forbidden(user: &UserInfo, request: &Request, reason: &str) -> ApiError {
     let who = &user.name;
+    let because = if reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {reason}")
+    };
     match request {
         Request::NonResource { verb, path } => ApiError {
             code: 403,
             reason: "Forbidden",
-            message: format!("forbidden: User {who:?} cannot {verb} path {path:?}"),
+            message: format!("forbidden: User {who:?} cannot {verb} path {path:?}{because}"),
             details: Some(json!({})),
         },
         Request::Resource {
@@ -132,7 +150,7 @@ pub fn forbidden(user: &UserInfo, request: &Request) -> ApiError {
                 format!("in the namespace {namespace:?}")
             };
             let reason = format!(
-                "User {who:?} cannot {verb} resource {shown:?} in API group {group:?} {scope}"
+                "User {who:?} cannot {verb} resource {shown:?} in API group {group:?} {scope}{because}"
             );
             forbidden_object(group, resource, name, &reason)
         }
@@ -218,7 +236,11 @@ mod tests {
     #[test]
     fn denials_read_as_kube_writes_them() {
         let u = user("system:serviceaccount:foo:default");
-        let e = forbidden(&u, &attrs(Method::GET, "/api/v1/namespaces/foo/services"));
+        let e = forbidden(
+            &u,
+            &attrs(Method::GET, "/api/v1/namespaces/foo/services"),
+            "",
+        );
         assert_eq!(
             e.message,
             r#"services is forbidden: User "system:serviceaccount:foo:default" cannot list resource "services" in API group "" in the namespace "foo""#
@@ -227,24 +249,29 @@ mod tests {
         let e = forbidden(
             &user("x"),
             &attrs(Method::GET, "/api/v1/namespaces/foo/pods/p/log"),
+            "RBAC: clusterrole.rbac.authorization.k8s.io \"gone\" not found",
         );
         assert_eq!(
             e.message,
-            r#"pods "p" is forbidden: User "x" cannot get resource "pods/log" in API group "" in the namespace "foo""#
+            r#"pods "p" is forbidden: User "x" cannot get resource "pods/log" in API group "" in the namespace "foo": RBAC: clusterrole.rbac.authorization.k8s.io "gone" not found"#
         );
         assert_eq!(e.details, Some(json!({"name": "p", "kind": "pods"})));
-        let e = forbidden(&user("x"), &attrs(Method::GET, "/api/v1/nodes"));
+        let e = forbidden(&user("x"), &attrs(Method::GET, "/api/v1/nodes"), "");
         assert_eq!(
             e.message,
             r#"nodes is forbidden: User "x" cannot list resource "nodes" in API group "" at the cluster scope"#
         );
-        let e = forbidden(&user("x"), &attrs(Method::GET, "/apis/apps/v1/deployments"));
+        let e = forbidden(
+            &user("x"),
+            &attrs(Method::GET, "/apis/apps/v1/deployments"),
+            "",
+        );
         assert!(
             e.message.starts_with("deployments.apps is forbidden"),
             "{}",
             e.message
         );
-        let e = forbidden(&user("x"), &attrs(Method::GET, "/apis"));
+        let e = forbidden(&user("x"), &attrs(Method::GET, "/apis"), "");
         assert_eq!(e.message, r#"forbidden: User "x" cannot get path "/apis""#);
     }
 

@@ -13,6 +13,7 @@ use k8s_openapi::api::rbac::v1::{
 use serde_json::Value;
 use tokio::sync::{Mutex, watch as signal};
 
+use super::GROUP;
 use super::rules::{self, Request};
 use crate::apiserver::authn::UserInfo;
 use crate::apiserver::status::ApiResult;
@@ -29,16 +30,91 @@ const PREFIXES: [&str; 4] = [
     "/registry/clusterrolebindings/",
 ];
 
-/// The rules one binding grants, and where: `None` everywhere (a ClusterRoleBinding),
-/// `Some(ns)` only in that namespace (a RoleBinding).
+/// The rules one binding grants one of its subjects, and where: `None` everywhere (a
+/// ClusterRoleBinding), `Some(ns)` only in that namespace (a RoleBinding).
 struct Grant {
     namespace: Option<String>,
-    rules: Arc<Vec<PolicyRule>>,
+    /// The role's rules, or kube's error for a role that does not resolve (the binding then
+    /// grants nothing, and a denial or rules review reports it).
+    rules: Result<Arc<Vec<PolicyRule>>, Arc<str>>,
+    /// The binding's place in kube's visiting order (ClusterRoleBindings first) and the
+    /// subject's place in it: a user a binding names twice is granted its rules once.
+    binding: usize,
+    subject: usize,
+    /// kube's description of binding and subject, for `RBAC: allowed by …`.
+    source: Arc<str>,
 }
 
 impl Grant {
     fn applies_in(&self, namespace: &str) -> bool {
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+
+    fn rules(&self) -> &[PolicyRule] {
+        self.rules.as_deref().map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// An authorizer's answer with its reason, as kube's `Authorize` returns them. RBAC never
+/// denies outright: what it does not allow is "no opinion", which ends in a denial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `RBAC: allowed by …` when allowed; otherwise empty, or the bindings whose roles do not
+    /// resolve (`RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`).
+    pub reason: String,
+}
+
+/// Go's `utilerrors.NewAggregate(errs).Error()`: one message as it is, several deduplicated
+/// in `[a, b]`.
+pub fn go_aggregate(errors: &[&str]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for e in errors {
+        if !seen.contains(e) {
+            seen.push(e);
+        }
+    }
+    match seen.as_slice() {
+        [one] => (*one).to_string(),
+        _ => format!("[{}]", seen.join(", ")),
+    }
+}
+
+/// kube's `describeSubject`: a service account as `name/namespace`.
+fn describe_subject(s: &Subject, binding_namespace: &str) -> String {
+    match s.kind.as_str() {
+        "ServiceAccount" => {
+            let ns = s
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(binding_namespace);
+            format!("{} {:?}", s.kind, format!("{}/{ns}", s.name))
+        }
+        _ => format!("{} {:?}", s.kind, s.name),
+    }
+}
+
+/// The binding a grant comes from: name, namespace (`None` for a ClusterRoleBinding), role.
+struct BindingRef<'a> {
+    name: &'a str,
+    namespace: Option<&'a str>,
+    role: &'a RoleRef,
+}
+
+impl BindingRef<'_> {
+    /// kube's `clusterRoleBindingDescriber` / `roleBindingDescriber`.
+    fn describe(&self, subject: &Subject) -> String {
+        let (kind, name, ns) = match self.namespace {
+            None => ("ClusterRoleBinding", self.name.to_string(), ""),
+            Some(ns) => ("RoleBinding", format!("{}/{ns}", self.name), ns),
+        };
+        format!(
+            "{kind} {name:?} of {} {:?} to {}",
+            self.role.kind,
+            self.role.name,
+            describe_subject(subject, ns)
+        )
     }
 }
 
@@ -49,6 +125,8 @@ pub struct Index {
     cluster_roles: HashMap<String, Arc<Vec<PolicyRule>>>,
     users: HashMap<String, Vec<Grant>>,
     groups: HashMap<String, Vec<Grant>>,
+    /// Bindings seen so far (the next grant's `binding`).
+    bindings: usize,
 }
 
 /// A stored object's namespace and name from its key (`/registry/roles/<ns>/<name>`).
@@ -79,14 +157,25 @@ impl Index {
                 index.cluster_roles.insert(name.into(), rules);
             }
         }
-        for ((ns, _), v) in typed(PREFIXES[2]) {
-            if let Ok(b) = serde_json::from_value::<RoleBinding>(v.clone()) {
-                index.bind(Some(ns), &b.role_ref, b.subjects.as_deref().unwrap_or(&[]));
+        // kube visits ClusterRoleBindings before the RoleBindings of the namespace.
+        for ((_, name), v) in typed(PREFIXES[3]) {
+            if let Ok(b) = serde_json::from_value::<ClusterRoleBinding>(v.clone()) {
+                let binding = BindingRef {
+                    name,
+                    namespace: None,
+                    role: &b.role_ref,
+                };
+                index.bind(&binding, b.subjects.as_deref().unwrap_or(&[]));
             }
         }
-        for (_, v) in typed(PREFIXES[3]) {
-            if let Ok(b) = serde_json::from_value::<ClusterRoleBinding>(v.clone()) {
-                index.bind(None, &b.role_ref, b.subjects.as_deref().unwrap_or(&[]));
+        for ((ns, name), v) in typed(PREFIXES[2]) {
+            if let Ok(b) = serde_json::from_value::<RoleBinding>(v.clone()) {
+                let binding = BindingRef {
+                    name,
+                    namespace: Some(ns),
+                    role: &b.role_ref,
+                };
+                index.bind(&binding, b.subjects.as_deref().unwrap_or(&[]));
             }
         }
         index
@@ -109,14 +198,20 @@ impl Index {
         }
     }
 
-    fn bind(&mut self, namespace: Option<&str>, role: &RoleRef, subjects: &[Subject]) {
-        let Some(rules) = self.role_rules(role, namespace) else {
-            return;
-        };
-        for s in subjects {
+    fn bind(&mut self, binding: &BindingRef<'_>, subjects: &[Subject]) {
+        let namespace = binding.namespace;
+        let rules = self
+            .role_rules(binding.role, namespace)
+            .ok_or_else(|| Arc::from(missing_role(binding.role)));
+        let seq = self.bindings;
+        self.bindings += 1;
+        for (i, s) in subjects.iter().enumerate() {
             let grant = Grant {
                 namespace: namespace.map(str::to_string),
                 rules: rules.clone(),
+                binding: seq,
+                subject: i,
+                source: Arc::from(binding.describe(s)),
             };
             match s.kind.as_str() {
                 "User" => self.users.entry(s.name.clone()).or_default().push(grant),
@@ -127,8 +222,11 @@ impl Index {
                         .as_deref()
                         .filter(|n| !n.is_empty())
                         .or(namespace);
-                    let user = format!("system:serviceaccount:{}:{}", ns.unwrap_or(""), s.name);
-                    self.users.entry(user).or_default().push(grant);
+                    // kube: a service account without a namespace matches nobody.
+                    if let Some(ns) = ns.filter(|n| !n.is_empty()) {
+                        let user = format!("system:serviceaccount:{ns}:{}", s.name);
+                        self.users.entry(user).or_default().push(grant);
+                    }
                 }
                 _ => {}
             }
@@ -145,21 +243,70 @@ impl Index {
         by_user.chain(by_group)
     }
 
-    /// Whether a binding of `user`'s grants `request`.
+    /// Whether a binding of `user`'s grants `request` (the hot path: no allocation).
     pub fn allows(&self, user: &UserInfo, request: &Request) -> bool {
         let ns = request.namespace();
         self.grants(user)
             .filter(|g| g.applies_in(ns))
-            .any(|g| g.rules.iter().any(|r| rules::allows(r, request)))
+            .any(|g| g.rules().iter().any(|r| rules::allows(r, request)))
+    }
+
+    /// The grants of `user` that apply in `namespace`, one per binding, in kube's visiting
+    /// order (ClusterRoleBindings, then the namespace's RoleBindings).
+    fn applicable<'a>(&'a self, user: &'a UserInfo, namespace: &str) -> Vec<&'a Grant> {
+        let mut out: Vec<&Grant> = self
+            .grants(user)
+            .filter(|g| g.applies_in(namespace))
+            .collect();
+        out.sort_by_key(|g| (g.binding, g.subject));
+        out.dedup_by_key(|g| g.binding);
+        out
+    }
+
+    /// kube's `RBACAuthorizer.Authorize`: allowed by the first binding with a rule that
+    /// matches, or not, with the resolution errors met on the way as the reason.
+    pub fn decide(&self, user: &UserInfo, request: &Request) -> Decision {
+        let mut errors: Vec<&str> = Vec::new();
+        for g in self.applicable(user, request.namespace()) {
+            match &g.rules {
+                Ok(rules) if rules.iter().any(|r| rules::allows(r, request)) => {
+                    return Decision {
+                        allowed: true,
+                        reason: format!("RBAC: allowed by {}", g.source),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        let reason = if errors.is_empty() {
+            String::new()
+        } else {
+            format!("RBAC: {}", go_aggregate(&errors))
+        };
+        Decision {
+            allowed: false,
+            reason,
+        }
     }
 
     /// Every rule `user` holds in `namespace` ("" for the cluster scope: ClusterRoleBindings
     /// only), kube's `RulesFor`.
     pub fn rules_for(&self, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
-        self.grants(user)
-            .filter(|g| g.applies_in(namespace))
-            .flat_map(|g| g.rules.iter().cloned())
-            .collect()
+        self.rules_review(user, namespace).0
+    }
+
+    /// [`Index::rules_for`] with the errors of bindings whose roles do not resolve.
+    pub fn rules_review(&self, user: &UserInfo, namespace: &str) -> (Vec<PolicyRule>, Vec<String>) {
+        let mut rules = Vec::new();
+        let mut errors = Vec::new();
+        for g in self.applicable(user, namespace) {
+            match &g.rules {
+                Ok(r) => rules.extend(r.iter().cloned()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (rules, errors)
     }
 }
 
@@ -174,6 +321,15 @@ pub struct Authorizer {
     store: Arc<dyn Store>,
     index: RwLock<Arc<Index>>,
     snapshot: Mutex<Snapshot>,
+}
+
+/// kube's lister error for a role reference that does not resolve.
+fn missing_role(role: &RoleRef) -> String {
+    match role.kind.as_str() {
+        "Role" => format!("role.{GROUP} {:?} not found", role.name),
+        "ClusterRole" => format!("clusterrole.{GROUP} {:?} not found", role.name),
+        other => format!("unsupported role reference kind: {other:?}"),
+    }
 }
 
 pub fn is_master(user: &UserInfo) -> bool {
@@ -197,13 +353,33 @@ impl Authorizer {
         self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Allowed, or kube's 403 for the request.
+    /// Allowed, or kube's 403 for the request (with RBAC's reason when it has one).
     pub fn authorize(&self, user: &UserInfo, request: &Request) -> ApiResult<()> {
         if self.allows(user, request) {
-            Ok(())
-        } else {
-            Err(super::attributes::forbidden(user, request))
+            return Ok(());
         }
+        // Worked out again only for a denial, so allowed requests pay for no reason text.
+        let decision = self.decide(user, request);
+        if decision.allowed {
+            return Ok(());
+        }
+        Err(super::attributes::forbidden(
+            user,
+            request,
+            &decision.reason,
+        ))
+    }
+
+    /// kube's union of the privileged-group authorizer (`system:masters`, allowed with no
+    /// reason) and RBAC.
+    pub fn decide(&self, user: &UserInfo, request: &Request) -> Decision {
+        if is_master(user) {
+            return Decision {
+                allowed: true,
+                reason: String::new(),
+            };
+        }
+        self.index().decide(user, request)
     }
 
     pub fn allows(&self, user: &UserInfo, request: &Request) -> bool {
@@ -322,12 +498,7 @@ impl Authorizer {
 
     /// kube's 403 for a role reference that does not resolve.
     pub fn missing_role(role: &RoleRef) -> String {
-        let what = if role.kind == "Role" {
-            "role"
-        } else {
-            "clusterrole"
-        };
-        format!("{what}.rbac.authorization.k8s.io {:?} not found", role.name)
+        missing_role(role)
     }
 }
 
