@@ -412,6 +412,7 @@ mod tests {
                 "coordination.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
+                "certificates.k8s.io",
                 "authentication.k8s.io"
             ]
         );
@@ -542,10 +543,11 @@ mod tests {
         let d = aggregated(false, AggregatedVersion::V2Beta1);
         assert_eq!(d["apiVersion"], "apidiscovery.k8s.io/v2beta1");
         let items = d["items"].as_array().unwrap();
-        assert_eq!(items.len(), 6);
+        assert_eq!(items.len(), 7);
         assert_eq!(items[0]["metadata"]["name"], "apps");
         assert_eq!(items[4]["metadata"]["name"], "rbac.authorization.k8s.io");
-        let authn = &items[5];
+        assert_eq!(items[5]["metadata"]["name"], "certificates.k8s.io");
+        let authn = &items[6];
         assert_eq!(authn["metadata"]["name"], "authentication.k8s.io");
         assert_eq!(
             authn["versions"][0]["resources"][0],

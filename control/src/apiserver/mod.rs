@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod authn;
+pub mod certificates;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
@@ -113,9 +114,14 @@ pub struct ApiServer {
     pub url: String,
     pub ca_pem: String,
     pub admin_token: String,
-    /// A kubeconfig with the admin token, for in-process clients (the controllers); the file
-    /// at `kubeconfig_out` carries the `kubernetes-admin` client certificate instead.
+    /// A kubeconfig with the admin token, for tests and tools in-process; the file at
+    /// `kubeconfig_out` carries the `kubernetes-admin` client certificate instead. No
+    /// component uses it.
     pub kubeconfig: String,
+    /// In-memory kubeconfigs with client certificates for `system:kube-controller-manager`
+    /// and `system:kube-scheduler`.
+    pub controller_manager_kubeconfig: String,
+    pub scheduler_kubeconfig: String,
     stop: signal::Sender<bool>,
     /// Keeps the `kubernetes` endpoints; on stop it takes this server out of them.
     endpoints: tokio::task::JoinHandle<()>,
@@ -191,6 +197,9 @@ impl ApiServer {
         pki.write_kubeconfig(&config.kubeconfig_out, &url)
             .with_context(|| format!("writing {}", config.kubeconfig_out.display()))?;
         let kubeconfig = pki.token_kubeconfig(&url);
+        let controller_manager_kubeconfig =
+            pki.component_kubeconfig(&url, pki::CONTROLLER_MANAGER_USER)?;
+        let scheduler_kubeconfig = pki.component_kubeconfig(&url, pki::SCHEDULER_USER)?;
 
         let (stop, stopped) = signal::channel(false);
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
@@ -214,6 +223,8 @@ impl ApiServer {
             ca_pem: pki.ca_pem.clone(),
             admin_token: pki.admin_token.clone(),
             kubeconfig,
+            controller_manager_kubeconfig,
+            scheduler_kubeconfig,
             stop,
             endpoints,
             serve,

@@ -7,7 +7,7 @@
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
-use super::rules;
+use super::{controller_policy, rules};
 use crate::apiserver::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::apiserver::resources::{self, ResourceInfo};
 use crate::apiserver::status::ApiResult;
@@ -35,7 +35,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 /// A resource rule (kube's `rbacv1helpers.NewRule(verbs...).Groups(...).Resources(...)`).
-fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
+pub(super) fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     PolicyRule {
         verbs: strings(verbs),
         api_groups: Some(strings(groups)),
@@ -44,7 +44,12 @@ fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     }
 }
 
-fn named(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> PolicyRule {
+pub(super) fn named(
+    verbs: &[&str],
+    groups: &[&str],
+    resources: &[&str],
+    names: &[&str],
+) -> PolicyRule {
     PolicyRule {
         resource_names: Some(strings(names)),
         ..rule(verbs, groups, resources)
@@ -59,7 +64,7 @@ fn urls(verbs: &[&str], urls: &[&str]) -> PolicyRule {
     }
 }
 
-fn events_rule() -> PolicyRule {
+pub(super) fn events_rule() -> PolicyRule {
     rule(EVENT_WRITE, &["", "events.k8s.io"], &["events"])
 }
 
@@ -499,7 +504,7 @@ pub fn cluster_roles() -> Vec<Value> {
 
 /// A bootstrap object's envelope: the bootstrapping label, `aggregate-to-<into>` labels and
 /// the autoupdate annotation.
-fn metadata(kind: &str, name: &str, aggregate_into: &[&str]) -> Value {
+pub(super) fn metadata(kind: &str, name: &str, aggregate_into: &[&str]) -> Value {
     let mut labels = json!({BOOTSTRAPPING: "rbac-defaults"});
     for target in aggregate_into {
         labels[format!("rbac.authorization.k8s.io/aggregate-to-{target}")] = json!("true");
@@ -675,10 +680,16 @@ async fn ensure(registry: &Registry, plural: &str, expected: Value) -> ApiResult
 
 /// Create what is missing of the default policy and reconcile the rest.
 pub async fn reconcile(registry: &Registry) -> ApiResult<()> {
-    for role in cluster_roles() {
+    for role in cluster_roles()
+        .into_iter()
+        .chain(controller_policy::cluster_roles())
+    {
         ensure(registry, "clusterroles", role).await?;
     }
-    for binding in cluster_role_bindings() {
+    for binding in cluster_role_bindings()
+        .into_iter()
+        .chain(controller_policy::cluster_role_bindings())
+    {
         ensure(registry, "clusterrolebindings", binding).await?;
     }
     Ok(())
