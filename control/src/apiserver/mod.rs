@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod authn;
 pub mod certificates;
+pub mod csr_strategy;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
@@ -173,6 +174,9 @@ impl ApiServer {
         rbac::bootstrap::reconcile(&registry)
             .await
             .context("reconciling the default RBAC roles and bindings")?;
+        rbac::controller_policy::reconcile(&registry)
+            .await
+            .context("reconciling the controllers' RBAC roles and bindings")?;
         let authorizer = Arc::new(
             rbac::Authorizer::load(store.clone())
                 .await

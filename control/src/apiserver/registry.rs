@@ -18,7 +18,7 @@ use super::patch::{self, PatchType};
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldCause};
-use super::{certificates, defaults, validation};
+use super::{csr_strategy, defaults, validation};
 
 /// Namespaces that always exist and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] =
@@ -510,8 +510,8 @@ impl Registry {
         keep_server_owned_metadata(cur, &mut new);
         // The main resource does not write status, and the status subresource writes only
         // status (kube's status strategies).
-        if info.plural == certificates::PLURAL {
-            new = certificates::update_rules(subresource, cur, new);
+        if info.plural == "certificatesigningrequests" {
+            new = csr_strategy::update_rules(subresource, cur, new);
         } else if info.has_status() {
             new = status_rules(subresource, cur, new);
         }

@@ -7,7 +7,7 @@
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
-use super::{controller_policy, rules};
+use super::rules;
 use crate::apiserver::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::apiserver::resources::{self, ResourceInfo};
 use crate::apiserver::status::ApiResult;
@@ -680,16 +680,19 @@ async fn ensure(registry: &Registry, plural: &str, expected: Value) -> ApiResult
 
 /// Create what is missing of the default policy and reconcile the rest.
 pub async fn reconcile(registry: &Registry) -> ApiResult<()> {
-    for role in cluster_roles()
-        .into_iter()
-        .chain(controller_policy::cluster_roles())
-    {
+    ensure_all(registry, cluster_roles(), cluster_role_bindings()).await
+}
+
+/// Create or reconcile each of `roles` (ClusterRoles) and `bindings` (ClusterRoleBindings).
+pub async fn ensure_all(
+    registry: &Registry,
+    roles: Vec<Value>,
+    bindings: Vec<Value>,
+) -> ApiResult<()> {
+    for role in roles {
         ensure(registry, "clusterroles", role).await?;
     }
-    for binding in cluster_role_bindings()
-        .into_iter()
-        .chain(controller_policy::cluster_role_bindings())
-    {
+    for binding in bindings {
         ensure(registry, "clusterrolebindings", binding).await?;
     }
     Ok(())

@@ -6,7 +6,9 @@
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
-use super::bootstrap::{GROUP, events_rule, metadata, named, rule};
+use super::bootstrap::{self, GROUP, events_rule, metadata, named, rule};
+use crate::apiserver::registry::Registry;
+use crate::apiserver::status::ApiResult;
 
 /// kube's prefix of controller roles; the rest of the name is the ServiceAccount's.
 pub const ROLE_PREFIX: &str = "system:controller:";
@@ -252,6 +254,12 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             b
         })
         .collect()
+}
+
+/// Create what is missing of the controllers' roles and bindings and reconcile the rest, as
+/// [`bootstrap::reconcile`] does for the other defaults.
+pub async fn reconcile(registry: &Registry) -> ApiResult<()> {
+    bootstrap::ensure_all(registry, cluster_roles(), cluster_role_bindings()).await
 }
 
 #[cfg(test)]
