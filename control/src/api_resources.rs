@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac};
+use k8s_openapi::api::{apps, batch, certificates, coordination, core, discovery, rbac};
 
 #[derive(Debug)]
 pub struct ResourceInfo {
@@ -147,4 +147,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         namespaced: true, short: [], categories: [], sub: []),
     resource!("rbac.authorization.k8s.io", "v1", rbac::v1::Role, "Role", "roles", "role",
         namespaced: true, short: [], categories: [], sub: []),
+    resource!("certificates.k8s.io", "v1", certificates::v1::CertificateSigningRequest,
+        "CertificateSigningRequest", "certificatesigningrequests", "certificatesigningrequest",
+        namespaced: false, short: ["csr"], categories: [], sub: ["status", "approval"]),
 ];

@@ -5,8 +5,8 @@
 //!
 //! The binary (`src/main.rs`) opens a [`store`] (the embedded redb one, or etcd with
 //! `--etcd-servers`), starts the [`apiserver`] on it ([`apiserver::ApiServer::start`]), then
-//! runs [`manager::run`] — every controller and the scheduler — as an ordinary API client
-//! with the admin kubeconfig, under leader election ([`runtime::leader`]) unless
+//! runs [`manager::run`] — every controller and the scheduler — as ordinary API clients, each
+//! with an identity of its own ([`runtime::credentials`]), under leader election ([`runtime::leader`]) unless
 //! `--leader-elect=false`.
 //!
 //! # Modules
@@ -22,6 +22,7 @@
 //!   `pods/log` proxy to node agents;
 //! - [`api_resources`]: the table of the resources skiff serves, read by the apiserver and by
 //!   the namespace and garbage collector controllers;
+//! - [`csr`]: certificate signing requests as the certificates API and its signers judge them;
 //! - [`runtime`]: what the controllers and the scheduler run on: the [`runtime::Context`] they
 //!   share, shared informers, kube's rate-limited work queue with back-off, the event
 //!   recorder, the settings ([`runtime::ControllerConfig`]) and leader election. An API client
@@ -77,6 +78,7 @@
 pub mod api_resources;
 pub mod apiserver;
 pub mod controllers;
+pub mod csr;
 pub mod manager;
 pub mod runtime;
 pub mod scheduler;

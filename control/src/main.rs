@@ -77,7 +77,7 @@ struct Flags {
     /// Controllers (and the scheduler) to run: `*` for all, `-name` to drop one, e.g.
     /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, root-ca-cert-publisher, namespace,
     /// nodeipam, nodelifecycle, replicaset, deployment, daemonset, job, endpoints,
-    /// endpointslice, garbagecollector.
+    /// endpointslice, garbagecollector, csrsigning.
     #[arg(long, default_value = "*", value_parser = Enabled::parse)]
     controllers: Enabled,
     /// Run the controllers only while holding the `kube-controller-manager` Lease in
@@ -105,6 +105,10 @@ struct Flags {
     /// seconds.
     #[arg(long, default_value = "5m", value_parser = seconds_or_duration)]
     pod_eviction_timeout: Duration,
+    /// The longest certificate the CSR signers issue (with the CA in --data-dir): a duration
+    /// (`8760h`) or bare seconds.
+    #[arg(long, default_value = "8760h", value_parser = seconds_or_duration)]
+    cluster_signing_duration: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,15 +202,23 @@ async fn run(flags: Flags) -> Result<()> {
         node_monitor_grace_period: flags.node_monitor_grace_period,
         pod_eviction_timeout: flags.pod_eviction_timeout,
         root_ca: server.ca_pem.clone(),
+        cluster_signing_dir: Some(flags.data_dir.clone()),
+        cluster_signing_duration: flags.cluster_signing_duration,
         ..ControllerConfig::default()
     };
     let result = if controller_config.enabled.is_empty() {
         shutdown_signal().await;
         Ok(())
     } else {
-        // The controllers are clients of this apiserver, with the admin identity.
-        let client = client_for(&server.kubeconfig).await?;
-        let work = manager::run(client.clone(), controller_config);
+        // The controllers and the scheduler are clients of this apiserver, each with an
+        // identity of its own; leader election is the controller manager's.
+        let identities = manager::Identities::from_kubeconfigs(
+            &server.controller_manager_kubeconfig,
+            &server.scheduler_kubeconfig,
+        )
+        .await?;
+        let client = kube::Client::try_from(identities.controller_manager.clone())?;
+        let work = manager::run(identities, controller_config);
         if flags.leader_elect {
             let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
             let mut election = LeaderElectionConfig::new("kube-controller-manager", &identity);
@@ -266,12 +278,6 @@ fn admin_server(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let config = kube::config::Kubeconfig::from_yaml(&text).ok()?;
     config.clusters.first()?.cluster.as_ref()?.server.clone()
-}
-
-async fn client_for(kubeconfig: &str) -> Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 fn hostname() -> String {

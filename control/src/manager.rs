@@ -1,5 +1,6 @@
 //! kube-controller-manager's and kube-scheduler's `app`: runs every enabled controller and the
-//! scheduler on one [`Context`]. The only module that names both, so neither names the other.
+//! scheduler, each with its own identity ([`credentials`]). The only module that names both,
+//! so neither names the other.
 
 use std::sync::Arc;
 
@@ -7,44 +8,75 @@ use kube::Client;
 use tokio::task::JoinSet;
 
 use crate::controllers::{
-    daemonset, deployment, endpoints, endpointslice, gc, job, namespace, nodeipam, nodelifecycle,
-    replicaset, rootcacert, serviceaccount,
+    csrsigning, daemonset, deployment, endpoints, endpointslice, gc, job, namespace, nodeipam,
+    nodelifecycle, replicaset, rootcacert, serviceaccount,
 };
-use crate::runtime::Context;
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
+pub use crate::runtime::credentials::{self, ControllerClients, Identities};
+use crate::runtime::{Context, Informers};
 use crate::scheduler;
+
+/// The ServiceAccount (in kube-system) each controller calls the API as: kube's names, bound
+/// to `system:controller:<account>`.
+pub fn service_account(controller: &str) -> Option<&'static str> {
+    Some(match controller {
+        "serviceaccount" => "service-account-controller",
+        "root-ca-cert-publisher" => "root-ca-cert-publisher",
+        "namespace" => "namespace-controller",
+        // kube's node IPAM and node lifecycle controllers share the node-controller account.
+        "nodeipam" | "nodelifecycle" => "node-controller",
+        "replicaset" => "replicaset-controller",
+        "deployment" => "deployment-controller",
+        "daemonset" => "daemon-set-controller",
+        "job" => "job-controller",
+        "endpoints" => "endpoint-controller",
+        "endpointslice" => "endpointslice-controller",
+        "garbagecollector" => "generic-garbage-collector",
+        "csrsigning" => "certificate-controller",
+        _ => return None,
+    })
+}
 
 /// Run every enabled controller (and the scheduler) until the returned future is dropped.
 /// Call it only while holding leadership.
-pub async fn run(client: Client, config: ControllerConfig) {
-    let ctx = Arc::new(Context::new(client, config));
+pub async fn run(identities: Identities, config: ControllerConfig) {
     let mut tasks = JoinSet::new();
-    // Subscriptions happen inside each `spawn_*` before the informers start.
-    let enabled = ctx.config.enabled.clone();
+    let root = match Client::try_from(identities.controller_manager.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "building the controller manager's client failed");
+            return;
+        }
+    };
+    let informers = Arc::new(Informers::new(&root));
+    let clients = ControllerClients::new(&identities, root);
     for name in COMPONENTS {
-        if !enabled.contains(name) {
+        if !config.enabled.contains(name) {
             continue;
         }
-        let ctx = ctx.clone();
-        match *name {
-            "scheduler" => scheduler::spawn(ctx, &mut tasks),
-            "serviceaccount" => serviceaccount::spawn(ctx, &mut tasks),
-            "root-ca-cert-publisher" => rootcacert::spawn(ctx, &mut tasks),
-            "namespace" => namespace::spawn(ctx, &mut tasks),
-            "nodeipam" => nodeipam::spawn(ctx, &mut tasks),
-            "nodelifecycle" => nodelifecycle::spawn(ctx, &mut tasks),
-            "replicaset" => replicaset::spawn(ctx, &mut tasks),
-            "deployment" => deployment::spawn(ctx, &mut tasks),
-            "daemonset" => daemonset::spawn(ctx, &mut tasks),
-            "job" => job::spawn(ctx, &mut tasks),
-            "endpoints" => endpoints::spawn(ctx, &mut tasks),
-            "endpointslice" => endpointslice::spawn(ctx, &mut tasks),
-            "garbagecollector" => gc::spawn(ctx, &mut tasks),
-            other => tracing::warn!(controller = other, "no such controller"),
+        if *name == "scheduler" {
+            if let Err(e) = start_scheduler(&identities, &config, &mut tasks) {
+                tracing::error!(error = %e, "starting the scheduler failed");
+            }
+            continue;
         }
-        tracing::info!(controller = name, "started");
+        let Some(account) = service_account(name) else {
+            tracing::warn!(controller = name, "no such controller");
+            continue;
+        };
+        let client = match clients.client_for(account, &mut tasks).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(controller = name, error = %e, "building the controller's client failed");
+                continue;
+            }
+        };
+        let ctx = Arc::new(Context::new(client, informers.clone(), config.clone()));
+        spawn_controller(name, ctx, &mut tasks);
+        tracing::info!(controller = name, account, "started");
     }
-    ctx.informers.start(&mut tasks);
+    // Subscriptions happen inside each `spawn_*` before the informers start.
+    informers.start(&mut tasks);
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done
             && e.is_panic()
@@ -52,4 +84,40 @@ pub async fn run(client: Client, config: ControllerConfig) {
             tracing::error!(error = %e, "a controller task panicked");
         }
     }
+}
+
+fn spawn_controller(name: &str, ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
+    match name {
+        "serviceaccount" => serviceaccount::spawn(ctx, tasks),
+        "root-ca-cert-publisher" => rootcacert::spawn(ctx, tasks),
+        "namespace" => namespace::spawn(ctx, tasks),
+        "nodeipam" => nodeipam::spawn(ctx, tasks),
+        "nodelifecycle" => nodelifecycle::spawn(ctx, tasks),
+        "replicaset" => replicaset::spawn(ctx, tasks),
+        "deployment" => deployment::spawn(ctx, tasks),
+        "daemonset" => daemonset::spawn(ctx, tasks),
+        "job" => job::spawn(ctx, tasks),
+        "endpoints" => endpoints::spawn(ctx, tasks),
+        "endpointslice" => endpointslice::spawn(ctx, tasks),
+        "garbagecollector" => gc::spawn(ctx, tasks),
+        "csrsigning" => csrsigning::spawn(ctx, tasks),
+        other => tracing::warn!(controller = other, "no such controller"),
+    }
+}
+
+/// The scheduler as `system:kube-scheduler`, with informers of its own (kube-scheduler is a
+/// process of its own; its role lets it watch only what it schedules with).
+fn start_scheduler(
+    identities: &Identities,
+    config: &ControllerConfig,
+    tasks: &mut JoinSet<()>,
+) -> kube::Result<()> {
+    let client = Client::try_from(identities.scheduler.clone())?;
+    let informers = Arc::new(Informers::new(&client));
+    let ctx = Arc::new(Context::new(client, informers.clone(), config.clone()));
+    scheduler::spawn(ctx, tasks);
+    informers.pods.start(tasks);
+    informers.nodes.start(tasks);
+    tracing::info!(controller = "scheduler", "started");
+    Ok(())
 }

@@ -708,13 +708,22 @@ async fn default_policy_is_reconciled_and_user_edits_survive_a_restart() {
     assert_eq!(admins.subjects.unwrap()[0].name, "system:masters");
 
     // view, edit and admin aggregate the system:aggregate-to-* roles and any labelled one.
-    let view = roles.get("view").await.unwrap();
-    assert!(view.rules.unwrap_or_default().iter().any(|r| {
-        r.resources
-            .as_deref()
-            .unwrap_or_default()
-            .contains(&"pods".to_string())
-    }));
+    // Aggregation runs in the background (kube's clusterrole-aggregation controller).
+    let mut aggregated = false;
+    for _ in 0..100 {
+        let view = roles.get("view").await.unwrap();
+        aggregated = view.rules.unwrap_or_default().iter().any(|r| {
+            r.resources
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&"pods".to_string())
+        });
+        if aggregated {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(aggregated, "view never aggregated the pods rule");
     let widgets: ClusterRole = serde_json::from_value(json!({"metadata": {"name": "widget-viewer",
         "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
         "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}]}))

@@ -318,6 +318,15 @@ fn fixture(kind: &str) -> Option<Value> {
             json!({"metadata": {"name": "rb"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
                 "subjects": [{"kind": "User", "name": "u"}]})
         }
+        "CertificateSigningRequest" => {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+            use base64::Engine;
+            json!({"metadata": {"name": "csr"}, "spec": {
+                "request": base64::engine::general_purpose::STANDARD.encode(csr),
+                "signerName": "example.com/wire", "usages": ["client auth"]}})
+        }
         _ => return None,
     })
 }

@@ -74,6 +74,11 @@ const ROOTS: &[(&str, &str, &str)] = &[
     ("api.rbac.v1", "ClusterRole", "rbac.authorization.k8s.io/v1"),
     ("api.rbac.v1", "RoleBinding", "rbac.authorization.k8s.io/v1"),
     ("api.rbac.v1", "Role", "rbac.authorization.k8s.io/v1"),
+    (
+        "api.certificates.v1",
+        "CertificateSigningRequest",
+        "certificates.k8s.io/v1",
+    ),
     ("api.autoscaling.v1", "Scale", "autoscaling/v1"),
     // `serviceaccounts/token` and `kubectl auth whoami` post these.
     (
@@ -170,6 +175,11 @@ const SPECIAL: &[(&str, &str, &[ExpectedField])] = &[
     ),
     (
         "api.authorization.v1.ExtraValue",
+        "StringList",
+        &[(1, "items", "repeated string")],
+    ),
+    (
+        "api.certificates.v1.ExtraValue",
         "StringList",
         &[(1, "items", "repeated string")],
     ),

@@ -412,6 +412,7 @@ mod tests {
                 "coordination.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
+                "certificates.k8s.io",
                 "authentication.k8s.io",
                 "authorization.k8s.io"
             ]
@@ -552,6 +553,7 @@ mod tests {
         };
         group("rbac.authorization.k8s.io");
         let authn = group("authentication.k8s.io");
+        group("certificates.k8s.io");
         assert_eq!(
             authn["versions"][0]["resources"][0],
             json!({"resource": "selfsubjectreviews",

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::authn::{self, Authenticator, PeerIdentity};
+use super::certificates;
 use super::discovery::{self, AggregatedVersion};
 use super::nodeauthz::{self, NodeAuthorizer};
 use super::nodeproxy::{self, NodeClient};
@@ -160,20 +161,9 @@ impl Handler {
                     read_body(&parts.headers, body).await?
                 };
                 let content_type = header_str(&parts.headers, header::CONTENT_TYPE);
-                let write = escalation::Write {
-                    method: &parts.method,
-                    request: &r,
-                    content_type,
-                    body: &body,
-                };
-                escalation::check(&self.rbac, &self.registry, &user, &write).await?;
-                let node_write = noderestriction::Write {
-                    method: &parts.method,
-                    request: &r,
-                    content_type,
-                    body: &body,
-                };
-                noderestriction::admit(&self.registry, &user, &node_write).await?;
+                let (body, content_type) = self
+                    .admit(&user, &parts.method, &r, content_type, body)
+                    .await?;
                 let rbac_write = r.info.group == rbac::GROUP && !read_only;
                 let out = self
                     .resource(&parts.method, r, &query, accept, content_type, body)
@@ -234,6 +224,43 @@ impl Handler {
         }
     }
 
+    /// The admission checks that need the requester: RBAC escalation prevention, and the
+    /// certificates API's (which may rewrite a CSR body, then as JSON).
+    async fn admit<'a>(
+        &self,
+        user: &authn::UserInfo,
+        method: &Method,
+        r: &ResourceRequest,
+        content_type: Option<&'a str>,
+        body: Bytes,
+    ) -> ApiResult<(Bytes, Option<&'a str>)> {
+        let write = escalation::Write {
+            method,
+            request: r,
+            content_type,
+            body: &body,
+        };
+        escalation::check(&self.rbac, &self.registry, user, &write).await?;
+        noderestriction::admit(&self.registry, user, &write).await?;
+        if !certificates::is_csr(r) || method == Method::GET || method == Method::HEAD {
+            return Ok((body, content_type));
+        }
+        let admitted = certificates::admit(
+            &self.rbac,
+            &self.registry,
+            user,
+            method,
+            r,
+            content_type,
+            &body,
+        )
+        .await?;
+        Ok(match admitted {
+            Some(json) => (json, Some("application/json")),
+            None => (body, content_type),
+        })
+    }
+
     async fn resource(
         &self,
         method: &Method,
@@ -266,7 +293,7 @@ impl Handler {
                     self.list(info, ns, query, shape).await
                 }
             }
-            (Method::GET, Some(name), None | Some("status")) => {
+            (Method::GET, Some(name), None | Some("status") | Some("approval")) => {
                 let shape = request::negotiate(accept)?;
                 let obj = self.registry.get(info, ns, name).await?;
                 Ok(json_response(
@@ -299,7 +326,7 @@ impl Handler {
                 .await?;
                 Ok(json_response(StatusCode::CREATED, &out))
             }
-            (Method::PUT, Some(name), None | Some("status")) => {
+            (Method::PUT, Some(name), None | Some("status") | Some("approval")) => {
                 let obj = object::parse_body(content_type, &body)?;
                 let w = self
                     .registry
@@ -323,9 +350,11 @@ impl Handler {
                     .await?;
                 Ok(json_response(StatusCode::OK, &out))
             }
-            (Method::PATCH, Some(name), None | Some("status") | Some("scale")) => {
-                self.patch(&call, name).await
-            }
+            (
+                Method::PATCH,
+                Some(name),
+                None | Some("status") | Some("scale") | Some("approval"),
+            ) => self.patch(&call, name).await,
             (Method::DELETE, _, None) => self.delete(&call).await,
             _ => Err(not_allowed()),
         }

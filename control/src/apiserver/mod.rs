@@ -10,6 +10,8 @@
 
 pub mod admission;
 pub mod authn;
+pub mod certificates;
+pub mod csr_strategy;
 pub mod defaults;
 pub mod discovery;
 pub mod handlers;
@@ -115,9 +117,14 @@ pub struct ApiServer {
     pub url: String,
     pub ca_pem: String,
     pub admin_token: String,
-    /// A kubeconfig with the admin token, for in-process clients (the controllers); the file
-    /// at `kubeconfig_out` carries the `kubernetes-admin` client certificate instead.
+    /// A kubeconfig with the admin token, for tests and tools in-process; the file at
+    /// `kubeconfig_out` carries the `kubernetes-admin` client certificate instead. No
+    /// component uses it.
     pub kubeconfig: String,
+    /// In-memory kubeconfigs with client certificates for `system:kube-controller-manager`
+    /// and `system:kube-scheduler`.
+    pub controller_manager_kubeconfig: String,
+    pub scheduler_kubeconfig: String,
     stop: signal::Sender<bool>,
     /// Keeps the `kubernetes` endpoints; on stop it takes this server out of them.
     endpoints: tokio::task::JoinHandle<()>,
@@ -134,20 +141,7 @@ impl ApiServer {
         let advertise = config.advertise();
         let allocators = Allocators::new(store.clone(), config.service_cidr, config.node_ports);
         let service_ip = allocators.kubernetes_service_ip();
-        let mut sans: Vec<String> = vec![
-            "localhost".into(),
-            "127.0.0.1".into(),
-            "kubernetes".into(),
-            "kubernetes.default".into(),
-            "kubernetes.default.svc".into(),
-            "kubernetes.default.svc.cluster.local".into(),
-            service_ip.to_string(),
-            advertise.to_string(),
-        ];
-        if !config.bind_address.is_unspecified() {
-            sans.push(config.bind_address.to_string());
-        }
-        sans.extend(config.tls_sans.iter().cloned());
+        let sans = serving_names(&config, service_ip, advertise);
         let pki = Pki::load_or_create(&config.data_dir, &sans)?;
         let authn = authenticator(&config, &pki)?;
 
@@ -166,26 +160,7 @@ impl ApiServer {
         bootstrap(&registry, local_addr.port())
             .await
             .context("creating the system namespaces and the kubernetes service")?;
-        rbac::bootstrap::reconcile(&registry)
-            .await
-            .context("reconciling the default RBAC roles and bindings")?;
-        let authorizer = Arc::new(
-            rbac::Authorizer::load(store.clone())
-                .await
-                .context("loading the RBAC roles and bindings")?,
-        );
-        let node_authz = Arc::new(
-            nodeauthz::NodeAuthorizer::load(store.clone())
-                .await
-                .context("loading the node authorizer's graph of pods")?,
-        );
-        // The aggregated roles (admin, edit, view) are filled before the first request, not
-        // only once the watch behind `follow_rbac` has started.
-        rbac::aggregation::aggregate(&registry, &authorizer.cluster_roles().await).await;
-        authorizer
-            .resync()
-            .await
-            .context("loading the aggregated RBAC roles")?;
+        let (authorizer, node_authz) = authorizers(&registry, &store).await?;
         let master = MasterEndpoints {
             address: advertise,
             port: local_addr.port(),
@@ -206,6 +181,9 @@ impl ApiServer {
         pki.write_kubeconfig(&config.kubeconfig_out, &url)
             .with_context(|| format!("writing {}", config.kubeconfig_out.display()))?;
         let kubeconfig = pki.token_kubeconfig(&url);
+        let controller_manager_kubeconfig =
+            pki.component_kubeconfig(&url, pki::CONTROLLER_MANAGER_USER)?;
+        let scheduler_kubeconfig = pki.component_kubeconfig(&url, pki::SCHEDULER_USER)?;
 
         let (stop, stopped) = signal::channel(false);
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
@@ -234,6 +212,8 @@ impl ApiServer {
             ca_pem: pki.ca_pem.clone(),
             admin_token: pki.admin_token.clone(),
             kubeconfig,
+            controller_manager_kubeconfig,
+            scheduler_kubeconfig,
             stop,
             endpoints,
             serve,
@@ -271,6 +251,57 @@ impl ApiServer {
 
 /// The authenticator chain: the admin token and `--token-auth-file` users, and
 /// service-account tokens signed with the key in the data dir.
+/// The names the serving certificate carries: the `kubernetes` Service's names and ClusterIP,
+/// the advertised and bound addresses, and any `--tls-san`.
+fn serving_names(
+    config: &ApiConfig,
+    service_ip: std::net::Ipv4Addr,
+    advertise: IpAddr,
+) -> Vec<String> {
+    let mut sans: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+        service_ip.to_string(),
+        advertise.to_string(),
+    ];
+    if !config.bind_address.is_unspecified() {
+        sans.push(config.bind_address.to_string());
+    }
+    sans.extend(config.tls_sans.iter().cloned());
+    sans
+}
+
+/// The authorizer chain `Node,RBAC`, after reconciling the default and the controllers'
+/// policy; the aggregated roles (admin, edit, view) are filled before the first request, not
+/// only once the watch behind `follow_rbac` has started.
+async fn authorizers(
+    registry: &Registry,
+    store: &Arc<dyn Store>,
+) -> Result<(Arc<rbac::Authorizer>, Arc<nodeauthz::NodeAuthorizer>)> {
+    rbac::bootstrap::reconcile(registry)
+        .await
+        .context("reconciling the default RBAC roles and bindings")?;
+    rbac::controller_policy::reconcile(registry)
+        .await
+        .context("reconciling the controllers' RBAC roles and bindings")?;
+    let authorizer = rbac::Authorizer::load(store.clone())
+        .await
+        .context("loading the RBAC roles and bindings")?;
+    let node_authz = nodeauthz::NodeAuthorizer::load(store.clone())
+        .await
+        .context("loading the node authorizer's graph of pods")?;
+    rbac::aggregation::aggregate(registry, &authorizer.cluster_roles().await).await;
+    authorizer
+        .resync()
+        .await
+        .context("loading the aggregated RBAC roles")?;
+    Ok((Arc::new(authorizer), Arc::new(node_authz)))
+}
+
 fn authenticator(config: &ApiConfig, pki: &Pki) -> Result<Authenticator> {
     let mut tokens = StaticTokens::default();
     tokens.insert(pki.admin_token.clone(), authn::token::admin_user());

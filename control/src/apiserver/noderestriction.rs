@@ -51,13 +51,8 @@ impl Operation {
     }
 }
 
-/// One write as the plugin sees it.
-pub struct Write<'a> {
-    pub method: &'a Method,
-    pub request: &'a ResourceRequest,
-    pub content_type: Option<&'a str>,
-    pub body: &'a [u8],
-}
+/// One write as the admission checks see it (the escalation check takes the same).
+pub use super::rbac::escalation::Write;
 
 /// Admit `write` by `user`, or kube's 403 (`pods "x" is forbidden: node "n1" can only …`).
 pub async fn admit(registry: &Registry, user: &UserInfo, write: &Write<'_>) -> ApiResult<()> {

@@ -26,6 +26,9 @@ const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 const ADMIN_TOKEN: &str = "admin.token";
 
+/// The users of the in-process components' client certificates.
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
 /// The user and group of the admin kubeconfig's client certificate (kubeadm's `admin.conf`).
 pub const ADMIN_USER: &str = "kubernetes-admin";
 pub const MASTERS_GROUP: &str = "system:masters";
@@ -39,8 +42,8 @@ const BACKDATE: Duration = Duration::from_secs(5 * 60);
 pub struct Pki {
     pub ca: ClusterCa,
     pub ca_pem: String,
-    /// The bearer token of the in-process controllers and scheduler (user `admin` in
-    /// `system:masters`), kept in `admin.token` for the clients that read it.
+    /// A bearer token for user `admin` in `system:masters`, kept in `admin.token` for the
+    /// clients that read it (tests and tools; the components have identities of their own).
     pub admin_token: String,
     pub server_config: Arc<rustls::ServerConfig>,
     /// TLS for connections to node agents: presents the `kube-apiserver-kubelet-client`
@@ -139,57 +142,121 @@ impl ClusterCa {
 
     /// A client certificate for `user` in `groups` (CN and one O per group, as
     /// kube-apiserver's x509 authenticator reads them), valid for `validity` from now.
-    ///
-    /// Built with x509-cert rather than rcgen: rcgen keeps one value per subject attribute, so
-    /// a second group would replace the first.
     pub fn issue_client(
         &self,
         user: &str,
         groups: &[String],
         validity: Duration,
     ) -> Result<ClientCert> {
-        use p256::pkcs8::DecodePrivateKey;
         use rcgen::PublicKeyData;
-        use x509_cert::der::{Decode, EncodePem};
+        use x509_cert::der::Decode;
         if user.is_empty() {
             bail!("a client certificate needs a user name");
         }
-        let signer = p256::ecdsa::SigningKey::from_pkcs8_pem(&self.issuer.key().serialize_pem())
-            .context("the CA key is not an ECDSA P-256 key")?;
-        let ca =
-            x509_cert::Certificate::from_der(self.der()?.as_ref()).context("parsing ca.crt")?;
         let key = KeyPair::generate()?;
         let spki =
             x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(&key.subject_public_key_info())
                 .context("encoding the client public key")?;
+        let leaf = Leaf {
+            subject: client_subject(user, groups)?,
+            spki,
+            validity,
+            key_encipherment: true,
+            san: None,
+        };
+        Ok(ClientCert {
+            cert_pem: self.sign_leaf(leaf)?,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A client certificate for a PKCS#10 request (DER) whose proof of possession was checked:
+    /// its subject, key and subject alternative names, `validity` from now, the key usages
+    /// `usages` asks for (kube's csrsigning with the cluster CA). PEM.
+    pub fn sign_request(
+        &self,
+        csr_der: &[u8],
+        usages: &[String],
+        validity: Duration,
+    ) -> Result<String> {
+        use x509_cert::der::{Decode, Encode};
+        use x509_cert::ext::pkix::SubjectAltName;
+        use x509_cert::request::{CertReq, ExtensionReq};
+        let req = CertReq::from_der(csr_der).context("parsing the certificate request")?;
+        let mut san = None;
+        for attr in req.info.attributes.iter() {
+            if attr.oid != x509_cert::der::oid::db::rfc5912::ID_EXTENSION_REQ {
+                continue;
+            }
+            for value in attr.values.iter() {
+                let requested = ExtensionReq::from_der(&value.to_der()?)?;
+                for ext in requested.0 {
+                    if ext.extn_id == x509_cert::der::oid::db::rfc5280::ID_CE_SUBJECT_ALT_NAME {
+                        san = Some(SubjectAltName::from_der(ext.extn_value.as_bytes())?);
+                    }
+                }
+            }
+        }
+        let leaf = Leaf {
+            subject: req.info.subject,
+            spki: req.info.public_key,
+            validity,
+            key_encipherment: usages.iter().any(|u| u == "key encipherment"),
+            san,
+        };
+        self.sign_leaf(leaf)
+    }
+
+    /// Sign a client-auth leaf certificate with the CA key (ECDSA P-256).
+    ///
+    /// Built with x509-cert rather than rcgen: rcgen keeps one value per subject attribute, so
+    /// a second group would replace the first, and it cannot sign a foreign public key.
+    fn sign_leaf(&self, leaf: Leaf) -> Result<String> {
+        use p256::pkcs8::DecodePrivateKey;
+        use x509_cert::builder::Builder;
+        use x509_cert::der::{Decode, EncodePem};
+        let signer = p256::ecdsa::SigningKey::from_pkcs8_pem(&self.issuer.key().serialize_pem())
+            .context("the CA key is not an ECDSA P-256 key")?;
+        let ca =
+            x509_cert::Certificate::from_der(self.der()?.as_ref()).context("parsing ca.crt")?;
         let profile = x509_cert::builder::Profile::Leaf {
             issuer: ca.tbs_certificate.subject,
             enable_key_agreement: false,
-            enable_key_encipherment: true,
+            enable_key_encipherment: leaf.key_encipherment,
         };
         let mut builder = x509_cert::builder::CertificateBuilder::new(
             profile,
             random_serial()?,
-            client_validity(validity)?,
-            client_subject(user, groups)?,
-            spki,
+            client_validity(leaf.validity)?,
+            leaf.subject,
+            leaf.spki,
             &signer,
         )
         .context("building the client certificate")?;
-        use x509_cert::builder::Builder;
         builder
             .add_extension(&x509_cert::ext::pkix::ExtendedKeyUsage(vec![
                 x509_cert::der::oid::db::rfc5280::ID_KP_CLIENT_AUTH,
             ]))
             .context("adding the clientAuth usage")?;
+        if let Some(san) = &leaf.san {
+            builder
+                .add_extension(san)
+                .context("adding the subject alternative names")?;
+        }
         let cert = builder
             .build::<p256::ecdsa::DerSignature>()
             .context("signing the client certificate")?;
-        Ok(ClientCert {
-            cert_pem: cert.to_pem(x509_cert::der::pem::LineEnding::LF)?,
-            key_pem: key.serialize_pem(),
-        })
+        Ok(cert.to_pem(x509_cert::der::pem::LineEnding::LF)?)
     }
+}
+
+/// What a client certificate is made of.
+struct Leaf {
+    subject: x509_cert::name::Name,
+    spki: x509_cert::spki::SubjectPublicKeyInfoOwned,
+    validity: Duration,
+    key_encipherment: bool,
+    san: Option<x509_cert::ext::pkix::SubjectAltName>,
 }
 
 /// `O=<group>` for each group, then `CN=<user>`, as Go's crypto/x509 orders a subject.
@@ -323,7 +390,7 @@ impl Pki {
         })
     }
 
-    /// The in-process controllers' kubeconfig: the admin token.
+    /// A kubeconfig with the admin token (tests and tools; no component uses it).
     pub fn token_kubeconfig(&self, server: &str) -> String {
         kubeconfig(
             server,
@@ -331,6 +398,19 @@ impl Pki {
             "admin",
             Credential::Token(&self.admin_token),
         )
+    }
+
+    /// An in-memory kubeconfig with a fresh client certificate for a control-plane component
+    /// (`system:kube-controller-manager`, `system:kube-scheduler`: kubeadm's CNs, no groups).
+    /// Never written to disk: the components run in this process.
+    pub fn component_kubeconfig(&self, server: &str, user: &str) -> Result<String> {
+        let cert = self.ca.issue_client(user, &[], ADMIN_CERT_VALIDITY)?;
+        Ok(kubeconfig(
+            server,
+            &self.ca_pem,
+            user,
+            Credential::Certificate(&cert),
+        ))
     }
 
     /// The admin kubeconfig as kubeadm writes it: a fresh client certificate for

@@ -46,6 +46,10 @@ pub(crate) static ROOTS: &[(&str, &Message)] = &[
         &RBAC_V1_ROLE_BINDING,
     ),
     ("rbac.authorization.k8s.io/v1/Role", &RBAC_V1_ROLE),
+    (
+        "certificates.k8s.io/v1/CertificateSigningRequest",
+        &CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST,
+    ),
     ("autoscaling/v1/Scale", &AUTOSCALING_V1_SCALE),
     (
         "authentication.k8s.io/v1/TokenRequest",
@@ -108,6 +112,10 @@ pub(crate) static KINDS: &[(&str, &Message)] = &[
         &RBAC_V1_ROLE_BINDING,
     ),
     ("rbac.authorization.k8s.io/v1/Role", &RBAC_V1_ROLE),
+    (
+        "certificates.k8s.io/v1/CertificateSigningRequest",
+        &CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST,
+    ),
     ("autoscaling/v1/Scale", &AUTOSCALING_V1_SCALE),
     (
         "authentication.k8s.io/v1/TokenRequest",
@@ -867,6 +875,68 @@ pub(crate) static BATCH_V1_UNCOUNTED_TERMINATED_PODS: Message = Message {
     fields: &[
         F::new(1, "succeeded", Repeated, Str),
         F::new(2, "failed", Repeated, Str),
+    ],
+    required: &[],
+};
+
+pub(crate) static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST: Message = Message {
+    name: "api.certificates.v1.CertificateSigningRequest",
+    fields: &[
+        F::new(1, "metadata", One, Msg(&META_V1_OBJECT_META)),
+        F::new(
+            2,
+            "spec",
+            One,
+            Msg(&CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_SPEC),
+        ),
+        F::new(
+            3,
+            "status",
+            One,
+            Msg(&CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_STATUS),
+        ),
+    ],
+    required: &["metadata", "spec"],
+};
+
+pub(crate) static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_CONDITION: Message = Message {
+    name: "api.certificates.v1.CertificateSigningRequestCondition",
+    fields: &[
+        F::new(1, "type", One, Str),
+        F::new(6, "status", One, Str),
+        F::new(2, "reason", One, Str),
+        F::new(3, "message", One, Str),
+        F::new(4, "lastUpdateTime", One, Time),
+        F::new(5, "lastTransitionTime", One, Time),
+    ],
+    required: &["type", "status"],
+};
+
+pub(crate) static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_SPEC: Message = Message {
+    name: "api.certificates.v1.CertificateSigningRequestSpec",
+    fields: &[
+        F::new(1, "request", One, Bytes),
+        F::new(7, "signerName", One, Str),
+        F::new(8, "expirationSeconds", One, I32),
+        F::new(5, "usages", Repeated, Str),
+        F::new(2, "username", One, Str),
+        F::new(3, "uid", One, Str),
+        F::new(4, "groups", Repeated, Str),
+        F::new(6, "extra", Map(Str), StringList),
+    ],
+    required: &["request", "signerName"],
+};
+
+pub(crate) static CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_STATUS: Message = Message {
+    name: "api.certificates.v1.CertificateSigningRequestStatus",
+    fields: &[
+        F::new(
+            1,
+            "conditions",
+            Repeated,
+            Msg(&CERTIFICATES_V1_CERTIFICATE_SIGNING_REQUEST_CONDITION),
+        ),
+        F::new(2, "certificate", One, Bytes),
     ],
     required: &[],
 };

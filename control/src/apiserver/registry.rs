@@ -18,7 +18,7 @@ use super::patch::{self, PatchType};
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldCause};
-use super::{defaults, validation};
+use super::{csr_strategy, defaults, validation};
 
 /// Namespaces that always exist and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] =
@@ -518,7 +518,9 @@ impl Registry {
         keep_server_owned_metadata(cur, &mut new);
         // The main resource does not write status, and the status subresource writes only
         // status (kube's status strategies).
-        if info.has_status() {
+        if info.plural == "certificatesigningrequests" {
+            new = csr_strategy::update_rules(subresource, cur, new);
+        } else if info.has_status() {
             new = status_rules(subresource, cur, new);
         }
         no_new_finalizers_while_deleting(info, name, cur, &new)?;

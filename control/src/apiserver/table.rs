@@ -466,6 +466,31 @@ const CLUSTERROLEBINDING_COLS: &[Col] = &[
     ),
 ];
 
+const CSR_COLS: &[Col] = &[
+    name_col(),
+    age_col(),
+    c(
+        "SignerName",
+        "string",
+        "signerName indicates the requested signer, and is a qualified name.",
+    ),
+    c(
+        "Requestor",
+        "string",
+        "request contains an x509 certificate signing request encoded in a \"CERTIFICATE REQUEST\" PEM block. When serialized as JSON or YAML, the data is additionally base64-encoded.",
+    ),
+    c(
+        "RequestedDuration",
+        "string",
+        "expirationSeconds is the requested duration of validity of the issued certificate. The certificate signer may issue a certificate with a different validity duration so a client must check the delta between the notBefore and and notAfter fields in the issued certificate to determine the actual duration.",
+    ),
+    c(
+        "Condition",
+        "string",
+        "conditions applied to the request. Known conditions are \"Approved\", \"Denied\", and \"Failed\".",
+    ),
+];
+
 /// kube-apiserver's `DefaultTableConvertor` (k8s.io/apiserver/pkg/registry/rest/table.go), used
 /// for every resource without a printer: `kubectl get clusterroles` shows NAME / CREATED AT.
 const DEFAULT_COLS: &[Col] = &[name_col(), c("Created At", "date", D_AGE)];
@@ -489,6 +514,7 @@ fn cols_for(plural: &str) -> &'static [Col] {
         "endpointslices" => ENDPOINTSLICE_COLS,
         "rolebindings" => ROLEBINDING_COLS,
         "clusterrolebindings" => CLUSTERROLEBINDING_COLS,
+        "certificatesigningrequests" => CSR_COLS,
         _ => DEFAULT_COLS,
     }
 }
@@ -556,6 +582,7 @@ pub fn row_cells(plural: &str, obj: &Value, now: Timestamp) -> Vec<Value> {
         ],
         "endpointslices" => endpointslice_cells(obj, now),
         "rolebindings" | "clusterrolebindings" => role_binding_cells(obj, now),
+        "certificatesigningrequests" => csr_cells(obj, now),
         _ => vec![name(obj), json!(created_at_rfc3339(obj))],
     }
 }
@@ -585,6 +612,41 @@ fn role_binding_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
         json!(users.join(", ")),
         json!(groups.join(", ")),
         json!(sas.join(", ")),
+    ]
+}
+
+/// kube's printCertificateSigningRequest: the signer, the requester, the requested duration
+/// and the verdict (Denied before Approved before Pending, then `,Failed`, `,Issued`).
+fn csr_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
+    let duration = opt_int_at(obj, &["spec", "expirationSeconds"])
+        .map(|s| human_duration(SignedDuration::from_secs(s)))
+        .unwrap_or_else(|| "<none>".into());
+    let has = |ty: &str| {
+        arr_at(obj, &["status", "conditions"])
+            .iter()
+            .any(|c| str_at(c, &["type"]) == ty)
+    };
+    let mut condition = if has("Denied") {
+        "Denied"
+    } else if has("Approved") {
+        "Approved"
+    } else {
+        "Pending"
+    }
+    .to_string();
+    if has("Failed") {
+        condition.push_str(",Failed");
+    }
+    if !str_at(obj, &["status", "certificate"]).is_empty() {
+        condition.push_str(",Issued");
+    }
+    vec![
+        name(obj),
+        age(obj, now),
+        json!(or_default(str_at(obj, &["spec", "signerName"]), "<none>")),
+        json!(str_at(obj, &["spec", "username"])),
+        json!(duration),
+        json!(condition),
     ]
 }
 

@@ -10,6 +10,7 @@
 //! body, `metadata.uid` / `creationTimestamp` / `resourceVersion` handling, ClusterIP
 //! allocation.
 
+pub mod certificates;
 pub mod rbac;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
         "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
             rbac::validate(info.plural, obj, old, &mut out)
         }
+        "certificatesigningrequests" => certificates::validate(obj, old, &mut out),
         _ => {}
     }
     out

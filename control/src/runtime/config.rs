@@ -3,6 +3,7 @@
 //! picks the components to start from it.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use skiff_common::cidr::Ipv4Cidr;
@@ -22,6 +23,7 @@ pub const COMPONENTS: &[&str] = &[
     "endpoints",
     "endpointslice",
     "garbagecollector",
+    "csrsigning",
 ];
 
 /// Which components run: `*` for all, `name` to add one, `-name` to drop one
@@ -83,6 +85,11 @@ pub struct ControllerConfig {
     /// The cluster CA (PEM) published in every namespace (kube's `--root-ca-file`); empty
     /// publishes nothing.
     pub root_ca: String,
+    /// Where the cluster CA (`ca.crt`, `ca.key`) the CSR signers sign with lives (kube's
+    /// `--cluster-signing-cert-file`/`--cluster-signing-key-file`); no signing without it.
+    pub cluster_signing_dir: Option<PathBuf>,
+    /// The longest certificate the signers issue (kube's `--cluster-signing-duration`).
+    pub cluster_signing_duration: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -95,6 +102,8 @@ impl Default for ControllerConfig {
             pod_eviction_timeout: Duration::from_secs(300),
             resync_period: Duration::from_secs(300),
             root_ca: String::new(),
+            cluster_signing_dir: None,
+            cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

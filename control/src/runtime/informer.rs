@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -77,7 +78,7 @@ where
             .expect("subscribe to informers before they start")
     }
 
-    fn start(&self, tasks: &mut JoinSet<()>) {
+    pub fn start(&self, tasks: &mut JoinSet<()>) {
         let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
@@ -119,6 +120,7 @@ pub struct Informers {
     pub jobs: Informer<Job>,
     pub leases: Informer<Lease>,
     pub config_maps: Informer<ConfigMap>,
+    pub certificate_signing_requests: Informer<CertificateSigningRequest>,
 }
 
 impl Informers {
@@ -137,6 +139,7 @@ impl Informers {
             // Node heartbeats live in kube-node-lease.
             leases: Informer::new(Api::namespaced(client.clone(), "kube-node-lease")),
             config_maps: Informer::new(Api::all(client.clone())),
+            certificate_signing_requests: Informer::new(Api::all(client.clone())),
         }
     }
 
@@ -154,6 +157,7 @@ impl Informers {
         self.jobs.start(tasks);
         self.leases.start(tasks);
         self.config_maps.start(tasks);
+        self.certificate_signing_requests.start(tasks);
     }
 }
 

@@ -12,10 +12,13 @@
 //! - [`now`] and [`merge_status`], which every controller uses the same way.
 
 pub mod config;
+pub mod credentials;
 pub use skiff_common::events;
 pub mod informer;
 pub mod leader;
 pub mod queue;
+
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Client;
@@ -30,8 +33,10 @@ pub use self::queue::{Backoff, Error, Result, done, drive, key_of};
 
 /// What every reconcile function gets.
 pub struct Context {
+    /// The controller's own client (its ServiceAccount's token; the scheduler's identity).
     pub client: Client,
-    pub informers: Informers,
+    /// Shared by every controller; they watch as the controller manager.
+    pub informers: Arc<Informers>,
     pub config: ControllerConfig,
     /// Events, as `kube-controller-manager` (the scheduler has its own recorder).
     pub recorder: EventRecorder,
@@ -39,11 +44,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context whose informers have not started yet (controllers subscribe first).
-    pub fn new(client: Client, config: ControllerConfig) -> Context {
+    /// A context for a controller that calls the API with `client` and reads `informers`
+    /// (which have not started yet: controllers subscribe first).
+    pub fn new(client: Client, informers: Arc<Informers>, config: ControllerConfig) -> Context {
         Context {
             recorder: EventRecorder::new(client.clone(), "kube-controller-manager"),
-            informers: Informers::new(&client),
+            informers,
             backoff: Backoff::default(),
             client,
             config,

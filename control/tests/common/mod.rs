@@ -56,10 +56,14 @@ impl TestCluster {
 
     /// Like [`TestCluster::start_with`], with the API server's settings adjusted by `api`.
     pub async fn start_with_api(
-        config: ControllerConfig,
+        mut config: ControllerConfig,
         api: impl FnOnce(&mut ApiConfig),
     ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
+        // The CSR signers sign with the CA the API server keeps in its data dir.
+        config
+            .cluster_signing_dir
+            .get_or_insert_with(|| dir.path().to_path_buf());
         let store: Arc<dyn Store> =
             Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
         let mut api_config = ApiConfig::new(dir.path().to_path_buf());
@@ -71,8 +75,14 @@ impl TestCluster {
         if config.root_ca.is_empty() {
             config.root_ca = server.ca_pem.clone();
         }
-        let controllers = (!config.enabled.is_empty())
-            .then(|| tokio::spawn(manager::run(client.clone(), config)));
+        let identities = manager::Identities::from_kubeconfigs(
+            &server.controller_manager_kubeconfig,
+            &server.scheduler_kubeconfig,
+        )
+        .await
+        .unwrap();
+        let controllers =
+            (!config.enabled.is_empty()).then(|| tokio::spawn(manager::run(identities, config)));
         TestCluster {
             client,
             server: Some(server),

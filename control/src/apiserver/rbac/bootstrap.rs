@@ -35,7 +35,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 /// A resource rule (kube's `rbacv1helpers.NewRule(verbs...).Groups(...).Resources(...)`).
-fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
+pub(super) fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     PolicyRule {
         verbs: strings(verbs),
         api_groups: Some(strings(groups)),
@@ -44,7 +44,12 @@ fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     }
 }
 
-fn named(verbs: &[&str], groups: &[&str], resources: &[&str], names: &[&str]) -> PolicyRule {
+pub(super) fn named(
+    verbs: &[&str],
+    groups: &[&str],
+    resources: &[&str],
+    names: &[&str],
+) -> PolicyRule {
     PolicyRule {
         resource_names: Some(strings(names)),
         ..rule(verbs, groups, resources)
@@ -59,7 +64,7 @@ fn urls(verbs: &[&str], urls: &[&str]) -> PolicyRule {
     }
 }
 
-fn events_rule() -> PolicyRule {
+pub(super) fn events_rule() -> PolicyRule {
     rule(EVENT_WRITE, &["", "events.k8s.io"], &["events"])
 }
 
@@ -500,7 +505,7 @@ pub fn cluster_roles() -> Vec<Value> {
 
 /// A bootstrap object's envelope: the bootstrapping label, `aggregate-to-<into>` labels and
 /// the autoupdate annotation.
-fn metadata(kind: &str, name: &str, aggregate_into: &[&str]) -> Value {
+pub(super) fn metadata(kind: &str, name: &str, aggregate_into: &[&str]) -> Value {
     let mut labels = json!({BOOTSTRAPPING: "rbac-defaults"});
     for target in aggregate_into {
         labels[format!("rbac.authorization.k8s.io/aggregate-to-{target}")] = json!("true");
@@ -676,10 +681,19 @@ async fn ensure(registry: &Registry, plural: &str, expected: Value) -> ApiResult
 
 /// Create what is missing of the default policy and reconcile the rest.
 pub async fn reconcile(registry: &Registry) -> ApiResult<()> {
-    for role in cluster_roles() {
+    ensure_all(registry, cluster_roles(), cluster_role_bindings()).await
+}
+
+/// Create or reconcile each of `roles` (ClusterRoles) and `bindings` (ClusterRoleBindings).
+pub async fn ensure_all(
+    registry: &Registry,
+    roles: Vec<Value>,
+    bindings: Vec<Value>,
+) -> ApiResult<()> {
+    for role in roles {
         ensure(registry, "clusterroles", role).await?;
     }
-    for binding in cluster_role_bindings() {
+    for binding in bindings {
         ensure(registry, "clusterrolebindings", binding).await?;
     }
     Ok(())

@@ -18,7 +18,8 @@ use crate::apiserver::registry::Registry;
 use crate::apiserver::request::ResourceRequest;
 use crate::apiserver::status::{ApiError, ApiResult};
 
-/// A write to an RBAC object, as the escalation check needs it.
+/// A write as the admission checks (escalation, NodeRestriction) see it: the request and its
+/// raw body, before the registry decodes it.
 pub struct Write<'a> {
     pub method: &'a Method,
     pub request: &'a ResourceRequest,
