@@ -43,6 +43,13 @@ async fn fixture() -> Fixture {
     for ns in ["app", NODE_LEASE_NAMESPACE] {
         create("namespaces", None, json!({"metadata": {"name": ns}})).await;
     }
+    // The pods below run as `default`, which ServiceAccount admission wants to exist.
+    create(
+        "serviceaccounts",
+        Some("app"),
+        json!({"metadata": {"name": "default"}}),
+    )
+    .await;
     let n1 = create(
         "nodes",
         None,
