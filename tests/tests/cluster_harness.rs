@@ -179,8 +179,8 @@ fn test_image_archive_is_valid() -> Result<()> {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("hi"));
         let count: usize = lines.next().unwrap_or("0").trim().parse()?;
-        // busybox, its applets and skiff-udp-echo.
-        assert_eq!(count, applets.len() + 2);
+        // busybox, its applets, skiff-udp-echo and skiff-https-get.
+        assert_eq!(count, applets.len() + 3);
         // skiff-udp-echo runs in the busybox-only root (static) and answers itself.
         let mut server = Command::new("chroot")
             .arg(&rootfs)
