@@ -319,6 +319,7 @@ fn authenticator(config: &ApiConfig, pki: &Pki) -> Result<Authenticator> {
     Ok(Authenticator {
         tokens,
         service_accounts,
+        cache: authn::cache::TokenCache::default(),
     })
 }
 

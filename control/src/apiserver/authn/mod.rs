@@ -14,6 +14,7 @@
 //! policy lets `system:unauthenticated` read `/version` and the health endpoints only.
 
 pub mod bootstrap;
+pub mod cache;
 pub mod impersonation;
 pub mod review;
 pub mod serviceaccount;
@@ -86,6 +87,8 @@ impl PeerIdentity {
 pub struct Authenticator {
     pub tokens: StaticTokens,
     pub service_accounts: ServiceAccountTokens,
+    /// Recent successes of the service-account and bootstrap authenticators.
+    pub cache: cache::TokenCache,
 }
 
 impl Authenticator {
@@ -111,14 +114,22 @@ impl Authenticator {
     }
 
     /// The user a bearer token stands for, trying each token authenticator in kube's order.
+    /// Static tokens are a map lookup already; the others go through the [`cache`].
     pub async fn authenticate_token(&self, registry: &Registry, token: &str) -> Option<UserInfo> {
         if let Some(user) = self.tokens.authenticate(token) {
             return Some(user.clone());
         }
-        if serviceaccount::looks_like_jwt(token) {
-            return self.service_accounts.authenticate(registry, token).await;
+        let now = std::time::Instant::now();
+        if let Some(user) = self.cache.get(token, now) {
+            return Some(user);
         }
-        bootstrap::authenticate(registry, token).await
+        let user = if serviceaccount::looks_like_jwt(token) {
+            self.service_accounts.authenticate(registry, token).await
+        } else {
+            bootstrap::authenticate(registry, token).await
+        }?;
+        self.cache.put(token, &user, now);
+        Some(user)
     }
 }
 
@@ -200,6 +211,7 @@ mod tests {
         let authn = Authenticator {
             tokens,
             service_accounts,
+            cache: cache::TokenCache::default(),
         };
         let who = |h: HeaderMap, peer: Option<PeerIdentity>| {
             let (authn, registry) = (&authn, &registry);
