@@ -66,24 +66,13 @@ impl Projector<'_> {
         optional: Option<bool>,
         default_mode: i32,
     ) -> Result<Payload> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace());
-        let Some(obj) = api.get_opt(name).await? else {
-            if optional == Some(true) {
-                return Ok(Payload::new());
-            }
-            bail!("configmap \"{name}\" not found");
+        let Some(obj) = self.fetch::<ConfigMap>("configmap", name, optional).await? else {
+            return Ok(Payload::new());
         };
-        let mut files: BTreeMap<String, Vec<u8>> = obj
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        files.extend(
+        let files = keyed_files(
+            obj.data,
             obj.binary_data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0)),
+                .map(|b| b.into_iter().map(|(k, v)| (k, v.0)).collect()),
         );
         select("configmap", files, items, optional, default_mode)
     }
@@ -96,26 +85,33 @@ impl Projector<'_> {
         optional: Option<bool>,
         default_mode: i32,
     ) -> Result<Payload> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace());
-        let Some(obj) = api.get_opt(name).await? else {
-            if optional == Some(true) {
-                return Ok(Payload::new());
-            }
-            bail!("secret \"{name}\" not found");
+        let Some(obj) = self.fetch::<Secret>("secret", name, optional).await? else {
+            return Ok(Payload::new());
         };
-        let mut files: BTreeMap<String, Vec<u8>> = obj
-            .string_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        files.extend(
+        let files = keyed_files(
+            obj.string_data,
             obj.data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0)),
+                .map(|b| b.into_iter().map(|(k, v)| (k, v.0)).collect()),
         );
         select("secret", files, items, optional, default_mode)
+    }
+
+    /// Object `name` of the pod's namespace; `None` when it is missing and `optional`, an
+    /// error (`<kind> "name" not found`) when it is missing and required.
+    async fn fetch<K>(&self, kind: &str, name: &str, optional: Option<bool>) -> Result<Option<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace());
+        match api.get_opt(name).await? {
+            Some(obj) => Ok(Some(obj)),
+            None if optional == Some(true) => Ok(None),
+            None => bail!("{kind} \"{name}\" not found"),
+        }
     }
 
     /// Downward API files: the fields of the pod's metadata and spec the kubelet offers.
@@ -196,6 +192,21 @@ impl Projector<'_> {
 
 /// The files of `data` as `items` picks them (all keys when there are none). A picked key
 /// that is missing fails the volume unless the source is optional (as the kubelet does).
+/// The files of a ConfigMap (`data`, `binaryData`) or Secret (`stringData`, `data`): the
+/// string keys, then the byte keys.
+fn keyed_files(
+    strings: Option<BTreeMap<String, String>>,
+    bytes: Option<BTreeMap<String, Vec<u8>>>,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut files: BTreeMap<String, Vec<u8>> = strings
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    files.extend(bytes.unwrap_or_default());
+    files
+}
+
 fn select(
     what: &str,
     data: BTreeMap<String, Vec<u8>>,
