@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 
 use crate::config::AgentConfig;
+use crate::credentials::CredentialOptions;
 use crate::image::ImageStore;
 use crate::network::ipam::Ipam;
 use crate::network::netlink::NetlinkNetwork;
@@ -23,37 +23,10 @@ use crate::runtime::cgroup::CgroupLayout;
 use crate::runtime::edge::linux::{self, LinuxEdge};
 use skiff_common::events::EventRecorder;
 
-/// A client from a kubeconfig file, and the cluster CA (PEM) it trusts.
-pub async fn client_from_kubeconfig(path: &Path) -> Result<(Client, String)> {
-    let kc = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let ca = kc
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| {
-            c.certificate_authority_data
-                .as_ref()
-                .and_then(|d| {
-                    use base64::Engine;
-                    base64::engine::general_purpose::STANDARD.decode(d).ok()
-                })
-                .map(|b| String::from_utf8_lossy(&b).to_string())
-                .or_else(|| {
-                    c.certificate_authority
-                        .as_ref()
-                        .and_then(|p| std::fs::read_to_string(p).ok())
-                })
-        })
-        .context("the kubeconfig names no cluster CA (certificate-authority-data)")?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .context("loading the kubeconfig")?;
-    Ok((Client::try_from(config)?, ca))
-}
-
-pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
-    let (client, ca_pem) = client_from_kubeconfig(kubeconfig).await?;
+pub async fn run(cfg: AgentConfig, credentials: &CredentialOptions) -> Result<()> {
+    let mut creds = crate::credentials::load(credentials).await?;
+    let (client, ca_pem) = (creds.client.clone(), creds.ca_pem.clone());
+    let rotation = creds.rotation();
     std::fs::create_dir_all(&cfg.root_dir)?;
     crate::node::register(&client, &cfg).await?;
     let runtime = Runtime::new(&cfg.root_dir)?;
@@ -95,7 +68,14 @@ pub async fn run(cfg: AgentConfig, kubeconfig: &Path) -> Result<()> {
         rx
     });
     tracing::info!(node = %cfg.node_name, "node agent running");
-    PodManager::new(agent, static_rx).run().await
+    let pods = PodManager::new(agent, static_rx).run();
+    match rotation {
+        Some(rotation) => tokio::select! {
+            r = pods => r,
+            r = rotation => r,
+        },
+        None => pods.await,
+    }
 }
 
 fn detect_cgroups(cfg: &AgentConfig) -> Result<CgroupLayout> {

@@ -18,6 +18,9 @@
 //!
 //! - [`agent`]: `run` and `cleanup`, the wiring described above;
 //! - [`config`]: [`config::AgentConfig`], the settings from `skiff-agent run`'s flags;
+//! - [`credentials`]: the client the agent talks to the API with: a kubeconfig as given, or
+//!   the kubelet's TLS bootstrap from `--bootstrap-kubeconfig` to a node client certificate,
+//!   renewed before it expires;
 //! - [`node`]: the Node object: registration (addresses, capacity, daemon endpoint), the
 //!   heartbeat (a Lease plus the Ready condition), and routes to the other nodes' podCIDRs;
 //! - [`pods`]: the pods bound to this node: the manager that watches them and one worker per
@@ -74,6 +77,7 @@
 pub mod agent;
 pub mod bpf_cli;
 pub mod config;
+pub mod credentials;
 pub mod image;
 pub mod logs;
 pub mod network;

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use skiff_agent::config::AgentConfig;
+use skiff_agent::credentials::CredentialOptions;
 use skiff_agent::image::ImageStore;
 use skiff_agent::network::Ipv4Net;
 use skiff_agent::proxy::ProxyMode;
@@ -134,9 +135,21 @@ const DEFAULT_BPFFS: &str = "/sys/fs/bpf/skiff";
 #[derive(Args)]
 struct RunArgs {
     /// Kubeconfig for the apiserver (its cluster CA also authenticates the apiserver's
-    /// log requests to this agent).
+    /// log requests to this agent). With --bootstrap-kubeconfig, the agent writes it: the
+    /// cluster of the bootstrap kubeconfig and the node's client certificate.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Kubeconfig with a bootstrap token, used to request the node's client certificate when
+    /// --cert-dir holds no valid one (the kubelet's TLS bootstrap).
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the node's client certificates are kept; default: <root-dir>/pki.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// Renew the node's client certificate (at 70-90 % of its lifetime) when it came from
+    /// the bootstrap; `--rotate-certificates=false` to keep it until it expires.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    rotate_certificates: bool,
     /// The Node name to register; default: the hostname.
     #[arg(long)]
     node_name: Option<String>,
@@ -302,9 +315,9 @@ fn tokio_main(cmd: Command) -> Result<()> {
 
 /// `skiff-agent run`: until the agent fails, SIGTERM or Ctrl-C.
 async fn run_agent(a: RunArgs) -> Result<()> {
-    let kubeconfig = a.kubeconfig.clone();
+    let credentials = credential_options(&a);
     let cfg = agent_config(a)?;
-    let run = skiff_agent::agent::run(cfg, &kubeconfig);
+    let run = skiff_agent::agent::run(cfg, &credentials);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = run => r,
@@ -317,10 +330,22 @@ async fn run_agent(a: RunArgs) -> Result<()> {
     }
 }
 
+fn credential_options(a: &RunArgs) -> CredentialOptions {
+    CredentialOptions {
+        kubeconfig: a.kubeconfig.clone(),
+        bootstrap_kubeconfig: a.bootstrap_kubeconfig.clone(),
+        cert_dir: a.cert_dir.clone().unwrap_or_else(|| a.root_dir.join("pki")),
+        node_name: a.node_name.clone().unwrap_or_else(hostname),
+        rotate_certificates: a.rotate_certificates,
+        request_timeout: Duration::from_secs(15 * 60),
+    }
+}
+
 fn agent_config(a: RunArgs) -> Result<AgentConfig> {
     let node_ip = match a.node_ip {
         Some(ip) => ip,
-        None => local_ip_toward(&a.kubeconfig)?,
+        // Before its first start a bootstrapping node has only the bootstrap kubeconfig.
+        None => local_ip_toward(a.bootstrap_kubeconfig.as_ref().unwrap_or(&a.kubeconfig))?,
     };
     Ok(AgentConfig {
         node_name: a.node_name.unwrap_or_else(hostname),

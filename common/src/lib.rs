@@ -1,6 +1,7 @@
 //! Pieces shared by skiff's control plane (`skiff-control`) and node agent (`skiff-agent`):
 //! where both must behave the same, the code lives here once.
 //!
+//! - [`bootstrap_token`]: kubeadm's bootstrap tokens and their Secret (node joins);
 //! - [`cidr`]: [`cidr::Ipv4Cidr`], the Service ClusterIP range and the cluster pod network
 //!   (the apiserver's allocator and the node IPAM controller);
 //! - [`duration`]: durations in flags, Go's `time.ParseDuration` syntax or bare seconds
@@ -21,6 +22,7 @@
 //!   agent's log server;
 //! - [`privileged`]: for tests that need root, network namespaces, cgroups or BPF: skip with a
 //!   reason on a developer's machine, fail under `SKIFF_REQUIRE_PRIVILEGED=1` (CI).
+pub mod bootstrap_token;
 pub mod cidr;
 pub mod duration;
 pub mod events;

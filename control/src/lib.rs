@@ -33,6 +33,7 @@
 //! - [`scheduler`]: kube-scheduler's default profile: the scheduling queue, filter and score
 //!   plugins, a node cache that counts assumed pods, binding through `pods/binding`; on
 //!   [`runtime`] too, and independent of the controllers;
+//! - [`token`]: `skiff-control token create`, bootstrap tokens for joining nodes;
 //! - [`manager`]: starts the components `--controllers` enables (controllers and scheduler)
 //!   and the shared informers.
 //!
@@ -83,3 +84,4 @@ pub mod manager;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
+pub mod token;

@@ -116,6 +116,33 @@ enum Command {
     /// Issue a kubeconfig with a client certificate for a user (CN) in groups (O), signed by
     /// the cluster CA in --data-dir, and print it (or write it to --out, mode 0600).
     Kubeconfig(KubeconfigArgs),
+    /// Bootstrap tokens for joining nodes (kubeadm's `token`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a bootstrap token (its Secret in kube-system) and print it.
+    Create(TokenCreateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenCreateArgs {
+    /// An administrator's kubeconfig; default: <data-dir>/admin.kubeconfig.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "/var/lib/skiff/control")]
+    data_dir: PathBuf,
+    /// How long the token is valid (`24h`, `30m`); 0 for ever.
+    #[arg(long, default_value = "24h", value_parser = seconds_or_duration)]
+    ttl: Duration,
+    /// A human-readable note of what the token is for.
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Extra groups the token authenticates as (besides system:bootstrappers).
+    #[arg(long, value_delimiter = ',', default_value = skiff_common::bootstrap_token::DEFAULT_NODE_TOKEN_GROUP)]
+    groups: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -142,8 +169,10 @@ struct KubeconfigArgs {
 
 fn main() -> Result<()> {
     let flags = Flags::parse();
-    if let Some(Command::Kubeconfig(args)) = &flags.command {
-        return issue_kubeconfig(args);
+    match &flags.command {
+        Some(Command::Kubeconfig(args)) => return issue_kubeconfig(args),
+        Some(Command::Token(TokenCommand::Create(args))) => return create_token(args),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -271,6 +300,25 @@ fn issue_kubeconfig(args: &KubeconfigArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `skiff-control token create`: print a new bootstrap token.
+fn create_token(args: &TokenCreateArgs) -> Result<()> {
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
+    let request = skiff_control::token::TokenRequest {
+        ttl: (!args.ttl.is_zero()).then_some(args.ttl),
+        description: &args.description,
+        groups: &args.groups,
+    };
+    let token = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(skiff_control::token::create(&kubeconfig, &request))?;
+    println!("{}", token.token());
+    Ok(())
 }
 
 /// The server of the first cluster in a kubeconfig file, if it has one.

@@ -48,11 +48,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::{Kubectl, free_ports, target_dir, test_image, wait_for};
+use skiff_common::bootstrap_token::{self, BootstrapToken};
 
 /// Pod network of every test cluster (`--cluster-cidr` of agents and control plane).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The port each agent serves on its node IP.
 pub const AGENT_PORT: u16 = 10250;
+/// The kubeconfig a node's agent writes in its root dir once it holds a node certificate.
+pub const NODE_KUBECONFIG: &str = "kubelet.kubeconfig";
 /// Second octet of the underlay `10.<k>.0.0/24` of each cluster (clear of the default service
 /// range 10.96.0.0/12 and the pod network 10.244.0.0/16).
 const INDEX_RANGE: std::ops::RangeInclusive<u8> = 150..=243;
@@ -193,8 +196,9 @@ pub struct ClusterState {
     pub store: Store,
     /// Admin kubeconfig pointing at `api_url`.
     pub kubeconfig: PathBuf,
-    /// The kubeconfig agents use.
-    pub agent_kubeconfig: PathBuf,
+    /// The agents' bootstrap kubeconfig: a bootstrap token, good only for asking for a node
+    /// certificate (each agent then writes `<root_dir>/kubelet.kubeconfig` with its own).
+    pub bootstrap_kubeconfig: PathBuf,
     /// `<cgroup2>/skiff/<name>`: every node cgroup is under it.
     pub cgroup: Option<PathBuf>,
     pub control: Option<ProcRecord>,
@@ -370,6 +374,11 @@ impl Cluster {
 
     pub fn node_ip(&self, node: &str) -> String {
         self.node(node).ip.clone()
+    }
+
+    /// The kubeconfig `node`'s agent wrote after its TLS bootstrap (its own identity).
+    pub fn node_kubeconfig(&self, node: &str) -> PathBuf {
+        self.node(node).root_dir.join(NODE_KUBECONFIG)
     }
 
     /// Run `cmd` in `node`'s network namespace and cgroup; its output whatever its status.
@@ -1016,9 +1025,32 @@ impl Cluster {
         }
         self.control = Some(child);
         let s = &self.state;
-        rewrite_kubeconfig(&generated, &s.kubeconfig, &s.api_url)?;
-        rewrite_kubeconfig(&generated, &s.agent_kubeconfig, &s.api_url)?;
-        Ok(())
+        rewrite_kubeconfig(&generated, &s.kubeconfig, &s.api_url, None)?;
+        let token = self.create_bootstrap_token()?;
+        let s = &self.state;
+        rewrite_kubeconfig(
+            &generated,
+            &s.bootstrap_kubeconfig,
+            &s.api_url,
+            Some(&token.token()),
+        )
+    }
+
+    /// A bootstrap token for this cluster's nodes (its Secret created with the admin
+    /// credential, retried while the control plane is still creating `kube-system`).
+    fn create_bootstrap_token(&self) -> Result<BootstrapToken> {
+        let token = BootstrapToken::generate();
+        let secret = token.secret(
+            Some(Duration::from_secs(24 * 3600)),
+            jiff::Timestamp::now(),
+            "skiff test cluster nodes",
+            &[bootstrap_token::DEFAULT_NODE_TOKEN_GROUP],
+        );
+        let json = serde_json::to_string(&secret)?;
+        wait_for("the nodes' bootstrap token", CONTROL_TIMEOUT, || {
+            self.kubectl_stdin(&["create", "-f", "-"], &json).map(Some)
+        })?;
+        Ok(token)
     }
 
     fn import_image(&self, node: &str, archive: &Path) -> Result<()> {
@@ -1250,7 +1282,7 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
     // Chosen once the address exists (see `Cluster::start`).
     let api_port = 0;
     let cgroup = cgroup2.join("skiff").join(&name);
-    let agent_kubeconfig = dir.join("agent.kubeconfig");
+    let bootstrap_kubeconfig = dir.join("bootstrap.kubeconfig");
     let nodes = (1..=opts.nodes)
         .map(|i| {
             let node = format!("{name}-node-{i}");
@@ -1262,8 +1294,10 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
             agent_command.extend(
                 [
                     "run",
+                    "--bootstrap-kubeconfig",
+                    &bootstrap_kubeconfig.to_string_lossy(),
                     "--kubeconfig",
-                    &agent_kubeconfig.to_string_lossy(),
+                    &root_dir.join(NODE_KUBECONFIG).to_string_lossy(),
                     "--node-name",
                     &node,
                     "--node-ip",
@@ -1307,7 +1341,7 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
         api_port,
         store: opts.store,
         kubeconfig: dir.join("admin.kubeconfig"),
-        agent_kubeconfig,
+        bootstrap_kubeconfig,
         cgroup: Some(cgroup),
         control: None,
         control_log: dir.join("control.log"),
@@ -1837,8 +1871,9 @@ fn is_zombie(pid: u32) -> bool {
     matches!(state, None | Some('Z' | 'X'))
 }
 
-/// Copy the kubeconfig at `from` to `to` with every cluster's server set to `server`.
-fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
+/// Copy the kubeconfig at `from` to `to` with every cluster's server set to `server` and, given
+/// a bearer `token`, every user's credentials replaced by it.
+fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str, token: Option<&str>) -> Result<()> {
     let text =
         std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
     let mut v: serde_norway::Value =
@@ -1852,7 +1887,20 @@ fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
             cluster.insert("server".into(), server.into());
         }
     }
-    // It carries the admin client certificate and key: readable by root only, like the original.
+    if let Some(token) = token {
+        let users = v
+            .get_mut("users")
+            .and_then(|u| u.as_sequence_mut())
+            .with_context(|| format!("{} has no users", from.display()))?;
+        for u in users {
+            let mut user = serde_norway::Mapping::new();
+            user.insert("token".into(), token.into());
+            if let Some(m) = u.as_mapping_mut() {
+                m.insert("user".into(), user.into());
+            }
+        }
+    }
+    // It carries a client key or a token: readable by root only, like the original.
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = OpenOptions::new()
         .write(true)

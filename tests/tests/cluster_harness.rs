@@ -285,7 +285,7 @@ fn nodes_reach_the_control_plane_over_the_underlay() -> Result<()> {
     // cluster's address in the certificate (kubectl verifies it).
     assert!(connects_from(&c, &nodes[0], c.host_ip(), c.api_port())?);
     let kubectl = skiff_tests::Kubectl::newest()?;
-    let kubeconfig = c.state().agent_kubeconfig.to_string_lossy().into_owned();
+    let kubeconfig = c.state().bootstrap_kubeconfig.to_string_lossy().into_owned();
     let readyz = c.exec_ok(
         &nodes[1],
         &[
@@ -490,6 +490,7 @@ fn agents_become_ready_and_survive_kill_9() -> Result<()> {
     for node in c.nodes() {
         assert!(out.contains(&format!("node/{node}")), "{out}");
     }
+    let node_csrs = nodes_joined_with_bootstrap_tokens(&c)?;
     let node = c.nodes()[0].clone();
     let before = c.agent_pid(&node);
     c.kill_agent(&node);
@@ -497,5 +498,63 @@ fn agents_become_ready_and_survive_kill_9() -> Result<()> {
     assert_ne!(c.agent_pid(&node), before);
     c.wait_ready(Duration::from_secs(60))?;
     assert!(c.agent_log(&node).contains("starting the agent"));
+    // The restarted agent kept its certificate: no new request.
+    assert_eq!(node_csrs_of(&c)?, node_csrs);
     Ok(())
+}
+
+/// Every node asked for its certificate with the bootstrap token (`node-csr-…`, approved by
+/// the controller manager) and talks to the API as `system:node:<name>`, with no more rights
+/// than a node has; the bootstrap token itself can do nothing but ask. The names of the
+/// requests.
+fn nodes_joined_with_bootstrap_tokens(c: &Cluster) -> Result<Vec<String>> {
+    let kubectl = skiff_tests::Kubectl::newest()?;
+    let run = |kubeconfig: &Path, args: &[&str]| -> Result<String> {
+        let out = kubectl.command_with(kubeconfig, c.dir()).args(args).output()?;
+        Ok(format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr)))
+    };
+    for node in c.nodes() {
+        let own = c.node_kubeconfig(&node);
+        let whoami = run(&own, &["auth", "whoami", "-o", "jsonpath={.status.userInfo}"])?;
+        assert!(
+            whoami.contains(&format!("\"username\":\"system:node:{node}\""))
+                && whoami.contains("system:nodes"),
+            "{node}: {whoami}"
+        );
+        assert!(!std::fs::read_to_string(&own)?.contains("token:"), "{node}");
+        for (verb, resource) in [("list", "secrets"), ("create", "clusterrolebindings")] {
+            let can = run(&own, &["auth", "can-i", verb, resource, "-A"])?;
+            assert_eq!(can.trim(), "no", "{node} can {verb} {resource}: {can}");
+        }
+    }
+    let bootstrap = &c.state().bootstrap_kubeconfig;
+    let can = run(bootstrap, &["auth", "can-i", "get", "pods"])?;
+    assert_eq!(can.trim(), "no", "the bootstrap token can get pods: {can}");
+    let csrs = node_csrs_of(c)?;
+    assert_eq!(csrs.len(), c.nodes().len(), "{csrs:?}");
+    Ok(csrs)
+}
+
+/// The approved, issued `node-csr-…` requests for `system:node:` users, by name.
+fn node_csrs_of(c: &Cluster) -> Result<Vec<String>> {
+    let list: serde_json::Value = serde_json::from_str(&c.kubectl(&["get", "csr", "-o", "json"])?)?;
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|csr| {
+            let approved = csr["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Approved" && c["reason"] == "AutoApproved")
+            });
+            let by_bootstrapper = csr["spec"]["username"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("system:bootstrap:"));
+            approved && by_bootstrapper && csr["status"]["certificate"].is_string()
+        })
+        .filter_map(|csr| csr["metadata"]["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("node-csr-"))
+        .collect();
+    names.sort();
+    Ok(names)
 }

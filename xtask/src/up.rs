@@ -380,8 +380,16 @@ fn bring_up(
 
     std::fs::create_dir_all(state.cgroup_root.join(HOST_LEAF))
         .with_context(|| format!("creating cgroup {}", state.cgroup_root.display()))?;
+    // The node joins as nodes do: a bootstrap token, then a certificate of its own.
+    let bootstrap = data_dir.join("bootstrap.kubeconfig");
+    write_bootstrap_kubeconfig(ws, &control_dir, &bootstrap, procs)?;
     let mut agent = Command::new(ws.target.join("debug/skiff-agent"));
-    agent.arg("run").arg("--kubeconfig").arg(&kubeconfig);
+    agent
+        .arg("run")
+        .arg("--bootstrap-kubeconfig")
+        .arg(&bootstrap)
+        .arg("--kubeconfig")
+        .arg(state.agent_root.join("kubelet.kubeconfig"));
     node_args(&mut agent, state)
         .args(["--node-ip", &node_ip.to_string()])
         .args(["--proxy-mode", &args.proxy_mode]);
@@ -411,6 +419,63 @@ fn bring_up(
         node_ip,
         start.elapsed(),
     );
+    Ok(())
+}
+
+/// A bootstrap token from `skiff-control token create` (retried while the control plane
+/// creates `kube-system`), written into a kubeconfig with `kubectl config`, as kubeadm's
+/// TLS-bootstrapping guide does.
+fn write_bootstrap_kubeconfig(
+    ws: &Workspace,
+    control_dir: &Path,
+    path: &Path,
+    procs: &mut Procs,
+) -> Result<()> {
+    let mut token = String::new();
+    wait_until("a bootstrap token", READY_TIMEOUT, procs, || {
+        let out = probe(
+            Command::new(ws.target.join("debug/skiff-control"))
+                .args(["token", "create", "--ttl", "1h"])
+                .args(["--description", "the node of cargo xtask up"])
+                .arg("--data-dir")
+                .arg(control_dir),
+        );
+        token = out.unwrap_or_default().trim().to_string();
+        Ok(!token.is_empty())
+    })?;
+    let _ = std::fs::remove_file(path);
+    let ca = control_dir.join("ca.crt");
+    let steps: [Vec<String>; 4] = [
+        vec![
+            "set-cluster".into(),
+            "skiff".into(),
+            format!("--server=https://{API_ADDR}"),
+            format!("--certificate-authority={}", ca.display()),
+            "--embed-certs=true".into(),
+        ],
+        // Not through `run`: it would print the token.
+        vec![
+            "set-credentials".into(),
+            "kubelet-bootstrap".into(),
+            format!("--token={token}"),
+        ],
+        vec![
+            "set-context".into(),
+            "bootstrap".into(),
+            "--cluster=skiff".into(),
+            "--user=kubelet-bootstrap".into(),
+        ],
+        vec!["use-context".into(), "bootstrap".into()],
+    ];
+    for step in steps {
+        probe(
+            Command::new("kubectl")
+                .arg("config")
+                .arg(format!("--kubeconfig={}", path.display()))
+                .args(&step),
+        )
+        .with_context(|| format!("`kubectl config {}` failed", step[0]))?;
+    }
     Ok(())
 }
 
