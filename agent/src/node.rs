@@ -192,7 +192,8 @@ pub async fn update_status(
     let api: Api<Node> = Api::all(client.clone());
     let mut status = node_status(cfg, ready, message);
     // Keep transition times of conditions whose status didn't change.
-    if let Ok(current) = api.get_status(&cfg.node_name).await {
+    // A plain GET: nodes may read Nodes but not the status subresource (kube's system:node).
+    if let Ok(current) = api.get(&cfg.node_name).await {
         let old = current
             .status
             .and_then(|s| s.conditions)
