@@ -10,15 +10,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::PostParams;
 use serde_json::{Value, json};
 
-use common::{TestCluster, client_for, raw_request, test_config};
-use skiff_control::apiserver::ApiServer;
+use common::raw_request;
+use common::token_users::TokenUsers;
 use skiff_tests::Kubectl;
 
 /// token,user,uid,"groups" lines for the users of these tests.
@@ -26,106 +22,6 @@ const TOKENS: &str = "sa-token,system:serviceaccount:foo:default,u1,\"system:ser
 alice-token,alice,u2
 bob-token,bob,u3,\"ops\"
 ";
-
-struct Reviews {
-    cluster: TestCluster,
-    dir: tempfile::TempDir,
-    kubectl: Kubectl,
-}
-
-/// A finished kubectl: exit code, stdout, stderr.
-struct Ran {
-    code: i32,
-    out: String,
-    err: String,
-}
-
-impl Reviews {
-    async fn start(kubectl: Kubectl) -> Reviews {
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens.csv");
-        std::fs::write(&tokens, TOKENS).unwrap();
-        let cluster = TestCluster::start_with_api(test_config(""), |c| {
-            c.token_auth_file = Some(tokens);
-        })
-        .await;
-        Reviews {
-            cluster,
-            dir,
-            kubectl,
-        }
-    }
-
-    fn server(&self) -> &ApiServer {
-        self.cluster.server.as_ref().unwrap()
-    }
-
-    fn admin_token(&self) -> String {
-        self.server().admin_token.clone()
-    }
-
-    /// The admin kubeconfig with another user's token.
-    fn kubeconfig_of(&self, token: &str) -> String {
-        let s = self.server();
-        s.kubeconfig.replace(&s.admin_token, token)
-    }
-
-    async fn client(&self, token: &str) -> Client {
-        client_for(&self.kubeconfig_of(token)).await
-    }
-
-    fn kubeconfig_file(&self, token: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("{token}.kubeconfig"));
-        std::fs::write(&path, self.kubeconfig_of(token)).unwrap();
-        path
-    }
-
-    /// kubectl as the user of `token`, whatever its exit code.
-    fn run(&self, token: &str, args: &[&str]) -> Ran {
-        let out = self
-            .kubectl
-            .command_with(&self.kubeconfig_file(token), self.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            out: String::from_utf8_lossy(&out.stdout).into_owned(),
-            err: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// `kubectl auth can-i ARGS` as the user of `token`: the answer, checked against the exit
-    /// code kubectl gives it (0 for yes, 1 for no).
-    fn can_i(&self, token: &str, args: &[&str]) -> bool {
-        let mut all = vec!["auth", "can-i"];
-        all.extend_from_slice(args);
-        let ran = self.run(token, &all);
-        match (ran.code, ran.out.trim()) {
-            (0, "yes") => true,
-            (1, "no") => false,
-            _ => panic!(
-                "kubectl 1.{} {all:?}: exit {} stdout {:?} stderr {:?}",
-                self.kubectl.minor, ran.code, ran.out, ran.err
-            ),
-        }
-    }
-
-    fn admin(&self, args: &[&str]) -> String {
-        let ran = self.run(&self.admin_token(), args);
-        assert_eq!(ran.code, 0, "kubectl {args:?}: {}", ran.err);
-        ran.out
-    }
-
-    async fn namespace(&self, name: &str) {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        self.cluster
-            .cluster_api::<Namespace>()
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
-    }
-}
 
 /// The rows of `kubectl auth can-i --list` as (resource, verbs) for resource rows.
 fn listed(table: &str) -> Vec<(String, String)> {
@@ -151,7 +47,7 @@ async fn can_i_follows_roles_and_bindings_with_kubectl_1_20() {
 }
 
 async fn can_i_walkthrough(kubectl: Kubectl) {
-    let t = Reviews::start(kubectl).await;
+    let t = TokenUsers::start(kubectl, TOKENS).await;
     t.namespace("foo").await;
     let admin = t.admin_token();
     let as_sa = ["--as", "system:serviceaccount:foo:default"];
@@ -262,7 +158,7 @@ async fn can_i_walkthrough(kubectl: Kubectl) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impersonation_needs_the_impersonate_verb() {
-    let t = Reviews::start(Kubectl::newest().unwrap()).await;
+    let t = TokenUsers::start(Kubectl::newest().unwrap(), TOKENS).await;
     t.namespace("foo").await;
 
     // A warm discovery cache, as a user who has used kubectl before has: with a cold one
@@ -443,7 +339,7 @@ async fn impersonation_needs_the_impersonate_verb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_reviews_are_validated_and_authorized_as_kube() {
-    let t = Reviews::start(Kubectl::newest().unwrap()).await;
+    let t = TokenUsers::start(Kubectl::newest().unwrap(), TOKENS).await;
     t.namespace("foo").await;
     let admin = t.cluster.client.clone();
     let post = |client: Client, path: &'static str, body: Value| async move {

@@ -82,6 +82,21 @@ impl Cluster {
     }
 
     /// kubectl with `stdin` as its input.
+    /// kubectl with `kubeconfig` must fail, `expected` in its error.
+    fn refused(&self, kubeconfig: &Path, args: &[&str], expected: &str) {
+        let err = self
+            .kubectl(kubeconfig, args)
+            .expect_err(&format!("kubectl {args:?} succeeded"));
+        assert!(err.contains(expected), "kubectl {args:?}: {err}");
+    }
+
+    fn refused_stdin(&self, kubeconfig: &Path, args: &[&str], stdin: &str, expected: &str) {
+        let err = self
+            .kubectl_stdin(kubeconfig, args, stdin)
+            .expect_err(&format!("kubectl {args:?} succeeded"));
+        assert!(err.contains(expected), "kubectl {args:?}: {err}");
+    }
+
     fn kubectl_stdin(
         &self,
         kubeconfig: &Path,
@@ -201,33 +216,17 @@ async fn nodes_read_only_what_their_pods_use() {
     c.kubectl(&n2, &["get", "secret", "secret-n2", "-n", NS])
         .unwrap();
 
-    let err = c
-        .kubectl(&n1, &["get", "secret", "secret-n2", "-n", NS])
-        .unwrap_err();
-    assert!(
-        err.contains(&no_relationship("n1", "secrets", "secret-n2")),
-        "{err}"
-    );
-    let err = c
-        .kubectl(&n1, &["get", "configmap", "config-n2", "-n", NS])
-        .unwrap_err();
-    assert!(
-        err.contains(&no_relationship("n1", "configmaps", "config-n2")),
-        "{err}"
-    );
-    let err = c
-        .kubectl(&n1, &["get", "secret", "unused", "-n", NS])
-        .unwrap_err();
-    assert!(
-        err.contains(&no_relationship("n1", "secrets", "unused")),
-        "{err}"
-    );
+    let unrelated = [
+        ("secret", "secrets", "secret-n2"),
+        ("configmap", "configmaps", "config-n2"),
+        ("secret", "secrets", "unused"),
+    ];
+    for (kind, resource, name) in unrelated {
+        let expected = no_relationship("n1", resource, name);
+        c.refused(&n1, &["get", kind, name, "-n", NS], &expected);
+    }
     // Listing Secrets is no read of a pod's Secret.
-    let err = c.kubectl(&n1, &["get", "secrets", "-n", NS]).unwrap_err();
-    assert!(
-        err.contains("cannot list resource \"secrets\" in API group \"\" in the namespace \"node-authz\": No Object name found"),
-        "{err}"
-    );
+    c.refused(&n1, &["get", "secrets", "-n", NS], "cannot list resource \"secrets\" in API group \"\" in the namespace \"node-authz\": No Object name found");
 
     // A list or watch pinned to one name (kubelet's way of following a Secret) is a read of
     // that object.
@@ -247,23 +246,7 @@ async fn nodes_read_only_what_their_pods_use() {
         )
         .unwrap();
     assert_eq!(listed.trim(), "secret/secret-n1");
-    let err = c
-        .kubectl(
-            &n1,
-            &[
-                "get",
-                "secrets",
-                "-n",
-                NS,
-                "--field-selector",
-                "metadata.name=secret-n2",
-            ],
-        )
-        .unwrap_err();
-    assert!(
-        err.contains("cannot list resource \"secrets\" in API group \"\" in the namespace \"node-authz\": no relationship found between node 'n1' and this object"),
-        "{err}"
-    );
+    c.refused(&n1, &["get", "secrets", "-n", NS, "--field-selector", "metadata.name=secret-n2"], "cannot list resource \"secrets\" in API group \"\" in the namespace \"node-authz\": no relationship found between node 'n1' and this object");
 
     // The exact Status a client gets.
     let node_client = common::client_for(&std::fs::read_to_string(&n1).unwrap()).await;
@@ -312,36 +295,21 @@ async fn nodes_write_only_their_own_objects() {
     let label = r#"{"metadata":{"labels":{"example.com/rack":"r1"}}}"#;
     c.kubectl(&n1, &["patch", "node", "n1", "-p", label])
         .unwrap();
-    let err = c
-        .kubectl(&n1, &["patch", "node", "n2", "-p", label])
-        .unwrap_err();
-    assert!(
-        err.contains(r#"Error from server (Forbidden): nodes "n2" is forbidden: node "n1" is not allowed to modify node "n2""#),
-        "{err}"
+    c.refused(&n1, &["patch", "node", "n2", "-p", label], r#"Error from server (Forbidden): nodes "n2" is forbidden: node "n1" is not allowed to modify node "n2""#);
+    c.refused(
+        &n1,
+        &[
+            "label",
+            "node",
+            "n1",
+            "node-restriction.kubernetes.io/trusted=yes",
+        ],
+        "is forbidden: is not allowed to modify labels: node-restriction.kubernetes.io/trusted",
     );
-    let err = c
-        .kubectl(
-            &n1,
-            &[
-                "label",
-                "node",
-                "n1",
-                "node-restriction.kubernetes.io/trusted=yes",
-            ],
-        )
-        .unwrap_err();
-    assert!(
-        err.contains(
-            "is forbidden: is not allowed to modify labels: node-restriction.kubernetes.io/trusted"
-        ),
-        "{err}"
-    );
-    let err = c
-        .kubectl(&n1, &["taint", "node", "n1", "dedicated=x:NoSchedule"])
-        .unwrap_err();
-    assert!(
-        err.contains(r#"nodes "n1" is forbidden: node "n1" is not allowed to modify taints"#),
-        "{err}"
+    c.refused(
+        &n1,
+        &["taint", "node", "n1", "dedicated=x:NoSchedule"],
+        r#"nodes "n1" is forbidden: node "n1" is not allowed to modify taints"#,
     );
 
     // Pod status: of its own pods only. kubelet PATCHes it directly (kubectl's `patch
@@ -389,37 +357,13 @@ async fn nodes_write_only_their_own_objects() {
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n{annotations}spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    image: busybox\n"
         )
     };
-    let err = c
-        .kubectl_stdin(&n1, &["create", "-f", "-"], &pod("plain", "n1", ""))
-        .unwrap_err();
-    assert!(
-        err.contains(r#"pods "plain" is forbidden: pod does not have "kubernetes.io/config.mirror" annotation, node "n1" can only create mirror pods"#),
-        "{err}"
-    );
+    c.refused_stdin(&n1, &["create", "-f", "-"], &pod("plain", "n1", ""), r#"pods "plain" is forbidden: pod does not have "kubernetes.io/config.mirror" annotation, node "n1" can only create mirror pods"#);
     let mirror = "  annotations:\n    kubernetes.io/config.mirror: abc\n";
-    let err = c
-        .kubectl_stdin(&n1, &["create", "-f", "-"], &pod("static", "n2", mirror))
-        .unwrap_err();
-    assert!(
-        err.contains(r#"pods "static" is forbidden: node "n1" can only create pods with spec.nodeName set to itself"#),
-        "{err}"
-    );
+    c.refused_stdin(&n1, &["create", "-f", "-"], &pod("static", "n2", mirror), r#"pods "static" is forbidden: node "n1" can only create pods with spec.nodeName set to itself"#);
     // Deleting another node's pod.
-    let err = c
-        .kubectl(&n1, &["delete", "pod", "pod-n2", "-n", NS, "--wait=false"])
-        .unwrap_err();
-    assert!(
-        err.contains(r#"pods "pod-n2" is forbidden: node "n1" can only delete pods with spec.nodeName set to itself"#),
-        "{err}"
-    );
+    c.refused(&n1, &["delete", "pod", "pod-n2", "-n", NS, "--wait=false"], r#"pods "pod-n2" is forbidden: node "n1" can only delete pods with spec.nodeName set to itself"#);
     // Writes the NodeRules do not grant at all stay RBAC's plain 403.
-    let err = c
-        .kubectl(&n1, &["create", "configmap", "x", "-n", NS])
-        .unwrap_err();
-    assert!(
-        err.contains(r#"configmaps is forbidden: User "system:node:n1" cannot create resource "configmaps" in API group "" in the namespace "node-authz""#),
-        "{err}"
-    );
+    c.refused(&n1, &["create", "configmap", "x", "-n", NS], r#"configmaps is forbidden: User "system:node:n1" cannot create resource "configmaps" in API group "" in the namespace "node-authz""#);
 
     // Leases: its own, in kube-node-lease.
     let lease = |name: &str| {
@@ -429,13 +373,7 @@ async fn nodes_write_only_their_own_objects() {
     };
     c.kubectl_stdin(&n1, &["create", "-f", "-"], &lease("n1"))
         .unwrap();
-    let err = c
-        .kubectl_stdin(&n1, &["create", "-f", "-"], &lease("n2"))
-        .unwrap_err();
-    assert!(
-        err.contains(r#"leases.coordination.k8s.io "n2" is forbidden: can only access node lease with the same name as the requesting node"#),
-        "{err}"
-    );
+    c.refused_stdin(&n1, &["create", "-f", "-"], &lease("n2"), r#"leases.coordination.k8s.io "n2" is forbidden: can only access node lease with the same name as the requesting node"#);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -463,9 +401,9 @@ async fn nodes_list_and_watch_pods_and_nodes() {
     .await;
     assert_eq!(code, 200);
     // Namespaces are not a node's business.
-    let err = c.kubectl(&n1, &["get", "namespaces"]).unwrap_err();
-    assert!(
-        err.contains(r#"User "system:node:n1" cannot list resource "namespaces""#),
-        "{err}"
+    c.refused(
+        &n1,
+        &["get", "namespaces"],
+        r#"User "system:node:n1" cannot list resource "namespaces""#,
     );
 }

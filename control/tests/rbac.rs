@@ -8,17 +8,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Error};
 use serde_json::json;
 
-use common::{TestCluster, client_for, test_config};
+use common::client_for;
+use common::token_users::TokenUsers;
 use skiff_control::apiserver::{ApiConfig, ApiServer};
 use skiff_control::store::Store;
 use skiff_control::store::embedded::EmbeddedStore;
@@ -31,77 +32,8 @@ bob-token,bob,u3
 carol-token,carol,u4
 ";
 
-struct Rbac {
-    cluster: TestCluster,
-    dir: tempfile::TempDir,
-    kubectl: Kubectl,
-}
-
-impl Rbac {
-    async fn start() -> Rbac {
-        Rbac::start_with(Kubectl::newest().unwrap()).await
-    }
-
-    async fn start_with(kubectl: Kubectl) -> Rbac {
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens.csv");
-        std::fs::write(&tokens, TOKENS).unwrap();
-        let cluster = TestCluster::start_with_api(test_config(""), |c| {
-            c.token_auth_file = Some(tokens);
-        })
-        .await;
-        Rbac {
-            cluster,
-            dir,
-            kubectl,
-        }
-    }
-
-    fn server(&self) -> &ApiServer {
-        self.cluster.server.as_ref().unwrap()
-    }
-
-    /// The admin kubeconfig with another user's token.
-    fn kubeconfig_of(&self, token: &str) -> String {
-        let s = self.server();
-        s.kubeconfig.replace(&s.admin_token, token)
-    }
-
-    async fn client(&self, token: &str) -> Client {
-        client_for(&self.kubeconfig_of(token)).await
-    }
-
-    fn kubeconfig_file(&self, token: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("{token}.kubeconfig"));
-        std::fs::write(&path, self.kubeconfig_of(token)).unwrap();
-        path
-    }
-
-    /// kubectl as the user of `token`: Ok(stdout) or Err(stderr).
-    fn kubectl(&self, token: &str, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .kubectl
-            .command_with(&self.kubeconfig_file(token), self.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        common::stdout_or_stderr(out)
-    }
-
-    fn admin(&self, args: &[&str]) -> String {
-        let token = self.server().admin_token.clone();
-        self.kubectl(&token, args)
-            .unwrap_or_else(|e| panic!("kubectl {args:?} failed: {e}"))
-    }
-
-    async fn namespace(&self, name: &str) {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        self.cluster
-            .cluster_api::<Namespace>()
-            .create(&PostParams::default(), &ns)
-            .await
-            .unwrap();
-    }
+async fn start() -> TokenUsers {
+    TokenUsers::start(Kubectl::newest().unwrap(), TOKENS).await
 }
 
 /// The `Status` of a refused call: (code, reason, message).
@@ -130,7 +62,7 @@ async fn seeds_walkthrough_with_kubectl_1_20() {
 }
 
 async fn seeds_walkthrough(kubectl: Kubectl) {
-    let t = Rbac::start_with(kubectl).await;
+    let t = TokenUsers::start(kubectl, TOKENS).await;
     t.namespace("foo").await;
     let sa = t.client("sa-token").await;
 
@@ -233,7 +165,7 @@ async fn seeds_walkthrough(kubectl: Kubectl) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_role_by_role_binding_grants_one_namespace_and_by_cluster_binding_all() {
-    let t = Rbac::start().await;
+    let t = start().await;
     t.namespace("foo").await;
     t.namespace("bar").await;
     let alice = t.client("alice-token").await;
@@ -304,7 +236,7 @@ async fn cluster_role_by_role_binding_grants_one_namespace_and_by_cluster_bindin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scoped_role_bound_in_a_namespace_grants_nothing() {
-    let t = Rbac::start().await;
+    let t = start().await;
     t.namespace("foo").await;
     t.admin(&[
         "create",
@@ -354,7 +286,7 @@ async fn cluster_scoped_role_bound_in_a_namespace_grants_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subresources_and_resource_names() {
-    let t = Rbac::start().await;
+    let t = start().await;
     t.namespace("foo").await;
     let admin_cm: Api<ConfigMap> = t.cluster.api("foo");
     for name in ["cm-a", "cm-b"] {
@@ -434,7 +366,7 @@ async fn subresources_and_resource_names() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalation_is_refused_until_escalate_or_bind() {
-    let t = Rbac::start().await;
+    let t = start().await;
     t.namespace("foo").await;
     // carol may manage roles and bindings in foo, and read configmaps there.
     t.admin(&[

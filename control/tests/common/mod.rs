@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod token_users;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;

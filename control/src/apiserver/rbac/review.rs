@@ -329,22 +329,49 @@ fn subject_access_review(authorizer: &dyn AccessDecider, review: &Value) -> ApiR
     let spec: SubjectAccessReviewSpec = decode(KIND, review.get("spec"))?;
     let mut causes = validate_subject_spec(&spec);
     validate_empty_metadata(review, &mut causes);
-    if !causes.is_empty() {
-        return Err(invalid(KIND, causes));
-    }
-    let request = request_of(
-        spec.resource_attributes.as_ref(),
-        spec.non_resource_attributes.as_ref(),
-    );
-    let decision = authorizer.decide(&subject_of(&spec), &request);
+    ensure_valid(KIND, causes)?;
     // A cluster-scoped object: a namespace the client set is cleared, as kube does.
-    let metadata = review_metadata(review, None);
-    Ok(reviewed(
-        KIND,
-        metadata,
-        spec_json(&spec),
-        access_status(&decision),
-    ))
+    let question = Question {
+        kind: KIND,
+        resource: spec.resource_attributes.as_ref(),
+        non_resource: spec.non_resource_attributes.as_ref(),
+        metadata: review_metadata(review, None),
+    };
+    Ok(question.answer(authorizer, &subject_of(&spec), &spec))
+}
+
+/// A validated access review: what it asks, and the metadata its answer carries.
+struct Question<'a> {
+    kind: &'a str,
+    resource: Option<&'a ResourceAttributes>,
+    non_resource: Option<&'a NonResourceAttributes>,
+    metadata: Value,
+}
+
+impl Question<'_> {
+    /// The posted review with `status` filled by the authorizer's decision for `subject`.
+    fn answer<S: serde::Serialize>(
+        self,
+        authorizer: &dyn AccessDecider,
+        subject: &UserInfo,
+        spec: &S,
+    ) -> Value {
+        let decision = authorizer.decide(subject, &request_of(self.resource, self.non_resource));
+        reviewed(
+            self.kind,
+            self.metadata,
+            spec_json(spec),
+            access_status(&decision),
+        )
+    }
+}
+
+fn ensure_valid(kind: &str, causes: Vec<FieldCause>) -> ApiResult<()> {
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(kind, causes))
+    }
 }
 
 /// The posted metadata with its namespace set as kube's create handler leaves it.
@@ -404,17 +431,14 @@ fn local_subject_access_review(
             "disallowed on this kind of request",
         ));
     }
-    if !causes.is_empty() {
-        return Err(invalid(KIND, causes));
-    }
-    let request = request_of(spec.resource_attributes.as_ref(), None);
-    let decision = authorizer.decide(&subject_of(&spec), &request);
-    Ok(reviewed(
-        KIND,
-        review_metadata(review, Some(url_namespace)),
-        spec_json(&spec),
-        access_status(&decision),
-    ))
+    ensure_valid(KIND, causes)?;
+    let question = Question {
+        kind: KIND,
+        resource: spec.resource_attributes.as_ref(),
+        non_resource: None,
+        metadata: review_metadata(review, Some(url_namespace)),
+    };
+    Ok(question.answer(authorizer, &subject_of(&spec), &spec))
 }
 
 fn self_subject_access_review(
@@ -426,20 +450,14 @@ fn self_subject_access_review(
     let spec: SelfSubjectAccessReviewSpec = decode(KIND, review.get("spec"))?;
     let mut causes = validate_self_spec(&spec);
     validate_empty_metadata(review, &mut causes);
-    if !causes.is_empty() {
-        return Err(invalid(KIND, causes));
-    }
-    let request = request_of(
-        spec.resource_attributes.as_ref(),
-        spec.non_resource_attributes.as_ref(),
-    );
-    let decision = authorizer.decide(user, &request);
-    Ok(reviewed(
-        KIND,
-        review_metadata(review, None),
-        spec_json(&spec),
-        access_status(&decision),
-    ))
+    ensure_valid(KIND, causes)?;
+    let question = Question {
+        kind: KIND,
+        resource: spec.resource_attributes.as_ref(),
+        non_resource: spec.non_resource_attributes.as_ref(),
+        metadata: review_metadata(review, None),
+    };
+    Ok(question.answer(authorizer, user, &spec))
 }
 
 fn self_subject_rules_review(
