@@ -77,7 +77,7 @@ struct Flags {
     /// Controllers (and the scheduler) to run: `*` for all, `-name` to drop one, e.g.
     /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, root-ca-cert-publisher, namespace,
     /// nodeipam, nodelifecycle, replicaset, deployment, daemonset, job, endpoints,
-    /// endpointslice, garbagecollector, csrsigning.
+    /// endpointslice, garbagecollector, csrsigning, csrapproving.
     #[arg(long, default_value = "*", value_parser = Enabled::parse)]
     controllers: Enabled,
     /// Run the controllers only while holding the `kube-controller-manager` Lease in

@@ -8,8 +8,8 @@ use kube::Client;
 use tokio::task::JoinSet;
 
 use crate::controllers::{
-    csrsigning, daemonset, deployment, endpoints, endpointslice, gc, job, namespace, nodeipam,
-    nodelifecycle, replicaset, rootcacert, serviceaccount,
+    csrapproving, csrsigning, daemonset, deployment, endpoints, endpointslice, gc, job, namespace,
+    nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount,
 };
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
 pub use crate::runtime::credentials::{self, ControllerClients, Identities};
@@ -32,7 +32,8 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         "endpoints" => "endpoint-controller",
         "endpointslice" => "endpointslice-controller",
         "garbagecollector" => "generic-garbage-collector",
-        "csrsigning" => "certificate-controller",
+        // kube runs its CSR approver and signer as the same account.
+        "csrsigning" | "csrapproving" => "certificate-controller",
         _ => return None,
     })
 }
@@ -101,6 +102,7 @@ fn spawn_controller(name: &str, ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         "endpointslice" => endpointslice::spawn(ctx, tasks),
         "garbagecollector" => gc::spawn(ctx, tasks),
         "csrsigning" => csrsigning::spawn(ctx, tasks),
+        "csrapproving" => csrapproving::spawn(ctx, tasks),
         other => tracing::warn!(controller = other, "no such controller"),
     }
 }

@@ -37,10 +37,14 @@ struct Certs {
 
 impl Certs {
     async fn start() -> Certs {
+        Self::start_with("csrsigning").await
+    }
+
+    async fn start_with(controllers: &str) -> Certs {
         let dir = tempfile::tempdir().unwrap();
         let tokens = dir.path().join("tokens.csv");
         std::fs::write(&tokens, TOKENS).unwrap();
-        let cluster = TestCluster::start_with_api(test_config("csrsigning"), |c| {
+        let cluster = TestCluster::start_with_api(test_config(controllers), |c| {
             c.token_auth_file = Some(tokens);
         })
         .await;
@@ -90,6 +94,19 @@ impl Certs {
         orgs: &[&str],
         extra: Value,
     ) -> String {
+        self.create_csr_as(&self.admin(), name, signer, cn, orgs, extra)
+    }
+
+    /// [`Certs::create_csr`] as the user of `kubeconfig`.
+    fn create_csr_as(
+        &self,
+        kubeconfig: &Path,
+        name: &str,
+        signer: &str,
+        cn: &str,
+        orgs: &[&str],
+        extra: Value,
+    ) -> String {
         let (key, request) = csr_pem(cn, orgs);
         let mut obj = json!({
             "apiVersion": "certificates.k8s.io/v1",
@@ -106,7 +123,9 @@ impl Certs {
         }
         let path = self.dir.path().join(format!("{name}.json"));
         std::fs::write(&path, obj.to_string()).unwrap();
-        let out = self.kubectl(&["create", "-f", path.to_str().unwrap()]);
+        let out = self
+            .kubectl_as(kubeconfig, &["create", "-f", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("creating CSR {name}: {e}"));
         assert_eq!(
             out.trim(),
             format!("certificatesigningrequest.certificates.k8s.io/{name} created")
@@ -436,4 +455,275 @@ async fn approval_needs_the_signer_and_bad_requests_fail() {
         err.contains("spec.usages[1]: Unsupported value: \"flying\""),
         "{err}"
     );
+}
+
+/// The bootstrap token of the auto-approval tests.
+const BOOTSTRAP_TOKEN: &str = "abcdef.0123456789abcdef";
+const NODE_CLIENT_MESSAGE: &str =
+    "Auto approving kubelet client certificate after SubjectAccessReview.";
+const SELF_NODE_CLIENT_MESSAGE: &str =
+    "Auto approving self kubelet client certificate after SubjectAccessReview.";
+
+impl Certs {
+    /// A kubeconfig with [`BOOTSTRAP_TOKEN`], whose Secret the admin creates in kube-system as
+    /// `kubeadm token create` does.
+    fn bootstrapper(&self) -> PathBuf {
+        let (id, secret) = BOOTSTRAP_TOKEN.split_once('.').unwrap();
+        self.kubectl(&[
+            "create",
+            "secret",
+            "generic",
+            &format!("bootstrap-token-{id}"),
+            "-n",
+            "kube-system",
+            "--type=bootstrap.kubernetes.io/token",
+            &format!("--from-literal=token-id={id}"),
+            &format!("--from-literal=token-secret={secret}"),
+            "--from-literal=usage-bootstrap-authentication=true",
+        ]);
+        self.kubeconfig("bootstrap", Credential::Token(BOOTSTRAP_TOKEN))
+    }
+
+    /// Wait until the controller approved `name` and the signer issued it.
+    async fn wait_issued(&self, name: &str) -> CertificateSigningRequest {
+        self.wait_csr(&format!("the certificate of {name}"), name, |c| {
+            issued(c).is_some()
+        })
+        .await
+    }
+
+    /// Assert `name` got no verdict and no certificate.
+    async fn assert_pending(&self, name: &str) {
+        let csr = self.csr(name).await;
+        assert!(
+            csr.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_none_or(Vec::is_empty),
+            "{name}: {:?}",
+            csr.status.as_ref().and_then(|s| s.conditions.as_ref())
+        );
+        assert!(issued(&csr).is_none(), "{name}");
+        assert_eq!(
+            row(&self.kubectl(&["get", "csr", name]), name)[5],
+            "Pending"
+        );
+    }
+}
+
+/// The `AutoApproved` condition of `csr` with `message`.
+fn assert_auto_approved(csr: &CertificateSigningRequest, message: &str) {
+    let approved = condition(csr, "Approved").expect("approved");
+    assert_eq!(approved.status, "True");
+    assert_eq!(approved.reason.as_deref(), Some("AutoApproved"));
+    assert_eq!(approved.message.as_deref(), Some(message));
+    assert!(approved.last_update_time.is_some());
+}
+
+/// The subject's (CN, O) of a PEM certificate.
+fn subject(cert_pem: &str) -> (String, Vec<String>) {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| a.as_str().unwrap().to_string();
+    let cn = cert.subject().iter_common_name().map(text).collect();
+    (cn, cert.subject().iter_organization().map(text).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_bootstraps_with_a_token_and_renews_itself() {
+    let c = Certs::start_with("csrsigning,csrapproving").await;
+    // kubeadm's node bootstrap bindings, to system:bootstrappers and system:nodes.
+    let csr_role = "system:certificates.k8s.io:certificatesigningrequests";
+    for (name, role, group) in [
+        (
+            "skiff:kubelet-bootstrap",
+            "system:node-bootstrapper".to_string(),
+            "system:bootstrappers",
+        ),
+        (
+            "skiff:node-autoapprove-bootstrap",
+            format!("{csr_role}:nodeclient"),
+            "system:bootstrappers",
+        ),
+        (
+            "skiff:node-autoapprove-certificate-rotation",
+            format!("{csr_role}:selfnodeclient"),
+            "system:nodes",
+        ),
+        (
+            "skiff:node-proxier",
+            "system:node-proxier".to_string(),
+            "system:nodes",
+        ),
+    ] {
+        let b: Value =
+            serde_json::from_str(&c.kubectl(&["get", "clusterrolebinding", name, "-o", "json"]))
+                .unwrap();
+        assert_eq!(b["roleRef"]["name"], role.as_str(), "{name}");
+        assert_eq!(
+            b["subjects"],
+            json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]),
+            "{name}"
+        );
+    }
+
+    // The bootstrapper asks for n1's client certificate: approved as a node client request.
+    let bootstrap = c.bootstrapper();
+    let key = c.create_csr_as(
+        &bootstrap,
+        "node-csr-n1",
+        KUBELET,
+        "system:node:n1",
+        &["system:nodes"],
+        json!({}),
+    );
+    let csr = c.wait_issued("node-csr-n1").await;
+    assert_eq!(
+        csr.spec.username.as_deref(),
+        Some("system:bootstrap:abcdef")
+    );
+    assert_auto_approved(&csr, NODE_CLIENT_MESSAGE);
+    let cert_pem = issued(&csr).unwrap();
+    assert_eq!(
+        subject(&cert_pem),
+        (
+            "system:node:n1".to_string(),
+            vec!["system:nodes".to_string()]
+        )
+    );
+    let row = row(
+        &c.kubectl_as(&bootstrap, &["get", "csr", "node-csr-n1"])
+            .unwrap(),
+        "node-csr-n1",
+    );
+    assert_eq!(
+        row[3..],
+        ["system:bootstrap:abcdef", "<none>", "Approved,Issued"]
+    );
+
+    // The node logs in with it ...
+    let n1 = c.kubeconfig(
+        "n1",
+        Credential::Certificate(&pki::ClientCert {
+            cert_pem,
+            key_pem: key,
+        }),
+    );
+    let who: Value = serde_json::from_str(
+        &c.kubectl_as(&n1, &["auth", "whoami", "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:n1");
+    // ... may not have another node's certificate approved ...
+    c.create_csr_as(
+        &n1,
+        "n1-for-n2",
+        KUBELET,
+        "system:node:n2",
+        &["system:nodes"],
+        json!({}),
+    );
+    // ... and renews its own.
+    c.create_csr_as(
+        &n1,
+        "n1-renewal",
+        KUBELET,
+        "system:node:n1",
+        &["system:nodes"],
+        json!({}),
+    );
+    let renewal = c.wait_issued("n1-renewal").await;
+    assert_eq!(renewal.spec.username.as_deref(), Some("system:node:n1"));
+    assert_auto_approved(&renewal, SELF_NODE_CLIENT_MESSAGE);
+    assert_eq!(subject(&issued(&renewal).unwrap()).0, "system:node:n1");
+    // The controller reviewed n1-for-n2 before or alongside the later renewal.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.assert_pending("n1-for-n2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_the_requester_may_not_have_stay_pending() {
+    let c = Certs::start_with("csrsigning,csrapproving").await;
+    let bootstrap = c.bootstrapper();
+    // bob may create CSRs, nothing more.
+    c.kubectl(&[
+        "create",
+        "clusterrole",
+        "csr-creator",
+        "--verb=create,get",
+        "--resource=certificatesigningrequests",
+    ]);
+    c.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "bob-creates-csrs",
+        "--clusterrole=csr-creator",
+        "--user=bob",
+    ]);
+    let bob = c.kubeconfig("bob", Credential::Token("bob-token"));
+    c.create_csr_as(
+        &bob,
+        "bob-node",
+        KUBELET,
+        "system:node:n3",
+        &["system:nodes"],
+        json!({}),
+    );
+    // Not a node's subject: never recognized, whoever asks.
+    c.create_csr_as(
+        &bootstrap,
+        "masters",
+        KUBELET,
+        "system:node:n1",
+        &["system:masters"],
+        json!({}),
+    );
+    // A client signer request is not the approver's either.
+    c.create_csr_as(
+        &bootstrap,
+        "client",
+        CLIENT,
+        "system:node:n1",
+        &["system:nodes"],
+        json!({}),
+    );
+    // A later request the bootstrapper may have is approved: the ones before it were seen.
+    c.create_csr_as(
+        &bootstrap,
+        "late",
+        KUBELET,
+        "system:node:n4",
+        &["system:nodes"],
+        json!({}),
+    );
+    let late = c.wait_issued("late").await;
+    assert_auto_approved(&late, NODE_CLIENT_MESSAGE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for name in ["bob-node", "masters", "client"] {
+        c.assert_pending(name).await;
+    }
+
+    // Granted later, bob's pending request is approved on a retry, as kube's approver retries
+    // a recognized request with back-off.
+    c.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "bob-node-client",
+        "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        "--user=bob",
+    ]);
+    let csr = c
+        .cluster
+        .wait_for(
+            "bob's request approved",
+            Duration::from_secs(60),
+            || async {
+                let csr = c.csr("bob-node").await;
+                issued(&csr).is_some().then_some(csr)
+            },
+        )
+        .await;
+    assert_auto_approved(&csr, NODE_CLIENT_MESSAGE);
+    c.assert_pending("masters").await;
 }

@@ -24,6 +24,7 @@ pub const COMPONENTS: &[&str] = &[
     "endpointslice",
     "garbagecollector",
     "csrsigning",
+    "csrapproving",
 ];
 
 /// Which components run: `*` for all, `name` to add one, `-name` to drop one

@@ -567,6 +567,50 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         .collect()
 }
 
+/// The ClusterRoleBindings kubeadm creates for node TLS bootstrapping, named `skiff:` and
+/// bound to `system:bootstrappers` itself rather than kubeadm's per-token group (a skiff
+/// token's extra groups are the operator's choice): bootstrappers may create CSRs and have
+/// their node client requests auto-approved, nodes have their renewals auto-approved and, as
+/// skiff's agent is also its node's service proxy (as k3s's agent is), read what a proxy reads.
+/// Reconciled like the defaults.
+pub fn node_bootstrap_bindings() -> Vec<Value> {
+    let csr_role = "system:certificates.k8s.io:certificatesigningrequests";
+    let bootstrappers = "system:bootstrappers";
+    let nodes = "system:nodes";
+    // (name, role, group)
+    let defaults = [
+        (
+            "skiff:kubelet-bootstrap",
+            "system:node-bootstrapper".to_string(),
+            bootstrappers,
+        ),
+        (
+            "skiff:node-autoapprove-bootstrap",
+            format!("{csr_role}:nodeclient"),
+            bootstrappers,
+        ),
+        (
+            "skiff:node-autoapprove-certificate-rotation",
+            format!("{csr_role}:selfnodeclient"),
+            nodes,
+        ),
+        (
+            "skiff:node-proxier",
+            "system:node-proxier".to_string(),
+            nodes,
+        ),
+    ];
+    defaults
+        .iter()
+        .map(|(name, role, group)| {
+            let mut b = metadata("ClusterRoleBinding", name, &[]);
+            b["roleRef"] = json!({"apiGroup": GROUP, "kind": "ClusterRole", "name": role});
+            b["subjects"] = json!([{"apiGroup": GROUP, "kind": "Group", "name": group}]);
+            b
+        })
+        .collect()
+}
+
 fn info(plural: &str) -> &'static ResourceInfo {
     resources::lookup(GROUP, "v1", plural).expect("RBAC resources are served")
 }
@@ -681,7 +725,8 @@ async fn ensure(registry: &Registry, plural: &str, expected: Value) -> ApiResult
 
 /// Create what is missing of the default policy and reconcile the rest.
 pub async fn reconcile(registry: &Registry) -> ApiResult<()> {
-    ensure_all(registry, cluster_roles(), cluster_role_bindings()).await
+    ensure_all(registry, cluster_roles(), cluster_role_bindings()).await?;
+    ensure_all(registry, Vec::new(), node_bootstrap_bindings()).await
 }
 
 /// Create or reconcile each of `roles` (ClusterRoles) and `bindings` (ClusterRoleBindings).
@@ -738,5 +783,27 @@ mod tests {
         );
         assert_eq!(existing["rules"][0]["resources"][0], "pods");
         assert!(rules::uncovered(&policy_rules(&existing), &policy_rules(expected)).is_empty());
+    }
+
+    #[test]
+    fn node_bootstrap_bindings_name_default_roles() {
+        let roles = cluster_roles();
+        let bindings = node_bootstrap_bindings();
+        assert_eq!(bindings.len(), 4);
+        for b in &bindings {
+            assert!(
+                b["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("skiff:")
+            );
+            let role = &b["roleRef"]["name"];
+            assert!(
+                roles.iter().any(|r| &r["metadata"]["name"] == role),
+                "{role}"
+            );
+            let group = b["subjects"][0]["name"].as_str().unwrap();
+            assert!(["system:bootstrappers", "system:nodes"].contains(&group));
+        }
     }
 }
