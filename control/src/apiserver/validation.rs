@@ -306,9 +306,10 @@ fn meta(info: &ResourceInfo, m: &Value, out: &mut Causes) {
             let errors = match info.plural {
                 "namespaces" => dns1123_label_errors(n),
                 "services" => dns1035_label_errors(n),
-                "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
-                    rbac::path_segment_name_errors(n)
-                }
+                // kube: "We don't care what you call your certificate requests" — kubelet
+                // names them `node-csr-<base64url>`; only what a URL path cannot carry.
+                "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings"
+                | "certificatesigningrequests" => rbac::path_segment_name_errors(n),
                 _ => dns1123_subdomain_errors(n),
             };
             for e in errors {
@@ -1249,6 +1250,21 @@ mod tests {
             "spec":{"replicas":2,"selector":{"matchLabels":{"app":"web"}},
                 "template":{"metadata":{"labels":{"app":"web","tier":"fe"}},
                     "spec":{"containers":[{"name":"nginx","image":"nginx"}]}}}})
+    }
+
+    #[test]
+    fn csr_names_are_any_path_segment() {
+        let csr = |name: &str| {
+            json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                "metadata": {"name": name}, "spec": {}})
+        };
+        let named = |name: &str| {
+            let causes = check("certificates.k8s.io", "certificatesigningrequests", csr(name));
+            fields(&causes).contains(&"metadata.name")
+        };
+        assert!(!named("node-csr-JQX2eo-qNgtejob7r07Adyh7c28topZDUkWK_5AW0u_"));
+        assert!(named("a/b"));
+        assert!(named(".."));
     }
 
     #[test]
