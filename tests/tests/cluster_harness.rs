@@ -528,12 +528,55 @@ fn nodes_joined_with_bootstrap_tokens(c: &Cluster) -> Result<Vec<String>> {
             assert!(can.starts_with("no"), "{node} can {verb} {resource}: {can}");
         }
     }
+    another_nodes_objects_are_out_of_reach(c, &run)?;
     let bootstrap = &c.state().bootstrap_kubeconfig;
     let can = run(bootstrap, &["auth", "can-i", "get", "pods"])?;
     assert!(can.starts_with("no"), "the bootstrap token can get pods: {can}");
     let csrs = node_csrs_of(c)?;
     assert_eq!(csrs.len(), c.nodes().len(), "{csrs:?}");
     Ok(csrs)
+}
+
+/// With its own certificate, the first node may neither patch the second's Node nor read the
+/// Secret of a pod bound to the second (which the second may).
+fn another_nodes_objects_are_out_of_reach(
+    c: &Cluster,
+    run: &dyn Fn(&Path, &[&str]) -> Result<String>,
+) -> Result<()> {
+    let nodes = c.nodes();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: n2-secret, namespace: default}}\n\
+         stringData: {{k: v}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: uses-n2-secret, namespace: default}}\n\
+         spec:\n  nodeName: {n2}\n\
+         \x20 containers:\n  - {{name: c, image: skiff.test/busybox:1, command: [sleep, '3600']}}\n\
+         \x20 volumes:\n  - {{name: s, secret: {{secretName: n2-secret}}}}\n"
+    ))?;
+    let get_secret = ["get", "secret", "n2-secret", "-n", "default", "-o", "name"];
+    // The Node authorizer's graph follows pods by a watch.
+    skiff_tests::wait_for("node 2 to read its pod's Secret", Duration::from_secs(20), || {
+        Ok(run(&c.node_kubeconfig(n2), &get_secret)?
+            .contains("secret/n2-secret")
+            .then_some(()))
+    })?;
+    let out = run(&c.node_kubeconfig(n1), &get_secret)?;
+    assert!(
+        out.contains(&format!(
+            r#"secrets "n2-secret" is forbidden: User "system:node:{n1}" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node '{n1}' and this object"#
+        )),
+        "{out}"
+    );
+    let label = r#"{"metadata":{"labels":{"example.com/rack":"r1"}}}"#;
+    let out = run(&c.node_kubeconfig(n1), &["patch", "node", n2, "-p", label])?;
+    assert!(
+        out.contains(&format!(
+            r#"nodes "{n2}" is forbidden: node "{n1}" is not allowed to modify node "{n2}""#
+        )),
+        "{out}"
+    );
+    c.kubectl(&["delete", "pod", "uses-n2-secret", "--wait=false"])?;
+    Ok(())
 }
 
 /// The approved, issued `node-csr-…` requests for `system:node:` users, by name.
