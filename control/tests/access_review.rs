@@ -626,7 +626,10 @@ async fn the_kubelet_client_is_a_kubelet_api_admin_only() {
     };
     for sub in ["proxy", "log", "stats", "metrics", "spec"] {
         assert!(may(&["get", "nodes", "--subresource", sub]), "nodes/{sub}");
-        assert!(may(&["create", "nodes", "--subresource", sub]), "nodes/{sub}");
+        assert!(
+            may(&["create", "nodes", "--subresource", sub]),
+            "nodes/{sub}"
+        );
     }
     assert!(may(&["proxy", "nodes"]));
     assert!(may(&["list", "nodes"]));

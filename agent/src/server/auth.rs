@@ -63,7 +63,12 @@ impl PeerUser {
 fn user_from_der(der: &[u8]) -> Option<User> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     if name.is_empty() {
         return None;
     }
@@ -158,10 +163,7 @@ pub struct Access {
 /// The middleware in front of every route: 401 without a user, 403 when not allowed, 500
 /// when the decision failed; otherwise the route.
 pub async fn authorize(State(access): State<Access>, req: Request, next: Next) -> Response {
-    let user = req
-        .extensions()
-        .get::<PeerUser>()
-        .and_then(|p| p.0.clone());
+    let user = req.extensions().get::<PeerUser>().and_then(|p| p.0.clone());
     let Some(user) = user else {
         return super::text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
     };
@@ -254,7 +256,9 @@ impl NodeAuthorizer for SubjectAccessReviewer {
             .await
             .map_err(|e| format!("creating a SubjectAccessReview: {e}"))?;
         // Denied and no opinion both refuse the request.
-        let allowed = answer.status.is_some_and(|s| s.allowed && s.denied != Some(true));
+        let allowed = answer
+            .status
+            .is_some_and(|s| s.allowed && s.denied != Some(true));
         self.remember(attrs, allowed);
         Ok(allowed)
     }
@@ -275,7 +279,12 @@ mod tests {
     fn attributes_follow_the_kubelet() {
         let u = alice();
         let cases = [
-            (Method::GET, "/containerLogs/default/web/app", "get", "proxy"),
+            (
+                Method::GET,
+                "/containerLogs/default/web/app",
+                "get",
+                "proxy",
+            ),
             (Method::GET, "/healthz", "get", "proxy"),
             (Method::POST, "/exec/default/web/app", "create", "proxy"),
             (Method::GET, "/logs/", "get", "log"),
