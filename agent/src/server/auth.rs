@@ -34,6 +34,10 @@ pub const ALLOWED_TTL: Duration = Duration::from_secs(5 * 60);
 pub const DENIED_TTL: Duration = Duration::from_secs(30);
 /// Cached answers kept at most; past it, expired ones go, then all.
 const CACHE_LIMIT: usize = 4096;
+/// The webhook's retries of a review that failed in transit or with a 5xx or 429 (kube's
+/// `DefaultRetryBackoff`: 5 attempts, from 500 ms, each wait 1.5 times the last).
+const REVIEW_ATTEMPTS: u32 = 5;
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Who a request comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -223,6 +227,36 @@ impl SubjectAccessReviewer {
     }
 }
 
+impl SubjectAccessReviewer {
+    /// Create `review`, retrying what may pass on a second try.
+    async fn review(&self, review: &SubjectAccessReview) -> Result<SubjectAccessReview, String> {
+        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1;
+        loop {
+            match api.create(&PostParams::default(), review).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if attempt < REVIEW_ATTEMPTS && transient(&e) => {
+                    tracing::debug!(error = %e, "a SubjectAccessReview failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.mul_f64(1.5);
+                    attempt += 1;
+                }
+                Err(e) => return Err(format!("creating a SubjectAccessReview: {e}")),
+            }
+        }
+    }
+}
+
+/// Whether a failed review may succeed when sent again (kube's webhook `DefaultShouldRetry`):
+/// an error answer of 5xx or 429, or no answer at all.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
 /// The review the kubelet's webhook authorizer sends for `attrs` (the core group and the
 /// namespace are empty, so absent, as Go's `omitempty` leaves them).
 pub fn review_of(attrs: &Attributes) -> SubjectAccessReview {
@@ -250,11 +284,7 @@ impl NodeAuthorizer for SubjectAccessReviewer {
         if let Some(allowed) = self.cached(attrs) {
             return Ok(allowed);
         }
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = api
-            .create(&PostParams::default(), &review_of(attrs))
-            .await
-            .map_err(|e| format!("creating a SubjectAccessReview: {e}"))?;
+        let answer = self.review(&review_of(attrs)).await?;
         // Denied and no opinion both refuse the request.
         let allowed = answer
             .status
@@ -331,6 +361,120 @@ mod tests {
             a.describe(),
             "(user=alice, verb=get, resource=nodes, subresource=proxy)"
         );
+    }
+
+    /// An API server answering each SubjectAccessReview with the next (code, body) of
+    /// `answers` (the last one again when they run out), recording what it was sent.
+    fn fake_apiserver(
+        answers: Vec<(u16, serde_json::Value)>,
+    ) -> (kube::Client, Arc<Mutex<Vec<serde_json::Value>>>) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let answers = Arc::new(Mutex::new(answers));
+        let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let (log, answers) = (log.clone(), answers.clone());
+            async move {
+                assert_eq!(
+                    req.uri().path(),
+                    "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+                );
+                let body = req.into_body().collect_bytes().await.unwrap();
+                log.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                let (code, answer) = {
+                    let mut answers = answers.lock().unwrap();
+                    if answers.len() > 1 {
+                        answers.remove(0)
+                    } else {
+                        answers[0].clone()
+                    }
+                };
+                let resp = axum::http::Response::builder()
+                    .status(code)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&answer).unwrap(),
+                    ))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        (kube::Client::new(service, "default"), sent)
+    }
+
+    fn reviewed(allowed: bool, denied: bool) -> (u16, serde_json::Value) {
+        (
+            201,
+            serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {}, "status": {"allowed": allowed, "denied": denied}}),
+        )
+    }
+
+    fn failure(code: u16, reason: &str) -> (u16, serde_json::Value) {
+        (
+            code,
+            serde_json::json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "message": format!("{reason} happened"), "reason": reason, "code": code}),
+        )
+    }
+
+    fn logs_of(user: &User) -> Attributes {
+        Attributes::of(user, &Method::GET, "/containerLogs/a/b/c", "node-a")
+    }
+
+    #[tokio::test]
+    async fn reviews_ask_the_api_server_and_answers_are_cached() {
+        let (client, sent) = fake_apiserver(vec![reviewed(true, false), reviewed(false, false)]);
+        let reviewer = SubjectAccessReviewer::new(client);
+        let a = logs_of(&alice());
+        assert_eq!(reviewer.authorize(&a).await, Ok(true));
+        assert_eq!(reviewer.authorize(&a).await, Ok(true));
+        let sent = sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "the second answer comes from the cache");
+        assert_eq!(sent[0]["kind"], "SubjectAccessReview");
+        assert_eq!(sent[0]["spec"]["user"], "alice");
+        assert_eq!(
+            sent[0]["spec"]["resourceAttributes"]["subresource"],
+            "proxy"
+        );
+    }
+
+    #[tokio::test]
+    async fn denied_and_no_opinion_refuse_and_are_cached_too() {
+        let (client, sent) = fake_apiserver(vec![reviewed(false, true), reviewed(false, false)]);
+        let reviewer = SubjectAccessReviewer::new(client);
+        let bob = User {
+            name: "bob".into(),
+            groups: vec![AUTHENTICATED_GROUP.into()],
+        };
+        assert_eq!(reviewer.authorize(&logs_of(&alice())).await, Ok(false));
+        assert_eq!(reviewer.authorize(&logs_of(&bob)).await, Ok(false));
+        assert_eq!(reviewer.authorize(&logs_of(&alice())).await, Ok(false));
+        assert_eq!(sent.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_and_others_are_errors() {
+        let (client, sent) = fake_apiserver(vec![
+            failure(500, "InternalError"),
+            failure(429, "TooManyRequests"),
+            reviewed(true, false),
+        ]);
+        let reviewer = SubjectAccessReviewer::new(client);
+        assert_eq!(reviewer.authorize(&logs_of(&alice())).await, Ok(true));
+        assert_eq!(sent.lock().unwrap().len(), 3);
+
+        // A node without the right to review is not helped by asking again.
+        let (client, sent) = fake_apiserver(vec![failure(403, "Forbidden")]);
+        let reviewer = SubjectAccessReviewer::new(client);
+        let err = reviewer.authorize(&logs_of(&alice())).await.unwrap_err();
+        assert!(err.contains("Forbidden happened"), "{err}");
+        assert_eq!(sent.lock().unwrap().len(), 1);
+        // Errors are not cached; an API server down for good fails after five tries.
+        let (client, sent) = fake_apiserver(vec![failure(503, "ServiceUnavailable")]);
+        let reviewer = SubjectAccessReviewer::new(client);
+        assert!(reviewer.authorize(&logs_of(&alice())).await.is_err());
+        assert_eq!(sent.lock().unwrap().len(), 5);
     }
 
     #[test]
