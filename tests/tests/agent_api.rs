@@ -1,6 +1,7 @@
 //! The node agent's HTTPS API (the kubelet's port) authorizes every client by
 //! SubjectAccessReview, as a kubelet in webhook mode: `kubectl logs` works through the API
-//! server, whose kubelet client is bound to `system:kubelet-api-admin`; a user with a
+//! server, whose kubelet client is bound to `system:kubelet-api-admin` (and is refused with
+//! kube's message while that binding has no subjects); a user with a
 //! certificate of the cluster CA but without `nodes/proxy` gets the kubelet's 403; a user
 //! granted `get` on `nodes/proxy` by a ClusterRole reads the logs directly.
 
@@ -93,7 +94,48 @@ spec:
 "#
     ))?;
 
-    // Through the API server: its kubelet client is authorized by the agent.
+    // Through the API server: its kubelet client is authorized by the agent, by the default
+    // binding to system:kubelet-api-admin. Without that binding the agent refuses it, and
+    // kubectl shows kube's message for it.
+    wait_for("talker Running", Duration::from_secs(90), || {
+        let phase = c.kubectl(&[
+            "get",
+            "pod",
+            "talker",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        Ok((phase == "Running").then_some(()))
+    })?;
+    let binding = "system:kube-apiserver-kubelet-client";
+    c.kubectl(&[
+        "patch",
+        "clusterrolebinding",
+        binding,
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/subjects"}]"#,
+    ])?;
+    let refused = c
+        .kubectl_command()?
+        .args(["logs", "-n", NS, "talker"])
+        .output()?;
+    assert!(!refused.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr).trim(),
+        "Error from server (Forbidden): Forbidden (user=kube-apiserver-kubelet-client, verb=get, resource=nodes, subresource=proxy) ( pods/log talker)"
+    );
+    c.kubectl(&[
+        "patch",
+        "clusterrolebinding",
+        binding,
+        "--type=merge",
+        "-p",
+        r#"{"subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}]}"#,
+    ])?;
+    // The agent keeps a denial 30 s.
     wait_for("kubectl logs talker", Duration::from_secs(90), || {
         let logs = c.kubectl(&["logs", "-n", NS, "talker"]).unwrap_or_default();
         Ok(logs.contains("hello from talker").then_some(()))
