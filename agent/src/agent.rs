@@ -124,7 +124,8 @@ async fn watch_services(client: &Client) -> Store<Service> {
     services
 }
 
-/// The HTTPS endpoint the apiserver forwards `kubectl logs` to.
+/// The HTTPS endpoint the apiserver forwards `kubectl logs` to. Its requests are authorized
+/// by SubjectAccessReviews sent with the agent's own client.
 async fn serve_logs(agent: &Arc<Agent>, ca_pem: String) -> Result<()> {
     let cfg = &agent.cfg;
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, cfg.port))
@@ -136,8 +137,15 @@ async fn serve_logs(agent: &Arc<Agent>, ca_pem: String) -> Result<()> {
         sans: vec![cfg.node_ip.to_string(), cfg.node_name.clone()],
     };
     let logs = Arc::new(PodLogs(agent.clone()));
+    let access = crate::server::auth::Access {
+        node_name: cfg.node_name.clone(),
+        authorizer: Arc::new(crate::server::auth::SubjectAccessReviewer::new(
+            agent.client.clone(),
+        )),
+    };
     tokio::spawn(async move {
-        if let Err(e) = crate::server::serve(listener, tls, logs, std::future::pending()).await {
+        let stop = std::future::pending();
+        if let Err(e) = crate::server::serve(listener, tls, logs, access, stop).await {
             tracing::error!("the log server stopped: {e:#}");
         }
     });

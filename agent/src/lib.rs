@@ -45,7 +45,7 @@
 //! - [`logs`]: per-container log files in the CRI format, with rotation: written by the shim,
 //!   read back for `kubectl logs`;
 //! - [`server`]: the HTTPS endpoint (the kubelet's port 10250) the apiserver forwards
-//!   `kubectl logs` to;
+//!   `kubectl logs` to, authorizing each request by SubjectAccessReview ([`server::auth`]);
 //! - [`bpf_cli`]: `skiff-agent bpf …`: the eBPF proxy's pinned maps as tables or JSON, with or
 //!   without a running agent.
 //!

@@ -9,8 +9,13 @@
 //! Authentication: the TLS handshake requires a client certificate (clientAuth) that chains to
 //! `client_ca_pem`, the cluster CA, which signs the apiserver's `kube-apiserver-kubelet-client`
 //! certificate. A client without one, or with one from another CA, fails the handshake and
-//! never gets an HTTP answer (rather than a 401). Any certificate of that CA is authorized;
-//! the kubelet's finer-grained `nodes/proxy` authorization is not modelled.
+//! never gets an HTTP answer (rather than a 401). The certificate's subject is the user.
+//!
+//! Authorization: every request, `/healthz` included, is put to the API server as a
+//! `SubjectAccessReview` on `nodes/<subresource>` of this node, as the kubelet's webhook
+//! mode does ([`auth`]): container logs need `nodes/proxy`.
+
+pub mod auth;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +27,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::service::TowerToHyperService;
@@ -32,6 +38,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
+use self::auth::{Access, PeerUser};
 use crate::logs::{ByteStream, LogOptions};
 
 /// The serving certificate and key in `cert_dir`, named as the kubelet names them.
@@ -98,21 +105,33 @@ pub struct ServerTls {
 /// Serve until `shutdown` resolves. The serving cert/key are self-signed (rcgen), kept in
 /// cert_dir (reuse if present, so restarts keep the same cert). When `shutdown` resolves the
 /// listener is closed and open connections (a `-f` log stream, say) are dropped.
+/// Each request is authorized by `access` before it is routed.
 pub async fn serve(
     listener: TcpListener,
     tls: ServerTls,
     logs: Arc<dyn ContainerLogSource>,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = server_config(&tls)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let app = TowerToHyperService::new(router(logs));
-    skiff_common::tls::serve(listener, acceptor, shutdown, app).await;
+    let app = router(logs, access);
+    // The user of a connection's certificate is read once, after the handshake, and handed
+    // to each of its requests.
+    let make_service = move |certs: skiff_common::tls::PeerCertificates| {
+        let peer = PeerUser::from_chain(&certs);
+        let app = TowerToHyperService::new(app.clone());
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            hyper::service::Service::call(&app, req)
+        })
+    };
+    skiff_common::tls::serve_with_peer(listener, acceptor, shutdown, make_service).await;
     Ok(())
 }
 
-/// The routes, without TLS.
-pub fn router(logs: Arc<dyn ContainerLogSource>) -> Router {
+/// The routes, without TLS, behind the authorization of `access`.
+pub fn router(logs: Arc<dyn ContainerLogSource>, access: Access) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -121,6 +140,7 @@ pub fn router(logs: Arc<dyn ContainerLogSource>) -> Router {
         )
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found".into()) })
         .with_state(logs)
+        .layer(middleware::from_fn_with_state(access, auth::authorize))
 }
 
 async fn container_logs(
@@ -404,6 +424,11 @@ mod tests {
 
     /// A new CA and one certificate signed by it for each of `ekus`.
     fn pki(ekus: &[ExtendedKeyUsagePurpose]) -> Vec<Pki> {
+        pki_for(ekus, "kube-apiserver-kubelet-client")
+    }
+
+    /// Like [`pki`], with `cn` as the certificates' common name (none when empty).
+    fn pki_for(ekus: &[ExtendedKeyUsagePurpose], cn: &str) -> Vec<Pki> {
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.distinguished_name.push(DnType::CommonName, "test-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -416,9 +441,11 @@ mod tests {
         ekus.iter()
             .map(|eku| {
                 let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-                client
-                    .distinguished_name
-                    .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+                // rcgen's default subject has a common name of its own.
+                client.distinguished_name = DistinguishedName::new();
+                if !cn.is_empty() {
+                    client.distinguished_name.push(DnType::CommonName, cn);
+                }
                 client
                     .distinguished_name
                     .push(DnType::OrganizationName, "system:masters");
@@ -438,16 +465,55 @@ mod tests {
         pki(&[ExtendedKeyUsagePurpose::ClientAuth]).remove(0)
     }
 
+    /// What the fake authorizer answers.
+    #[derive(Clone, Copy)]
+    enum Decision {
+        Allow,
+        Deny,
+        Fail,
+    }
+
+    /// Answers every request with its decision and records what it was asked.
+    struct FakeAuthorizer {
+        decision: Decision,
+        seen: Mutex<Vec<auth::Attributes>>,
+    }
+
+    #[async_trait::async_trait]
+    impl auth::NodeAuthorizer for FakeAuthorizer {
+        async fn authorize(&self, attrs: &auth::Attributes) -> Result<bool, String> {
+            self.seen.lock().unwrap().push(attrs.clone());
+            match self.decision {
+                Decision::Allow => Ok(true),
+                Decision::Deny => Ok(false),
+                Decision::Fail => Err("the API server is unreachable".into()),
+            }
+        }
+    }
+
     struct Running {
         addr: std::net::SocketAddr,
         cert_dir: tempfile::TempDir,
         source: Arc<FakeSource>,
+        authorizer: Arc<FakeAuthorizer>,
         live: mpsc::Sender<Bytes>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<Result<()>>,
     }
 
     async fn start(client_ca_pem: &str) -> Running {
+        start_deciding(client_ca_pem, Decision::Allow).await
+    }
+
+    async fn start_deciding(client_ca_pem: &str, decision: Decision) -> Running {
+        let authorizer = Arc::new(FakeAuthorizer {
+            decision,
+            seen: Mutex::new(Vec::new()),
+        });
+        let access = Access {
+            node_name: "node-a".into(),
+            authorizer: authorizer.clone(),
+        };
         let cert_dir = tempfile::tempdir().unwrap();
         let (live, rx) = mpsc::channel(4);
         let source = Arc::new(FakeSource {
@@ -462,7 +528,7 @@ mod tests {
             sans: vec!["127.0.0.1".into(), "node-a".into()],
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, tls, source.clone(), async move {
+        let task = tokio::spawn(serve(listener, tls, source.clone(), access, async move {
             let _ = stopped.await;
         }));
         // The serving certificate is written before the first accept.
@@ -476,6 +542,7 @@ mod tests {
             addr,
             cert_dir,
             source,
+            authorizer,
             live,
             stop: Some(stop),
             task,
@@ -587,6 +654,76 @@ mod tests {
         );
         let (code, _) = get_text(&server, client(&server, Some(&ca)), "/nope").await;
         assert_eq!(code, 404);
+    }
+
+    #[tokio::test]
+    async fn requests_are_authorized_as_the_certificates_user_on_nodes_proxy() {
+        let ca = client_pki();
+        let server = start(&ca.ca_pem).await;
+        let path = "/containerLogs/default/web/app";
+        assert_eq!(
+            get_text(&server, client(&server, Some(&ca)), path).await,
+            (200, "line 1\nline 2\n".to_string())
+        );
+        let seen = server.authorizer.seen.lock().unwrap().clone();
+        let want = auth::Attributes {
+            user: auth::User {
+                name: "kube-apiserver-kubelet-client".into(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+            },
+            verb: "get".into(),
+            resource: "nodes".into(),
+            subresource: "proxy".into(),
+            name: "node-a".into(),
+        };
+        assert_eq!(seen, vec![want]);
+    }
+
+    #[tokio::test]
+    async fn denied_requests_get_the_kubelets_403() {
+        let ca = client_pki();
+        let server = start_deciding(&ca.ca_pem, Decision::Deny).await;
+        for path in ["/containerLogs/default/web/app", "/healthz", "/nope"] {
+            let (code, ct, body) = get(&server, client(&server, Some(&ca)), path)
+                .await
+                .unwrap();
+            let body: Vec<_> = body.map(|c| c.unwrap()).collect().await;
+            assert_eq!(
+                (code, ct.as_str(), String::from_utf8(body.concat()).unwrap()),
+                (
+                    403,
+                    "text/plain; charset=utf-8",
+                    "Forbidden (user=kube-apiserver-kubelet-client, verb=get, resource=nodes, subresource=proxy)".to_string()
+                ),
+                "{path}"
+            );
+        }
+        assert!(server.source.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_decision_is_a_500() {
+        let ca = client_pki();
+        let server = start_deciding(&ca.ca_pem, Decision::Fail).await;
+        assert_eq!(
+            get_text(&server, client(&server, Some(&ca)), "/containerLogs/default/web/app").await,
+            (
+                500,
+                "Authorization error (user=kube-apiserver-kubelet-client, verb=get, resource=nodes, subresource=proxy)".to_string()
+            )
+        );
+        assert!(server.source.calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_certificate_naming_no_user_is_unauthorized() {
+        let nameless = pki_for(&[ExtendedKeyUsagePurpose::ClientAuth], "").remove(0);
+        let server = start(&nameless.ca_pem).await;
+        assert_eq!(
+            get_text(&server, client(&server, Some(&nameless)), "/healthz").await,
+            (401, "Unauthorized".to_string())
+        );
+        assert!(server.authorizer.seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -507,3 +507,40 @@ async fn raw_reviews_are_validated_and_authorized_as_kube() {
         assert_eq!(cells.last(), Some(&"create"), "{row}");
     }
 }
+
+/// The API server's kubelet client may call any node agent (the default binding to
+/// `system:kubelet-api-admin`) and nothing beyond the Node objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubelet_client_is_a_kubelet_api_admin_only() {
+    let t = Reviews::start(Kubectl::newest().unwrap()).await;
+    let admin = t.admin_token();
+    let as_client = ["--as", "kube-apiserver-kubelet-client"];
+    let may = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&as_client);
+        t.can_i(&admin, &all)
+    };
+    for sub in ["proxy", "log", "stats", "metrics", "spec"] {
+        assert!(may(&["get", "nodes", "--subresource", sub]), "nodes/{sub}");
+        assert!(
+            may(&["create", "nodes", "--subresource", sub]),
+            "nodes/{sub}"
+        );
+    }
+    assert!(may(&["proxy", "nodes"]));
+    assert!(may(&["list", "nodes"]));
+    assert!(!may(&["delete", "nodes"]));
+    assert!(!may(&["list", "secrets", "-A"]));
+    assert!(!may(&["get", "pods", "--subresource", "log"]));
+    let binding = t.admin(&[
+        "get",
+        "clusterrolebinding",
+        "system:kube-apiserver-kubelet-client",
+        "-o",
+        "jsonpath={.roleRef.name} {.subjects[0].kind} {.subjects[0].name}",
+    ]);
+    assert_eq!(
+        binding,
+        "system:kubelet-api-admin User kube-apiserver-kubelet-client"
+    );
+}

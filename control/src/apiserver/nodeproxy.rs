@@ -296,37 +296,69 @@ pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
     Some((host.to_string(), port))
 }
 
-/// An agent's non-2xx answer as the `Status` kube-apiserver's response checker makes of it:
-/// the agent's code, and its body text as the message.
-pub fn agent_error(code: u16, body: &str) -> ApiError {
+/// An agent's non-2xx answer about pod `pod`'s log as the `Status` kube-apiserver's
+/// `GenericHttpResponseChecker` makes of it: 500 and 400 carry the agent's text; any other
+/// code is `NewGenericServerResponse` for `pods/log` (kube's fixed message for the code, or
+/// the agent's text for 403 (who may not do what), 406 and 415, then ` ( pods/log <pod>)`),
+/// so an agent refusing the API server reads `Forbidden (user=kube-apiserver-kubelet-client,
+/// verb=get, resource=nodes, subresource=proxy) ( pods/log <pod>)`, as in kube.
+pub fn agent_error(code: u16, body: &str, pod: &str) -> ApiError {
     let text = body.trim();
-    let reason = match code {
-        400 => "BadRequest",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "NotFound",
-        405 => "MethodNotAllowed",
-        409 => "Conflict",
-        410 => "Expired",
-        422 => "Invalid",
-        429 => "TooManyRequests",
-        503 => "ServiceUnavailable",
-        504 => "Timeout",
-        c if c >= 500 => "InternalError",
-        _ => "",
-    };
-    let message = match (code, text.is_empty()) {
-        (_, true) => format!(
-            "the server responded with the status code {code} but did not return more information"
+    match code {
+        500 => return ApiError::internal(format!("Internal error occurred: {text}")),
+        400 => return ApiError::bad_request(text.to_string()),
+        _ => {}
+    }
+    let (reason, message) = match code {
+        409 => ("Conflict", "the server reported a conflict".to_string()),
+        404 => (
+            "NotFound",
+            "the server could not find the requested resource".to_string(),
         ),
-        (500, false) => format!("Internal error occurred: {text}"),
-        (_, false) => text.to_string(),
+        401 => (
+            "Unauthorized",
+            "the server has asked for the client to provide credentials".to_string(),
+        ),
+        403 => ("Forbidden", text.to_string()),
+        406 => ("NotAcceptable", text.to_string()),
+        415 => ("UnsupportedMediaType", text.to_string()),
+        405 => (
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource".to_string(),
+        ),
+        422 => (
+            "Invalid",
+            "the server rejected our request due to an error in our request".to_string(),
+        ),
+        503 => (
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".to_string(),
+        ),
+        504 => (
+            "Timeout",
+            "the server was unable to return a response in the time allotted, but may still be processing the request".to_string(),
+        ),
+        429 => (
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later"
+                .to_string(),
+        ),
+        c if c >= 500 => (
+            "InternalError",
+            format!("an error on the server ({text:?}) has prevented the request from succeeding"),
+        ),
+        _ => (
+            "",
+            format!(
+                "the server responded with the status code {code} but did not return more information"
+            ),
+        ),
     };
     ApiError {
         code,
         reason,
-        message,
-        details: None,
+        message: format!("{message} ( pods/log {pod})"),
+        details: Some(serde_json::json!({"kind": "pods/log", "name": pod})),
     }
 }
 
@@ -377,7 +409,7 @@ pub async fn pod_log(
     let status = resp.status();
     if !status.is_success() {
         let body = read_error_body(resp.into_body()).await;
-        return Err(agent_error(status.as_u16(), &body));
+        return Err(agent_error(status.as_u16(), &body, name));
     }
     tracing::debug!(pod = %format!("{ns}/{name}"), %container, node = %node_name, follow = opts.follow, "streaming logs from the node agent");
     Ok((
@@ -489,7 +521,11 @@ mod tests {
 
     #[test]
     fn agent_errors_become_statuses() {
-        let e = agent_error(400, "container \"app\" in pod \"p\" is waiting to start\n");
+        let e = agent_error(
+            400,
+            "container \"app\" in pod \"p\" is waiting to start\n",
+            "p",
+        );
         assert_eq!(
             (e.code, e.reason, e.message.as_str()),
             (
@@ -498,8 +534,41 @@ mod tests {
                 "container \"app\" in pod \"p\" is waiting to start"
             )
         );
-        let e = agent_error(500, "boom");
+        let e = agent_error(500, "boom", "p");
         assert_eq!(e.message, "Internal error occurred: boom");
-        assert_eq!(agent_error(404, "").reason, "NotFound");
+        let e = agent_error(
+            403,
+            "Forbidden (user=kube-apiserver-kubelet-client, verb=get, resource=nodes, subresource=proxy)",
+            "web",
+        );
+        assert_eq!(
+            (e.code, e.reason, e.message.as_str()),
+            (
+                403,
+                "Forbidden",
+                "Forbidden (user=kube-apiserver-kubelet-client, verb=get, resource=nodes, subresource=proxy) ( pods/log web)"
+            )
+        );
+        assert_eq!(
+            e.details,
+            Some(serde_json::json!({"kind": "pods/log", "name": "web"}))
+        );
+        let e = agent_error(404, "pod \"default/web\" does not exist", "web");
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            (
+                "NotFound",
+                "the server could not find the requested resource ( pods/log web)"
+            )
+        );
+        let e = agent_error(502, "bad gateway", "web");
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            (
+                "InternalError",
+                "an error on the server (\"bad gateway\") has prevented the request from succeeding ( pods/log web)"
+            )
+        );
+        assert_eq!(agent_error(418, "", "web").reason, "");
     }
 }

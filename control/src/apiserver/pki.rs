@@ -459,9 +459,11 @@ fn server_config(
 }
 
 /// Issue the client certificate the apiserver presents to node agents (CN
-/// `kube-apiserver-kubelet-client`, O `system:masters`, clientAuth, as kubeadm makes it) and
-/// build the TLS client configuration around it. A fresh key and certificate every start: the
-/// agents trust the CA, not this certificate.
+/// `kube-apiserver-kubelet-client`, clientAuth) and build the TLS client configuration around
+/// it. The certificate names no group: the agents authorize its user by SubjectAccessReview,
+/// and RBAC grants it `system:kubelet-api-admin` (the default ClusterRoleBinding
+/// `system:kube-apiserver-kubelet-client`) and nothing else. A fresh key and
+/// certificate every start: the agents trust the CA, not this certificate.
 fn kubelet_client_config(
     dir: &Path,
     issuer: &Issuer<'_, KeyPair>,
@@ -470,7 +472,6 @@ fn kubelet_client_config(
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, KUBELET_CLIENT_CN);
-    dn.push(DnType::OrganizationName, "system:masters");
     params.distinguished_name = dn;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

@@ -726,7 +726,48 @@ async fn ensure(registry: &Registry, plural: &str, expected: Value) -> ApiResult
 /// Create what is missing of the default policy and reconcile the rest.
 pub async fn reconcile(registry: &Registry) -> ApiResult<()> {
     ensure_all(registry, cluster_roles(), cluster_role_bindings()).await?;
-    ensure_all(registry, Vec::new(), node_bootstrap_bindings()).await
+    ensure_all(registry, Vec::new(), node_bootstrap_bindings()).await?;
+    let (role, binding) = kubelet_api_admin();
+    ensure_all(registry, vec![role], vec![binding]).await
+}
+
+/// The ClusterRoleBinding that lets the API server's kubelet client
+/// ([`crate::apiserver::pki::KUBELET_CLIENT_CN`]) call the node agents: they authorize it by
+/// SubjectAccessReview, and its certificate names no group.
+pub const KUBELET_API_ADMIN_BINDING: &str = "system:kube-apiserver-kubelet-client";
+
+/// kube's `system:kubelet-api-admin` ClusterRole (full access to the kubelet API: the Node
+/// objects, `proxy` on them, and every verb on their kubelet subresources), and its binding
+/// to the API server's kubelet client user, which kube's docs ask of every cluster whose
+/// kubelets authorize by webhook (kube-apiserver does not bootstrap one; kubeadm-style
+/// installers add it).
+pub fn kubelet_api_admin() -> (Value, Value) {
+    let name = "system:kubelet-api-admin";
+    let mut role = metadata("ClusterRole", name, &[]);
+    role["rules"] = serde_json::to_value(vec![
+        rule(READ, &[""], &["nodes"]),
+        rule(&["proxy"], &[""], &["nodes"]),
+        rule(
+            &["*"],
+            &[""],
+            &[
+                "nodes/proxy",
+                "nodes/metrics",
+                "nodes/spec",
+                "nodes/stats",
+                "nodes/log",
+            ],
+        ),
+    ])
+    .unwrap_or_default();
+    let mut binding = metadata("ClusterRoleBinding", KUBELET_API_ADMIN_BINDING, &[]);
+    binding["roleRef"] = json!({"apiGroup": GROUP, "kind": "ClusterRole", "name": name});
+    binding["subjects"] = json!([{
+        "apiGroup": GROUP,
+        "kind": "User",
+        "name": crate::apiserver::pki::KUBELET_CLIENT_CN,
+    }]);
+    (role, binding)
 }
 
 /// Create or reconcile each of `roles` (ClusterRoles) and `bindings` (ClusterRoleBindings).
@@ -768,6 +809,26 @@ mod tests {
         ] {
             assert!(names.iter().any(|n| n == want), "{want}");
         }
+    }
+
+    #[test]
+    fn the_kubelet_client_is_a_kubelet_api_admin_and_nothing_more() {
+        let (role, binding) = kubelet_api_admin();
+        for obj in [&role, &binding] {
+            assert_eq!(obj["metadata"]["labels"][BOOTSTRAPPING], "rbac-defaults");
+            assert_eq!(obj["metadata"]["annotations"][AUTOUPDATE], "true");
+        }
+        assert_eq!(role["metadata"]["name"], "system:kubelet-api-admin");
+        assert_eq!(
+            role["rules"][2],
+            json!({"verbs": ["*"], "apiGroups": [""], "resources":
+                ["nodes/proxy", "nodes/metrics", "nodes/spec", "nodes/stats", "nodes/log"]})
+        );
+        assert_eq!(binding["roleRef"]["name"], "system:kubelet-api-admin");
+        assert_eq!(
+            binding["subjects"],
+            json!([{"apiGroup": GROUP, "kind": "User", "name": "kube-apiserver-kubelet-client"}])
+        );
     }
 
     #[test]
