@@ -78,7 +78,11 @@ impl BootstrapToken {
             .and_then(|ttl| jiff::SignedDuration::try_from(ttl).ok())
             .and_then(|ttl| now.checked_add(ttl).ok());
         if let Some(at) = expiration {
-            data.insert("expiration".into(), at.round(jiff::Unit::Second).map_or_else(|_| at.to_string(), |t| t.to_string()));
+            data.insert(
+                "expiration".into(),
+                at.round(jiff::Unit::Second)
+                    .map_or_else(|_| at.to_string(), |t| t.to_string()),
+            );
         }
         Secret {
             metadata: ObjectMeta {
@@ -101,7 +105,9 @@ mod tests {
     fn tokens_have_kubeadms_shape() {
         let t = BootstrapToken::generate();
         let ok = |s: &str, n: usize| {
-            s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         };
         assert!(ok(&t.id, 6) && ok(&t.secret, 16), "{}", t.token());
         assert_ne!(t, BootstrapToken::generate());

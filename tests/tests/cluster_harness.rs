@@ -285,7 +285,11 @@ fn nodes_reach_the_control_plane_over_the_underlay() -> Result<()> {
     // cluster's address in the certificate (kubectl verifies it).
     assert!(connects_from(&c, &nodes[0], c.host_ip(), c.api_port())?);
     let kubectl = skiff_tests::Kubectl::newest()?;
-    let kubeconfig = c.state().bootstrap_kubeconfig.to_string_lossy().into_owned();
+    let kubeconfig = c
+        .state()
+        .bootstrap_kubeconfig
+        .to_string_lossy()
+        .into_owned();
     let readyz = c.exec_ok(
         &nodes[1],
         &[
@@ -510,12 +514,22 @@ fn agents_become_ready_and_survive_kill_9() -> Result<()> {
 fn nodes_joined_with_bootstrap_tokens(c: &Cluster) -> Result<Vec<String>> {
     let kubectl = skiff_tests::Kubectl::newest()?;
     let run = |kubeconfig: &Path, args: &[&str]| -> Result<String> {
-        let out = kubectl.command_with(kubeconfig, c.dir()).args(args).output()?;
-        Ok(format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr)))
+        let out = kubectl
+            .command_with(kubeconfig, c.dir())
+            .args(args)
+            .output()?;
+        Ok(format!(
+            "{}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     };
     for node in c.nodes() {
         let own = c.node_kubeconfig(&node);
-        let whoami = run(&own, &["auth", "whoami", "-o", "jsonpath={.status.userInfo}"])?;
+        let whoami = run(
+            &own,
+            &["auth", "whoami", "-o", "jsonpath={.status.userInfo}"],
+        )?;
         assert!(
             whoami.contains(&format!("\"username\":\"system:node:{node}\""))
                 && whoami.contains("system:nodes"),
@@ -531,7 +545,10 @@ fn nodes_joined_with_bootstrap_tokens(c: &Cluster) -> Result<Vec<String>> {
     another_nodes_objects_are_out_of_reach(c, &run)?;
     let bootstrap = &c.state().bootstrap_kubeconfig;
     let can = run(bootstrap, &["auth", "can-i", "get", "pods"])?;
-    assert!(can.starts_with("no"), "the bootstrap token can get pods: {can}");
+    assert!(
+        can.starts_with("no"),
+        "the bootstrap token can get pods: {can}"
+    );
     let csrs = node_csrs_of(c)?;
     assert_eq!(csrs.len(), c.nodes().len(), "{csrs:?}");
     Ok(csrs)
@@ -555,11 +572,15 @@ fn another_nodes_objects_are_out_of_reach(
     ))?;
     let get_secret = ["get", "secret", "n2-secret", "-n", "default", "-o", "name"];
     // The Node authorizer's graph follows pods by a watch.
-    skiff_tests::wait_for("node 2 to read its pod's Secret", Duration::from_secs(20), || {
-        Ok(run(&c.node_kubeconfig(n2), &get_secret)?
-            .contains("secret/n2-secret")
-            .then_some(()))
-    })?;
+    skiff_tests::wait_for(
+        "node 2 to read its pod's Secret",
+        Duration::from_secs(20),
+        || {
+            Ok(run(&c.node_kubeconfig(n2), &get_secret)?
+                .contains("secret/n2-secret")
+                .then_some(()))
+        },
+    )?;
     let out = run(&c.node_kubeconfig(n1), &get_secret)?;
     assert!(
         out.contains(&format!(

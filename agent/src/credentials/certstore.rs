@@ -35,12 +35,14 @@ impl NodeCert {
     /// The certificate chain and key of `pem` (the store's file format, or the two apart),
     /// checked to belong together.
     pub fn parse(cert_pem: &str, key_pem: &str) -> Result<NodeCert> {
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .context("no CERTIFICATE block")?;
+        let der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).context("no CERTIFICATE block")?;
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
             .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
         let key = rcgen::KeyPair::from_pem(key_pem).context("parsing the private key")?;
-        if cert.tbs_certificate.subject_pki.raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        if cert.tbs_certificate.subject_pki.raw
+            != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        {
             bail!("the certificate does not belong to the private key");
         }
         let time = |t: x509_parser::time::ASN1Time| {
@@ -140,7 +142,11 @@ impl CertStore {
             .to_string();
         let name = format!("{PAIR_PREFIX}-{stamp}.pem");
         let pair = self.dir.join(&name);
-        let text = format!("{}{}", ensure_newline(&cert.cert_pem), ensure_newline(&cert.key_pem));
+        let text = format!(
+            "{}{}",
+            ensure_newline(&cert.cert_pem),
+            ensure_newline(&cert.key_pem)
+        );
         skiff_common::fs::write_atomic(&pair, text.as_bytes(), 0o600)
             .with_context(|| format!("writing {}", pair.display()))?;
         let previous = std::fs::read_link(self.current_path()).ok();
@@ -151,7 +157,9 @@ impl CertStore {
 
     /// Point the `current` symlink at `name` by renaming a new symlink over it.
     fn switch_current(&self, name: &str) -> Result<()> {
-        let temp = self.dir.join(format!(".{CURRENT}.tmp-{}", std::process::id()));
+        let temp = self
+            .dir
+            .join(format!(".{CURRENT}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_file(&temp);
         std::os::unix::fs::symlink(name, &temp)
             .with_context(|| format!("creating {}", temp.display()))?;
@@ -167,7 +175,8 @@ impl CertStore {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let is_pair = name.starts_with(PAIR_PREFIX) && name.ends_with(".pem") && name != CURRENT;
+            let is_pair =
+                name.starts_with(PAIR_PREFIX) && name.ends_with(".pem") && name != CURRENT;
             let kept = name == keep || previous.is_some_and(|p| p == Path::new(&name));
             if is_pair && !kept {
                 let _ = std::fs::remove_file(entry.path());
@@ -233,7 +242,8 @@ mod tests {
 
     #[test]
     fn splits_pem_blocks() {
-        let text = "junk\n-----BEGIN A-----\nx\n-----END A-----\n-----BEGIN B-----\ny\n-----END B-----\n";
+        let text =
+            "junk\n-----BEGIN A-----\nx\n-----END A-----\n-----BEGIN B-----\ny\n-----END B-----\n";
         let blocks = pem_blocks(text);
         assert_eq!(blocks.len(), 2);
         assert!(blocks[1].starts_with("-----BEGIN B") && blocks[1].ends_with("END B-----"));

@@ -67,7 +67,10 @@ pub async fn load(opts: &CredentialOptions) -> Result<NodeCredentials> {
     };
     let cluster = Cluster::read(bootstrap).await?;
     let store = CertStore::new(&opts.cert_dir);
-    let cert = match store.current().filter(|c| c.valid_at(jiff::Timestamp::now())) {
+    let cert = match store
+        .current()
+        .filter(|c| c.valid_at(jiff::Timestamp::now()))
+    {
         Some(cert) => cert,
         None => bootstrap_certificate(&cluster, &store, opts).await?,
     };

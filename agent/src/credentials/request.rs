@@ -12,8 +12,8 @@ use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use sha2::Digest;
 
 use super::certstore::NodeCert;
@@ -41,7 +41,10 @@ pub fn new_request(node_name: &str) -> Result<KeyAndRequest> {
     let key = rcgen::KeyPair::generate().context("generating the node key")?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, format!("system:node:{node_name}"));
+    dn.push(
+        rcgen::DnType::CommonName,
+        format!("system:node:{node_name}"),
+    );
     dn.push(rcgen::DnType::OrganizationName, "system:nodes");
     params.distinguished_name = dn;
     let request = params
@@ -55,7 +58,11 @@ pub fn new_request(node_name: &str) -> Result<KeyAndRequest> {
 }
 
 /// The CertificateSigningRequest object for `req`.
-pub fn csr_object(req: &KeyAndRequest, node_name: &str, naming: Naming) -> CertificateSigningRequest {
+pub fn csr_object(
+    req: &KeyAndRequest,
+    node_name: &str,
+    naming: Naming,
+) -> CertificateSigningRequest {
     let mut metadata = ObjectMeta::default();
     match naming {
         Naming::Digested => metadata.name = Some(digested_name(req, node_name)),
@@ -77,7 +84,10 @@ pub fn csr_object(req: &KeyAndRequest, node_name: &str, naming: Naming) -> Certi
 fn digested_name(req: &KeyAndRequest, node_name: &str) -> String {
     let mut hash = sha2::Sha512::new();
     hash.update(&req.public_key_der);
-    hash.update(format!("system:node:{node_name}|system:nodes|{}", USAGES.join("|")));
+    hash.update(format!(
+        "system:node:{node_name}|system:nodes|{}",
+        USAGES.join("|")
+    ));
     let digest = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.finalize());
     format!("node-csr-{}", &digest[..43])
 }
@@ -132,7 +142,9 @@ pub fn outcome(csr: &CertificateSigningRequest) -> Option<Outcome> {
         }
     }
     let cert = status.certificate.as_ref().filter(|c| !c.0.is_empty())?;
-    Some(Outcome::Issued(String::from_utf8_lossy(&cert.0).to_string()))
+    Some(Outcome::Issued(
+        String::from_utf8_lossy(&cert.0).to_string(),
+    ))
 }
 
 async fn wait_for_certificate(
@@ -165,11 +177,11 @@ async fn wait_for_certificate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::pem::PemObject;
-    use x509_parser::prelude::FromDer;
     use k8s_openapi::api::certificates::v1::{
         CertificateSigningRequestCondition, CertificateSigningRequestStatus,
     };
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
 
     #[test]
     fn requests_the_nodes_identity() {
@@ -178,10 +190,9 @@ mod tests {
             req.request_pem.as_bytes(),
         )
         .unwrap();
-        let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(
-            der.as_ref(),
-        )
-        .unwrap();
+        let (_, parsed) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+                .unwrap();
         let subject = parsed.certification_request_info.subject.to_string();
         assert!(subject.contains("CN=system:node:n1"), "{subject}");
         assert!(subject.contains("O=system:nodes"), "{subject}");
@@ -190,7 +201,10 @@ mod tests {
         let name = obj.metadata.name.unwrap();
         assert!(name.starts_with("node-csr-") && name.len() == 52, "{name}");
         assert_eq!(
-            csr_object(&req, "n1", Naming::Generated).metadata.generate_name.as_deref(),
+            csr_object(&req, "n1", Naming::Generated)
+                .metadata
+                .generate_name
+                .as_deref(),
             Some("csr-")
         );
     }

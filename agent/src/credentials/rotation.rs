@@ -18,7 +18,9 @@ pub fn renewal_deadline(cert: &NodeCert, jitter: f64) -> jiff::Timestamp {
     let lifetime = cert.not_after.duration_since(cert.not_before);
     let fraction = lifetime.as_secs_f64() * jitter.clamp(0.0, 1.0);
     let offset = jiff::SignedDuration::try_from_secs_f64(fraction).unwrap_or_default();
-    cert.not_before.checked_add(offset).unwrap_or(cert.not_before)
+    cert.not_before
+        .checked_add(offset)
+        .unwrap_or(cert.not_before)
 }
 
 /// Back-off between failed renewals: doubling from 1 s to 5 min.
@@ -65,9 +67,13 @@ impl Rotator {
 
     async fn renew(&self) -> Result<NodeCert> {
         let client = self.transport.client();
-        let next =
-            request::request_node_certificate(&client, &self.node_name, Naming::Generated, self.wait)
-                .await?;
+        let next = request::request_node_certificate(
+            &client,
+            &self.node_name,
+            Naming::Generated,
+            self.wait,
+        )
+        .await?;
         self.store.update(&next)?;
         self.transport.present(&next)?;
         tracing::info!(expires = %next.not_after, "node client certificate renewed");

@@ -308,7 +308,10 @@ fn meta(info: &ResourceInfo, m: &Value, out: &mut Causes) {
                 "services" => dns1035_label_errors(n),
                 // kube: "We don't care what you call your certificate requests" — kubelet
                 // names them `node-csr-<base64url>`; only what a URL path cannot carry.
-                "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings"
+                "roles"
+                | "clusterroles"
+                | "rolebindings"
+                | "clusterrolebindings"
                 | "certificatesigningrequests" => rbac::path_segment_name_errors(n),
                 _ => dns1123_subdomain_errors(n),
             };
@@ -1259,10 +1262,16 @@ mod tests {
                 "metadata": {"name": name}, "spec": {}})
         };
         let named = |name: &str| {
-            let causes = check("certificates.k8s.io", "certificatesigningrequests", csr(name));
+            let causes = check(
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                csr(name),
+            );
             fields(&causes).contains(&"metadata.name")
         };
-        assert!(!named("node-csr-JQX2eo-qNgtejob7r07Adyh7c28topZDUkWK_5AW0u_"));
+        assert!(!named(
+            "node-csr-JQX2eo-qNgtejob7r07Adyh7c28topZDUkWK_5AW0u_"
+        ));
         assert!(named("a/b"));
         assert!(named(".."));
     }
