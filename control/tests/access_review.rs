@@ -512,7 +512,7 @@ async fn raw_reviews_are_validated_and_authorized_as_kube() {
 /// `system:kubelet-api-admin`) and nothing beyond the Node objects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_client_is_a_kubelet_api_admin_only() {
-    let t = Reviews::start(Kubectl::newest().unwrap()).await;
+    let t = TokenUsers::start(Kubectl::newest().unwrap(), TOKENS).await;
     let admin = t.admin_token();
     let as_client = ["--as", "kube-apiserver-kubelet-client"];
     let may = |args: &[&str]| {
