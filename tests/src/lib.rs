@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod apiload;
 pub mod cluster;
 pub mod test_image;
 

@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, PostParams};
+use skiff_tests::apiload::{Percentiles, configmap, list_all, percentiles, time_each};
 use skiff_tests::{ControlPlane, Etcd, StoreBackend, rss_kib};
 
 #[derive(Parser)]
@@ -56,23 +55,6 @@ struct Figures {
     etcd_rss_mib: Option<f64>,
 }
 
-struct Percentiles {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).copied().unwrap_or_default()
-    };
-    Percentiles {
-        p50: at(0.50),
-        p99: at(0.99),
-    }
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
@@ -86,14 +68,6 @@ async fn client(cp: &ControlPlane) -> Result<kube::Client> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
-}
-
-fn configmap(i: usize) -> ConfigMap {
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("bench-{i:06}"), "labels": {"bench": "api", "shard": (i % 10).to_string()}},
-        "data": {"payload": "x".repeat(128)},
-    }))
-    .expect("valid ConfigMap")
 }
 
 async fn measure(store: &str, args: &Args) -> Result<Figures> {
@@ -121,7 +95,10 @@ async fn measure(store: &str, args: &Args) -> Result<Figures> {
     let api = Arc::new(api);
     let creates = time_each(0..args.objects, args.concurrency, |i| {
         let api = api.clone();
-        async move { api.create(&PostParams::default(), &configmap(i)).await }
+        async move {
+            api.create(&PostParams::default(), &configmap("api", "bench", i))
+                .await
+        }
     })
     .await
     .context("create failed")?;
@@ -144,38 +121,16 @@ async fn measure(store: &str, args: &Args) -> Result<Figures> {
     let etcd_rss = etcd.as_ref().map(|e| mib(rss_kib(e.pid())));
     Ok(Figures {
         store: store.to_string(),
-        create: percentiles(creates),
+        create: percentiles(&creates),
         create_per_s: args.objects as f64 / create_wall.as_secs_f64(),
-        get: percentiles(gets),
+        get: percentiles(&gets),
         get_per_s: args.gets as f64 / get_wall.as_secs_f64(),
-        list: percentiles(lists),
-        list_page: percentiles(pages),
+        list: percentiles(&lists),
+        list_page: percentiles(&pages),
         rss_idle_mib: mib(rss_idle),
         rss_loaded_mib: mib(rss_loaded),
         etcd_rss_mib: etcd_rss,
     })
-}
-
-/// Runs `request` for every item, `concurrency` at a time: the latency of each.
-async fn time_each<T, O, Fut>(
-    items: impl IntoIterator<Item = T>,
-    concurrency: usize,
-    request: impl Fn(T) -> Fut,
-) -> Result<Vec<Duration>, kube::Error>
-where
-    Fut: std::future::Future<Output = Result<O, kube::Error>>,
-{
-    let request = &request;
-    futures::stream::iter(items)
-        .map(|item| async move {
-            let t = Instant::now();
-            request(item).await.map(|_| t.elapsed())
-        })
-        .buffer_unordered(concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
 }
 
 /// `args.gets` names of created objects, spread by a fixed xorshift sequence.
@@ -197,22 +152,7 @@ async fn time_lists(api: &Api<ConfigMap>, args: &Args) -> Result<(Vec<Duration>,
     let mut pages = Vec::new();
     for _ in 0..args.lists {
         let t = Instant::now();
-        let mut token: Option<String> = None;
-        let mut count = 0;
-        loop {
-            let mut lp = ListParams::default().limit(500);
-            if let Some(t) = &token {
-                lp = lp.continue_token(t);
-            }
-            let pt = Instant::now();
-            let page = api.list(&lp).await?;
-            pages.push(pt.elapsed());
-            count += page.items.len();
-            token = page.metadata.continue_.filter(|t| !t.is_empty());
-            if token.is_none() {
-                break;
-            }
-        }
+        let count = list_all(api, &mut pages).await?;
         anyhow::ensure!(
             count >= args.objects,
             "list returned {count} of {} objects",

@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
+use skiff_tests::apiload::{Percentiles, configmap, list_all, percentiles, time_each};
 use skiff_tests::{ControlPlane, StoreBackend};
 
 use policy::{Policy, Rng};
@@ -348,7 +349,7 @@ async fn check_access(sides: &[Side], clients: &[(Identity, kube::Client)]) -> R
         if matches!(identity, Identity::User | Identity::ServiceAccount) {
             let other: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
             let r = other
-                .create(&PostParams::default(), &configmap("refused", 0))
+                .create(&PostParams::default(), &configmap("authz", "refused", 0))
                 .await;
             ensure!(
                 matches!(&r, Err(kube::Error::Api(s)) if s.code == 403),
@@ -357,57 +358,6 @@ async fn check_access(sides: &[Side], clients: &[(Identity, kube::Client)]) -> R
         }
     }
     Ok(())
-}
-
-fn configmap(prefix: &str, i: usize) -> ConfigMap {
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("{prefix}-{i:06}"), "labels": {"bench": "authz", "shard": (i % 10).to_string()}},
-        "data": {"payload": "x".repeat(128)},
-    }))
-    .expect("valid ConfigMap")
-}
-
-/// Runs `request` for every item, `concurrency` at a time: the latency of each.
-async fn time_each<T, O, Fut>(
-    items: impl IntoIterator<Item = T>,
-    concurrency: usize,
-    request: impl Fn(T) -> Fut,
-) -> Result<Vec<Duration>, kube::Error>
-where
-    Fut: std::future::Future<Output = Result<O, kube::Error>>,
-{
-    let request = &request;
-    futures::stream::iter(items)
-        .map(|item| async move {
-            let t = Instant::now();
-            request(item).await.map(|_| t.elapsed())
-        })
-        .buffer_unordered(concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-}
-
-/// One full list in pages of 500 (kubectl's page size): the time of each page and the number
-/// of objects.
-async fn list_all(api: &Api<ConfigMap>, pages: &mut Vec<Duration>) -> Result<usize> {
-    let mut token: Option<String> = None;
-    let mut count = 0;
-    loop {
-        let mut lp = ListParams::default().limit(500);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let t = Instant::now();
-        let page = api.list(&lp).await?;
-        pages.push(t.elapsed());
-        count += page.items.len();
-        token = page.metadata.continue_.filter(|t| !t.is_empty());
-        if token.is_none() {
-            return Ok(count);
-        }
-    }
 }
 
 /// The part `[lo, hi)` of `total` that round `r` of `rounds` does.
@@ -423,7 +373,7 @@ async fn run_round(side: &mut Side, r: usize, args: &Args) -> Result<()> {
     let pages_before = side.tally.pages.len();
     let started = Instant::now();
     let creates = time_each(created, args.concurrency, |i| async move {
-        api.create(&PostParams::default(), &configmap("bench", i))
+        api.create(&PostParams::default(), &configmap("authz", "bench", i))
             .await
     })
     .await
@@ -462,7 +412,7 @@ async fn run_round(side: &mut Side, r: usize, args: &Args) -> Result<()> {
 async fn warm_up(side: &Side, concurrency: usize) -> Result<()> {
     let api = &side.api;
     time_each(0..concurrency * 4, concurrency, |i| async move {
-        api.create(&PostParams::default(), &configmap("warm", i))
+        api.create(&PostParams::default(), &configmap("authz", "warm", i))
             .await
     })
     .await?;
@@ -555,24 +505,6 @@ async fn measure(args: &Args) -> Result<Outcome> {
         }
     }
     Ok(Outcome { sides, totals })
-}
-
-struct Percentiles {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn percentiles(samples: &[Duration]) -> Percentiles {
-    let mut samples = samples.to_vec();
-    samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).copied().unwrap_or_default()
-    };
-    Percentiles {
-        p50: at(0.50),
-        p99: at(0.99),
-    }
 }
 
 /// One identity's figures, in the report's column order: latencies in ms and rates per second.
