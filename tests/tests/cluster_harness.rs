@@ -623,3 +623,70 @@ fn node_csrs_of(c: &Cluster) -> Result<Vec<String>> {
     names.sort();
     Ok(names)
 }
+
+/// With a short `--cluster-signing-duration` the node renews its client certificate on its own:
+/// a CSR from `system:node:<name>`, auto-approved as `selfnodeclient`, the store's current pair
+/// switched, and the agent (not restarted) keeps talking to the API with it.
+#[test]
+fn nodes_renew_their_client_certificate() -> Result<()> {
+    if cluster::skip_unless_root("nodes_renew_their_client_certificate") {
+        return Ok(());
+    }
+    // Signed for 2 min plus kube's 5 min backdate: renewal comes at 70–90 % of 7 min after
+    // the backdated start, i.e. within about 80 s of issue.
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        control_args: vec!["--cluster-signing-duration=2m".into()],
+        ..Default::default()
+    })?;
+    let node = c.nodes()[0].clone();
+    let pid = c.agent_pid(&node);
+    let current = c
+        .state()
+        .node(&node)?
+        .root_dir
+        .join("pki/kubelet-client-current.pem");
+    let first = std::fs::read_link(&current)?;
+    let user = format!("system:node:{node}");
+    let renewal = skiff_tests::wait_for("a renewal CSR", Duration::from_secs(180), || {
+        let list: serde_json::Value =
+            serde_json::from_str(&c.kubectl(&["get", "csr", "-o", "json"])?)?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|csr| {
+                csr["spec"]["username"] == user.as_str() && csr["status"]["certificate"].is_string()
+            })
+            .cloned())
+    })?;
+    let approved = &renewal["status"]["conditions"][0];
+    assert_eq!(approved["reason"], "AutoApproved", "{renewal}");
+    assert_eq!(
+        approved["message"],
+        "Auto approving self kubelet client certificate after SubjectAccessReview."
+    );
+    assert!(
+        renewal["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("csr-")),
+        "{renewal}"
+    );
+    skiff_tests::wait_for(
+        "the current pair to switch",
+        Duration::from_secs(30),
+        || Ok((std::fs::read_link(&current)? != first).then_some(())),
+    )?;
+    assert!(
+        c.agent_log(&node)
+            .contains("node client certificate renewed")
+    );
+    assert_eq!(c.agent_pid(&node), pid, "the agent restarted");
+    let kubectl = skiff_tests::Kubectl::newest()?;
+    let out = kubectl
+        .command_with(&c.node_kubeconfig(&node), c.dir())
+        .args(["get", "node", &node, "-o", "name"])
+        .output()?;
+    assert_eq!(stdout(&out).trim(), format!("node/{node}"));
+    Ok(())
+}
