@@ -4,6 +4,7 @@
 //! pods that no longer exist.
 
 pub mod env;
+pub mod hooks;
 pub mod logsource;
 pub mod probe;
 pub mod sandbox;

@@ -87,6 +87,21 @@ pub async fn run(
 
 /// An HTTP GET: any status from 200 to 399 passes.
 async fn http_get(h: &HTTPGetAction, container: &Container, pod_ip: &str) -> Result<(), String> {
+    let code = http_status(h, container, pod_ip, "kube-probe/1.33").await?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// The status code of an HTTP GET as `h` describes it, sent as `user_agent`.
+pub(crate) async fn http_status(
+    h: &HTTPGetAction,
+    container: &Container,
+    pod_ip: &str,
+    user_agent: &str,
+) -> Result<u16, String> {
     let port = resolve_port(&h.port, container)?;
     let host = h
         .host
@@ -102,7 +117,7 @@ async fn http_get(h: &HTTPGetAction, container: &Container, pod_ip: &str) -> Res
     }
     let path = h.path.clone().unwrap_or_else(|| "/".into());
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\nConnection: close\r\n"
     );
     for hdr in h.http_headers.clone().unwrap_or_default() {
         req.push_str(&format!("{}: {}\r\n", hdr.name, hdr.value));
@@ -130,11 +145,7 @@ async fn http_get(h: &HTTPGetAction, container: &Container, pod_ip: &str) -> Res
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("malformed HTTP response from {host}:{port}"))?;
-    if (200..400).contains(&code) {
-        Ok(())
-    } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
-    }
+    Ok(code)
 }
 
 /// A TCP connect: accepted passes.
@@ -156,7 +167,11 @@ async fn tcp_socket(
 }
 
 /// A command run in the container's namespaces (by `skiff-agent exec-in`): exit 0 passes.
-async fn exec_in(exec: &ExecAction, container_pid: i32, agent_exe: &Path) -> Result<(), String> {
+pub(crate) async fn exec_in(
+    exec: &ExecAction,
+    container_pid: i32,
+    agent_exe: &Path,
+) -> Result<(), String> {
     let cmd = exec.command.clone().unwrap_or_default();
     if cmd.is_empty() {
         return Err("exec probe without a command".into());

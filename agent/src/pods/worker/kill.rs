@@ -1,13 +1,20 @@
 //! Stopping containers: one whose probe failed, all of a pod's, and what runs of a pod the
 //! API no longer has.
 
+use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Container;
+use tokio::time::Instant;
 
 use super::{Agent, Note, PodWorker, field_path, sandbox};
-use crate::runtime::spec::{SandboxState, read_json};
+use crate::pods::hooks::{self, Hook};
+use crate::runtime::spec::{ContainerState, SandboxState, read_json};
 use crate::runtime::{InstanceStatus, instance_status, stop_process};
+
+/// The least time a container gets for SIGTERM after its preStop hook (kube's
+/// `minimumGracePeriodInSeconds`).
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 impl PodWorker {
     pub(super) async fn kill_container(
@@ -36,10 +43,53 @@ impl PodWorker {
             .event(&pod, field_path(c, init), false, "Killing", message)
             .await;
         let tx = self.notes_tx.clone();
+        let stop = self.stop(c, init, &st, grace);
         tokio::spawn(async move {
-            stop_process(&*edge, st.pid, st.start_ticks, grace).await;
+            stop.await;
             let _ = tx.send(Note::Exited);
         });
+    }
+
+    /// kube's `killContainer`: the preStop hook first, bounded by the grace period, then
+    /// SIGTERM with what is left of it (at least 2 s after a hook), then SIGKILL.
+    fn stop(
+        &self,
+        c: &Container,
+        init: bool,
+        st: &ContainerState,
+        grace: Duration,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let hook = Hook::PreStop.of(c).filter(|_| !grace.is_zero()).cloned();
+        let (agent, pod, container) = (self.agent.clone(), self.pod.clone(), c.clone());
+        let (pod_label, pod_ip) = (self.pod_label(), self.pod_ip.clone().unwrap_or_default());
+        let (pid, ticks) = (st.pid, st.start_ticks);
+        async move {
+            let mut grace = grace;
+            if let Some(handler) = hook {
+                let started = Instant::now();
+                let target = hooks::Target {
+                    container: &container,
+                    pod: &pod_label,
+                    pod_ip: &pod_ip,
+                    container_pid: pid,
+                    agent_exe: &agent.runtime.exe,
+                };
+                match tokio::time::timeout(grace, hooks::run(&handler, &target)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(msg)) => {
+                        let field = field_path(&container, init);
+                        let reason = Hook::PreStop.failed_reason();
+                        agent.event(&pod, field, true, reason, msg).await;
+                    }
+                    Err(_) => tracing::info!(pod = %pod_label, container = %container.name,
+                        "PreStop hook not completed in grace period"),
+                }
+                grace = grace
+                    .saturating_sub(started.elapsed())
+                    .max(MIN_GRACE_AFTER_HOOK);
+            }
+            stop_process(&*agent.edge, pid, ticks, grace).await;
+        }
     }
 
     /// Stop every running container of the pod (concurrently), waiting for them to end.
@@ -68,7 +118,7 @@ impl PodWorker {
                             )
                             .await;
                     }
-                    stops.push(stop_process(&*edge, st.pid, st.start_ticks, grace));
+                    stops.push(self.stop(c, init, &st, grace));
                 }
             }
         }

@@ -126,6 +126,11 @@ impl PodWorker {
     fn name(&self) -> String {
         self.pod.metadata.name.clone().unwrap_or_default()
     }
+    /// `<name>_<namespace>(<uid>)`, as the kubelet names a pod in its messages.
+    fn pod_label(&self) -> String {
+        format!("{}_{}({})", self.name(), self.namespace(), self.uid)
+    }
+
     fn namespace(&self) -> String {
         self.pod.metadata.namespace.clone().unwrap_or_default()
     }

@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use super::{Note, PodWorker, RESYNC, backoff_delay, field_path};
 use crate::image::Image;
-use crate::runtime::spec::{ContainerExit, ContainerSpec};
+use crate::pods::hooks::{self, Hook};
+use crate::runtime::spec::{ContainerExit, ContainerSpec, ContainerState};
 use crate::runtime::{self, InstanceStatus};
 
 impl PodWorker {
@@ -112,6 +113,10 @@ impl PodWorker {
     ) {
         let pod = self.pod.clone();
         let field = field_path(c, init);
+        let running = match &st {
+            InstanceStatus::Running(cs) => Some(cs.clone()),
+            _ => None,
+        };
         let t = self.tracks.entry(c.name.clone()).or_default();
         t.image_id = Some(image.id.clone());
         t.waiting = None;
@@ -150,6 +155,37 @@ impl PodWorker {
                     .await;
             }
         }
+        if let Some(cs) = running {
+            self.post_start(c, n, init, &cs).await;
+        }
+    }
+
+    /// kube's postStart: the hook runs right after the start; a failure is a
+    /// FailedPostStartHook event and the container is killed (then restarted per policy).
+    async fn post_start(&mut self, c: &Container, n: u32, init: bool, cs: &ContainerState) {
+        let Some(handler) = Hook::PostStart.of(c).cloned() else {
+            return;
+        };
+        let (pod_label, pod_ip) = (self.pod_label(), self.pod_ip.clone().unwrap_or_default());
+        let exe = self.agent.runtime.exe.clone();
+        let target = hooks::Target {
+            container: c,
+            pod: &pod_label,
+            pod_ip: &pod_ip,
+            container_pid: cs.pid,
+            agent_exe: &exe,
+        };
+        let Err(msg) = hooks::run(&handler, &target).await else {
+            return;
+        };
+        let pod = self.pod.clone();
+        let reason = Hook::PostStart.failed_reason();
+        self.agent
+            .event(&pod, field_path(c, init), true, reason, msg)
+            .await;
+        let grace = Duration::from_secs(self.grace_period());
+        self.kill_container(c, init, n, reason.to_string(), grace)
+            .await;
     }
 
     /// Restart an exited container once its back-off is over: the first restart at once,
@@ -163,7 +199,7 @@ impl PodWorker {
         let now = Instant::now();
         let (initial, max) = (self.agent.cfg.backoff_initial, self.agent.cfg.backoff_max);
         let pod = self.pod.clone();
-        let msg_pod = format!("{}_{}({})", self.name(), self.namespace(), self.uid);
+        let msg_pod = self.pod_label();
         let t = self.tracks.entry(c.name.clone()).or_default();
         t.ready = false;
         let until = match t.backoff {

@@ -37,7 +37,7 @@ impl PodWorker {
     }
 
     /// The deletion's grace period, else the pod's, else 30 s.
-    fn grace_period(&self) -> u64 {
+    pub(super) fn grace_period(&self) -> u64 {
         self.pod
             .metadata
             .deletion_grace_period_seconds

@@ -416,6 +416,40 @@ async fn deletion_sends_sigterm_then_sigkill_after_the_grace_period_and_tears_do
     assert_eq!(body["preconditions"]["uid"], UID);
 }
 
+/// The preStop hook runs first and counts against the grace period; SIGTERM gets what is
+/// left, at least 2 s.
+#[tokio::test(start_paused = true)]
+async fn a_prestop_hook_runs_before_sigterm_within_the_grace_period() {
+    for (hook_seconds, grace, term_after, kill_after) in [(3, 6, 3, 3), (10, 5, 5, 2)] {
+        let node = Node::new();
+        node.kernel.plan("app", &[Plan::IgnoreSigterm]);
+        let mut app = container("app");
+        app["lifecycle"] = json!({"preStop": {"sleep": {"seconds": hook_seconds}}});
+        let p = pod(json!({"containers": [app]}));
+        let (tx, worker) = node.run(p.clone());
+        node.until("the app to start", |n| n.called("start app/0"))
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let deleted_at = Instant::now();
+        tx.send(Some(deleted(p, grace))).unwrap();
+        worker.await.unwrap();
+        let term = node.when("signal app/0 SIGTERM") - deleted_at;
+        let kill = node.when("signal app/0 SIGKILL") - node.when("signal app/0 SIGTERM");
+        let within = |d: Duration, secs: u64| {
+            d >= Duration::from_secs(secs)
+                && d < Duration::from_secs(secs) + Duration::from_millis(900)
+        };
+        assert!(
+            within(term, term_after),
+            "hook {hook_seconds}s, grace {grace}s: SIGTERM after {term:?}"
+        );
+        assert!(
+            within(kill, kill_after),
+            "hook {hook_seconds}s, grace {grace}s: SIGKILL {kill:?} after SIGTERM"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pod_gone_from_the_api_loses_its_containers_network_and_cgroups() {
     let node = Node::new();

@@ -1,0 +1,70 @@
+//! Container lifecycle hooks on a one-node cluster, with the real kubectl: `postStart` runs
+//! after the container starts, and on deletion `preStop` runs before the container gets
+//! SIGTERM. The hooks and the container write to one hostPath file the test reads.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::test_image::IMAGE;
+use skiff_tests::wait_for;
+
+/// A directory for the hostPath volume, removed when the test ends however it ends.
+struct HostDir(std::path::PathBuf);
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn post_start_and_pre_stop_hooks() -> Result<()> {
+    if skip_unless_root("post_start_and_pre_stop_hooks") {
+        return Ok(());
+    }
+    let dir = HostDir(std::env::temp_dir().join(format!("skiff-lifecycle-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })?;
+    let log = dir.0.join("log");
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooks, namespace: default}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes:
+  - name: data
+    hostPath: {{path: {dir}, type: Directory}}
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["sh", "-c", "trap 'echo term >> /data/log; exit 0' TERM; echo started >> /data/log; while true; do sleep 1; done"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+    lifecycle:
+      postStart:
+        exec: {{command: ["sh", "-c", "echo poststart >> /data/log"]}}
+      preStop:
+        exec: {{command: ["sh", "-c", "echo prestop >> /data/log; sleep 2"]}}
+"#,
+        dir = dir.0.display()
+    ))?;
+    wait_for("the postStart hook", Duration::from_secs(90), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok(text.contains("poststart").then_some(()))
+    })?;
+    c.kubectl(&["delete", "pod", "hooks", "--wait=true", "--timeout=60s"])?;
+    let text = std::fs::read_to_string(&log)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| *l == what);
+    assert!(at("started").is_some(), "{lines:?}");
+    let (prestop, term) = (at("prestop"), at("term"));
+    assert!(
+        prestop.is_some() && term.is_some() && prestop < term,
+        "preStop must run before SIGTERM: {lines:?}"
+    );
+    Ok(())
+}
