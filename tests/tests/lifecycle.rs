@@ -1,6 +1,8 @@
-//! Container lifecycle hooks on a one-node cluster, with the real kubectl: `postStart` runs
-//! after the container starts, and on deletion `preStop` runs before the container gets
-//! SIGTERM. The hooks and the container write to one hostPath file the test reads.
+//! Container lifecycle on a one-node cluster, with the real kubectl: `postStart` runs after
+//! the container starts, and on deletion `preStop` runs before the container gets SIGTERM
+//! (the hooks and the container write to one hostPath file the test reads); what a container
+//! writes to its termination-message file, or with `FallbackToLogsOnError` the tail of its
+//! log, becomes `state.terminated.message`.
 
 use std::time::Duration;
 
@@ -19,8 +21,8 @@ impl Drop for HostDir {
 }
 
 #[test]
-fn post_start_and_pre_stop_hooks() -> Result<()> {
-    if skip_unless_root("post_start_and_pre_stop_hooks") {
+fn hooks_and_termination_messages() -> Result<()> {
+    if skip_unless_root("hooks_and_termination_messages") {
         return Ok(());
     }
     let dir = HostDir(std::env::temp_dir().join(format!("skiff-lifecycle-{}", std::process::id())));
@@ -66,5 +68,55 @@ spec:
         prestop.is_some() && term.is_some() && prestop < term,
         "preStop must run before SIGTERM: {lines:?}"
     );
+    termination_messages(&c)
+}
+
+fn termination_messages(c: &Cluster) -> Result<()> {
+    let pod = |name: &str, extra: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {IMAGE}\n\
+             \x20   command: [\"sh\", \"-c\", \"{script}\"]\n{extra}"
+        )
+    };
+    c.apply(&pod(
+        "msg-file",
+        "",
+        "echo bye > /dev/termination-log; exit 3",
+    ))?;
+    c.apply(&pod(
+        "msg-path",
+        "    terminationMessagePath: /tmp/why\n",
+        "echo custom > /tmp/why",
+    ))?;
+    c.apply(&pod(
+        "msg-logs",
+        "    terminationMessagePolicy: FallbackToLogsOnError\n",
+        "echo first; echo oops; exit 1",
+    ))?;
+    c.apply(&pod(
+        "msg-none",
+        "    terminationMessagePolicy: FallbackToLogsOnError\n",
+        "echo fine",
+    ))?;
+    for (name, want) in [
+        ("msg-file", Some("bye\n")),
+        ("msg-path", Some("custom\n")),
+        ("msg-logs", Some("first\noops\n")),
+        // A success does not fall back to the log.
+        ("msg-none", None),
+    ] {
+        let terminated: serde_json::Value = wait_for(
+            &format!("{name} to terminate"),
+            Duration::from_secs(60),
+            || {
+                let pod: serde_json::Value =
+                    serde_json::from_str(&c.kubectl(&["get", "pod", name, "-o", "json"])?)?;
+                let t = pod["status"]["containerStatuses"][0]["state"]["terminated"].clone();
+                Ok((!t.is_null()).then_some(t))
+            },
+        )?;
+        assert_eq!(terminated["message"].as_str(), want, "{name}: {terminated}");
+    }
     Ok(())
 }

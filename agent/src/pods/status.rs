@@ -22,6 +22,8 @@ pub struct ContainerView {
     pub last_exit: Option<(Option<RunState>, ContainerExit, String)>,
     pub ready: bool,
     pub started: bool,
+    /// What exited instances left as their termination message, by container id.
+    pub termination_messages: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,6 +63,7 @@ fn terminated(
     state: &Option<RunState>,
     exit: &ContainerExit,
     id: &str,
+    message: Option<&String>,
 ) -> ContainerStateTerminated {
     let reason = if exit.start_error.is_some() {
         "StartError"
@@ -73,7 +76,7 @@ fn terminated(
         exit_code: exit.exit_code,
         signal: exit.signal,
         reason: Some(reason.into()),
-        message: exit.start_error.clone(),
+        message: exit.start_error.clone().or_else(|| message.cloned()),
         started_at: state.as_ref().and_then(|s| parse_time(&s.started_at)),
         finished_at: parse_time(&exit.finished_at),
         container_id: Some(id.to_string()),
@@ -89,7 +92,7 @@ pub fn container_status(v: &ContainerView, default_waiting: &str) -> ContainerSt
         ..Default::default()
     };
     let mut last = v.last_exit.as_ref().map(|(s, e, id)| ContainerState {
-        terminated: Some(terminated(s, e, id)),
+        terminated: Some(terminated(s, e, id, v.termination_messages.get(id))),
         ..Default::default()
     });
     let state = match &v.now {
@@ -108,7 +111,12 @@ pub fn container_status(v: &ContainerView, default_waiting: &str) -> ContainerSt
             waiting: w,
         } => {
             let t = ContainerState {
-                terminated: Some(terminated(state, exit, &v.container_id)),
+                terminated: Some(terminated(
+                    state,
+                    exit,
+                    &v.container_id,
+                    v.termination_messages.get(&v.container_id),
+                )),
                 ..Default::default()
             };
             match (will_restart, w) {

@@ -4,6 +4,7 @@
 //! trace and confirms the deletion to the apiserver.
 
 mod kill;
+mod message;
 mod probes;
 mod report;
 mod spec;
@@ -96,6 +97,8 @@ pub struct PodWorker {
     start_time: Option<Time>,
     pod_ip: Option<String>,
     next_token_check: Instant,
+    /// Termination messages of exited instances, by container id (`None`: it left none).
+    termination_messages: HashMap<String, Option<String>>,
 }
 
 impl PodWorker {
@@ -118,6 +121,7 @@ impl PodWorker {
             reported: None,
             finished: false,
             start_time,
+            termination_messages: HashMap::new(),
             pod_ip: None,
             next_token_check: Instant::now(),
         }

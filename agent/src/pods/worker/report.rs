@@ -24,6 +24,7 @@ impl PodWorker {
                 t.image_id = self.agent.images.resolve(&image_ref).map(|i| i.id);
             }
         }
+        self.collect_termination_messages().await;
         let policy = restart_policy(&spec);
         let view = PodView {
             init: spec
@@ -105,8 +106,18 @@ impl PodWorker {
                 }
             }
         };
+        let termination_messages = [Some(n), n.checked_sub(1)]
+            .into_iter()
+            .flatten()
+            .map(|i| container_id(&self.uid, &c.name, i))
+            .filter_map(|id| {
+                let message = self.termination_messages.get(&id)?.clone()?;
+                Some((id, message))
+            })
+            .collect();
         ContainerView {
             name: c.name.clone(),
+            termination_messages,
             image: image_ref,
             image_id,
             container_id: container_id(&self.uid, &c.name, n),

@@ -36,7 +36,9 @@ impl PodWorker {
             .agent
             .edge
             .create_container_cgroups(&self.uid, &c.name, limits_of(c))?;
-        let bind_files = self.bind_files(c);
+        let instance_dir = self.agent.runtime.instance_dir(&self.uid, &c.name, n);
+        let mut bind_files = self.bind_files(c);
+        bind_files.push(super::message::termination_log(&instance_dir, c)?);
         let bind_dirs = volumes::mounts(&self.agent, &self.pod, &self.uid, c).await?;
         Ok(ContainerSpec {
             pod_uid: self.uid.clone(),
@@ -54,7 +56,7 @@ impl PodWorker {
             uid,
             gid,
             image_rootfs: image.rootfs.clone(),
-            instance_dir: self.agent.runtime.instance_dir(&self.uid, &c.name, n),
+            instance_dir,
             bind_files,
             bind_dirs,
             cgroups,
