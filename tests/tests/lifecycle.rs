@@ -2,7 +2,7 @@
 //! the container starts, and on deletion `preStop` runs before the container gets SIGTERM
 //! (the hooks and the container write to one hostPath file the test reads); what a container
 //! writes to its termination-message file, or with `FallbackToLogsOnError` the tail of its
-//! log, becomes `state.terminated.message`.
+//! log, becomes `state.terminated.message`; a native sidecar runs beside the app.
 
 use std::time::Duration;
 
@@ -21,8 +21,8 @@ impl Drop for HostDir {
 }
 
 #[test]
-fn hooks_and_termination_messages() -> Result<()> {
-    if skip_unless_root("hooks_and_termination_messages") {
+fn hooks_messages_and_sidecars() -> Result<()> {
+    if skip_unless_root("hooks_messages_and_sidecars") {
         return Ok(());
     }
     let dir = HostDir(std::env::temp_dir().join(format!("skiff-lifecycle-{}", std::process::id())));
@@ -68,7 +68,34 @@ spec:
         prestop.is_some() && term.is_some() && prestop < term,
         "preStop must run before SIGTERM: {lines:?}"
     );
-    termination_messages(&c)
+    termination_messages(&c)?;
+    sidecar(&c)
+}
+
+/// A native sidecar (an init container with restartPolicy Always) runs beside the app:
+/// `kubectl get pod` counts it (2/2 Running).
+fn sidecar(c: &Cluster) -> Result<()> {
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: with-sidecar, namespace: default}}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {{name: proxy, image: {IMAGE}, restartPolicy: Always, command: ["sleep", "3600"]}}
+  containers:
+  - {{name: app, image: {IMAGE}, command: ["sleep", "3600"]}}
+"#
+    ))?;
+    wait_for(
+        "the pod with a sidecar to be 2/2 Running",
+        Duration::from_secs(60),
+        || {
+            let row = c.kubectl(&["get", "pod", "with-sidecar", "--no-headers"])?;
+            let cells: Vec<&str> = row.split_whitespace().collect();
+            Ok((cells.get(1..3) == Some(&["2/2", "Running"][..])).then_some(()))
+        },
+    )
 }
 
 fn termination_messages(c: &Cluster) -> Result<()> {

@@ -22,6 +22,9 @@ pub struct ContainerView {
     pub last_exit: Option<(Option<RunState>, ContainerExit, String)>,
     pub ready: bool,
     pub started: bool,
+    /// An init container with restartPolicy Always: it runs beside the app containers and
+    /// counts toward readiness.
+    pub sidecar: bool,
     /// What exited instances left as their termination message, by container id.
     pub termination_messages: std::collections::BTreeMap<String, String>,
 }
@@ -233,14 +236,16 @@ fn conditions(
     previous: Option<&PodStatus>,
     now: &Time,
 ) -> Vec<PodCondition> {
-    let all_ready = !view.containers.is_empty()
-        && view
-            .containers
+    // kube counts the sidecars (restartable init containers) first, then the app containers.
+    let counted = || {
+        view.init
             .iter()
-            .all(|c| matches!(c.now, Now::Running(_)) && c.ready);
-    let not_ready_names: Vec<&str> = view
-        .containers
-        .iter()
+            .filter(|c| c.sidecar)
+            .chain(view.containers.iter())
+    };
+    let all_ready = !view.containers.is_empty()
+        && counted().all(|c| matches!(c.now, Now::Running(_)) && c.ready);
+    let not_ready_names: Vec<&str> = counted()
         .filter(|c| !(matches!(c.now, Now::Running(_)) && c.ready))
         .map(|c| c.name.as_str())
         .collect();
@@ -260,7 +265,11 @@ fn conditions(
         "containers with incomplete status: [{}]",
         view.init
             .iter()
-            .filter(|c| !matches!(&c.now, Now::Exited { exit, .. } if exit.exit_code == 0))
+            .filter(|c| match &c.now {
+                Now::Exited { exit, .. } => exit.exit_code != 0 || c.sidecar,
+                Now::Running(_) => !(c.sidecar && c.started),
+                _ => true,
+            })
             .map(|c| c.name.as_str())
             .collect::<Vec<_>>()
             .join(" ")

@@ -92,17 +92,30 @@ impl PodWorker {
         }
     }
 
-    /// Stop every running container of the pod (concurrently), waiting for them to end.
+    /// Stop every running container of the pod, waiting for them to end: the app containers
+    /// together, then the init containers still running (sidecars), with what is left of the
+    /// grace period, as kube stops sidecars after the containers they serve.
     pub(super) async fn kill_all(&mut self, grace: Duration, announce: bool) {
         let spec = self.pod.spec.clone().unwrap_or_default();
+        let started = Instant::now();
+        let apps: Vec<&Container> = spec.containers.iter().collect();
+        self.kill_group(&apps, false, grace, announce).await;
+        let inits: Vec<&Container> = spec.init_containers.iter().flatten().collect();
+        let left = grace.saturating_sub(started.elapsed());
+        self.kill_group(&inits, true, left, announce).await;
+    }
+
+    /// Stop the running instances of `containers` concurrently.
+    async fn kill_group(
+        &mut self,
+        containers: &[&Container],
+        init: bool,
+        grace: Duration,
+        announce: bool,
+    ) {
         let edge = self.agent.edge.clone();
         let mut stops = Vec::new();
-        let all = spec
-            .containers
-            .iter()
-            .map(|c| (c, false))
-            .chain(spec.init_containers.iter().flatten().map(|c| (c, true)));
-        for (c, init) in all {
+        for c in containers {
             for n in self.agent.runtime.instances(&self.uid, &c.name) {
                 let dir = self.agent.runtime.instance_dir(&self.uid, &c.name, n);
                 if let InstanceStatus::Running(st) = instance_status(&*edge, &dir) {

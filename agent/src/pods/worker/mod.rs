@@ -97,6 +97,9 @@ pub struct PodWorker {
     start_time: Option<Time>,
     pod_ip: Option<String>,
     next_token_check: Instant,
+    /// Every init container succeeded (or, for a sidecar, started) once: later sidecar exits
+    /// do not hold the app containers up again.
+    initialized: bool,
     /// Termination messages of exited instances, by container id (`None`: it left none).
     termination_messages: HashMap<String, Option<String>>,
 }
@@ -121,6 +124,7 @@ impl PodWorker {
             reported: None,
             finished: false,
             start_time,
+            initialized: false,
             termination_messages: HashMap::new(),
             pod_ip: None,
             next_token_check: Instant::now(),
@@ -325,6 +329,9 @@ impl PodWorker {
 
     /// Run the init containers one at a time, in order: start the first that has not
     /// succeeded yet, or restart it after its back-off (unless restartPolicy is Never).
+    /// A sidecar (an init container with restartPolicy Always) lets the next one start once
+    /// it has started, and keeps running (restarted whatever the pod's policy) next to the
+    /// app containers; its exit after initialization holds nothing up.
     async fn run_init_containers(&mut self, spec: &PodSpec, policy: &str) -> InitProgress {
         let mut progress = InitProgress {
             done: true,
@@ -332,13 +339,24 @@ impl PodWorker {
             wake: RESYNC,
         };
         for c in spec.init_containers.iter().flatten() {
+            let sidecar = is_sidecar(c);
             match self.current(&c.name) {
-                (_, Some(InstanceStatus::Exited(_, e))) if e.exit_code == 0 => continue,
+                (_, Some(InstanceStatus::Exited(_, e))) if e.exit_code == 0 && !sidecar => {
+                    continue;
+                }
                 (_, None) => self.start(c, 0, true).await,
                 (_, Some(InstanceStatus::Starting)) => {}
-                (n, Some(InstanceStatus::Running(st))) => self.watch_exit(&c.name, n, st.shim_pid),
+                (n, Some(InstanceStatus::Running(st))) => {
+                    self.watch_exit(&c.name, n, st.shim_pid);
+                    if sidecar {
+                        progress.wake = progress.wake.min(self.probe(c, n, &st));
+                        if self.tracks.get(&c.name).is_some_and(|t| t.started) {
+                            continue;
+                        }
+                    }
+                }
                 (n, Some(InstanceStatus::Exited(..))) => {
-                    if policy == "Never" {
+                    if policy == "Never" && !sidecar {
                         progress.failed = true;
                     } else {
                         let after = self.restart_after_backoff(c, n, true).await;
@@ -346,8 +364,14 @@ impl PodWorker {
                     }
                 }
             }
+            if sidecar && self.initialized {
+                continue;
+            }
             progress.done = false;
             break;
+        }
+        if progress.done {
+            self.initialized = true;
         }
         progress
     }
@@ -411,6 +435,11 @@ fn field_path(c: &Container, init: bool) -> Option<String> {
 
 pub fn container_id(uid: &str, name: &str, n: u32) -> String {
     format!("skiff://{uid}/{name}/{n}")
+}
+
+/// A native sidecar: an init container with restartPolicy Always.
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 fn should_restart(policy: &str, exit_code: i32) -> bool {

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use super::{PodWorker, container_id, restart_policy, should_restart};
+use super::{PodWorker, container_id, is_sidecar, restart_policy, should_restart};
 use crate::pods::status::{self, ContainerView, Now, PodView};
 use crate::runtime::{InstanceStatus, instance_status};
 
@@ -93,7 +93,9 @@ impl PodWorker {
             }
             Some(InstanceStatus::Running(s)) => Now::Running(s),
             Some(InstanceStatus::Exited(s, e)) => {
-                let will_restart = if init {
+                let will_restart = if init && is_sidecar(c) {
+                    true
+                } else if init {
                     e.exit_code != 0 && policy != "Never"
                 } else {
                     should_restart(policy, e.exit_code)
@@ -117,6 +119,7 @@ impl PodWorker {
             .collect();
         ContainerView {
             name: c.name.clone(),
+            sidecar: init && is_sidecar(c),
             termination_messages,
             image: image_ref,
             image_id,

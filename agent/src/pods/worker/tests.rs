@@ -304,6 +304,79 @@ async fn the_sandbox_comes_first_then_init_containers_one_by_one_then_the_app() 
     );
 }
 
+/// A native sidecar starts first and keeps running: the next init container starts once it
+/// runs, it is restarted after an exit without holding the app up, counts toward readiness,
+/// and on deletion it is stopped after the app.
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_runs_beside_the_app_and_stops_after_it() {
+    let node = Node::new();
+    let mut sidecar = container("proxy");
+    sidecar["restartPolicy"] = json!("Always");
+    let spec = json!({"initContainers": [sidecar, container("setup")],
+        "containers": [container("app")]});
+    let p = pod(spec);
+    let (tx, worker) = node.run(p.clone());
+    node.until("setup to start", |n| n.called("start setup/0"))
+        .await;
+    assert!(node.when("start proxy/0") < node.when("start setup/0"));
+    assert!(node.kernel.exit("setup/0", 0));
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    node.until("the pod to be ready", |n| {
+        n.api.statuses().last().is_some_and(|s| {
+            s["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+    })
+    .await;
+    let status = node.api.statuses().pop().unwrap();
+    assert_eq!(status["initContainerStatuses"][0]["started"], true);
+    assert_eq!(status["initContainerStatuses"][0]["ready"], true);
+    // The sidecar exits: it comes back, the app runs on.
+    assert!(node.kernel.exit("proxy/0", 1));
+    node.until("the sidecar's restart", |n| n.called("start proxy/1"))
+        .await;
+    assert!(!node.called("signal app/0 SIGTERM"));
+    assert!(!node.called("start app/1"));
+
+    tx.send(Some(deleted(p, 5))).unwrap();
+    worker.await.unwrap();
+    assert!(node.when("signal app/0 SIGTERM") <= node.when("signal proxy/1 SIGTERM"));
+    let order = node.calls_of(&["signal"]);
+    let at = |call: &str| order.iter().position(|c| c == call).unwrap();
+    assert!(
+        at("signal app/0 SIGTERM") < at("signal proxy/1 SIGTERM"),
+        "{order:?}"
+    );
+}
+
+/// With restartPolicy Never the pod completes when its app does; the sidecar is stopped.
+#[tokio::test(start_paused = true)]
+async fn a_job_with_a_sidecar_completes_when_its_app_does() {
+    let node = Node::new();
+    let mut sidecar = container("proxy");
+    sidecar["restartPolicy"] = json!("Always");
+    let spec = json!({"restartPolicy": "Never", "initContainers": [sidecar],
+        "containers": [container("app")]});
+    let (_tx, _worker) = node.run(pod(spec));
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    assert!(node.kernel.exit("app/0", 0));
+    node.until("the pod to succeed", |n| {
+        n.api
+            .statuses()
+            .last()
+            .is_some_and(|s| s["phase"] == "Succeeded")
+    })
+    .await;
+    node.until("the sidecar to be stopped", |n| {
+        n.called("signal proxy/0 SIGTERM")
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failing_container_is_restarted_with_a_doubling_back_off() {
     let node = Node::new();
