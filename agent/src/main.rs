@@ -39,6 +39,10 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Join a cluster (kubeadm's bootstrap-token discovery): check the API server with the
+    /// token and the CA's public-key hash, write the bootstrap kubeconfig and get this
+    /// node's client certificate. Then start the agent with `skiff-agent run`.
+    Join(JoinArgs),
     /// Remove everything the agent put into the kernel: pod processes, cgroups, network
     /// namespace pins, the bridge and its routes, masquerade rules, BPF pins.
     Cleanup {
@@ -131,6 +135,34 @@ enum ImageCommand {
 
 const DEFAULT_ROOT: &str = "/var/lib/skiff/agent";
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/skiff";
+
+#[derive(Args)]
+struct JoinArgs {
+    /// The API server, e.g. https://10.0.0.1:6443.
+    #[arg(long)]
+    server: String,
+    /// A bootstrap token `<id>.<secret>` (`skiff-control token create`).
+    #[arg(long)]
+    token: String,
+    /// `sha256:<hex>` of the cluster CA's public key (printed by
+    /// `skiff-control token create --print-join-command`).
+    #[arg(long)]
+    ca_cert_hash: String,
+    /// The Node name; default: the hostname.
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    root_dir: PathBuf,
+    /// Where to write the bootstrap kubeconfig; default: <root-dir>/bootstrap.kubeconfig.
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where to write the node's kubeconfig; default: <root-dir>/kubelet.kubeconfig.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Where to keep the node's client certificates; default: <root-dir>/pki.
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+}
 
 #[derive(Args)]
 struct RunArgs {
@@ -283,6 +315,7 @@ fn tokio_main(cmd: Command) -> Result<()> {
     rt.block_on(async move {
         match cmd {
             Command::Run(a) => run_agent(*a).await,
+            Command::Join(a) => join(a).await,
             Command::Image { root_dir, command } => image_command(&root_dir, command),
             Command::Bpf {
                 bpffs,
@@ -311,6 +344,42 @@ fn tokio_main(cmd: Command) -> Result<()> {
             }
         }
     })
+}
+
+/// `skiff-agent join`: discovery and the TLS bootstrap, then what to run.
+async fn join(a: JoinArgs) -> Result<()> {
+    use skiff_agent::credentials::join::{self, JoinOptions};
+    let bootstrap = a
+        .bootstrap_kubeconfig
+        .clone()
+        .unwrap_or_else(|| join::default_bootstrap_kubeconfig(&a.root_dir));
+    let kubeconfig = a
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| a.root_dir.join("kubelet.kubeconfig"));
+    let opts = JoinOptions {
+        server: a.server,
+        token: a.token,
+        ca_cert_hash: a.ca_cert_hash,
+        credentials: CredentialOptions {
+            kubeconfig: kubeconfig.clone(),
+            bootstrap_kubeconfig: Some(bootstrap.clone()),
+            cert_dir: a.cert_dir.unwrap_or_else(|| a.root_dir.join("pki")),
+            node_name: a.node_name.unwrap_or_else(hostname),
+            rotate_certificates: false,
+            request_timeout: Duration::from_secs(15 * 60),
+        },
+    };
+    join::join(&opts).await?;
+    println!(
+        "This node has joined the cluster: its client certificate is in {}.\n\
+         Start the agent: skiff-agent run --bootstrap-kubeconfig {} --kubeconfig {} --root-dir {}",
+        opts.credentials.cert_dir.display(),
+        bootstrap.display(),
+        kubeconfig.display(),
+        a.root_dir.display()
+    );
+    Ok(())
 }
 
 /// `skiff-agent run`: until the agent fails, SIGTERM or Ctrl-C.

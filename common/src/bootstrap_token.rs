@@ -97,6 +97,69 @@ impl BootstrapToken {
     }
 }
 
+/// The key of `cluster-info` holding the signature made with token `id`.
+pub fn jws_key(id: &str) -> String {
+    format!("jws-kubeconfig-{id}")
+}
+
+fn b64url(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The JWS protected header and signing input of `content` for `token`, and its HMAC key.
+fn jws_parts(content: &str, token: &BootstrapToken) -> (String, String, ring::hmac::Key) {
+    let header = b64url(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, token.id).as_bytes());
+    let signing_input = format!("{header}.{}", b64url(content.as_bytes()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.token().as_bytes());
+    (header, signing_input, key)
+}
+
+/// kube's `ComputeDetachedSignature`: a JWS (HS256, `kid` = the token id, keyed with the
+/// whole token `<id>.<secret>`) over `content`, in compact form with the payload left out
+/// (`<header>..<signature>`).
+pub fn detached_signature(content: &str, token: &BootstrapToken) -> String {
+    let (header, signing_input, key) = jws_parts(content, token);
+    let tag = ring::hmac::sign(&key, signing_input.as_bytes());
+    format!("{header}..{}", b64url(tag.as_ref()))
+}
+
+/// Whether `signature` is [`detached_signature`] of `content` with `token` (the MAC checked
+/// in constant time).
+pub fn verify_detached_signature(content: &str, signature: &str, token: &BootstrapToken) -> bool {
+    use base64::Engine;
+    let (header, signing_input, key) = jws_parts(content, token);
+    let Some((got_header, tag)) = signature.split_once("..") else {
+        return false;
+    };
+    let Ok(tag) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tag) else {
+        return false;
+    };
+    got_header == header && ring::hmac::verify(&key, signing_input.as_bytes(), &tag).is_ok()
+}
+
+/// kubeadm's `--discovery-token-ca-cert-hash`: `sha256:` and the hex SHA-256 of the CA
+/// certificate's SubjectPublicKeyInfo (DER).
+pub fn ca_cert_hash(spki_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A token `<id>.<secret>` of kubeadm's shape, or None.
+pub fn parse(token: &str) -> Option<BootstrapToken> {
+    let (id, secret) = token.split_once('.')?;
+    let valid = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (valid(id, 6) && valid(secret, 16)).then(|| BootstrapToken {
+        id: id.to_string(),
+        secret: secret.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +198,29 @@ mod tests {
         assert_eq!(d["expiration"], "2026-01-01T01:00:00Z");
         assert_eq!(d["auth-extra-groups"], DEFAULT_NODE_TOKEN_GROUP);
         assert_eq!(d["usage-bootstrap-authentication"], "true");
+    }
+
+    #[test]
+    fn detached_signatures_verify_only_with_their_token_and_content() {
+        let t = parse("abcdef.0123456789abcdef").unwrap();
+        let sig = detached_signature("kubeconfig", &t);
+        let (header, rest) = sig.split_once("..").unwrap();
+        assert_eq!(header, "eyJhbGciOiJIUzI1NiIsImtpZCI6ImFiY2RlZiJ9");
+        assert_eq!(rest.len(), 43);
+        assert!(verify_detached_signature("kubeconfig", &sig, &t));
+        assert!(!verify_detached_signature("kubeconfig!", &sig, &t));
+        let other = parse("abcdef.0123456789abcdee").unwrap();
+        assert!(!verify_detached_signature("kubeconfig", &sig, &other));
+        assert!(parse("ABCDEF.0123456789abcdef").is_none());
+        assert!(parse("abcdef").is_none());
+    }
+
+    #[test]
+    fn ca_hashes_are_sha256_hex() {
+        let h = ca_cert_hash(b"");
+        assert_eq!(
+            h,
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

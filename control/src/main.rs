@@ -125,15 +125,40 @@ enum Command {
 enum TokenCommand {
     /// Create a bootstrap token (its Secret in kube-system) and print it.
     Create(TokenCreateArgs),
+    /// List the bootstrap tokens.
+    List(TokenAdminArgs),
+    /// Delete a bootstrap token (by id or whole token).
+    Delete {
+        token: String,
+        #[command(flatten)]
+        admin: TokenAdminArgs,
+    },
 }
 
 #[derive(clap::Args, Debug)]
-struct TokenCreateArgs {
+struct TokenAdminArgs {
     /// An administrator's kubeconfig; default: <data-dir>/admin.kubeconfig.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     #[arg(long, default_value = "/var/lib/skiff/control")]
     data_dir: PathBuf,
+}
+
+impl TokenAdminArgs {
+    fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.kubeconfig"))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenCreateArgs {
+    #[command(flatten)]
+    admin: TokenAdminArgs,
+    /// Print the whole `skiff-agent join` command instead of the token alone.
+    #[arg(long)]
+    print_join_command: bool,
     /// How long the token is valid (`24h`, `30m`); 0 for ever.
     #[arg(long, default_value = "24h", value_parser = seconds_or_duration)]
     ttl: Duration,
@@ -171,7 +196,7 @@ fn main() -> Result<()> {
     let flags = Flags::parse();
     match &flags.command {
         Some(Command::Kubeconfig(args)) => return issue_kubeconfig(args),
-        Some(Command::Token(TokenCommand::Create(args))) => return create_token(args),
+        Some(Command::Token(cmd)) => return token_command(cmd),
         None => {}
     }
     tracing_subscriber::fmt()
@@ -302,22 +327,39 @@ fn issue_kubeconfig(args: &KubeconfigArgs) -> Result<()> {
     }
 }
 
-/// `skiff-control token create`: print a new bootstrap token.
-fn create_token(args: &TokenCreateArgs) -> Result<()> {
-    let kubeconfig = args
-        .kubeconfig
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("admin.kubeconfig"));
-    let request = skiff_control::token::TokenRequest {
-        ttl: (!args.ttl.is_zero()).then_some(args.ttl),
-        description: &args.description,
-        groups: &args.groups,
-    };
-    let token = tokio::runtime::Builder::new_current_thread()
+/// `skiff-control token …`: through the API, with an administrator's kubeconfig.
+fn token_command(cmd: &TokenCommand) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(skiff_control::token::create(&kubeconfig, &request))?;
-    println!("{}", token.token());
+        .build()?;
+    let out = runtime.block_on(async {
+        use skiff_control::token;
+        match cmd {
+            TokenCommand::Create(args) => {
+                let (client, server, ca) = token::admin_client(&args.admin.kubeconfig()).await?;
+                let request = token::TokenRequest {
+                    ttl: (!args.ttl.is_zero()).then_some(args.ttl),
+                    description: &args.description,
+                    groups: &args.groups,
+                };
+                let created = token::create(&client, &request).await?;
+                if args.print_join_command {
+                    token::join_command(&server, &ca, &created)
+                } else {
+                    Ok(created.token())
+                }
+            }
+            TokenCommand::List(admin) => {
+                let (client, ..) = token::admin_client(&admin.kubeconfig()).await?;
+                token::list(&client).await.map(|t| t.trim_end().to_string())
+            }
+            TokenCommand::Delete { token: t, admin } => {
+                let (client, ..) = token::admin_client(&admin.kubeconfig()).await?;
+                token::delete(&client, t).await
+            }
+        }
+    })?;
+    println!("{out}");
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use kube::Client;
 use tokio::task::JoinSet;
 
 use crate::controllers::{
-    csrapproving, csrsigning, daemonset, deployment, endpoints, endpointslice, gc, job, namespace,
-    nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount,
+    bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, endpoints, endpointslice, gc,
+    job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount,
 };
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
 pub use crate::runtime::credentials::{self, ControllerClients, Identities};
@@ -34,6 +34,7 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         "garbagecollector" => "generic-garbage-collector",
         // kube runs its CSR approver and signer as the same account.
         "csrsigning" | "csrapproving" => "certificate-controller",
+        "bootstrapsigner" => crate::apiserver::cluster_info::SIGNER_ACCOUNT,
         _ => return None,
     })
 }
@@ -103,6 +104,7 @@ fn spawn_controller(name: &str, ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         "garbagecollector" => gc::spawn(ctx, tasks),
         "csrsigning" => csrsigning::spawn(ctx, tasks),
         "csrapproving" => csrapproving::spawn(ctx, tasks),
+        "bootstrapsigner" => bootstrapsigner::spawn(ctx, tasks),
         other => tracing::warn!(controller = other, "no such controller"),
     }
 }

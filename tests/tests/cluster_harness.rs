@@ -504,6 +504,110 @@ fn agents_become_ready_and_survive_kill_9() -> Result<()> {
     assert!(c.agent_log(&node).contains("starting the agent"));
     // The restarted agent kept its certificate: no new request.
     assert_eq!(node_csrs_of(&c)?, node_csrs);
+    a_node_joins_with_the_printed_command(&c)
+}
+
+/// `skiff-control token create --print-join-command`, then `skiff-agent join` with it from a
+/// node: discovery refuses a wrong CA hash, an unknown token and an unreachable server, each in
+/// one sentence and leaving nothing written; with the right command the node gets its
+/// certificate. `token list` shows the token, `token delete` removes it.
+fn a_node_joins_with_the_printed_command(c: &Cluster) -> Result<()> {
+    let control = std::env::var("SKIFF_CONTROL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| skiff_tests::target_dir().join("debug/skiff-control"));
+    let token_cmd = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&control)
+            .arg("token")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(c.kubeconfig())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "token {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout(&out))
+    };
+    let command = token_cmd(&["create", "--print-join-command", "--ttl", "10m"])?;
+    let words: Vec<&str> = command.split_whitespace().collect();
+    ensure!(
+        words[..3] == ["skiff-agent", "join", "--server"],
+        "{command}"
+    );
+    let (server, token, hash) = (words[3], words[5], words[7]);
+    ensure!(hash.starts_with("sha256:") && hash.len() == 71, "{command}");
+    assert!(token_cmd(&["list"])?.contains(token));
+
+    let node = c.nodes()[0].clone();
+    let agent = c.state().node(&node)?.agent_command[0].clone();
+    let root = c.dir().join("joiner");
+    let root_arg = root.to_string_lossy().into_owned();
+    let join = |server: &str, token: &str, hash: &str| -> Result<(bool, String)> {
+        let out = c.exec(
+            &node,
+            &[
+                &agent,
+                "join",
+                "--server",
+                server,
+                "--token",
+                token,
+                "--ca-cert-hash",
+                hash,
+                "--node-name",
+                "joiner",
+                "--root-dir",
+                &root_arg,
+            ],
+        )?;
+        let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    };
+    let wrong_hash = format!("sha256:{}", "0".repeat(64));
+    let unknown = "zzzzzz.0123456789abcdef";
+    let unreachable = format!("https://{}:1", c.host_ip());
+    for (args, says) in [
+        (
+            (server, token, wrong_hash.as_str()),
+            "this is not the cluster you meant to join",
+        ),
+        (
+            (server, unknown, hash),
+            "is invalid for this cluster or it has expired",
+        ),
+        (
+            (unreachable.as_str(), token, hash),
+            "cannot reach the API server",
+        ),
+    ] {
+        let (ok, text) = join(args.0, args.1, args.2)?;
+        assert!(!ok && text.contains(says), "join {args:?}: {text}");
+        assert!(
+            !root.join("bootstrap.kubeconfig").exists(),
+            "{args:?} left a bootstrap kubeconfig"
+        );
+        assert!(!root.join("pki").exists(), "{args:?} left a certificate");
+    }
+    let (ok, text) = join(server, token, hash)?;
+    assert!(ok, "{text}");
+    let kubectl = skiff_tests::Kubectl::newest()?;
+    let out = kubectl
+        .command_with(&root.join("kubelet.kubeconfig"), c.dir())
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ])
+        .output()?;
+    assert_eq!(stdout(&out), "system:node:joiner");
+    let id = token.split('.').next().unwrap_or_default();
+    assert_eq!(
+        token_cmd(&["delete", id])?.trim(),
+        format!("bootstrap token \"{id}\" deleted")
+    );
+    assert!(!token_cmd(&["list"])?.contains(token));
     Ok(())
 }
 

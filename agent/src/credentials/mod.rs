@@ -11,6 +11,7 @@
 //! before it expires. The bootstrap token is never used again once a certificate is stored.
 
 pub mod certstore;
+pub mod join;
 pub mod request;
 pub mod rotation;
 pub mod transport;

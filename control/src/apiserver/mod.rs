@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod authn;
 pub mod certificates;
+pub mod cluster_info;
 pub mod csr_strategy;
 pub mod defaults;
 pub mod discovery;
@@ -160,6 +161,9 @@ impl ApiServer {
         bootstrap(&registry, local_addr.port())
             .await
             .context("creating the system namespaces and the kubernetes service")?;
+        cluster_info::publish(&registry, &url, &pki.ca_pem)
+            .await
+            .context("publishing kube-public/cluster-info")?;
         let (authorizer, node_authz) = authorizers(&registry, &store).await?;
         let master = MasterEndpoints {
             address: advertise,

@@ -4,6 +4,7 @@
 //! small reconcile function in its own module with a `spawn` that [`crate::manager`] calls;
 //! [`owners`] and [`pod_state`] hold what several of them share.
 
+pub mod bootstrapsigner;
 pub mod csrapproving;
 pub mod csrsigning;
 pub mod daemonset;

@@ -25,6 +25,7 @@ pub const COMPONENTS: &[&str] = &[
     "garbagecollector",
     "csrsigning",
     "csrapproving",
+    "bootstrapsigner",
 ];
 
 /// Which components run: `*` for all, `name` to add one, `-name` to drop one
