@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 
 use crate::controllers::{
     bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, endpoints, endpointslice, gc,
-    job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount,
+    job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount, tokencleaner,
 };
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
 pub use crate::runtime::credentials::{self, ControllerClients, Identities};
@@ -35,6 +35,7 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         // kube runs its CSR approver and signer as the same account.
         "csrsigning" | "csrapproving" => "certificate-controller",
         "bootstrapsigner" => crate::apiserver::cluster_info::SIGNER_ACCOUNT,
+        "tokencleaner" => crate::apiserver::cluster_info::CLEANER_ACCOUNT,
         _ => return None,
     })
 }
@@ -105,6 +106,7 @@ fn spawn_controller(name: &str, ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         "csrsigning" => csrsigning::spawn(ctx, tasks),
         "csrapproving" => csrapproving::spawn(ctx, tasks),
         "bootstrapsigner" => bootstrapsigner::spawn(ctx, tasks),
+        "tokencleaner" => tokencleaner::spawn(ctx, tasks),
         other => tracing::warn!(controller = other, "no such controller"),
     }
 }

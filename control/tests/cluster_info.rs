@@ -1,6 +1,7 @@
 //! Bootstrap-token discovery's server side: `kube-public/cluster-info` holds the cluster's
 //! address and CA, anyone may read it without credentials, and the bootstrap signer keeps a
-//! signature in it for every token that may sign, removing it with the token.
+//! signature in it for every token that may sign, removing it with the token; the token
+//! cleaner deletes expired tokens.
 
 mod common;
 
@@ -23,7 +24,7 @@ async fn signature(cms: &Api<ConfigMap>, id: &str) -> Option<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_info_is_public_and_signed_per_token() {
-    let c = TestCluster::start_with(test_config("bootstrapsigner")).await;
+    let c = TestCluster::start_with(test_config("bootstrapsigner,tokencleaner")).await;
     let server = c.server.as_ref().unwrap();
 
     // Anonymous: a kubeconfig with the CA and no credentials.
@@ -86,5 +87,33 @@ async fn cluster_info_is_public_and_signed_per_token() {
     c.wait_for("the signature to go", Duration::from_secs(20), || async {
         signature(&cms, &token.id).await.is_none().then_some(())
     })
+    .await;
+
+    // A token past its expiration is deleted by the token cleaner.
+    let expiring = BootstrapToken::generate();
+    let secret = expiring.secret(
+        Some(Duration::from_secs(2)),
+        jiff::Timestamp::now(),
+        "",
+        &[],
+    );
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let name = format!("bootstrap-token-{}", expiring.id);
+    c.wait_for(
+        "the expired token to be deleted",
+        Duration::from_secs(20),
+        || async {
+            secrets
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 }

@@ -19,6 +19,8 @@ pub const NAME: &str = "cluster-info";
 pub const KUBECONFIG_KEY: &str = "kubeconfig";
 /// The bootstrap signer's service account (in kube-system), as kube names it.
 pub const SIGNER_ACCOUNT: &str = "bootstrap-signer";
+/// The token cleaner's service account (in kube-system).
+pub const CLEANER_ACCOUNT: &str = "token-cleaner";
 const RBAC: &str = "rbac.authorization.k8s.io";
 
 /// A kubeconfig with the cluster only, as kubeadm writes it into `cluster-info`.
@@ -107,13 +109,17 @@ fn binding(ns: &str, name: &str, subject: Value) -> Value {
 
 /// (namespace, Role, RoleBinding): anonymous may read `cluster-info` (kubeadm's
 /// `kubeadm:bootstrap-signer-clusterinfo`); the bootstrap signer may read the token Secrets in
-/// kube-system and keep `cluster-info` (kube's `system:controller:bootstrap-signer`).
+/// kube-system and keep `cluster-info` (kube's `system:controller:bootstrap-signer`); the
+/// token cleaner may delete them (kube's `system:controller:token-cleaner`).
 fn policy() -> Vec<(&'static str, Value, Value)> {
     let anonymous = json!({"apiGroup": RBAC, "kind": "User", "name": "system:anonymous"});
     let signer =
         json!({"kind": "ServiceAccount", "name": SIGNER_ACCOUNT, "namespace": "kube-system"});
     let reader = "kubeadm:bootstrap-signer-clusterinfo";
     let controller = "system:controller:bootstrap-signer";
+    let cleaner = "system:controller:token-cleaner";
+    let cleaner_account =
+        json!({"kind": "ServiceAccount", "name": CLEANER_ACCOUNT, "namespace": "kube-system"});
     vec![
         (
             NAMESPACE,
@@ -146,6 +152,19 @@ fn policy() -> Vec<(&'static str, Value, Value)> {
                 vec![rule(&["get", "list", "watch"], &["secrets"], &[])],
             ),
             binding("kube-system", controller, signer),
+        ),
+        (
+            "kube-system",
+            role(
+                "kube-system",
+                cleaner,
+                vec![
+                    rule(&["delete", "get", "list", "watch"], &["secrets"], &[]),
+                    json!({"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
+                        "verbs": ["create", "patch", "update"]}),
+                ],
+            ),
+            binding("kube-system", cleaner, cleaner_account),
         ),
     ]
 }

@@ -21,3 +21,4 @@ pub mod pod_state;
 pub mod replicaset;
 pub mod rootcacert;
 pub mod serviceaccount;
+pub mod tokencleaner;

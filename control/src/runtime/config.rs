@@ -26,6 +26,7 @@ pub const COMPONENTS: &[&str] = &[
     "csrsigning",
     "csrapproving",
     "bootstrapsigner",
+    "tokencleaner",
 ];
 
 /// Which components run: `*` for all, `name` to add one, `-name` to drop one
