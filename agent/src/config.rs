@@ -25,6 +25,9 @@ pub struct AgentConfig {
     /// CrashLoopBackOff: first delay and cap (kubelet: 10 s and 5 min).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+    /// re-synced with their sources (kubelet's `--sync-frequency`, 1 m).
+    pub sync_frequency: Duration,
     pub log_max_size: u64,
     pub log_max_files: usize,
     pub lease_duration_seconds: i32,
@@ -52,6 +55,7 @@ impl AgentConfig {
             cluster_domain: "cluster.local".into(),
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
+            sync_frequency: Duration::from_secs(60),
             log_max_size: 10 << 20,
             log_max_files: 5,
             lease_duration_seconds: 40,

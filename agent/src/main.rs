@@ -225,6 +225,10 @@ struct RunArgs {
     /// CrashLoopBackOff cap: a duration (`5m`) or bare seconds.
     #[arg(long, default_value = "5m", value_parser = seconds_or_duration)]
     crashloop_backoff_max: Duration,
+    /// How often a running pod's configMap, secret, downwardAPI and projected volumes are
+    /// re-synced with their sources (kubelet's flag): a duration (`1m`) or bare seconds.
+    #[arg(long, default_value = "1m", value_parser = seconds_or_duration)]
+    sync_frequency: Duration,
     /// Rotate a container log file beyond this size (bytes).
     #[arg(long, default_value_t = 10 << 20)]
     container_log_max_size: u64,
@@ -431,6 +435,7 @@ fn agent_config(a: RunArgs) -> Result<AgentConfig> {
         cluster_domain: a.cluster_domain,
         backoff_initial: a.crashloop_backoff_initial,
         backoff_max: a.crashloop_backoff_max,
+        sync_frequency: a.sync_frequency.max(Duration::from_secs(1)),
         log_max_size: a.container_log_max_size,
         log_max_files: a.container_log_max_files.max(1),
         lease_duration_seconds: 40,

@@ -61,17 +61,24 @@ fn read_trim(path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The node's status as this agent reports it.
-pub fn node_status(cfg: &AgentConfig, ready: bool, message: &str) -> NodeStatus {
+/// The node's capacity, all of it allocatable (nothing is reserved for the system): what a
+/// container without a limit may use, and what the Downward API reports as its limit.
+pub fn allocatable(cfg: &AgentConfig) -> BTreeMap<String, Quantity> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let mem_kib = meminfo_total_kib();
-    let mut capacity = BTreeMap::new();
-    capacity.insert("cpu".to_string(), Quantity(cpus.to_string()));
-    capacity.insert("memory".to_string(), Quantity(format!("{mem_kib}Ki")));
-    capacity.insert("pods".to_string(), Quantity(cfg.max_pods.to_string()));
-    capacity.insert("ephemeral-storage".to_string(), Quantity("10Gi".into()));
+    BTreeMap::from([
+        ("cpu".to_string(), Quantity(cpus.to_string())),
+        ("memory".to_string(), Quantity(format!("{mem_kib}Ki"))),
+        ("pods".to_string(), Quantity(cfg.max_pods.to_string())),
+        ("ephemeral-storage".to_string(), Quantity("10Gi".into())),
+    ])
+}
+
+/// The node's status as this agent reports it.
+pub fn node_status(cfg: &AgentConfig, ready: bool, message: &str) -> NodeStatus {
+    let capacity = allocatable(cfg);
     let t = now();
     let cond = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: type_.into(),

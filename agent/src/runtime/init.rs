@@ -90,17 +90,18 @@ fn prepare(spec: &ContainerSpec) -> Result<Vec<String>, InitError> {
     mount_system(&root)?;
     for (host, inside) in &spec.bind_files {
         let target = inside_path(&root, inside);
-        if let Some(parent) = target.parent() {
-            let _ = std::fs::create_dir_all(parent);
-        }
-        if !target.exists() {
-            File::create(&target).map_err(|e| fail(format!("creating {inside}: {e}")))?;
-        }
+        file_mount_point(&target, inside)?;
         bind(host, &target, false)?;
     }
     for (host, inside, read_only) in &spec.bind_dirs {
         let target = inside_path(&root, inside);
-        std::fs::create_dir_all(&target).map_err(|e| fail(format!("creating {inside}: {e}")))?;
+        // A subPath may pick one file of a volume: then the mount point is a file.
+        if host.is_dir() {
+            std::fs::create_dir_all(&target)
+                .map_err(|e| fail(format!("creating {inside}: {e}")))?;
+        } else {
+            file_mount_point(&target, inside)?;
+        }
         bind(host, &target, *read_only)?;
     }
     // pivot_root(".", ".") stacks the old root on top of the new one; unmounting it leaves
@@ -152,6 +153,17 @@ fn join_sandbox(spec: &ContainerSpec) -> Result<(), InitError> {
 
 fn inside_path(root: &Path, inside: &str) -> PathBuf {
     root.join(inside.trim_start_matches('/'))
+}
+
+/// An (empty) file at `target` to mount a file on, its directories made.
+fn file_mount_point(target: &Path, inside: &str) -> Result<(), InitError> {
+    if let Some(parent) = target.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if !target.exists() {
+        File::create(target).map_err(|e| fail(format!("creating {inside}: {e}")))?;
+    }
+    Ok(())
 }
 
 fn bind(from: &Path, to: &Path, read_only: bool) -> Result<(), InitError> {

@@ -209,6 +209,11 @@ fn remove_stale(dir: &Path, payload: &Payload) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `dir` holds a volume written by [`write`] (its `..data` link is there).
+pub fn is_written(dir: &Path) -> bool {
+    current_data_dir(dir).is_some()
+}
+
 /// The current content of `path` in a volume written by [`write`] (through `..data`).
 pub fn read(dir: &Path, path: &str) -> io::Result<Vec<u8>> {
     validate_path(path)?;

@@ -4,6 +4,7 @@
 //! expire (the kubelet's token manager: at 80 % of the token's lifetime, or after 24 h).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
@@ -12,10 +13,11 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Secret,
     ServiceAccount, ServiceAccountTokenProjection,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use super::atomic_writer::{FileProjection, Payload};
+use super::atomic_writer::{self, FileProjection, Payload};
 use crate::pods::env;
 
 /// The mode of a file nobody gave one (0644).
@@ -27,7 +29,12 @@ const MAX_TOKEN_AGE_SECONDS: i64 = 24 * 3600;
 pub struct Projector<'a> {
     pub client: &'a Client,
     pub pod: &'a Pod,
-    pub host_ip: &'a str,
+    pub addresses: &'a env::Addresses,
+    /// The node's allocatable resources: a `resourceFieldRef` limit the container lacks.
+    pub allocatable: &'a BTreeMap<String, Quantity>,
+    /// The volume as written before, if it is being re-synced: its service-account tokens
+    /// are kept until they are due for renewal.
+    pub written: Option<&'a Path>,
 }
 
 impl Projector<'_> {
@@ -114,24 +121,24 @@ impl Projector<'_> {
         }
     }
 
-    /// Downward API files: the fields of the pod's metadata and spec the kubelet offers.
+    /// Downward API files: the pod's fields the kubelet offers (`fieldRef`) and its
+    /// containers' resources (`resourceFieldRef`).
     pub fn downward(&self, items: &[DownwardAPIVolumeFile], default_mode: i32) -> Result<Payload> {
-        let pod_ip = self
-            .pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_default();
         let mut payload = Payload::new();
         for item in items {
-            let Some(f) = &item.field_ref else {
-                bail!("downwardAPI {}: only fieldRef is supported", item.path);
-            };
-            let value = match f.field_path.as_str() {
-                "metadata.labels" => format_map(self.pod.metadata.labels.as_ref()),
-                "metadata.annotations" => format_map(self.pod.metadata.annotations.as_ref()),
-                path => env::field_ref(self.pod, path, self.host_ip, &pod_ip)
-                    .ok_or_else(|| anyhow!("unsupported fieldRef {path}"))?,
+            let value = if let Some(f) = &item.field_ref {
+                env::field_ref(self.pod, &f.field_path, self.addresses)
+                    .ok_or_else(|| anyhow!("unsupported fieldRef {}", f.field_path))?
+            } else if let Some(r) = &item.resource_field_ref {
+                let c = env::resource_container(self.pod, r.container_name.as_deref(), None)
+                    .map_err(|e| anyhow!(e))?;
+                env::resource_value(&r.resource, r.divisor.as_ref(), c, self.allocatable)
+                    .map_err(|e| anyhow!(e))?
+            } else {
+                bail!(
+                    "downwardAPI {}: neither fieldRef nor resourceFieldRef",
+                    item.path
+                );
             };
             payload.insert(
                 item.path.clone(),
@@ -141,12 +148,26 @@ impl Projector<'_> {
         Ok(payload)
     }
 
+    /// The token written before at `path`, unless it is due for renewal (or unreadable).
+    fn kept_token(&self, path: &str) -> Option<Vec<u8>> {
+        let token = atomic_writer::read(self.written?, path).ok()?;
+        let (iat, exp) = token_times(&token)?;
+        let now = jiff::Timestamp::now().as_second();
+        (!token_needs_refresh(iat, exp, now)).then_some(token)
+    }
+
     /// A token of the pod's service account, bound to the pod (it dies with the pod).
     pub async fn token(
         &self,
         t: &ServiceAccountTokenProjection,
         default_mode: i32,
     ) -> Result<Payload> {
+        if let Some(token) = self.kept_token(&t.path) {
+            return Ok(Payload::from([(
+                t.path.clone(),
+                file(token, None, default_mode),
+            )]));
+        }
         let meta = &self.pod.metadata;
         let account = self
             .pod
@@ -240,34 +261,6 @@ fn file(data: Vec<u8>, mode: Option<i32>, default_mode: i32) -> FileProjection {
     }
 }
 
-/// Labels or annotations as the kubelet writes them: `key="value"` lines, sorted by key, the
-/// value quoted as Go's `strconv.Quote` does for printable text.
-pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
-    map.into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", go_quote(v)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Whether a token issued at `iat` and expiring at `exp` (seconds) is due for a new one at
 /// `now`: past 80 % of its lifetime, or older than a day.
 pub fn token_needs_refresh(iat: i64, exp: i64, now: i64) -> bool {
@@ -346,15 +339,5 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-    }
-
-    #[test]
-    fn maps_are_written_like_the_kubelet() {
-        let m = BTreeMap::from([
-            ("b".to_string(), "two \"q\"".to_string()),
-            ("a".to_string(), "1".to_string()),
-        ]);
-        assert_eq!(format_map(Some(&m)), "a=\"1\"\nb=\"two \\\"q\\\"\"");
-        assert_eq!(format_map(None), "");
     }
 }

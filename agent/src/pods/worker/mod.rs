@@ -13,7 +13,7 @@ mod terminate;
 
 pub use kill::teardown_orphan;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ struct ProbeTrack {
 struct Track {
     /// Why the container isn't running right now (image missing, create error).
     waiting: Option<(String, String)>,
+    /// The error that last kept it from starting, announced once by an event.
+    last_error: Option<String>,
     /// CrashLoopBackOff: the instance whose exit it is for, and when the wait ends.
     backoff: Option<(u32, Instant, Duration)>,
     ready: bool,
@@ -102,6 +104,23 @@ pub struct PodWorker {
     initialized: bool,
     /// Termination messages of exited instances, by container id (`None`: it left none).
     termination_messages: HashMap<String, Option<String>>,
+    /// When the pod's API-backed volumes are next re-synced (every `--sync-frequency`).
+    next_volume_sync: Instant,
+    /// The labels and annotations the downwardAPI volumes were last synced with.
+    volume_meta: PodMeta,
+}
+
+/// A pod's labels and annotations.
+type PodMeta = (
+    Option<BTreeMap<String, String>>,
+    Option<BTreeMap<String, String>>,
+);
+
+fn pod_meta(pod: &Pod) -> PodMeta {
+    (
+        pod.metadata.labels.clone(),
+        pod.metadata.annotations.clone(),
+    )
 }
 
 impl PodWorker {
@@ -110,6 +129,8 @@ impl PodWorker {
         let (notes_tx, notes_rx) = mpsc::unbounded_channel();
         let last_status = pod.status.clone();
         let start_time = last_status.as_ref().and_then(|s| s.start_time.clone());
+        let next_volume_sync = Instant::now() + agent.cfg.sync_frequency;
+        let volume_meta = pod_meta(&pod);
         PodWorker {
             agent,
             uid,
@@ -128,6 +149,8 @@ impl PodWorker {
             termination_messages: HashMap::new(),
             pod_ip: None,
             next_token_check: Instant::now(),
+            next_volume_sync,
+            volume_meta,
         }
     }
 
@@ -247,6 +270,7 @@ impl PodWorker {
             return SANDBOX_RETRY;
         }
         self.refresh_tokens().await;
+        self.resync_volumes().await;
         let policy = restart_policy(&spec);
         let init = self.run_init_containers(&spec, &policy).await;
         let mut wake = init.wake;
@@ -266,8 +290,43 @@ impl PodWorker {
             return;
         }
         self.next_token_check = Instant::now() + TOKEN_CHECK;
-        if let Err(e) = super::volumes::refresh_tokens(&self.agent, &self.pod, &self.uid).await {
+        let at = self.addresses();
+        if let Err(e) = super::volumes::refresh_tokens(&self.agent, &self.pod, &self.uid, &at).await
+        {
             tracing::warn!(pod = %self.name(), "renewing service-account tokens: {e:#}");
+        }
+    }
+
+    /// Re-project the pod's API-backed volumes every sync period, and at once when its labels
+    /// or annotations changed (downwardAPI files follow them). A failing source is reported
+    /// as the kubelet does (FailedMount) and tried again next period.
+    async fn resync_volumes(&mut self) {
+        let meta = pod_meta(&self.pod);
+        if Instant::now() < self.next_volume_sync && meta == self.volume_meta {
+            return;
+        }
+        self.volume_meta = meta;
+        self.next_volume_sync = Instant::now() + self.agent.cfg.sync_frequency;
+        let at = self.addresses();
+        let done = super::volumes::resync(&self.agent, &self.pod, &self.uid, &at).await;
+        for v in done.changed {
+            tracing::info!(pod = %self.name(), volume = %v, "volume updated");
+        }
+        let pod = self.pod.clone();
+        for (volume, message) in done.failed {
+            let msg = super::volumes::MountError { volume, message }.to_string();
+            tracing::warn!(pod = %self.name(), "{msg}");
+            self.agent.event(&pod, None, true, "FailedMount", msg).await;
+        }
+    }
+
+    /// The node's and the pod's addresses, for the Downward API.
+    fn addresses(&self) -> super::env::Addresses {
+        let host = self.agent.cfg.node_ip.to_string();
+        let pod_ip = self.pod_ip.clone().filter(|ip| !ip.is_empty());
+        super::env::Addresses {
+            host_ips: vec![host],
+            pod_ips: pod_ip.into_iter().collect(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! What a container instance runs with: environment, user, limits, files and volumes.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapKeySelector, Container, EnvVar, PodSecurityContext, Secret,
+    ConfigMap, ConfigMapKeySelector, Container, EnvFromSource, EnvVar, PodSecurityContext, Secret,
     SecretKeySelector,
 };
 use kube::Api;
@@ -28,8 +29,8 @@ impl PodWorker {
             .sandbox
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the pod has no sandbox"))?;
-        let pod_ip = sandbox.ip.clone().unwrap_or_default();
-        let vars = self.environment(c, image, &pod_ip).await?;
+        let at = self.addresses();
+        let vars = self.environment(c, image, &at).await?;
         let argv = env::argv(c, &image.config, &vars.0);
         let (uid, gid) = user(c, spec.security_context.as_ref(), &image.config.user);
         let cgroups = self
@@ -39,7 +40,7 @@ impl PodWorker {
         let instance_dir = self.agent.runtime.instance_dir(&self.uid, &c.name, n);
         let mut bind_files = self.bind_files(c);
         bind_files.push(super::message::termination_log(&instance_dir, c)?);
-        let bind_dirs = volumes::mounts(&self.agent, &self.pod, &self.uid, c).await?;
+        let bind_dirs = volumes::mounts(&self.agent, &self.pod, &self.uid, &at, c).await?;
         Ok(ContainerSpec {
             pod_uid: self.uid.clone(),
             container: c.name.clone(),
@@ -66,13 +67,13 @@ impl PodWorker {
         })
     }
 
-    /// The image's environment, HOSTNAME, the service links, then the container's own
-    /// variables, each of which may refer to those before it.
+    /// The image's environment, HOSTNAME, the service links, the container's envFrom
+    /// sources, then its own variables, each of which may refer to those before it.
     async fn environment(
         &self,
         c: &Container,
         image: &Image,
-        pod_ip: &str,
+        at: &env::Addresses,
     ) -> anyhow::Result<OrderedEnv> {
         let mut vars = OrderedEnv::default();
         for kv in &image.config.env {
@@ -82,12 +83,88 @@ impl PodWorker {
         }
         vars.set("HOSTNAME", sandbox::hostname(&self.pod));
         self.service_links(&mut vars);
+        for src in c.env_from.iter().flatten() {
+            self.env_from(src, &mut vars).await?;
+        }
         for e in c.env.iter().flatten() {
-            if let Some(value) = self.env_value(e, &vars, pod_ip).await? {
+            if let Some(value) = self.env_value(c, e, &vars, at).await? {
                 vars.set(&e.name, value);
             }
         }
         Ok(vars)
+    }
+
+    /// The keys of one envFrom ConfigMap or Secret, each name prefixed; a missing optional
+    /// source adds nothing, and keys that make no valid variable name are skipped with the
+    /// kubelet's InvalidEnvironmentVariableNames warning.
+    async fn env_from(&self, src: &EnvFromSource, vars: &mut OrderedEnv) -> anyhow::Result<()> {
+        let (kind, name, data) = if let Some(r) = &src.config_map_ref {
+            match self
+                .object::<ConfigMap>("configmap", &r.name, r.optional)
+                .await?
+            {
+                Some(cm) => ("configMap", &r.name, cm.data.unwrap_or_default()),
+                None => return Ok(()),
+            }
+        } else if let Some(r) = &src.secret_ref {
+            match self.object::<Secret>("secret", &r.name, r.optional).await? {
+                Some(s) => {
+                    let data = s.data.unwrap_or_default().into_iter();
+                    let data = data.map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()));
+                    ("secret", &r.name, data.collect::<BTreeMap<_, _>>())
+                }
+                None => return Ok(()),
+            }
+        } else {
+            return Ok(());
+        };
+        let prefix = src.prefix.as_deref().unwrap_or_default();
+        let mut invalid = Vec::new();
+        for (k, v) in data {
+            let k = format!("{prefix}{k}");
+            if env::is_env_var_name(&k) {
+                vars.set(&k, v);
+            } else {
+                invalid.push(k);
+            }
+        }
+        if !invalid.is_empty() {
+            invalid.sort();
+            let msg = format!(
+                "Keys [{}] from the EnvFrom {kind} {}/{name} were skipped since they are \
+                 considered invalid environment variable names.",
+                invalid.join(", "),
+                self.namespace()
+            );
+            let pod = self.pod.clone();
+            self.agent
+                .event(&pod, None, true, "InvalidEnvironmentVariableNames", msg)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Object `name` of the pod's namespace; `None` when it is missing and `optional`, the
+    /// kubelet's `<kind> "name" not found` when it is missing and required.
+    async fn object<K>(
+        &self,
+        kind: &str,
+        name: &str,
+        optional: Option<bool>,
+    ) -> anyhow::Result<Option<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.agent.client.clone(), &self.namespace());
+        match api.get_opt(name).await? {
+            Some(obj) => Ok(Some(obj)),
+            None if optional == Some(true) => Ok(None),
+            None => anyhow::bail!("{kind} \"{name}\" not found"),
+        }
     }
 
     /// The `<SERVICE>_SERVICE_HOST`… variables of the pod's namespace (unless
@@ -120,9 +197,10 @@ impl PodWorker {
     /// left out).
     async fn env_value(
         &self,
+        c: &Container,
         e: &EnvVar,
         vars: &OrderedEnv,
-        pod_ip: &str,
+        at: &env::Addresses,
     ) -> anyhow::Result<Option<String>> {
         if let Some(v) = &e.value {
             return Ok(Some(env::expand(v, &vars.0)));
@@ -131,17 +209,24 @@ impl PodWorker {
             return Ok(Some(String::new()));
         };
         if let Some(f) = &src.field_ref {
-            let host_ip = self.agent.cfg.node_ip.to_string();
-            env::field_ref(&self.pod, &f.field_path, &host_ip, pod_ip)
+            env::field_ref(&self.pod, &f.field_path, at)
                 .map(Some)
                 .ok_or_else(|| anyhow::anyhow!("unsupported fieldRef {}", f.field_path))
+        } else if let Some(r) = &src.resource_field_ref {
+            let allocatable = crate::node::allocatable(&self.agent.cfg);
+            let target = env::resource_container(&self.pod, r.container_name.as_deref(), Some(c));
+            target
+                .and_then(|t| env::resource_value(&r.resource, r.divisor.as_ref(), t, &allocatable))
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!(e))
         } else if let Some(r) = &src.config_map_key_ref {
             self.config_map_key(r).await
         } else if let Some(r) = &src.secret_key_ref {
             self.secret_key(r).await
         } else {
             anyhow::bail!(
-                "env {}: only value, fieldRef, configMapKeyRef and secretKeyRef are supported",
+                "env {}: only value, fieldRef, resourceFieldRef, configMapKeyRef and \
+                 secretKeyRef are supported",
                 e.name
             )
         }
@@ -149,31 +234,30 @@ impl PodWorker {
 
     async fn config_map_key(&self, r: &ConfigMapKeySelector) -> anyhow::Result<Option<String>> {
         let ns = self.namespace();
-        let api: Api<ConfigMap> = Api::namespaced(self.agent.client.clone(), &ns);
         let optional = r.optional == Some(true);
-        match api.get_opt(&r.name).await? {
-            Some(cm) => match cm.data.and_then(|d| d.get(&r.key).cloned()) {
-                Some(v) => Ok(Some(v)),
-                None if optional => Ok(None),
-                None => anyhow::bail!("couldn't find key {} in ConfigMap {ns}/{}", r.key, r.name),
-            },
+        let Some(cm) = self
+            .object::<ConfigMap>("configmap", &r.name, r.optional)
+            .await?
+        else {
+            return Ok(None);
+        };
+        match cm.data.and_then(|d| d.get(&r.key).cloned()) {
+            Some(v) => Ok(Some(v)),
             None if optional => Ok(None),
-            None => anyhow::bail!("configmap \"{}\" not found", r.name),
+            None => anyhow::bail!("couldn't find key {} in ConfigMap {ns}/{}", r.key, r.name),
         }
     }
 
     async fn secret_key(&self, r: &SecretKeySelector) -> anyhow::Result<Option<String>> {
         let ns = self.namespace();
-        let api: Api<Secret> = Api::namespaced(self.agent.client.clone(), &ns);
         let optional = r.optional == Some(true);
-        match api.get_opt(&r.name).await? {
-            Some(sec) => match sec.data.and_then(|d| d.get(&r.key).cloned()) {
-                Some(v) => Ok(Some(String::from_utf8_lossy(&v.0).to_string())),
-                None if optional => Ok(None),
-                None => anyhow::bail!("couldn't find key {} in Secret {ns}/{}", r.key, r.name),
-            },
+        let Some(sec) = self.object::<Secret>("secret", &r.name, r.optional).await? else {
+            return Ok(None);
+        };
+        match sec.data.and_then(|d| d.get(&r.key).cloned()) {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v.0).to_string())),
             None if optional => Ok(None),
-            None => anyhow::bail!("secret \"{}\" not found", r.name),
+            None => anyhow::bail!("couldn't find key {} in Secret {ns}/{}", r.key, r.name),
         }
     }
 

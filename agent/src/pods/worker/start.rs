@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::{Note, PodWorker, RESYNC, backoff_delay, field_path};
 use crate::image::Image;
 use crate::pods::hooks::{self, Hook};
+use crate::pods::volumes::MountError;
 use crate::runtime::spec::{ContainerExit, ContainerSpec, ContainerState};
 use crate::runtime::{self, InstanceStatus};
 
@@ -70,8 +71,8 @@ impl PodWorker {
         None
     }
 
-    /// The instance's spec; an error leaves it waiting in CreateContainerConfigError,
-    /// announced once per message.
+    /// The instance's spec; an error leaves it waiting in CreateContainerConfigError (in
+    /// ContainerCreating for a volume that is not ready), announced once per message.
     async fn spec_or_wait(
         &mut self,
         c: &Container,
@@ -84,19 +85,24 @@ impl PodWorker {
             Err(e) => e,
         };
         let msg = format!("{e:#}");
+        // A volume that is not ready keeps the container in ContainerCreating, with the
+        // kubelet's FailedMount event on the pod; a bad config is CreateContainerConfigError.
+        let (reason, message, field, event, text) = match e.downcast_ref::<MountError>() {
+            Some(m) => ("ContainerCreating", "", None, "FailedMount", m.to_string()),
+            None => (
+                "CreateContainerConfigError",
+                msg.as_str(),
+                field_path(c, init),
+                "Failed",
+                format!("Error: {msg}"),
+            ),
+        };
         let pod = self.pod.clone();
         let t = self.tracks.entry(c.name.clone()).or_default();
-        if t.waiting.as_ref().map(|w| &w.1) != Some(&msg) {
-            t.waiting = Some(("CreateContainerConfigError".into(), msg.clone()));
-            self.agent
-                .event(
-                    &pod,
-                    field_path(c, init),
-                    true,
-                    "Failed",
-                    format!("Error: {msg}"),
-                )
-                .await;
+        t.waiting = Some((reason.into(), message.into()));
+        if t.last_error.as_ref() != Some(&msg) {
+            t.last_error = Some(msg.clone());
+            self.agent.event(&pod, field, true, event, text).await;
         }
         None
     }
@@ -120,6 +126,7 @@ impl PodWorker {
         let t = self.tracks.entry(c.name.clone()).or_default();
         t.image_id = Some(image.id.clone());
         t.waiting = None;
+        t.last_error = None;
         t.backoff = None;
         t.announced = Some(n);
         self.agent

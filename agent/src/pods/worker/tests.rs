@@ -2,6 +2,7 @@
 //! ([`FakeRuntime`], [`FakeNetwork`]) and a fake apiserver, on tokio's paused clock so grace
 //! periods and back-offs take no real time.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,11 +36,28 @@ fn backoff_doubles_to_the_cap() {
     assert_eq!(backoff_delay(200, i, m), m);
 }
 
-/// The requests the fake apiserver received: (method, path, body).
+/// The requests the fake apiserver received: (method, path, body), and the objects it
+/// serves by path (ConfigMaps and Secrets a test puts there).
 #[derive(Default)]
-struct ApiLog(Mutex<Vec<(String, String, Value)>>);
+struct ApiLog(
+    Mutex<Vec<(String, String, Value)>>,
+    Mutex<HashMap<String, Value>>,
+);
 
 impl ApiLog {
+    /// Serve `obj` at `path` (replacing what was there).
+    fn put(&self, path: &str, obj: Value) {
+        self.1.lock().unwrap().insert(path.to_string(), obj);
+    }
+
+    fn event_messages(&self, reason: &str) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(m, p, b)| m == "POST" && p.contains("/events") && b["reason"] == reason)
+            .map(|(_, _, body)| body["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     fn requests(&self) -> Vec<(String, String, Value)> {
         self.0.lock().unwrap().clone()
     }
@@ -75,7 +93,10 @@ fn fake_apiserver(log: Arc<ApiLog>) -> Client {
             let bytes = body.collect_bytes().await.unwrap_or_default();
             let sent: Value = serde_json::from_slice(&bytes).unwrap_or_default();
             let path = parts.uri.path();
-            let reply = if parts.method == hyper::Method::POST && path.ends_with("/token") {
+            let stored = log.1.lock().unwrap().get(path).cloned();
+            let reply = if let Some(obj) = stored.filter(|_| parts.method == hyper::Method::GET) {
+                obj
+            } else if parts.method == hyper::Method::POST && path.ends_with("/token") {
                 let n = tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut answer = sent.clone();
                 answer["status"] =
@@ -83,9 +104,15 @@ fn fake_apiserver(log: Arc<ApiLog>) -> Client {
                 answer
             } else if parts.method == hyper::Method::POST {
                 sent.clone()
-            } else if path.contains("/configmaps/") {
+            } else if path.ends_with("/configmaps/kube-root-ca.crt") {
                 json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
                     "data": {"ca.crt": "CA PEM"}})
+            } else if path.contains("/configmaps/") || path.contains("/secrets/") {
+                log.0
+                    .lock()
+                    .unwrap()
+                    .push((parts.method.to_string(), path.to_string(), sent));
+                return Ok(not_found(path));
             } else {
                 json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}})
             };
@@ -99,6 +126,24 @@ fn fake_apiserver(log: Arc<ApiLog>) -> Client {
         }
     });
     Client::new(service, "default")
+}
+
+/// The apiserver's 404 for the object at `path`.
+fn not_found(path: &str) -> hyper::Response<Body> {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": format!("not found: {name}"), "reason": "NotFound", "code": 404});
+    let mut resp = hyper::Response::new(Body::from(status.to_string().into_bytes()));
+    *resp.status_mut() = hyper::StatusCode::NOT_FOUND;
+    resp
+}
+
+/// The addresses a worker of [`Node`] gives the Downward API.
+fn addresses() -> crate::pods::env::Addresses {
+    crate::pods::env::Addresses {
+        host_ips: vec!["10.0.0.1".into()],
+        pod_ips: vec!["10.244.1.2".into()],
+    }
 }
 
 /// Token number `n`: the first was issued 50 minutes into its hour (due for renewal), the
@@ -611,7 +656,7 @@ async fn the_service_account_volume_is_projected_and_its_token_renewed() {
     });
     let pod = pod(spec);
     let c = &pod.spec.as_ref().unwrap().containers[0];
-    let mounts = crate::pods::volumes::mounts(&node.agent, &pod, UID, c)
+    let mounts = crate::pods::volumes::mounts(&node.agent, &pod, UID, &addresses(), c)
         .await
         .unwrap();
     assert_eq!(mounts.len(), 1);
@@ -659,7 +704,7 @@ async fn the_service_account_volume_is_projected_and_its_token_renewed() {
     let first = std::fs::read_to_string(dir.join("token")).unwrap();
 
     // The first token is 50 minutes into its hour: renewed, atomically.
-    crate::pods::volumes::refresh_tokens(&node.agent, &pod, UID)
+    crate::pods::volumes::refresh_tokens(&node.agent, &pod, UID, &addresses())
         .await
         .unwrap();
     assert_eq!(token_requests().len(), 2);
@@ -670,8 +715,317 @@ async fn the_service_account_volume_is_projected_and_its_token_renewed() {
         "CA PEM"
     );
     // A fresh one is left alone.
-    crate::pods::volumes::refresh_tokens(&node.agent, &pod, UID)
+    crate::pods::volumes::refresh_tokens(&node.agent, &pod, UID, &addresses())
         .await
         .unwrap();
     assert_eq!(token_requests().len(), 2);
+}
+
+/// The environment instance `n` of container `name` was started with.
+fn started_env(node: &Node, name: &str, n: u32) -> HashMap<String, String> {
+    let dir = node.agent.runtime.instance_dir(UID, name, n);
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json")).unwrap()).unwrap();
+    spec["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|kv| kv.as_str()?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn labelled_pod(spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": UID,
+            "labels": {"app": "web", "tier": "front"}, "annotations": {"owner": "ops \"a\""}},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The ConfigMaps and Secret the environment test reads.
+fn put_env_sources(node: &Node) {
+    let cms = "/api/v1/namespaces/default/configmaps";
+    node.api.put(
+        &format!("{cms}/cfg"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+            "data": {"mode": "fast", "level": "3"}}),
+    );
+    node.api.put(
+        &format!("{cms}/raw"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "raw"},
+            "data": {"2fast": "x", "9lives": "y", "GOOD": "z"}}),
+    );
+    node.api.put(
+        "/api/v1/namespaces/default/secrets/sec",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec"},
+            "data": {"password": "czNjcjN0"}}),
+    );
+}
+
+/// A container with envFrom sources and every kind of Downward API variable.
+fn env_test_spec() -> Value {
+    let field = |p: &str| json!({"fieldRef": {"fieldPath": p}});
+    let resource = |r: &str, d: Option<&str>| match d {
+        Some(d) => json!({"resourceFieldRef": {"resource": r, "divisor": d}}),
+        None => json!({"resourceFieldRef": {"resource": r}}),
+    };
+    json!({
+        "nodeName": "node-1", "serviceAccountName": "builder",
+        "containers": [{"name": "app", "image": "app",
+            "resources": {"limits": {"memory": "100M", "cpu": "500m"}, "requests": {"cpu": "250m"}},
+            "envFrom": [
+                {"prefix": "CFG_", "configMapRef": {"name": "cfg"}},
+                {"configMapRef": {"name": "raw"}},
+                {"secretRef": {"name": "sec"}},
+                {"configMapRef": {"name": "absent", "optional": true}}],
+            "env": [
+                {"name": "CFG_mode", "value": "overridden $(CFG_level)"},
+                {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                {"name": "POD_NS", "valueFrom": field("metadata.namespace")},
+                {"name": "POD_UID", "valueFrom": field("metadata.uid")},
+                {"name": "APP", "valueFrom": field("metadata.labels['app']")},
+                {"name": "OWNER", "valueFrom": field("metadata.annotations['owner']")},
+                {"name": "NOPE", "valueFrom": field("metadata.annotations['nope']")},
+                {"name": "NODE", "valueFrom": field("spec.nodeName")},
+                {"name": "SA", "valueFrom": field("spec.serviceAccountName")},
+                {"name": "HOST_IP", "valueFrom": field("status.hostIP")},
+                {"name": "HOST_IPS", "valueFrom": field("status.hostIPs")},
+                {"name": "POD_IP", "valueFrom": field("status.podIP")},
+                {"name": "POD_IPS", "valueFrom": field("status.podIPs")},
+                {"name": "MEM_MI", "valueFrom": resource("limits.memory", Some("1Mi"))},
+                {"name": "CPU_LIMIT", "valueFrom": resource("limits.cpu", None)},
+                {"name": "CPU_REQ_M", "valueFrom": resource("requests.cpu", Some("1m"))},
+                {"name": "MEM_REQ", "valueFrom": resource("requests.memory", None)},
+                {"name": "DISK_GI", "valueFrom": resource("limits.ephemeral-storage", Some("1Gi"))},
+                {"name": "OPT", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "x", "optional": true}}},
+            ]}],
+    })
+}
+
+/// envFrom (prefixed, invalid names skipped with the kubelet's warning), the Downward API's
+/// fieldRefs and resourceFieldRefs, and an optional key that is not there.
+#[tokio::test(start_paused = true)]
+async fn env_from_and_the_downward_api_fill_the_environment() {
+    let node = Node::new();
+    put_env_sources(&node);
+    let spec = env_test_spec();
+    let (_tx, _worker) = node.run(labelled_pod(spec));
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    let env = started_env(&node, "app", 0);
+    let pod_ip = env["POD_IP"].clone();
+    assert!(pod_ip.starts_with("10.244.1."), "{pod_ip}");
+    let expected = [
+        ("CFG_mode", "overridden 3"),
+        ("CFG_level", "3"),
+        ("GOOD", "z"),
+        ("password", "s3cr3t"),
+        ("POD_NAME", "web"),
+        ("POD_NS", "default"),
+        ("POD_UID", UID),
+        ("APP", "web"),
+        ("OWNER", "ops \"a\""),
+        ("NOPE", ""),
+        ("NODE", "node-1"),
+        ("SA", "builder"),
+        ("HOST_IP", "10.0.0.1"),
+        ("HOST_IPS", "10.0.0.1"),
+        ("POD_IPS", pod_ip.as_str()),
+        // 100 MB in MiB, rounded up; half a core is one; 250 millicores.
+        ("MEM_MI", "96"),
+        ("CPU_LIMIT", "1"),
+        ("CPU_REQ_M", "250"),
+        ("MEM_REQ", "0"),
+        // No limit: the node's allocatable (10Gi).
+        ("DISK_GI", "10"),
+    ];
+    for (k, v) in expected {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    for absent in ["2fast", "9lives", "OPT", "CFG_x"] {
+        assert!(!env.contains_key(absent), "{absent}");
+    }
+    assert_eq!(
+        node.api.event_messages("InvalidEnvironmentVariableNames"),
+        [
+            "Keys [2fast, 9lives] from the EnvFrom configMap default/raw were skipped since they \
+          are considered invalid environment variable names."
+        ]
+    );
+}
+
+/// The waiting reason of container `name` in the last status sent.
+fn last_waiting(node: &Node, name: &str) -> Option<Value> {
+    let status = node.api.statuses().into_iter().last()?;
+    let cs = status["containerStatuses"].as_array()?.clone();
+    let c = cs.into_iter().find(|c| c["name"] == name)?;
+    Some(c["state"]["waiting"].clone())
+}
+
+/// A required ConfigMap, key or Secret that is missing keeps the container waiting in
+/// CreateContainerConfigError with the kubelet's message; once it appears, the container runs.
+#[tokio::test(start_paused = true)]
+async fn a_missing_config_key_is_a_create_container_config_error() {
+    let node = Node::new();
+    let cm = "/api/v1/namespaces/default/configmaps/cfg";
+    let spec = json!({"containers": [{"name": "app", "image": "app", "env": [
+        {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "level"}}}]}]});
+    let (_tx, _worker) = node.run(pod(spec));
+    let waiting_with = |msg: &'static str| {
+        move |n: &Node| {
+            last_waiting(n, "app")
+                .is_some_and(|w| w["reason"] == "CreateContainerConfigError" && w["message"] == msg)
+        }
+    };
+    node.until(
+        "configmap not found",
+        waiting_with("configmap \"cfg\" not found"),
+    )
+    .await;
+    node.api.put(
+        cm,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+            "data": {"other": "1"}}),
+    );
+    node.until(
+        "the missing key",
+        waiting_with("couldn't find key level in ConfigMap default/cfg"),
+    )
+    .await;
+    assert!(
+        node.api
+            .event_messages("Failed")
+            .contains(&"Error: couldn't find key level in ConfigMap default/cfg".to_string())
+    );
+    assert!(!node.called("start app/0"));
+    node.api.put(
+        cm,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+            "data": {"level": "7"}}),
+    );
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    assert_eq!(started_env(&node, "app", 0)["LEVEL"], "7");
+}
+
+/// A running pod's configMap volume follows its ConfigMap within the sync period, through
+/// `..data`; its downwardAPI labels file follows the pod's labels at once.
+#[tokio::test(start_paused = true)]
+async fn config_and_downward_volumes_follow_their_sources() {
+    let node = Node::new();
+    let cm = "/api/v1/namespaces/default/configmaps/cfg";
+    let put = |v: &str| {
+        node.api.put(
+            cm,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"},
+                "data": {"greeting": v}}),
+        )
+    };
+    put("hello");
+    let spec = json!({"containers": [{"name": "app", "image": "app", "volumeMounts": [
+            {"name": "config", "mountPath": "/config"},
+            {"name": "info", "mountPath": "/info"}]}],
+        "volumes": [
+            {"name": "config", "configMap": {"name": "cfg"}},
+            {"name": "info", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                {"path": "mem", "resourceFieldRef": {"containerName": "app",
+                    "resource": "limits.memory", "divisor": "1Gi"}}]}}]});
+    let mut pod = labelled_pod(spec);
+    let (tx, _worker) = node.run(pod.clone());
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    let volumes = node.agent.runtime.pod_dir(UID).join("volumes");
+    let read = |p: &str| std::fs::read_to_string(volumes.join(p)).unwrap_or_default();
+    assert_eq!(read("config/greeting"), "hello");
+    assert_eq!(read("info/labels"), "app=\"web\"\ntier=\"front\"");
+    assert!(read("info/mem").parse::<u64>().unwrap() >= 1);
+
+    // The pod's labels change: the labels file follows on the worker's next pass.
+    pod.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("tier".into(), "back".into());
+    let changed = Instant::now();
+    tx.send(Some(Arc::new(pod.clone()))).unwrap();
+    node.until("the new labels", |_| {
+        std::fs::read_to_string(volumes.join("info/labels")).unwrap_or_default()
+            == "app=\"web\"\ntier=\"back\""
+    })
+    .await;
+    assert!(changed.elapsed() < Duration::from_secs(3));
+
+    // The ConfigMap changes: the file follows within the sync period, swapped atomically.
+    let before = std::fs::read_link(volumes.join("config/..data")).unwrap();
+    put("bonjour");
+    let changed = Instant::now();
+    node.until("the new greeting", |_| {
+        std::fs::read_to_string(volumes.join("config/greeting")).unwrap_or_default() == "bonjour"
+    })
+    .await;
+    assert!(changed.elapsed() <= node.agent.cfg.sync_frequency + Duration::from_secs(2));
+    assert_ne!(
+        std::fs::read_link(volumes.join("config/..data")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_link(volumes.join("config/greeting")).unwrap(),
+        std::path::PathBuf::from("..data/greeting")
+    );
+
+    // Deleted: the files stay, and FailedMount says why.
+    node.api.1.lock().unwrap().remove(cm);
+    node.until("FailedMount", |n| {
+        !n.api.event_messages("FailedMount").is_empty()
+    })
+    .await;
+    assert_eq!(
+        node.api.event_messages("FailedMount")[0],
+        "MountVolume.SetUp failed for volume \"config\" : configmap \"cfg\" not found"
+    );
+    assert_eq!(read("config/greeting"), "bonjour");
+}
+
+/// A volume whose ConfigMap is missing keeps the container in ContainerCreating with the
+/// kubelet's FailedMount event; an optional one mounts empty.
+#[tokio::test(start_paused = true)]
+async fn a_missing_volume_source_is_a_failed_mount() {
+    let node = Node::new();
+    let spec = json!({"containers": [{"name": "app", "image": "app", "volumeMounts": [
+            {"name": "config", "mountPath": "/config"},
+            {"name": "maybe", "mountPath": "/maybe"}]}],
+        "volumes": [
+            {"name": "config", "configMap": {"name": "gone"}},
+            {"name": "maybe", "secret": {"secretName": "absent", "optional": true}}]});
+    let (_tx, _worker) = node.run(pod(spec));
+    node.until("FailedMount", |n| {
+        !n.api.event_messages("FailedMount").is_empty()
+            && last_waiting(n, "app").is_some_and(|w| w["reason"] == "ContainerCreating")
+    })
+    .await;
+    assert_eq!(
+        node.api.event_messages("FailedMount"),
+        ["MountVolume.SetUp failed for volume \"config\" : configmap \"gone\" not found"]
+    );
+    node.api.put(
+        "/api/v1/namespaces/default/configmaps/gone",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gone"},
+            "data": {"k": "v"}}),
+    );
+    node.until("the app to start", |n| n.called("start app/0"))
+        .await;
+    let volumes = node.agent.runtime.pod_dir(UID).join("volumes");
+    assert_eq!(
+        std::fs::read_to_string(volumes.join("config/k")).unwrap(),
+        "v"
+    );
+    let maybe: Vec<_> = std::fs::read_dir(volumes.join("maybe"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".."))
+        .collect();
+    assert!(maybe.is_empty(), "{maybe:?}");
 }
