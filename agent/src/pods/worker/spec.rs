@@ -37,10 +37,11 @@ impl PodWorker {
             .agent
             .edge
             .create_container_cgroups(&self.uid, &c.name, limits_of(c))?;
+        let bind_dirs = volumes::mounts(&self.agent, &self.pod, &self.uid, &at, c).await?;
+        // Last: an instance directory on disk counts as a started instance.
         let instance_dir = self.agent.runtime.instance_dir(&self.uid, &c.name, n);
         let mut bind_files = self.bind_files(c);
         bind_files.push(super::message::termination_log(&instance_dir, c)?);
-        let bind_dirs = volumes::mounts(&self.agent, &self.pod, &self.uid, &at, c).await?;
         Ok(ContainerSpec {
             pod_uid: self.uid.clone(),
             container: c.name.clone(),
