@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod master_endpoints;
 pub mod nodeauthz;
 pub mod nodeproxy;
+pub mod nodestream;
 pub mod noderestriction;
 pub mod object;
 pub mod openapi;
