@@ -169,24 +169,33 @@ spec:
     })?;
 
     // Output, and the exit code as kubectl's own.
-    assert_eq!(c.kubectl(&["exec", "-n", NS, "shell", "--", "echo", "hi"])?, "hi\n");
+    assert_eq!(
+        c.kubectl(&["exec", "-n", NS, "shell", "--", "echo", "hi"])?,
+        "hi\n"
+    );
     let (code, out, err) = kubectl_piped(
         &c,
-        &["exec", "-n", NS, "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        &[
+            "exec",
+            "-n",
+            NS,
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
         b"",
     )?;
     assert_eq!(
         (code, String::from_utf8_lossy(&out).as_ref(), err.as_str()),
-        (
-            3,
-            "out\n",
-            "err\ncommand terminated with exit code 3\n"
-        )
+        (3, "out\n", "err\ncommand terminated with exit code 3\n")
     );
     // The container's environment, service variables included.
     let env = c.kubectl(&["exec", "-n", NS, "shell", "--", "env"])?;
     assert!(
-        env.lines().any(|l| l.starts_with("KUBERNETES_SERVICE_HOST=")),
+        env.lines()
+            .any(|l| l.starts_with("KUBERNETES_SERVICE_HOST=")),
         "{env}"
     );
     // A command runs in the container's root and network, not the host's.
@@ -197,14 +206,27 @@ spec:
     let data = payload(1 << 20);
     let (code, out, err) = kubectl_piped(
         &c,
-        &["exec", "-i", "-n", NS, "shell", "--", "sh", "-c", "cat > /tmp/in.bin; wc -c < /tmp/in.bin; md5sum /tmp/in.bin"],
+        &[
+            "exec",
+            "-i",
+            "-n",
+            NS,
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/in.bin; wc -c < /tmp/in.bin; md5sum /tmp/in.bin",
+        ],
         &data,
     )?;
     assert_eq!(code, 0, "{err}");
     let out = String::from_utf8_lossy(&out).into_owned();
     assert_eq!(out.lines().next().map(str::trim), Some("1048576"), "{out}");
-    let (code, echoed, _) =
-        kubectl_piped(&c, &["exec", "-i", "-n", NS, "shell", "--", "cat"], b"line one\nline two\n")?;
+    let (code, echoed, _) = kubectl_piped(
+        &c,
+        &["exec", "-i", "-n", NS, "shell", "--", "cat"],
+        b"line one\nline two\n",
+    )?;
     assert_eq!((code, echoed.as_slice()), (0, &b"line one\nline two\n"[..]));
 
     // A terminal: the shell sees one, of the size of kubectl's, and its exit code comes back.
@@ -232,7 +254,13 @@ spec:
     let size = c.kubectl(&["exec", "-n", NS, "shell", "--", "wc", "-c", "/tmp/up.bin"])?;
     assert_eq!(size.split_whitespace().next(), Some("300000"), "{size}");
     c.kubectl(&[
-        "exec", "-n", NS, "shell", "--", "sh", "-c",
+        "exec",
+        "-n",
+        NS,
+        "shell",
+        "--",
+        "sh",
+        "-c",
         "head -c 5000 /tmp/up.bin > /tmp/down.bin; cat /tmp/up.bin >> /tmp/down.bin",
     ])?;
     let back = dir.path().join("down.bin");
@@ -243,7 +271,10 @@ spec:
     ])?;
     let mut want = upload[..5000].to_vec();
     want.extend_from_slice(&upload);
-    assert!(std::fs::read(&back)? == want, "the file copied back differs");
+    assert!(
+        std::fs::read(&back)? == want,
+        "the file copied back differs"
+    );
 
     // Debian's kubectl 1.20 speaks SPDY/3.1 only: refused, naming what is served.
     let old = skiff_tests::Kubectl::debian_120()?
@@ -285,9 +316,9 @@ subjects:
     let err = String::from_utf8_lossy(&denied.stderr).into_owned();
     assert!(!denied.status.success(), "{err}");
     assert!(
-        err.contains(&format!(
-            "pods \"shell\" is forbidden: User \"exec-viewer\" cannot"
-        )) && err.contains("resource \"pods/exec\" in API group \"\" in the namespace \"exec-e2e\""),
+        err.contains("pods \"shell\" is forbidden: User \"exec-viewer\" cannot")
+            && err
+                .contains("resource \"pods/exec\" in API group \"\" in the namespace \"exec-e2e\""),
         "{err}"
     );
     assert!(!String::from_utf8_lossy(&denied.stdout).contains("hi"));

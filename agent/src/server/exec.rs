@@ -139,7 +139,10 @@ pub enum ClientEvent<'a> {
     Stdin(&'a [u8]),
     /// v5 `[255, 0]`: stdin is done.
     CloseStdin,
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
     /// Anything else (a stream this protocol does not know, an unparsable resize): dropped,
     /// as kubelet drops it.
     Ignored,
@@ -191,7 +194,10 @@ where
     };
     if let Some(status) = status {
         let _ = tx
-            .send(channel_frame(ERROR, &serde_json::to_vec(&status).unwrap_or_default()))
+            .send(channel_frame(
+                ERROR,
+                &serde_json::to_vec(&status).unwrap_or_default(),
+            ))
             .await;
         let _ = tx.send(ws::close_frame(1000, "")).await;
     }
@@ -237,7 +243,10 @@ impl Process {
         }
     }
 
-    fn spawn_piped(mut cmd: tokio::process::Command, opts: &ExecOptions) -> Result<Process, String> {
+    fn spawn_piped(
+        mut cmd: tokio::process::Command,
+        opts: &ExecOptions,
+    ) -> Result<Process, String> {
         let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
         cmd.stdin(pipe(opts.stdin))
             .stdout(pipe(opts.stdout))
@@ -250,10 +259,7 @@ impl Process {
         if let Some(err) = child.stderr.take() {
             outputs.push((STDERR, Box::new(err)));
         }
-        let stdin = child
-            .stdin
-            .take()
-            .map(|s| Box::new(s) as Input);
+        let stdin = child.stdin.take().map(|s| Box::new(s) as Input);
         Ok(Process {
             child,
             command: opts.command.clone(),
@@ -278,9 +284,7 @@ impl Process {
         Ok(Process {
             child,
             command: opts.command.clone(),
-            stdin: opts
-                .stdin
-                .then(|| Box::new(writer) as Input),
+            stdin: opts.stdin.then(|| Box::new(writer) as Input),
             outputs: if opts.stdout {
                 vec![(STDOUT, Box::new(reader) as Output)]
             } else {
@@ -395,7 +399,13 @@ fn resize(master: &OwnedFd, width: u16, height: u16) {
     };
     // SAFETY: `master` is an open pseudo-terminal fd and `size` a valid winsize that
     // outlives the call; TIOCSWINSZ only reads it.
-    let rc = unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, std::ptr::from_ref(&size)) };
+    let rc = unsafe {
+        nix::libc::ioctl(
+            master.as_raw_fd(),
+            nix::libc::TIOCSWINSZ,
+            std::ptr::from_ref(&size),
+        )
+    };
     if rc != 0 {
         tracing::debug!(error = %nix::errno::Errno::last(), "resizing the terminal");
     }
@@ -415,7 +425,10 @@ mod tests {
             negotiate(["channel.k8s.io", "v4.channel.k8s.io"]),
             Some(Protocol::V4)
         );
-        assert_eq!(negotiate(["v3.channel.k8s.io, base64.channel.k8s.io"]), None);
+        assert_eq!(
+            negotiate(["v3.channel.k8s.io, base64.channel.k8s.io"]),
+            None
+        );
         assert_eq!(negotiate([]), None);
     }
 
@@ -520,7 +533,10 @@ mod tests {
         let mut rest = &got[..];
         while let [op, len, tail @ ..] = rest {
             let (len, tail) = match *len {
-                126 => (usize::from(u16::from_be_bytes([tail[0], tail[1]])), &tail[2..]),
+                126 => (
+                    usize::from(u16::from_be_bytes([tail[0], tail[1]])),
+                    &tail[2..],
+                ),
                 n => (usize::from(n), tail),
             };
             frames.push((*op, tail[..len].to_vec()));

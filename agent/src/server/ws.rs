@@ -239,9 +239,6 @@ mod tests {
         let mut huge = vec![0x82, 0x80 | 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         huge.extend_from_slice(&[0; 4]);
-        assert_eq!(
-            Reader::new(&huge[..]).next().await,
-            Err(WsError::TooLarge)
-        );
+        assert_eq!(Reader::new(&huge[..]).next().await, Err(WsError::TooLarge));
     }
 }

@@ -134,10 +134,7 @@ pub async fn connect(
     if !is_websocket(&parts.headers) {
         return Err(refusal(&parts.headers));
     }
-    let path = format!(
-        "/{sub}/{ns}/{name}/{container}?{}",
-        opts.agent_query()
-    );
+    let path = format!("/{sub}/{ns}/{name}/{container}?{}", opts.agent_query());
     let client_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -305,7 +302,10 @@ mod tests {
             "{}",
             e.message
         );
-        assert_eq!(refusal(&HeaderMap::new()).message, "Upgrade request required");
+        assert_eq!(
+            refusal(&HeaderMap::new()).message,
+            "Upgrade request required"
+        );
         assert!(!is_websocket(&h));
         h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         assert!(is_websocket(&h));
