@@ -1,4 +1,4 @@
-//! `kubectl exec` and `kubectl cp` through the API server to the node agent, over the
+//! `kubectl exec`, `kubectl cp` and `kubectl attach` through the API server to the node agent, over the
 //! WebSocket channel protocol the newest kubectl speaks: output, exit codes, the pod's
 //! environment, stdin, a terminal (kubectl on a pseudo-terminal the test opens), files copied
 //! both ways byte for byte, kubectl 1.20's SPDY refused with a message naming the protocols
@@ -275,6 +275,55 @@ spec:
         std::fs::read(&back)? == want,
         "the file copied back differs"
     );
+
+    // kubectl attach: the container's output from now on (counted lines it printed later).
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: ticker, namespace: {NS}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: tick
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.5; done"]
+"#
+    ))?;
+    wait_for("ticker Running", Duration::from_secs(90), || {
+        let phase = c.kubectl(&[
+            "get",
+            "pod",
+            "ticker",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        Ok((phase == "Running").then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let mut attach = c
+        .kubectl_command()?
+        .args(["attach", "-n", NS, "ticker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(4));
+    attach.kill()?;
+    let attached = attach.wait_with_output()?;
+    let seen = String::from_utf8_lossy(&attached.stdout).into_owned();
+    let ticks: Vec<u32> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick-")?.parse().ok())
+        .collect();
+    assert!(
+        ticks.len() >= 3,
+        "{seen}{}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
+    // Not the log from the start: the first ticks were printed before attaching.
+    assert!(ticks[0] > 2, "{seen}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{seen}");
 
     // Debian's kubectl 1.20 speaks SPDY/3.1 only: refused, naming what is served.
     let old = skiff_tests::Kubectl::debian_120()?
