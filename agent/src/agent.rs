@@ -136,7 +136,10 @@ async fn serve_logs(agent: &Arc<Agent>, ca_pem: String) -> Result<()> {
         cert_dir: cfg.root_dir.join("pki"),
         sans: vec![cfg.node_ip.to_string(), cfg.node_name.clone()],
     };
-    let logs = Arc::new(PodLogs(agent.clone()));
+    let streams = crate::server::Streams {
+        logs: Arc::new(PodLogs(agent.clone())),
+        containers: Arc::new(crate::exec_target::PodProcesses(agent.clone())),
+    };
     let access = crate::server::auth::Access {
         node_name: cfg.node_name.clone(),
         authorizer: Arc::new(crate::server::auth::SubjectAccessReviewer::new(
@@ -145,7 +148,7 @@ async fn serve_logs(agent: &Arc<Agent>, ca_pem: String) -> Result<()> {
     };
     tokio::spawn(async move {
         let stop = std::future::pending();
-        if let Err(e) = crate::server::serve(listener, tls, logs, access, stop).await {
+        if let Err(e) = crate::server::serve(listener, tls, streams, access, stop).await {
             tracing::error!("the log server stopped: {e:#}");
         }
     });

@@ -45,7 +45,8 @@
 //! - [`logs`]: per-container log files in the CRI format, with rotation: written by the shim,
 //!   read back for `kubectl logs`;
 //! - [`server`]: the HTTPS endpoint (the kubelet's port 10250) the apiserver forwards
-//!   `kubectl logs` to, authorizing each request by SubjectAccessReview ([`server::auth`]);
+//!   `kubectl logs`, `exec` and `attach` to, authorizing each request by SubjectAccessReview
+//!   ([`server::auth`]); [`exec_target`] finds the container process an exec runs beside;
 //! - [`bpf_cli`]: `skiff-agent bpf …`: the eBPF proxy's pinned maps as tables or JSON, with or
 //!   without a running agent.
 //!
@@ -78,6 +79,7 @@ pub mod agent;
 pub mod bpf_cli;
 pub mod config;
 pub mod credentials;
+pub mod exec_target;
 pub mod image;
 pub mod logs;
 pub mod network;

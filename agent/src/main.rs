@@ -95,6 +95,9 @@ enum Command {
     ExecIn {
         #[arg(long)]
         pid: i32,
+        /// stdin is a terminal: make it the command's controlling terminal (`kubectl exec -t`).
+        #[arg(long)]
+        tty: bool,
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -296,7 +299,7 @@ fn main() -> ExitCode {
         }),
         Command::Shim { spec } => runtime::shim::run(&spec),
         Command::Init { spec } => runtime::init::run(&spec),
-        Command::ExecIn { pid, command } => runtime::init::exec_in(pid, &command),
+        Command::ExecIn { pid, tty, command } => runtime::init::exec_in(pid, tty, &command),
         other => match tokio_main(other) {
             Ok(()) => 0,
             Err(e) => {

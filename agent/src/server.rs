@@ -1,5 +1,6 @@
 //! The agent's HTTPS server, the kubelet's port 10250: what the apiserver calls for
-//! `kubectl logs` (`GET /containerLogs/{namespace}/{pod}/{container}`), and `/healthz`.
+//! `kubectl logs` (`GET /containerLogs/{namespace}/{pod}/{container}`), `kubectl exec` and
+//! `attach` (`/exec/…`, `/attach/…`, WebSocket: [`streaming`]), and `/healthz`.
 //!
 //! Serving certificate: self-signed, like a kubelet's without `--tls-cert-file` (the agent has
 //! no CA key to get one signed), created once in `cert_dir` (`kubelet.crt`, `kubelet.key`) and
@@ -16,6 +17,9 @@
 //! mode does ([`auth`]): container logs need `nodes/proxy`.
 
 pub mod auth;
+pub mod exec;
+pub mod streaming;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,6 +43,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use self::auth::{Access, PeerUser};
+pub use self::streaming::{ContainerProcesses, Streams};
 use crate::logs::{ByteStream, LogOptions};
 
 /// The serving certificate and key in `cert_dir`, named as the kubelet names them.
@@ -109,13 +114,13 @@ pub struct ServerTls {
 pub async fn serve(
     listener: TcpListener,
     tls: ServerTls,
-    logs: Arc<dyn ContainerLogSource>,
+    streams: Streams,
     access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = server_config(&tls)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let app = router(logs, access);
+    let app = router(streams, access);
     // The user of a connection's certificate is read once, after the handshake, and handed
     // to each of its requests.
     let make_service = move |certs: skiff_common::tls::PeerCertificates| {
@@ -131,23 +136,32 @@ pub async fn serve(
 }
 
 /// The routes, without TLS, behind the authorization of `access`.
-pub fn router(logs: Arc<dyn ContainerLogSource>, access: Access) -> Router {
+pub fn router(streams: Streams, access: Access) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(streaming::exec).post(streaming::exec),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(streaming::attach).post(streaming::attach),
+        )
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found".into()) })
-        .with_state(logs)
+        .with_state(streams)
         .layer(middleware::from_fn_with_state(access, auth::authorize))
 }
 
 async fn container_logs(
-    State(logs): State<Arc<dyn ContainerLogSource>>,
+    State(streams): State<Streams>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let logs = &streams.logs;
     let opts = match parse_log_options(query.as_deref()) {
         Ok(o) => o,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -410,6 +424,27 @@ mod tests {
         }
     }
 
+    /// No container runs: the log tests never exec.
+    struct NoContainers;
+
+    #[async_trait::async_trait]
+    impl ContainerProcesses for NoContainers {
+        async fn container_pid(
+            &self,
+            namespace: &str,
+            pod: &str,
+            _container: &str,
+        ) -> Result<i32, LogLookupError> {
+            Err(LogLookupError::PodNotFound(format!(
+                "pod \"{namespace}/{pod}\" does not exist"
+            )))
+        }
+
+        fn agent_exe(&self) -> std::path::PathBuf {
+            "/nonexistent".into()
+        }
+    }
+
     fn receiver_stream(rx: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> {
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
     }
@@ -528,7 +563,11 @@ mod tests {
             sans: vec!["127.0.0.1".into(), "node-a".into()],
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, tls, source.clone(), access, async move {
+        let streams = Streams {
+            logs: source.clone(),
+            containers: Arc::new(NoContainers),
+        };
+        let task = tokio::spawn(serve(listener, tls, streams, access, async move {
             let _ = stopped.await;
         }));
         // The serving certificate is written before the first accept.

@@ -305,9 +305,11 @@ fn exec(spec: &ContainerSpec, argv: &[String]) -> InitError {
     }
 }
 
-/// `skiff-agent exec-in --pid P -- CMD…`: run a command inside a running container (its
-/// mount, network, UTS and IPC namespaces, its environment), for exec probes.
-pub fn exec_in(pid: i32, argv: &[String]) -> i32 {
+/// `skiff-agent exec-in --pid P [--tty] -- CMD…`: run a command inside a running container
+/// (its mount, network, UTS and IPC namespaces, its environment), for exec probes and
+/// `kubectl exec`. With `tty`, stdin is a pseudo-terminal the command gets as its controlling
+/// terminal, in a session of its own, so the shell gets job control and ^C.
+pub fn exec_in(pid: i32, tty: bool, argv: &[String]) -> i32 {
     if argv.is_empty() {
         eprintln!("skiff exec-in: no command");
         return 126;
@@ -356,6 +358,10 @@ pub fn exec_in(pid: i32, argv: &[String]) -> i32 {
         }
     }
     let _ = std::env::set_current_dir(&cwd);
+    if tty && let Err(e) = controlling_terminal() {
+        eprintln!("skiff exec-in: {e}");
+        return 126;
+    }
     let spec = ContainerSpec {
         env,
         ..Default::default()
@@ -363,4 +369,16 @@ pub fn exec_in(pid: i32, argv: &[String]) -> i32 {
     let err = exec(&spec, argv);
     eprintln!("skiff exec-in: {}", err.message);
     err.code
+}
+
+/// A new session whose controlling terminal is stdin.
+fn controlling_terminal() -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    // SAFETY: fd 0 is this process's stdin; TIOCSCTTY takes an int argument (0: do not
+    // steal the terminal from another session) and no memory.
+    let rc = unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0_i32) };
+    if rc != 0 {
+        return Err(format!("TIOCSCTTY: {}", nix::errno::Errno::last()));
+    }
+    Ok(())
 }

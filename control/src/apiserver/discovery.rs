@@ -130,6 +130,8 @@ fn subresources(r: &ResourceInfo) -> Vec<Sub> {
                     "scale" => (Some("autoscaling"), Some("v1"), "Scale", GPU),
                     "binding" => (None, None, "Binding", &["create"]),
                     "log" => (None, None, "Pod", &["get"]),
+                    "exec" => (None, None, "PodExecOptions", &["create", "get"]),
+                    "attach" => (None, None, "PodAttachOptions", &["create", "get"]),
                     "finalize" => (None, None, r.kind, &["update"]),
                     "token" => (
                         Some("authentication.k8s.io"),
@@ -527,7 +529,7 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "log"]);
+        assert_eq!(subs, ["status", "binding", "log", "exec", "attach"]);
         let binding = &pods["subresources"][1];
         assert_eq!(binding["responseKind"]["kind"], "Binding");
         let ns = v1["resources"]

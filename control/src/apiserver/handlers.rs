@@ -15,6 +15,7 @@ use super::discovery::{self, AggregatedVersion};
 use super::nodeauthz::{self, NodeAuthorizer};
 use super::nodeproxy::{self, NodeClient};
 use super::noderestriction;
+use super::nodestream;
 use super::object::{self, meta_str};
 use super::openapi;
 use super::patch::PatchType;
@@ -120,7 +121,37 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `pods/exec` and `pods/attach`, which are streamed to the pod's node (GET for WebSocket,
+/// POST for SPDY).
+fn is_pod_stream(r: &ResourceRequest, method: &Method) -> bool {
+    r.info.group.is_empty()
+        && r.info.plural == "pods"
+        && r.name.is_some()
+        && r.subresource
+            .as_deref()
+            .is_some_and(|s| nodestream::SUBRESOURCES.contains(&s))
+        && (*method == Method::GET || *method == Method::POST)
+}
+
 impl Handler {
+    /// A WebSocket upgrade arrives as a GET, authorized above as `get`; like kube-apiserver
+    /// with `AuthorizePodWebsocketUpgradeCreatePermission`, it must also be allowed to
+    /// `create` the subresource, as the SPDY POST is.
+    fn authorize_websocket_create(
+        &self,
+        user: &authn::UserInfo,
+        parts: &axum::http::request::Parts,
+        mut attributes: rbac::rules::Request,
+    ) -> ApiResult<()> {
+        if parts.method != Method::GET || !nodestream::is_websocket(&parts.headers) {
+            return Ok(());
+        }
+        if let rbac::rules::Request::Resource { verb, .. } = &mut attributes {
+            *verb = "create".into();
+        }
+        nodeauthz::authorize(&self.node_authz, &self.rbac, user, &attributes)
+    }
+
     /// Who a request is served as: its authenticated user, or whom that user may impersonate.
     async fn identity(&self, parts: &axum::http::request::Parts) -> ApiResult<authn::UserInfo> {
         let peer = parts.extensions.get::<PeerIdentity>();
@@ -136,7 +167,7 @@ impl Handler {
     }
 
     async fn dispatch(&self, req: Request<Body>) -> ApiResult<Response> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let user = self.identity(&parts).await?;
         // Authorized before a missing route is reported, as kube-apiserver does.
         let routed = request::route(parts.uri.path());
@@ -144,6 +175,12 @@ impl Handler {
         let attributes = rbac::attributes::of(&parts.method, routed.as_ref().ok(), path, raw_query);
         nodeauthz::authorize(&self.node_authz, &self.rbac, &user, &attributes)?;
         let endpoint = routed?;
+        if let Endpoint::Resource(r) = &endpoint
+            && is_pod_stream(r, &parts.method)
+        {
+            self.authorize_websocket_create(&user, &parts, attributes)?;
+            return nodestream::connect(&self.registry, &self.nodes, r, &mut parts).await;
+        }
         let accept = header_str(&parts.headers, header::ACCEPT);
         let read_only = parts.method == Method::GET || parts.method == Method::HEAD;
         match endpoint {

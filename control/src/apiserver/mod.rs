@@ -20,6 +20,7 @@ pub mod master_endpoints;
 pub mod nodeauthz;
 pub mod nodeproxy;
 pub mod noderestriction;
+pub mod nodestream;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -49,16 +49,14 @@ impl NodeClient {
         }
     }
 
-    /// `GET https://<host>:<port><path_and_query>` over a connection of its own. The response's
-    /// body owns the connection: it stays open while the body is read and is closed when the
-    /// body ends or is dropped. Errors are worded like Go's `net/http` client, as kube-apiserver
-    /// reports them (`dial tcp 10.0.0.1:10250: connect: connection refused`).
-    pub async fn get(
+    /// A TLS connection to the agent at `host:port`, and the `host:port` authority. Errors
+    /// are worded like Go's `net/http` client, as kube-apiserver reports them
+    /// (`dial tcp 10.0.0.1:10250: connect: connection refused`).
+    pub async fn dial(
         &self,
         host: &str,
         port: u16,
-        path_and_query: &str,
-    ) -> Result<Response, String> {
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, String), String> {
         let authority = match host.parse::<std::net::Ipv6Addr>() {
             Ok(_) => format!("[{host}]:{port}"),
             Err(_) => format!("{host}:{port}"),
@@ -81,6 +79,19 @@ impl NodeClient {
                 Ok(Err(e)) => return Err(format!("remote error: tls: {e}")),
                 Err(_) => return Err("net/http: TLS handshake timeout".into()),
             };
+        Ok((tls, authority))
+    }
+
+    /// `GET https://<host>:<port><path_and_query>` over a connection of its own. The response's
+    /// body owns the connection: it stays open while the body is read and is closed when the
+    /// body ends or is dropped.
+    pub async fn get(
+        &self,
+        host: &str,
+        port: u16,
+        path_and_query: &str,
+    ) -> Result<Response, String> {
+        let (tls, authority) = self.dial(host, port).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;
@@ -303,6 +314,11 @@ pub fn node_endpoint(node: &Value) -> Option<(String, u16)> {
 /// so an agent refusing the API server reads `Forbidden (user=kube-apiserver-kubelet-client,
 /// verb=get, resource=nodes, subresource=proxy) ( pods/log <pod>)`, as in kube.
 pub fn agent_error(code: u16, body: &str, pod: &str) -> ApiError {
+    agent_error_for("pods/log", code, body, pod)
+}
+
+/// [`agent_error`] for the subresource `kind` (`pods/exec`, `pods/attach`, …).
+pub fn agent_error_for(kind: &str, code: u16, body: &str, pod: &str) -> ApiError {
     let text = body.trim();
     match code {
         500 => return ApiError::internal(format!("Internal error occurred: {text}")),
@@ -357,8 +373,8 @@ pub fn agent_error(code: u16, body: &str, pod: &str) -> ApiError {
     ApiError {
         code,
         reason,
-        message: format!("{message} ( pods/log {pod})"),
-        details: Some(serde_json::json!({"kind": "pods/log", "name": pod})),
+        message: format!("{message} ( {kind} {pod})"),
+        details: Some(serde_json::json!({"kind": kind, "name": pod})),
     }
 }
 

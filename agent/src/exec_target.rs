@@ -1,0 +1,51 @@
+//! `kubectl exec` and `attach` for the pods of this node: the running process of a pod's
+//! container, found as the log server finds its log files.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::logs::instances;
+use crate::pods::Agent;
+use crate::runtime::{InstanceStatus, instance_status};
+use crate::server::{ContainerProcesses, LogLookupError};
+
+pub struct PodProcesses(pub Arc<Agent>);
+
+#[async_trait]
+impl ContainerProcesses for PodProcesses {
+    async fn container_pid(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<i32, LogLookupError> {
+        let agent = &self.0;
+        let found = agent
+            .pods_by_name
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(namespace.to_string(), pod.to_string())).cloned());
+        let Some(p) = found else {
+            return Err(LogLookupError::PodNotFound(format!(
+                "pod {namespace}/{pod} is not running on this node"
+            )));
+        };
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        // Kubelet's answer for a container that is not running (kubelet `findContainer`).
+        let not_found = || LogLookupError::Internal(format!("container not found ({container:?})"));
+        let latest = instances(&agent.runtime.log_dir(&uid, container))
+            .ok()
+            .and_then(|have| have.last().copied())
+            .ok_or_else(not_found)?;
+        let dir = agent.runtime.instance_dir(&uid, container, latest);
+        match instance_status(&*agent.edge, &dir) {
+            InstanceStatus::Running(state) => Ok(state.pid),
+            _ => Err(not_found()),
+        }
+    }
+
+    fn agent_exe(&self) -> std::path::PathBuf {
+        self.0.runtime.exe.clone()
+    }
+}
