@@ -6,6 +6,7 @@
 pub mod env;
 pub mod logsource;
 pub mod probe;
+pub mod resolv;
 pub mod sandbox;
 pub mod status;
 pub mod volumes;
