@@ -54,7 +54,8 @@ pub async fn run(cfg: AgentConfig, credentials: &CredentialOptions) -> Result<()
         drain: drain.clone(),
     });
     serve_logs(&agent, ca_pem).await?;
-    start_proxy(&client, &cfg, cgroup_root, drain).await?;
+    let local_dns = start_dns(&client, &cfg, pod_cidr).await;
+    start_proxy(&client, &cfg, cgroup_root, drain, local_dns).await?;
     crate::node::update_status(&client, &cfg, true, "").await?;
     tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
     tokio::spawn(crate::node::sync_node_routes(
@@ -155,6 +156,32 @@ async fn serve_logs(agent: &Arc<Agent>, ca_pem: String) -> Result<()> {
     Ok(())
 }
 
+/// With `--cluster-dns`: the node's DNS server on the pods' gateway address, port 53; its
+/// address is the node-local backend of the `kube-dns` Service.
+async fn start_dns(
+    client: &Client,
+    cfg: &AgentConfig,
+    pod_cidr: Ipv4Net,
+) -> Option<std::net::Ipv4Addr> {
+    let Some(cluster_dns) = cfg.cluster_dns else {
+        tracing::info!("no --cluster-dns: cluster DNS is not served on this node");
+        return None;
+    };
+    let gateway = pod_cidr.gateway();
+    let own: [std::net::IpAddr; 2] = [cluster_dns.into(), gateway.into()];
+    let opts = crate::dns::DnsOptions {
+        listen: (gateway, crate::proxy::model::DNS_PORT).into(),
+        domain: cfg.cluster_domain.clone(),
+        upstreams: crate::dns::default_upstreams(&cfg.dns_upstreams, &own),
+    };
+    // Pods without DNS are better than no node: the Service then has no backend here.
+    if let Err(e) = crate::dns::start(client.clone(), opts).await {
+        tracing::error!("cluster DNS is not served on this node: {e:#}");
+        return None;
+    }
+    Some(gateway)
+}
+
 /// The service proxy: its dataplane, the loop feeding it (which also answers the pod
 /// workers' drain gate), and its metrics endpoint.
 async fn start_proxy(
@@ -162,6 +189,7 @@ async fn start_proxy(
     cfg: &AgentConfig,
     cgroup_root: PathBuf,
     drain: Arc<crate::proxy::drain::BackendDrain>,
+    local_dns: Option<std::net::Ipv4Addr>,
 ) -> Result<()> {
     let target = crate::proxy::ProxyTarget {
         bpffs_dir: cfg.bpffs.clone(),
@@ -180,6 +208,7 @@ async fn start_proxy(
         dataplane,
         metrics.clone(),
         drain,
+        local_dns,
     ));
     if let Some(addr) = cfg.metrics_address {
         tokio::spawn(async move {

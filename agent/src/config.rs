@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub proxy_mode: ProxyMode,
     pub cluster_dns: Option<Ipv4Addr>,
     pub cluster_domain: String,
+    /// Resolvers the cluster DNS forwards other names to (empty: the node's resolv.conf).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// CrashLoopBackOff: first delay and cap (kubelet: 10 s and 5 min).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -53,6 +55,7 @@ impl AgentConfig {
             proxy_mode: ProxyMode::Auto,
             cluster_dns: None,
             cluster_domain: "cluster.local".into(),
+            dns_upstreams: Vec::new(),
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             sync_frequency: Duration::from_secs(60),

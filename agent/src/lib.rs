@@ -5,8 +5,8 @@
 //! `src/main.rs` parses the flags. `skiff-agent run` calls [`agent::run`], which wires the
 //! modules below together in this order: register the Node ([`node`]); open the container
 //! [`runtime`], the [`image`] store and the pod cgroups; once the node has a podCIDR, set up
-//! the pod [`network`] (bridge, masquerade, IPAM); start the log [`server`], the service
-//! [`proxy`], the node heartbeat and the routes to other nodes, and the [`static_pods`] source;
+//! the pod [`network`] (bridge, masquerade, IPAM); start the log [`server`], cluster [`dns`], the
+//! service [`proxy`], the node heartbeat and the routes to other nodes, and the [`static_pods`] source;
 //! then run the pod manager ([`pods::PodManager`]) for the life of the process.
 //! `skiff-agent cleanup` ([`agent::cleanup`]) takes all of it out of the kernel again.
 //!
@@ -47,6 +47,9 @@
 //! - [`server`]: the HTTPS endpoint (the kubelet's port 10250) the apiserver forwards
 //!   `kubectl logs`, `exec` and `attach` to, authorizing each request by SubjectAccessReview
 //!   ([`server::auth`]); [`exec_target`] finds the container process an exec runs beside;
+//! - [`dns`]: cluster DNS (the Kubernetes DNS specification's records from Services and
+//!   EndpointSlices, other names forwarded to the node's resolvers), served on the pods'
+//!   gateway and reached at the `kube-dns` ClusterIP, which the proxy sends to the node itself;
 //! - [`bpf_cli`]: `skiff-agent bpf …`: the eBPF proxy's pinned maps as tables or JSON, with or
 //!   without a running agent.
 //!
@@ -79,6 +82,7 @@ pub mod agent;
 pub mod bpf_cli;
 pub mod config;
 pub mod credentials;
+pub mod dns;
 pub mod exec_target;
 pub mod image;
 pub mod logs;

@@ -216,11 +216,19 @@ struct RunArgs {
     /// Service proxy mode: ebpf, iptables or auto.
     #[arg(long, value_enum, default_value_t = ProxyMode::Auto)]
     proxy_mode: ProxyMode,
-    /// Cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    /// The cluster DNS address (the `kube-dns` Service's ClusterIP, 10.96.0.10 by
+    /// convention) written into pods' resolv.conf (dnsPolicy ClusterFirst). When set the
+    /// agent also serves cluster DNS on its pods' gateway address, port 53, and sends that
+    /// Service's traffic there.
     #[arg(long)]
     cluster_dns: Option<Ipv4Addr>,
+    /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// A resolver for names outside the cluster (`IP` or `IP:PORT`; repeat for several).
+    /// Default: the nameservers of the node's /etc/resolv.conf.
+    #[arg(long = "dns-upstream", value_parser = dns_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
     /// First CrashLoopBackOff delay (doubles per restart): a duration (`10s`, `500ms`) or
     /// bare seconds.
     #[arg(long, default_value = "10s", value_parser = seconds_or_duration)]
@@ -436,6 +444,7 @@ fn agent_config(a: RunArgs) -> Result<AgentConfig> {
         proxy_mode: a.proxy_mode,
         cluster_dns: a.cluster_dns,
         cluster_domain: a.cluster_domain,
+        dns_upstreams: a.dns_upstreams,
         backoff_initial: a.crashloop_backoff_initial,
         backoff_max: a.crashloop_backoff_max,
         sync_frequency: a.sync_frequency.max(Duration::from_secs(1)),
@@ -501,6 +510,16 @@ fn bpf_command(bpffs: &Path, output: &str, command: BpfCommand) -> Result<()> {
         skiff_agent::bpf_cli::show(bpffs, what, output == "json")?
     );
     Ok(())
+}
+
+/// `--dns-upstream`: an address with or without a port (53).
+fn dns_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is neither IP nor IP:PORT"))
 }
 
 #[cfg(test)]

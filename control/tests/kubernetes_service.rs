@@ -216,3 +216,52 @@ async fn kubernetes_service_endpoints_follow_the_api_servers() {
     let ep: Endpoints = serde_json::from_slice(&stored.value).unwrap();
     assert!(endpoints_view(&ep).0.is_empty(), "{ep:?}");
 }
+
+/// `kube-system/kube-dns` exists from the start at the tenth address of the service range,
+/// with the DNS ports and no selector (each node's agent answers its own pods), and is not
+/// replaced when it already exists.
+#[tokio::test]
+async fn the_kube_dns_service_is_created_at_start() {
+    let c = common::TestCluster::start("endpoints,endpointslice").await;
+    let services: Api<k8s_openapi::api::core::v1::Service> = c.api("kube-system");
+    let svc = services.get("kube-dns").await.unwrap();
+    let labels = svc.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("k8s-app").map(String::as_str), Some("kube-dns"));
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+    assert_eq!(spec.selector, None);
+    let ports: Vec<(String, i32, String)> = spec
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name.unwrap_or_default(),
+                p.port,
+                p.protocol.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("dns".to_string(), 53, "UDP".to_string()),
+            ("dns-tcp".to_string(), 53, "TCP".to_string())
+        ]
+    );
+    // The address is taken: a new Service asking for it is refused.
+    let clash: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "clash"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}
+    }))
+    .unwrap();
+    let err = c
+        .api::<k8s_openapi::api::core::v1::Service>("default")
+        .create(&Default::default(), &clash)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err}"
+    );
+}

@@ -1314,6 +1314,8 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
                     &AGENT_PORT.to_string(),
                     "--proxy-mode",
                     &opts.proxy_mode,
+                    "--cluster-dns",
+                    "10.96.0.10",
                 ]
                 .map(String::from),
             );

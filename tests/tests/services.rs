@@ -870,7 +870,7 @@ fn ebpf_full_map_event() -> Result<()> {
     let c = Cluster::start(ClusterOptions {
         nodes: 1,
         proxy_mode: "ebpf".into(),
-        agent_args: vec!["--bpf-lb-frontends".into(), "4".into()],
+        agent_args: vec!["--bpf-lb-frontends".into(), "6".into()],
         ..Default::default()
     })?;
     c.assert_proxy_mode("ebpf")?;
@@ -894,7 +894,8 @@ fn ebpf_full_map_event() -> Result<()> {
             .map(String::from)
             .collect())
     };
-    // `kubernetes` takes one of the 4 frontends; 6 more do not fit.
+    // `kubernetes` (443/TCP) and `kube-system/kube-dns` (53/UDP, 53/TCP) take three of the 6
+    // frontends; 6 more do not fit.
     for i in 0..6 {
         c.apply(&manual_service(
             &format!("full-{i}"),
@@ -907,7 +908,7 @@ fn ebpf_full_map_event() -> Result<()> {
     })?;
     let (_, message) = &events[0];
     ensure!(
-        message.contains("is full (4 entries)") && message.contains("raise --bpf-lb-frontends"),
+        message.contains("is full (6 entries)") && message.contains("raise --bpf-lb-frontends"),
         "{message}"
     );
     wait_for(

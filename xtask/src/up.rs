@@ -392,7 +392,8 @@ fn bring_up(
         .arg(state.agent_root.join("kubelet.kubeconfig"));
     node_args(&mut agent, state)
         .args(["--node-ip", &node_ip.to_string()])
-        .args(["--proxy-mode", &args.proxy_mode]);
+        .args(["--proxy-mode", &args.proxy_mode])
+        .args(["--cluster-dns", "10.96.0.10"]);
     let child = spawn_logged(&mut agent, &agent_log)?;
     state.agent_pid = child.id();
     procs.agent = Some(child);

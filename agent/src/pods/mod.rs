@@ -7,6 +7,7 @@ pub mod env;
 pub mod hooks;
 pub mod logsource;
 pub mod probe;
+pub mod resolv;
 pub mod sandbox;
 pub mod status;
 pub mod volumes;

@@ -121,23 +121,15 @@ fn write_etc(agent: &Agent, pod: &Pod, state: &SandboxState, hostname: &str) -> 
     Ok(())
 }
 
-/// ClusterFirst: the cluster DNS with the search path for the pod's namespace when a
-/// cluster DNS is configured; otherwise (and for dnsPolicy Default) the node's own.
+/// The pod's resolv.conf for its `dnsPolicy` and `dnsConfig` ([`super::resolv`]).
 fn resolv_conf(agent: &Agent, pod: &Pod) -> String {
-    let policy = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.dns_policy.clone())
-        .unwrap_or_else(|| "ClusterFirst".into());
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    match (policy.as_str(), agent.cfg.cluster_dns) {
-        ("ClusterFirst" | "ClusterFirstWithHostNet", Some(dns)) => {
-            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let d = &agent.cfg.cluster_domain;
-            format!("search {ns}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n")
-        }
-        _ => host,
-    }
+    let node = super::resolv::NodeDns {
+        host: super::resolv::DnsConf::parse(&host),
+        cluster_dns: agent.cfg.cluster_dns,
+        cluster_domain: &agent.cfg.cluster_domain,
+    };
+    super::resolv::pod_resolv_conf(&node, pod)
 }
 
 /// Stop the pause process and remove the pod's network, address, netns pin and cgroups.

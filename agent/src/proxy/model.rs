@@ -257,6 +257,36 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
     out
 }
 
+/// The Service whose ClusterIP every node answers itself: the agent serves cluster DNS on
+/// its pods' gateway address, and a pod's queries to `kube-dns` go to its own node's server
+/// (as with NodeLocal DNSCache), whatever the Service's EndpointSlices say.
+pub const NODE_LOCAL_DNS: (&str, &str) = ("kube-system", "kube-dns");
+/// The port the node-local DNS server listens on (UDP and TCP).
+pub const DNS_PORT: u16 = 53;
+
+/// Point the DNS ports (service port 53) of the node-local DNS Service's entries in `state`
+/// at `server` on this node, its only endpoint.
+pub fn localize_dns(state: &mut ProxyState, server: Ipv4Addr) {
+    let key = (NODE_LOCAL_DNS.0.to_string(), NODE_LOCAL_DNS.1.to_string());
+    let names: Vec<ServicePortName> = service_entries(state, &key)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for name in names {
+        if let Some(port) = state.get_mut(&name)
+            && port.port == DNS_PORT
+        {
+            port.endpoints = vec![Endpoint {
+                ip: server,
+                port: DNS_PORT,
+                local: true,
+                ready: true,
+                serving: true,
+                terminating: false,
+            }];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,17 +232,20 @@ pub async fn run(
         dataplane,
         metrics,
         Arc::new(BackendDrain::new()),
+        None,
     )
     .await
 }
 
-/// [`run`], telling `drain` (shared with the pod workers) what the dataplane holds.
+/// [`run`], telling `drain` (shared with the pod workers) what the dataplane holds, and
+/// sending `kube-system/kube-dns` to `local_dns` (this node's DNS server) when given.
 pub async fn run_with_drain(
     client: Client,
     node: String,
     dataplane: Box<dyn Dataplane>,
     metrics: Arc<ProxyMetrics>,
     drain: Arc<BackendDrain>,
+    local_dns: Option<std::net::Ipv4Addr>,
 ) {
     let events = Arc::new(NodeEvents::new(client.clone(), &node));
     let mut syncer = Syncer::new(dataplane, metrics.clone(), events).with_drain(drain.clone());
@@ -264,7 +267,7 @@ pub async fn run_with_drain(
     metrics.record_initial_list(start.elapsed());
     tracing::info!(mode = syncer.mode(), listed = ?start.elapsed(), "service proxy started");
     let objects = StoreObjects { services, slices };
-    let mut tracker = Tracker::new(&node);
+    let mut tracker = Tracker::new(&node).with_node_local_dns(local_dns);
     // Whether the dataplane matches the tracker's state; a failed sync is retried in full.
     let mut synced = false;
     let mut failures = 0u32;

@@ -78,6 +78,8 @@ pub struct Tracker {
     slices_of: HashMap<ServiceKey, BTreeSet<String>>,
     pending: BTreeSet<ServiceKey>,
     relist: bool,
+    /// This node's DNS server address, the only endpoint of `kube-system/kube-dns`.
+    local_dns: Option<std::net::Ipv4Addr>,
 }
 
 impl Tracker {
@@ -90,6 +92,19 @@ impl Tracker {
             slices_of: HashMap::new(),
             pending: BTreeSet::new(),
             relist: true,
+            local_dns: None,
+        }
+    }
+
+    /// Send `kube-system/kube-dns` to this node's own DNS server at `server` (port 53).
+    pub fn with_node_local_dns(mut self, server: Option<std::net::Ipv4Addr>) -> Tracker {
+        self.local_dns = server;
+        self
+    }
+
+    fn localize(&self, state: &mut ProxyState) {
+        if let Some(server) = self.local_dns {
+            model::localize_dns(state, server);
         }
     }
 
@@ -151,7 +166,7 @@ impl Tracker {
         }
         let mut changed = BTreeSet::new();
         for key in std::mem::take(&mut self.pending) {
-            let new: Vec<model::ServicePort> = match objects.service(&key) {
+            let mut new: Vec<model::ServicePort> = match objects.service(&key) {
                 Some(svc) => {
                     let slices: Vec<Arc<EndpointSlice>> = self
                         .slices_of
@@ -165,6 +180,12 @@ impl Tracker {
                 }
                 None => Vec::new(),
             };
+            if self.local_dns.is_some() && (key.0.as_str(), key.1.as_str()) == model::NODE_LOCAL_DNS
+            {
+                let mut one: ProxyState = new.drain(..).map(|p| (p.name.clone(), p)).collect();
+                self.localize(&mut one);
+                new = one.into_values().collect();
+            }
             let old: Vec<ServicePortName> = model::service_entries(&self.state, &key)
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -200,11 +221,12 @@ impl Tracker {
                 self.slice_owner.insert(key, svc);
             }
         }
-        let state = model::build(
+        let mut state = model::build(
             services.iter().map(|s| s.as_ref()),
             slices.iter().map(|s| s.as_ref()),
             &self.node,
         );
+        self.localize(&mut state);
         self.pending.clear();
         self.relist = false;
         let changed = state != self.state;
@@ -415,5 +437,47 @@ mod tests {
         t.record(store.delete_slice("s0-a"));
         assert_eq!(t.update(&store), Update::Ports([port("s0")].into()));
         assert_consistent(&store, &t);
+    }
+
+    #[test]
+    fn kube_dns_goes_to_the_nodes_own_dns_server() {
+        let mut store = Store::default();
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                {"name": "metrics", "port": 9153, "protocol": "TCP"}]}}))
+        .unwrap();
+        let key = ("kube-system".to_string(), "kube-dns".to_string());
+        store.services.insert(key.clone(), Arc::new(svc.clone()));
+        let gateway = std::net::Ipv4Addr::new(10, 244, 3, 1);
+        let mut t = Tracker::new("n1").with_node_local_dns(Some(gateway));
+        assert_eq!(t.update(&store), Update::Full);
+        let dns_port = |t: &Tracker, port: &str, protocol| {
+            t.state()[&ServicePortName {
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+                port: port.into(),
+                protocol,
+            }]
+                .endpoints
+                .iter()
+                .map(|e| (e.ip, e.port, e.ready, e.local))
+                .collect::<Vec<_>>()
+        };
+        let local = vec![(gateway, 53, true, true)];
+        assert_eq!(dns_port(&t, "dns", model::Protocol::Udp), local);
+        assert_eq!(dns_port(&t, "dns-tcp", model::Protocol::Tcp), local);
+        // Other ports of the Service keep their (here: no) endpoints.
+        assert!(dns_port(&t, "metrics", model::Protocol::Tcp).is_empty());
+        // An incremental update of the Service keeps it local.
+        t.record(Change::service(&svc));
+        assert_eq!(t.update(&store), Update::Ports(BTreeSet::new()));
+        assert_eq!(dns_port(&t, "dns", model::Protocol::Udp), local);
+        // Without a node-local server the Service is an ordinary one.
+        let mut plain = Tracker::new("n1");
+        plain.update(&store);
+        assert!(dns_port(&plain, "dns", model::Protocol::Udp).is_empty());
     }
 }

@@ -86,6 +86,12 @@ impl Allocators {
         self.service_cidr.nth(1)
     }
 
+    /// The tenth address of the range: the `kube-dns` Service's, by kubeadm's convention
+    /// (10.96.0.10 in the default range), which agents' `--cluster-dns` names.
+    pub fn dns_service_ip(&self) -> Ipv4Addr {
+        self.service_cidr.nth(10)
+    }
+
     async fn claim(&self, key: String, owner: &str) -> Result<bool, ApiError> {
         let value = serde_json::to_vec(&json!({"owner": owner, "allocatedAt": object::now()}))
             .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -453,8 +453,8 @@ async fn expire_events(registry: &Registry, ttl: Duration) -> Result<()> {
     Ok(())
 }
 
-/// The objects every cluster has: the four system namespaces and the `kubernetes` service
-/// (its endpoints are [`master_endpoints`]' business).
+/// The objects every cluster has: the four system namespaces, the `kubernetes` service
+/// (its endpoints are [`master_endpoints`]' business) and `kube-system/kube-dns`.
 async fn bootstrap(registry: &Registry, port: u16) -> Result<()> {
     let opts = WriteOptions::default();
     let namespaces = resources::lookup("", "v1", "namespaces").expect("served");
@@ -477,7 +477,45 @@ async fn bootstrap(registry: &Registry, port: u16) -> Result<()> {
         }
         ignore_exists(registry.create(services, Some("default"), svc, opts).await)?;
     }
-    Ok(())
+    ensure_dns_service(registry).await
+}
+
+/// `kube-system/kube-dns`: the address pods' resolv.conf names. The agents serve DNS
+/// themselves (each node answers its own pods), so the Service has no selector and no
+/// endpoints of its own; a cluster that already has a `kube-dns` keeps it.
+async fn ensure_dns_service(registry: &Registry) -> Result<()> {
+    let services = resources::lookup("", "v1", "services").expect("served");
+    match registry
+        .get(services, Some("kube-system"), "kube-dns")
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.code != 404 => return Err(e.into()),
+        Err(_) => {}
+    }
+    let ip = registry.allocators.dns_service_ip().to_string();
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true"}},
+        "spec": {"clusterIP": ip, "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+    });
+    match registry
+        .create(services, Some("kube-system"), svc, WriteOptions::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == 409 => Ok(()),
+        // The address taken by a Service created before this one existed: say so, and
+        // leave that Service alone (agents' --cluster-dns must then name another address).
+        Err(e) if e.code == 422 => {
+            tracing::warn!("cannot create kube-system/kube-dns at {ip}: {}", e.message);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn ignore_exists(r: status::ApiResult<registry::Written>) -> Result<()> {
