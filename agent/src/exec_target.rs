@@ -21,16 +21,7 @@ impl ContainerProcesses for PodProcesses {
         container: &str,
     ) -> Result<i32, LogLookupError> {
         let agent = &self.0;
-        let found = agent
-            .pods_by_name
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(namespace.to_string(), pod.to_string())).cloned());
-        let Some(p) = found else {
-            return Err(LogLookupError::PodNotFound(format!(
-                "pod {namespace}/{pod} is not running on this node"
-            )));
-        };
+        let p = agent.running_pod(namespace, pod)?;
         let uid = p.metadata.uid.clone().unwrap_or_default();
         // Kubelet's answer for a container that is not running (kubelet `findContainer`).
         let not_found = || LogLookupError::Internal(format!("container not found ({container:?})"));

@@ -122,3 +122,27 @@ pub fn san_entry(san: &str) -> Result<SanType> {
         ),
     })
 }
+
+/// The user a client certificate names, as kube's x509 authenticator reads it: the subject's
+/// common name, and each organization as a group; `None` when it is not a certificate or names
+/// no user. (The API server and the agent's HTTPS API both authenticate this way.)
+pub fn certificate_user(der: &[u8]) -> Option<(String, Vec<String>)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(String::from)
+        .collect();
+    Some((name, groups))
+}

@@ -22,16 +22,7 @@ impl ContainerLogSource for PodLogs {
         opts: LogOptions,
     ) -> Result<ByteStream, LogLookupError> {
         let agent = &self.0;
-        let found = agent
-            .pods_by_name
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(namespace.to_string(), pod.to_string())).cloned());
-        let Some(p) = found else {
-            return Err(LogLookupError::PodNotFound(format!(
-                "pod {namespace}/{pod} is not running on this node"
-            )));
-        };
+        let p = agent.running_pod(namespace, pod)?;
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let spec = p.spec.clone().unwrap_or_default();
         let known = spec

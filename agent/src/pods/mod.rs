@@ -56,6 +56,24 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// A pod this node runs, by namespace and name (the log and exec endpoints' lookup), or
+    /// kubelet's answer that it has none.
+    pub fn running_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Arc<Pod>, crate::server::LogLookupError> {
+        self.pods_by_name
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(namespace.to_string(), pod.to_string())).cloned())
+            .ok_or_else(|| {
+                crate::server::LogLookupError::PodNotFound(format!(
+                    "pod {namespace}/{pod} is not running on this node"
+                ))
+            })
+    }
+
     /// An event about a pod, or one of its containers (`field_path` like kubelet's
     /// `spec.containers{web}`).
     pub async fn event(

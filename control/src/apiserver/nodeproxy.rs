@@ -378,6 +378,26 @@ pub fn agent_error_for(kind: &str, code: u16, body: &str, pod: &str) -> ApiError
     }
 }
 
+/// The pod's agent: (host, port) of its node.
+pub async fn pod_node(registry: &Registry, pod: &Value, name: &str) -> ApiResult<(String, u16)> {
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let node_info = resources::lookup("", "v1", "nodes").expect("nodes are served");
+    let node = registry.get(node_info, None, node_name).await?;
+    node_endpoint(&node).ok_or_else(|| {
+        ApiError::internal(format!(
+            "node {node_name:?} has no InternalIP or Hostname address"
+        ))
+    })
+}
+
 /// `GET /api/v1/namespaces/<ns>/pods/<name>/log`.
 pub async fn pod_log(
     registry: &Registry,
@@ -391,22 +411,7 @@ pub async fn pod_log(
     opts.validate(name)?;
     let pod = registry.get(r.info, Some(ns), name).await?;
     let container = pick_container(&pod, name, opts.container.as_deref())?;
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
-    let node_info = resources::lookup("", "v1", "nodes").expect("nodes are served");
-    let node = registry.get(node_info, None, node_name).await?;
-    let (host, port) = node_endpoint(&node).ok_or_else(|| {
-        ApiError::internal(format!(
-            "node {node_name:?} has no InternalIP or Hostname address"
-        ))
-    })?;
+    let (host, port) = pod_node(registry, &pod, name).await?;
 
     let mut path = format!("/containerLogs/{ns}/{name}/{container}");
     let query = opts.agent_query();
@@ -427,7 +432,7 @@ pub async fn pod_log(
         let body = read_error_body(resp.into_body()).await;
         return Err(agent_error(status.as_u16(), &body, name));
     }
-    tracing::debug!(pod = %format!("{ns}/{name}"), %container, node = %node_name, follow = opts.follow, "streaming logs from the node agent");
+    tracing::debug!(pod = %format!("{ns}/{name}"), %container, node = %host, follow = opts.follow, "streaming logs from the node agent");
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],

@@ -15,12 +15,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 
-use super::nodeproxy::{NodeClient, agent_error_for, node_endpoint, pick_container};
+use super::nodeproxy::{NodeClient, agent_error_for, pick_container, pod_node};
 use super::registry::Registry;
 use super::request::{Query, ResourceRequest};
-use super::resources;
 use super::status::{ApiError, ApiResult};
 
 /// The connect subresources of pods that are streamed to the node.
@@ -86,26 +84,6 @@ impl StreamOptions {
         }
         serde_urlencoded::to_string(&q).unwrap_or_default()
     }
-}
-
-/// The pod's agent: (host, port) of its node.
-async fn pod_node(registry: &Registry, pod: &Value, name: &str) -> ApiResult<(String, u16)> {
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    }
-    let node_info = resources::lookup("", "v1", "nodes").expect("nodes are served");
-    let node = registry.get(node_info, None, node_name).await?;
-    node_endpoint(&node).ok_or_else(|| {
-        ApiError::internal(format!(
-            "node {node_name:?} has no InternalIP or Hostname address"
-        ))
-    })
 }
 
 /// `GET|POST /api/v1/namespaces/<ns>/pods/<name>/exec|attach`: checks, then the upgrade

@@ -3,8 +3,6 @@
 //! verified the chain against the cluster CA (and the clientAuth usage and validity), so a
 //! certificate from another CA never gets here: the handshake fails.
 
-use x509_parser::prelude::{FromDer, X509Certificate};
-
 use super::UserInfo;
 
 /// The user of a verified client chain (leaf first), or `None` when there is no certificate or
@@ -16,22 +14,7 @@ pub fn user_from_chain(chain: &[rustls::pki_types::CertificateDer<'static>]) -> 
 
 /// The user a DER certificate names: CN, and each O as a group.
 pub fn user_from_der(der: &[u8]) -> Option<UserInfo> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    if name.is_empty() {
-        return None;
-    }
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok())
-        .map(String::from)
-        .collect();
+    let (name, groups) = skiff_common::tls::certificate_user(der)?;
     Some(UserInfo {
         name,
         groups,
