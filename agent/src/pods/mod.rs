@@ -55,6 +55,30 @@ pub struct Agent {
     pub drain: Arc<BackendDrain>,
 }
 
+/// Object `name` of `namespace`; `None` when it is missing and `optional`, the kubelet's
+/// `<kind> "name" not found` when it is missing and required (env sources and volumes alike).
+pub async fn optional_object<K>(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    optional: Option<bool>,
+) -> anyhow::Result<Option<K>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
+    match api.get_opt(name).await? {
+        Some(obj) => Ok(Some(obj)),
+        None if optional == Some(true) => Ok(None),
+        None => anyhow::bail!("{kind} \"{name}\" not found"),
+    }
+}
+
 impl Agent {
     /// A pod this node runs, by namespace and name (the log and exec endpoints' lookup), or
     /// kubelet's answer that it has none.

@@ -113,12 +113,7 @@ impl Projector<'_> {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace());
-        match api.get_opt(name).await? {
-            Some(obj) => Ok(Some(obj)),
-            None if optional == Some(true) => Ok(None),
-            None => bail!("{kind} \"{name}\" not found"),
-        }
+        crate::pods::optional_object(self.client, &self.namespace(), kind, name, optional).await
     }
 
     /// Downward API files: the pod's fields the kubelet offers (`fieldRef`) and its

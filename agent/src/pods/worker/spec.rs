@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, Container, EnvFromSource, EnvVar, PodSecurityContext, Secret,
     SecretKeySelector,
 };
-use kube::Api;
 
 use super::PodWorker;
 use crate::image::Image;
@@ -160,12 +159,8 @@ impl PodWorker {
             + std::fmt::Debug,
         K::DynamicType: Default,
     {
-        let api: Api<K> = Api::namespaced(self.agent.client.clone(), &self.namespace());
-        match api.get_opt(name).await? {
-            Some(obj) => Ok(Some(obj)),
-            None if optional == Some(true) => Ok(None),
-            None => anyhow::bail!("{kind} \"{name}\" not found"),
-        }
+        crate::pods::optional_object(&self.agent.client, &self.namespace(), kind, name, optional)
+            .await
     }
 
     /// The `<SERVICE>_SERVICE_HOST`… variables of the pod's namespace (unless
