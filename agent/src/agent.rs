@@ -32,7 +32,10 @@ pub async fn run(cfg: AgentConfig, credentials: &CredentialOptions) -> Result<()
     let runtime = Runtime::new(&cfg.root_dir)?;
     let images = ImageStore::open(&cfg.root_dir.join("images"))?;
     let cgroups = detect_cgroups(&cfg)?;
-    let cgroup_root = cgroups.root.clone();
+    let socket_lb_cgroup = cfg
+        .socket_lb_cgroup
+        .clone()
+        .unwrap_or_else(|| cgroups.root.clone());
     let (network, pod_cidr, ipam) = pod_network(&client, &cfg).await?;
     let services = watch_services(&client).await;
     let drain = Arc::new(crate::proxy::drain::BackendDrain::new());
@@ -55,7 +58,7 @@ pub async fn run(cfg: AgentConfig, credentials: &CredentialOptions) -> Result<()
     });
     serve_logs(&agent, ca_pem).await?;
     let local_dns = start_dns(&client, &cfg, pod_cidr).await;
-    start_proxy(&client, &cfg, cgroup_root, drain, local_dns).await?;
+    start_proxy(&client, &cfg, socket_lb_cgroup, drain, local_dns).await?;
     crate::node::update_status(&client, &cfg, true, "").await?;
     tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
     tokio::spawn(crate::node::sync_node_routes(
@@ -225,13 +228,14 @@ async fn start_proxy(
 pub async fn cleanup(
     root_dir: &Path,
     cgroup_root: Option<PathBuf>,
+    socket_lb_cgroup: Option<PathBuf>,
     node_name: &str,
     bpffs: &Path,
 ) -> Result<()> {
     let mut errors = Vec::new();
     let runtime = Runtime::new(root_dir)?;
-    let cgroup_root_for_cleanup = cgroup_root
-        .clone()
+    let socket_lb_cgroup = socket_lb_cgroup
+        .or_else(|| cgroup_root.clone())
         .or_else(|| crate::runtime::cgroup::mounts().v2);
     // Killing the cgroups first stops every pause, shim and container process at once.
     match CgroupLayout::detect(cgroup_root, node_name) {
@@ -262,8 +266,7 @@ pub async fn cleanup(
     if let Err(e) = crate::proxy::iptables::IptablesDataplane::cleanup_all() {
         errors.push(format!("removing KUBE-* chains: {e:#}"));
     }
-    let cgroup_root = cgroup_root_for_cleanup.as_deref();
-    if let Err(e) = crate::proxy::ebpf::cleanup(bpffs, cgroup_root) {
+    if let Err(e) = crate::proxy::ebpf::cleanup(bpffs, socket_lb_cgroup.as_deref()) {
         errors.push(format!("removing the eBPF proxy: {e:#}"));
     }
     if bpffs.exists()

@@ -13,6 +13,8 @@ pub struct AgentConfig {
     pub node_ip: Ipv4Addr,
     pub root_dir: PathBuf,
     pub cgroup_root: Option<PathBuf>,
+    /// Where the eBPF socket programs attach (default: the pods' cgroup root).
+    pub socket_lb_cgroup: Option<PathBuf>,
     pub bpffs: PathBuf,
     pub manifest_dir: Option<PathBuf>,
     pub cluster_cidr: Ipv4Net,
@@ -47,6 +49,7 @@ impl AgentConfig {
             node_ip: Ipv4Addr::new(10, 0, 0, 1),
             root_dir: root,
             cgroup_root: None,
+            socket_lb_cgroup: None,
             bpffs: PathBuf::from("/sys/fs/bpf/skiff"),
             manifest_dir: None,
             cluster_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16),

@@ -50,6 +50,9 @@ enum Command {
         root_dir: PathBuf,
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
+        /// The --socket-lb-cgroup the agent ran with, if it differed from --cgroup-root.
+        #[arg(long)]
+        socket_lb_cgroup: Option<PathBuf>,
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
         /// The node name the agent ran with (names its v1 cgroups); default: the hostname.
@@ -197,6 +200,11 @@ struct RunArgs {
     /// cgroup v2 directory all pods of this node live under; default: the cgroup2 mount.
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// cgroup v2 directory the eBPF socket programs attach to: every process below it
+    /// reaches Services by their cluster IPs (Cilium's socket load-balancing). Default:
+    /// --cgroup-root, which on a node is the whole host.
+    #[arg(long)]
+    socket_lb_cgroup: Option<PathBuf>,
     /// bpffs directory for this node's pinned maps and programs.
     #[arg(long, default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
@@ -340,12 +348,14 @@ fn tokio_main(cmd: Command) -> Result<()> {
             Command::Cleanup {
                 root_dir,
                 cgroup_root,
+                socket_lb_cgroup,
                 bpffs,
                 node_name,
             } => {
                 skiff_agent::agent::cleanup(
                     &root_dir,
                     cgroup_root,
+                    socket_lb_cgroup,
                     &node_name.unwrap_or_else(hostname),
                     &bpffs,
                 )
@@ -388,7 +398,8 @@ async fn join(a: JoinArgs) -> Result<()> {
     join::join(&opts).await?;
     println!(
         "This node has joined the cluster: its client certificate is in {}.\n\
-         Start the agent: skiff-agent run --bootstrap-kubeconfig {} --kubeconfig {} --root-dir {}",
+         Start the agent: skiff-agent run --bootstrap-kubeconfig {} --kubeconfig {} --root-dir {}\n\
+         (installed from the package: systemctl enable --now skiff-agent)",
         opts.credentials.cert_dir.display(),
         bootstrap.display(),
         kubeconfig.display(),
@@ -436,6 +447,7 @@ fn agent_config(a: RunArgs) -> Result<AgentConfig> {
         node_ip,
         root_dir: a.root_dir,
         cgroup_root: a.cgroup_root,
+        socket_lb_cgroup: a.socket_lb_cgroup,
         bpffs: a.bpffs,
         manifest_dir: a.manifest_dir,
         cluster_cidr: a.cluster_cidr,

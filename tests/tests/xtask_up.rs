@@ -151,6 +151,17 @@ fn xtask_up_and_down_in_a_netns() -> Result<()> {
         &["ip", "addr", "add", &addr, "dev", "uplink0"],
         &["ip", "link", "set", "uplink0", "up"],
         &["ip", "link", "set", "uplink1", "up"],
+        // A default route toward a gateway that never answers: what leaves by it is lost.
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.99.0.1",
+            "dev",
+            "uplink0",
+        ],
     ] {
         run_in(&ns.0, argv)?;
     }
@@ -161,14 +172,21 @@ fn xtask_up_and_down_in_a_netns() -> Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let output = data_dir.join("xtask-up.out");
     let mut cmd = Command::new(&xtask);
-    cmd.args(["up", "--no-setup", "--no-build", "--node-ip", NODE_IP])
-        .args(["--node-name", &node])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("CARGO_TARGET_DIR", target_dir())
-        .stdin(Stdio::null())
-        .stdout(File::create(&output)?)
-        .stderr(File::create(data_dir.join("xtask-up.err"))?);
+    cmd.args([
+        "up",
+        "--no-setup",
+        "--no-build",
+        "--debug",
+        "--node-ip",
+        NODE_IP,
+    ])
+    .args(["--node-name", &node])
+    .arg("--data-dir")
+    .arg(&data_dir)
+    .env("CARGO_TARGET_DIR", target_dir())
+    .stdin(Stdio::null())
+    .stdout(File::create(&output)?)
+    .stderr(File::create(data_dir.join("xtask-up.err"))?);
     in_netns(&mut cmd, &ns.0)?;
     let mut up = Up {
         child: Some(cmd.spawn().context("starting xtask up")?),
@@ -243,15 +261,10 @@ fn xtask_up_and_down_in_a_netns() -> Result<()> {
     .collect();
     ensure!(pods.len() == 2, "pods: {pods:?}");
     let vip = kc(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
-    // As the printed instructions say: from a shell in the cluster's `host` cgroup.
-    let procs = cgroup2_mount()?
-        .join("skiff")
-        .join(format!("up-{node}"))
-        .join("host/cgroup.procs");
-    let script = format!(
-        "echo $$ > {}; for i in $(seq 30); do timeout 3 wget -q -O - http://{vip}/ || echo FAIL; done",
-        procs.display()
-    );
+    // As on any node, every host process reaches Services: a plain shell, in no cgroup of
+    // the cluster's.
+    let script =
+        format!("for i in $(seq 30); do timeout 3 wget -q -O - http://{vip}/ || echo FAIL; done");
     wait_for(
         "both pods behind the service",
         Duration::from_secs(30),
@@ -267,6 +280,7 @@ fn xtask_up_and_down_in_a_netns() -> Result<()> {
         },
     )?;
     ensure!(run_in(&ns.0, &["cat", "/proc/sys/net/ipv4/ip_forward"])?.trim() == "1");
+    untranslated_service_address_fails_on_the_node(&ns.0)?;
 
     // What `cargo xtask down` does to a running `up`.
     let child = up.child.as_mut().context("xtask up")?;
@@ -288,11 +302,34 @@ fn xtask_up_and_down_in_a_netns() -> Result<()> {
         "the namespace changed:\n--- before\n{before}\n--- after\n{after}"
     );
     ensure!(!data_dir.join("up.json").exists(), "up.json left behind");
-    ensure!(
-        !procs.parent().context("cgroup")?.exists(),
-        "cgroup left behind"
-    );
+    let cgroup = cgroup2_mount()?.join("skiff").join(format!("up-{node}"));
+    ensure!(!cgroup.exists(), "{} left behind", cgroup.display());
     let pins = Path::new("/sys/fs/bpf/skiff").join(format!("up-{node}"));
     ensure!(!pins.exists(), "{} left behind", pins.display());
+    Ok(())
+}
+
+/// A service address no Service holds is refused on the node at once, never routed out by
+/// the namespace's default route (which leads to a peer that would swallow it).
+fn untranslated_service_address_fails_on_the_node(ns: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "timeout", "5", "wget", "-q", "-O", "-"])
+        .arg("http://10.111.222.233/")
+        .stdin(Stdio::null())
+        .output()?;
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    ensure!(!out.status.success(), "10.111.222.233 answered");
+    ensure!(
+        out.status.code() != Some(124),
+        "a connection to an unused service address hung instead of failing on the node"
+    );
+    ensure!(
+        ["refused", "unreachable", "no route"]
+            .iter()
+            .any(|w| said.contains(w)),
+        "unexpected failure after {took:?}: {said}"
+    );
     Ok(())
 }

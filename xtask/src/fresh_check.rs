@@ -6,9 +6,9 @@
 //! tree in (tracked and untracked-but-not-ignored files, as they are now), bind-mounts the
 //! host's rustup home and cargo registry (so nothing is downloaded twice), and runs, chrooted:
 //! the linker bootstrap of `.ci/run`, `cargo xtask setup`, `cargo build --workspace
-//! --all-targets` and the unit tests. The cargo home inside is new apart from the registry, so
-//! `bpf-linker` and everything apt brings are installed as on a fresh machine; what setup had
-//! to install is printed at the end.
+//! --all-targets`, the unit tests and `cargo xtask dist`. The cargo home inside is new apart
+//! from the registry, so `bpf-linker` and everything apt brings are installed as on a fresh
+//! machine; what setup had to install is printed at the end.
 //!
 //! All mounts live in a private mount namespace (`unshare --mount`), so they vanish with the
 //! run even when it fails or is killed; the overlay's upper layer is removed afterwards.
@@ -281,6 +281,8 @@ fi
 cargo xtask setup
 cargo build --workspace --all-targets
 SKIFF_TARGET_DIR=/src/target cargo test --workspace --lib --bins
+# The release packages: the static (musl) build and the units' verification.
+cargo xtask dist
 "#;
 
 fn remove_run_dir(dir: &Path) -> Result<()> {

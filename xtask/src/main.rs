@@ -7,6 +7,7 @@ mod bench;
 mod bench_latency;
 mod cluster;
 mod cmd;
+mod dist;
 mod fresh_check;
 mod gen_protobuf_schema;
 mod lint;
@@ -51,7 +52,8 @@ enum Task {
     /// Makes a minimal Debian 12 root with debootstrap (cached in target/fresh-check/base),
     /// lays a throw-away overlay on it, copies the working tree in, bind-mounts the host's
     /// rustup home and cargo registry, then runs chrooted: `cargo xtask setup`, `cargo build
-    /// --workspace --all-targets` and the unit tests, and prints the packages setup installed.
+    /// --workspace --all-targets`, the unit tests and `cargo xtask dist`, and prints the
+    /// packages setup installed.
     /// Run it whenever setup, a build.rs, .ci/run or a dependency with a build script changes.
     FreshCheck(fresh_check::FreshCheckArgs),
     /// Run the whole test suite as CI does: setup, build all binaries, `cargo test --workspace`.
@@ -77,6 +79,12 @@ enum Task {
     /// kernel (bridge, routes, iptables rules, eBPF programs and pins, cgroups) and sets
     /// net.ipv4.ip_forward back; the control plane's store is kept.
     Up(up::UpArgs),
+    /// Build the release packages for x86_64 Linux into target/dist.
+    ///
+    /// A static (musl) release build of skiff-control and skiff-agent; a Debian package of
+    /// each with its systemd unit (checked with `systemd-analyze verify`), defaults file and
+    /// maintainer scripts from packaging/; a tarball of the binaries and units; SHA256SUMS.
+    Dist(dist::DistArgs),
     /// Stop `cargo xtask up` (it cleans up as on Ctrl-C), or clean up after one that was killed.
     Down {
         /// The data directory given to `up`.
@@ -185,8 +193,9 @@ fn main() -> ExitCode {
             cargo_test_args,
         } => test::test(&ws, no_setup, &cargo_test_args),
         Task::Up(args) => up::up(&ws, &args).map(|()| 0),
-        Task::Down { data_dir } => up::down(&ws, &data_dir).map(|()| 0),
+        Task::Down { data_dir } => up::down(&data_dir).map(|()| 0),
         Task::Cluster(args) => cluster::cluster(&ws, &args),
+        Task::Dist(args) => dist::dist(&ws, &args).map(|()| 0),
         Task::Lint => lint::lint(&ws).map(|()| 0),
         Task::FreshCheck(args) => fresh_check::fresh_check(&ws, &args).map(|()| 0),
         Task::GenProtobufSchema(args) => gen_protobuf_schema::run(&ws, &args).map(|()| 0),

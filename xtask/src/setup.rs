@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::cmd::{cargo, probe, run};
-use crate::{Workspace, sys};
+use crate::{Workspace, dist, sys};
 
 /// Debian packages the build and the tests use, with the reason for each.
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -63,6 +63,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "libssl-dev",
         "the static OpenSSL the test image's skiff-https-get is linked with",
     ),
+    (
+        "musl-tools",
+        "musl-gcc, which builds ring's C for the static release binaries (`cargo xtask dist`)",
+    ),
+    (
+        "systemd",
+        "systemd-analyze, which verifies the packages' units (`cargo xtask dist`)",
+    ),
 ];
 
 const RUSTUP_FIX: &str = "install rustup from https://rustup.rs \
@@ -83,6 +91,7 @@ pub fn setup(ws: &Workspace, check_only: bool) -> Result<()> {
     setup.rustup()?;
     setup.nightly_toolchain()?;
     setup.rust_src()?;
+    setup.static_target()?;
     let llvm_major = nightly_llvm_major();
     let linker_missing = bpf_linker_version().is_none();
     setup.apt_packages(linker_missing.then_some(llvm_major).flatten())?;
@@ -186,6 +195,34 @@ impl Setup<'_> {
         if !has_nightly_rust_src() {
             bail!("rust-src is still not listed for nightly after `rustup component add`");
         }
+        Ok(())
+    }
+
+    /// The standard library for the static release binaries of `cargo xtask dist`.
+    fn static_target(&mut self) -> Result<()> {
+        let piece = format!("rust target {}", dist::STATIC_TARGET);
+        if has_static_target() {
+            return self.present(&piece);
+        }
+        if !self.missing(
+            &piece,
+            "`cargo xtask dist` builds static (musl) release binaries",
+        ) {
+            return Ok(());
+        }
+        run(Command::new("rustup").args(["target", "add", dist::STATIC_TARGET])).with_context(
+            || {
+                format!(
+                    "could not add the target; fix: `rustup target add {}`",
+                    dist::STATIC_TARGET
+                )
+            },
+        )?;
+        ensure!(
+            has_static_target(),
+            "{} is still not installed after `rustup target add`",
+            dist::STATIC_TARGET
+        );
         Ok(())
     }
 
@@ -407,6 +444,11 @@ fn nightly_llvm_major() -> Option<u32> {
     let info = probe(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))?;
     let version = info.lines().find_map(|l| l.strip_prefix("LLVM version:"))?;
     version.trim().split('.').next()?.parse().ok()
+}
+
+fn has_static_target() -> bool {
+    probe(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|out| out.lines().any(|l| l.trim() == dist::STATIC_TARGET))
 }
 
 fn has_nightly_rust_src() -> bool {

@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::Result;
 
 use crate::cmd::{cargo, phase, run, status};
-use crate::{Workspace, setup, sys};
+use crate::{Workspace, dist, setup, sys};
 
 /// Runs the suite; returns `cargo test`'s exit code.
 pub fn test(ws: &Workspace, no_setup: bool, cargo_test_args: &[String]) -> Result<u8> {
@@ -27,7 +27,16 @@ pub fn test(ws: &Workspace, no_setup: bool, cargo_test_args: &[String]) -> Resul
         Ok(status(&mut cmd)?.code().unwrap_or(1))
     })?;
     println!("cargo test exited with {code}");
-    Ok(u8::try_from(code).unwrap_or(1))
+    // The packages are part of what CI proves: a static build and units systemd accepts.
+    let dist = phase("dist", || dist::dist(ws, &dist::DistArgs::default()));
+    if let Err(e) = &dist {
+        println!("cargo xtask dist failed: {e:#}");
+    }
+    match (code, dist) {
+        (0, Ok(())) => Ok(0),
+        (0, Err(_)) => Ok(1),
+        (code, _) => Ok(u8::try_from(code).unwrap_or(1)),
+    }
 }
 
 /// The environment the tests read. The build gets it too, so the test run rebuilds nothing.

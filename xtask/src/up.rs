@@ -34,8 +34,6 @@ const API_ADDR: &str = "127.0.0.1:6443";
 /// attach there, so only that subtree (the pods, and commands run in its `host` leaf) is
 /// affected, never the rest of the host.
 const CGROUP_PARENT: &str = "skiff";
-/// A leaf for commands of the user that should see services the way pods do (eBPF mode).
-const HOST_LEAF: &str = "host";
 /// The agent's pins go to `<BPFFS_PARENT>/up-<node>`.
 const BPFFS_PARENT: &str = "/sys/fs/bpf/skiff";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -69,6 +67,10 @@ pub struct UpArgs {
     /// Skip the build and run the binaries already in the target directory.
     #[arg(long)]
     no_build: bool,
+    /// Run the debug build (target/debug) instead of the static release build that
+    /// `cargo xtask dist` packages.
+    #[arg(long)]
+    debug: bool,
 }
 
 /// What `up` started and changed, kept in `<data-dir>/up.json` (a small flat JSON object,
@@ -82,7 +84,11 @@ struct UpState {
     node_name: String,
     agent_root: PathBuf,
     cgroup_root: PathBuf,
+    /// Where the eBPF socket programs attach: the cgroup2 root, as on any node.
+    socket_lb_cgroup: PathBuf,
     bpffs: PathBuf,
+    /// The directory of the skiff-control and skiff-agent binaries that run.
+    bin_dir: PathBuf,
     /// `net.ipv4.ip_forward` before the agent started ("0" or "1").
     ip_forward: String,
     /// `net.ipv4.conf.all.send_redirects` before the agent started ("0" or "1").
@@ -107,7 +113,12 @@ impl UpState {
                 "cgroup_root",
                 json_string(&self.cgroup_root.to_string_lossy()),
             ),
+            (
+                "socket_lb_cgroup",
+                json_string(&self.socket_lb_cgroup.to_string_lossy()),
+            ),
             ("bpffs", json_string(&self.bpffs.to_string_lossy())),
+            ("bin_dir", json_string(&self.bin_dir.to_string_lossy())),
             ("ip_forward", json_string(&self.ip_forward)),
             ("send_redirects", json_string(&self.send_redirects)),
             ("iptables_tables", json_string(&self.iptables_tables)),
@@ -141,7 +152,9 @@ impl UpState {
                 "node_name" => s.node_name = text()?,
                 "agent_root" => s.agent_root = text()?.into(),
                 "cgroup_root" => s.cgroup_root = text()?.into(),
+                "socket_lb_cgroup" => s.socket_lb_cgroup = text()?.into(),
                 "bpffs" => s.bpffs = text()?.into(),
+                "bin_dir" => s.bin_dir = text()?.into(),
                 "ip_forward" => s.ip_forward = text()?,
                 "send_redirects" => s.send_redirects = text()?,
                 "iptables_tables" => s.iptables_tables = text()?,
@@ -230,7 +243,7 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
             );
         }
         println!("a previous `cargo xtask up` did not finish; removing what it left first");
-        teardown(ws, &old, &state_path)?;
+        teardown(&old, &state_path)?;
     }
     if api_answers() {
         bail!("something already listens on {API_ADDR}; stop it first");
@@ -240,11 +253,7 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
         crate::setup::setup(ws, false)?;
     }
     if !args.no_build {
-        // The same build as `cargo xtask test` (one feature set, so neither rebuilds the
-        // other's dependencies).
-        run(cargo()
-            .current_dir(&ws.root)
-            .args(["build", "--workspace", "--bins"]))?;
+        build(ws, args.debug)?;
     }
     let image = test_image(ws)?;
     let node_name = match &args.node_name {
@@ -271,6 +280,8 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
         node_name: node_name.clone(),
         agent_root: agent_root.clone(),
         cgroup_root: cgroup2.join(CGROUP_PARENT).join(format!("up-{node_name}")),
+        socket_lb_cgroup: cgroup2.clone(),
+        bin_dir: bin_dir(ws, args.debug),
         bpffs: Path::new(BPFFS_PARENT).join(format!("up-{node_name}")),
         ip_forward: read_sysctl(IP_FORWARD)?,
         send_redirects: read_sysctl(SEND_REDIRECTS)?,
@@ -284,7 +295,6 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
     sys::catch_int_and_term();
     let mut procs = Procs::default();
     let result = bring_up(
-        ws,
         args,
         data_dir,
         &mut state,
@@ -296,7 +306,7 @@ pub fn up(ws: &Workspace, args: &UpArgs) -> Result<()> {
     .and_then(|()| supervise(&mut procs));
     println!("\nstopping: the agent, the pods and everything they put into the kernel");
     procs.stop();
-    let cleaned = teardown(ws, &state, &state_path);
+    let cleaned = teardown(&state, &state_path);
     match (result, cleaned) {
         (Ok(()), Ok(())) => {
             println!("skiff stopped; the host is as it was. Bye.");
@@ -341,8 +351,45 @@ fn stop_child(mut child: Child) {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The binaries `up` runs: the static release build of `cargo xtask dist`, or with `--debug`
+/// the workspace's debug build. Either way the test image tool comes from the debug build.
+fn build(ws: &Workspace, debug: bool) -> Result<()> {
+    if debug {
+        // The same build as `cargo xtask test` (one feature set, so neither rebuilds the
+        // other's dependencies).
+        return run(cargo()
+            .current_dir(&ws.root)
+            .args(["build", "--workspace", "--bins"]));
+    }
+    run(cargo().current_dir(&ws.root).args([
+        "build",
+        "--release",
+        "--target",
+        crate::dist::STATIC_TARGET,
+        "-p",
+        "skiff-control",
+        "-p",
+        "skiff-agent",
+        "--bins",
+    ]))?;
+    run(cargo().current_dir(&ws.root).args([
+        "build",
+        "-p",
+        "skiff-tests",
+        "--bin",
+        "skiff-cluster",
+    ]))
+}
+
+fn bin_dir(ws: &Workspace, debug: bool) -> PathBuf {
+    if debug {
+        ws.target.join("debug")
+    } else {
+        ws.target.join(crate::dist::STATIC_TARGET).join("release")
+    }
+}
+
 fn bring_up(
-    ws: &Workspace,
     args: &UpArgs,
     data_dir: &Path,
     state: &mut UpState,
@@ -357,7 +404,7 @@ fn bring_up(
     let agent_log = data_dir.join("agent.log");
     let start = Instant::now();
 
-    let mut control = Command::new(ws.target.join("debug/skiff-control"));
+    let mut control = Command::new(state.bin_dir.join("skiff-control"));
     control.arg("--data-dir").arg(&control_dir);
     if let Some(servers) = &args.etcd_servers {
         control.arg("--etcd-servers").arg(servers);
@@ -371,19 +418,19 @@ fn bring_up(
     })?;
 
     // The image pods can run (there is no registry to pull from).
-    run(Command::new(ws.target.join("debug/skiff-agent"))
+    run(Command::new(state.bin_dir.join("skiff-agent"))
         .arg("image")
         .arg("--root-dir")
         .arg(&state.agent_root)
         .arg("import")
         .arg(image))?;
 
-    std::fs::create_dir_all(state.cgroup_root.join(HOST_LEAF))
+    std::fs::create_dir_all(&state.cgroup_root)
         .with_context(|| format!("creating cgroup {}", state.cgroup_root.display()))?;
     // The node joins as nodes do: a bootstrap token, then a certificate of its own.
     let bootstrap = data_dir.join("bootstrap.kubeconfig");
-    write_bootstrap_kubeconfig(ws, &control_dir, &bootstrap, procs)?;
-    let mut agent = Command::new(ws.target.join("debug/skiff-agent"));
+    write_bootstrap_kubeconfig(&state.bin_dir, &control_dir, &bootstrap, procs)?;
+    let mut agent = Command::new(state.bin_dir.join("skiff-agent"));
     agent
         .arg("run")
         .arg("--bootstrap-kubeconfig")
@@ -427,7 +474,7 @@ fn bring_up(
 /// creates `kube-system`), written into a kubeconfig with `kubectl config`, as kubeadm's
 /// TLS-bootstrapping guide does.
 fn write_bootstrap_kubeconfig(
-    ws: &Workspace,
+    bin_dir: &Path,
     control_dir: &Path,
     path: &Path,
     procs: &mut Procs,
@@ -435,7 +482,7 @@ fn write_bootstrap_kubeconfig(
     let mut token = String::new();
     wait_until("a bootstrap token", READY_TIMEOUT, procs, || {
         let out = probe(
-            Command::new(ws.target.join("debug/skiff-control"))
+            Command::new(bin_dir.join("skiff-control"))
                 .args(["token", "create", "--ttl", "1h"])
                 .args(["--description", "the node of cargo xtask up"])
                 .arg("--data-dir")
@@ -549,7 +596,7 @@ fn supervise(procs: &mut Procs) -> Result<()> {
 
 /// Remove everything `up` put on the host (processes already stopped or not): pods, kernel
 /// state, cgroups; set ip_forward back; forget the state file.
-fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
+fn teardown(state: &UpState, state_path: &Path) -> Result<()> {
     let mut errors = Vec::new();
     for (pid, name) in [
         (state.agent_pid, "skiff-agent"),
@@ -559,7 +606,7 @@ fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
             errors.push(format!("{e:#}"));
         }
     }
-    let agent = ws.target.join("debug/skiff-agent");
+    let agent = state.bin_dir.join("skiff-agent");
     if agent.exists() {
         let mut cleanup = Command::new(agent);
         cleanup.arg("cleanup");
@@ -573,10 +620,8 @@ fn teardown(ws: &Workspace, state: &UpState, state_path: &Path) -> Result<()> {
             agent.display()
         ));
     }
-    for dir in [state.cgroup_root.join(HOST_LEAF), state.cgroup_root.clone()] {
-        if let Err(e) = remove_cgroup(&dir) {
-            errors.push(format!("{e:#}"));
-        }
+    if let Err(e) = remove_cgroup(&state.cgroup_root) {
+        errors.push(format!("{e:#}"));
     }
     if let Some(parent) = state.cgroup_root.parent() {
         // `<cgroup2>/skiff` is shared with test clusters: only when nothing else is in it.
@@ -617,6 +662,8 @@ fn node_args<'a>(cmd: &'a mut Command, state: &UpState) -> &'a mut Command {
         .arg(&state.agent_root)
         .arg("--cgroup-root")
         .arg(&state.cgroup_root)
+        .arg("--socket-lb-cgroup")
+        .arg(&state.socket_lb_cgroup)
         .arg("--bpffs")
         .arg(&state.bpffs)
 }
@@ -733,7 +780,7 @@ fn stop_pid(pid: u32, name: &str) -> Result<()> {
 
 /// `cargo xtask down`: stop a running `cargo xtask up` (it cleans up as on Ctrl-C), or clean
 /// up after one that was killed.
-pub fn down(ws: &Workspace, data_dir: &Path) -> Result<()> {
+pub fn down(data_dir: &Path) -> Result<()> {
     ensure!(sys::is_root(), "`cargo xtask down` needs root, as `up` did");
     let state_path = std::path::absolute(data_dir)
         .unwrap_or_else(|_| data_dir.to_path_buf())
@@ -767,7 +814,7 @@ pub fn down(ws: &Workspace, data_dir: &Path) -> Result<()> {
     } else {
         println!("`cargo xtask up` is gone; removing what it left");
     }
-    teardown(ws, &state, &state_path)?;
+    teardown(&state, &state_path)?;
     println!("stopped; the host is as it was");
     Ok(())
 }
@@ -783,7 +830,6 @@ fn print_next_steps(
     took: Duration,
 ) {
     let kc = kubeconfig.display();
-    let host_cg = state.cgroup_root.join(HOST_LEAF).join("cgroup.procs");
     println!(
         "\nskiff is up (in {took:.1?}): a one-node cluster on this host.\n\
          \x20 API server  https://{API_ADDR}\n\
@@ -799,14 +845,12 @@ fn print_next_steps(
          \x20 kubectl get events -w          # Ctrl-C when the pods run\n\
          \x20 kubectl expose deployment kubia --port=80 --target-port=8080\n\
          \x20 IP=$(kubectl get svc kubia -o jsonpath='{{.spec.clusterIP}}')\n\
-         \x20 # Services answer inside the cluster's cgroup (eBPF attaches there), so curl\n\
-         \x20 # from a shell moved into it; each request may reach another pod:\n\
-         \x20 sh -c \"echo \\$\\$ > {hc}; for i in 1 2 3 4 5 6; do curl -s http://$IP/; done\"\n\n\
+         \x20 # Every process on this host reaches Services (each request may reach another pod):\n\
+         \x20 for i in 1 2 3 4 5 6; do curl -s http://$IP/; done\n\n\
          Ctrl-C here (or `cargo xtask down`) stops it and removes what it put into the kernel.\n",
         node = state.node_name,
         cl = control_log.display(),
         al = agent_log.display(),
-        hc = host_cg.display(),
     );
 }
 
@@ -920,6 +964,8 @@ mod tests {
             node_name: "vm".into(),
             agent_root: "/var/lib/skiff/agent".into(),
             cgroup_root: "/sys/fs/cgroup/unified/skiff/up-vm".into(),
+            socket_lb_cgroup: "/sys/fs/cgroup/unified".into(),
+            bin_dir: "/work/target/x86_64-unknown-linux-musl/release".into(),
             bpffs: "/sys/fs/bpf/skiff/a \"quoted\\\" dir".into(),
             ip_forward: "0".into(),
             send_redirects: "1".into(),

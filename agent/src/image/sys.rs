@@ -66,8 +66,9 @@ pub(super) fn set_xattr_nofollow(path: &Path, name: &[u8], value: &[u8]) -> io::
 /// Sets the modification time of `path` itself (symlinks are not followed).
 pub(super) fn set_mtime_nofollow(path: &Path, mtime: SystemTime) -> io::Result<()> {
     let since_epoch = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
-    // TimeSpec::from(Duration) would wrap seconds that do not fit time_t.
-    if libc::time_t::try_from(since_epoch.as_secs()).is_err() {
+    // TimeSpec::from(Duration) would wrap seconds that do not fit time_t (64 bits on every
+    // target skiff builds for; libc's alias is deprecated on musl, so it is not named).
+    if i64::try_from(since_epoch.as_secs()).is_err() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "time out of range",

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{BRIDGE, Ipv4Net, NetworkEdge};
@@ -16,6 +18,8 @@ use super::{BRIDGE, Ipv4Net, NetworkEdge};
 /// Routes the agent owns carry this protocol number, so they can be found and removed
 /// without touching anyone else's.
 pub const ROUTE_PROTOCOL: u8 = 0x5c;
+/// The protocol number marking the service CIDR's route.
+const SERVICE_ROUTE_PROTOCOL: u8 = ROUTE_PROTOCOL + 1;
 
 pub struct NetlinkNetwork {
     handle: Handle,
@@ -236,6 +240,7 @@ impl NetworkEdge for NetlinkNetwork {
 
     async fn teardown(&self) -> Result<()> {
         self.sync_routes(&[]).await?;
+        remove_service_routes(&self.handle).await?;
         if let Some(index) = self.link_index(BRIDGE).await? {
             self.handle
                 .link()
@@ -382,22 +387,61 @@ pub async fn interface_with(ip: Ipv4Addr) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// Route `dst` onto the bridge, so node-local clients can reach service addresses on a node
-/// without a default route (iptables mode rewrites them in OUTPUT, after the route lookup).
-pub async fn ensure_service_route(dst: Ipv4Net) -> Result<()> {
+/// How a node routes its service CIDR (`--service-cluster-ip-range`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceRoute {
+    /// Onto the bridge, so node-local clients reach service addresses on a node without a
+    /// default route (iptables mode rewrites them in OUTPUT, after the route lookup; what no
+    /// rule translates is then REJECTed in the filter table).
+    ViaBridge,
+    /// Unreachable: the eBPF socket programs translate before any route lookup, so what
+    /// still heads for a service address matches no Service and must fail on the node, not
+    /// leave it by the default route.
+    Unreachable,
+}
+
+/// Install the service CIDR's route (replacing the other kind, left by the other mode).
+pub async fn ensure_service_route(dst: Ipv4Net, kind: ServiceRoute) -> Result<()> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(conn);
-    let bridge = link_index(&handle, BRIDGE)
-        .await?
-        .ok_or_else(|| anyhow!("bridge {BRIDGE} does not exist"))?;
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(dst.addr, dst.prefix)
-        .output_interface(bridge)
-        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL + 1))
-        .build();
+        .protocol(RouteProtocol::Other(SERVICE_ROUTE_PROTOCOL));
+    let msg = match kind {
+        ServiceRoute::ViaBridge => {
+            let bridge = link_index(&handle, BRIDGE)
+                .await?
+                .ok_or_else(|| anyhow!("bridge {BRIDGE} does not exist"))?;
+            builder.output_interface(bridge).build()
+        }
+        ServiceRoute::Unreachable => builder.kind(RouteType::Unreachable).build(),
+    };
     match handle.route().add(msg).replace().execute().await {
         Ok(()) => Ok(()),
         Err(e) if is_exists(&e) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("adding the route to {dst} via {BRIDGE}")),
+        Err(e) => Err(e).with_context(|| format!("adding the {kind:?} route to {dst}")),
     }
+}
+
+/// Delete the service CIDR routes [`ensure_service_route`] installed.
+async fn remove_service_routes(handle: &Handle) -> Result<()> {
+    let mut stream = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut ours = Vec::new();
+    while let Some(msg) = stream.try_next().await? {
+        if msg.header.protocol == RouteProtocol::Other(SERVICE_ROUTE_PROTOCOL) {
+            ours.push(msg);
+        }
+    }
+    for msg in ours {
+        handle
+            .route()
+            .del(msg)
+            .execute()
+            .await
+            .context("deleting the service CIDR route")?;
+    }
+    Ok(())
 }

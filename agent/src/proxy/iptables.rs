@@ -154,6 +154,12 @@ impl IptablesDataplane {
         self
     }
 
+    /// Reject new connections to `cidr` (the service CIDR) that no Service translated.
+    pub fn with_service_cidr(mut self, cidr: Option<Ipv4Net>) -> Self {
+        self.planner.cfg.service_cidr = cidr;
+        self
+    }
+
     /// Masquerade all traffic to cluster IPs (kube-proxy's `--masquerade-all`).
     pub fn with_masquerade_all(mut self, on: bool) -> Self {
         self.planner.cfg.masquerade_all = on;

@@ -106,7 +106,9 @@ fn iptables_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
         tracing::warn!("removing eBPF proxy leftovers: {e:#}");
     }
     Ok(Box::new(IptablesProxy::new(
-        IptablesDataplane::new(Backend::Nft).with_cluster_cidr(Some(t.cluster_cidr)),
+        IptablesDataplane::new(Backend::Nft)
+            .with_cluster_cidr(Some(t.cluster_cidr))
+            .with_service_cidr(Some(t.service_cidr)),
     )))
 }
 
@@ -135,10 +137,13 @@ pub enum ProxyMode {
 
 /// The dataplane for `--proxy-mode`. Starting in one mode removes the other's leftovers.
 pub async fn dataplane(mode: &ProxyMode, t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
+    use crate::network::netlink::{ServiceRoute, ensure_service_route};
     let dp = choose(mode, t)?;
-    if dp.mode() == "iptables" {
-        crate::network::netlink::ensure_service_route(t.service_cidr).await?;
-    }
+    let route = match dp.mode() {
+        "iptables" => ServiceRoute::ViaBridge,
+        _ => ServiceRoute::Unreachable,
+    };
+    ensure_service_route(t.service_cidr, route).await?;
     Ok(dp)
 }
 

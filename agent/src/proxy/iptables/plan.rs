@@ -564,7 +564,7 @@ impl Planner {
             // The first sync after start, or after a failure.
             self.sweep_stale_chains(kernel, &mut plan);
         }
-        plan_static_chains(kernel, &mut plan);
+        plan_static_chains(&self.cfg, kernel, &mut plan);
         self.plan_shared_chains(kernel, &mut plan, full || !dirty.is_empty());
         plan_jumps(kernel, &mut plan);
         plan
@@ -708,8 +708,8 @@ impl Planner {
 }
 
 /// Rewrite the fixed chains the kernel holds otherwise.
-fn plan_static_chains(kernel: &Kernel, plan: &mut Plan) {
-    for (t, c, rules) in rules::static_chains() {
+fn plan_static_chains(cfg: &RuleConfig, kernel: &Kernel, plan: &mut Plan) {
+    for (t, c, rules) in rules::static_chains(cfg) {
         if kernel.get(t).chains.get(c) != Some(&rules) {
             plan_mut(plan, t).rewrite.push((c.to_string(), rules));
         }
@@ -1055,7 +1055,7 @@ mod tests {
         // nat: SVC + 2 SEP + MARK-MASQ + POSTROUTING + SERVICES + NODEPORTS; 3 jumps.
         assert_eq!(plan.nat.rewrite.len(), 7);
         assert_eq!(plan.nat.jumps.len(), 3);
-        assert_eq!(plan.filter.jumps.len(), 5);
+        assert_eq!(plan.filter.jumps.len(), 7);
         let payload = plan.nat.payload();
         assert!(payload.starts_with("*nat\n:"));
         assert!(payload.ends_with("COMMIT\n"));

@@ -51,6 +51,10 @@ pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
 pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
 pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+/// Rejects new connections to the service CIDR that no Service rule translated, so they
+/// fail on the node instead of leaving it by the default route (as kube-proxy's nftables
+/// mode does for unallocated cluster IPs).
+pub const KUBE_CLUSTER_IPS: &str = "KUBE-CLUSTER-IPS";
 
 /// The last rule of the nat `KUBE-SERVICES` chain.
 pub const NODEPORTS_JUMP: &str = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS";
@@ -104,10 +108,21 @@ pub const SHARED_CHAINS: &[SharedChain] = &[
     },
 ];
 
-/// Chains with fixed content.
-pub fn static_chains() -> Vec<(Table, &'static str, Vec<String>)> {
+/// Chains with fixed content (for a configuration).
+pub fn static_chains(cfg: &RuleConfig) -> Vec<(Table, &'static str, Vec<String>)> {
     let s = |v: &[&str]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
+    // By the filter table a translated packet carries its endpoint's address: whatever
+    // still heads for the service CIDR matched no Service.
+    let cluster_ips = cfg
+        .service_cidr
+        .map(|cidr| {
+            vec![format!(
+                "-d {cidr} -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with icmp-port-unreachable"
+            )]
+        })
+        .unwrap_or_default();
     vec![
+        (Table::Filter, KUBE_CLUSTER_IPS, cluster_ips),
         (
             Table::Nat,
             KUBE_MARK_MASQ,
@@ -140,6 +155,7 @@ pub fn jumps() -> Vec<(Table, &'static str, &'static str)> {
     const PORTALS: &str = "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
     const NEW_PORTALS: &str = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
     const NEW_EXTERNAL: &str = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
+    const NEW_CLUSTER_IPS: &str = "-m conntrack --ctstate NEW -m comment --comment \"cluster IPs without a service\" -j KUBE-CLUSTER-IPS";
     vec![
         (Table::Nat, "PREROUTING", PORTALS),
         (Table::Nat, "OUTPUT", PORTALS),
@@ -152,6 +168,8 @@ pub fn jumps() -> Vec<(Table, &'static str, &'static str)> {
         (Table::Filter, "FORWARD", NEW_EXTERNAL),
         (Table::Filter, "FORWARD", NEW_PORTALS),
         (Table::Filter, "OUTPUT", NEW_PORTALS),
+        (Table::Filter, "FORWARD", NEW_CLUSTER_IPS),
+        (Table::Filter, "OUTPUT", NEW_CLUSTER_IPS),
         (
             Table::Filter,
             "FORWARD",
@@ -167,7 +185,10 @@ pub fn is_fixed_chain(table: Table, chain: &str) -> bool {
             chain,
             KUBE_SERVICES | KUBE_NODEPORTS | KUBE_MARK_MASQ | KUBE_POSTROUTING
         ),
-        Table::Filter => matches!(chain, KUBE_SERVICES | KUBE_EXTERNAL_SERVICES | KUBE_FORWARD),
+        Table::Filter => matches!(
+            chain,
+            KUBE_SERVICES | KUBE_EXTERNAL_SERVICES | KUBE_FORWARD | KUBE_CLUSTER_IPS
+        ),
     }
 }
 
@@ -261,6 +282,8 @@ pub struct RuleConfig {
     pub cluster_cidr: Option<Ipv4Net>,
     /// Masquerade all traffic to cluster IPs (kube-proxy's `--masquerade-all`).
     pub masquerade_all: bool,
+    /// The service CIDR: new connections to it that no Service translated are rejected.
+    pub service_cidr: Option<Ipv4Net>,
 }
 
 /// What one service port contributes.
@@ -530,7 +553,7 @@ mod tests {
     #[test]
     fn fixed_chains_are_the_static_and_shared_ones() {
         for t in Table::ALL {
-            let mut listed: Vec<&str> = static_chains()
+            let mut listed: Vec<&str> = static_chains(&RuleConfig::default())
                 .into_iter()
                 .filter(|(tt, _, _)| *tt == t)
                 .map(|(_, c, _)| c)
@@ -548,6 +571,38 @@ mod tests {
             assert!(!is_fixed_chain(t, "KUBE-SVC-X"));
             assert!(!is_fixed_chain(t, "POSTROUTING"));
         }
+    }
+
+    #[test]
+    fn the_service_cidr_is_rejected_after_translation() {
+        let chain = |cfg: &RuleConfig| {
+            static_chains(cfg)
+                .into_iter()
+                .find(|(t, c, _)| *t == Table::Filter && *c == KUBE_CLUSTER_IPS)
+                .map(|(_, _, rules)| rules)
+                .unwrap()
+        };
+        assert!(chain(&RuleConfig::default()).is_empty());
+        let cfg = RuleConfig {
+            service_cidr: Some(Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12)),
+            ..RuleConfig::default()
+        };
+        assert_eq!(
+            chain(&cfg),
+            [
+                "-d 10.96.0.0/12 -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with icmp-port-unreachable"
+            ]
+        );
+        // Reached from OUTPUT and FORWARD, for new connections only.
+        let from: Vec<&str> = jumps()
+            .into_iter()
+            .filter(|(t, _, rule)| *t == Table::Filter && rule.ends_with("-j KUBE-CLUSTER-IPS"))
+            .map(|(_, chain, rule)| {
+                assert!(rule.starts_with("-m conntrack --ctstate NEW "), "{rule}");
+                chain
+            })
+            .collect();
+        assert_eq!(from, ["FORWARD", "OUTPUT"]);
     }
 
     #[test]
@@ -677,7 +732,7 @@ mod tests {
         };
         let cfg = RuleConfig {
             cluster_cidr: Some(Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16)),
-            masquerade_all: false,
+            ..RuleConfig::default()
         };
         let r = service_rules(&sp, &cfg);
         let svc = svc_chain(&sp.name);
