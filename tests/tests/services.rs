@@ -636,11 +636,25 @@ spec:
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()?;
+        // The package upgrade path: the agent goes, its pods stay (same processes).
+        let pods = ["client", "be-ready"];
+        let before = pods
+            .iter()
+            .map(|p| c.container_pid(p))
+            .collect::<Result<Vec<_>>>()?;
         std::thread::sleep(Duration::from_secs(1));
         c.kill_agent(n1);
         std::thread::sleep(Duration::from_secs(1));
         c.start_agent(n1)?;
         let out = load.wait_with_output()?;
+        let after = pods
+            .iter()
+            .map(|p| c.container_pid(p))
+            .collect::<Result<Vec<_>>>()?;
+        ensure!(
+            before == after,
+            "pod processes changed across the agent restart: {before:?} -> {after:?}"
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         ensure!(
             !text.contains("FAIL"),

@@ -314,7 +314,18 @@ fn xtask_up_and_down_in_a_netns() -> Result<()> {
 fn untranslated_service_address_fails_on_the_node(ns: &str) -> Result<()> {
     let started = std::time::Instant::now();
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "5", "wget", "-q", "-O", "-"])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "timeout",
+            "5",
+            "wget",
+            "-O",
+            "/dev/null",
+            "-t",
+            "1",
+        ])
         .arg("http://10.111.222.233/")
         .stdin(Stdio::null())
         .output()?;

@@ -500,6 +500,11 @@ fn service(root: &mut Obj) {
     };
     set_zero(spec, "type", json!("ClusterIP"));
     set_zero(spec, "sessionAffinity", json!("None"));
+    // As kube's SetDefaults_Service: without affinity there is no affinity config, so
+    // switching a ClientIP Service to None just works (validation would refuse the config).
+    if str_of(spec, "sessionAffinity") == "None" {
+        spec.remove("sessionAffinityConfig");
+    }
     if str_of(spec, "sessionAffinity") == "ClientIP"
         && let Some(cfg) = child(spec, "sessionAffinityConfig")
         && let Some(cip) = child(cfg, "clientIP")
@@ -718,6 +723,11 @@ mod tests {
             np["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
             10800
         );
+        // `kubectl patch svc -p '{"spec":{"sessionAffinity":"None"}}'` on that Service.
+        let mut off = np.clone();
+        off["spec"]["sessionAffinity"] = json!("None");
+        let off = defaulted("services", off);
+        assert!(off["spec"].get("sessionAffinityConfig").is_none(), "{off}");
 
         let en = defaulted(
             "services",

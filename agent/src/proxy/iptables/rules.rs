@@ -113,12 +113,19 @@ pub fn static_chains(cfg: &RuleConfig) -> Vec<(Table, &'static str, Vec<String>)
     let s = |v: &[&str]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
     // By the filter table a translated packet carries its endpoint's address: whatever
     // still heads for the service CIDR matched no Service.
+    // TCP gets a reset, as services without endpoints do (see `reject_with`): this chain
+    // may be reached before KUBE-SERVICES, and an ICMP error would leave connect() waiting.
     let cluster_ips = cfg
         .service_cidr
         .map(|cidr| {
-            vec![format!(
-                "-d {cidr} -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with icmp-port-unreachable"
-            )]
+            vec![
+                format!(
+                    "-d {cidr} -p tcp -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with tcp-reset"
+                ),
+                format!(
+                    "-d {cidr} -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with icmp-port-unreachable"
+                ),
+            ]
         })
         .unwrap_or_default();
     vec![
@@ -590,6 +597,7 @@ mod tests {
         assert_eq!(
             chain(&cfg),
             [
+                "-d 10.96.0.0/12 -p tcp -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with tcp-reset",
                 "-d 10.96.0.0/12 -m comment --comment \"no service at this cluster IP and port\" -j REJECT --reject-with icmp-port-unreachable"
             ]
         );
