@@ -8,8 +8,9 @@ use kube::Client;
 use tokio::task::JoinSet;
 
 use crate::controllers::{
-    bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, disruption, endpoints, endpointslice, gc,
-    job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount, tokencleaner,
+    bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, disruption, endpoints,
+    endpointslice, gc, job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert,
+    serviceaccount, tokencleaner,
 };
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
 pub use crate::runtime::credentials::{self, ControllerClients, Identities};

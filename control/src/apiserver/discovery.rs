@@ -531,7 +531,10 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "eviction", "log", "exec", "attach"]);
+        assert_eq!(
+            subs,
+            ["status", "binding", "eviction", "log", "exec", "attach"]
+        );
         let binding = &pods["subresources"][1];
         assert_eq!(binding["responseKind"]["kind"], "Binding");
         let ns = v1["resources"]

@@ -19,8 +19,7 @@ const RETRIES: usize = 20;
 const MAX_DISRUPTED_PODS: usize = 2000;
 const BUDGET_CAUSE: &str = "DisruptionBudget";
 const VIOLATES: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
-const MULTIPLE: &str =
-    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.";
+const MULTIPLE: &str = "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.";
 
 fn info(plural: &str) -> ApiResult<&'static ResourceInfo> {
     resources::RESOURCES
@@ -347,7 +346,10 @@ mod tests {
     #[test]
     fn no_disruption_left_or_an_unobserved_spec_is_a_429() {
         let e = decremented(&budget(0, 1, 1), "web-1").unwrap_err();
-        assert_eq!((e.code, e.reason, e.message.as_str()), (429, "TooManyRequests", VIOLATES));
+        assert_eq!(
+            (e.code, e.reason, e.message.as_str()),
+            (429, "TooManyRequests", VIOLATES)
+        );
         let cause = &e.details.unwrap()["causes"][0];
         assert_eq!(cause["reason"], "DisruptionBudget");
         assert_eq!(
@@ -363,7 +365,10 @@ mod tests {
     fn evictions_must_name_their_pod() {
         let ev = json!({"apiVersion": "policy/v1beta1", "kind": "Eviction",
             "metadata": {"name": "web-1"}, "deleteOptions": {"gracePeriodSeconds": 5}});
-        assert_eq!(check_eviction("ns", "web-1", &ev).unwrap().grace_period, Some(5));
+        assert_eq!(
+            check_eviction("ns", "web-1", &ev).unwrap().grace_period,
+            Some(5)
+        );
         assert_eq!(check_eviction("ns", "web-2", &ev).unwrap_err().code, 400);
         let wrong = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1"}});
         assert_eq!(check_eviction("ns", "web-1", &wrong).unwrap_err().code, 400);

@@ -91,7 +91,9 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Result<A
         }
     };
     if !counts.unmanaged.is_empty() {
-        ctx.recorder.warning(pdb.as_ref(), "UnmanagedPods", unmanaged_message(&pdb)).await;
+        ctx.recorder
+            .warning(pdb.as_ref(), "UnmanagedPods", unmanaged_message(&pdb))
+            .await;
     }
     let now = Timestamp::now();
     let recorded = pdb
@@ -207,9 +209,9 @@ fn scaled(v: &IntOrString, total: i32) -> std::result::Result<i32, String> {
                     "invalid value for IntOrString: invalid type: string is not a percentage"
                 ));
             };
-            let percent: i64 = number.parse().map_err(|e| {
-                format!("invalid value for IntOrString: invalid value {s:?}: {e}")
-            })?;
+            let percent: i64 = number
+                .parse()
+                .map_err(|e| format!("invalid value for IntOrString: invalid value {s:?}: {e}"))?;
             let value = (percent * i64::from(total) + 99).div_euclid(100);
             Ok(i32::try_from(value).unwrap_or(i32::MAX))
         }
@@ -464,7 +466,10 @@ async fn write_status(
     let mut updated = pdb.clone();
     updated.status = Some(status);
     let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-    match api.replace_status(name, &PostParams::default(), &updated).await {
+    match api
+        .replace_status(name, &PostParams::default(), &updated)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -583,12 +588,18 @@ mod tests {
         assert_eq!(s.disruptions_allowed, 1);
         assert_eq!(s.observed_generation, Some(2));
         let c = &s.conditions.as_ref().unwrap()[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "SufficientPods"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "SufficientPods")
+        );
         pdb.status = Some(s.clone());
         let again = computed_status(&pdb, 3, &counts, BTreeMap::new());
         assert_eq!(again, s);
         let short = computed_status(&pdb, 2, &counts, BTreeMap::new());
         let c = &short.conditions.as_ref().unwrap()[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "InsufficientPods"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InsufficientPods")
+        );
     }
 }
