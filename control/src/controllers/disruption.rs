@@ -205,9 +205,10 @@ fn scaled(v: &IntOrString, total: i32) -> std::result::Result<i32, String> {
         IntOrString::Int(n) => Ok(*n),
         IntOrString::String(s) => {
             let Some(number) = s.strip_suffix('%') else {
-                return Err(format!(
+                return Err(
                     "invalid value for IntOrString: invalid type: string is not a percentage"
-                ));
+                        .to_string(),
+                );
             };
             let percent: i64 = number
                 .parse()
