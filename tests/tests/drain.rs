@@ -93,7 +93,7 @@ impl Seen {
     }
 }
 
-/// Watch the web pods on a thread of its own until the returned flag is dropped.
+/// Watch the web pods on a runtime of their own, which stops with the returned runtime.
 fn watch_web_pods(c: &Cluster) -> Result<(Arc<Mutex<Seen>>, tokio::runtime::Runtime)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
