@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use k8s_openapi::api::{apps, batch, certificates, coordination, core, discovery, rbac};
+use k8s_openapi::api::{apps, batch, certificates, coordination, core, discovery, policy, rbac};
 
 #[derive(Debug)]
 pub struct ResourceInfo {
@@ -112,7 +112,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     resource!("", "v1", core::v1::Namespace, "Namespace", "namespaces", "namespace",
         namespaced: false, short: ["ns"], categories: [], sub: ["status", "finalize"]),
     resource!("", "v1", core::v1::Pod, "Pod", "pods", "pod",
-        namespaced: true, short: ["po"], categories: ["all"], sub: ["status", "binding", "log", "exec", "attach"]),
+        namespaced: true, short: ["po"], categories: ["all"], sub: ["status", "binding", "eviction", "log", "exec", "attach"]),
     resource!("", "v1", core::v1::Service, "Service", "services", "service",
         namespaced: true, short: ["svc"], categories: ["all"], sub: ["status"]),
     resource!("", "v1", core::v1::Endpoints, "Endpoints", "endpoints", "endpoints",
@@ -135,6 +135,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
         namespaced: true, short: ["ds"], categories: ["all"], sub: ["status"]),
     resource!("batch", "v1", batch::v1::Job, "Job", "jobs", "job",
         namespaced: true, short: [], categories: ["all"], sub: ["status"]),
+    resource!("policy", "v1", policy::v1::PodDisruptionBudget, "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget",
+        namespaced: true, short: ["pdb"], categories: [], sub: ["status"]),
     resource!("coordination.k8s.io", "v1", coordination::v1::Lease, "Lease", "leases", "lease",
         namespaced: true, short: [], categories: [], sub: []),
     resource!("discovery.k8s.io", "v1", discovery::v1::EndpointSlice, "EndpointSlice", "endpointslices", "endpointslice",

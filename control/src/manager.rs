@@ -8,8 +8,9 @@ use kube::Client;
 use tokio::task::JoinSet;
 
 use crate::controllers::{
-    bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, endpoints, endpointslice, gc,
-    job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert, serviceaccount, tokencleaner,
+    bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, disruption, endpoints,
+    endpointslice, gc, job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert,
+    serviceaccount, tokencleaner,
 };
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
 pub use crate::runtime::credentials::{self, ControllerClients, Identities};
@@ -29,6 +30,7 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         "deployment" => "deployment-controller",
         "daemonset" => "daemon-set-controller",
         "job" => "job-controller",
+        "disruption" => "disruption-controller",
         "endpoints" => "endpoint-controller",
         "endpointslice" => "endpointslice-controller",
         "garbagecollector" => "generic-garbage-collector",
@@ -100,6 +102,7 @@ fn spawn_controller(name: &str, ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         "deployment" => deployment::spawn(ctx, tasks),
         "daemonset" => daemonset::spawn(ctx, tasks),
         "job" => job::spawn(ctx, tasks),
+        "disruption" => disruption::spawn(ctx, tasks),
         "endpoints" => endpoints::spawn(ctx, tasks),
         "endpointslice" => endpointslice::spawn(ctx, tasks),
         "garbagecollector" => gc::spawn(ctx, tasks),

@@ -560,6 +560,15 @@ pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
                 job_selector(obj);
             }
         }
+        "poddisruptionbudgets" => {
+            obj["status"] = json!({
+                "disruptionsAllowed": 0,
+                "currentHealthy": 0,
+                "desiredHealthy": 0,
+                "expectedPods": 0,
+            });
+            meta_mut(obj).insert("generation".into(), json!(1));
+        }
         "services" => {
             obj["status"] = json!({"loadBalancer": {}});
         }

@@ -129,6 +129,7 @@ fn subresources(r: &ResourceInfo) -> Vec<Sub> {
                     "status" => (None, None, r.kind, GPU),
                     "scale" => (Some("autoscaling"), Some("v1"), "Scale", GPU),
                     "binding" => (None, None, "Binding", &["create"]),
+                    "eviction" => (Some("policy"), Some("v1"), "Eviction", &["create"]),
                     "log" => (None, None, "Pod", &["get"]),
                     "exec" => (None, None, "PodExecOptions", &["create", "get"]),
                     "attach" => (None, None, "PodAttachOptions", &["create", "get"]),
@@ -411,6 +412,7 @@ mod tests {
             [
                 "apps",
                 "batch",
+                "policy",
                 "coordination.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
@@ -529,7 +531,10 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "log", "exec", "attach"]);
+        assert_eq!(
+            subs,
+            ["status", "binding", "eviction", "log", "exec", "attach"]
+        );
         let binding = &pods["subresources"][1];
         assert_eq!(binding["responseKind"]["kind"], "Binding");
         let ns = v1["resources"]

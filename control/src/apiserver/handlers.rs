@@ -351,6 +351,14 @@ impl Handler {
                 Ok(written(w))
             }
             (Method::POST, _, Some("binding")) => self.bind(&call).await,
+            (Method::POST, Some(name), Some("eviction")) => {
+                let eviction = object::parse_body(content_type, &body)?;
+                let ns = ns.ok_or_else(|| ApiError::bad_request("eviction needs a namespace"))?;
+                let out =
+                    super::eviction::evict(&self.registry, ns, name, &eviction, query.dry_run()?)
+                        .await?;
+                Ok(json_response(StatusCode::CREATED, &out))
+            }
             (Method::POST, Some(name), Some("token")) => {
                 let request = object::parse_body(content_type, &body)?;
                 let out = authn::token_request::create(

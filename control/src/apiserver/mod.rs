@@ -15,6 +15,7 @@ pub mod cluster_info;
 pub mod csr_strategy;
 pub mod defaults;
 pub mod discovery;
+pub mod eviction;
 pub mod handlers;
 pub mod master_endpoints;
 pub mod nodeauthz;

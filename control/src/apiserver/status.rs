@@ -216,6 +216,17 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
 
+    /// 429, with `causes` (kube's `NewTooManyRequests` plus the caller's causes).
+    pub fn too_many_requests(message: impl Into<String>, causes: Value) -> Self {
+        Self::new(429, "TooManyRequests", message).with_details(json!({ "causes": causes }))
+    }
+
+    /// A failure Status with a code and no reason, as kube-apiserver returns a `Status` a
+    /// handler built itself (the eviction subresource's 500).
+    pub fn status_code(code: u16, message: impl Into<String>) -> Self {
+        Self::new(code, "", message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)
     }
@@ -234,6 +245,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // `reason` is omitempty in the Go type.
+        if self.reason.is_empty()
+            && let Some(o) = status.as_object_mut()
+        {
+            o.remove("reason");
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

@@ -315,6 +315,26 @@ const JOB_COLS: &[Col] = &[
     ),
 ];
 
+const PDB_COLS: &[Col] = &[
+    name_col(),
+    c(
+        "Min Available",
+        "string",
+        "The minimum number of pods that must be available.",
+    ),
+    c(
+        "Max Unavailable",
+        "string",
+        "The maximum number of pods that may be unavailable.",
+    ),
+    c(
+        "Allowed Disruptions",
+        "integer",
+        "Calculated number of pods that may be disrupted at this time.",
+    ),
+    age_col(),
+];
+
 // The event printer puts Name last (and wide-only): `kubectl get events` leads with LAST SEEN.
 const EVENT_COLS: &[Col] = &[
     c(
@@ -506,6 +526,7 @@ fn cols_for(plural: &str) -> &'static [Col] {
         "replicasets" => REPLICASET_COLS,
         "daemonsets" => DAEMONSET_COLS,
         "jobs" => JOB_COLS,
+        "poddisruptionbudgets" => PDB_COLS,
         "events" => EVENT_COLS,
         "configmaps" => CONFIGMAP_COLS,
         "secrets" => SECRET_COLS,
@@ -557,6 +578,7 @@ pub fn row_cells(plural: &str, obj: &Value, now: Timestamp) -> Vec<Value> {
         "replicasets" => replicaset_cells(obj, now),
         "daemonsets" => daemonset_cells(obj, now),
         "jobs" => job_cells(obj, now),
+        "poddisruptionbudgets" => pdb_cells(obj, now),
         "events" => event_cells(obj, now),
         "configmaps" => vec![
             name(obj),
@@ -585,6 +607,22 @@ pub fn row_cells(plural: &str, obj: &Value, now: Timestamp) -> Vec<Value> {
         "certificatesigningrequests" => csr_cells(obj, now),
         _ => vec![name(obj), json!(created_at_rfc3339(obj))],
     }
+}
+
+/// kube's printPodDisruptionBudget: an unset budget is `N/A`.
+fn pdb_cells(obj: &Value, now: Timestamp) -> Vec<Value> {
+    let budget = |field: &str| match at(obj, &["spec", field]).filter(|v| !v.is_null()) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "N/A".to_string(),
+    };
+    vec![
+        name(obj),
+        json!(budget("minAvailable")),
+        json!(budget("maxUnavailable")),
+        json!(int_at(obj, &["status", "disruptionsAllowed"])),
+        age(obj, now),
+    ]
 }
 
 /// kube's printRoleBinding: `Kind/name` of the role, then the subjects by kind (service

@@ -11,6 +11,7 @@
 //! allocation.
 
 pub mod certificates;
+pub mod policy;
 pub mod rbac;
 
 use std::collections::BTreeSet;
@@ -38,6 +39,7 @@ pub fn validate(info: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Fi
             rbac::validate(info.plural, obj, old, &mut out)
         }
         "certificatesigningrequests" => certificates::validate(obj, old, &mut out),
+        "poddisruptionbudgets" => policy::validate(obj, old, &mut out),
         _ => {}
     }
     out

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::Controller;
@@ -121,6 +122,7 @@ async fn delete_contents(ctx: &Context, ns: &str, force_pods: bool) -> Result<Ve
         purge::<Service>(c, ns, "services", &dp).await?,
         purge::<Endpoints>(c, ns, "endpoints", &dp).await?,
         purge::<EndpointSlice>(c, ns, "endpointslices.discovery.k8s.io", &dp).await?,
+        purge::<PodDisruptionBudget>(c, ns, "poddisruptionbudgets.policy", &dp).await?,
         purge::<ConfigMap>(c, ns, "configmaps", &dp).await?,
         purge::<Secret>(c, ns, "secrets", &dp).await?,
         purge::<ServiceAccount>(c, ns, "serviceaccounts", &dp).await?,

@@ -20,6 +20,7 @@ pub const COMPONENTS: &[&str] = &[
     "deployment",
     "daemonset",
     "job",
+    "disruption",
     "endpoints",
     "endpointslice",
     "garbagecollector",

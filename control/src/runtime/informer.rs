@@ -10,6 +10,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
@@ -121,6 +122,7 @@ pub struct Informers {
     pub leases: Informer<Lease>,
     pub config_maps: Informer<ConfigMap>,
     pub certificate_signing_requests: Informer<CertificateSigningRequest>,
+    pub pdbs: Informer<PodDisruptionBudget>,
 }
 
 impl Informers {
@@ -140,6 +142,7 @@ impl Informers {
             leases: Informer::new(Api::namespaced(client.clone(), "kube-node-lease")),
             config_maps: Informer::new(Api::all(client.clone())),
             certificate_signing_requests: Informer::new(Api::all(client.clone())),
+            pdbs: Informer::new(Api::all(client.clone())),
         }
     }
 
@@ -158,6 +161,7 @@ impl Informers {
         self.leases.start(tasks);
         self.config_maps.start(tasks);
         self.certificate_signing_requests.start(tasks);
+        self.pdbs.start(tasks);
     }
 }
 

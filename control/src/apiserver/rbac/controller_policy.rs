@@ -66,6 +66,19 @@ fn deployment_controller() -> Vec<PolicyRule> {
     ]
 }
 
+fn disruption_controller() -> Vec<PolicyRule> {
+    vec![
+        rule(READ, &["extensions", "apps"], &["deployments"]),
+        rule(READ, &["apps", "extensions"], &["replicasets"]),
+        rule(READ, &[""], &["replicationcontrollers"]),
+        rule(READ, &["policy"], &["poddisruptionbudgets"]),
+        rule(READ, &["apps"], &["statefulsets"]),
+        rule(&["update"], &["policy"], &["poddisruptionbudgets/status"]),
+        rule(&["get"], &["*"], &["*/scale"]),
+        events_rule(),
+    ]
+}
+
 fn endpoint_controller() -> Vec<PolicyRule> {
     vec![
         rule(READ, &[""], &["services", "pods"]),
@@ -227,6 +240,7 @@ fn controller_rules() -> Vec<(&'static str, Vec<PolicyRule>)> {
         ("certificate-controller", certificate_controller()),
         ("daemon-set-controller", daemon_set_controller()),
         ("deployment-controller", deployment_controller()),
+        ("disruption-controller", disruption_controller()),
         ("endpoint-controller", endpoint_controller()),
         ("endpointslice-controller", endpointslice_controller()),
         ("generic-garbage-collector", generic_garbage_collector()),
