@@ -143,6 +143,38 @@ fn pid_namespaces_per_container_or_shared_by_the_pod() -> Result<()> {
         "b sees a's exec"
     );
 
+    // Deleting the pods ends every process of their namespaces: the pause processes (PID 1
+    // of the shared namespace, which takes its members along), the containers and what exec
+    // left behind.
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "shared",
+        "solo",
+        "-n",
+        NS,
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    let left = host_processes_with(&["sleep 3601", "sleep 3602", "sleep 3603"]);
+    assert!(left.is_empty(), "left running: {left:#?}");
     c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
     Ok(())
+}
+
+/// Command lines of the node's processes that are one of `commands`.
+fn host_processes_with(commands: &[&str]) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| {
+            String::from_utf8_lossy(&raw)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .filter(|cmd| commands.contains(&cmd.as_str()))
+        .collect()
 }

@@ -11,7 +11,7 @@
 //! is checked (its id, NOERROR, the expected address); the targets run in chunks, the order
 //! rotating each round, samples pooled. Run through `cargo xtask bench-dns`.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,7 +176,7 @@ fn pod_gateway(c: &Cluster, node: &str) -> Result<Ipv4Addr> {
     Ok(Ipv4Addr::from(u32::from(net) + 1))
 }
 
-/// Run `f` with this thread in the network namespace at `netns`.
+/// Move this thread into the network namespace at `netns`.
 fn in_netns(netns: &Path) -> Result<()> {
     let ns = std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns(net)")?;
@@ -428,20 +428,20 @@ fn throughput(t: &Target, n: usize, window: usize, s: &mut Samples) -> Result<()
     socket.connect(t.addr)?;
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let packets: Vec<Vec<u8>> = (0..n).map(|i| query(t, i as u16)).collect::<Result<_>>()?;
-    let mut in_flight: HashMap<u16, ()> = HashMap::new();
+    let mut in_flight: HashSet<u16> = HashSet::new();
     let (mut sent, mut done) = (0, 0);
     let mut buf = [0u8; 1500];
     let start = Instant::now();
     while done < n {
         while sent < n && in_flight.len() < window {
             socket.send(&packets[sent])?;
-            in_flight.insert(sent as u16, ());
+            in_flight.insert(sent as u16);
             sent += 1;
         }
         match socket.recv(&mut buf) {
             Ok(len) if len >= 2 => {
                 let id = u16::from_be_bytes([buf[0], buf[1]]);
-                if in_flight.remove(&id).is_some() {
+                if in_flight.remove(&id) {
                     check(&buf[..len], t, id)?;
                     done += 1;
                     s.answered += 1;
@@ -501,10 +501,13 @@ fn report(
 ) -> String {
     let mut md = String::from("# Cluster DNS: the agent against dnsmasq\n\n");
     md.push_str(&format!(
-        "Command: `{}`  \n{}; dnsmasq {}  \nThe run took {:.0} s.\n\n",
+        "Command: `{}`  \n{}; dnsmasq {}  \nLoad average (1/5/15 min) after: {}; the run took {:.0} s.\n\n",
         args.command,
         provenance(),
         dnsmasq_version(),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
         took.as_secs_f64()
     ));
     md.push_str(&format!(
@@ -514,25 +517,61 @@ fn report(
         c = args.chunk,
     ));
     md.push_str("| name | server | latency p50 / p90 / p99 (µs) | throughput (queries/s) | lost | server CPU / query (µs) |\n|---|---|---|---:|---:|---:|\n");
-    for (t, s) in targets.iter().zip(samples) {
-        let mut lat = s.latencies_ns.clone();
-        lat.sort_unstable();
-        let qps = s.answered as f64 / s.busy.as_secs_f64().max(1e-9);
-        let cpu_per_query = s.server_cpu.as_secs_f64() * 1e6 / s.server_queries.max(1) as f64;
+    let figures: Vec<Figures> = samples.iter().map(Figures::of).collect();
+    for (t, f) in targets.iter().zip(&figures) {
         md.push_str(&format!(
             "| {} `{}` | {} | {:.0} / {:.0} / {:.0} | {:.0} | {} | {:.1} |\n",
+            t.kind, t.name, t.server, f.p50, f.p90, f.p99, f.qps, f.lost, f.cpu
+        ));
+    }
+    md.push_str("\nGoal: ahead of dnsmasq. The agent ÷ dnsmasq, same name (below 1 is ahead for latency and CPU, above 1 for throughput):\n\n| name | latency p50 | p99 | throughput | server CPU / query |\n|---|---:|---:|---:|---:|\n");
+    for (i, t) in targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.server == "skiff-agent")
+    {
+        let Some(j) = targets
+            .iter()
+            .position(|o| o.server == "dnsmasq" && o.kind == t.kind)
+        else {
+            continue;
+        };
+        let (a, d) = (&figures[i], &figures[j]);
+        md.push_str(&format!(
+            "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |\n",
             t.kind,
-            t.name,
-            t.server,
-            percentile_us(&lat, 0.5),
-            percentile_us(&lat, 0.9),
-            percentile_us(&lat, 0.99),
-            qps,
-            s.lost,
-            cpu_per_query
+            a.p50 / d.p50.max(1e-9),
+            a.p99 / d.p99.max(1e-9),
+            a.qps / d.qps.max(1e-9),
+            a.cpu / d.cpu.max(1e-9)
         ));
     }
     md
+}
+
+/// One target's figures for the report.
+struct Figures {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    qps: f64,
+    lost: usize,
+    cpu: f64,
+}
+
+impl Figures {
+    fn of(s: &Samples) -> Figures {
+        let mut lat = s.latencies_ns.clone();
+        lat.sort_unstable();
+        Figures {
+            p50: percentile_us(&lat, 0.5),
+            p90: percentile_us(&lat, 0.9),
+            p99: percentile_us(&lat, 0.99),
+            qps: s.answered as f64 / s.busy.as_secs_f64().max(1e-9),
+            lost: s.lost,
+            cpu: s.server_cpu.as_secs_f64() * 1e6 / s.server_queries.max(1) as f64,
+        }
+    }
 }
 
 fn dnsmasq_version() -> String {
