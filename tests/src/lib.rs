@@ -211,6 +211,31 @@ pub fn print_report_section(md: &str, out: Option<&Path>, key: &str) -> std::io:
     Ok(())
 }
 
+/// `md` followed by every `<!-- key -->…<!-- /key -->` section of `doc`: for a report that
+/// rewrites a document other benchmarks put their sections into.
+pub fn with_marked_sections_of(md: &str, doc: &str) -> String {
+    let mut out = md.trim_end().to_string();
+    let mut rest = doc;
+    while let Some(start) = rest.find("<!-- ") {
+        let after = &rest[start + 5..];
+        let Some(key) = after.split_once(" -->").map(|(k, _)| k) else {
+            break;
+        };
+        let close = format!("<!-- /{key} -->");
+        match (key.starts_with('/'), rest[start..].find(&close)) {
+            (false, Some(end)) => {
+                let section = &rest[start..start + end + close.len()];
+                out.push_str("\n\n");
+                out.push_str(section);
+                rest = &rest[start + end + close.len()..];
+            }
+            _ => rest = after,
+        }
+    }
+    out.push('\n');
+    out
+}
+
 fn replace_section(doc: &str, key: &str, md: &str) -> String {
     let (open, close) = (format!("<!-- {key} -->"), format!("<!-- /{key} -->"));
     let section = format!("{open}\n{}\n{close}", md.trim_end());
@@ -519,6 +544,19 @@ mod report_tests {
         assert_eq!(
             replace_section("", "k", "x"),
             "<!-- k -->\nx\n<!-- /k -->\n"
+        );
+    }
+
+    #[test]
+    fn a_rewritten_document_keeps_the_marked_sections() {
+        let doc = "# Old\n\n<!-- a -->\nA\n<!-- /a -->\n\nstale\n<!-- b -->\nB\n<!-- /b -->\n";
+        assert_eq!(
+            super::with_marked_sections_of("# New\n", doc),
+            "# New\n\n<!-- a -->\nA\n<!-- /a -->\n\n<!-- b -->\nB\n<!-- /b -->\n"
+        );
+        assert_eq!(
+            super::with_marked_sections_of("# New", "# Old\n"),
+            "# New\n"
         );
     }
 }
