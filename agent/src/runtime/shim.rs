@@ -49,9 +49,20 @@ pub fn run(spec_path: &Path) -> i32 {
     let Some(writer) = open_log(&spec) else {
         return 1;
     };
+    // Back to the shim's own PID namespace once init is forked: while new children would land
+    // in another one, clone(2) refuses to make threads, and the log pumps are threads.
+    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid");
     let started = enter_pid_namespace(&spec).and_then(|()| {
         spawn_init(spec_path).map_err(|e| format!("starting the container process: {e}"))
     });
+    match &own_pid_ns {
+        Ok(ns) => {
+            if let Err(e) = setns(ns, CloneFlags::CLONE_NEWPID) {
+                eprintln!("skiff shim: back to its own PID namespace: {e}");
+            }
+        }
+        Err(e) => eprintln!("skiff shim: opening its own PID namespace: {e}"),
+    }
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
