@@ -1,6 +1,7 @@
 //! Builds the test image's own programs as static executables (the image holds nothing but
 //! busybox, so they cannot load a libc): `skiff-udp-echo` (src/udp_echo.c) and
-//! `skiff-https-get` (src/https_get.c, with the static OpenSSL of Debian's libssl-dev).
+//! `skiff-https-get` (src/https_get.c, with the static OpenSSL of Debian's libssl-dev and
+//! glibc's resolver library).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,7 +11,7 @@ fn main() {
     build(
         "src/https_get.c",
         "skiff-https-get",
-        &["-lssl", "-lcrypto"],
+        &["-lssl", "-lcrypto", "-lresolv"],
         "gcc, libc6-dev, libssl-dev",
     );
     println!("cargo:rerun-if-env-changed=CC");

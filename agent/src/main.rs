@@ -78,6 +78,9 @@ enum Command {
         hostname: String,
         #[arg(long)]
         host_network: bool,
+        /// Stay in the node's PID namespace (`hostPID`) instead of being PID 1 of the pod's.
+        #[arg(long)]
+        host_pid: bool,
         #[arg(long)]
         cgroup: Option<PathBuf>,
     },
@@ -307,10 +310,12 @@ fn main() -> ExitCode {
         Command::Pause {
             hostname,
             host_network,
+            host_pid,
             cgroup,
         } => runtime::pause::run(runtime::pause::PauseArgs {
             hostname,
             host_network,
+            host_pid,
             cgroup,
         }),
         Command::Shim { spec } => runtime::shim::run(&spec),

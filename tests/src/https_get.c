@@ -8,13 +8,19 @@
  * not verify certificates either.
  *
  * Usage: skiff-https-get [--cacert FILE | --insecure] [--header 'Name: value']... URL
- *   URL is https://IPV4[:PORT]/PATH (the image has no resolver; pods use
- *   $KUBERNETES_SERVICE_HOST). The server certificate must chain to FILE and name the IP.
+ *   URL is https://HOST[:PORT]/PATH, HOST an IPv4 address or a DNS name. A name is looked up
+ *   with the libc resolver's res_search (an A query to the nameservers of /etc/resolv.conf,
+ *   through its search list and ndots, as curl's lookup does in a pod), not getaddrinfo:
+ *   in a static binary getaddrinfo needs glibc's NSS modules, which the image does not have.
+ *   The server certificate must chain to FILE and name HOST (the IP, or the DNS name, which
+ *   is also sent as SNI).
  * Prints the response body on stdout and "HTTP <code>" on stderr. Exit status: 0 for a 2xx
  * answer, 22 for any other status (as curl --fail), 1 for a usage, connection or TLS error.
  */
 #include <arpa/inet.h>
+#include <arpa/nameser.h>
 #include <netinet/in.h>
+#include <resolv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,12 +41,33 @@ static int fail(const char *what) {
 }
 
 struct target {
-    char host[64];
+    char host[256];
     int port;
     const char *path;
+    int is_ip;
+    struct in_addr addr;
 };
 
-/* https://IPV4[:PORT]/PATH */
+/* The first A record of NAME, through resolv.conf's search list. */
+static int resolve(const char *name, struct in_addr *out) {
+    unsigned char answer[4096];
+    if (res_init() != 0) return -1;
+    int len = res_search(name, ns_c_in, ns_t_a, answer, sizeof answer);
+    if (len < 0) return -1;
+    ns_msg msg;
+    if (ns_initparse(answer, len, &msg) != 0) return -1;
+    for (int i = 0; i < ns_msg_count(msg, ns_s_an); i++) {
+        ns_rr rr;
+        if (ns_parserr(&msg, ns_s_an, i, &rr) != 0) return -1;
+        if (ns_rr_type(rr) == ns_t_a && ns_rr_rdlen(rr) == 4) {
+            memcpy(out, ns_rr_rdata(rr), 4);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* https://HOST[:PORT]/PATH */
 static int parse_url(const char *url, struct target *t) {
     const char *p = url;
     if (strncmp(p, "https://", 8) != 0) return -1;
@@ -59,12 +86,13 @@ static int parse_url(const char *url, struct target *t) {
         p = end;
     }
     t->path = *p == '/' ? p : "/";
+    t->is_ip = inet_pton(AF_INET, t->host, &t->addr) == 1;
     return 0;
 }
 
 static int connect_to(const struct target *t) {
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)t->port)};
-    if (inet_pton(AF_INET, t->host, &addr.sin_addr) != 1) return -1;
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)t->port),
+                               .sin_addr = t->addr};
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
     struct timeval tv = {.tv_sec = 10};
@@ -136,13 +164,24 @@ int main(int argc, char **argv) {
         else return fail("usage: skiff-https-get [--cacert FILE | --insecure] [--header H]... URL");
     }
     struct target t;
-    if (!url || parse_url(url, &t) != 0) return fail("the URL must be https://IPV4[:PORT]/PATH");
+    if (!url || parse_url(url, &t) != 0) return fail("the URL must be https://HOST[:PORT]/PATH");
+    if (!t.is_ip && resolve(t.host, &t.addr) != 0) {
+        fprintf(stderr, "skiff-https-get: cannot resolve %s\n", t.host);
+        return 1;
+    }
     SSL_CTX *ctx = tls_context(cacert, insecure);
     if (!ctx) return fail("cannot load the CA (--cacert FILE or --insecure)");
     SSL *ssl = SSL_new(ctx);
     if (!ssl) return fail("SSL_new");
-    if (!insecure && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t.host) != 1)
-        return fail("bad IP address");
+    X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+    if (t.is_ip) {
+        if (!insecure && X509_VERIFY_PARAM_set1_ip_asc(param, t.host) != 1)
+            return fail("bad IP address");
+    } else {
+        if (SSL_set_tlsext_host_name(ssl, t.host) != 1) return fail("bad server name");
+        if (!insecure && X509_VERIFY_PARAM_set1_host(param, t.host, 0) != 1)
+            return fail("bad server name");
+    }
     int fd = connect_to(&t);
     if (fd < 0) return fail("cannot connect");
     SSL_set_fd(ssl, fd);

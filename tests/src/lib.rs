@@ -193,6 +193,61 @@ pub fn print_report(md: &str, out: Option<&Path>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Prints a benchmark's Markdown report, and puts it into the document `out` (if given) as
+/// the section between `<!-- key -->` and `<!-- /key -->`: the section is replaced when the
+/// document has it, appended otherwise, and the rest of the document is kept.
+pub fn print_report_section(md: &str, out: Option<&Path>, key: &str) -> std::io::Result<()> {
+    println!("{md}");
+    let Some(path) = out else {
+        return Ok(());
+    };
+    let doc = match std::fs::read_to_string(path) {
+        Ok(doc) => doc,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    std::fs::write(path, replace_section(&doc, key, md))?;
+    eprintln!("wrote the {key} section of {}", path.display());
+    Ok(())
+}
+
+/// `md` followed by every `<!-- key -->…<!-- /key -->` section of `doc`: for a report that
+/// rewrites a document other benchmarks put their sections into.
+pub fn with_marked_sections_of(md: &str, doc: &str) -> String {
+    let mut out = md.trim_end().to_string();
+    let mut rest = doc;
+    while let Some(start) = rest.find("<!-- ") {
+        let after = &rest[start + 5..];
+        let Some(key) = after.split_once(" -->").map(|(k, _)| k) else {
+            break;
+        };
+        let close = format!("<!-- /{key} -->");
+        match (key.starts_with('/'), rest[start..].find(&close)) {
+            (false, Some(end)) => {
+                let section = &rest[start..start + end + close.len()];
+                out.push_str("\n\n");
+                out.push_str(section);
+                rest = &rest[start + end + close.len()..];
+            }
+            _ => rest = after,
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn replace_section(doc: &str, key: &str, md: &str) -> String {
+    let (open, close) = (format!("<!-- {key} -->"), format!("<!-- /{key} -->"));
+    let section = format!("{open}\n{}\n{close}", md.trim_end());
+    match (doc.find(&open), doc.find(&close)) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{section}{}", &doc[..start], &doc[end + close.len()..])
+        }
+        _ if doc.trim().is_empty() => format!("{section}\n"),
+        _ => format!("{}\n\n{section}\n", doc.trim_end()),
+    }
+}
+
 /// `Commit: <sha>; machine: N CPUs, kernel K` for benchmark reports.
 pub fn provenance() -> String {
     let commit = Command::new("git")
@@ -466,5 +521,42 @@ pub fn wait_for<T>(
             bail!("timed out waiting for {what} (last error: {last})");
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::replace_section;
+
+    #[test]
+    fn a_section_is_appended_once_then_replaced_in_place() {
+        let doc = "# Other\n\ntext\n";
+        let once = replace_section(doc, "k", "## Mine\n\nv1\n");
+        assert_eq!(
+            once,
+            "# Other\n\ntext\n\n<!-- k -->\n## Mine\n\nv1\n<!-- /k -->\n"
+        );
+        let twice = replace_section(&format!("{once}\n## After\n"), "k", "## Mine\n\nv2");
+        assert_eq!(
+            twice,
+            "# Other\n\ntext\n\n<!-- k -->\n## Mine\n\nv2\n<!-- /k -->\n\n## After\n"
+        );
+        assert_eq!(
+            replace_section("", "k", "x"),
+            "<!-- k -->\nx\n<!-- /k -->\n"
+        );
+    }
+
+    #[test]
+    fn a_rewritten_document_keeps_the_marked_sections() {
+        let doc = "# Old\n\n<!-- a -->\nA\n<!-- /a -->\n\nstale\n<!-- b -->\nB\n<!-- /b -->\n";
+        assert_eq!(
+            super::with_marked_sections_of("# New\n", doc),
+            "# New\n\n<!-- a -->\nA\n<!-- /a -->\n\n<!-- b -->\nB\n<!-- /b -->\n"
+        );
+        assert_eq!(
+            super::with_marked_sections_of("# New", "# Old\n"),
+            "# New\n"
+        );
     }
 }

@@ -8,7 +8,8 @@
 //! of a missing account is refused.
 //!
 //! The calls go out of the pod with `skiff-https-get` (in the test image), which verifies the
-//! API server's certificate against the mounted `ca.crt` for the service IP: busybox's wget
+//! API server's certificate against the mounted `ca.crt` for the service IP or the service's
+//! DNS names (`https://kubernetes.default/api`, resolved by the cluster DNS): busybox's wget
 //! cannot handshake with the API server at all (see tests/src/https_get.c).
 
 #![allow(
@@ -57,10 +58,21 @@ fn sh(c: &Cluster, pod: &str, script: &str) -> Result<(i32, String, String)> {
 /// GET `path` from the API server inside `pod`, with the pod's token, verifying the server
 /// against the mounted CA: (HTTP status, body).
 fn api_get(c: &Cluster, pod: &str, path: &str) -> Result<(u16, String)> {
+    api_get_at(
+        c,
+        pod,
+        "$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT",
+        path,
+    )
+}
+
+/// As [`api_get`], from the server at `host` (a name is resolved through the cluster DNS
+/// and must be one the serving certificate names).
+fn api_get_at(c: &Cluster, pod: &str, host: &str, path: &str) -> Result<(u16, String)> {
     let script = format!(
         "skiff-https-get --cacert {SA_DIR}/ca.crt \
          --header \"Authorization: Bearer $(cat {SA_DIR}/token)\" \
-         \"https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT{path}\""
+         \"https://{host}{path}\""
     );
     let (code, out, err) = sh(c, pod, &script)?;
     let status = err
@@ -220,6 +232,35 @@ fn service_account_credentials_in_pods() -> Result<()> {
             "{want} missing from:\n{env}"
         );
     }
+
+    // `curl https://kubernetes` of the seeds (whose pod is in `default`): from `foo`, by
+    // every name of the service that reaches `default`, found through the cluster DNS and
+    // named by the serving certificate, the token's discovery answer.
+    for host in [
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ] {
+        let (status, body) = api_get_at(&c, "client", host, "/api")?;
+        let versions: Value = serde_json::from_str(&body)
+            .with_context(|| format!("GET https://{host}/api: {status} {body}"))?;
+        ensure!(
+            status == 200 && versions["kind"] == "APIVersions" && versions["versions"][0] == "v1",
+            "GET https://{host}/api: {status} {body}"
+        );
+    }
+    // A name the certificate does not carry is refused by the client, though it resolves
+    // to the same address (the cluster DNS's `<a-b-c-d>.<ns>.pod` record).
+    let pod_name = format!("{}.default.pod.cluster.local", cluster_ip.replace('.', "-"));
+    let (code, _, err) = sh(
+        &c,
+        "client",
+        &format!("skiff-https-get --cacert {SA_DIR}/ca.crt https://{pod_name}/api"),
+    )?;
+    ensure!(
+        code == 1 && err.contains("TLS handshake failed"),
+        "exit {code}: {err}"
+    );
 
     // The seed: forbidden, then a Role and a RoleBinding, then a ServiceList.
     let body = expect_status(&c, "client", "/api/v1/namespaces/foo/services", 403)?;

@@ -60,6 +60,16 @@ pub fn bench_proxy(ws: &Workspace, extra: &[String]) -> Result<()> {
     )
 }
 
+/// `cargo xtask bench-dns`: the agent's cluster DNS against dnsmasq, same names, one run.
+pub fn bench_dns(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(ws, "dns-bench", "bench-dns", "docs/benchmarks.md", extra)
+}
+
+/// `cargo xtask bench-exec`: `kubectl exec` and WebSocket exec round trips.
+pub fn bench_exec(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(ws, "exec-bench", "bench-exec", "docs/benchmarks.md", extra)
+}
+
 fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) -> Result<()> {
     let mut command = vec![format!("cargo xtask {task}")];
     command.extend(extra.iter().cloned());

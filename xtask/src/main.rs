@@ -138,6 +138,20 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark cluster DNS (run as root): queries/s and p50/p99 latency of a Service name
+    /// and a forwarded name, the agent against dnsmasq answering the same names; writes its
+    /// section of docs/benchmarks.md. Arguments after `--`, e.g. `-- --queries 5000`.
+    BenchDns {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark exec round trips (run as root): p50/p99 of `kubectl exec pod -- true` and of
+    /// a WebSocket exec through the API; writes its section of docs/benchmarks.md.
+    /// Arguments after `--`, e.g. `-- --execs 50`.
+    BenchExec {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Benchmark service latency (run as root): a request through a Service's ClusterIP vs
     /// straight to the backend's pod IP, new connection and keep-alive, per proxy mode (ebpf,
     /// iptables) and number of Services; sync time and client CPU too, with release builds.
@@ -204,6 +218,8 @@ fn main() -> ExitCode {
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
         Task::BenchAgent { args } => bench::bench_agent(&ws, &args).map(|()| 0),
         Task::BenchProxy { args } => bench::bench_proxy(&ws, &args).map(|()| 0),
+        Task::BenchDns { args } => bench::bench_dns(&ws, &args).map(|()| 0),
+        Task::BenchExec { args } => bench::bench_exec(&ws, &args).map(|()| 0),
         Task::Bench(args) => bench_latency::bench_latency(&ws, &args).map(|()| 0),
     };
     match result {

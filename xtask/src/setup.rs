@@ -52,6 +52,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("iputils-ping", "ping between pods in network tests"),
     (
+        "dnsmasq-base",
+        "dnsmasq, the DNS `cargo xtask bench-dns` compares the agent's cluster DNS with",
+    ),
+    (
         "gcc",
         "the C compiler (Rust's linker; builds the test image's skiff-udp-echo)",
     ),

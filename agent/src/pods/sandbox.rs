@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 
 use super::Agent;
 use crate::network::host_veth_name;
-use crate::runtime::spec::{SandboxState, now_rfc3339, write_json_atomic};
+use crate::runtime::spec::{PidNamespace, SandboxState, now_rfc3339, write_json_atomic};
 
 pub fn host_network(pod: &Pod) -> bool {
     pod.spec
@@ -42,7 +42,11 @@ pub async fn create(agent: &Agent, pod: &Pod) -> Result<SandboxState> {
     } else {
         hostname(pod)
     };
-    let (pid, ticks) = agent.edge.start_pause(&hostname, host_net, &cgroup).await?;
+    let host_pid = pod.spec.as_ref().map(PidNamespace::of) == Some(PidNamespace::Host);
+    let (pid, ticks) = agent
+        .edge
+        .start_pause(&hostname, host_net, host_pid, &cgroup)
+        .await?;
     let mut state = SandboxState {
         pod_uid: uid.clone(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),

@@ -1,6 +1,7 @@
-//! `skiff-agent init`: turns the shim's child into the container. It joins the pod's
-//! cgroups and the sandbox's network, UTS and IPC namespaces, makes its own mount
-//! namespace on an overlay of the image, pivots into it and execs the container command.
+//! `skiff-agent init`: turns the shim's child into the container. The shim forked it into
+//! the container's PID namespace already; it joins the pod's cgroups and the sandbox's
+//! network, UTS and IPC namespaces, makes its own mount namespace on an overlay of the
+//! image (with a /proc of its PID namespace), pivots into it and execs the container command.
 //! Failures are written to `start-error` (and stderr, which is the container log) so the
 //! agent can report them as the container's waiting/terminated reason.
 //!
@@ -306,7 +307,7 @@ fn exec(spec: &ContainerSpec, argv: &[String]) -> InitError {
 }
 
 /// `skiff-agent exec-in --pid P [--tty] -- CMD…`: run a command inside a running container
-/// (its mount, network, UTS and IPC namespaces, its environment), for exec probes and
+/// (its mount, network, UTS, IPC and PID namespaces, its environment), for exec probes and
 /// `kubectl exec`. With `tty`, stdin is a pseudo-terminal the command gets as its controlling
 /// terminal, in a session of its own, so the shell gets job control and ^C.
 pub fn exec_in(pid: i32, tty: bool, argv: &[String]) -> i32 {
@@ -336,24 +337,21 @@ pub fn exec_in(pid: i32, tty: bool, argv: &[String]) -> i32 {
             );
         }
     }
-    let mut files = Vec::new();
-    for (name, flag) in [
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("mnt", CloneFlags::CLONE_NEWNS),
-    ] {
-        match File::open(format!("/proc/{pid}/ns/{name}")) {
-            Ok(f) => files.push((f, flag)),
-            Err(e) => {
-                eprintln!("skiff exec-in: container process {pid}: {e}");
-                return 126;
-            }
-        }
+    if let Err(e) = join_container(pid) {
+        eprintln!("skiff exec-in: {e}");
+        return 126;
     }
-    for (f, flag) in files {
-        if let Err(e) = setns(&f, flag) {
-            eprintln!("skiff exec-in: setns: {e}");
+    // A joined PID namespace holds only this process's children: the command runs in a
+    // child (so `ps` and /proc show the container's view), this process reports its end.
+    // SAFETY: exec-in is single-threaded (it runs before any thread is started).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => return exit_of(child),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // The agent ends an exec by killing exec-in; the command must not outlive it.
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+        }
+        Err(e) => {
+            eprintln!("skiff exec-in: fork: {e}");
             return 126;
         }
     }
@@ -369,6 +367,43 @@ pub fn exec_in(pid: i32, tty: bool, argv: &[String]) -> i32 {
     let err = exec(&spec, argv);
     eprintln!("skiff exec-in: {}", err.message);
     err.code
+}
+
+/// Enter the namespaces of the container process `pid`: IPC, UTS, network, PID (for the
+/// children to come) and mount. All are opened first: the mount namespace changes /proc.
+fn join_container(pid: i32) -> Result<(), String> {
+    let mut files = Vec::new();
+    for (name, flag) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        let f = File::open(format!("/proc/{pid}/ns/{name}"))
+            .map_err(|e| format!("container process {pid}: {e}"))?;
+        files.push((f, flag, name));
+    }
+    for (f, flag, name) in files {
+        setns(&f, flag).map_err(|e| format!("setns({name}): {e}"))?;
+    }
+    Ok(())
+}
+
+/// Wait for the command and exit as it did: its status, or 128 + the signal that ended it.
+fn exit_of(child: nix::unistd::Pid) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                eprintln!("skiff exec-in: waiting for the command: {e}");
+                return 126;
+            }
+        }
+    }
 }
 
 /// A new session whose controlling terminal is stdin.

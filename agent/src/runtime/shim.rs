@@ -10,11 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigHandler, Signal, signal};
 
 use super::process::start_ticks;
 use super::spec::{
-    ContainerExit, ContainerSpec, ContainerState, now_rfc3339, read_json, write_json_atomic,
+    ContainerExit, ContainerSpec, ContainerState, PidNamespace, now_rfc3339, read_json,
+    write_json_atomic,
 };
 use crate::logs::{LogStream, LogWriter};
 
@@ -47,14 +49,28 @@ pub fn run(spec_path: &Path) -> i32 {
     let Some(writer) = open_log(&spec) else {
         return 1;
     };
-    let mut child = match spawn_init(spec_path) {
+    // Back to the shim's own PID namespace once init is forked: while new children would land
+    // in another one, clone(2) refuses to make threads, and the log pumps are threads.
+    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid");
+    let started = enter_pid_namespace(&spec).and_then(|()| {
+        spawn_init(spec_path).map_err(|e| format!("starting the container process: {e}"))
+    });
+    match &own_pid_ns {
+        Ok(ns) => {
+            if let Err(e) = setns(ns, CloneFlags::CLONE_NEWPID) {
+                eprintln!("skiff shim: back to its own PID namespace: {e}");
+            }
+        }
+        Err(e) => eprintln!("skiff shim: opening its own PID namespace: {e}"),
+    }
+    let mut child = match started {
         Ok(c) => c,
         Err(e) => {
             let exit = ContainerExit {
                 exit_code: 128,
                 signal: None,
                 finished_at: now_rfc3339(),
-                start_error: Some(format!("starting the container process: {e}")),
+                start_error: Some(e),
             };
             let _ = write_json_atomic(&spec.exit_path(), &exit);
             return 0;
@@ -91,6 +107,26 @@ fn open_log(spec: &ContainerSpec) -> Option<Arc<Mutex<LogWriter>>> {
                 spec.log_dir.display()
             );
             None
+        }
+    }
+}
+
+/// Make the container's process start in its PID namespace. setns and unshare of a PID
+/// namespace apply to the caller's future children, never to the caller: the shim stays in
+/// the node's namespace (it sees the container's pid as the agent does), `init` is forked
+/// into the pod's namespace or is PID 1 of a new one.
+fn enter_pid_namespace(spec: &ContainerSpec) -> Result<(), String> {
+    match spec.pid_namespace {
+        PidNamespace::Host => Ok(()),
+        PidNamespace::Container => {
+            unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(pid): {e}"))
+        }
+        PidNamespace::Pod => {
+            let path = format!("/proc/{}/ns/pid", spec.sandbox_pid);
+            let ns = std::fs::File::open(&path)
+                .map_err(|e| format!("opening {path} (is the pod sandbox running?): {e}"))?;
+            setns(&ns, CloneFlags::CLONE_NEWPID)
+                .map_err(|e| format!("joining the pod's PID namespace: {e}"))
         }
     }
 }

@@ -15,6 +15,9 @@ pub struct ContainerSpec {
     /// The pause process whose network, UTS and IPC namespaces the container joins.
     pub sandbox_pid: i32,
     pub host_network: bool,
+    /// Which PID namespace the container's process is started in.
+    #[serde(default)]
+    pub pid_namespace: PidNamespace,
     /// argv, already resolved from the pod spec and the image config.
     pub argv: Vec<String>,
     pub env: Vec<String>,
@@ -45,6 +48,32 @@ impl ContainerSpec {
     }
     pub fn exit_path(&self) -> PathBuf {
         self.instance_dir.join("exit.json")
+    }
+}
+
+/// The PID namespace of a container, as Kubernetes chooses it from the pod spec.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum PidNamespace {
+    /// `hostPID: true`: the node's own (and the only kind before PID namespaces existed
+    /// here, so a spec written by an older agent reads as this).
+    #[default]
+    Host,
+    /// `shareProcessNamespace: true`: the pod's, held by the pause process (its PID 1).
+    Pod,
+    /// Otherwise one of its own, where the container's command is PID 1.
+    Container,
+}
+
+impl PidNamespace {
+    pub fn of(pod: &k8s_openapi::api::core::v1::PodSpec) -> PidNamespace {
+        if pod.host_pid == Some(true) {
+            PidNamespace::Host
+        } else if pod.share_process_namespace == Some(true) {
+            PidNamespace::Pod
+        } else {
+            PidNamespace::Container
+        }
     }
 }
 
@@ -105,4 +134,39 @@ pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    use super::*;
+
+    #[test]
+    fn the_pid_namespace_follows_host_pid_then_share_process_namespace() {
+        let spec = |host: Option<bool>, share: Option<bool>| PodSpec {
+            host_pid: host,
+            share_process_namespace: share,
+            ..Default::default()
+        };
+        assert_eq!(PidNamespace::of(&spec(None, None)), PidNamespace::Container);
+        assert_eq!(
+            PidNamespace::of(&spec(Some(false), Some(false))),
+            PidNamespace::Container
+        );
+        assert_eq!(PidNamespace::of(&spec(None, Some(true))), PidNamespace::Pod);
+        // hostPID wins, as the API server refuses the two together anyway.
+        assert_eq!(
+            PidNamespace::of(&spec(Some(true), Some(true))),
+            PidNamespace::Host
+        );
+    }
+
+    #[test]
+    fn a_spec_from_an_older_agent_ran_in_the_node_pid_namespace() {
+        let mut old = serde_json::to_value(ContainerSpec::default()).unwrap();
+        old.as_object_mut().unwrap().remove("pid_namespace");
+        let spec: ContainerSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(spec.pid_namespace, PidNamespace::Host);
+    }
 }

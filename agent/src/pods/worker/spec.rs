@@ -12,7 +12,7 @@ use super::PodWorker;
 use crate::image::Image;
 use crate::pods::{env, sandbox, volumes};
 use crate::runtime::cgroup::Limits;
-use crate::runtime::spec::ContainerSpec;
+use crate::runtime::spec::{ContainerSpec, PidNamespace};
 
 impl PodWorker {
     /// The spec of instance `n`: command line, environment, user, cgroups, the pod's /etc
@@ -47,6 +47,7 @@ impl PodWorker {
             restart_count: n,
             sandbox_pid: sandbox.pause_pid,
             host_network: sandbox.host_network,
+            pid_namespace: PidNamespace::of(&spec),
             argv,
             env: vars.0.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             working_dir: c

@@ -1029,3 +1029,48 @@ async fn a_missing_volume_source_is_a_failed_mount() {
         .collect();
     assert!(maybe.is_empty(), "{maybe:?}");
 }
+
+/// The PID namespace each container is started in, as the shim reads it from the
+/// instance's spec: the pause process's with `shareProcessNamespace`, one of its own
+/// otherwise, the node's with `hostPID` (and then the pause process makes none either).
+#[tokio::test(start_paused = true)]
+async fn containers_get_the_pid_namespace_the_pod_spec_asks_for() {
+    use crate::runtime::spec::{ContainerSpec, PidNamespace, read_json};
+    let cases = [
+        (json!({}), PidNamespace::Container, ""),
+        (
+            json!({"shareProcessNamespace": true}),
+            PidNamespace::Pod,
+            "",
+        ),
+        (json!({"hostPID": true}), PidNamespace::Host, " host-pid"),
+    ];
+    for (extra, want, pause_flag) in cases {
+        let node = Node::new();
+        let mut spec = json!({"containers": [container("a"), container("b")]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let (_tx, _worker) = node.run(pod(spec));
+        node.until("both containers to start", |n| {
+            n.called("start a/0") && n.called("start b/0")
+        })
+        .await;
+        assert!(
+            node.called(&format!(
+                "start_pause web{pause_flag} in {}",
+                node.pod_cgroup()
+            )),
+            "{:#?}",
+            node.rec.calls()
+        );
+        let sandbox: crate::runtime::spec::SandboxState =
+            read_json(&node.agent.runtime.sandbox_state_path(UID)).unwrap();
+        for c in ["a", "b"] {
+            let dir = node.agent.runtime.instance_dir(UID, c, 0);
+            let s: ContainerSpec = read_json(&dir.join("spec.json")).unwrap();
+            assert_eq!((c, s.pid_namespace), (c, want));
+            assert_eq!(s.sandbox_pid, sandbox.pause_pid);
+        }
+    }
+}

@@ -252,11 +252,13 @@ impl RuntimeEdge for FakeRuntime {
         &self,
         hostname: &str,
         host_network: bool,
+        host_pid: bool,
         cgroup: &Path,
     ) -> Result<(i32, u64)> {
         let net = if host_network { " host-network" } else { "" };
+        let pid = if host_pid { " host-pid" } else { "" };
         self.rec.call(format!(
-            "start_pause {hostname}{net} in {}",
+            "start_pause {hostname}{net}{pid} in {}",
             cgroup.display()
         ))?;
         Ok((self.spawn(Role::Pause), TICKS))

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::signal::Signal;
@@ -45,6 +45,7 @@ impl RuntimeEdge for LinuxEdge {
         &self,
         hostname: &str,
         host_network: bool,
+        host_pid: bool,
         cgroup: &Path,
     ) -> Result<(i32, u64)> {
         let mut cmd = tokio::process::Command::new(&self.exe);
@@ -56,12 +57,14 @@ impl RuntimeEdge for LinuxEdge {
         if host_network {
             cmd.arg("--host-network");
         }
+        if host_pid {
+            cmd.arg("--host-pid");
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         detach(cmd.as_std_mut());
         let mut child = cmd.spawn().context("starting the pause process")?;
-        let pid = child.id().context("pause exited at once")? as i32;
         let stdout = child.stdout.take().context("pause stdout")?;
         let mut line = String::new();
         let mut reader = tokio::io::BufReader::new(stdout);
@@ -69,9 +72,9 @@ impl RuntimeEdge for LinuxEdge {
             .await
             .context("the pause process did not report ready within 10 s")??;
         reap(child);
-        if line.trim() != "ready" {
-            bail!("the pause process failed: {}", line.trim());
-        }
+        // Not the pid we spawned: in its own PID namespace the holder is the forked child.
+        let pid = crate::runtime::pause::parse_ready(&line)
+            .map_err(|e| anyhow::anyhow!("the pause process failed: {e}"))?;
         let ticks = process::start_ticks(pid).context("the pause process exited")?;
         Ok((pid, ticks))
     }

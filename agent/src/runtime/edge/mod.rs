@@ -37,11 +37,12 @@ pub trait RuntimeEdge: Send + Sync + 'static {
     async fn wait_exit(&self, pid: i32);
 
     /// Start a pod's pause process in `cgroup`; returns its pid and start ticks once its
-    /// namespaces exist.
+    /// namespaces exist. Unless `host_pid`, it is PID 1 of a new PID namespace.
     async fn start_pause(
         &self,
         hostname: &str,
         host_network: bool,
+        host_pid: bool,
         cgroup: &Path,
     ) -> Result<(i32, u64)>;
     /// Spawn the shim of the container instance whose spec is at `spec_path`, detached.
