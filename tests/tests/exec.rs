@@ -1,8 +1,8 @@
 //! `kubectl exec`, `kubectl cp` and `kubectl attach` through the API server to the node agent, over the
 //! WebSocket channel protocol the newest kubectl speaks: output, exit codes, the pod's
 //! environment, stdin, a terminal (kubectl on a pseudo-terminal the test opens), files copied
-//! both ways byte for byte, kubectl 1.20's SPDY refused with a message naming the protocols
-//! served, and kube's 403 for a user who may not exec.
+//! both ways byte for byte, kubectl 1.20's exec over SPDY/3.1 (its attach refused with a
+//! message naming the protocols served), and kube's 403 for a user who may not exec.
 
 #![allow(
     clippy::too_many_lines,
@@ -325,13 +325,52 @@ spec:
     assert!(ticks[0] > 2, "{seen}");
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{seen}");
 
-    // Debian's kubectl 1.20 speaks SPDY/3.1 only: refused, naming what is served.
-    let old = skiff_tests::Kubectl::debian_120()?
-        .command_with(c.kubeconfig(), c.dir())
-        .args(["exec", "-n", NS, "shell", "--", "echo", "hi"])
-        .output()?;
-    let err = String::from_utf8_lossy(&old.stderr).into_owned();
-    assert!(!old.status.success(), "{err}");
+    // Debian's kubectl 1.20 speaks SPDY/3.1 only: exec works over it (output, stdin, the
+    // exit code); attach is refused, naming what is served.
+    let old = skiff_tests::Kubectl::debian_120()?;
+    let run_old = |args: &[&str], stdin: &[u8]| -> Result<(i32, String, String)> {
+        let mut child = old
+            .command_with(c.kubeconfig(), c.dir())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().context("stdin")?;
+        let data = stdin.to_vec();
+        let feeder = std::thread::spawn(move || input.write_all(&data));
+        let out = child.wait_with_output()?;
+        let _ = feeder.join();
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, out, err) = run_old(
+        &[
+            "exec",
+            "-n",
+            NS,
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        b"",
+    )?;
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "out\n", "err\ncommand terminated with exit code 3\n")
+    );
+    let (code, out, err) = run_old(
+        &["exec", "-i", "-n", NS, "shell", "--", "wc", "-c"],
+        &[7u8; 5000],
+    )?;
+    assert_eq!((code, out.trim()), (0, "5000"), "{err}");
+    let (code, _, err) = run_old(&["attach", "-n", NS, "shell"], b"")?;
+    assert_ne!(code, 0, "{err}");
     assert!(
         err.contains("SPDY/3.1 is not supported")
             && err.contains("v5.channel.k8s.io, v4.channel.k8s.io"),

@@ -132,6 +132,7 @@ fn subresources(r: &ResourceInfo) -> Vec<Sub> {
                     "log" => (None, None, "Pod", &["get"]),
                     "exec" => (None, None, "PodExecOptions", &["create", "get"]),
                     "attach" => (None, None, "PodAttachOptions", &["create", "get"]),
+                    "portforward" => (None, None, "PodPortForwardOptions", &["create", "get"]),
                     "finalize" => (None, None, r.kind, &["update"]),
                     "token" => (
                         Some("authentication.k8s.io"),
@@ -529,7 +530,10 @@ mod tests {
             .iter()
             .map(|s| s["subresource"].as_str().unwrap())
             .collect();
-        assert_eq!(subs, ["status", "binding", "log", "exec", "attach"]);
+        assert_eq!(
+            subs,
+            ["status", "binding", "log", "exec", "attach", "portforward"]
+        );
         let binding = &pods["subresources"][1];
         assert_eq!(binding["responseKind"]["kind"], "Binding");
         let ns = v1["resources"]

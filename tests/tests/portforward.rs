@@ -1,0 +1,238 @@
+//! `kubectl port-forward` through the API server to the node agent: the newest kubectl (SPDY
+//! tunnelled in a WebSocket) and Debian's kubectl 1.20 (plain SPDY/3.1). kubectl runs in a
+//! node's network namespace and the test fetches through its local port from there: the
+//! pod's own answer, two connections at once, and kubectl's error for a port where nothing
+//! listens.
+
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sched::CloneFlags;
+use skiff_tests::Kubectl;
+use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::wait_for;
+
+const NS: &str = "portforward-e2e";
+
+/// A running `kubectl port-forward` in a node's network namespace, with what it printed.
+struct Forward {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Forward {
+    fn start(c: &Cluster, node: &str, kubectl: &Kubectl, args: &[&str]) -> Result<Forward> {
+        let path = kubectl.path.to_string_lossy().into_owned();
+        let cache = c.dir().join(format!("kubectl-cache-{}", kubectl.minor));
+        let cache = cache.to_string_lossy().into_owned();
+        let mut argv = vec![path.as_str(), "--cache-dir", cache.as_str()];
+        argv.extend_from_slice(&["port-forward", "-n", NS]);
+        argv.extend_from_slice(args);
+        let mut child = c
+            .command(node, &argv)?
+            .env("KUBECONFIG", c.kubeconfig())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let collect = |r: Box<dyn Read + Send>| {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let sink = buf.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    if let Ok(mut b) = sink.lock() {
+                        b.push_str(&line);
+                        b.push('\n');
+                    }
+                }
+            });
+            buf
+        };
+        let stdout = collect(Box::new(child.stdout.take().context("stdout")?));
+        let stderr = collect(Box::new(child.stderr.take().context("stderr")?));
+        Ok(Forward {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn printed(&self) -> (String, String) {
+        let get = |b: &Arc<Mutex<String>>| b.lock().map(|s| s.clone()).unwrap_or_default();
+        (get(&self.stdout), get(&self.stderr))
+    }
+
+    /// Wait for kubectl's `Forwarding from 127.0.0.1:<local>` line.
+    fn wait_listening(&mut self, local: u16) -> Result<()> {
+        let want = format!("Forwarding from 127.0.0.1:{local}");
+        let start = Instant::now();
+        loop {
+            let (out, err) = self.printed();
+            if out.contains(&want) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("kubectl port-forward exited ({status}): {out}{err}");
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("kubectl port-forward did not listen: {out}{err}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `f` on a thread of its own in the network namespace at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: PathBuf,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// An HTTP/1.0 GET on each of `conns` (already connected), sent before any answer is read:
+/// the bodies.
+fn get_all(conns: Vec<TcpStream>) -> Result<Vec<String>> {
+    let mut conns = conns;
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    }
+    conns
+        .into_iter()
+        .map(|mut c| {
+            let mut all = String::new();
+            c.read_to_string(&mut all)?;
+            let body = all
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .with_context(|| format!("no HTTP answer: {all:?}"))?;
+            ensure!(all.starts_with("HTTP/1.") && all.contains(" 200 "), "{all}");
+            Ok(body)
+        })
+        .collect()
+}
+
+/// Connections to 127.0.0.1:`port` in `netns`, made together.
+fn fetch_concurrently(netns: PathBuf, port: u16, n: usize) -> Result<Vec<String>> {
+    in_netns(netns, move || {
+        let conns = (0..n)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        get_all(conns)
+    })
+}
+
+#[test]
+fn kubectl_port_forward_through_the_api_server() -> Result<()> {
+    if skip_unless_root("kubectl_port_forward_through_the_api_server") {
+        return Ok(());
+    }
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })?;
+    let node = c.nodes().first().context("a node")?.clone();
+    let netns = c.node(&node).netns_path();
+    c.kubectl(&["create", "namespace", NS])?;
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "mkdir -p /www; echo served-by-$(hostname) > /www/index.html; exec httpd -f -p 8080 -h /www"]
+"#
+    ))?;
+    wait_for("web Running", Duration::from_secs(90), || {
+        let phase = c.kubectl(&[
+            "get",
+            "pod",
+            "web",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        Ok((phase == "Running").then_some(()))
+    })?;
+
+    let newest = Kubectl::newest()?;
+    let old = Kubectl::debian_120()?;
+    for (kubectl, local) in [(&newest, 18080u16), (&old, 18090)] {
+        let label = format!("kubectl 1.{}", kubectl.minor);
+        let mapping = format!("{local}:8080");
+        let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
+        fwd.wait_listening(local).with_context(|| label.clone())?;
+        // The pod's answer, once and then on two connections at once.
+        let one = fetch_concurrently(netns.clone(), local, 1).with_context(|| label.clone())?;
+        assert_eq!(one, ["served-by-web\n"], "{label}");
+        let two = fetch_concurrently(netns.clone(), local, 2).with_context(|| label.clone())?;
+        assert_eq!(two, ["served-by-web\n", "served-by-web\n"], "{label}");
+        drop(fwd);
+
+        // Nothing listens on 9999 in the pod: kubectl reports the kubelet's error.
+        let local = local + 1;
+        let mapping = format!("{local}:9999");
+        let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
+        fwd.wait_listening(local).with_context(|| label.clone())?;
+        let closed = in_netns(netns.clone(), move || {
+            let mut s = TcpStream::connect(("127.0.0.1", local))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            Ok(got)
+        })?;
+        assert!(closed.is_empty(), "{label}: {closed:?}");
+        let want = format!(
+            "an error occurred forwarding {local} -> 9999: error forwarding port 9999 to pod "
+        );
+        wait_for(
+            &format!("{label} reports the refused port"),
+            Duration::from_secs(20),
+            || {
+                let (_, err) = fwd.printed();
+                Ok((err.contains(&want) && err.contains("connection refused")).then_some(()))
+            },
+        )
+        .with_context(|| format!("{label}: {:?}", fwd.printed()))?;
+    }
+    // The newest kubectl used the WebSocket tunnel, not its SPDY fallback.
+    let log = c.agent_log(&node);
+    assert!(
+        log.contains("port-forward") && log.contains("Tunnel"),
+        "{log}"
+    );
+    assert!(log.contains("Spdy"), "{log}");
+
+    c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
+    Ok(())
+}
