@@ -9,7 +9,7 @@ use crate::logs::instances;
 use crate::pods::Agent;
 use crate::pods::sandbox::host_network;
 use crate::runtime::{InstanceStatus, instance_status};
-use crate::server::portforward::PodNetwork;
+use crate::server::streaming::PodNetwork;
 use crate::server::{ContainerProcesses, LogLookupError};
 
 pub struct PodProcesses(pub Arc<Agent>);

@@ -456,7 +456,7 @@ mod tests {
             &self,
             namespace: &str,
             pod: &str,
-        ) -> Result<portforward::PodNetwork, LogLookupError> {
+        ) -> Result<streaming::PodNetwork, LogLookupError> {
             Err(LogLookupError::PodNotFound(format!(
                 "pod \"{namespace}/{pod}\" does not exist"
             )))

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::spdy::{self, Stream};
-use super::streaming::Streams;
+use super::streaming::{PodNetwork, Streams};
 use super::ws::{self, Message};
 use super::{LogLookupError, text};
 
@@ -34,13 +34,6 @@ pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 /// stream creation timeout).
 const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where a pod's ports are: its uid and its network namespace (none for host network).
-#[derive(Clone, Debug)]
-pub struct PodNetwork {
-    pub uid: String,
-    pub netns: Option<PathBuf>,
-}
 
 /// The two ways a port-forward upgrade is spoken.
 #[derive(Debug, PartialEq, Eq)]

@@ -35,11 +35,14 @@ pub trait ContainerProcesses: Send + Sync + 'static {
     fn agent_exe(&self) -> std::path::PathBuf;
 
     /// Where the ports of the running pod `namespace/pod` are (port-forward).
-    async fn pod_network(
-        &self,
-        namespace: &str,
-        pod: &str,
-    ) -> Result<super::portforward::PodNetwork, LogLookupError>;
+    async fn pod_network(&self, namespace: &str, pod: &str) -> Result<PodNetwork, LogLookupError>;
+}
+
+/// Where a pod's ports are: its uid and its network namespace (none for host network).
+#[derive(Clone, Debug)]
+pub struct PodNetwork {
+    pub uid: String,
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// What the streaming handlers need.
