@@ -1,8 +1,8 @@
 //! `kubectl port-forward` through the API server to the node agent: the newest kubectl (SPDY
 //! tunnelled in a WebSocket) and Debian's kubectl 1.20 (plain SPDY/3.1). kubectl runs in a
 //! node's network namespace and the test fetches through its local port from there: the
-//! pod's own answer, two connections at once, and kubectl's error for a port where nothing
-//! listens.
+//! pod's own answer, two connections at once (4 MiB each, byte for byte), kubectl's error for
+//! a port where nothing listens, and kube's 403 for a user who may not port-forward.
 
 #![allow(
     clippy::too_many_lines,
@@ -11,7 +11,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +34,16 @@ struct Forward {
 
 impl Forward {
     fn start(c: &Cluster, node: &str, kubectl: &Kubectl, args: &[&str]) -> Result<Forward> {
+        Self::start_as(c, c.kubeconfig(), node, kubectl, args)
+    }
+
+    fn start_as(
+        c: &Cluster,
+        kubeconfig: &Path,
+        node: &str,
+        kubectl: &Kubectl,
+        args: &[&str],
+    ) -> Result<Forward> {
         let path = kubectl.path.to_string_lossy().into_owned();
         let cache = c.dir().join(format!("kubectl-cache-{}", kubectl.minor));
         let cache = cache.to_string_lossy().into_owned();
@@ -41,7 +52,7 @@ impl Forward {
         argv.extend_from_slice(args);
         let mut child = c
             .command(node, &argv)?
-            .env("KUBECONFIG", c.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,6 +111,23 @@ impl Drop for Forward {
     }
 }
 
+/// A kubeconfig with a client certificate of the cluster CA for `user`, no groups.
+fn user_kubeconfig(c: &Cluster, user: &str) -> Result<PathBuf> {
+    let out = c.dir().join(format!("{user}.kubeconfig"));
+    let issued = Command::new(skiff_tests::workspace_binary("skiff-control"))
+        .args(["kubeconfig", "--user", user, "--data-dir"])
+        .arg(c.dir().join("control"))
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    ensure!(
+        issued.status.success(),
+        "skiff-control kubeconfig --user {user}: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    Ok(out)
+}
+
 /// Run `f` on a thread of its own in the network namespace at `netns`.
 fn in_netns<T: Send + 'static>(
     netns: PathBuf,
@@ -116,11 +144,11 @@ fn in_netns<T: Send + 'static>(
 
 /// An HTTP/1.0 GET on each of `conns` (already connected), sent before any answer is read:
 /// the bodies.
-fn get_all(conns: Vec<TcpStream>) -> Result<Vec<String>> {
+fn get_all(conns: Vec<TcpStream>, path: &str) -> Result<Vec<String>> {
     let mut conns = conns;
     for c in &mut conns {
         c.set_read_timeout(Some(Duration::from_secs(20)))?;
-        c.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        c.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
     }
     conns
         .into_iter()
@@ -137,13 +165,18 @@ fn get_all(conns: Vec<TcpStream>) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Connections to 127.0.0.1:`port` in `netns`, made together.
-fn fetch_concurrently(netns: PathBuf, port: u16, n: usize) -> Result<Vec<String>> {
+/// `path` on `n` connections to 127.0.0.1:`port` in `netns`, made together: the bodies.
+fn fetch_concurrently(
+    netns: PathBuf,
+    port: u16,
+    n: usize,
+    path: &'static str,
+) -> Result<Vec<String>> {
     in_netns(netns, move || {
         let conns = (0..n)
             .map(|_| TcpStream::connect(("127.0.0.1", port)).map_err(anyhow::Error::from))
             .collect::<Result<Vec<_>>>()?;
-        get_all(conns)
+        get_all(conns, path)
     })
 }
 
@@ -168,7 +201,7 @@ spec:
   containers:
   - name: main
     image: skiff.test/busybox:1
-    command: ["sh", "-c", "mkdir -p /www; echo served-by-$(hostname) > /www/index.html; exec httpd -f -p 8080 -h /www"]
+    command: ["sh", "-c", "mkdir -p /www; echo served-by-$(hostname) > /www/index.html; head -c 4194304 /dev/zero | tr '\\0' x > /www/big; exec httpd -f -p 8080 -h /www"]
 "#
     ))?;
     wait_for("web Running", Duration::from_secs(90), || {
@@ -183,6 +216,30 @@ spec:
         ])?;
         Ok((phase == "Running").then_some(()))
     })?;
+    // httpd listens once the 4 MiB file is written.
+    wait_for("web serving", Duration::from_secs(60), || {
+        let probe = c
+            .kubectl_command()?
+            .args([
+                "exec",
+                "-n",
+                NS,
+                "web",
+                "--",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+            ])
+            .arg("http://127.0.0.1:8080/big")
+            .output()?;
+        ensure!(
+            probe.status.success(),
+            "{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        Ok(Some(()))
+    })?;
 
     let newest = Kubectl::newest()?;
     let old = Kubectl::debian_120()?;
@@ -192,10 +249,23 @@ spec:
         let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
         fwd.wait_listening(local).with_context(|| label.clone())?;
         // The pod's answer, once and then on two connections at once.
-        let one = fetch_concurrently(netns.clone(), local, 1).with_context(|| label.clone())?;
+        let one = fetch_concurrently(netns.clone(), local, 1, "/")
+            .with_context(|| format!("{label} /: {:?}", fwd.printed()))?;
         assert_eq!(one, ["served-by-web\n"], "{label}");
-        let two = fetch_concurrently(netns.clone(), local, 2).with_context(|| label.clone())?;
+        let two = fetch_concurrently(netns.clone(), local, 2, "/")
+            .with_context(|| format!("{label} / twice: {:?}", fwd.printed()))?;
         assert_eq!(two, ["served-by-web\n", "served-by-web\n"], "{label}");
+        // 4 MiB, on two connections at once: many frames, interleaved, byte for byte.
+        let big = fetch_concurrently(netns.clone(), local, 2, "/big")
+            .with_context(|| format!("{label} /big: {:?}", fwd.printed()))?;
+        let want = "x".repeat(4 << 20);
+        for body in &big {
+            assert!(
+                body.len() == want.len() && *body == want,
+                "{label}: {} bytes",
+                body.len()
+            );
+        }
         drop(fwd);
 
         // Nothing listens on 9999 in the pod: kubectl reports the kubelet's error.
@@ -232,6 +302,40 @@ spec:
         "{log}"
     );
     assert!(log.contains("Spdy"), "{log}");
+
+    // A user who may read pods but not forward to them gets kube's 403, whichever protocol.
+    c.apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader, namespace: {NS}}}
+rules:
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: pod-reader, namespace: {NS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: pf-viewer}}
+"#
+    ))?;
+    let kubeconfig = user_kubeconfig(&c, "pf-viewer")?;
+    for kubectl in [&newest, &old] {
+        let mut fwd =
+            Forward::start_as(&c, &kubeconfig, &node, kubectl, &["pod/web", "18100:8080"])?;
+        let status = wait_for("port-forward refused", Duration::from_secs(30), || {
+            Ok(fwd.child.try_wait()?)
+        })?;
+        let (out, err) = fwd.printed();
+        assert!(!status.success(), "{out}{err}");
+        assert!(
+            err.contains("pods \"web\" is forbidden: User \"pf-viewer\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"portforward-e2e\""),
+            "kubectl 1.{}: {err}",
+            kubectl.minor
+        );
+    }
 
     c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
     Ok(())
