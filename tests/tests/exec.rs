@@ -1,8 +1,9 @@
 //! `kubectl exec`, `kubectl cp` and `kubectl attach` through the API server to the node agent, over the
 //! WebSocket channel protocol the newest kubectl speaks: output, exit codes, the pod's
 //! environment, stdin, a terminal (kubectl on a pseudo-terminal the test opens), files copied
-//! both ways byte for byte, kubectl 1.20's exec over SPDY/3.1 (its attach refused with a
-//! message naming the protocols served), and kube's 403 for a user who may not exec.
+//! both ways byte for byte, kubectl 1.20's exec over SPDY/3.1 (with a terminal too; its
+//! attach refused with a message naming the protocols served), and kube's 403 for a user who
+//! may not exec.
 
 #![allow(
     clippy::too_many_lines,
@@ -64,6 +65,12 @@ fn kubectl_piped(c: &Cluster, args: &[&str], stdin: &[u8]) -> Result<(i32, Vec<u
 /// kubectl `args` on a pseudo-terminal of 100x30 the test holds, typing `input`: (exit code,
 /// everything the terminal showed).
 fn kubectl_on_terminal(c: &Cluster, args: &[&str], input: &[u8]) -> Result<(i32, String)> {
+    on_terminal(c.kubectl_command()?, args, input)
+}
+
+/// `kubectl` (a command against the cluster) with `args` on a pseudo-terminal, as
+/// [`kubectl_on_terminal`].
+fn on_terminal(mut kubectl: Command, args: &[&str], input: &[u8]) -> Result<(i32, String)> {
     let size = nix::pty::Winsize {
         ws_row: 30,
         ws_col: 100,
@@ -72,13 +79,15 @@ fn kubectl_on_terminal(c: &Cluster, args: &[&str], input: &[u8]) -> Result<(i32,
     };
     let pty = nix::pty::openpty(Some(&size), None)?;
     let slave = |fd: &OwnedFd| -> Result<Stdio> { Ok(Stdio::from(fd.try_clone()?)) };
-    let mut child = c
-        .kubectl_command()?
+    let mut child = kubectl
         .args(args)
         .stdin(slave(&pty.slave)?)
         .stdout(slave(&pty.slave)?)
         .stderr(slave(&pty.slave)?)
         .spawn()?;
+    // The command keeps its copies of the slave: only kubectl may hold the terminal, so that
+    // reading the master ends when it is gone.
+    drop(kubectl);
     drop(pty.slave);
     let mut master = std::fs::File::from(pty.master);
     let mut reader = master.try_clone()?;
@@ -369,6 +378,17 @@ spec:
         &[7u8; 5000],
     )?;
     assert_eq!((code, out.trim()), (0, "5000"), "{err}");
+    // With a terminal: its size comes on the resize stream.
+    let (code, shown) = on_terminal(
+        old.command_with(c.kubeconfig(), c.dir()),
+        &["exec", "-it", "-n", NS, "shell", "--", "sh"],
+        b"echo term=$(test -t 0 && echo yes); stty size; echo sum=$((6*7)); exit 5\n",
+    )?;
+    assert_eq!(code, 5, "{shown}");
+    assert!(
+        shown.contains("term=yes") && shown.contains("30 100") && shown.contains("sum=42"),
+        "{shown}"
+    );
     let (code, _, err) = run_old(&["attach", "-n", NS, "shell"], b"")?;
     assert_ne!(code, 0, "{err}");
     assert!(
