@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -29,6 +29,8 @@ use super::{LogLookupError, text};
 pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
 /// The WebSocket subprotocol that tunnels SPDY (kube's PortForwardWebsockets).
 pub const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+/// kubelet's channel WebSocket port-forward (client libraries).
+pub const CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
 
 /// How long the second stream of a pair may keep the first waiting (kubelet's default
 /// stream creation timeout).
@@ -41,6 +43,9 @@ enum Transport {
     Spdy,
     /// SPDY frames in WebSocket binary messages; the client's key.
     Tunnel(String),
+    /// kubelet's WebSocket port-forward (`v4.channel.k8s.io`, the ports in the query): a data
+    /// and an error channel per port; the client's key.
+    Channels(String),
 }
 
 fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
@@ -57,7 +62,7 @@ fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
 /// The transport of an upgrade request, or why it is refused (400).
 fn handshake(headers: &HeaderMap) -> Result<Transport, String> {
     let supported = format!(
-        "SPDY/3.1 with X-Stream-Protocol-Version {SPDY_PROTOCOL}, or a WebSocket with the subprotocol {TUNNEL_PROTOCOL}"
+        "SPDY/3.1 with X-Stream-Protocol-Version {SPDY_PROTOCOL}, or a WebSocket with the subprotocol {TUNNEL_PROTOCOL} or {CHANNEL_PROTOCOL}"
     );
     let upgrade = header_values(headers, "upgrade");
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
@@ -75,11 +80,12 @@ fn handshake(headers: &HeaderMap) -> Result<Transport, String> {
             .into_iter()
             .next()
             .ok_or("unable to upgrade connection: missing Sec-WebSocket-Key")?;
-        if header_values(headers, "sec-websocket-protocol")
-            .iter()
-            .any(|p| p == TUNNEL_PROTOCOL)
-        {
+        let offered = header_values(headers, "sec-websocket-protocol");
+        if offered.iter().any(|p| p == TUNNEL_PROTOCOL) {
             return Ok(Transport::Tunnel(key));
+        }
+        if offered.iter().any(|p| p == CHANNEL_PROTOCOL) {
+            return Ok(Transport::Channels(key));
         }
         return Err(format!(
             "unable to upgrade connection: none of the offered subprotocols is supported (supported: {supported})"
@@ -102,14 +108,18 @@ fn switching(t: &Transport) -> Response {
                 HeaderValue::from_static(SPDY_PROTOCOL),
             );
         }
-        Transport::Tunnel(key) => {
+        Transport::Tunnel(key) | Transport::Channels(key) => {
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             if let Ok(v) = HeaderValue::from_str(&ws::accept_key(key)) {
                 h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
             }
+            let protocol = match t {
+                Transport::Tunnel(_) => TUNNEL_PROTOCOL,
+                _ => CHANNEL_PROTOCOL,
+            };
             h.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_static(TUNNEL_PROTOCOL),
+                HeaderValue::from_static(protocol),
             );
         }
     }
@@ -120,11 +130,19 @@ fn switching(t: &Transport) -> Response {
 pub async fn portforward(
     State(streams): State<Streams>,
     UrlPath((namespace, pod)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
     req: Request,
 ) -> Response {
     let transport = match handshake(req.headers()) {
         Ok(t) => t,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let ports = match &transport {
+        Transport::Channels(_) => match query_ports(query.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        },
+        _ => Vec::new(),
     };
     let network = match streams.containers.pod_network(&namespace, &pod).await {
         Ok(n) => n,
@@ -147,6 +165,7 @@ pub async fn portforward(
                     () = session(near, network) => {}
                 }
             }
+            Transport::Channels(_) => channel_session(io, ports, network).await,
         }
     });
     resp
@@ -200,6 +219,154 @@ where
         let _ = ws_wr.shutdown().await;
     };
     tokio::join!(inbound, outbound);
+}
+
+/// The kubelet's `port` query parameters (repeated), for the channel protocol.
+fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| format!("invalid query string: {e}"))?;
+    let ports = pairs
+        .into_iter()
+        .filter(|(k, _)| k == "port")
+        .map(|(_, v)| match v.parse::<u16>() {
+            Ok(0) => Err(format!("port {v:?} must be > 0")),
+            Ok(p) => Ok(p),
+            Err(e) => Err(format!("unable to parse {v:?} as a port: {e}")),
+        })
+        .collect::<Result<Vec<u16>, String>>()?;
+    if ports.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    Ok(ports)
+}
+
+/// kubelet's WebSocket port-forward: for the i-th port, channel 2i carries data and 2i+1
+/// errors; each channel's first message from the server is the port (16 bits, little
+/// endian). A connection is made to every port at once; the session ends when the client
+/// leaves or every connection has ended.
+async fn channel_session<S>(io: S, ports: Vec<u16>, network: PodNetwork)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, mut wr) = tokio::io::split(io);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(32);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if wr.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.write_all(&ws::close_frame(1000, "")).await;
+        let _ = wr.shutdown().await;
+    });
+    let mut inputs = Vec::new();
+    let mut forwards = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data, error) = (channel_byte(2 * i), channel_byte(2 * i + 1));
+        for ch in [data, error] {
+            let _ = tx.send(channel_message(ch, &port.to_le_bytes())).await;
+        }
+        let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(32);
+        inputs.push(in_tx);
+        let (tx, network, port) = (tx.clone(), network.clone(), *port);
+        forwards.push(async move {
+            match connect(&network, port).await {
+                Ok(conn) => channel_copy(conn, in_rx, &tx, data).await,
+                Err(e) => {
+                    let msg = format!(
+                        "error forwarding port {port} to pod {}, uid : {e}",
+                        network.uid
+                    );
+                    let _ = tx.send(channel_message(error, msg.as_bytes())).await;
+                }
+            }
+        });
+    }
+    let input = channel_input(rd, inputs, tx.clone());
+    drop(tx);
+    let all = futures::future::join_all(forwards);
+    tokio::select! {
+        () = input => {}
+        _ = all => {}
+    }
+    // Dropping the senders above lets the writer finish with a close frame.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+/// Channel numbers past 255 cannot be addressed; such ports get none (a client asking for
+/// over 127 ports at once is not served them).
+fn channel_byte(n: usize) -> u8 {
+    u8::try_from(n).unwrap_or(u8::MAX)
+}
+
+fn channel_message(channel: u8, data: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(data.len() + 1);
+    payload.push(channel);
+    payload.extend_from_slice(data);
+    ws::encode(ws::OP_BINARY, &payload)
+}
+
+/// The client's messages, each to its port's connection by the data channel it names.
+async fn channel_input<R: AsyncRead + Unpin>(
+    rd: R,
+    inputs: Vec<mpsc::Sender<Vec<u8>>>,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
+    let mut reader = ws::Reader::new(rd);
+    loop {
+        match reader.next().await {
+            Ok(Message::Binary(b)) => {
+                let Some((&ch, data)) = b.split_first() else {
+                    continue;
+                };
+                let port = usize::from(ch) / 2;
+                if ch % 2 == 0
+                    && let Some(input) = inputs.get(port)
+                {
+                    let _ = input.send(data.to_vec()).await;
+                }
+            }
+            Ok(Message::Ping(p)) => {
+                let _ = tx.send(ws::encode(ws::OP_PONG, &p)).await;
+            }
+            Ok(Message::Text(_)) => {}
+            Ok(Message::Close) | Err(_) => return,
+        }
+    }
+}
+
+async fn channel_copy(
+    conn: TcpStream,
+    mut input: mpsc::Receiver<Vec<u8>>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    channel: u8,
+) {
+    let (mut rd, mut wr) = conn.into_split();
+    let to_pod = async {
+        while let Some(chunk) = input.recv().await {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let from_pod = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send(channel_message(channel, &buf[..n])).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = to_pod => {}
+        () = from_pod => {}
+    }
 }
 
 /// One port-forward session: streams paired by request id, each pair forwarded.
@@ -483,13 +650,27 @@ mod tests {
             resp.headers()[header::SEC_WEBSOCKET_ACCEPT],
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        let other = handshake(&headers(&[
+        let channels = handshake(&headers(&[
             ("Upgrade", "websocket"),
             ("Sec-WebSocket-Key", "k"),
             ("Sec-WebSocket-Protocol", "v4.channel.k8s.io"),
         ]))
+        .unwrap();
+        assert_eq!(channels, Transport::Channels("k".into()));
+        assert_eq!(
+            switching(&channels).headers()[header::SEC_WEBSOCKET_PROTOCOL],
+            "v4.channel.k8s.io"
+        );
+        let other = handshake(&headers(&[
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Key", "k"),
+            ("Sec-WebSocket-Protocol", "v5.channel.k8s.io"),
+        ]))
         .unwrap_err();
-        assert!(other.contains(TUNNEL_PROTOCOL), "{other}");
+        assert!(
+            other.contains(TUNNEL_PROTOCOL) && other.contains(CHANNEL_PROTOCOL),
+            "{other}"
+        );
         let version = handshake(&headers(&[
             ("Upgrade", "SPDY/3.1"),
             ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
@@ -666,6 +847,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The server's next WebSocket message (unmasked, short): its payload.
+    async fn server_message<R: AsyncRead + Unpin>(rd: &mut R) -> Vec<u8> {
+        let mut head = [0u8; 2];
+        rd.read_exact(&mut head).await.unwrap();
+        let len = match head[1] {
+            126 => usize::from(rd.read_u16().await.unwrap()),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        rd.read_exact(&mut payload).await.unwrap();
+        payload
+    }
+
+    #[tokio::test]
+    async fn the_channel_protocol_announces_ports_and_carries_data_and_errors() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap().port();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = vec![0u8; 5];
+            s.read_exact(&mut req).await.unwrap();
+            s.write_all(b"echo:").await.unwrap();
+            s.write_all(&req).await.unwrap();
+        });
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let network = PodNetwork {
+            uid: "u-2".into(),
+            netns: None,
+        };
+        let session = tokio::spawn(channel_session(server, vec![open, closed], network));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut announced = Vec::new();
+        for _ in 0..4 {
+            announced.push(server_message(&mut rd).await);
+        }
+        let le = |p: u16| p.to_le_bytes();
+        assert_eq!(
+            announced,
+            [
+                [&[0u8][..], &le(open)].concat(),
+                [&[1u8][..], &le(open)].concat(),
+                [&[2u8][..], &le(closed)].concat(),
+                [&[3u8][..], &le(closed)].concat(),
+            ]
+        );
+        let mut hello = vec![0u8];
+        hello.extend_from_slice(b"hello");
+        wr.write_all(&masked(&hello)).await.unwrap();
+        let mut data = Vec::new();
+        let mut error = String::new();
+        while !(data.ends_with(b"echo:hello") && error.contains("connection refused")) {
+            let m = server_message(&mut rd).await;
+            match m.split_first() {
+                Some((0, rest)) => data.extend_from_slice(rest),
+                Some((3, rest)) => error.push_str(&String::from_utf8_lossy(rest)),
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+        assert!(
+            error.starts_with(&format!(
+                "error forwarding port {closed} to pod u-2, uid : "
+            )),
+            "{error}"
+        );
+        // Both forwards are over: the session closes the WebSocket.
+        assert_eq!(server_message(&mut rd).await, [0x03, 0xe8]);
+        session.await.unwrap();
+    }
+
+    #[test]
+    fn ports_from_the_query() {
+        assert_eq!(query_ports(Some("port=80&port=8080")), Ok(vec![80, 8080]));
+        assert!(query_ports(None).unwrap_err().contains("is required"));
+        assert!(
+            query_ports(Some("port=0"))
+                .unwrap_err()
+                .contains("must be > 0")
+        );
+        assert!(
+            query_ports(Some("port=x"))
+                .unwrap_err()
+                .contains("unable to parse")
+        );
     }
 
     /// A client's WebSocket binary message carrying `payload`.

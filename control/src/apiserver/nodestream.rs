@@ -28,7 +28,11 @@ use super::status::{ApiError, ApiResult};
 pub const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
 
 /// The port-forward protocols the agent serves.
-pub const PORTFORWARD_PROTOCOLS: [&str; 2] = ["SPDY/3.1+portforward.k8s.io", "portforward.k8s.io"];
+pub const PORTFORWARD_PROTOCOLS: [&str; 3] = [
+    "SPDY/3.1+portforward.k8s.io",
+    "portforward.k8s.io",
+    "v4.channel.k8s.io",
+];
 
 /// The header naming SPDY stream protocols.
 const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
@@ -159,11 +163,31 @@ async fn portforward(
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     let mut path = format!("/portforward/{ns}/{name}");
-    if let Some(q) = parts.uri.query() {
-        path = format!("{path}?{q}");
+    let query = kubelet_ports(parts.uri.query())?;
+    if !query.is_empty() {
+        path = format!("{path}?{query}");
     }
     tracing::debug!(pod = %format!("{ns}/{name}"), "port-forward to the node agent");
     upgrade_through(nodes, (&host, port), &path, "pods/portforward", name, parts).await
+}
+
+/// kube's `PortForwardOptions` (`ports`, repeated) as the kubelet's query (`port`, repeated),
+/// which the WebSocket channel protocol reads; SPDY clients name their ports in streams.
+fn kubelet_ports(raw: Option<&str>) -> ApiResult<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+    let mut ports = Vec::new();
+    for (_, v) in pairs.into_iter().filter(|(k, _)| k == "ports") {
+        match v.parse::<u16>() {
+            Ok(p) if p > 0 => ports.push(("port", p.to_string())),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "ports: Invalid value: {v:?}: must be between 1 and 65535, inclusive"
+                )));
+            }
+        }
+    }
+    Ok(serde_urlencoded::to_string(&ports).unwrap_or_default())
 }
 
 /// Send the client's upgrade to the agent at `path`; on its 101, splice the connections.
@@ -202,7 +226,7 @@ fn refusal(headers: &HeaderMap) -> ApiError {
         ApiError::bad_request(format!(
             "SPDY/3.1 is not supported by this server for attach: use a client that speaks WebSocket with one of the subprotocols {} (kubectl 1.30 or newer); exec is also served over SPDY/3.1 (v4.channel.k8s.io), port-forward over {}",
             PROTOCOLS.join(", "),
-            PORTFORWARD_PROTOCOLS.join(" and ")
+            PORTFORWARD_PROTOCOLS.join(", ")
         ))
     } else {
         ApiError::bad_request("Upgrade request required")
@@ -329,6 +353,17 @@ mod tests {
                 .code,
             400
         );
+    }
+
+    #[test]
+    fn port_forward_ports_to_the_kubelet_query() {
+        assert_eq!(
+            kubelet_ports(Some("ports=8080&ports=9090")).unwrap(),
+            "port=8080&port=9090"
+        );
+        assert_eq!(kubelet_ports(None).unwrap(), "");
+        assert_eq!(kubelet_ports(Some("ports=0")).unwrap_err().code, 400);
+        assert_eq!(kubelet_ports(Some("ports=http")).unwrap_err().code, 400);
     }
 
     #[test]
