@@ -1,4 +1,4 @@
-//! `kubectl exec` and `attach` for the pods of this node: the running process of a pod's
+//! `kubectl exec`, `attach` and `port-forward` for the pods of this node: the running process of a pod's
 //! container, found as the log server finds its log files.
 
 use std::sync::Arc;
@@ -7,7 +7,9 @@ use async_trait::async_trait;
 
 use crate::logs::instances;
 use crate::pods::Agent;
+use crate::pods::sandbox::host_network;
 use crate::runtime::{InstanceStatus, instance_status};
+use crate::server::streaming::PodNetwork;
 use crate::server::{ContainerProcesses, LogLookupError};
 
 pub struct PodProcesses(pub Arc<Agent>);
@@ -38,5 +40,14 @@ impl ContainerProcesses for PodProcesses {
 
     fn agent_exe(&self) -> std::path::PathBuf {
         self.0.runtime.exe.clone()
+    }
+
+    async fn pod_network(&self, namespace: &str, pod: &str) -> Result<PodNetwork, LogLookupError> {
+        let agent = &self.0;
+        let p = agent.running_pod(namespace, pod)?;
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        // A host-network pod's ports are the node's.
+        let netns = (!host_network(&p)).then(|| agent.runtime.netns_path(&uid));
+        Ok(PodNetwork { uid, netns })
     }
 }

@@ -1,6 +1,7 @@
 //! The agent's HTTPS server, the kubelet's port 10250: what the apiserver calls for
 //! `kubectl logs` (`GET /containerLogs/{namespace}/{pod}/{container}`), `kubectl exec` and
-//! `attach` (`/exec/…`, `/attach/…`, WebSocket: [`streaming`]), and `/healthz`.
+//! `attach` (`/exec/…`, `/attach/…`, WebSocket: [`streaming`]), `kubectl port-forward`
+//! (`/portforward/…`, SPDY/3.1 plain or in a WebSocket: [`portforward`]), and `/healthz`.
 //!
 //! Serving certificate: self-signed, like a kubelet's without `--tls-cert-file` (the agent has
 //! no CA key to get one signed), created once in `cert_dir` (`kubelet.crt`, `kubelet.key`) and
@@ -18,6 +19,9 @@
 
 pub mod auth;
 pub mod exec;
+pub mod exec_spdy;
+pub mod portforward;
+pub mod spdy;
 pub mod streaming;
 pub mod ws;
 
@@ -150,6 +154,10 @@ pub fn router(streams: Streams, access: Access) -> Router {
         .route(
             "/attach/{namespace}/{pod}/{container}",
             get(streaming::attach).post(streaming::attach),
+        )
+        .route(
+            "/portforward/{namespace}/{pod}",
+            get(portforward::portforward).post(portforward::portforward),
         )
         .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found".into()) })
         .with_state(streams)
@@ -442,6 +450,16 @@ mod tests {
 
         fn agent_exe(&self) -> std::path::PathBuf {
             "/nonexistent".into()
+        }
+
+        async fn pod_network(
+            &self,
+            namespace: &str,
+            pod: &str,
+        ) -> Result<streaming::PodNetwork, LogLookupError> {
+            Err(LogLookupError::PodNotFound(format!(
+                "pod \"{namespace}/{pod}\" does not exist"
+            )))
         }
     }
 

@@ -112,7 +112,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     resource!("", "v1", core::v1::Namespace, "Namespace", "namespaces", "namespace",
         namespaced: false, short: ["ns"], categories: [], sub: ["status", "finalize"]),
     resource!("", "v1", core::v1::Pod, "Pod", "pods", "pod",
-        namespaced: true, short: ["po"], categories: ["all"], sub: ["status", "binding", "eviction", "log", "exec", "attach"]),
+        namespaced: true, short: ["po"], categories: ["all"], sub: ["status", "binding", "eviction", "log", "exec", "attach", "portforward"]),
     resource!("", "v1", core::v1::Service, "Service", "services", "service",
         namespaced: true, short: ["svc"], categories: ["all"], sub: ["status"]),
     resource!("", "v1", core::v1::Endpoints, "Endpoints", "endpoints", "endpoints",

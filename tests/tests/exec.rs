@@ -1,8 +1,9 @@
 //! `kubectl exec`, `kubectl cp` and `kubectl attach` through the API server to the node agent, over the
 //! WebSocket channel protocol the newest kubectl speaks: output, exit codes, the pod's
 //! environment, stdin, a terminal (kubectl on a pseudo-terminal the test opens), files copied
-//! both ways byte for byte, kubectl 1.20's SPDY refused with a message naming the protocols
-//! served, and kube's 403 for a user who may not exec.
+//! both ways byte for byte, kubectl 1.20's exec over SPDY/3.1 (with a terminal too; its
+//! attach refused with a message naming the protocols served), and kube's 403 for a user who
+//! may not exec.
 
 #![allow(
     clippy::too_many_lines,
@@ -64,6 +65,12 @@ fn kubectl_piped(c: &Cluster, args: &[&str], stdin: &[u8]) -> Result<(i32, Vec<u
 /// kubectl `args` on a pseudo-terminal of 100x30 the test holds, typing `input`: (exit code,
 /// everything the terminal showed).
 fn kubectl_on_terminal(c: &Cluster, args: &[&str], input: &[u8]) -> Result<(i32, String)> {
+    on_terminal(c.kubectl_command()?, args, input)
+}
+
+/// `kubectl` (a command against the cluster) with `args` on a pseudo-terminal, as
+/// [`kubectl_on_terminal`].
+fn on_terminal(mut kubectl: Command, args: &[&str], input: &[u8]) -> Result<(i32, String)> {
     let size = nix::pty::Winsize {
         ws_row: 30,
         ws_col: 100,
@@ -72,13 +79,15 @@ fn kubectl_on_terminal(c: &Cluster, args: &[&str], input: &[u8]) -> Result<(i32,
     };
     let pty = nix::pty::openpty(Some(&size), None)?;
     let slave = |fd: &OwnedFd| -> Result<Stdio> { Ok(Stdio::from(fd.try_clone()?)) };
-    let mut child = c
-        .kubectl_command()?
+    let mut child = kubectl
         .args(args)
         .stdin(slave(&pty.slave)?)
         .stdout(slave(&pty.slave)?)
         .stderr(slave(&pty.slave)?)
         .spawn()?;
+    // The command keeps its copies of the slave: only kubectl may hold the terminal, so that
+    // reading the master ends when it is gone.
+    drop(kubectl);
     drop(pty.slave);
     let mut master = std::fs::File::from(pty.master);
     let mut reader = master.try_clone()?;
@@ -201,6 +210,21 @@ spec:
     // A command runs in the container's root and network, not the host's.
     let hostname = c.kubectl(&["exec", "-n", NS, "shell", "--", "hostname"])?;
     assert_eq!(hostname.trim(), "shell");
+    // SIGPIPE is at its default, as in any container: `yes` ends when `head` has read enough
+    // (`timeout` turns a hang into exit 124).
+    let piped = c.kubectl(&[
+        "exec",
+        "-n",
+        NS,
+        "shell",
+        "--",
+        "timeout",
+        "20",
+        "sh",
+        "-c",
+        "yes | head -c 6",
+    ])?;
+    assert_eq!(piped, "y\ny\ny\n");
 
     // stdin, to its end: a megabyte comes through whole.
     let data = payload(1 << 20);
@@ -325,13 +349,63 @@ spec:
     assert!(ticks[0] > 2, "{seen}");
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{seen}");
 
-    // Debian's kubectl 1.20 speaks SPDY/3.1 only: refused, naming what is served.
-    let old = skiff_tests::Kubectl::debian_120()?
-        .command_with(c.kubeconfig(), c.dir())
-        .args(["exec", "-n", NS, "shell", "--", "echo", "hi"])
-        .output()?;
-    let err = String::from_utf8_lossy(&old.stderr).into_owned();
-    assert!(!old.status.success(), "{err}");
+    // Debian's kubectl 1.20 speaks SPDY/3.1 only: exec works over it (output, stdin, the
+    // exit code); attach is refused, naming what is served.
+    let old = skiff_tests::Kubectl::debian_120()?;
+    let run_old = |args: &[&str], stdin: &[u8]| -> Result<(i32, String, String)> {
+        let mut child = old
+            .command_with(c.kubeconfig(), c.dir())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut input = child.stdin.take().context("stdin")?;
+        let data = stdin.to_vec();
+        let feeder = std::thread::spawn(move || input.write_all(&data));
+        let out = child.wait_with_output()?;
+        let _ = feeder.join();
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, out, err) = run_old(
+        &[
+            "exec",
+            "-n",
+            NS,
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        b"",
+    )?;
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "out\n", "err\ncommand terminated with exit code 3\n")
+    );
+    let (code, out, err) = run_old(
+        &["exec", "-i", "-n", NS, "shell", "--", "wc", "-c"],
+        &[7u8; 5000],
+    )?;
+    assert_eq!((code, out.trim()), (0, "5000"), "{err}");
+    // With a terminal: its size comes on the resize stream.
+    let (code, shown) = on_terminal(
+        old.command_with(c.kubeconfig(), c.dir()),
+        &["exec", "-it", "-n", NS, "shell", "--", "sh"],
+        b"echo term=$(test -t 0 && echo yes); stty size; echo sum=$((6*7)); exit 5\n",
+    )?;
+    assert_eq!(code, 5, "{shown}");
+    assert!(
+        shown.contains("term=yes") && shown.contains("30 100") && shown.contains("sum=42"),
+        "{shown}"
+    );
+    let (code, _, err) = run_old(&["attach", "-n", NS, "shell"], b"")?;
+    assert_ne!(code, 0, "{err}");
     assert!(
         err.contains("SPDY/3.1 is not supported")
             && err.contains("v5.channel.k8s.io, v4.channel.k8s.io"),

@@ -260,6 +260,15 @@ fn mount_system(root: &Path) -> Result<(), InitError> {
 }
 
 fn exec(spec: &ContainerSpec, argv: &[String]) -> InitError {
+    // Rust's runtime ignores SIGPIPE in this process, and an ignored signal stays ignored
+    // across execve: without this a container's `yes | head` would never end.
+    // SAFETY: SIG_DFL installs no handler code; this process is single-threaded here.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let path_var = spec
         .env
         .iter()

@@ -215,21 +215,21 @@ async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<V
 }
 
 /// The session's end of a command's stdin, and of one of its outputs.
-type Input = Box<dyn AsyncWrite + Send + Unpin>;
-type Output = Box<dyn AsyncRead + Send + Unpin>;
+pub(super) type Input = Box<dyn AsyncWrite + Send + Unpin>;
+pub(super) type Output = Box<dyn AsyncRead + Send + Unpin>;
 
 /// A running command and the ends of its stdio the session holds.
-struct Process {
-    child: tokio::process::Child,
-    command: Vec<String>,
-    stdin: Option<Input>,
-    outputs: Vec<(u8, Output)>,
+pub(super) struct Process {
+    pub(super) child: tokio::process::Child,
+    pub(super) command: Vec<String>,
+    pub(super) stdin: Option<Input>,
+    pub(super) outputs: Vec<(u8, Output)>,
     /// The pseudo-terminal's master, for resizes.
-    tty: Option<OwnedFd>,
+    pub(super) tty: Option<OwnedFd>,
 }
 
 impl Process {
-    fn spawn(opts: &ExecOptions, target: &Target) -> Result<Process, String> {
+    pub(super) fn spawn(opts: &ExecOptions, target: &Target) -> Result<Process, String> {
         let mut cmd = tokio::process::Command::new(&target.agent_exe);
         cmd.arg("exec-in").arg("--pid").arg(target.pid.to_string());
         if opts.tty {
@@ -365,7 +365,7 @@ impl Process {
 }
 
 /// The code a shell would report: the exit code, or 128 + the signal that ended it.
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status
         .code()
@@ -390,7 +390,7 @@ async fn pump(channel: u8, mut out: Output, tx: mpsc::Sender<Vec<u8>>) {
 }
 
 /// Set the terminal's size, which the kernel signals to its foreground process group.
-fn resize(master: &OwnedFd, width: u16, height: u16) {
+pub(super) fn resize(master: &OwnedFd, width: u16, height: u16) {
     let size = nix::libc::winsize {
         ws_row: height,
         ws_col: width,

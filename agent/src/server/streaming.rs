@@ -1,8 +1,9 @@
 //! The kubelet's streaming endpoints, `/exec/{ns}/{pod}/{container}` and
 //! `/attach/{ns}/{pod}/{container}`: the WebSocket handshake (a channel protocol from the
 //! client's `Sec-WebSocket-Protocol`), then a [`exec::session`] or an attach session on the
-//! upgraded connection. A client asking for SPDY/3.1 is refused with a message naming the
-//! protocols served.
+//! upgraded connection. An exec may also come as SPDY/3.1 (`v4.channel.k8s.io`, kubectl 1.29
+//! and older: [`exec_spdy`]); an attach asking for SPDY/3.1 is refused with a message naming
+//! the protocols served.
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::exec::{self, ExecOptions, Protocol, Target};
+use super::exec_spdy;
 use super::ws::{self, Message};
 use super::{ContainerLogSource, LogLookupError, text};
 use crate::logs::{ByteStream, LogOptions};
@@ -31,6 +33,16 @@ pub trait ContainerProcesses: Send + Sync + 'static {
 
     /// The agent binary, which runs commands in containers (`exec-in`).
     fn agent_exe(&self) -> std::path::PathBuf;
+
+    /// Where the ports of the running pod `namespace/pod` are (port-forward).
+    async fn pod_network(&self, namespace: &str, pod: &str) -> Result<PodNetwork, LogLookupError>;
+}
+
+/// Where a pod's ports are: its uid and its network namespace (none for host network).
+#[derive(Clone, Debug)]
+pub struct PodNetwork {
+    pub uid: String,
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// What the streaming handlers need.
@@ -112,6 +124,9 @@ pub async fn exec(
     if opts.command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "no command specified".into());
     }
+    if is_spdy(req.headers()) {
+        return exec_spdy(streams, (namespace, pod, container), opts, req).await;
+    }
     let h = match handshake(req.headers()) {
         Ok(h) => h,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
@@ -138,6 +153,65 @@ pub async fn exec(
         }
     });
     switching(&h)
+}
+
+fn is_spdy(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.trim().eq_ignore_ascii_case("SPDY/3.1"))
+}
+
+/// An exec over SPDY/3.1 ([`exec_spdy`]): the stream protocol negotiated, the container
+/// found, then the session on the upgraded connection.
+async fn exec_spdy(
+    streams: Streams,
+    (namespace, pod, container): (String, String, String),
+    opts: ExecOptions,
+    req: Request,
+) -> Response {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    let protocol = match exec_spdy::negotiate(&offered) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::FORBIDDEN, e),
+    };
+    let pid = match streams
+        .containers
+        .container_pid(&namespace, &pod, &container)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => return lookup_error(e),
+    };
+    let target = Target {
+        agent_exe: streams.containers.agent_exe(),
+        pid,
+    };
+    tracing::info!(%namespace, %pod, %container, command = ?opts.command, tty = opts.tty, "exec (spdy)");
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => exec_spdy::session(TokioIo::new(upgraded), opts, target).await,
+            Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+        }
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(
+        "x-stream-protocol-version",
+        HeaderValue::from_static(protocol),
+    );
+    resp
 }
 
 /// `GET|POST /attach/{namespace}/{pod}/{container}`: the container's output from now on,

@@ -133,6 +133,7 @@ fn subresources(r: &ResourceInfo) -> Vec<Sub> {
                     "log" => (None, None, "Pod", &["get"]),
                     "exec" => (None, None, "PodExecOptions", &["create", "get"]),
                     "attach" => (None, None, "PodAttachOptions", &["create", "get"]),
+                    "portforward" => (None, None, "PodPortForwardOptions", &["create", "get"]),
                     "finalize" => (None, None, r.kind, &["update"]),
                     "token" => (
                         Some("authentication.k8s.io"),
@@ -533,7 +534,15 @@ mod tests {
             .collect();
         assert_eq!(
             subs,
-            ["status", "binding", "eviction", "log", "exec", "attach"]
+            [
+                "status",
+                "binding",
+                "eviction",
+                "log",
+                "exec",
+                "attach",
+                "portforward"
+            ]
         );
         let binding = &pods["subresources"][1];
         assert_eq!(binding["responseKind"]["kind"], "Binding");

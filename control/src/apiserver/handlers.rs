@@ -121,7 +121,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `pods/exec` and `pods/attach`, which are streamed to the pod's node (GET for WebSocket,
+/// `pods/exec`, `pods/attach` and `pods/portforward`, which are streamed to the pod's node (GET for WebSocket,
 /// POST for SPDY).
 fn is_pod_stream(r: &ResourceRequest, method: &Method) -> bool {
     r.info.group.is_empty()

@@ -1,14 +1,17 @@
-//! `pods/exec` and `pods/attach`: kube-apiserver's connect subresources, forwarded to the
-//! agent of the pod's node as a WebSocket upgrade. The apiserver checks the request (the pod,
-//! its node, the container), dials the agent with its kubelet client certificate
+//! `pods/exec`, `pods/attach` and `pods/portforward`: kube-apiserver's connect subresources,
+//! forwarded to the agent of the pod's node as an upgrade. The apiserver checks the request
+//! (the pod, its node, the container), dials the agent with its kubelet client certificate
 //! ([`super::nodeproxy::NodeClient`]) and sends the client's handshake on; when the agent
 //! switches protocols, the client gets the agent's 101 and the two upgraded connections are
-//! spliced, byte for byte: the channel protocol (`v5.channel.k8s.io`, `v4.channel.k8s.io`) is
-//! spoken end to end, as kube-apiserver's upgrade-aware proxy does.
+//! spliced, byte for byte: the stream protocol is spoken end to end, as kube-apiserver's
+//! upgrade-aware proxy does.
 //!
-//! SPDY/3.1 (kubectl 1.29 and older) is not spoken: such a request is refused with a 400
-//! naming the protocols served, after the same checks, so a wrong container name still reads
-//! as such.
+//! exec and attach are served over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), exec
+//! also over SPDY/3.1 (`v4.channel.k8s.io`, kubectl 1.29 and older); port-forward over SPDY/3.1
+//! (`portforward.k8s.io`, kubectl 1.30 and older) and SPDY tunnelled in a WebSocket
+//! (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31 and newer). A SPDY attach is refused with a
+//! 400 naming the protocols served, after the same checks, so a wrong container name still
+//! reads as such.
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -22,18 +25,33 @@ use super::request::{Query, ResourceRequest};
 use super::status::{ApiError, ApiResult};
 
 /// The connect subresources of pods that are streamed to the node.
-pub const SUBRESOURCES: [&str; 2] = ["exec", "attach"];
+pub const SUBRESOURCES: [&str; 3] = ["exec", "attach", "portforward"];
+
+/// The port-forward protocols the agent serves.
+pub const PORTFORWARD_PROTOCOLS: [&str; 3] = [
+    "SPDY/3.1+portforward.k8s.io",
+    "portforward.k8s.io",
+    "v4.channel.k8s.io",
+];
+
+/// The header naming SPDY stream protocols.
+const STREAM_PROTOCOL: &str = "x-stream-protocol-version";
 
 /// The WebSocket subprotocols the agent serves, preferred first.
 pub const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
 /// Whether a request asks to upgrade to a WebSocket.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
+    upgrades_to(headers, "websocket")
+}
+
+fn upgrades_to(headers: &HeaderMap, protocol: &str) -> bool {
     headers
         .get_all(header::UPGRADE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(protocol))
 }
 
 /// kube's `PodExecOptions` / `PodAttachOptions`, from the query.
@@ -97,6 +115,9 @@ pub async fn connect(
     let sub = r.subresource.as_deref().unwrap_or_default();
     let name = r.name.as_deref().unwrap_or_default();
     let ns = r.namespace.as_deref().unwrap_or_default();
+    if sub == "portforward" {
+        return portforward(registry, nodes, r, parts).await;
+    }
     let opts = StreamOptions::from_query(parts.uri.query())?;
     if sub == "exec" && opts.command.is_empty() {
         return Err(ApiError::bad_request("you must specify a command"));
@@ -109,24 +130,87 @@ pub async fn connect(
     let pod = registry.get(r.info, Some(ns), name).await?;
     let container = pick_container(&pod, name, opts.container.as_deref())?;
     let (host, port) = pod_node(registry, &pod, name).await?;
-    if !is_websocket(&parts.headers) {
+    let spdy_exec = sub == "exec" && upgrades_to(&parts.headers, "SPDY/3.1");
+    if !is_websocket(&parts.headers) && !spdy_exec {
         return Err(refusal(&parts.headers));
     }
     let path = format!("/{sub}/{ns}/{name}/{container}?{}", opts.agent_query());
+    tracing::debug!(pod = %format!("{ns}/{name}"), %container, %sub, "streaming to the node agent");
+    upgrade_through(
+        nodes,
+        (&host, port),
+        &path,
+        &format!("pods/{sub}"),
+        name,
+        parts,
+    )
+    .await
+}
+
+/// `pods/portforward`: the ports are named by the client's streams (SPDY) or query
+/// (WebSocket), so only the pod and its node are checked here.
+async fn portforward(
+    registry: &Registry,
+    nodes: &NodeClient,
+    r: &ResourceRequest,
+    parts: &mut Parts,
+) -> ApiResult<Response> {
+    let name = r.name.as_deref().unwrap_or_default();
+    let ns = r.namespace.as_deref().unwrap_or_default();
+    let pod = registry.get(r.info, Some(ns), name).await?;
+    let (host, port) = pod_node(registry, &pod, name).await?;
+    if !is_websocket(&parts.headers) && !upgrades_to(&parts.headers, "SPDY/3.1") {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    let mut path = format!("/portforward/{ns}/{name}");
+    let query = kubelet_ports(parts.uri.query())?;
+    if !query.is_empty() {
+        path = format!("{path}?{query}");
+    }
+    tracing::debug!(pod = %format!("{ns}/{name}"), "port-forward to the node agent");
+    upgrade_through(nodes, (&host, port), &path, "pods/portforward", name, parts).await
+}
+
+/// kube's `PortForwardOptions` (`ports`, repeated) as the kubelet's query (`port`, repeated),
+/// which the WebSocket channel protocol reads; SPDY clients name their ports in streams.
+fn kubelet_ports(raw: Option<&str>) -> ApiResult<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+    let mut ports = Vec::new();
+    for (_, v) in pairs.into_iter().filter(|(k, _)| k == "ports") {
+        match v.parse::<u16>() {
+            Ok(p) if p > 0 => ports.push(("port", p.to_string())),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "ports: Invalid value: {v:?}: must be between 1 and 65535, inclusive"
+                )));
+            }
+        }
+    }
+    Ok(serde_urlencoded::to_string(&ports).unwrap_or_default())
+}
+
+/// Send the client's upgrade to the agent at `path`; on its 101, splice the connections.
+async fn upgrade_through(
+    nodes: &NodeClient,
+    (host, port): (&str, u16),
+    path: &str,
+    kind: &str,
+    name: &str,
+    parts: &mut Parts,
+) -> ApiResult<Response> {
     let client_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or_else(|| ApiError::internal("the connection cannot be upgraded"))?;
-    let kind = format!("pods/{sub}");
-    let (resp, agent_upgrade) = forward(nodes, &host, port, &path, &parts.headers)
+    let (resp, agent_upgrade) = forward(nodes, host, port, path, &parts.headers)
         .await
         .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
     let Some(agent_upgrade) = agent_upgrade else {
         let code = resp.status().as_u16();
         let body = read_body(resp.into_body()).await;
-        return Err(agent_error_for(&kind, code, &body, name));
+        return Err(agent_error_for(kind, code, &body, name));
     };
-    tracing::debug!(pod = %format!("{ns}/{name}"), %container, %sub, "streaming to the node agent");
     tokio::spawn(splice(client_upgrade, agent_upgrade));
     Ok(resp)
 }
@@ -140,8 +224,9 @@ fn refusal(headers: &HeaderMap) -> ApiError {
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("spdy"));
     if spdy {
         ApiError::bad_request(format!(
-            "SPDY/3.1 is not supported by this server: use a client that speaks WebSocket with one of the subprotocols {} (kubectl 1.30 or newer)",
-            PROTOCOLS.join(", ")
+            "SPDY/3.1 is not supported by this server for attach: use a client that speaks WebSocket with one of the subprotocols {} (kubectl 1.30 or newer); exec is also served over SPDY/3.1 (v4.channel.k8s.io), port-forward over {}",
+            PROTOCOLS.join(", "),
+            PORTFORWARD_PROTOCOLS.join(", ")
         ))
     } else {
         ApiError::bad_request("Upgrade request required")
@@ -171,12 +256,13 @@ async fn forward(
         .uri(path)
         .header(header::HOST, &authority)
         .header(header::USER_AGENT, "skiff-apiserver")
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "websocket");
+        .header(header::CONNECTION, "Upgrade");
     for name in [
+        header::UPGRADE,
         header::SEC_WEBSOCKET_KEY,
         header::SEC_WEBSOCKET_VERSION,
         header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderName::from_static(STREAM_PROTOCOL),
     ] {
         for v in client.get_all(&name) {
             req = req.header(name.clone(), v.clone());
@@ -197,6 +283,7 @@ async fn forward(
         header::CONNECTION,
         header::SEC_WEBSOCKET_ACCEPT,
         header::SEC_WEBSOCKET_PROTOCOL,
+        header::HeaderName::from_static(STREAM_PROTOCOL),
     ] {
         if let Some(v) = resp.headers().get(&name) {
             answer.headers_mut().insert(name, v.clone());
@@ -269,6 +356,17 @@ mod tests {
     }
 
     #[test]
+    fn port_forward_ports_to_the_kubelet_query() {
+        assert_eq!(
+            kubelet_ports(Some("ports=8080&ports=9090")).unwrap(),
+            "port=8080&port=9090"
+        );
+        assert_eq!(kubelet_ports(None).unwrap(), "");
+        assert_eq!(kubelet_ports(Some("ports=0")).unwrap_err().code, 400);
+        assert_eq!(kubelet_ports(Some("ports=http")).unwrap_err().code, 400);
+    }
+
+    #[test]
     fn refuses_spdy_naming_the_protocols() {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
@@ -276,7 +374,8 @@ mod tests {
         assert_eq!(e.code, 400);
         assert!(
             e.message.contains("SPDY/3.1 is not supported")
-                && e.message.contains("v5.channel.k8s.io, v4.channel.k8s.io"),
+                && e.message.contains("v5.channel.k8s.io, v4.channel.k8s.io")
+                && e.message.contains("SPDY/3.1+portforward.k8s.io"),
             "{}",
             e.message
         );
@@ -285,6 +384,7 @@ mod tests {
             "Upgrade request required"
         );
         assert!(!is_websocket(&h));
+        assert!(upgrades_to(&h, "spdy/3.1"));
         h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
         assert!(is_websocket(&h));
     }

@@ -1,0 +1,342 @@
+//! `kubectl port-forward` through the API server to the node agent: the newest kubectl (SPDY
+//! tunnelled in a WebSocket) and Debian's kubectl 1.20 (plain SPDY/3.1). kubectl runs in a
+//! node's network namespace and the test fetches through its local port from there: the
+//! pod's own answer, two connections at once (4 MiB each, byte for byte), kubectl's error for
+//! a port where nothing listens, and kube's 403 for a user who may not port-forward.
+
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test is one scenario, read top to bottom"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sched::CloneFlags;
+use skiff_tests::Kubectl;
+use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::wait_for;
+
+const NS: &str = "portforward-e2e";
+
+/// A running `kubectl port-forward` in a node's network namespace, with what it printed.
+struct Forward {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Forward {
+    fn start(c: &Cluster, node: &str, kubectl: &Kubectl, args: &[&str]) -> Result<Forward> {
+        Self::start_as(c, c.kubeconfig(), node, kubectl, args)
+    }
+
+    fn start_as(
+        c: &Cluster,
+        kubeconfig: &Path,
+        node: &str,
+        kubectl: &Kubectl,
+        args: &[&str],
+    ) -> Result<Forward> {
+        let path = kubectl.path.to_string_lossy().into_owned();
+        let cache = c.dir().join(format!("kubectl-cache-{}", kubectl.minor));
+        let cache = cache.to_string_lossy().into_owned();
+        let mut argv = vec![path.as_str(), "--cache-dir", cache.as_str()];
+        argv.extend_from_slice(&["port-forward", "-n", NS]);
+        argv.extend_from_slice(args);
+        let mut child = c
+            .command(node, &argv)?
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let collect = |r: Box<dyn Read + Send>| {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let sink = buf.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    if let Ok(mut b) = sink.lock() {
+                        b.push_str(&line);
+                        b.push('\n');
+                    }
+                }
+            });
+            buf
+        };
+        let stdout = collect(Box::new(child.stdout.take().context("stdout")?));
+        let stderr = collect(Box::new(child.stderr.take().context("stderr")?));
+        Ok(Forward {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn printed(&self) -> (String, String) {
+        let get = |b: &Arc<Mutex<String>>| b.lock().map(|s| s.clone()).unwrap_or_default();
+        (get(&self.stdout), get(&self.stderr))
+    }
+
+    /// Wait for kubectl's `Forwarding from 127.0.0.1:<local>` line.
+    fn wait_listening(&mut self, local: u16) -> Result<()> {
+        let want = format!("Forwarding from 127.0.0.1:{local}");
+        let start = Instant::now();
+        loop {
+            let (out, err) = self.printed();
+            if out.contains(&want) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("kubectl port-forward exited ({status}): {out}{err}");
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("kubectl port-forward did not listen: {out}{err}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kubeconfig with a client certificate of the cluster CA for `user`, no groups.
+fn user_kubeconfig(c: &Cluster, user: &str) -> Result<PathBuf> {
+    let out = c.dir().join(format!("{user}.kubeconfig"));
+    let issued = Command::new(skiff_tests::workspace_binary("skiff-control"))
+        .args(["kubeconfig", "--user", user, "--data-dir"])
+        .arg(c.dir().join("control"))
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    ensure!(
+        issued.status.success(),
+        "skiff-control kubeconfig --user {user}: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    Ok(out)
+}
+
+/// Run `f` on a thread of its own in the network namespace at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: PathBuf,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns)?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// An HTTP/1.0 GET on each of `conns` (already connected), sent before any answer is read:
+/// the bodies.
+fn get_all(conns: Vec<TcpStream>, path: &str) -> Result<Vec<String>> {
+    let mut conns = conns;
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    }
+    conns
+        .into_iter()
+        .map(|mut c| {
+            let mut all = String::new();
+            c.read_to_string(&mut all)?;
+            let body = all
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .with_context(|| format!("no HTTP answer: {all:?}"))?;
+            ensure!(all.starts_with("HTTP/1.") && all.contains(" 200 "), "{all}");
+            Ok(body)
+        })
+        .collect()
+}
+
+/// `path` on `n` connections to 127.0.0.1:`port` in `netns`, made together: the bodies.
+fn fetch_concurrently(
+    netns: PathBuf,
+    port: u16,
+    n: usize,
+    path: &'static str,
+) -> Result<Vec<String>> {
+    in_netns(netns, move || {
+        let conns = (0..n)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        get_all(conns, path)
+    })
+}
+
+#[test]
+fn kubectl_port_forward_through_the_api_server() -> Result<()> {
+    if skip_unless_root("kubectl_port_forward_through_the_api_server") {
+        return Ok(());
+    }
+    let c = Cluster::start(ClusterOptions {
+        nodes: 1,
+        ..Default::default()
+    })?;
+    let node = c.nodes().first().context("a node")?.clone();
+    let netns = c.node(&node).netns_path();
+    c.kubectl(&["create", "namespace", NS])?;
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "mkdir -p /www; echo served-by-$(hostname) > /www/index.html; head -c 4194304 /dev/zero | tr '\\0' x > /www/big; exec httpd -f -p 8080 -h /www"]
+"#
+    ))?;
+    wait_for("web Running", Duration::from_secs(90), || {
+        let phase = c.kubectl(&[
+            "get",
+            "pod",
+            "web",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        Ok((phase == "Running").then_some(()))
+    })?;
+    // httpd listens once the 4 MiB file is written.
+    wait_for("web serving", Duration::from_secs(60), || {
+        let probe = c
+            .kubectl_command()?
+            .args([
+                "exec",
+                "-n",
+                NS,
+                "web",
+                "--",
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+            ])
+            .arg("http://127.0.0.1:8080/big")
+            .output()?;
+        ensure!(
+            probe.status.success(),
+            "{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        Ok(Some(()))
+    })?;
+
+    let newest = Kubectl::newest()?;
+    let old = Kubectl::debian_120()?;
+    for (kubectl, local) in [(&newest, 18080u16), (&old, 18090)] {
+        let label = format!("kubectl 1.{}", kubectl.minor);
+        let mapping = format!("{local}:8080");
+        let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
+        fwd.wait_listening(local).with_context(|| label.clone())?;
+        // The pod's answer, once and then on two connections at once.
+        let one = fetch_concurrently(netns.clone(), local, 1, "/")
+            .with_context(|| format!("{label} /: {:?}", fwd.printed()))?;
+        assert_eq!(one, ["served-by-web\n"], "{label}");
+        let two = fetch_concurrently(netns.clone(), local, 2, "/")
+            .with_context(|| format!("{label} / twice: {:?}", fwd.printed()))?;
+        assert_eq!(two, ["served-by-web\n", "served-by-web\n"], "{label}");
+        // 4 MiB, on two connections at once: many frames, interleaved, byte for byte.
+        let big = fetch_concurrently(netns.clone(), local, 2, "/big")
+            .with_context(|| format!("{label} /big: {:?}", fwd.printed()))?;
+        let want = "x".repeat(4 << 20);
+        for body in &big {
+            assert!(
+                body.len() == want.len() && *body == want,
+                "{label}: {} bytes",
+                body.len()
+            );
+        }
+        drop(fwd);
+
+        // Nothing listens on 9999 in the pod: kubectl reports the kubelet's error.
+        let local = local + 1;
+        let mapping = format!("{local}:9999");
+        let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
+        fwd.wait_listening(local).with_context(|| label.clone())?;
+        let closed = in_netns(netns.clone(), move || {
+            let mut s = TcpStream::connect(("127.0.0.1", local))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            Ok(got)
+        })?;
+        assert!(closed.is_empty(), "{label}: {closed:?}");
+        let want = format!(
+            "an error occurred forwarding {local} -> 9999: error forwarding port 9999 to pod "
+        );
+        wait_for(
+            &format!("{label} reports the refused port"),
+            Duration::from_secs(20),
+            || {
+                let (_, err) = fwd.printed();
+                Ok((err.contains(&want) && err.contains("connection refused")).then_some(()))
+            },
+        )
+        .with_context(|| format!("{label}: {:?}", fwd.printed()))?;
+    }
+    // The newest kubectl used the WebSocket tunnel, not its SPDY fallback.
+    let log = c.agent_log(&node);
+    assert!(
+        log.contains("port-forward") && log.contains("Tunnel"),
+        "{log}"
+    );
+    assert!(log.contains("Spdy"), "{log}");
+
+    // A user who may read pods but not forward to them gets kube's 403, whichever protocol.
+    c.apply(&format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader, namespace: {NS}}}
+rules:
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: pod-reader, namespace: {NS}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: pf-viewer}}
+"#
+    ))?;
+    let kubeconfig = user_kubeconfig(&c, "pf-viewer")?;
+    for kubectl in [&newest, &old] {
+        let mut fwd =
+            Forward::start_as(&c, &kubeconfig, &node, kubectl, &["pod/web", "18100:8080"])?;
+        let status = wait_for("port-forward refused", Duration::from_secs(30), || {
+            Ok(fwd.child.try_wait()?)
+        })?;
+        let (out, err) = fwd.printed();
+        assert!(!status.success(), "{out}{err}");
+        assert!(
+            err.contains("pods \"web\" is forbidden: User \"pf-viewer\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"portforward-e2e\""),
+            "kubectl 1.{}: {err}",
+            kubectl.minor
+        );
+    }
+
+    c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
+    Ok(())
+}
