@@ -300,6 +300,9 @@ fn fixture(kind: &str) -> Option<Value> {
         // Binds the pod `p` (bindings are written last).
         "Binding" => json!({"metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n"}}),
         "Lease" => json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "h"}}),
+        "PodDisruptionBudget" => {
+            json!({"metadata": {"name": "pdb"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": app}}})
+        }
         // A review: answered, never stored.
         "SelfSubjectReview" => json!({"metadata": {"name": "ssr"}}),
         // Access reviews: their metadata must be empty (but for a local review's namespace).
