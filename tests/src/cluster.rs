@@ -561,6 +561,22 @@ impl Cluster {
         crate::result(&format!("kubectl {}", args.join(" ")), out)
     }
 
+    /// Wait until pod `ns/name` is Running.
+    pub fn wait_pod_running(&self, ns: &str, name: &str, timeout: Duration) -> Result<()> {
+        wait_for(&format!("{ns}/{name} Running"), timeout, || {
+            let phase = self.kubectl(&[
+                "get",
+                "pod",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.status.phase}",
+            ])?;
+            Ok((phase == "Running").then_some(()))
+        })
+    }
+
     /// Run the newest kubectl with `stdin` (e.g. `kubectl_stdin(&["apply", "-f", "-"], yaml)`).
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
         let out = crate::output_with_stdin(self.kubectl_command()?.args(args), stdin)?;

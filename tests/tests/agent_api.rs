@@ -97,18 +97,7 @@ spec:
     // Through the API server: its kubelet client is authorized by the agent, by the default
     // binding to system:kubelet-api-admin. Without that binding the agent refuses it, and
     // kubectl shows kube's message for it.
-    wait_for("talker Running", Duration::from_secs(90), || {
-        let phase = c.kubectl(&[
-            "get",
-            "pod",
-            "talker",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])?;
-        Ok((phase == "Running").then_some(()))
-    })?;
+    c.wait_pod_running(NS, "talker", Duration::from_secs(90))?;
     let binding = "system:kube-apiserver-kubelet-client";
     c.kubectl(&[
         "patch",

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
-use skiff_tests::wait_for;
 
 const NS: &str = "exec-e2e";
 
@@ -164,18 +163,7 @@ spec:
     command: ["sleep", "3600"]
 "#
     ))?;
-    wait_for("shell Running", Duration::from_secs(90), || {
-        let phase = c.kubectl(&[
-            "get",
-            "pod",
-            "shell",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])?;
-        Ok((phase == "Running").then_some(()))
-    })?;
+    c.wait_pod_running(NS, "shell", Duration::from_secs(90))?;
 
     // Output, and the exit code as kubectl's own.
     assert_eq!(
@@ -313,18 +301,7 @@ spec:
     command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.5; done"]
 "#
     ))?;
-    wait_for("ticker Running", Duration::from_secs(90), || {
-        let phase = c.kubectl(&[
-            "get",
-            "pod",
-            "ticker",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])?;
-        Ok((phase == "Running").then_some(()))
-    })?;
+    c.wait_pod_running(NS, "ticker", Duration::from_secs(90))?;
     std::thread::sleep(Duration::from_secs(2));
     let mut attach = c
         .kubectl_command()?

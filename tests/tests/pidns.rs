@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Result;
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
 use skiff_tests::test_image::IMAGE;
-use skiff_tests::wait_for;
 
 const NS: &str = "pidns-test";
 
@@ -26,21 +25,6 @@ spec:
   - {{name: b, image: {IMAGE}, command: ["sleep", "3602"]}}
 "#
     )
-}
-
-fn wait_running(c: &Cluster, pod: &str) -> Result<()> {
-    wait_for(&format!("{pod} Running"), Duration::from_secs(90), || {
-        let phase = c.kubectl(&[
-            "get",
-            "pod",
-            pod,
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])?;
-        Ok((phase == "Running").then_some(()))
-    })
 }
 
 /// `/proc/1/cmdline` as container `container` of `pod` sees it, NULs as spaces.
@@ -84,8 +68,8 @@ fn pid_namespaces_per_container_or_shared_by_the_pod() -> Result<()> {
     c.kubectl(&["create", "namespace", NS])?;
     c.apply(&two_containers("shared", true))?;
     c.apply(&two_containers("solo", false))?;
-    wait_running(&c, "shared")?;
-    wait_running(&c, "solo")?;
+    c.wait_pod_running(NS, "shared", Duration::from_secs(90))?;
+    c.wait_pod_running(NS, "solo", Duration::from_secs(90))?;
 
     // Shared: the pause process is PID 1 and each container sees both sleeps.
     for container in ["a", "b"] {

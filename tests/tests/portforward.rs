@@ -204,18 +204,7 @@ spec:
     command: ["sh", "-c", "mkdir -p /www; echo served-by-$(hostname) > /www/index.html; head -c 4194304 /dev/zero | tr '\\0' x > /www/big; exec httpd -f -p 8080 -h /www"]
 "#
     ))?;
-    wait_for("web Running", Duration::from_secs(90), || {
-        let phase = c.kubectl(&[
-            "get",
-            "pod",
-            "web",
-            "-n",
-            NS,
-            "-o",
-            "jsonpath={.status.phase}",
-        ])?;
-        Ok((phase == "Running").then_some(()))
-    })?;
+    c.wait_pod_running(NS, "web", Duration::from_secs(90))?;
     // httpd listens once the 4 MiB file is written.
     wait_for("web serving", Duration::from_secs(60), || {
         let probe = c

@@ -100,25 +100,6 @@ fn expect_status(c: &Cluster, pod: &str, path: &str, want: u16) -> Result<String
     )
 }
 
-fn wait_running(c: &Cluster, name: &str) -> Result<()> {
-    wait_for(
-        &format!("pod {name} running"),
-        Duration::from_secs(90),
-        || {
-            let phase = c.kubectl(&[
-                "get",
-                "pod",
-                name,
-                "-n",
-                "foo",
-                "-o",
-                "jsonpath={.status.phase}",
-            ])?;
-            Ok((phase == "Running").then_some(()))
-        },
-    )
-}
-
 #[test]
 fn service_account_credentials_in_pods() -> Result<()> {
     if skip_unless_root("service_account_credentials_in_pods") {
@@ -185,7 +166,7 @@ fn service_account_credentials_in_pods() -> Result<()> {
         mount["mountPath"] == SA_DIR && mount["readOnly"] == true && mount["name"] == vname,
         "{mount}"
     );
-    wait_running(&c, "client")?;
+    c.wait_pod_running("foo", "client", Duration::from_secs(90))?;
 
     // The files, through the `..data` symlink of the atomic writer.
     let (_, ns, _) = sh(&c, "client", &format!("cat {SA_DIR}/namespace"))?;
@@ -364,7 +345,7 @@ fn service_account_credentials_in_pods() -> Result<()> {
         "jsonpath={.spec.volumes}",
     ])?;
     ensure!(volumes.is_empty(), "volumes: {volumes}");
-    wait_running(&c, "no-token")?;
+    c.wait_pod_running("foo", "no-token", Duration::from_secs(90))?;
     let (code, _, _) = sh(&c, "no-token", &format!("ls {SA_DIR}"))?;
     ensure!(code != 0, "{SA_DIR} exists without automount");
 
