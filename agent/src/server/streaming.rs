@@ -131,17 +131,9 @@ pub async fn exec(
         Ok(h) => h,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let pid = match streams
-        .containers
-        .container_pid(&namespace, &pod, &container)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return lookup_error(e),
-    };
-    let target = Target {
-        agent_exe: streams.containers.agent_exe(),
-        pid,
+    let target = match exec_target(&streams, (&namespace, &pod, &container)).await {
+        Ok(t) => t,
+        Err(response) => return response,
     };
     tracing::info!(%namespace, %pod, %container, command = ?opts.command, tty = opts.tty, "exec");
     let protocol = h.protocol;
@@ -153,6 +145,22 @@ pub async fn exec(
         }
     });
     switching(&h)
+}
+
+/// The container process an exec runs beside, or the answer saying why there is none.
+async fn exec_target(
+    streams: &Streams,
+    (namespace, pod, container): (&str, &str, &str),
+) -> Result<Target, Response> {
+    let pid = streams
+        .containers
+        .container_pid(namespace, pod, container)
+        .await
+        .map_err(lookup_error)?;
+    Ok(Target {
+        agent_exe: streams.containers.agent_exe(),
+        pid,
+    })
 }
 
 fn is_spdy(headers: &HeaderMap) -> bool {
@@ -183,17 +191,9 @@ async fn exec_spdy(
         Ok(p) => p,
         Err(e) => return text(StatusCode::FORBIDDEN, e),
     };
-    let pid = match streams
-        .containers
-        .container_pid(&namespace, &pod, &container)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return lookup_error(e),
-    };
-    let target = Target {
-        agent_exe: streams.containers.agent_exe(),
-        pid,
+    let target = match exec_target(&streams, (&namespace, &pod, &container)).await {
+        Ok(t) => t,
+        Err(response) => return response,
     };
     tracing::info!(%namespace, %pod, %container, command = ?opts.command, tty = opts.tty, "exec (spdy)");
     let upgrade = hyper::upgrade::on(req);
