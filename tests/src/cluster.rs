@@ -561,6 +561,46 @@ impl Cluster {
         crate::result(&format!("kubectl {}", args.join(" ")), out)
     }
 
+    /// A kubeconfig (in the cluster's directory) with a client certificate of the cluster CA
+    /// for `user`, no groups.
+    pub fn user_kubeconfig(&self, user: &str) -> Result<PathBuf> {
+        let out = self.dir().join(format!("{user}.kubeconfig"));
+        let issued = Command::new(crate::workspace_binary("skiff-control"))
+            .args(["kubeconfig", "--user", user, "--data-dir"])
+            .arg(self.dir().join("control"))
+            .arg("--out")
+            .arg(&out)
+            .output()?;
+        ensure!(
+            issued.status.success(),
+            "skiff-control kubeconfig --user {user}: {}",
+            String::from_utf8_lossy(&issued.stderr)
+        );
+        Ok(out)
+    }
+
+    /// Let `user` get and list the pods of `ns`, and nothing else (Role and RoleBinding
+    /// `pod-reader`).
+    pub fn grant_pod_reader(&self, ns: &str, user: &str) -> Result<()> {
+        self.apply(&format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader, namespace: {ns}}}
+rules:
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: pod-reader, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}
+"#
+        ))
+    }
+
     /// Wait until pod `ns/name` is Running.
     pub fn wait_pod_running(&self, ns: &str, name: &str, timeout: Duration) -> Result<()> {
         wait_for(&format!("{ns}/{name} Running"), timeout, || {

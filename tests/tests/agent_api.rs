@@ -10,33 +10,15 @@
     reason = "a test is one scenario, read top to bottom"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use skiff_tests::cluster::{AGENT_PORT, Cluster, ClusterOptions, skip_unless_root};
 use skiff_tests::wait_for;
 
 const NS: &str = "agent-api";
-
-/// A kubeconfig with a client certificate of the cluster CA for `user`, no groups.
-fn user_kubeconfig(c: &Cluster, user: &str, dir: &Path) -> Result<PathBuf> {
-    let out = dir.join(format!("{user}.kubeconfig"));
-    let issued = Command::new(skiff_tests::workspace_binary("skiff-control"))
-        .args(["kubeconfig", "--user", user, "--data-dir"])
-        .arg(c.dir().join("control"))
-        .arg("--out")
-        .arg(&out)
-        .output()?;
-    ensure!(
-        issued.status.success(),
-        "skiff-control kubeconfig --user {user}: {}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    Ok(out)
-}
 
 /// `GET path` straight to the agent at `ip`, presenting the client certificate of
 /// `kubeconfig`: the status code and the body.
@@ -131,9 +113,8 @@ spec:
     })?;
 
     // Straight to the agent with certificates of the cluster CA.
-    let dir = tempfile::tempdir()?;
-    let eve = user_kubeconfig(&c, "eve", dir.path())?;
-    let ops = user_kubeconfig(&c, "ops", dir.path())?;
+    let eve = c.user_kubeconfig("eve")?;
+    let ops = c.user_kubeconfig("ops")?;
     c.apply(
         r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole

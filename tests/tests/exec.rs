@@ -12,31 +12,14 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
 
 const NS: &str = "exec-e2e";
-
-/// A kubeconfig with a client certificate of the cluster CA for `user`, no groups.
-fn user_kubeconfig(c: &Cluster, user: &str, dir: &Path) -> Result<PathBuf> {
-    let out = dir.join(format!("{user}.kubeconfig"));
-    let issued = Command::new(skiff_tests::workspace_binary("skiff-control"))
-        .args(["kubeconfig", "--user", user, "--data-dir"])
-        .arg(c.dir().join("control"))
-        .arg("--out")
-        .arg(&out)
-        .output()?;
-    ensure!(
-        issued.status.success(),
-        "skiff-control kubeconfig --user {user}: {}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    Ok(out)
-}
 
 /// kubectl `args` with `stdin` piped in: (exit code, stdout, stderr).
 fn kubectl_piped(c: &Cluster, args: &[&str], stdin: &[u8]) -> Result<(i32, Vec<u8>, String)> {
@@ -390,24 +373,8 @@ spec:
     );
 
     // A user who may read pods but not exec gets kube's 403.
-    c.apply(&format!(
-        r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: pod-reader, namespace: {NS}}}
-rules:
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: pod-reader, namespace: {NS}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
-subjects:
-- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: exec-viewer}}
-"#
-    ))?;
-    let kubeconfig = user_kubeconfig(&c, "exec-viewer", dir.path())?;
+    c.grant_pod_reader(NS, "exec-viewer")?;
+    let kubeconfig = c.user_kubeconfig("exec-viewer")?;
     let denied = c
         .kubectl_command()?
         .env("KUBECONFIG", &kubeconfig)

@@ -12,7 +12,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,23 +108,6 @@ impl Drop for Forward {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A kubeconfig with a client certificate of the cluster CA for `user`, no groups.
-fn user_kubeconfig(c: &Cluster, user: &str) -> Result<PathBuf> {
-    let out = c.dir().join(format!("{user}.kubeconfig"));
-    let issued = Command::new(skiff_tests::workspace_binary("skiff-control"))
-        .args(["kubeconfig", "--user", user, "--data-dir"])
-        .arg(c.dir().join("control"))
-        .arg("--out")
-        .arg(&out)
-        .output()?;
-    ensure!(
-        issued.status.success(),
-        "skiff-control kubeconfig --user {user}: {}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    Ok(out)
 }
 
 /// Run `f` on a thread of its own in the network namespace at `netns`.
@@ -293,24 +275,8 @@ spec:
     assert!(log.contains("Spdy"), "{log}");
 
     // A user who may read pods but not forward to them gets kube's 403, whichever protocol.
-    c.apply(&format!(
-        r#"apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: pod-reader, namespace: {NS}}}
-rules:
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: pod-reader, namespace: {NS}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}}
-subjects:
-- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: pf-viewer}}
-"#
-    ))?;
-    let kubeconfig = user_kubeconfig(&c, "pf-viewer")?;
+    c.grant_pod_reader(NS, "pf-viewer")?;
+    let kubeconfig = c.user_kubeconfig("pf-viewer")?;
     for kubectl in [&newest, &old] {
         let mut fwd =
             Forward::start_as(&c, &kubeconfig, &node, kubectl, &["pod/web", "18100:8080"])?;
