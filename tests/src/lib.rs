@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod apiload;
 pub mod cluster;
+pub mod port_forward;
 pub mod test_image;
 
 /// The cargo target directory the binaries were built into (`cargo xtask test` sets

@@ -9,120 +9,18 @@
     reason = "a test is one scenario, read top to bottom"
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use nix::sched::CloneFlags;
+use anyhow::{Context, Result, ensure};
 use skiff_tests::Kubectl;
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::port_forward::{Forward, in_netns};
 use skiff_tests::wait_for;
 
 const NS: &str = "portforward-e2e";
-
-/// A running `kubectl port-forward` in a node's network namespace, with what it printed.
-struct Forward {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Forward {
-    fn start(c: &Cluster, node: &str, kubectl: &Kubectl, args: &[&str]) -> Result<Forward> {
-        Self::start_as(c, c.kubeconfig(), node, kubectl, args)
-    }
-
-    fn start_as(
-        c: &Cluster,
-        kubeconfig: &Path,
-        node: &str,
-        kubectl: &Kubectl,
-        args: &[&str],
-    ) -> Result<Forward> {
-        let path = kubectl.path.to_string_lossy().into_owned();
-        let cache = c.dir().join(format!("kubectl-cache-{}", kubectl.minor));
-        let cache = cache.to_string_lossy().into_owned();
-        let mut argv = vec![path.as_str(), "--cache-dir", cache.as_str()];
-        argv.extend_from_slice(&["port-forward", "-n", NS]);
-        argv.extend_from_slice(args);
-        let mut child = c
-            .command(node, &argv)?
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let collect = |r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(String::new()));
-            let sink = buf.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    if let Ok(mut b) = sink.lock() {
-                        b.push_str(&line);
-                        b.push('\n');
-                    }
-                }
-            });
-            buf
-        };
-        let stdout = collect(Box::new(child.stdout.take().context("stdout")?));
-        let stderr = collect(Box::new(child.stderr.take().context("stderr")?));
-        Ok(Forward {
-            child,
-            stdout,
-            stderr,
-        })
-    }
-
-    fn printed(&self) -> (String, String) {
-        let get = |b: &Arc<Mutex<String>>| b.lock().map(|s| s.clone()).unwrap_or_default();
-        (get(&self.stdout), get(&self.stderr))
-    }
-
-    /// Wait for kubectl's `Forwarding from 127.0.0.1:<local>` line.
-    fn wait_listening(&mut self, local: u16) -> Result<()> {
-        let want = format!("Forwarding from 127.0.0.1:{local}");
-        let start = Instant::now();
-        loop {
-            let (out, err) = self.printed();
-            if out.contains(&want) {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("kubectl port-forward exited ({status}): {out}{err}");
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                bail!("kubectl port-forward did not listen: {out}{err}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Forward {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Run `f` on a thread of its own in the network namespace at `netns`.
-fn in_netns<T: Send + 'static>(
-    netns: PathBuf,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns)?;
-        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
-}
 
 /// An HTTP/1.0 GET on each of `conns` (already connected), sent before any answer is read:
 /// the bodies.
@@ -217,7 +115,7 @@ spec:
     for (kubectl, local) in [(&newest, 18080u16), (&old, 18090)] {
         let label = format!("kubectl 1.{}", kubectl.minor);
         let mapping = format!("{local}:8080");
-        let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
+        let mut fwd = Forward::start(&c, &node, kubectl, &["-n", NS, "pod/web", &mapping])?;
         fwd.wait_listening(local).with_context(|| label.clone())?;
         // The pod's answer, once and then on two connections at once.
         let one = fetch_concurrently(netns.clone(), local, 1, "/")
@@ -242,7 +140,7 @@ spec:
         // Nothing listens on 9999 in the pod: kubectl reports the kubelet's error.
         let local = local + 1;
         let mapping = format!("{local}:9999");
-        let mut fwd = Forward::start(&c, &node, kubectl, &["pod/web", &mapping])?;
+        let mut fwd = Forward::start(&c, &node, kubectl, &["-n", NS, "pod/web", &mapping])?;
         fwd.wait_listening(local).with_context(|| label.clone())?;
         let closed = in_netns(netns.clone(), move || {
             let mut s = TcpStream::connect(("127.0.0.1", local))?;
@@ -278,8 +176,13 @@ spec:
     c.grant_pod_reader(NS, "pf-viewer")?;
     let kubeconfig = c.user_kubeconfig("pf-viewer")?;
     for kubectl in [&newest, &old] {
-        let mut fwd =
-            Forward::start_as(&c, &kubeconfig, &node, kubectl, &["pod/web", "18100:8080"])?;
+        let mut fwd = Forward::start_as(
+            &c,
+            &kubeconfig,
+            &node,
+            kubectl,
+            &["-n", NS, "pod/web", "18100:8080"],
+        )?;
         let status = wait_for("port-forward refused", Duration::from_secs(30), || {
             Ok(fwd.child.try_wait()?)
         })?;

@@ -70,6 +70,18 @@ pub fn bench_exec(ws: &Workspace, extra: &[String]) -> Result<()> {
     bench(ws, "exec-bench", "bench-exec", "docs/benchmarks.md", extra)
 }
 
+/// `cargo xtask bench-portforward`: `kubectl port-forward` throughput against a direct
+/// connection.
+pub fn bench_portforward(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(
+        ws,
+        "portforward-bench",
+        "bench-portforward",
+        "docs/benchmarks.md",
+        extra,
+    )
+}
+
 fn bench(ws: &Workspace, binary: &str, task: &str, out: &str, extra: &[String]) -> Result<()> {
     let mut command = vec![format!("cargo xtask {task}")];
     command.extend(extra.iter().cloned());

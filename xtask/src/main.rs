@@ -152,6 +152,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark `kubectl port-forward` throughput (run as root): MiB/s through the newest
+    /// kubectl and kubectl 1.20 against a direct connection to the pod; writes its section of
+    /// docs/benchmarks.md. Arguments after `--`, e.g. `-- --mib 16 --rounds 3`.
+    BenchPortforward {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Benchmark service latency (run as root): a request through a Service's ClusterIP vs
     /// straight to the backend's pod IP, new connection and keep-alive, per proxy mode (ebpf,
     /// iptables) and number of Services; sync time and client CPU too, with release builds.
@@ -220,6 +227,7 @@ fn main() -> ExitCode {
         Task::BenchProxy { args } => bench::bench_proxy(&ws, &args).map(|()| 0),
         Task::BenchDns { args } => bench::bench_dns(&ws, &args).map(|()| 0),
         Task::BenchExec { args } => bench::bench_exec(&ws, &args).map(|()| 0),
+        Task::BenchPortforward { args } => bench::bench_portforward(&ws, &args).map(|()| 0),
         Task::Bench(args) => bench_latency::bench_latency(&ws, &args).map(|()| 0),
     };
     match result {

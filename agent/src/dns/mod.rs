@@ -7,6 +7,7 @@
 //! convention): the service proxy sends that Service to the node's own server
 //! ([`crate::proxy::model::localize_dns`]), so queries never leave the node.
 
+pub mod answers;
 pub mod forward;
 pub mod records;
 pub mod server;

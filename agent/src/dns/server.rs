@@ -3,8 +3,13 @@
 //! (or dropped when not even a header can be read); over UDP an answer larger than the
 //! client's buffer (512 bytes, or its EDNS size) is sent truncated, so it asks over TCP.
 
+use std::future::Future;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context as TaskContext, Waker};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,8 +17,9 @@ use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record as WireRecord, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 
+use super::answers::{AnswerCache, Keep};
 use super::forward::{EDNS_PAYLOAD, Forwarder};
 use super::records::{self, Lookup, Rcode, Rdata, Record, Zone};
 
@@ -21,22 +27,39 @@ use super::records::{self, Lookup, Rcode, Rdata, Record, Zone};
 const PLAIN_UDP_LIMIT: usize = 512;
 /// A TCP connection idle this long is closed (RFC 7766 suggests seconds, not minutes).
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Queries answered at once per server; beyond that UDP queries wait in the socket.
+/// Queries waiting at once per server (for an upstream, or TCP ones); beyond that UDP queries
+/// are dropped and TCP ones wait.
 const MAX_IN_FLIGHT: usize = 1024;
 
-/// The zone the server answers from, replaced whole when the cluster changes.
+/// The zone the server answers from, replaced whole when the cluster changes, with the
+/// answers already encoded from it.
 #[derive(Default)]
-pub struct ZoneCell(RwLock<Arc<Zone>>);
+pub struct ZoneCell(RwLock<Arc<ZoneSnapshot>>);
+
+#[derive(Default)]
+pub struct ZoneSnapshot {
+    pub zone: Zone,
+    answers: AnswerCache,
+}
 
 impl ZoneCell {
     pub fn new(zone: Zone) -> ZoneCell {
-        ZoneCell(RwLock::new(Arc::new(zone)))
+        ZoneCell(RwLock::new(Arc::new(ZoneSnapshot::of(zone))))
     }
-    pub fn get(&self) -> Arc<Zone> {
+    pub fn get(&self) -> Arc<ZoneSnapshot> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
     pub fn set(&self, zone: Zone) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ZoneSnapshot::of(zone));
+    }
+}
+
+impl ZoneSnapshot {
+    fn of(zone: Zone) -> ZoneSnapshot {
+        ZoneSnapshot {
+            zone,
+            answers: AnswerCache::default(),
+        }
     }
 }
 
@@ -59,11 +82,16 @@ impl Resolver {
         if packet.len() < 12 || packet[2] & 0x80 != 0 {
             return None;
         }
+        let snapshot = self.zone.get();
+        let over_udp = transport == Transport::Udp;
+        if let Some(answer) = snapshot.answers.lookup(over_udp, packet) {
+            return Some(answer);
+        }
         let request = match Message::from_vec(packet) {
             Ok(m) => m,
             Err(_) => return Some(formerr(packet)),
         };
-        let mut response = self.respond(&request).await;
+        let (mut response, keep) = self.respond(&snapshot.zone, &request).await;
         let limit = match transport {
             Transport::Tcp => usize::from(u16::MAX),
             Transport::Udp => udp_limit(&request),
@@ -73,45 +101,59 @@ impl Resolver {
             edns.set_max_payload(EDNS_PAYLOAD);
             response.set_edns(edns);
         }
-        let bytes = response.to_vec().ok()?;
-        if bytes.len() <= limit {
-            return Some(bytes);
+        let mut bytes = response.to_vec().ok()?;
+        if bytes.len() > limit {
+            // TC set and the record sections dropped (RFC 2181 §9): the client asks over TCP.
+            bytes = response.truncate().to_vec().ok()?;
         }
-        // TC set and the record sections dropped (RFC 2181 §9): the client asks over TCP.
-        response.truncate().to_vec().ok()
+        snapshot.answers.remember(over_udp, packet, &bytes, keep);
+        Some(bytes)
     }
 
-    async fn respond(&self, request: &Message) -> Message {
+    /// The answer to `packet` if the same query was answered before and its answer is still
+    /// good: no parsing, no encoding, nothing to wait for.
+    pub fn answered_before(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        if packet.len() < 12 || packet[2] & 0x80 != 0 {
+            return None;
+        }
+        (self.zone.get().answers).lookup(transport == Transport::Udp, packet)
+    }
+
+    /// The response to `request`, and how long its encoding may be reused.
+    async fn respond(&self, zone: &Zone, request: &Message) -> (Message, Keep) {
         let mut response = reply_to(request);
         if request.metadata.op_code != OpCode::Query {
             response.metadata.response_code = ResponseCode::NotImp;
-            return response;
+            return (response, Keep::WithZone);
         }
         let [query] = request.queries.as_slice() else {
             response.metadata.response_code = ResponseCode::FormErr;
-            return response;
+            return (response, Keep::WithZone);
         };
-        let zone = self.zone.get();
-        match zone.lookup(&query.name().to_ascii(), u16::from(query.query_type())) {
+        let keep = match zone.lookup(&query.name().to_ascii(), u16::from(query.query_type())) {
             Lookup::Authoritative(answer) => {
                 response.metadata.authoritative = true;
                 response.metadata.response_code = match answer.rcode {
                     Rcode::NoError => ResponseCode::NoError,
                     Rcode::NxDomain => ResponseCode::NXDomain,
                 };
-                let external = external_cname(&zone, &answer.answers, query.query_type());
+                let external = external_cname(zone, &answer.answers, query.query_type());
                 add_records(&mut response, query, answer);
-                if let Some(target) = external {
-                    self.chase(&mut response, &target, query).await;
+                match external {
+                    Some(target) if self.chase(&mut response, &target, query).await => {
+                        Keep::Briefly
+                    }
+                    Some(_) => Keep::Never,
+                    None => Keep::WithZone,
                 }
             }
             Lookup::Forward => self.forward(&mut response, query).await,
-        }
-        response
+        };
+        (response, keep)
     }
 
     /// A name outside the cluster: the upstream's answer, or SERVFAIL when none answers.
-    async fn forward(&self, response: &mut Message, query: &Query) {
+    async fn forward(&self, response: &mut Message, query: &Query) -> Keep {
         match self
             .forwarder
             .resolve(query.name(), query.query_type(), query.query_class())
@@ -122,23 +164,29 @@ impl Resolver {
                 response.add_answers(upstream.answers);
                 response.add_authorities(upstream.authorities);
                 response.add_additionals(upstream.additionals);
+                Keep::Briefly
             }
             Err(e) => {
                 tracing::debug!(name = %query.name(), "forwarding failed: {e:#}");
                 response.metadata.response_code = ResponseCode::ServFail;
+                Keep::Never
             }
         }
     }
 
     /// An ExternalName's target outside the zone, resolved upstream and appended after the
-    /// CNAME (as CoreDNS does); a failure leaves the CNAME alone.
-    async fn chase(&self, response: &mut Message, target: &Name, query: &Query) {
-        if let Ok(upstream) = self
+    /// CNAME (as CoreDNS does); a failure leaves the CNAME alone. Whether it was resolved.
+    async fn chase(&self, response: &mut Message, target: &Name, query: &Query) -> bool {
+        match self
             .forwarder
             .resolve(target, query.query_type(), query.query_class())
             .await
         {
-            response.add_answers(upstream.answers);
+            Ok(upstream) => {
+                response.add_answers(upstream.answers);
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -243,7 +291,7 @@ fn fqdn(name: &str) -> Option<Name> {
 
 /// A bound UDP socket and TCP listener on the same address.
 pub struct DnsServer {
-    udp: Arc<UdpSocket>,
+    udp: Arc<std::net::UdpSocket>,
     tcp: TcpListener,
 }
 
@@ -252,12 +300,12 @@ impl DnsServer {
     pub async fn bind(addr: SocketAddr) -> Result<DnsServer> {
         let mut last = None;
         for _ in 0..10 {
-            let udp = UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("binding UDP {addr}"))?;
+            let udp =
+                std::net::UdpSocket::bind(addr).with_context(|| format!("binding UDP {addr}"))?;
             let local = udp.local_addr()?;
             match TcpListener::bind(local).await {
                 Ok(tcp) => {
+                    udp.set_read_timeout(Some(UDP_STOP_CHECK))?;
                     return Ok(DnsServer {
                         udp: Arc::new(udp),
                         tcp,
@@ -276,40 +324,94 @@ impl DnsServer {
         Ok(self.udp.local_addr()?)
     }
 
-    /// Serve until the future is dropped.
+    /// Serve until the future is dropped: TCP on the runtime, UDP on a thread of its own
+    /// (stopped within [`UDP_STOP_CHECK`] of the drop).
     pub async fn run(self, resolver: Arc<Resolver>) {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-        tokio::join!(
-            serve_udp(self.udp, resolver.clone(), limit.clone()),
-            serve_tcp(self.tcp, resolver, limit)
-        );
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let udp = UdpLoop {
+            socket: self.udp,
+            resolver: resolver.clone(),
+            limit: limit.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            stop: stop.0.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("dns-udp".into())
+            .spawn(move || udp.serve());
+        if let Err(e) = spawned {
+            tracing::error!("cluster DNS: cannot start the UDP thread: {e}");
+        }
+        serve_tcp(self.tcp, resolver, limit).await;
+        drop(stop);
     }
 }
 
-async fn serve_udp(
-    socket: Arc<UdpSocket>,
+/// How often the UDP thread looks whether its server was dropped.
+const UDP_STOP_CHECK: Duration = Duration::from_millis(250);
+
+/// Tells the UDP thread to stop when the serving future is dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The UDP side. A query the zone (or the forwarder's cache) answers is answered on this
+/// thread as soon as it arrives: no task, no wake-up of another thread, one receive and one
+/// send per query, which is what lets it keep up with dnsmasq's single loop. Only a query
+/// that must wait (for an upstream) becomes a task on the runtime.
+struct UdpLoop {
+    socket: Arc<std::net::UdpSocket>,
     resolver: Arc<Resolver>,
     limit: Arc<tokio::sync::Semaphore>,
-) {
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdpLoop {
+    fn serve(self) {
+        // The forwarder's sockets and timers belong to the runtime.
+        let _runtime = self.runtime.enter();
+        let mut buf = vec![0u8; 65535];
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, peer)) => self.answer(&buf[..n], peer),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 // ICMP errors from earlier sends surface here; the socket stays usable.
-                tracing::debug!("dns udp receive: {e}");
-                continue;
+                Err(e) => tracing::debug!("dns udp receive: {e}"),
             }
-        };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
+        }
+    }
+
+    /// Answer now if nothing has to be waited for, else hand the query to the runtime
+    /// (dropped when [`MAX_IN_FLIGHT`] are waiting already: the client asks again, as with
+    /// dnsmasq's `dns-forward-max`).
+    fn answer(&self, packet: &[u8], peer: SocketAddr) {
+        if let Some(answer) = self.resolver.answered_before(packet, Transport::Udp) {
+            let _ = self.socket.send_to(&answer, peer);
+            return;
+        }
+        let (socket, resolver, packet) =
+            (self.socket.clone(), self.resolver.clone(), packet.to_vec());
+        let mut query: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            if let Some(answer) = resolver.handle(&packet, Transport::Udp).await {
+                let _ = socket.send_to(&answer, peer);
+            }
+        });
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        if query.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "cluster DNS: too many queries waiting; one dropped");
             return;
         };
-        let packet = buf[..n].to_vec();
-        let (socket, resolver) = (socket.clone(), resolver.clone());
-        tokio::spawn(async move {
-            if let Some(answer) = resolver.handle(&packet, Transport::Udp).await {
-                let _ = socket.send_to(&answer, peer).await;
-            }
+        // Polled again by the runtime with a real waker, which replaces the no-op one.
+        self.runtime.spawn(async move {
+            query.await;
             drop(permit);
         });
     }

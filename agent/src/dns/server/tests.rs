@@ -8,6 +8,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 
 use hickory_proto::op::MessageType;
+use tokio::net::UdpSocket;
 
 use super::*;
 
@@ -390,4 +391,31 @@ async fn no_upstream_answering_is_servfail() {
         .unwrap();
     let m = Message::from_vec(&buf[..n]).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[tokio::test]
+async fn a_repeated_query_is_answered_again_and_a_new_zone_replaces_old_answers() {
+    let cell = Arc::new(ZoneCell::new(cluster_zone()));
+    let resolver = Arc::new(Resolver {
+        zone: cell.clone(),
+        forwarder: Forwarder::new(vec![]),
+    });
+    let server = DnsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(server.run(resolver));
+    let name = "kubia.default.svc.cluster.local.";
+    for _ in 0..3 {
+        // A new id each time: the copy carries the asker's id (ask_udp checks it).
+        let (m, _) = ask_udp(addr, &query(name, RecordType::A, None)).await;
+        assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 96, 0, 20)]);
+    }
+    cell.set(Zone::build("cluster.local", &[], &[]));
+    let mut q = query(name, RecordType::A, None);
+    for id in [1, 2] {
+        q.metadata.id = id;
+        let (m, _) = ask_udp(addr, &q).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
 }
