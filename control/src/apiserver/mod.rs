@@ -32,6 +32,7 @@ pub mod registry;
 pub mod request;
 pub mod resources;
 pub mod selectors;
+pub mod service_strategy;
 pub mod status;
 pub mod table;
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::patch::{self, PatchType};
 use super::resources::{self, ResourceInfo};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult, FieldCause};
-use super::{csr_strategy, defaults, validation};
+use super::{csr_strategy, defaults, service_strategy, validation};
 
 /// Namespaces that always exist and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] =
@@ -522,6 +522,9 @@ impl Registry {
             new = csr_strategy::update_rules(subresource, cur, new);
         } else if info.has_status() {
             new = status_rules(subresource, cur, new);
+        }
+        if info.plural == "services" && subresource.is_none() {
+            service_strategy::drop_type_dependent_fields(cur, &mut new);
         }
         no_new_finalizers_while_deleting(info, name, cur, &new)?;
         // Namespace "defaults" (the `kubernetes` finalizer) belong to creation only: the
