@@ -12,6 +12,12 @@ pub const LEASE_NAMESPACE: &str = "kube-system";
 /// touch no other Lease in [`LEASE_NAMESPACE`].
 pub const LEASE_PREFIX: &str = "skiff-l2announce-";
 
+/// Labels on every announcement Lease naming its Service (a Lease in kube-system cannot be
+/// owned by a Service in another namespace), by which the control plane deletes the Leases
+/// of Services that are gone.
+pub const SERVICE_NAMESPACE_LABEL: &str = "skiff.io/service-namespace";
+pub const SERVICE_NAME_LABEL: &str = "skiff.io/service-name";
+
 /// The Lease that picks the node announcing Service `namespace/name`.
 pub fn lease_name(namespace: &str, name: &str) -> String {
     format!("{LEASE_PREFIX}{namespace}-{name}")

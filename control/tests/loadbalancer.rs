@@ -275,3 +275,33 @@ async fn node_ports_follow_allocate_load_balancer_node_ports() {
         status.message
     );
 }
+
+#[tokio::test]
+async fn announcement_leases_of_services_that_are_gone_are_deleted() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let c = common::TestCluster::start_with(config(&["10.9.0.10-10.9.0.11"])).await;
+    create(&c.client, "kept", json!({"type": "LoadBalancer"})).await;
+    create(&c.client, "plain", json!({"type": "ClusterIP"})).await;
+    let leases: Api<Lease> = c.api("kube-system");
+    for svc in ["kept", "plain", "gone"] {
+        let lease = serde_json::from_value(json!({
+            "metadata": {"name": format!("skiff-l2announce-default-{svc}"),
+                "labels": {"skiff.io/service-namespace": "default", "skiff.io/service-name": svc}},
+            "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 6},
+        }))
+        .unwrap();
+        leases.create(&PostParams::default(), &lease).await.unwrap();
+    }
+    let names = || async {
+        let list = leases.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter_map(|l| l.metadata.name)
+            .filter(|n| n.starts_with("skiff-l2announce-"))
+            .collect::<Vec<_>>()
+    };
+    c.wait_for("the leases of gone and plain deleted", WAIT, || async {
+        (names().await == ["skiff-l2announce-default-kept"]).then_some(())
+    })
+    .await;
+}

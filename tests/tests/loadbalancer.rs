@@ -104,7 +104,7 @@ fn holder(c: &Cluster, lease: &str) -> Result<String> {
 }
 
 fn lb_ip(c: &Cluster, name: &str) -> Result<String> {
-    c.jsonpath("svc", name, "{.status.loadBalancer.ingress[*].ip}")
+    c.jsonpath("svc", name, ".status.loadBalancer.ingress[*].ip")
         .map(|s| s.trim().to_string())
 }
 
@@ -192,7 +192,7 @@ spec:
         lb_ip(c, "other-class")?.is_empty(),
         "another class's Service got an address"
     );
-    let node_ports = c.jsonpath("svc", "outside", "{.spec.ports[*].nodePort}")?;
+    let node_ports = c.jsonpath("svc", "outside", ".spec.ports[*].nodePort")?;
     ensure!(
         node_ports.trim().is_empty(),
         "nodePorts allocated: {node_ports}"
@@ -258,6 +258,7 @@ fn load_balancer_l2() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    eprintln!("{next} answers for {addr} {took:?} after {first}'s agent was killed");
     ensure!(
         took <= Duration::from_secs(10),
         "{next} took over {addr} after {took:?} (goal: 10 s)"

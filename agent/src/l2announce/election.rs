@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::ObjectMeta;
+use skiff_common::loadbalancer;
 
 /// The Lease API, so the election runs against a fake in tests.
 #[async_trait::async_trait]
@@ -243,20 +244,24 @@ impl Election {
         i32::try_from(self.timing.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
     }
 
-    /// A new Lease held by this node, owned by the Service (so it goes with it).
+    /// A new Lease held by this node, labelled with its Service (the control plane deletes
+    /// it when the Service is gone).
     fn new_lease(&self, name: &str, candidate: &Candidate) -> Lease {
         let stamp = MicroTime(jiff::Timestamp::now());
         Lease {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
-                namespace: Some(skiff_common::loadbalancer::LEASE_NAMESPACE.to_string()),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Service".into(),
-                    name: candidate.name.clone(),
-                    uid: candidate.uid.clone(),
-                    ..Default::default()
-                }]),
+                namespace: Some(loadbalancer::LEASE_NAMESPACE.to_string()),
+                labels: Some(BTreeMap::from([
+                    (
+                        loadbalancer::SERVICE_NAMESPACE_LABEL.to_string(),
+                        candidate.namespace.clone(),
+                    ),
+                    (
+                        loadbalancer::SERVICE_NAME_LABEL.to_string(),
+                        candidate.name.clone(),
+                    ),
+                ])),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -386,7 +391,9 @@ mod tests {
         let first = a.round(&api, &want, t0).await;
         assert_eq!(first.acquired, [WEB]);
         let lease = api.leases.lock().unwrap()[WEB].clone();
-        assert_eq!(lease.metadata.owner_references.unwrap()[0].uid, "uid-web");
+        let labels = lease.metadata.labels.unwrap();
+        assert_eq!(labels[loadbalancer::SERVICE_NAME_LABEL], "web");
+        assert_eq!(labels[loadbalancer::SERVICE_NAMESPACE_LABEL], "default");
         assert_eq!(b.round(&api, &want, t0).await, Round::default());
         // While a renews, b never takes over.
         for s in 1..=20 {

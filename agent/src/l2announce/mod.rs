@@ -7,8 +7,9 @@
 //! another node takes over (the lease duration plus at most one retry period).
 //!
 //! Nothing is put in the kernel: the answers come from a packet socket that closes with the
-//! process, so `skiff-agent cleanup` has nothing to remove. A Lease is owned by its Service
-//! and goes with it; one the node no longer wants is released (no holder) at once.
+//! process, so `skiff-agent cleanup` has nothing to remove. A Lease is labelled with its
+//! Service, and the control plane deletes it once the Service is gone; one the node no longer
+//! wants is released (no holder) at once.
 
 pub mod arp;
 pub mod election;

@@ -7,15 +7,17 @@
 //! at a time), so a restart or a lagging cache cannot hand an address out twice; an address is
 //! free again once its Service is gone, changed type or got another address. A Service that
 //! asks for `spec.loadBalancerIP` gets exactly that address or none (with an
-//! `AllocationFailed` Event), as MetalLB does.
+//! `AllocationFailed` Event), as MetalLB does. The agents' announcement Leases of Services that
+//! are gone are deleted here too.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use serde_json::json;
@@ -23,11 +25,14 @@ use tokio::task::JoinSet;
 
 use crate::runtime::{self, Context, Result};
 use skiff_common::cidr::Ipv4Range;
+use skiff_common::loadbalancer;
 
 pub use skiff_common::loadbalancer::CLASS;
 
 /// How soon a Service that got no address (pools full, requested address taken) tries again.
 const RETRY: Duration = Duration::from_secs(5);
+/// How often the announcement Leases of deleted Services are looked for.
+const LEASE_SWEEP: Duration = Duration::from_secs(10);
 
 pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     let informers = &ctx.informers;
@@ -37,18 +42,76 @@ pub fn spawn(ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
     runtime::drive(
         "service-lb-controller",
         controller,
-        ctx,
+        ctx.clone(),
         1,
         reconcile,
         tasks,
     );
+    tasks.spawn(sweep_leases(ctx));
+}
+
+/// Every so often, delete the announcement Leases of Services that are gone or no longer
+/// ours (the agents only create and renew them; a Lease in kube-system cannot be owned by a
+/// Service elsewhere, so the garbage collector cannot do it).
+async fn sweep_leases(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(LEASE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = delete_orphaned_leases(&ctx).await {
+            tracing::debug!(error = %e, "sweeping L2 announcement leases");
+        }
+    }
+}
+
+async fn delete_orphaned_leases(ctx: &Context) -> Result<()> {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), loadbalancer::LEASE_NAMESPACE);
+    let list = leases
+        .list(&ListParams::default().labels(loadbalancer::SERVICE_NAME_LABEL))
+        .await?;
+    for lease in list.items {
+        let Some(name) = lease
+            .metadata
+            .name
+            .as_deref()
+            .filter(|n| n.starts_with(loadbalancer::LEASE_PREFIX))
+        else {
+            continue;
+        };
+        let label = |key: &str| lease.metadata.labels.as_ref().and_then(|l| l.get(key));
+        let (Some(ns), Some(svc)) = (
+            label(loadbalancer::SERVICE_NAMESPACE_LABEL),
+            label(loadbalancer::SERVICE_NAME_LABEL),
+        ) else {
+            continue;
+        };
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+        if services.get_opt(svc).await?.is_some_and(|s| is_ours(&s)) {
+            continue;
+        }
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: lease.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match leases.delete(name, &params).await {
+            Ok(_) => {
+                tracing::info!(lease = name, service = %format!("{ns}/{svc}"), "deleted the announcement lease of a Service that is gone")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a Service is a LoadBalancer this controller serves.
 pub fn is_ours(svc: &Service) -> bool {
-    svc.spec.as_ref().is_some_and(|s| {
-        skiff_common::loadbalancer::serves(s.type_.as_deref(), s.load_balancer_class.as_deref())
-    })
+    svc.spec
+        .as_ref()
+        .is_some_and(|s| loadbalancer::serves(s.type_.as_deref(), s.load_balancer_class.as_deref()))
 }
 
 /// The IPv4 addresses in a Service's `status.loadBalancer.ingress`.

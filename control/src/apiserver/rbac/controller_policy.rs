@@ -188,6 +188,8 @@ fn service_controller() -> Vec<PolicyRule> {
     vec![
         rule(READ, &[""], &["services"]),
         rule(STATUS_WRITE, &[""], &["services/status"]),
+        // skiff's: the L2 announcement Leases of Services that are gone.
+        rule(&["list", "delete"], &["coordination.k8s.io"], &["leases"]),
         events_rule(),
     ]
 }
