@@ -22,6 +22,7 @@ use std::time::Instant;
 use anyhow::Result;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
@@ -31,8 +32,36 @@ use skiff_common::loadbalancer;
 pub use self::arp::ArpEdge;
 pub use self::election::{Candidate, Election, LeaseApi, Timing};
 
-/// The Services to announce: Lease name → the Service and its addresses.
-pub fn wanted(services: &[Arc<Service>]) -> BTreeMap<String, (Candidate, Vec<Ipv4Addr>)> {
+/// Whether `node` has a ready endpoint of Service `namespace/name` among `slices`.
+pub fn has_local_endpoint(
+    slices: &[Arc<EndpointSlice>],
+    node: &str,
+    namespace: &str,
+    name: &str,
+) -> bool {
+    slices
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(namespace)
+                && s.labels()
+                    .get("kubernetes.io/service-name")
+                    .map(String::as_str)
+                    == Some(name)
+        })
+        .flat_map(|s| s.endpoints.iter())
+        .any(|e| {
+            e.node_name.as_deref() == Some(node)
+                && e.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+        })
+}
+
+/// The Services this node competes to announce: Lease name → the Service and its addresses.
+/// With `externalTrafficPolicy: Local` only nodes with a ready local endpoint compete (as
+/// Cilium does), since the others drop the Service's external traffic.
+pub fn wanted(
+    services: &[Arc<Service>],
+    local: impl Fn(&str, &str) -> bool,
+) -> BTreeMap<String, (Candidate, Vec<Ipv4Addr>)> {
     let mut out = BTreeMap::new();
     for svc in services {
         let Some(spec) = svc.spec.as_ref() else {
@@ -40,6 +69,11 @@ pub fn wanted(services: &[Arc<Service>]) -> BTreeMap<String, (Candidate, Vec<Ipv
         };
         if !loadbalancer::serves(spec.type_.as_deref(), spec.load_balancer_class.as_deref())
             || svc.metadata.deletion_timestamp.is_some()
+        {
+            continue;
+        }
+        if spec.external_traffic_policy.as_deref() == Some("Local")
+            && !local(&svc.namespace().unwrap_or_default(), &svc.name_any())
         {
             continue;
         }
@@ -97,9 +131,13 @@ impl Announcer {
         &mut self,
         api: &dyn LeaseApi,
         services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
         now: Instant,
     ) -> Changes {
-        let wanted = wanted(services);
+        let node = self.node_name.clone();
+        let wanted = wanted(services, |ns, name| {
+            has_local_endpoint(slices, &node, ns, name)
+        });
         let candidates: BTreeMap<String, Candidate> = wanted
             .iter()
             .map(|(lease, (c, _))| (lease.clone(), c.clone()))
@@ -134,6 +172,24 @@ impl Announcer {
             .collect();
         Changes { acquired }
     }
+}
+
+/// A cache of the EndpointSlices (for `externalTrafficPolicy: Local`).
+fn watch_slices(client: &Client) -> Store<EndpointSlice> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store::<EndpointSlice>();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(stream);
+    store
 }
 
 /// The real Lease API: Leases in kube-system, with the node's client.
@@ -175,13 +231,17 @@ pub async fn run(
         client.clone(),
         loadbalancer::LEASE_NAMESPACE,
     ));
-    let recorder = EventRecorder::new(client, "skiff-l2-announcer").with_host(&announcer.node_name);
+    let recorder =
+        EventRecorder::new(client.clone(), "skiff-l2-announcer").with_host(&announcer.node_name);
+    let slices = watch_slices(&client);
     let mut tick = tokio::time::interval(timing.retry_period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let state = services.state();
-        let changes = announcer.round(&api, &state, Instant::now()).await;
+        let changes = announcer
+            .round(&api, &state, &slices.state(), Instant::now())
+            .await;
         for (ns, name) in changes.acquired {
             let Some(svc) = state
                 .iter()
@@ -234,7 +294,7 @@ mod tests {
             lb("other", Some("example.com/bgp"), Some("10.7.0.202")),
             lb("pending", None, None),
         ];
-        let w = wanted(&services);
+        let w = wanted(&services, |_, _| false);
         assert_eq!(
             w.keys().collect::<Vec<_>>(),
             [
@@ -252,12 +312,12 @@ mod tests {
         let mut b = Announcer::new("b", TIMING, arp_b.clone());
         let services = vec![lb("web", None, Some("10.7.0.200"))];
         let t0 = Instant::now();
-        let changes = a.round(&api, &services, t0).await;
+        let changes = a.round(&api, &services, &[], t0).await;
         assert_eq!(
             changes.acquired,
             [("default".to_string(), "web".to_string())]
         );
-        b.round(&api, &services, t0).await;
+        b.round(&api, &services, &[], t0).await;
         assert_eq!(*arp_a.addresses.lock().unwrap(), ips(&["10.7.0.200"]));
         assert_eq!(
             *arp_a.gratuitous.lock().unwrap(),
@@ -267,7 +327,8 @@ mod tests {
         // a stops (its agent died); b answers within the lease duration and one retry.
         let mut took = None;
         for s in 1..=10 {
-            b.round(&api, &services, t0 + Duration::from_secs(s)).await;
+            b.round(&api, &services, &[], t0 + Duration::from_secs(s))
+                .await;
             if !arp_b.addresses.lock().unwrap().is_empty() {
                 took = Some(s);
                 break;
@@ -276,7 +337,7 @@ mod tests {
         assert!(took.is_some_and(|s| s <= 7), "{took:?}");
         assert_eq!(arp_b.gratuitous.lock().unwrap().len(), 1);
         // The Service goes away: b stops answering and lets the Lease go.
-        b.round(&api, &[], t0 + Duration::from_secs(20)).await;
+        b.round(&api, &[], &[], t0 + Duration::from_secs(20)).await;
         assert!(arp_b.addresses.lock().unwrap().is_empty());
         assert_eq!(api.holder("skiff-l2announce-default-web"), None);
     }
@@ -287,15 +348,43 @@ mod tests {
         let arp = Arc::new(FakeArp::default());
         let mut a = Announcer::new("a", TIMING, arp.clone());
         let t0 = Instant::now();
-        a.round(&api, &[lb("web", None, Some("10.7.0.200"))], t0)
+        a.round(&api, &[lb("web", None, Some("10.7.0.200"))], &[], t0)
             .await;
         a.round(
             &api,
             &[lb("web", None, Some("10.7.0.205"))],
+            &[],
             t0 + TIMING.retry_period,
         )
         .await;
         assert_eq!(*arp.addresses.lock().unwrap(), ips(&["10.7.0.205"]));
         assert_eq!(arp.gratuitous.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn local_traffic_policy_only_on_nodes_with_a_ready_endpoint() {
+        let mut local = (*lb("web", None, Some("10.7.0.200"))).clone();
+        local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let services = [Arc::new(local)];
+        let slice = |node: &str, ready: bool| -> Arc<EndpointSlice> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": format!("web-{node}"), "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": "web"}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": node,
+                        "conditions": {"ready": ready}}],
+                }))
+                .unwrap(),
+            )
+        };
+        let slices = [slice("a", true), slice("b", false)];
+        let on = |node: &str| {
+            wanted(&services, |ns, name| {
+                has_local_endpoint(&slices, node, ns, name)
+            })
+            .len()
+        };
+        assert_eq!((on("a"), on("b"), on("c")), (1, 0, 0));
     }
 }
