@@ -52,13 +52,14 @@ pub async fn run(cfg: AgentConfig, credentials: &CredentialOptions) -> Result<()
         ipam,
         pod_cidr,
         images,
-        services,
+        services: services.clone(),
         pods_by_name: Mutex::new(Default::default()),
         drain: drain.clone(),
     });
     serve_logs(&agent, ca_pem).await?;
     let local_dns = start_dns(&client, &cfg, pod_cidr).await;
     start_proxy(&client, &cfg, socket_lb_cgroup, drain, local_dns).await?;
+    start_l2_announcements(&client, &cfg, services).await;
     crate::node::update_status(&client, &cfg, true, "").await?;
     tokio::spawn(crate::node::heartbeat(client.clone(), cfg.clone()));
     tokio::spawn(crate::node::sync_node_routes(
@@ -221,6 +222,42 @@ async fn start_proxy(
         });
     }
     Ok(())
+}
+
+/// With `--enable-l2-announcements`: compete for the announcement Leases and answer ARP for
+/// the held Services' addresses on the link holding the node IP. A node that cannot (no such
+/// link, no packet socket) still runs; it only never announces.
+async fn start_l2_announcements(client: &Client, cfg: &AgentConfig, services: Store<Service>) {
+    use crate::l2announce::{Announcer, arp::PacketSocket};
+    let Some(timing) = cfg.l2_announcements else {
+        tracing::info!("L2 announcements are off");
+        return;
+    };
+    let link = match crate::network::netlink::interface_with(cfg.node_ip).await {
+        Ok(Some(link)) => link,
+        Ok(None) => {
+            tracing::error!(node_ip = %cfg.node_ip, "no link holds the node IP: no L2 announcements");
+            return;
+        }
+        Err(e) => {
+            tracing::error!("finding the node's link: {e:#}; no L2 announcements");
+            return;
+        }
+    };
+    let edge = match PacketSocket::open(&link) {
+        Ok(edge) => Arc::new(edge),
+        Err(e) => {
+            tracing::error!("no L2 announcements on {link}: {e:#}");
+            return;
+        }
+    };
+    let announcer = Announcer::new(&cfg.node_name, timing, edge);
+    tokio::spawn(crate::l2announce::run(
+        client.clone(),
+        services,
+        announcer,
+        timing,
+    ));
 }
 
 /// Remove everything the agent put into the kernel for this node: pod processes, cgroups,

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     /// Where to serve Prometheus metrics over plain HTTP (None: not served).
     pub metrics_address: Option<std::net::SocketAddr>,
     pub bpf_map_sizes: crate::proxy::ebpf::MapSizes,
+    /// L2 announcement of LoadBalancer addresses and its Lease timing (None: off).
+    pub l2_announcements: Option<crate::l2announce::Timing>,
 }
 
 impl AgentConfig {
@@ -69,6 +71,7 @@ impl AgentConfig {
             max_pods: 110,
             metrics_address: None,
             bpf_map_sizes: Default::default(),
+            l2_announcements: None,
         }
     }
 }

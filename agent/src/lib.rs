@@ -47,6 +47,9 @@
 //! - [`server`]: the HTTPS endpoint (the kubelet's port 10250) the apiserver forwards
 //!   `kubectl logs`, `exec` and `attach` to, authorizing each request by SubjectAccessReview
 //!   ([`server::auth`]); [`exec_target`] finds the container process an exec runs beside;
+//! - [`l2announce`]: L2 announcement of LoadBalancer addresses: one node per Service, picked
+//!   through a Lease, answers ARP for its address on the underlay link (an `AF_PACKET` socket
+//!   behind [`l2announce::ArpEdge`]; in tests: a recording fake);
 //! - [`dns`]: cluster DNS (the Kubernetes DNS specification's records from Services and
 //!   EndpointSlices, other names forwarded to the node's resolvers), served on the pods'
 //!   gateway and reached at the `kube-dns` ClusterIP, which the proxy sends to the node itself;
@@ -85,6 +88,7 @@ pub mod credentials;
 pub mod dns;
 pub mod exec_target;
 pub mod image;
+pub mod l2announce;
 pub mod logs;
 pub mod network;
 pub mod node;

@@ -269,6 +269,17 @@ struct RunArgs {
     metrics_bind_address: String,
     #[command(flatten)]
     bpf_maps: skiff_agent::proxy::ebpf::MapSizeFlags,
+    /// Answer ARP on the link holding --node-ip for the LoadBalancer addresses of the
+    /// Services whose announcement Lease this node holds (Cilium's L2 announcements).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    enable_l2_announcements: bool,
+    /// How long an announcement Lease stays held without renewal: the longest a dead node's
+    /// addresses go unanswered, less one retry period (whole seconds, at least 1).
+    #[arg(long, default_value = "6s", value_parser = seconds_or_duration)]
+    l2_announcements_lease_duration: Duration,
+    /// How often the holder renews its announcement Leases and the other nodes look at them.
+    #[arg(long, default_value = "1s", value_parser = seconds_or_duration)]
+    l2_announcements_retry_period: Duration,
 }
 
 fn hostname() -> String {
@@ -471,6 +482,16 @@ fn agent_config(a: RunArgs) -> Result<AgentConfig> {
         heartbeat_interval: a.node_status_update_seconds.max(Duration::from_secs(1)),
         max_pods: a.max_pods,
         bpf_map_sizes: (&a.bpf_maps).into(),
+        l2_announcements: a
+            .enable_l2_announcements
+            .then(|| skiff_agent::l2announce::Timing {
+                lease_duration: a
+                    .l2_announcements_lease_duration
+                    .max(Duration::from_secs(1)),
+                retry_period: a
+                    .l2_announcements_retry_period
+                    .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+            }),
         metrics_address: if a.metrics_bind_address.is_empty() {
             None
         } else {

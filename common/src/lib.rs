@@ -14,6 +14,8 @@
 //! - [`labels`]: label selectors as k8s.io/apimachinery parses and matches them, from the
 //!   text of `-l`/`labelSelector=` or an object's `LabelSelector` (the apiserver's list and
 //!   watch filters and the controllers' pod matching);
+//! - [`loadbalancer`]: the `loadBalancerClass` and announcement Lease names the LoadBalancer
+//!   IPAM controller, the agents and the node authorizer share;
 //! - [`quantity`]: resource quantities (`500m`, `128Mi`) parsed exactly, so the scheduler and
 //!   the agent never read a request or limit differently;
 //! - [`selector`]: a `LabelSelector` as the text of a `labelSelector=` list option, refusing
@@ -28,6 +30,7 @@ pub mod duration;
 pub mod events;
 pub mod fs;
 pub mod labels;
+pub mod loadbalancer;
 pub mod privileged;
 pub mod quantity;
 pub mod selector;

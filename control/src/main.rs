@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use skiff_common::cidr::Ipv4Cidr;
+use skiff_common::cidr::{Ipv4Cidr, Ipv4Range};
 use skiff_common::duration::seconds_or_duration;
 use skiff_control::apiserver::admission::PortRange;
 use skiff_control::apiserver::authn::serviceaccount::DEFAULT_ISSUER;
@@ -77,7 +77,7 @@ struct Flags {
     /// Controllers (and the scheduler) to run: `*` for all, `-name` to drop one, e.g.
     /// `*,-job`; empty for an API server alone. Known: scheduler, serviceaccount, root-ca-cert-publisher, namespace,
     /// nodeipam, nodelifecycle, replicaset, deployment, daemonset, job, endpoints,
-    /// endpointslice, garbagecollector, csrsigning, csrapproving.
+    /// endpointslice, garbagecollector, csrsigning, csrapproving, service-lb-controller.
     #[arg(long, default_value = "*", value_parser = Enabled::parse)]
     controllers: Enabled,
     /// Run the controllers only while holding the `kube-controller-manager` Lease in
@@ -109,6 +109,11 @@ struct Flags {
     /// (`8760h`) or bare seconds.
     #[arg(long, default_value = "8760h", value_parser = seconds_or_duration)]
     cluster_signing_duration: Duration,
+    /// An address pool for `type: LoadBalancer` Services, as a CIDR (`192.0.2.0/28`, without
+    /// its network and broadcast addresses) or a range (`192.0.2.10-192.0.2.20`); repeat for
+    /// several. Services of `loadBalancerClass` `skiff.io/l2` (or none) get addresses from it.
+    #[arg(long, value_parser = Ipv4Range::parse)]
+    service_lb_pool: Vec<Ipv4Range>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -258,6 +263,7 @@ async fn run(flags: Flags) -> Result<()> {
         root_ca: server.ca_pem.clone(),
         cluster_signing_dir: Some(flags.data_dir.clone()),
         cluster_signing_duration: flags.cluster_signing_duration,
+        lb_pools: flags.service_lb_pool.clone(),
         ..ControllerConfig::default()
     };
     let result = if controller_config.enabled.is_empty() {
@@ -392,6 +398,23 @@ mod tests {
     fn parse(args: &[&str]) -> Flags {
         let argv = std::iter::once("skiff-control").chain(args.iter().copied());
         Flags::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn lb_pools_repeat_and_take_cidrs_or_ranges() {
+        assert!(parse(&[]).service_lb_pool.is_empty());
+        let f = parse(&[
+            "--service-lb-pool=192.0.2.0/29",
+            "--service-lb-pool",
+            "198.51.100.10-198.51.100.12",
+        ]);
+        let pools: Vec<String> = f.service_lb_pool.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            pools,
+            ["192.0.2.1-192.0.2.6", "198.51.100.10-198.51.100.12"]
+        );
+        let argv = ["skiff-control", "--service-lb-pool", "192.0.2.9-192.0.2.1"];
+        assert!(Flags::try_parse_from(argv).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use crate::controllers::{
     bootstrapsigner, csrapproving, csrsigning, daemonset, deployment, disruption, endpoints,
     endpointslice, gc, job, namespace, nodeipam, nodelifecycle, replicaset, rootcacert,
-    serviceaccount, tokencleaner,
+    serviceaccount, servicelb, tokencleaner,
 };
 pub use crate::runtime::config::{COMPONENTS, ControllerConfig, Enabled};
 pub use crate::runtime::credentials::{self, ControllerClients, Identities};
@@ -38,6 +38,8 @@ pub fn service_account(controller: &str) -> Option<&'static str> {
         "csrsigning" | "csrapproving" => "certificate-controller",
         "bootstrapsigner" => crate::apiserver::cluster_info::SIGNER_ACCOUNT,
         "tokencleaner" => crate::apiserver::cluster_info::CLEANER_ACCOUNT,
+        // kube's cloud service controller, which fills in LoadBalancer addresses.
+        "service-lb-controller" => "service-controller",
         _ => return None,
     })
 }
@@ -110,6 +112,7 @@ fn spawn_controller(name: &str, ctx: Arc<Context>, tasks: &mut JoinSet<()>) {
         "csrapproving" => csrapproving::spawn(ctx, tasks),
         "bootstrapsigner" => bootstrapsigner::spawn(ctx, tasks),
         "tokencleaner" => tokencleaner::spawn(ctx, tasks),
+        "service-lb-controller" => servicelb::spawn(ctx, tasks),
         other => tracing::warn!(controller = other, "no such controller"),
     }
 }

@@ -72,6 +72,12 @@ const CONTROL_DEFAULTS: &[(&str, &str)] = &[
     ("--node-monitor-grace-period", "20"),
     ("--pod-eviction-timeout", "20"),
 ];
+/// The default `--service-lb-pool` of cluster `sk<index>`: the top of its underlay
+/// `10.<index>.0.0/24`, far above the node addresses (`.11` up).
+pub fn lb_pool(index: u8) -> String {
+    format!("10.{index}.0.240-10.{index}.0.254")
+}
+
 const CONTROL_LOG: &str = "info,skiff_control=debug";
 const AGENT_LOG: &str = "info,skiff_agent=debug";
 
@@ -1040,6 +1046,14 @@ subjects:
             if !given {
                 cmd.args([flag, value]);
             }
+        }
+        // LoadBalancer addresses from the underlay, so they answer there and from the host.
+        if !opts
+            .control_args
+            .iter()
+            .any(|a| a.starts_with("--service-lb-pool"))
+        {
+            cmd.args(["--service-lb-pool", &lb_pool(s.index)]);
         }
         cmd.args(&opts.control_args)
             .env("RUST_LOG", CONTROL_LOG)

@@ -345,8 +345,12 @@ impl Allocators {
             spec.insert("clusterIPs".into(), json!([ip]));
         }
 
-        // NodePorts: NodePort and LoadBalancer services get one per port.
+        // NodePorts: NodePort and LoadBalancer services get one per port, except that a
+        // LoadBalancer with `allocateLoadBalancerNodePorts: false` gets only those it asks
+        // for (kube's `shouldAllocateNodePorts`).
         let wants_node_ports = kind == "NodePort" || kind == "LoadBalancer";
+        let allocates_node_ports = kind == "NodePort"
+            || svc.pointer("/spec/allocateLoadBalancerNodePorts") != Some(&json!(false));
         let mut ports: Vec<Value> = svc
             .pointer("/spec/ports")
             .and_then(Value::as_array)
@@ -356,7 +360,11 @@ impl Allocators {
             let Some(port) = port.as_object_mut() else {
                 continue;
             };
-            if !wants_node_ports {
+            let asked = port
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .is_some_and(|p| p != 0);
+            if !wants_node_ports || (!allocates_node_ports && !asked) {
                 port.remove("nodePort");
                 continue;
             }
@@ -537,6 +545,54 @@ pub async fn check_namespace(store: &dyn Store, namespace: &str) -> ApiResult<()
 
 /// The server-owned parts of a new object, after its uid is set: initial status, Job
 /// selectors, pod QoS class.
+/// kube's `dropTypeDependentFields`: a Service that stops being a NodePort or LoadBalancer
+/// loses the NodePorts, and one that stops being a LoadBalancer the LoadBalancer-only
+/// fields, that the update did not change itself, so a type change needs no clean-up by hand
+/// (validation refuses them on other types).
+pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
+    let ty = |v: &Value| {
+        v.pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string()
+    };
+    let needs_node_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    if needs_node_ports(&ty(old))
+        && !needs_node_ports(&ty(new))
+        && no_new_node_ports(old, new)
+        && let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut)
+    {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            port.remove("nodePort");
+        }
+    }
+    if ty(old) != "LoadBalancer" || ty(new) == "LoadBalancer" {
+        return;
+    }
+    for field in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+        let pointer = format!("/spec/{field}");
+        if old.pointer(&pointer) == new.pointer(&pointer)
+            && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+        {
+            spec.remove(field);
+        }
+    }
+}
+
+/// kube's `sameNodePorts`: the update names no NodePort the old Service did not hold.
+fn no_new_node_ports(old: &Value, new: &Value) -> bool {
+    let node_ports = |v: &Value| -> std::collections::BTreeSet<i64> {
+        v.pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+            .filter(|p| *p != 0)
+            .collect()
+    };
+    node_ports(new).is_subset(&node_ports(old))
+}
+
 pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
     match info.plural {
         "pods" => {
@@ -756,6 +812,32 @@ mod tests {
         let freed = ServiceAllocations::of(&old).minus(&ServiceAllocations::of(&cluster));
         assert_eq!(freed.node_ports.len(), 2);
         assert!(freed.ips.is_empty());
+    }
+
+    #[tokio::test]
+    async fn load_balancer_node_ports_only_when_allocated_or_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = allocators(dir.path(), "10.96.0.0/12", "30000-32767");
+        let mut lb = json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": true,
+                     "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}});
+        let claimed = a.allocate_service(&mut lb, None).await.unwrap();
+        assert_eq!(claimed.node_ports.len(), 2);
+        // Without allocation only the port that asks for one gets it.
+        let mut bare = json!({"metadata": {"name": "bare", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+                     "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81, "nodePort": 31081}]}});
+        let claimed = a.allocate_service(&mut bare, None).await.unwrap();
+        assert_eq!(claimed.node_ports, vec![31081]);
+        assert!(bare.pointer("/spec/ports/0/nodePort").is_none());
+        assert_eq!(bare.pointer("/spec/ports/1/nodePort"), Some(&json!(31081)));
+        // Switching allocation off keeps the ports the update still names.
+        let old = lb.clone();
+        let mut off = lb.clone();
+        off["spec"]["allocateLoadBalancerNodePorts"] = json!(false);
+        let claimed = a.allocate_service(&mut off, Some(&old)).await.unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        assert_eq!(off["spec"]["ports"], old["spec"]["ports"]);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 use axum::http::Method;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+use skiff_common::loadbalancer;
 
 use super::authn::UserInfo;
 use super::nodeauthz::{self, NODE_LEASE_NAMESPACE, graph};
@@ -451,8 +452,12 @@ impl Attributes<'_> {
         Ok(())
     }
 
-    /// kube's `admitLease`: only the Lease named after the node, in `kube-node-lease`.
+    /// kube's `admitLease`: only the Lease named after the node, in `kube-node-lease`; and
+    /// skiff's L2 announcement Leases.
     fn lease(&self) -> ApiResult<()> {
+        if self.namespace() == Some(loadbalancer::LEASE_NAMESPACE) {
+            return self.announcement_lease();
+        }
         if self.namespace() != Some(NODE_LEASE_NAMESPACE) {
             return Err(self.forbidden(format!(
                 "can only access leases in the {NODE_LEASE_NAMESPACE:?} system namespace"
@@ -470,6 +475,44 @@ impl Attributes<'_> {
             return Err(self.forbidden(
                 "can only access node lease with the same name as the requesting node",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Attributes<'_> {
+    /// An announcement Lease: named with the prefix, and written with no holder or this node
+    /// as the holder (a node takes a Lease over or lets it go, never hands it to another).
+    fn announcement_lease(&self) -> ApiResult<()> {
+        let name = match self.op {
+            Operation::Create => self
+                .object
+                .as_ref()
+                .and_then(|o| meta_str(o, "name"))
+                .unwrap_or_default(),
+            _ => self.request.name.as_deref().unwrap_or_default(),
+        };
+        if !name.starts_with(loadbalancer::LEASE_PREFIX) {
+            return Err(self.forbidden(format!(
+                "can only access leases named {}* in the {:?} namespace",
+                loadbalancer::LEASE_PREFIX,
+                loadbalancer::LEASE_NAMESPACE
+            )));
+        }
+        if self.op == Operation::Delete {
+            return Err(self.forbidden("cannot delete an L2 announcement lease"));
+        }
+        let holder = self
+            .object
+            .as_ref()
+            .and_then(|o| o.pointer("/spec/holderIdentity"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !holder.is_empty() && holder != self.node {
+            return Err(self.forbidden(format!(
+                "node {:?} can only hold an L2 announcement lease itself, not for {holder:?}",
+                self.node
+            )));
         }
         Ok(())
     }

@@ -669,8 +669,46 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Causes) {
         }
     }
     labels(&spec["selector"], "spec.selector", out);
+    load_balancer_fields(spec, old.map(|o| &o["spec"]), out);
     if let Some(old) = old {
         cluster_ip_update(spec, &old["spec"], out);
+    }
+}
+
+/// The LoadBalancer-only fields: only on LoadBalancers, and the class fixed once set.
+fn load_balancer_fields(spec: &Value, old_spec: Option<&Value>, out: &mut Causes) {
+    let ty = str_at(&spec["type"]);
+    if ty != "LoadBalancer" {
+        for field in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
+            if !spec[field].is_null() {
+                out.push(FieldCause::forbidden(
+                    format!("spec.{field}"),
+                    "may only be used when `type` is 'LoadBalancer'",
+                ));
+            }
+        }
+        return;
+    }
+    let ip = &spec["loadBalancerIP"];
+    if let Some(s) = ip.as_str()
+        && !s.is_empty()
+        && s.parse::<std::net::IpAddr>().is_err()
+    {
+        out.push(FieldCause::invalid(
+            "spec.loadBalancerIP",
+            ip,
+            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ));
+    }
+    if let Some(old) = old_spec
+        && str_at(&old["type"]) == "LoadBalancer"
+        && old["loadBalancerClass"] != spec["loadBalancerClass"]
+    {
+        out.push(FieldCause::invalid(
+            "spec.loadBalancerClass",
+            &spec["loadBalancerClass"],
+            "may not change once set",
+        ));
     }
 }
 

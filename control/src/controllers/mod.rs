@@ -22,4 +22,5 @@ pub mod pod_state;
 pub mod replicaset;
 pub mod rootcacert;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod tokencleaner;

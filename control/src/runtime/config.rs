@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use skiff_common::cidr::Ipv4Cidr;
+use skiff_common::cidr::{Ipv4Cidr, Ipv4Range};
 
 /// Every component `--controllers` can name, in start order.
 pub const COMPONENTS: &[&str] = &[
@@ -28,6 +28,7 @@ pub const COMPONENTS: &[&str] = &[
     "csrapproving",
     "bootstrapsigner",
     "tokencleaner",
+    "service-lb-controller",
 ];
 
 /// Which components run: `*` for all, `name` to add one, `-name` to drop one
@@ -94,6 +95,9 @@ pub struct ControllerConfig {
     pub cluster_signing_dir: Option<PathBuf>,
     /// The longest certificate the signers issue (kube's `--cluster-signing-duration`).
     pub cluster_signing_duration: Duration,
+    /// Where `type: LoadBalancer` Services get their addresses (`--service-lb-pool`); none
+    /// leaves them pending, as a cluster without a cloud provider does.
+    pub lb_pools: Vec<Ipv4Range>,
 }
 
 impl Default for ControllerConfig {
@@ -108,6 +112,7 @@ impl Default for ControllerConfig {
             root_ca: String::new(),
             cluster_signing_dir: None,
             cluster_signing_duration: Duration::from_secs(365 * 24 * 3600),
+            lb_pools: Vec::new(),
         }
     }
 }

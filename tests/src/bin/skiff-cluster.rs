@@ -204,13 +204,14 @@ fn describe(s: &ClusterState) -> String {
         None => "not started".to_string(),
     };
     let mut out = format!(
-        "cluster {} ({})\n  api server  {} ({}, store {:?})\n  kubeconfig  {}\n",
+        "cluster {} ({})\n  api server  {} ({}, store {:?})\n  kubeconfig  {}\n  lb pool     {} (unless --control-arg --service-lb-pool=…)\n",
         s.name,
         s.dir.display(),
         s.api_url,
         alive(&s.control),
         s.store,
-        s.kubeconfig.display()
+        s.kubeconfig.display(),
+        cluster::lb_pool(s.index)
     );
     for n in &s.nodes {
         out += &format!(

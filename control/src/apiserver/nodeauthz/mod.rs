@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::PolicyRule;
+use skiff_common::loadbalancer;
 use tokio::sync::watch as signal;
 
 use self::graph::{Graph, Kind};
@@ -341,8 +342,11 @@ struct Target<'a> {
 }
 
 /// kube's `authorizeLease`: the node's own Lease in `kube-node-lease` (the name of a create
-/// is checked by NodeRestriction, which sees the object).
+/// is checked by NodeRestriction, which sees the object); and skiff's L2 announcement Leases.
 fn lease(t: &Target<'_>) -> Decision {
+    if t.namespace == loadbalancer::LEASE_NAMESPACE {
+        return announcement_lease(t);
+    }
     if !matches!(t.verb, "get" | "create" | "update" | "patch" | "delete") {
         return no_opinion("can only get, create, update, patch, or delete a node lease");
     }
@@ -353,6 +357,24 @@ fn lease(t: &Target<'_>) -> Decision {
     }
     if t.verb != "create" && t.name != t.node {
         return no_opinion("can only access node lease with the same name as the requesting node");
+    }
+    Decision::Allow
+}
+
+/// The Leases that pick the node announcing a LoadBalancer address: every node competes for
+/// them, so any node may read and write any of them, and nothing else in kube-system. No
+/// delete: they go with their Service (owner reference). NodeRestriction checks the name of
+/// a create and that a node writes only itself as the holder.
+fn announcement_lease(t: &Target<'_>) -> Decision {
+    if !matches!(t.verb, "get" | "create" | "update" | "patch") {
+        return no_opinion("can only get, create, update, or patch an L2 announcement lease");
+    }
+    if t.verb != "create" && !t.name.starts_with(loadbalancer::LEASE_PREFIX) {
+        return no_opinion(format!(
+            "can only access leases named {}* in the {:?} namespace",
+            loadbalancer::LEASE_PREFIX,
+            loadbalancer::LEASE_NAMESPACE
+        ));
     }
     Decision::Allow
 }

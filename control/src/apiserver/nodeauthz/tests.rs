@@ -281,3 +281,51 @@ async fn the_chain_adds_the_node_reason_to_rbacs_denial() {
         e.message
     );
 }
+
+#[tokio::test]
+async fn announcement_leases_for_every_node() {
+    let f = fixture().await;
+    // Any node may compete for any L2 announcement Lease, and touch no other in kube-system.
+    for verb in ["get", "update", "patch"] {
+        let r = req(
+            verb,
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            "skiff-l2announce-default-web",
+        );
+        assert_eq!(decide(&f, "n1", &r), Decision::Allow, "{r:?}");
+    }
+    let create = req("create", "coordination.k8s.io", "leases", "kube-system", "");
+    assert_eq!(decide(&f, "n1", &create), Decision::Allow);
+    assert_eq!(
+        decide(
+            &f,
+            "n1",
+            &req(
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                "kube-system",
+                "kube-controller-manager"
+            )
+        ),
+        no_opinion(
+            "can only access leases named skiff-l2announce-* in the \"kube-system\" namespace"
+        )
+    );
+    for verb in ["delete", "list", "watch"] {
+        let r = req(
+            verb,
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            "skiff-l2announce-default-web",
+        );
+        assert_eq!(
+            decide(&f, "n1", &r),
+            no_opinion("can only get, create, update, or patch an L2 announcement lease"),
+            "{r:?}"
+        );
+    }
+}

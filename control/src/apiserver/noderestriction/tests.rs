@@ -306,6 +306,47 @@ async fn only_mirror_pods_of_the_node_referencing_nothing() {
 }
 
 #[tokio::test]
+async fn announcement_leases_held_only_by_the_writer() {
+    let f = fixture().await;
+    let leases = request("leases", Some("kube-system"), None, None);
+    let lease = |name: &str, holder: Option<&str>| json!({"metadata": {"name": name}, "spec": {"holderIdentity": holder}});
+    let name = "skiff-l2announce-app-web";
+    admit_as(
+        &f,
+        "n1",
+        Method::POST,
+        &leases,
+        JSON,
+        &lease(name, Some("n1")),
+    )
+    .await
+    .unwrap();
+    // Letting it go (no holder) is fine too; handing it to another node is not.
+    let named = request("leases", Some("kube-system"), Some(name), None);
+    admit_as(&f, "n1", Method::PUT, &named, JSON, &lease(name, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        admit_as(
+            &f,
+            "n1",
+            Method::PUT,
+            &named,
+            JSON,
+            &lease(name, Some("n2"))
+        )
+        .await,
+        Err(format!(
+            r#"leases.coordination.k8s.io "{name}" is forbidden: node "n1" can only hold an L2 announcement lease itself, not for "n2""#
+        ))
+    );
+    assert_eq!(
+        admit_as(&f, "n1", Method::POST, &leases, JSON, &lease("kube-scheduler", Some("n1"))).await,
+        Err(r#"leases.coordination.k8s.io "kube-scheduler" is forbidden: can only access leases named skiff-l2announce-* in the "kube-system" namespace"#.into())
+    );
+}
+
+#[tokio::test]
 async fn leases_and_tokens_of_the_node_only() {
     let f = fixture().await;
     let leases = request("leases", Some(NODE_LEASE_NAMESPACE), None, None);

@@ -183,6 +183,17 @@ fn service_account_controller() -> Vec<PolicyRule> {
     ]
 }
 
+/// kube's cloud service controller's, which skiff's LoadBalancer IPAM runs as.
+fn service_controller() -> Vec<PolicyRule> {
+    vec![
+        rule(READ, &[""], &["services"]),
+        rule(STATUS_WRITE, &[""], &["services/status"]),
+        // skiff's: the L2 announcement Leases of Services that are gone.
+        rule(&["list", "delete"], &["coordination.k8s.io"], &["leases"]),
+        events_rule(),
+    ]
+}
+
 /// kube's: it writes `kube-root-ca.crt`; it reads ConfigMaps through the controller manager's
 /// shared informer.
 fn root_ca_cert_publisher() -> Vec<PolicyRule> {
@@ -250,6 +261,7 @@ fn controller_rules() -> Vec<(&'static str, Vec<PolicyRule>)> {
         ("replicaset-controller", replicaset_controller()),
         ("root-ca-cert-publisher", root_ca_cert_publisher()),
         ("service-account-controller", service_account_controller()),
+        ("service-controller", service_controller()),
     ]
 }
 
