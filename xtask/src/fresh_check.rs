@@ -6,7 +6,9 @@
 //! tree in (tracked and untracked-but-not-ignored files, as they are now), bind-mounts the
 //! host's rustup home and cargo registry (so nothing is downloaded twice), and runs, chrooted:
 //! the linker bootstrap of `.ci/run`, `cargo xtask setup`, `cargo build --workspace
-//! --all-targets`, the unit tests and `cargo xtask dist`. The cargo home inside is new apart
+//! --all-targets`, the unit tests and `cargo xtask dist`; then, without a network, in a
+//! network namespace and cgroup subtree of their own, the packages are installed as
+//! docs/deploy.md says, run and purged. The cargo home inside is new apart
 //! from the registry, so `bpf-linker` and everything apt brings are installed as on a fresh
 //! machine; what setup had to install is printed at the end.
 //!
@@ -253,12 +255,26 @@ tar -xf {tree} -C "$r/src"
 cat > "$r/fresh-check.sh" <<'FRESH_CHECK_EOF'
 {INNER}
 FRESH_CHECK_EOF
+cat > "$r/packages-check.sh" <<'FRESH_CHECK_EOF'
+{PACKAGES}
+FRESH_CHECK_EOF
 dpkg-query -W -f='${{Package}}\n' --admindir="$r/var/lib/dpkg" | sort > {run_dir}/before.txt
 set +e
 env -i HOME=/root RUSTUP_HOME=/root/.rustup CARGO_HOME=/root/.cargo TERM=dumb \
     PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     chroot "$r" bash -eu /fresh-check.sh
 rc=$?
+if [ $rc -eq 0 ]; then
+    # The packages' maintainer scripts run the agent's cleanup: give them a network namespace
+    # and a cgroup subtree of their own, so it cannot touch this machine's.
+    cg=$(awk '$3 == "cgroup2" {{print $2; exit}}' /proc/mounts)/skiff-fresh-check-packages
+    mkdir -p "$cg"
+    env -i HOME=/root TERM=dumb PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        sh -c 'echo $$ > "$1/cgroup.procs" && exec unshare --cgroup --net sh -euc "mount -t cgroup2 none \"\$0/sys/fs/cgroup\" && exec chroot \"\$0\" bash -eu /packages-check.sh" "$2"' \
+        sh "$cg" "$r"
+    rc=$?
+    rmdir "$cg"
+fi
 set -e
 dpkg-query -W -f='${{Package}}\n' --admindir="$r/var/lib/dpkg" | sort > {run_dir}/after.txt
 echo "fresh-check: Debian packages the setup installed:"
@@ -283,6 +299,32 @@ cargo build --workspace --all-targets
 SKIFF_TARGET_DIR=/src/target cargo test --workspace --lib --bins
 # The release packages: the static (musl) build and the units' verification.
 cargo xtask dist
+"#;
+
+/// Runs chrooted in the fresh root after [`INNER`], without a network: the packages `cargo
+/// xtask dist` built, installed as docs/deploy.md says, run, then purged (the agent's prerm
+/// runs `skiff-agent cleanup`, which must succeed), leaving nothing behind.
+const PACKAGES: &str = r#"
+cd /src
+apt-get install -y -qq ./target/dist/skiff-control_*.deb ./target/dist/skiff-agent_*.deb
+skiff-control --version
+skiff-agent --version
+for f in /lib/systemd/system/skiff-control.service /lib/systemd/system/skiff-agent.service \
+         /etc/default/skiff-control /etc/default/skiff-agent; do
+    test -f "$f" || { echo "fresh-check: $f not installed"; exit 1; }
+done
+mkdir -p /var/lib/skiff/agent /var/lib/skiff/control
+touch /var/lib/skiff/agent/state /var/lib/skiff/control/state
+out=$(apt-get purge -y skiff-agent skiff-control 2>&1)
+echo "$out" | tail -4
+if echo "$out" | grep -q "cleanup failed"; then
+    echo "fresh-check: the agent's cleanup failed when its package was removed"
+    exit 1
+fi
+for f in /usr/bin/skiff-agent /usr/bin/skiff-control /etc/default/skiff-agent /var/lib/skiff; do
+    if [ -e "$f" ]; then echo "fresh-check: $f is left after purge"; exit 1; fi
+done
+echo "fresh-check: the packages installed, ran and were purged cleanly"
 "#;
 
 fn remove_run_dir(dir: &Path) -> Result<()> {

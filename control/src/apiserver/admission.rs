@@ -545,54 +545,6 @@ pub async fn check_namespace(store: &dyn Store, namespace: &str) -> ApiResult<()
 
 /// The server-owned parts of a new object, after its uid is set: initial status, Job
 /// selectors, pod QoS class.
-/// kube's `dropTypeDependentFields`: a Service that stops being a NodePort or LoadBalancer
-/// loses the NodePorts, and one that stops being a LoadBalancer the LoadBalancer-only
-/// fields, that the update did not change itself, so a type change needs no clean-up by hand
-/// (validation refuses them on other types).
-pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
-    let ty = |v: &Value| {
-        v.pointer("/spec/type")
-            .and_then(Value::as_str)
-            .unwrap_or("ClusterIP")
-            .to_string()
-    };
-    let needs_node_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
-    if needs_node_ports(&ty(old))
-        && !needs_node_ports(&ty(new))
-        && no_new_node_ports(old, new)
-        && let Some(ports) = new.pointer_mut("/spec/ports").and_then(Value::as_array_mut)
-    {
-        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
-            port.remove("nodePort");
-        }
-    }
-    if ty(old) != "LoadBalancer" || ty(new) == "LoadBalancer" {
-        return;
-    }
-    for field in ["allocateLoadBalancerNodePorts", "loadBalancerClass"] {
-        let pointer = format!("/spec/{field}");
-        if old.pointer(&pointer) == new.pointer(&pointer)
-            && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
-        {
-            spec.remove(field);
-        }
-    }
-}
-
-/// kube's `sameNodePorts`: the update names no NodePort the old Service did not hold.
-fn no_new_node_ports(old: &Value, new: &Value) -> bool {
-    let node_ports = |v: &Value| -> std::collections::BTreeSet<i64> {
-        v.pointer("/spec/ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
-            .filter(|p| *p != 0)
-            .collect()
-    };
-    node_ports(new).is_subset(&node_ports(old))
-}
-
 pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
     match info.plural {
         "pods" => {

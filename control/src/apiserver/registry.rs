@@ -527,9 +527,6 @@ impl Registry {
             service_strategy::drop_type_dependent_fields(cur, &mut new);
         }
         no_new_finalizers_while_deleting(info, name, cur, &new)?;
-        if info.plural == "services" {
-            super::admission::drop_type_dependent_fields(cur, &mut new);
-        }
         // Namespace "defaults" (the `kubernetes` finalizer) belong to creation only: the
         // namespace controller hands the finalizer back through an update.
         if info.plural != "namespaces" {
