@@ -34,8 +34,8 @@ pub fn show(bpffs: &Path, what: What, json: bool) -> Result<String> {
             m.frontends()?,
             json,
             format!(
-                "{:<40} {:<24} {:>6} {:<8} BACKENDS (slot: ip:port)",
-                "SERVICE", "FRONTEND", "REVNAT", "FLAGS"
+                "{:<40} {:<24} {:>6} {:<12} {:<8} BACKENDS (slot: ip:port)",
+                "SERVICE", "FRONTEND", "REVNAT", "TYPE", "FLAGS"
             ),
             frontend_row,
         ),
@@ -107,17 +107,28 @@ fn view<T: Serialize>(
     Ok(out)
 }
 
-fn frontend_row(f: &FrontendEntry) -> String {
+/// The flags column of `lb list`: the frontend's scope and options.
+fn frontend_flags(f: &FrontendEntry) -> String {
     let mut flags = Vec::new();
-    if f.nodeport {
-        flags.push("nodeport");
+    if f.scope == "internal" {
+        flags.push("internal".to_string());
     }
     if f.external_local {
-        flags.push("local");
+        flags.push("local".to_string());
     }
     if f.affinity_timeout.is_some() {
-        flags.push("affinity");
+        flags.push("affinity".to_string());
     }
+    if let Some(ranges) = &f.source_ranges {
+        flags.push(format!("src-ranges={}", ranges.join(";")));
+    }
+    if flags.is_empty() {
+        return "-".into();
+    }
+    flags.join(",")
+}
+
+fn frontend_row(f: &FrontendEntry) -> String {
     let backends: Vec<String> = f
         .slots
         .iter()
@@ -128,11 +139,12 @@ fn frontend_row(f: &FrontendEntry) -> String {
         })
         .collect();
     format!(
-        "{:<40} {:<24} {:>6} {:<8} {}",
+        "{:<40} {:<24} {:>6} {:<12} {:<8} {}",
         f.service,
         format!("{}:{}/{}", f.ip, f.port, f.protocol),
         f.rev_nat_id,
-        flags.join(","),
+        f.kind,
+        frontend_flags(f),
         if backends.is_empty() {
             "(none: refused)".to_string()
         } else {

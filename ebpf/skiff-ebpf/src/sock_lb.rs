@@ -13,9 +13,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use skiff_ebpf_common::{AFF_CLIENT_NETNS, FrontendKey, PROTO_TCP, PROTO_UDP, SockRev, SockRevKey};
+use skiff_ebpf_common::{
+    AFF_CLIENT_NETNS, FE_EXTERNAL_LOCAL, Frontend, FrontendKey, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SockRev, SockRevKey, ip_from_raw,
+};
 
-use crate::maps::{FRONTENDS, REVNAT, SOCK_REV, now_secs};
+use crate::maps::{FRONTENDS, REVNAT, SKIFF_HOST_NETNS, SOCK_REV, now_secs};
 use crate::select::{Selected, select_backend};
 
 /// cgroup sock_addr verdicts.
@@ -70,15 +73,17 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         // SAFETY: as for `proto` above.
         port: unsafe { (*sa).user_port } as u16,
         proto,
-        pad: 0,
+        scope: SCOPE_EXTERNAL,
     };
-    // SAFETY: the value is copied out (`*fe`) before any other map operation; an update or
-    // delete of the entry by the agent meanwhile yields the old or the new bytes of a
-    // plain-integer struct, both valid.
-    let Some(fe) = (unsafe { FRONTENDS.get(key) }) else {
+    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // 127.0.0.1 frontends (node ports, host ports) belong to the node, not to a pod's loopback.
+    if ip_from_raw(key.addr)[0] == 127 && netns != SKIFF_HOST_NETNS.load() {
+        return SYS_PROCEED;
+    }
+    let Some(fe) = lookup(&key) else {
         return SYS_PROCEED;
     };
-    let fe = *fe;
     if fe.count == 0 {
         debug!(
             ctx,
@@ -89,12 +94,10 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         return refuse();
     }
     let rev_nat_id = fe.rev_nat_id;
-    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
-    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let Some(Selected {
         backend_id,
         backend: be,
-    }) = select_backend(&fe, client, AFF_CLIENT_NETNS, now_secs())
+    }) = select_backend(&fe, netns, AFF_CLIENT_NETNS, now_secs())
     else {
         return refuse();
     };
@@ -134,6 +137,28 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         u16::from_be(be_port)
     );
     SYS_PROCEED
+}
+
+/// The frontend the node's own sockets use for `key`: its internal scope if it has one
+/// (`externalTrafficPolicy: Local`: every backend, not only the local ones).
+#[inline(always)]
+fn lookup(key: &FrontendKey) -> Option<Frontend> {
+    // SAFETY: the value is copied out before any other map operation; an update or delete of
+    // the entry by the agent meanwhile yields the old or the new bytes of a plain-integer
+    // struct, both valid.
+    let fe = *unsafe { FRONTENDS.get(key) }?;
+    if fe.flags & FE_EXTERNAL_LOCAL == 0 {
+        return Some(fe);
+    }
+    let internal = FrontendKey {
+        scope: SCOPE_INTERNAL,
+        ..*key
+    };
+    // SAFETY: as above.
+    match unsafe { FRONTENDS.get(internal) } {
+        Some(i) => Some(*i),
+        None => Some(fe),
+    }
 }
 
 /// Backend → service address, for sockets that were translated by [`xlate_fwd`].

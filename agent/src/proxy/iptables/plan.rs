@@ -960,6 +960,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            extra: Default::default(),
             endpoints: eps
                 .iter()
                 .map(|ip| Endpoint {
@@ -1052,10 +1053,11 @@ mod tests {
             sp("b", [10, 96, 0, 2], &[]),
         ]);
         let plan = step(&mut p, &mut k, &st, true);
-        // nat: SVC + 2 SEP + MARK-MASQ + POSTROUTING + SERVICES + NODEPORTS; 3 jumps.
-        assert_eq!(plan.nat.rewrite.len(), 7);
-        assert_eq!(plan.nat.jumps.len(), 3);
-        assert_eq!(plan.filter.jumps.len(), 7);
+        // nat: SVC + 2 SEP + MARK-MASQ + POSTROUTING + SERVICES + NODEPORTS + HOSTPORTS;
+        // 5 jumps (services and hostports from PREROUTING and OUTPUT, POSTROUTING).
+        assert_eq!(plan.nat.rewrite.len(), 8);
+        assert_eq!(plan.nat.jumps.len(), 5);
+        assert_eq!(plan.filter.jumps.len(), 9);
         let payload = plan.nat.payload();
         assert!(payload.starts_with("*nat\n:"));
         assert!(payload.ends_with("COMMIT\n"));
