@@ -702,7 +702,17 @@ fn wait_answer(netns: Option<&str>, url: &str, want: &str) -> Result<()> {
 /// Send the underlay's traffic for `ip` to `node` (a static ARP entry on `dev` in `netns`, or
 /// the host), as an L2 announcement of the address would.
 fn route_to_node(c: &Cluster, netns: Option<&str>, dev: &str, ip: &str, node: &str) -> Result<()> {
-    let mac = c.exec_ok(node, &["cat", "/sys/class/net/eth0/address"])?;
+    // `ip netns exec` mounts the namespace's own sysfs (`Cluster::exec` keeps the host's).
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.node(node).netns])
+        .args(["cat", "/sys/class/net/eth0/address"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{node}'s MAC: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mac = String::from_utf8_lossy(&out.stdout).to_string();
     let mut cmd = std::process::Command::new("ip");
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);
@@ -888,7 +898,21 @@ spec:
         route_to_node(c, None, &st.host_link, ip, n1)?;
         route_to_node(c, Some(ul), &st.bridge, ip, n1)?;
     }
-    wait_answer(None, &format!("http://{ext_ip}/"), "be-3")?;
+    if let Err(e) = wait_answer(None, &format!("http://{ext_ip}/"), "be-3") {
+        let svc = c
+            .kubectl(&["get", "svc", "ext", "-o", "yaml"])
+            .unwrap_or_default();
+        let view = match mode {
+            "ebpf" => {
+                let bpffs = c.node(n1).bpffs.display().to_string();
+                let agent = skiff_tests::cluster::agent_binary_path();
+                let agent = agent.to_str().unwrap_or_default().to_string();
+                c.exec_ok(n1, &[&agent, "bpf", "--bpffs", &bpffs, "lb", "list"])
+            }
+            _ => c.exec_ok(n1, &["iptables-save", "-t", "nat"]),
+        };
+        bail!("{e:#}\n{svc}\n{}", view.unwrap_or_else(|e| e.to_string()));
+    }
     let got = fetch(c, "client", &format!("http://{ext_ip}/"))?;
     ensure!(got == "be-3", "the external IP from a pod answered {got:?}");
     for _ in 0..5 {

@@ -173,10 +173,10 @@ fn port_frontends(
             out.push((key, make(aff | kind, sp.usable(), ranges)));
         }
     };
-    if sp.node_port != 0 {
-        if let Some(node_ip) = node_ip {
-            external(node_ip, sp.node_port, FE_NODEPORT, &[]);
-        }
+    if sp.node_port != 0
+        && let Some(node_ip) = node_ip
+    {
+        external(node_ip, sp.node_port, FE_NODEPORT, &[]);
     }
     if sp.port != 0 {
         for (ip, lb) in sp.external_addrs() {

@@ -1035,7 +1035,7 @@ mod tests {
             "-d 10.1.0.240/32 -p tcp -m comment --comment \"ns1/lb:http traffic not accepted by {fw}\" -m tcp --dport 80 -j DROP"
         );
         for c in [KUBE_EXTERNAL_SERVICES, KUBE_SERVICES] {
-            assert_eq!(shared_in(&r, Table::Filter, c), [drop.clone()]);
+            assert_eq!(shared_in(&r, Table::Filter, c), std::slice::from_ref(&drop));
         }
         // No node port: no KUBE-NODEPORTS jump.
         assert!(shared_in(&r, Table::Nat, KUBE_NODEPORTS).is_empty());
