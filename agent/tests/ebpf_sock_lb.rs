@@ -510,7 +510,7 @@ fn socket_lb_end_to_end() {
     drop(dp2);
     let rep = ebpf::cleanup(&env.bpffs, Some(&env.cgroup)).expect("cleanup");
     assert_eq!(rep.links.len(), 4, "{rep:?}");
-    assert_eq!(rep.maps.len(), 9, "{rep:?}");
+    assert_eq!(rep.maps.len(), 10, "{rep:?}");
     assert!(cgroup_links(&env.cgroup).is_empty());
     assert!(!env.bpffs.exists());
     // Programs go once nothing references them (freed asynchronously: poll briefly).
@@ -901,8 +901,9 @@ fn nodeport_end_to_end() {
     );
     let stats = dp.sync(&nodeport_state()).expect("sync");
     assert_eq!(
-        stats.frontends, 6,
-        "3 ClusterIP + 3 NodePort frontends: {stats:?}"
+        stats.frontends, 10,
+        "3 ClusterIP + 3 NodePort frontends at the node IP and 3 at 127.0.0.1, and the \
+         internal scope of the Local one: {stats:?}"
     );
 
     // externalTrafficPolicy: Cluster — both backends; the local one sees the client, the
