@@ -328,7 +328,7 @@ fn socket_lb_end_to_end() {
     let mut dp = EbpfDataplane::open(&env.config()).expect("open dataplane");
     assert_eq!(
         dp.attach_report().attached.len(),
-        4,
+        6,
         "{:?}",
         dp.attach_report()
     );
@@ -459,7 +459,7 @@ fn socket_lb_end_to_end() {
     // Agent restart under traffic: drop the dataplane, re-open from the pins, sync the same
     // state. The programs are swapped into the same links (no duplicates) and no request fails.
     let links_before: Vec<u32> = cgroup_links(&env.cgroup).iter().map(|l| l.id).collect();
-    assert_eq!(links_before.len(), 4);
+    assert_eq!(links_before.len(), 6);
     let traffic = {
         let plan = format!("tcpslow {VIP}:80 150");
         let env = &env;
@@ -476,7 +476,7 @@ fn socket_lb_end_to_end() {
             };
             let rep = dp2.attach_report().clone();
             assert!(rep.attached.is_empty(), "{rep:?}");
-            assert_eq!(rep.updated.len(), 4, "{rep:?}");
+            assert_eq!(rep.updated.len(), 6, "{rep:?}");
             assert!(
                 rep.maps_created.is_empty() && rep.maps_recreated.is_empty(),
                 "{rep:?}"
@@ -509,7 +509,7 @@ fn socket_lb_end_to_end() {
         .collect();
     drop(dp2);
     let rep = ebpf::cleanup(&env.bpffs, Some(&env.cgroup)).expect("cleanup");
-    assert_eq!(rep.links.len(), 4, "{rep:?}");
+    assert_eq!(rep.links.len(), 6, "{rep:?}");
     assert_eq!(rep.maps.len(), 10, "{rep:?}");
     assert!(cgroup_links(&env.cgroup).is_empty());
     assert!(!env.bpffs.exists());
@@ -895,7 +895,7 @@ fn nodeport_end_to_end() {
     });
     assert_eq!(
         dp.attach_report().attached.len(),
-        6,
+        8,
         "{:?}",
         dp.attach_report()
     );
@@ -1034,7 +1034,7 @@ fn nodeport_end_to_end() {
     dp = in_netns(&env.n, move || EbpfDataplane::open(&cfg).expect("re-open"));
     assert_eq!(
         dp.attach_report().updated.len(),
-        6,
+        8,
         "{:?}",
         dp.attach_report()
     );
@@ -1045,7 +1045,7 @@ fn nodeport_end_to_end() {
     drop(dp);
 
     let rep = ebpf::cleanup(&env.bpffs, Some(&env.cgroup)).unwrap();
-    assert_eq!(rep.links.len(), 6, "{rep:?}");
+    assert_eq!(rep.links.len(), 8, "{rep:?}");
     // Without the programs the node port is closed.
     let a = in_netns(&env.c, || tcp_ask(SocketAddrV4::new(NODE_IP, 30081)));
     assert!(a.starts_with("ERR"), "{a}");

@@ -783,6 +783,22 @@ fn external_frontends(c: &Cluster, mode: &str) -> Result<()> {
     );
     let got = fetch(c, "client", &format!("http://{ip1}:{np}/"))?;
     ensure!(got == "be-3", "the client's own node port answered {got:?}");
+    // A bind() to the node port on the node: refused in eBPF mode (post_bind4, as Cilium),
+    // allowed in iptables mode (the listener then sees none of the service's traffic).
+    let out = c.exec(n1, &["timeout", "2", "busybox", "nc", "-l", "-p", &np])?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    match mode {
+        "ebpf" => ensure!(
+            err.contains("in use"),
+            "binding node port {np} on {n1}: {err} ({})",
+            out.status
+        ),
+        _ => ensure!(
+            out.status.code() == Some(124),
+            "binding node port {np} on {n1} failed: {err} ({})",
+            out.status
+        ),
+    }
 
     // One node port for TCP and UDP.
     c.kubectl(&[

@@ -46,6 +46,8 @@ pub mod programs {
     pub const SENDMSG4: &str = "skiff_sendmsg4";
     pub const RECVMSG4: &str = "skiff_recvmsg4";
     pub const GETPEERNAME4: &str = "skiff_peername4";
+    pub const POST_BIND4: &str = "skiff_bind4";
+    pub const POST_BIND6: &str = "skiff_bind6";
     pub const NODEPORT_INGRESS: &str = "skiff_np_in";
     pub const NODEPORT_EGRESS: &str = "skiff_np_out";
 }

@@ -9,16 +9,17 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 use aya_log_ebpf::debug;
 use skiff_ebpf_common::{
-    AFF_CLIENT_NETNS, FE_EXTERNAL_LOCAL, Frontend, FrontendKey, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SockRev, SockRevKey, ip_from_raw,
+    AFF_CLIENT_NETNS, FE_EXTERNAL_IP, FE_EXTERNAL_LOCAL, FE_LOADBALANCER, FE_NODEPORT, Frontend,
+    FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SockRev, SockRevKey,
+    ip_from_raw,
 };
 
-use crate::maps::{FRONTENDS, REVNAT, SKIFF_HOST_NETNS, SOCK_REV, now_secs};
+use crate::maps::{FRONTENDS, REVNAT, SKIFF_HOST_NETNS, SKIFF_NODE_IP, SOCK_REV, now_secs};
 use crate::select::{Selected, select_backend};
 
 /// cgroup sock_addr verdicts.
@@ -26,6 +27,7 @@ const SYS_REJECT: i32 = 0;
 const SYS_PROCEED: i32 = 1;
 
 const ECONNREFUSED: i32 = 111;
+const EADDRINUSE: i32 = 98;
 
 #[cgroup_sock_addr(connect4)]
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
@@ -47,6 +49,70 @@ pub fn skiff_recvmsg4(ctx: SockAddrContext) -> i32 {
 pub fn skiff_peername4(ctx: SockAddrContext) -> i32 {
     xlate_rev(&ctx);
     SYS_PROCEED
+}
+
+/// A bind in the node's network namespace to a node port, external IP or LB address (on that
+/// address, the node IP, 127.0.0.1 or the wildcard) fails with `EADDRINUSE`: the service owns
+/// it, and the socket would never see its traffic (Cilium's `sock4_post_bind`).
+#[cgroup_sock(post_bind4)]
+pub fn skiff_bind4(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: `sk` is the `bpf_sock` the kernel passed this program, valid for its whole run;
+    // the verifier checks every field access against the context layout.
+    let (proto, addr, port) = unsafe { ((*sk).protocol as u8, (*sk).src_ip4, (*sk).src_port) };
+    check_bind(&ctx, proto, addr, port)
+}
+
+/// [`skiff_bind4`] for IPv6 sockets bound to the wildcard (dual-stack: they receive IPv4
+/// too) or to an IPv4-mapped address.
+#[cgroup_sock(post_bind6)]
+pub fn skiff_bind6(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: as in `skiff_bind4`.
+    let (proto, a, port) = unsafe { ((*sk).protocol as u8, (*sk).src_ip6, (*sk).src_port) };
+    let addr = match a {
+        [0, 0, 0, 0] => 0,
+        [0, 0, mapped, v4] if mapped == 0xffff_u32.to_be() => v4,
+        _ => return SYS_PROCEED,
+    };
+    check_bind(&ctx, proto, addr, port)
+}
+
+/// Refuse a bind of `proto` to `addr` (network order, 0: wildcard) and `port` (host order) in
+/// the node's network namespace if a service frontend owns it.
+#[inline(always)]
+fn check_bind(ctx: &SockContext, proto: u8, addr: u32, port: u32) -> i32 {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return SYS_PROCEED;
+    }
+    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != SKIFF_HOST_NETNS.load() {
+        return SYS_PROCEED;
+    }
+    // The wildcard and loopback binds cover the node IP's node ports too.
+    let addr = if addr == 0 || ip_from_raw(addr)[0] == 127 {
+        SKIFF_NODE_IP.load()
+    } else {
+        addr
+    };
+    let key = FrontendKey {
+        addr,
+        // `bpf_sock.src_port` is in host byte order.
+        port: (port as u16).to_be(),
+        proto,
+        scope: SCOPE_EXTERNAL,
+    };
+    // SAFETY: the flags are copied out at once (see `lookup`).
+    let flags = match unsafe { FRONTENDS.get(key) } {
+        Some(fe) => fe.flags,
+        None => return SYS_PROCEED,
+    };
+    if flags & (FE_NODEPORT | FE_EXTERNAL_IP | FE_LOADBALANCER) == 0 {
+        return SYS_PROCEED;
+    }
+    // SAFETY: a helper taking only a value; cgroup programs may call it (kernel ≥ 5.18).
+    unsafe { bpf_set_retval(-EADDRINUSE) };
+    SYS_REJECT
 }
 
 #[inline(always)]
