@@ -164,3 +164,45 @@ fn map_row(f: &MapFill) -> String {
         f.name, f.entries, f.max_entries, pct
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ebpf::maps::frontend_kind;
+    use skiff_ebpf_common::{FE_EXTERNAL_LOCAL, FE_HOSTPORT, FE_LOADBALANCER, FE_NODEPORT};
+
+    #[test]
+    fn lb_list_rows_show_the_type_and_flags() {
+        let mut f = FrontendEntry {
+            service: "default/lb".into(),
+            ip: std::net::Ipv4Addr::new(10, 1, 0, 240),
+            port: 80,
+            protocol: "tcp".into(),
+            rev_nat_id: 7,
+            kind: frontend_kind(FE_LOADBALANCER | FE_EXTERNAL_LOCAL),
+            scope: "external",
+            nodeport: false,
+            external_local: true,
+            source_ranges: Some(vec!["10.1.0.1/32".into(), "192.168.0.0/16".into()]),
+            affinity_timeout: None,
+            slots: Vec::new(),
+        };
+        let row = frontend_row(&f);
+        assert!(row.contains(" LoadBalancer "), "{row}");
+        assert!(
+            row.contains(" local,src-ranges=10.1.0.1/32;192.168.0.0/16 "),
+            "{row}"
+        );
+        assert!(row.ends_with("(none: refused)"), "{row}");
+        f.scope = "internal";
+        f.external_local = false;
+        f.source_ranges = None;
+        assert!(frontend_row(&f).contains(" internal "));
+        assert_eq!(frontend_kind(FE_HOSTPORT | FE_EXTERNAL_LOCAL), "HostPort");
+        assert_eq!(frontend_kind(FE_NODEPORT), "NodePort");
+        assert_eq!(frontend_kind(0), "ClusterIP");
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["type"], "LoadBalancer");
+        assert_eq!(json["scope"], "internal");
+    }
+}
