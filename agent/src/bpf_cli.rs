@@ -34,8 +34,8 @@ pub fn show(bpffs: &Path, what: What, json: bool) -> Result<String> {
             m.frontends()?,
             json,
             format!(
-                "{:<40} {:<24} {:>6} {:<8} BACKENDS (slot: ip:port)",
-                "SERVICE", "FRONTEND", "REVNAT", "FLAGS"
+                "{:<40} {:<24} {:>6} {:<12} {:<8} BACKENDS (slot: ip:port)",
+                "SERVICE", "FRONTEND", "REVNAT", "TYPE", "FLAGS"
             ),
             frontend_row,
         ),
@@ -107,17 +107,28 @@ fn view<T: Serialize>(
     Ok(out)
 }
 
-fn frontend_row(f: &FrontendEntry) -> String {
+/// The flags column of `lb list`: the frontend's scope and options.
+fn frontend_flags(f: &FrontendEntry) -> String {
     let mut flags = Vec::new();
-    if f.nodeport {
-        flags.push("nodeport");
+    if f.scope == "internal" {
+        flags.push("internal".to_string());
     }
     if f.external_local {
-        flags.push("local");
+        flags.push("local".to_string());
     }
     if f.affinity_timeout.is_some() {
-        flags.push("affinity");
+        flags.push("affinity".to_string());
     }
+    if let Some(ranges) = &f.source_ranges {
+        flags.push(format!("src-ranges={}", ranges.join(";")));
+    }
+    if flags.is_empty() {
+        return "-".into();
+    }
+    flags.join(",")
+}
+
+fn frontend_row(f: &FrontendEntry) -> String {
     let backends: Vec<String> = f
         .slots
         .iter()
@@ -128,11 +139,12 @@ fn frontend_row(f: &FrontendEntry) -> String {
         })
         .collect();
     format!(
-        "{:<40} {:<24} {:>6} {:<8} {}",
+        "{:<40} {:<24} {:>6} {:<12} {:<8} {}",
         f.service,
         format!("{}:{}/{}", f.ip, f.port, f.protocol),
         f.rev_nat_id,
-        flags.join(","),
+        f.kind,
+        frontend_flags(f),
         if backends.is_empty() {
             "(none: refused)".to_string()
         } else {
@@ -151,4 +163,46 @@ fn map_row(f: &MapFill) -> String {
         "{:<20} {:>10} {:>10} {:>5.1}%",
         f.name, f.entries, f.max_entries, pct
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ebpf::maps::frontend_kind;
+    use skiff_ebpf_common::{FE_EXTERNAL_LOCAL, FE_HOSTPORT, FE_LOADBALANCER, FE_NODEPORT};
+
+    #[test]
+    fn lb_list_rows_show_the_type_and_flags() {
+        let mut f = FrontendEntry {
+            service: "default/lb".into(),
+            ip: std::net::Ipv4Addr::new(10, 1, 0, 240),
+            port: 80,
+            protocol: "tcp".into(),
+            rev_nat_id: 7,
+            kind: frontend_kind(FE_LOADBALANCER | FE_EXTERNAL_LOCAL),
+            scope: "external",
+            nodeport: false,
+            external_local: true,
+            source_ranges: Some(vec!["10.1.0.1/32".into(), "192.168.0.0/16".into()]),
+            affinity_timeout: None,
+            slots: Vec::new(),
+        };
+        let row = frontend_row(&f);
+        assert!(row.contains(" LoadBalancer "), "{row}");
+        assert!(
+            row.contains(" local,src-ranges=10.1.0.1/32;192.168.0.0/16 "),
+            "{row}"
+        );
+        assert!(row.ends_with("(none: refused)"), "{row}");
+        f.scope = "internal";
+        f.external_local = false;
+        f.source_ranges = None;
+        assert!(frontend_row(&f).contains(" internal "));
+        assert_eq!(frontend_kind(FE_HOSTPORT | FE_EXTERNAL_LOCAL), "HostPort");
+        assert_eq!(frontend_kind(FE_NODEPORT), "NodePort");
+        assert_eq!(frontend_kind(0), "ClusterIP");
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["type"], "LoadBalancer");
+        assert_eq!(json["scope"], "internal");
+    }
 }

@@ -276,6 +276,7 @@ fn service(
         node_port: 0,
         affinity_timeout: None,
         external_local: false,
+        extra: Default::default(),
         endpoints: eps.iter().map(|ip| ep(*ip, target)).collect(),
     }
 }
@@ -327,7 +328,7 @@ fn socket_lb_end_to_end() {
     let mut dp = EbpfDataplane::open(&env.config()).expect("open dataplane");
     assert_eq!(
         dp.attach_report().attached.len(),
-        4,
+        6,
         "{:?}",
         dp.attach_report()
     );
@@ -458,7 +459,7 @@ fn socket_lb_end_to_end() {
     // Agent restart under traffic: drop the dataplane, re-open from the pins, sync the same
     // state. The programs are swapped into the same links (no duplicates) and no request fails.
     let links_before: Vec<u32> = cgroup_links(&env.cgroup).iter().map(|l| l.id).collect();
-    assert_eq!(links_before.len(), 4);
+    assert_eq!(links_before.len(), 6);
     let traffic = {
         let plan = format!("tcpslow {VIP}:80 150");
         let env = &env;
@@ -475,7 +476,7 @@ fn socket_lb_end_to_end() {
             };
             let rep = dp2.attach_report().clone();
             assert!(rep.attached.is_empty(), "{rep:?}");
-            assert_eq!(rep.updated.len(), 4, "{rep:?}");
+            assert_eq!(rep.updated.len(), 6, "{rep:?}");
             assert!(
                 rep.maps_created.is_empty() && rep.maps_recreated.is_empty(),
                 "{rep:?}"
@@ -508,8 +509,8 @@ fn socket_lb_end_to_end() {
         .collect();
     drop(dp2);
     let rep = ebpf::cleanup(&env.bpffs, Some(&env.cgroup)).expect("cleanup");
-    assert_eq!(rep.links.len(), 4, "{rep:?}");
-    assert_eq!(rep.maps.len(), 9, "{rep:?}");
+    assert_eq!(rep.links.len(), 6, "{rep:?}");
+    assert_eq!(rep.maps.len(), 10, "{rep:?}");
     assert!(cgroup_links(&env.cgroup).is_empty());
     assert!(!env.bpffs.exists());
     // Programs go once nothing references them (freed asynchronously: poll briefly).
@@ -894,14 +895,15 @@ fn nodeport_end_to_end() {
     });
     assert_eq!(
         dp.attach_report().attached.len(),
-        6,
+        8,
         "{:?}",
         dp.attach_report()
     );
     let stats = dp.sync(&nodeport_state()).expect("sync");
     assert_eq!(
-        stats.frontends, 6,
-        "3 ClusterIP + 3 NodePort frontends: {stats:?}"
+        stats.frontends, 10,
+        "3 ClusterIP + 3 NodePort frontends at the node IP and 3 at 127.0.0.1, and the \
+         internal scope of the Local one: {stats:?}"
     );
 
     // externalTrafficPolicy: Cluster — both backends; the local one sees the client, the
@@ -1032,7 +1034,7 @@ fn nodeport_end_to_end() {
     dp = in_netns(&env.n, move || EbpfDataplane::open(&cfg).expect("re-open"));
     assert_eq!(
         dp.attach_report().updated.len(),
-        6,
+        8,
         "{:?}",
         dp.attach_report()
     );
@@ -1043,7 +1045,7 @@ fn nodeport_end_to_end() {
     drop(dp);
 
     let rep = ebpf::cleanup(&env.bpffs, Some(&env.cgroup)).unwrap();
-    assert_eq!(rep.links.len(), 6, "{rep:?}");
+    assert_eq!(rep.links.len(), 8, "{rep:?}");
     // Without the programs the node port is closed.
     let a = in_netns(&env.c, || tcp_ask(SocketAddrV4::new(NODE_IP, 30081)));
     assert!(a.starts_with("ERR"), "{a}");

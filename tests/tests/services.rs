@@ -405,6 +405,8 @@ spec:
         c.host_ip()
     );
 
+    external_frontends(&c, mode)?;
+
     // No endpoints → refused at once: TCP (`connect()` fails) and connected UDP (the
     // datagram's error comes back on the socket).
     c.apply(
@@ -668,6 +670,315 @@ spec:
         );
     }
     let _ = (n2, n3);
+    Ok(())
+}
+
+/// `busybox wget` of `url` from the host (or, with `netns`, from that namespace), trimmed
+/// output on success.
+fn host_fetch(netns: Option<&str>, url: &str) -> Result<Option<String>> {
+    let mut argv: Vec<&str> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns]);
+    }
+    argv.extend(["timeout", "3", "busybox", "wget", "-q", "-O", "-", url]);
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .output()?;
+    Ok(out
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+}
+
+/// Until `url` answers `want` from the host (or `netns`).
+fn wait_answer(netns: Option<&str>, url: &str, want: &str) -> Result<()> {
+    let got = wait_for(&format!("{want} at {url}"), Duration::from_secs(20), || {
+        host_fetch(netns, url)
+    })?;
+    ensure!(got == want, "{url} answered {got:?}, not {want}");
+    Ok(())
+}
+
+/// Send the underlay's traffic for `ip` to `node` (a static ARP entry on `dev` in `netns`, or
+/// the host), as an L2 announcement of the address would.
+fn route_to_node(c: &Cluster, netns: Option<&str>, dev: &str, ip: &str, node: &str) -> Result<()> {
+    // `ip netns exec` mounts the namespace's own sysfs (`Cluster::exec` keeps the host's).
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.node(node).netns])
+        .args(["cat", "/sys/class/net/eth0/address"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{node}'s MAC: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mac = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut cmd = std::process::Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd
+        .args(["neigh", "replace", ip, "lladdr", mac.trim(), "dev", dev])
+        .args(["nud", "permanent"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ip neigh replace {ip}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The `bpf lb list -o json` frontend at `ip:port` of type `kind` on `node`.
+fn lb_list_entry(
+    c: &Cluster,
+    node: &str,
+    ip: &str,
+    port: u16,
+    kind: &str,
+) -> Result<serde_json::Value> {
+    let bpffs = c.node(node).bpffs.display().to_string();
+    let agent = skiff_tests::cluster::agent_binary_path();
+    let agent = agent.to_str().context("agent path")?;
+    let out = c.exec_ok(
+        node,
+        &[agent, "bpf", "--bpffs", &bpffs, "lb", "list", "-o", "json"],
+    )?;
+    let fes: serde_json::Value = serde_json::from_str(&out)?;
+    fes.as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| {
+            f["ip"] == ip && f["port"] == port && f["type"] == kind && f["scope"] == "external"
+        })
+        .cloned()
+        .with_context(|| format!("no {kind} frontend {ip}:{port} in bpf lb list on {node}:\n{out}"))
+}
+
+/// NodePort on 127.0.0.1 and from a pod to its own node, one node port for TCP and UDP,
+/// hostPort, externalIPs and LoadBalancer addresses with source ranges: each asserts which
+/// backend answered. Uses the backends `be-1..3` (on nodes 1..3) and `client` (node 1).
+fn external_frontends(c: &Cluster, mode: &str) -> Result<()> {
+    let nodes = c.nodes();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let (ip1, ip2) = (c.node_ip(n1), c.node_ip(n2));
+    // NodePort on loopback (the node's own processes) and from a pod to its own node.
+    let np = c.jsonpath("svc", "remote", ".spec.ports[0].nodePort")?;
+    let got = c.exec_ok(
+        n1,
+        &[
+            "timeout",
+            "3",
+            "busybox",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://127.0.0.1:{np}/"),
+        ],
+    )?;
+    ensure!(
+        got.trim() == "be-3",
+        "127.0.0.1:{np} on {n1} answered {got:?}"
+    );
+    let got = fetch(c, "client", &format!("http://{ip1}:{np}/"))?;
+    ensure!(got == "be-3", "the client's own node port answered {got:?}");
+    // A bind() to the node port on the node: refused in eBPF mode (post_bind4, as Cilium),
+    // allowed in iptables mode (the listener then sees none of the service's traffic).
+    let out = c.exec(n1, &["timeout", "2", "busybox", "nc", "-l", "-p", &np])?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    match mode {
+        "ebpf" => ensure!(
+            err.contains("in use"),
+            "binding node port {np} on {n1}: {err} ({})",
+            out.status
+        ),
+        _ => ensure!(
+            out.status.code() == Some(124),
+            "binding node port {np} on {n1} failed: {err} ({})",
+            out.status
+        ),
+    }
+
+    // One node port for TCP and UDP.
+    c.kubectl(&[
+        "label",
+        "pod",
+        "be-2",
+        "statefulset.kubernetes.io/pod-name=be-2",
+    ])?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: dual}
+spec:
+  type: NodePort
+  selector: {statefulset.kubernetes.io/pod-name: be-2}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, protocol: TCP}
+  - {name: dns, port: 80, targetPort: 9053, protocol: UDP}
+"#,
+    )?;
+    let tcp_np = c.jsonpath("svc", "dual", ".spec.ports[0].nodePort")?;
+    c.kubectl(&[
+        "patch",
+        "svc",
+        "dual",
+        "--type=json",
+        "-p",
+        &format!(r#"[{{"op": "replace", "path": "/spec/ports/1/nodePort", "value": {tcp_np}}}]"#),
+    ])?;
+    let udp_np = c.jsonpath("svc", "dual", ".spec.ports[1].nodePort")?;
+    ensure!(udp_np == tcp_np, "UDP node port {udp_np}, TCP {tcp_np}");
+    wait_answer(None, &format!("http://{ip1}:{tcp_np}/"), "be-2")?;
+    let port: u16 = tcp_np.parse()?;
+    wait_for("UDP on the same node port", Duration::from_secs(20), || {
+        let (hosts, _) = udp_seen(c, "client", &ip1, port, 5, false)?;
+        ensure!(
+            hosts == set(&["be-2"]),
+            "UDP node port answered by {hosts:?}"
+        );
+        Ok(Some(()))
+    })?;
+
+    // hostPort: from outside, from the node itself (its IP and 127.0.0.1) and from a pod on
+    // another node.
+    let hp_pod = backend("hp", n2, "role: hostport", "").replace(
+        "{name: web, containerPort: 8080}",
+        "{name: web, containerPort: 8080, hostPort: 18080}",
+    );
+    c.apply(&hp_pod)?;
+    c.wait_pod_running("default", "hp", Duration::from_secs(60))?;
+    wait_answer(None, &format!("http://{ip2}:18080/"), "hp")?;
+    for url in [
+        format!("http://{ip2}:18080/"),
+        "http://127.0.0.1:18080/".to_string(),
+    ] {
+        let got = c.exec_ok(
+            n2,
+            &["timeout", "3", "busybox", "wget", "-q", "-O", "-", &url],
+        )?;
+        ensure!(got.trim() == "hp", "{url} on {n2} answered {got:?}");
+    }
+    let got = fetch(c, "client", &format!("http://{ip2}:18080/"))?;
+    ensure!(got == "hp", "hostPort from a pod answered {got:?}");
+
+    // externalIPs and a LoadBalancer address, inside the underlay, sent to node 1 (as an ARP
+    // announcement would): a remote backend (SNAT) and, with `externalTrafficPolicy: Local`,
+    // node 1's own backend only.
+    let st = c.state();
+    let prefix = c
+        .host_ip()
+        .rsplit_once('.')
+        .context("host ip")?
+        .0
+        .to_string();
+    let (ext_ip, lb_ip, outsider) = (
+        format!("{prefix}.200"),
+        format!("{prefix}.201"),
+        format!("{prefix}.250"),
+    );
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: ext}}
+spec:
+  selector: {{statefulset.kubernetes.io/pod-name: be-3}}
+  externalIPs: ["{ext_ip}"]
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: lb}}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: skiff.test/manual
+  externalTrafficPolicy: Local
+  loadBalancerSourceRanges: ["{}/32"]
+  selector: {{app: echo}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#,
+        c.host_ip()
+    ))?;
+    c.kubectl(&[
+        "patch",
+        "svc",
+        "lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status": {{"loadBalancer": {{"ingress": [{{"ip": "{lb_ip}"}}]}}}}}}"#),
+    ])?;
+    let ul = st.underlay_netns.as_str();
+    for ip in [&ext_ip, &lb_ip] {
+        route_to_node(c, None, &st.host_link, ip, n1)?;
+        route_to_node(c, Some(ul), &st.bridge, ip, n1)?;
+    }
+    if let Err(e) = wait_answer(None, &format!("http://{ext_ip}/"), "be-3") {
+        let svc = c
+            .kubectl(&["get", "svc", "ext", "-o", "yaml"])
+            .unwrap_or_default();
+        let view = match mode {
+            "ebpf" => {
+                let bpffs = c.node(n1).bpffs.display().to_string();
+                let agent = skiff_tests::cluster::agent_binary_path();
+                let agent = agent.to_str().unwrap_or_default().to_string();
+                c.exec_ok(n1, &[&agent, "bpf", "--bpffs", &bpffs, "lb", "list"])
+            }
+            _ => c.exec_ok(n1, &["iptables-save", "-t", "nat"]),
+        };
+        bail!("{e:#}\n{svc}\n{}", view.unwrap_or_else(|e| e.to_string()));
+    }
+    let got = fetch(c, "client", &format!("http://{ext_ip}/"))?;
+    ensure!(got == "be-3", "the external IP from a pod answered {got:?}");
+    for _ in 0..5 {
+        wait_answer(None, &format!("http://{lb_ip}/"), "be-1")?;
+    }
+    // A client outside the source ranges (an address on the underlay bridge) is dropped …
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            ul,
+            "addr",
+            "add",
+            &format!("{outsider}/24"),
+            "dev",
+            &st.bridge,
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let lb_url = format!("http://{lb_ip}/");
+    ensure!(
+        host_fetch(Some(ul), &lb_url)?.is_none(),
+        "a client outside loadBalancerSourceRanges was answered"
+    );
+    // … until the ranges include it.
+    c.kubectl(&[
+        "patch",
+        "svc",
+        "lb",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"spec": {{"loadBalancerSourceRanges": ["{}/32", "{outsider}/32"]}}}}"#,
+            c.host_ip()
+        ),
+    ])?;
+    wait_answer(Some(ul), &lb_url, "be-1")?;
+    if mode == "ebpf" {
+        let lb = lb_list_entry(c, n1, &lb_ip, 80, "LoadBalancer")?;
+        ensure!(lb["external_local"] == true, "{lb}");
+        let ranges = lb["source_ranges"].as_array().map(Vec::len);
+        ensure!(ranges == Some(2), "source ranges: {lb}");
+        lb_list_entry(c, n1, &ext_ip, 80, "ExternalIP")?;
+        lb_list_entry(c, n2, &ip2, 18080, "HostPort")?;
+        lb_list_entry(c, n1, "127.0.0.1", np.parse()?, "NodePort")?;
+    }
     Ok(())
 }
 

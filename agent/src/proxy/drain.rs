@@ -123,7 +123,8 @@ impl BackendDrain {
         };
         self.scans.fetch_add(1, Ordering::Relaxed);
         let mut still = HashSet::new();
-        for sp in state.values() {
+        // A pod's own hostPort entry lives as long as the pod object: not a service backend.
+        for sp in state.values().filter(|sp| sp.extra.host_port.is_none()) {
             for e in sp.usable() {
                 if wanted.contains(&e.ip) {
                     still.insert(e.ip);
@@ -189,6 +190,7 @@ pub(crate) mod tests {
                         node_port: 0,
                         affinity_timeout: None,
                         external_local: false,
+                        extra: Default::default(),
                         endpoints: endpoints.clone(),
                     },
                 )

@@ -101,6 +101,12 @@ fn iptables_dataplane(t: &ProxyTarget) -> Result<Box<dyn Dataplane>> {
     if !Backend::Nft.available() {
         bail!("proxy mode iptables needs the iptables command (Debian package iptables)");
     }
+    // NodePorts and hostPorts on 127.0.0.1 DNAT loopback traffic to pods, which the kernel
+    // routes only with route_localnet (kube-proxy sets it too; KUBE-FIREWALL drops outside
+    // packets to 127.0.0.0/8 that it would otherwise let in).
+    if let Err(e) = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1") {
+        tracing::warn!("setting net.ipv4.conf.all.route_localnet=1 (NodePort on 127.0.0.1): {e}");
+    }
     // Leftovers of eBPF mode would translate sockets before iptables sees them.
     if let Err(e) = ebpf::cleanup(&t.bpffs_dir, Some(&t.cgroup_root)) {
         tracing::warn!("removing eBPF proxy leftovers: {e:#}");

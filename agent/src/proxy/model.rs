@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::network::Ipv4Net;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -81,9 +83,39 @@ pub struct ServicePort {
     pub affinity_timeout: Option<u32>,
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,
+    /// Frontends besides the cluster IP and the node port.
+    pub extra: ExtraFrontends,
     /// Endpoints sorted by (ip, port), deduplicated.
     pub endpoints: Vec<Endpoint>,
 }
+
+/// The addresses a service port is reached on from outside besides its node port
+/// (`spec.externalIPs`, `status.loadBalancer.ingress[].ip`), or, for a pod's `hostPort`
+/// entry, the host port itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtraFrontends {
+    /// `spec.externalIPs` (IPv4 ones), at the service port.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` (IPv4 ones), at the service port.
+    pub lb_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` (IPv4 ones): only these clients may use the LB
+    /// addresses; empty: everyone.
+    pub source_ranges: Vec<Ipv4Net>,
+    /// This entry is a pod's `hostPort`, not a Service (see [`host_ports`]).
+    pub host_port: Option<HostPort>,
+}
+
+/// A container port published on the node (`containers[].ports[].hostPort`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub port: u16,
+    /// `hostIP`; `None` (unset or `0.0.0.0`): the node IP (and loopback from the node).
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Prefix of the name of a pod's hostPort entries in the [`ProxyState`]: `pod/<name>` cannot
+/// be a Service's name, so they never collide with a Service.
+pub const HOST_PORT_PREFIX: &str = "pod/";
 
 impl ServicePort {
     /// The endpoints new connections may go to: the ready ones, else (kube-proxy's
@@ -102,6 +134,17 @@ impl ServicePort {
     /// For traffic arriving at a node port with externalTrafficPolicy: Local.
     pub fn usable_local(&self) -> Vec<&Endpoint> {
         self.usable().into_iter().filter(|e| e.local).collect()
+    }
+
+    /// The addresses traffic from outside the cluster reaches this port on at
+    /// [`ServicePort::port`] (external IPs, then LB addresses), with whether the address is
+    /// an LB one (where source ranges apply).
+    pub fn external_addrs(&self) -> impl Iterator<Item = (Ipv4Addr, bool)> + '_ {
+        let e = &self.extra;
+        e.external_ips
+            .iter()
+            .map(|ip| (*ip, false))
+            .chain(e.lb_ips.iter().map(|ip| (*ip, true)))
     }
 }
 
@@ -197,6 +240,7 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
             .max(1) as u32
     });
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let extra = extra_frontends(svc);
     for p in spec.ports.iter().flatten() {
         let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
             continue;
@@ -251,7 +295,135 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
             node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).unwrap_or(0),
             affinity_timeout,
             external_local,
+            extra: extra.clone(),
             endpoints,
+        });
+    }
+    out
+}
+
+/// IPv4 addresses of `ips`, sorted and deduplicated (others are skipped).
+fn ipv4s<'a>(ips: impl IntoIterator<Item = &'a str>) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = ips
+        .into_iter()
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// A Service's external IPs, LB ingress addresses (only for `type: LoadBalancer`, as
+/// kube-proxy) and LB source ranges.
+fn extra_frontends(svc: &Service) -> ExtraFrontends {
+    let Some(spec) = &svc.spec else {
+        return ExtraFrontends::default();
+    };
+    let external_ips = ipv4s(spec.external_ips.iter().flatten().map(String::as_str));
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return ExtraFrontends {
+            external_ips,
+            ..Default::default()
+        };
+    }
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let lb_ips = ipv4s(
+        ingress
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()),
+    );
+    let mut source_ranges: Vec<Ipv4Net> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    source_ranges.sort();
+    source_ranges.dedup();
+    ExtraFrontends {
+        external_ips,
+        lb_ips,
+        source_ranges,
+        host_port: None,
+    }
+}
+
+/// A pod's `hostPort`s as entries of the proxy state: one per (host port, protocol), named
+/// `<namespace>/pod/<name>:hostport-<port>`, its only endpoint the pod's container port.
+/// Pods without an IP, finished ones and those on the host network (whose container port is
+/// the host port already) have none.
+pub fn host_ports(pod: &Pod) -> Vec<ServicePort> {
+    let mut out = Vec::new();
+    let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
+        return out;
+    };
+    if spec.host_network == Some(true)
+        || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return out;
+    }
+    let Some(pod_ip) = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) else {
+        return out;
+    };
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = format!(
+        "{HOST_PORT_PREFIX}{}",
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten());
+    for p in ports {
+        let (Some(hp), Ok(cp)) = (
+            p.host_port
+                .and_then(|h| u16::try_from(h).ok())
+                .filter(|h| *h != 0),
+            u16::try_from(p.container_port),
+        ) else {
+            continue;
+        };
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            continue;
+        };
+        let ip = p
+            .host_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| !ip.is_unspecified());
+        let key = ServicePortName {
+            namespace: ns.clone(),
+            name: name.clone(),
+            port: format!("hostport-{hp}"),
+            protocol,
+        };
+        if out.iter().any(|e: &ServicePort| e.name == key) {
+            continue; // one host port, one binding (the scheduler ensures it)
+        }
+        out.push(ServicePort {
+            name: key,
+            cluster_ip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: true,
+            extra: ExtraFrontends {
+                host_port: Some(HostPort { port: hp, ip }),
+                ..Default::default()
+            },
+            endpoints: vec![Endpoint {
+                ip: pod_ip,
+                port: cp,
+                local: true,
+                ready: true,
+                serving: true,
+                terminating: false,
+            }],
         });
     }
     out
@@ -347,6 +519,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            extra: ExtraFrontends::default(),
             endpoints: vec![Endpoint {
                 ip: Ipv4Addr::new(10, 244, 0, 2),
                 port: 80,
@@ -357,5 +530,100 @@ mod tests {
             }],
         };
         assert_eq!(p.usable().len(), 1);
+    }
+
+    #[test]
+    fn external_ips_lb_ingress_and_source_ranges() {
+        let lb = svc(json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.20", "type": "LoadBalancer",
+                "externalIPs": ["203.0.113.7", "2001:db8::1"],
+                "loadBalancerSourceRanges": ["10.0.0.0/8", " 192.168.1.0/24 "],
+                "ports": [{"port": 80, "nodePort": 30081}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.1.0.240"}, {"hostname": "lb.example"}]}}}));
+        let st = build([&lb], [], "n1");
+        let p = st.values().next().unwrap();
+        assert_eq!(p.extra.external_ips, vec![Ipv4Addr::new(203, 0, 113, 7)]);
+        assert_eq!(p.extra.lb_ips, vec![Ipv4Addr::new(10, 1, 0, 240)]);
+        let ranges: Vec<String> = p
+            .extra
+            .source_ranges
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "192.168.1.0/24"]);
+        let addrs: Vec<(Ipv4Addr, bool)> = p.external_addrs().collect();
+        assert_eq!(
+            addrs,
+            [
+                (Ipv4Addr::new(203, 0, 113, 7), false),
+                (Ipv4Addr::new(10, 1, 0, 240), true)
+            ]
+        );
+        // A status left over from type LoadBalancer does not count on another type.
+        let mut np = lb.clone();
+        np.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+        let st = build([&np], [], "n1");
+        let p = st.values().next().unwrap();
+        assert!(p.extra.lb_ips.is_empty() && p.extra.source_ranges.is_empty());
+        assert_eq!(p.extra.external_ips.len(), 1);
+    }
+
+    #[test]
+    fn host_ports_of_a_pod() {
+        let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).unwrap() };
+        let web = pod(json!({"metadata": {"name": "web", "namespace": "ns1"},
+            "spec": {"containers": [
+                {"name": "a", "ports": [
+                    {"containerPort": 8080, "hostPort": 18080},
+                    {"containerPort": 53, "hostPort": 18053, "protocol": "UDP", "hostIP": "10.0.0.11"},
+                    {"containerPort": 9090}]},
+                {"name": "b", "ports": [{"containerPort": 7070, "hostPort": 17070, "hostIP": "0.0.0.0"}]}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.9"}}));
+        let hp = host_ports(&web);
+        let got: Vec<(String, Option<HostPort>, u16)> = hp
+            .iter()
+            .map(|p| (p.name.to_string(), p.extra.host_port, p.endpoints[0].port))
+            .collect();
+        let at = |port, ip| Some(HostPort { port, ip });
+        assert_eq!(
+            got,
+            [
+                (
+                    "ns1/pod/web:hostport-18080".to_string(),
+                    at(18080, None),
+                    8080
+                ),
+                (
+                    "ns1/pod/web:hostport-18053".to_string(),
+                    at(18053, Some(Ipv4Addr::new(10, 0, 0, 11))),
+                    53
+                ),
+                (
+                    "ns1/pod/web:hostport-17070".to_string(),
+                    at(17070, None),
+                    7070
+                ),
+            ]
+        );
+        assert!(
+            hp.iter()
+                .all(|p| p.endpoints[0].ip == Ipv4Addr::new(10, 244, 1, 9))
+        );
+        assert!(
+            hp.iter()
+                .all(|p| p.cluster_ip.is_unspecified() && p.external_local)
+        );
+        // No IP yet, finished, or on the host network: nothing to map.
+        for status in [
+            json!({"phase": "Pending"}),
+            json!({"phase": "Succeeded", "podIP": "10.244.1.9"}),
+        ] {
+            let mut p = web.clone();
+            p.status = serde_json::from_value(status).unwrap();
+            assert!(host_ports(&p).is_empty());
+        }
+        let mut host = web.clone();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(host_ports(&host).is_empty());
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -258,15 +258,31 @@ pub async fn run_with_drain(
         Change::service,
     );
     let (slices, _slices_watch) = spawn_reflector::<EndpointSlice>(
-        Api::all(client),
-        changes,
+        Api::all(client.clone()),
+        changes.clone(),
         Change::slice_applied,
         Change::slice_deleted,
     );
-    let _ = tokio::join!(services.wait_until_ready(), slices.wait_until_ready());
+    // This node's pods, for their hostPorts (what a CNI portmap plugin would do).
+    let (pods, _pods_watch) = spawn_reflector_with::<Pod>(
+        Api::all(client),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        changes,
+        Change::pod,
+        Change::pod,
+    );
+    let _ = tokio::join!(
+        services.wait_until_ready(),
+        slices.wait_until_ready(),
+        pods.wait_until_ready()
+    );
     metrics.record_initial_list(start.elapsed());
     tracing::info!(mode = syncer.mode(), listed = ?start.elapsed(), "service proxy started");
-    let objects = StoreObjects { services, slices };
+    let objects = StoreObjects {
+        services,
+        slices,
+        pods,
+    };
     let mut tracker = Tracker::new(&node).with_node_local_dns(local_dns);
     // Whether the dataplane matches the tracker's state; a failed sync is retried in full.
     let mut synced = false;
@@ -330,6 +346,7 @@ pub async fn run_with_drain(
 struct StoreObjects {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
 }
 
 impl tracker::Objects for StoreObjects {
@@ -344,6 +361,12 @@ impl tracker::Objects for StoreObjects {
     }
     fn all_slices(&self) -> Vec<Arc<EndpointSlice>> {
         self.slices.state()
+    }
+    fn pod(&self, (ns, name): &(String, String)) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(ns))
+    }
+    fn all_pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
     }
 }
 
@@ -373,8 +396,28 @@ where
         + Sync
         + 'static,
 {
+    spawn_reflector_with(api, watcher::Config::default(), changes, applied, deleted)
+}
+
+/// [`spawn_reflector`] with a watch configuration (e.g. a field selector).
+fn spawn_reflector_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: mpsc::UnboundedSender<Change>,
+    applied: fn(&K) -> Change,
+    deleted: fn(&K) -> Change,
+) -> (Store<K>, AbortOnDrop)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (store, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+    let stream = reflector::reflector(writer, watcher::watcher(api, config))
         .default_backoff()
         .for_each(move |ev| {
             let change = match &ev {
@@ -643,20 +686,21 @@ mod tests {
                 .sync(&state(vec![a.clone(), b]), None, Instant::now())
                 .await
         );
-        // a: ClusterIP + NodePort, 2 slots each, affinity on both; b: ClusterIP, 1 slot; one
-        // backend shared.
+        // a: ClusterIP + NodePort on the node IP and on 127.0.0.1, 2 slots each, affinity on
+        // all; b: ClusterIP, 1 slot; one backend shared.
         gauges(
             &metrics.render(),
             &[
-                ("skiff_frontends", 3, 64),
-                ("skiff_slots", 5, 256),
+                ("skiff_frontends", 4, 64),
+                ("skiff_slots", 7, 256),
                 ("skiff_backends", 2, 64),
-                ("skiff_revnat", 3, 64),
+                ("skiff_revnat", 4, 64),
                 ("skiff_affinity", 0, 128),
-                ("skiff_aff_match", 4, 256),
+                ("skiff_aff_match", 6, 256),
                 ("skiff_sock_rev", 0, 128),
                 ("skiff_ct", 4, 128),
-                ("skiff_svc_names", 3, 64),
+                ("skiff_src_range", 0, 256),
+                ("skiff_svc_names", 4, 64),
             ],
         );
 
@@ -665,12 +709,12 @@ mod tests {
         gauges(
             &metrics.render(),
             &[
-                ("skiff_frontends", 2, 64),
-                ("skiff_slots", 4, 256),
+                ("skiff_frontends", 3, 64),
+                ("skiff_slots", 6, 256),
                 ("skiff_backends", 2, 64),
-                ("skiff_revnat", 2, 64),
-                ("skiff_aff_match", 4, 256),
-                ("skiff_svc_names", 2, 64),
+                ("skiff_revnat", 3, 64),
+                ("skiff_aff_match", 6, 256),
+                ("skiff_svc_names", 3, 64),
                 ("skiff_ct", 4, 128),
             ],
         );

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{self, ProxyState, ServiceKey, ServicePortName};
@@ -24,6 +24,8 @@ pub enum Change {
     },
     /// An EndpointSlice (namespace, name) was deleted.
     SliceDeleted((String, String)),
+    /// A pod (namespace, name) of this node was added, modified or deleted: its hostPorts.
+    Pod((String, String)),
     /// A watch listed everything again: the caches were replaced as a whole.
     Relisted,
 }
@@ -41,6 +43,9 @@ impl Change {
     pub fn slice_deleted(slice: &EndpointSlice) -> Change {
         Change::SliceDeleted(key_of(&slice.metadata))
     }
+    pub fn pod(pod: &Pod) -> Change {
+        Change::Pod(key_of(&pod.metadata))
+    }
 }
 
 fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -56,6 +61,13 @@ pub trait Objects {
     fn slice(&self, key: &(String, String)) -> Option<Arc<EndpointSlice>>;
     fn all_services(&self) -> Vec<Arc<Service>>;
     fn all_slices(&self) -> Vec<Arc<EndpointSlice>>;
+    /// A pod of this node (for its hostPorts). None by default: no pods are watched.
+    fn pod(&self, _key: &(String, String)) -> Option<Arc<Pod>> {
+        None
+    }
+    fn all_pods(&self) -> Vec<Arc<Pod>> {
+        Vec::new()
+    }
 }
 
 /// What [`Tracker::update`] did to the state.
@@ -77,6 +89,8 @@ pub struct Tracker {
     /// Service → its slices' names (in the Service's namespace).
     slices_of: HashMap<ServiceKey, BTreeSet<String>>,
     pending: BTreeSet<ServiceKey>,
+    /// Pods whose hostPort entries are to be rebuilt.
+    pending_pods: BTreeSet<(String, String)>,
     relist: bool,
     /// This node's DNS server address, the only endpoint of `kube-system/kube-dns`.
     local_dns: Option<std::net::Ipv4Addr>,
@@ -91,6 +105,7 @@ impl Tracker {
             slice_owner: HashMap::new(),
             slices_of: HashMap::new(),
             pending: BTreeSet::new(),
+            pending_pods: BTreeSet::new(),
             relist: true,
             local_dns: None,
         }
@@ -114,7 +129,7 @@ impl Tracker {
 
     /// Whether changes are waiting for [`Tracker::update`].
     pub fn has_pending(&self) -> bool {
-        self.relist || !self.pending.is_empty()
+        self.relist || !self.pending.is_empty() || !self.pending_pods.is_empty()
     }
 
     /// Take note of a change (cheap; the work happens in [`Tracker::update`]).
@@ -141,6 +156,9 @@ impl Tracker {
                 if let Some(old) = self.unindex(&slice) {
                     self.pending.insert(old);
                 }
+            }
+            Change::Pod(key) => {
+                self.pending_pods.insert(key);
             }
             Change::Relisted => self.relist = true,
         }
@@ -186,23 +204,41 @@ impl Tracker {
                 self.localize(&mut one);
                 new = one.into_values().collect();
             }
-            let old: Vec<ServicePortName> = model::service_entries(&self.state, &key)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for name in old {
-                if !new.iter().any(|p| p.name == name) {
-                    self.state.remove(&name);
-                    changed.insert(name);
-                }
-            }
-            for port in new {
-                if self.state.get(&port.name) != Some(&port) {
-                    changed.insert(port.name.clone());
-                    self.state.insert(port.name.clone(), port);
-                }
-            }
+            self.replace_entries(&key, new, &mut changed);
+        }
+        for (ns, name) in std::mem::take(&mut self.pending_pods) {
+            let new = objects
+                .pod(&(ns.clone(), name.clone()))
+                .map(|p| model::host_ports(&p))
+                .unwrap_or_default();
+            let key = (ns, format!("{}{name}", model::HOST_PORT_PREFIX));
+            self.replace_entries(&key, new, &mut changed);
         }
         Update::Ports(changed)
+    }
+
+    /// Make `key`'s entries of the state `new`, noting every port that changed.
+    fn replace_entries(
+        &mut self,
+        key: &ServiceKey,
+        new: Vec<model::ServicePort>,
+        changed: &mut BTreeSet<ServicePortName>,
+    ) {
+        let old: Vec<ServicePortName> = model::service_entries(&self.state, key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in old {
+            if !new.iter().any(|p| p.name == name) {
+                self.state.remove(&name);
+                changed.insert(name);
+            }
+        }
+        for port in new {
+            if self.state.get(&port.name) != Some(&port) {
+                changed.insert(port.name.clone());
+                self.state.insert(port.name.clone(), port);
+            }
+        }
     }
 
     /// Rebuild the index and the state from all objects; returns whether the state changed.
@@ -227,7 +263,15 @@ impl Tracker {
             &self.node,
         );
         self.localize(&mut state);
+        for pod in objects.all_pods() {
+            state.extend(
+                model::host_ports(&pod)
+                    .into_iter()
+                    .map(|p| (p.name.clone(), p)),
+            );
+        }
         self.pending.clear();
+        self.pending_pods.clear();
         self.relist = false;
         let changed = state != self.state;
         self.state = state;

@@ -25,8 +25,9 @@ pub mod names {
     pub const AFF_MATCH: &str = "skiff_aff_match";
     pub const SOCK_REVNAT: &str = "skiff_sock_rev";
     pub const CT: &str = "skiff_ct";
+    pub const SRC_RANGE: &str = "skiff_src_range";
     /// Every pinned map, in a stable order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         FRONTENDS,
         SLOTS,
         BACKENDS,
@@ -35,6 +36,7 @@ pub mod names {
         AFF_MATCH,
         SOCK_REVNAT,
         CT,
+        SRC_RANGE,
     ];
 }
 
@@ -44,6 +46,8 @@ pub mod programs {
     pub const SENDMSG4: &str = "skiff_sendmsg4";
     pub const RECVMSG4: &str = "skiff_recvmsg4";
     pub const GETPEERNAME4: &str = "skiff_peername4";
+    pub const POST_BIND4: &str = "skiff_bind4";
+    pub const POST_BIND6: &str = "skiff_bind6";
     pub const NODEPORT_INGRESS: &str = "skiff_np_in";
     pub const NODEPORT_EGRESS: &str = "skiff_np_out";
 }
@@ -52,6 +56,8 @@ pub mod programs {
 pub mod globals {
     /// `u32`, network byte order: the node IP NodePort frontends are reached on.
     pub const NODE_IP: &str = "SKIFF_NODE_IP";
+    /// `u64`: the cookie of the node's network namespace (where frontends on 127.0.0.1 live).
+    pub const HOST_NETNS: &str = "SKIFF_HOST_NETNS";
 }
 
 /// [`Frontend::flags`]: `sessionAffinity: ClientIP`.
@@ -60,6 +66,25 @@ pub const FE_AFFINITY: u8 = 1 << 0;
 pub const FE_EXTERNAL_LOCAL: u8 = 1 << 1;
 /// [`Frontend::flags`]: a NodePort frontend (node IP : node port), served by the tc program too.
 pub const FE_NODEPORT: u8 = 1 << 2;
+/// [`Frontend::flags`]: an external IP (`spec.externalIPs`), served by the tc program too.
+pub const FE_EXTERNAL_IP: u8 = 1 << 3;
+/// [`Frontend::flags`]: a LoadBalancer ingress address, served by the tc program too.
+pub const FE_LOADBALANCER: u8 = 1 << 4;
+/// [`Frontend::flags`]: a pod's hostPort, served by the tc program too.
+pub const FE_HOSTPORT: u8 = 1 << 5;
+/// [`Frontend::flags`]: only clients in the frontend's `skiff_src_range` entries may use it
+/// (`loadBalancerSourceRanges`).
+pub const FE_SRC_RANGE: u8 = 1 << 6;
+/// The frontends traffic from outside reaches on the uplink (the tc program serves these).
+pub const FE_FROM_OUTSIDE: u8 = FE_NODEPORT | FE_EXTERNAL_IP | FE_LOADBALANCER | FE_HOSTPORT;
+
+/// [`FrontendKey::scope`]: the frontend as traffic from outside sees it (and the only one of
+/// frontends without a second scope).
+pub const SCOPE_EXTERNAL: u8 = 0;
+/// [`FrontendKey::scope`]: the frontend as the node's own sockets see it, for frontends whose
+/// outside view differs (`externalTrafficPolicy: Local`: outside traffic goes to local
+/// backends only, in-cluster traffic to all — Cilium's two service scopes).
+pub const SCOPE_INTERNAL: u8 = 1;
 
 /// [`Backend::flags`]: the backend runs on this node.
 pub const BE_LOCAL: u8 = 1 << 0;
@@ -87,7 +112,8 @@ pub struct FrontendKey {
     pub port: u16,
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
-    pub pad: u8,
+    /// [`SCOPE_EXTERNAL`] or [`SCOPE_INTERNAL`].
+    pub scope: u8,
 }
 
 /// `skiff_frontends` value.
@@ -111,6 +137,33 @@ pub struct Frontend {
 pub struct SlotKey {
     pub rev_nat_id: u32,
     pub slot: u32,
+}
+
+/// `skiff_src_range` key → `u32` (1): clients in `addr/prefix_len` may use the frontend with
+/// revNAT id `rev_nat_id` ([`FE_SRC_RANGE`]). A hash map probed once per prefix length, from
+/// the longest, when a flow starts (Cilium keeps these in an LPM trie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SrcRangeKey {
+    pub rev_nat_id: u32,
+    /// The network address (host bits zero), network byte order.
+    pub addr: u32,
+    pub prefix_len: u8,
+    pub pad: [u8; 3],
+}
+
+/// The network of `addr` (network byte order) at `prefix_len` bits.
+#[inline(always)]
+pub const fn mask_raw(addr: u32, prefix_len: u8) -> u32 {
+    if prefix_len == 0 {
+        0
+    } else if prefix_len >= 32 {
+        addr
+    } else {
+        // The mask in host order, turned into the stored (network) order.
+        let mask = u32::MAX << (32 - prefix_len as u32);
+        addr & mask.to_be()
+    }
 }
 
 /// `skiff_backends` value (key: backend id `u32`, never 0).
@@ -271,6 +324,8 @@ mod pod {
     unsafe impl aya::Pod for CtKey {}
     // SAFETY: `CtEntry` is repr(C), integers only, explicit padding (see above).
     unsafe impl aya::Pod for CtEntry {}
+    // SAFETY: `SrcRangeKey` is repr(C), integers only, explicit padding (see above).
+    unsafe impl aya::Pod for SrcRangeKey {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
@@ -287,4 +342,5 @@ const _: () = {
     assert!(core::mem::size_of::<SockRev>() == 12);
     assert!(core::mem::size_of::<CtKey>() == 16);
     assert!(core::mem::size_of::<CtEntry>() == 32);
+    assert!(core::mem::size_of::<SrcRangeKey>() == 12);
 };

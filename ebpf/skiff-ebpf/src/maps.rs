@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, CtEntry, CtKey, Frontend, FrontendKey,
-    RevNat, SlotKey, SockRev, SockRevKey,
+    RevNat, SlotKey, SockRev, SockRevKey, SrcRangeKey,
 };
 
 /// (VIP, port, proto) → backend count, revNAT id, flags, affinity timeout.
@@ -38,6 +38,10 @@ pub static AFF_MATCH: HashMap<AffinityMatchKey, u32> = HashMap::with_max_entries
 #[map(name = "skiff_sock_rev")]
 pub static SOCK_REV: LruHashMap<SockRevKey, SockRev> = LruHashMap::with_max_entries(1024, 0);
 
+/// (revNAT id, client network) present ⇔ clients in it may use that frontend.
+#[map(name = "skiff_src_range")]
+pub static SRC_RANGE: HashMap<SrcRangeKey, u32> = HashMap::with_max_entries(1024, 0);
+
 /// NodePort connection tracking.
 #[map(name = "skiff_ct")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1024, 0);
@@ -45,6 +49,11 @@ pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(1024, 0
 /// The node IP (network byte order) NodePort frontends are keyed on; set at load time.
 #[unsafe(no_mangle)]
 pub static SKIFF_NODE_IP: Global<u32> = Global::new(0);
+
+/// The cookie of the node's network namespace; set at load time. Only its sockets may use the
+/// frontends on 127.0.0.1 (a pod's loopback is its own).
+#[unsafe(no_mangle)]
+pub static SKIFF_HOST_NETNS: Global<u64> = Global::new(0);
 
 /// `CLOCK_MONOTONIC` seconds, the clock of `last_used`/`last_seen`.
 #[inline(always)]

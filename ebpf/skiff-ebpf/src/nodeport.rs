@@ -1,4 +1,7 @@
-//! NodePort on the node's uplink (tc, attached through TCX), after Cilium's `nodeport.h`:
+//! NodePort on the node's uplink (tc, attached through TCX), after Cilium's `nodeport.h`.
+//! External IPs, LoadBalancer addresses and hostPorts are served the same way (any frontend
+//! with a `FE_FROM_OUTSIDE` flag, whatever its address); LB frontends with source ranges
+//! drop new flows from clients outside them.
 //!
 //! - ingress, `node_ip:nodePort` → a backend of the NodePort frontend (same slots as the
 //!   socket LB). A local backend (or any backend under `externalTrafficPolicy: Local`, whose
@@ -21,10 +24,11 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use skiff_ebpf_common::{
     AFF_CLIENT_IP, BE_LOCAL, CT_ORIGINAL, CT_REPLY, CT_SNAT, CtEntry, CtKey, FE_EXTERNAL_LOCAL,
-    FE_NODEPORT, Frontend, FrontendKey, PROTO_TCP, PROTO_UDP,
+    FE_FROM_OUTSIDE, FE_SRC_RANGE, Frontend, FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SrcRangeKey, mask_raw,
 };
 
-use crate::maps::{CT, FRONTENDS, SKIFF_NODE_IP, now_secs};
+use crate::maps::{CT, FRONTENDS, SKIFF_NODE_IP, SRC_RANGE, now_secs};
 use crate::select::{Selected, select_backend};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: not ours, let the next program (or the stack) decide.
@@ -155,12 +159,9 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
     let Some(f) = parse(&ctx) else {
         return TC_NEXT;
     };
-    if f.daddr != node_ip {
-        return TC_NEXT;
-    }
     let now = now_secs();
 
-    // A remote backend's reply to an SNATed flow.
+    // A remote backend's reply to an SNATed flow (SNATed flows are sent from the node IP).
     let rkey = CtKey {
         saddr: f.saddr,
         daddr: f.daddr,
@@ -170,7 +171,9 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
         dir: CT_REPLY,
         pad: 0,
     };
-    if let Some(e) = CT.get_ptr_mut(rkey) {
+    if f.daddr == node_ip
+        && let Some(e) = CT.get_ptr_mut(rkey)
+    {
         // SAFETY: `get_ptr_mut` returned a non-null pointer to the entry's value, which the
         // kernel keeps allocated while the program runs (RCU); the reference ends with this
         // block, and another CPU or the agent writing the same entry meanwhile can only change
@@ -186,12 +189,12 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
         }
     }
 
-    // Traffic to a node port.
+    // Traffic to a node port, external IP, LB address or host port.
     let fkey = FrontendKey {
         addr: f.daddr,
         port: f.dport,
         proto: f.proto,
-        pad: 0,
+        scope: SCOPE_EXTERNAL,
     };
     // SAFETY: the value is read at once and copied (`*fe`) before any other map operation; an
     // update or delete of the entry by the agent meanwhile yields the old or the new bytes of a
@@ -199,7 +202,7 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
     let Some(fe) = (unsafe { FRONTENDS.get(fkey) }) else {
         return TC_NEXT;
     };
-    if fe.flags & FE_NODEPORT == 0 {
+    if fe.flags & FE_FROM_OUTSIDE == 0 {
         return TC_NEXT;
     }
     let fe = *fe;
@@ -241,10 +244,34 @@ pub fn skiff_np_in(ctx: TcContext) -> i32 {
     if snat { redirect_out(&ctx) } else { TC_PASS }
 }
 
+/// Whether client `saddr` is in one of frontend `rev_nat_id`'s source ranges: one lookup per
+/// prefix length, longest first.
+#[inline(always)]
+fn src_range_ok(rev_nat_id: u32, saddr: u32) -> bool {
+    let mut len: u8 = 33;
+    while len > 0 {
+        len -= 1;
+        let key = SrcRangeKey {
+            rev_nat_id,
+            addr: mask_raw(saddr, len),
+            prefix_len: len,
+            pad: [0; 3],
+        };
+        if SRC_RANGE.get_ptr(key).is_some() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Pick a backend for a new NodePort flow and record it; (backend addr, port, snat, snat port).
+/// `None`: no backend, or a client outside the frontend's source ranges.
 #[inline(always)]
 fn new_flow(f: &Flow, fe: &Frontend, node_ip: u32, now: u32) -> Option<(u32, u16, bool, u16)> {
     let (rev_nat_id, flags) = (fe.rev_nat_id, fe.flags);
+    if flags & FE_SRC_RANGE != 0 && !src_range_ok(rev_nat_id, f.saddr) {
+        return None;
+    }
     let Selected {
         backend_id,
         backend: be,

@@ -9,13 +9,17 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    macros::{cgroup_sock, cgroup_sock_addr},
+    programs::{SockAddrContext, SockContext},
 };
 use aya_log_ebpf::debug;
-use skiff_ebpf_common::{AFF_CLIENT_NETNS, FrontendKey, PROTO_TCP, PROTO_UDP, SockRev, SockRevKey};
+use skiff_ebpf_common::{
+    AFF_CLIENT_NETNS, FE_EXTERNAL_IP, FE_EXTERNAL_LOCAL, FE_LOADBALANCER, FE_NODEPORT, Frontend,
+    FrontendKey, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SockRev, SockRevKey,
+    ip_from_raw,
+};
 
-use crate::maps::{FRONTENDS, REVNAT, SOCK_REV, now_secs};
+use crate::maps::{FRONTENDS, REVNAT, SKIFF_HOST_NETNS, SKIFF_NODE_IP, SOCK_REV, now_secs};
 use crate::select::{Selected, select_backend};
 
 /// cgroup sock_addr verdicts.
@@ -23,6 +27,7 @@ const SYS_REJECT: i32 = 0;
 const SYS_PROCEED: i32 = 1;
 
 const ECONNREFUSED: i32 = 111;
+const EADDRINUSE: i32 = 98;
 
 #[cgroup_sock_addr(connect4)]
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
@@ -44,6 +49,70 @@ pub fn skiff_recvmsg4(ctx: SockAddrContext) -> i32 {
 pub fn skiff_peername4(ctx: SockAddrContext) -> i32 {
     xlate_rev(&ctx);
     SYS_PROCEED
+}
+
+/// A bind in the node's network namespace to a node port, external IP or LB address (on that
+/// address, the node IP, 127.0.0.1 or the wildcard) fails with `EADDRINUSE`: the service owns
+/// it, and the socket would never see its traffic (Cilium's `sock4_post_bind`).
+#[cgroup_sock(post_bind4)]
+pub fn skiff_bind4(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: `sk` is the `bpf_sock` the kernel passed this program, valid for its whole run;
+    // the verifier checks every field access against the context layout.
+    let (proto, addr, port) = unsafe { ((*sk).protocol as u8, (*sk).src_ip4, (*sk).src_port) };
+    check_bind(&ctx, proto, addr, port)
+}
+
+/// [`skiff_bind4`] for IPv6 sockets bound to the wildcard (dual-stack: they receive IPv4
+/// too) or to an IPv4-mapped address.
+#[cgroup_sock(post_bind6)]
+pub fn skiff_bind6(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: as in `skiff_bind4`.
+    let (proto, a, port) = unsafe { ((*sk).protocol as u8, (*sk).src_ip6, (*sk).src_port) };
+    let addr = match a {
+        [0, 0, 0, 0] => 0,
+        [0, 0, mapped, v4] if mapped == 0xffff_u32.to_be() => v4,
+        _ => return SYS_PROCEED,
+    };
+    check_bind(&ctx, proto, addr, port)
+}
+
+/// Refuse a bind of `proto` to `addr` (network order, 0: wildcard) and `port` (host order) in
+/// the node's network namespace if a service frontend owns it.
+#[inline(always)]
+fn check_bind(ctx: &SockContext, proto: u8, addr: u32, port: u32) -> i32 {
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return SYS_PROCEED;
+    }
+    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != SKIFF_HOST_NETNS.load() {
+        return SYS_PROCEED;
+    }
+    // The wildcard and loopback binds cover the node IP's node ports too.
+    let addr = if addr == 0 || ip_from_raw(addr)[0] == 127 {
+        SKIFF_NODE_IP.load()
+    } else {
+        addr
+    };
+    let key = FrontendKey {
+        addr,
+        // `bpf_sock.src_port` is in host byte order.
+        port: (port as u16).to_be(),
+        proto,
+        scope: SCOPE_EXTERNAL,
+    };
+    // SAFETY: the flags are copied out at once (see `lookup`).
+    let flags = match unsafe { FRONTENDS.get(key) } {
+        Some(fe) => fe.flags,
+        None => return SYS_PROCEED,
+    };
+    if flags & (FE_NODEPORT | FE_EXTERNAL_IP | FE_LOADBALANCER) == 0 {
+        return SYS_PROCEED;
+    }
+    // SAFETY: a helper taking only a value; cgroup programs may call it (kernel ≥ 5.18).
+    unsafe { bpf_set_retval(-EADDRINUSE) };
+    SYS_REJECT
 }
 
 #[inline(always)]
@@ -70,15 +139,17 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         // SAFETY: as for `proto` above.
         port: unsafe { (*sa).user_port } as u16,
         proto,
-        pad: 0,
+        scope: SCOPE_EXTERNAL,
     };
-    // SAFETY: the value is copied out (`*fe`) before any other map operation; an update or
-    // delete of the entry by the agent meanwhile yields the old or the new bytes of a
-    // plain-integer struct, both valid.
-    let Some(fe) = (unsafe { FRONTENDS.get(key) }) else {
+    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // 127.0.0.1 frontends (node ports, host ports) belong to the node, not to a pod's loopback.
+    if ip_from_raw(key.addr)[0] == 127 && netns != SKIFF_HOST_NETNS.load() {
+        return SYS_PROCEED;
+    }
+    let Some(fe) = lookup(&key) else {
         return SYS_PROCEED;
     };
-    let fe = *fe;
     if fe.count == 0 {
         debug!(
             ctx,
@@ -89,12 +160,10 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         return refuse();
     }
     let rev_nat_id = fe.rev_nat_id;
-    // SAFETY: a helper reading the socket's netns; ctx is the program's own context.
-    let client = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let Some(Selected {
         backend_id,
         backend: be,
-    }) = select_backend(&fe, client, AFF_CLIENT_NETNS, now_secs())
+    }) = select_backend(&fe, netns, AFF_CLIENT_NETNS, now_secs())
     else {
         return refuse();
     };
@@ -134,6 +203,28 @@ fn xlate_fwd(ctx: &SockAddrContext) -> i32 {
         u16::from_be(be_port)
     );
     SYS_PROCEED
+}
+
+/// The frontend the node's own sockets use for `key`: its internal scope if it has one
+/// (`externalTrafficPolicy: Local`: every backend, not only the local ones).
+#[inline(always)]
+fn lookup(key: &FrontendKey) -> Option<Frontend> {
+    // SAFETY: the value is copied out before any other map operation; an update or delete of
+    // the entry by the agent meanwhile yields the old or the new bytes of a plain-integer
+    // struct, both valid.
+    let fe = *unsafe { FRONTENDS.get(key) }?;
+    if fe.flags & FE_EXTERNAL_LOCAL == 0 {
+        return Some(fe);
+    }
+    let internal = FrontendKey {
+        scope: SCOPE_INTERNAL,
+        ..*key
+    };
+    // SAFETY: as above.
+    match unsafe { FRONTENDS.get(internal) } {
+        Some(i) => Some(*i),
+        None => Some(fe),
+    }
 }
 
 /// Backend → service address, for sockets that were translated by [`xlate_fwd`].

@@ -15,7 +15,9 @@ use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
 use rustc_hash::FxHashMap as HashMap;
-use skiff_ebpf_common::{AffinityMatchKey, Backend, Frontend, FrontendKey, RevNat, SlotKey};
+use skiff_ebpf_common::{
+    AffinityMatchKey, Backend, Frontend, FrontendKey, RevNat, SlotKey, SrcRangeKey,
+};
 
 use super::maps::{
     LbStore, MapFill, MapOpError, PROGRAM_MAPS, SVC_NAMES, SvcName, Table, lb_store_tables,
@@ -112,6 +114,7 @@ pub struct FakeMaps {
     pub backends: FakeTable<u32, Backend>,
     pub revnat: FakeTable<u32, RevNat>,
     pub aff_match: FakeTable<AffinityMatchKey, u32>,
+    pub src_range: FakeTable<SrcRangeKey, u32>,
     pub names: FakeTable<u32, SvcName>,
     /// The maps the programs write, as (name, entries, max entries).
     pub program: Vec<(&'static str, usize, u32)>,
@@ -129,6 +132,7 @@ impl FakeMaps {
             backends: FakeTable::new(names::BACKENDS, max),
             revnat: FakeTable::new(names::REVNAT, max),
             aff_match: FakeTable::new(names::AFF_MATCH, max * 4),
+            src_range: FakeTable::new(names::SRC_RANGE, max * 4),
             names: FakeTable::new(SVC_NAMES, max),
             program: PROGRAM_MAPS.iter().map(|n| (*n, 0, max * 2)).collect(),
             program_walks: Cell::new(0),
@@ -144,6 +148,7 @@ impl FakeMaps {
             &mut self.backends.faults,
             &mut self.revnat.faults,
             &mut self.aff_match.faults,
+            &mut self.src_range.faults,
             &mut self.names.faults,
         ]
         .into_iter()
@@ -153,6 +158,7 @@ impl FakeMaps {
             self.backends.name,
             self.revnat.name,
             self.aff_match.name,
+            self.src_range.name,
             self.names.name,
         ])
         .find_map(|(f, name)| (name == map).then_some(f))
@@ -202,6 +208,7 @@ impl FakeMaps {
             + self.backends.writes
             + self.revnat.writes
             + self.aff_match.writes
+            + self.src_range.writes
             + self.names.writes
     }
 }

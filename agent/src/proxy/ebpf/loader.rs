@@ -18,7 +18,7 @@ use aya::maps::{Map, MapData, MapInfo, MapType};
 use aya::{Ebpf, EbpfLoader, Pod};
 use skiff_ebpf_common::{
     AffinityKey, AffinityMatchKey, AffinityValue, Backend, CtEntry, CtKey, Frontend, FrontendKey,
-    RevNat, SlotKey, SockRev, SockRevKey, globals, ip_raw, names,
+    RevNat, SlotKey, SockRev, SockRevKey, SrcRangeKey, globals, ip_raw, names,
 };
 use tracing::{debug, info, warn};
 
@@ -86,6 +86,7 @@ fn specs(s: &MapSizes) -> Vec<MapSpec> {
         spec::<AffinityMatchKey, u32>(names::AFF_MATCH, false, s.slots),
         spec::<SockRevKey, SockRev>(names::SOCK_REVNAT, true, s.sock_rev),
         spec::<CtKey, CtEntry>(names::CT, true, s.ct),
+        spec::<SrcRangeKey, u32>(names::SRC_RANGE, false, s.slots),
         spec::<u32, SvcName>(SVC_NAMES, false, s.frontends),
     ]
 }
@@ -274,6 +275,9 @@ fn load_object(dir: &Path, specs: &[MapSpec], cfg: &LoadConfig<'_>) -> Result<Eb
         loader.map_max_entries(spec.name, spec.max);
     }
     loader.override_global(globals::NODE_IP, &node_ip, true);
+    // Frontends on 127.0.0.1 are the node's own: the programs compare a socket's netns with it.
+    let host_netns = super::sys::netns_cookie().context("read this network namespace's cookie")?;
+    loader.override_global(globals::HOST_NETNS, &host_netns, true);
     loader.override_global(aya_log::LEVEL, &log_level, false);
     loader.load(OBJECT).context("load the eBPF object")
 }
@@ -320,6 +324,7 @@ fn take_maps(ebpf: &mut Ebpf, names_data: MapData) -> Result<PinnedMaps> {
         aff_match: BpfTable::from_map(names::AFF_MATCH, take(names::AFF_MATCH)?)?,
         sock_rev: BpfTable::from_map(names::SOCK_REVNAT, take(names::SOCK_REVNAT)?)?,
         ct: BpfTable::from_map(names::CT, take(names::CT)?)?,
+        src_range: BpfTable::from_map(names::SRC_RANGE, take(names::SRC_RANGE)?)?,
         svc_names: BpfTable::new(SVC_NAMES, names_data)?,
     })
 }
@@ -369,6 +374,7 @@ fn migrate(maps: &mut PinnedMaps, name: &str, old: &Path) -> Result<usize> {
         names::AFF_MATCH => copy_entries(&mut maps.aff_match, old),
         names::SOCK_REVNAT => copy_entries(&mut maps.sock_rev, old),
         names::CT => copy_entries(&mut maps.ct, old),
+        names::SRC_RANGE => copy_entries(&mut maps.src_range, old),
         SVC_NAMES => copy_entries(&mut maps.svc_names, old),
         other => bail!("unknown map {other}"),
     }

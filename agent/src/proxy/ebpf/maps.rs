@@ -11,9 +11,10 @@ use aya::maps::{Map, MapData, MapError};
 use serde::Serialize;
 use skiff_ebpf_common::{
     AFF_CLIENT_IP, AffinityKey, AffinityMatchKey, AffinityValue, BE_LOCAL, Backend, CT_ORIGINAL,
-    CT_SNAT, CtEntry, CtKey, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend, FrontendKey,
-    PROTO_TCP, PROTO_UDP, RevNat, SlotKey, SockRev, SockRevKey, ip_from_raw, ip_raw, names,
-    port_from_raw, port_raw,
+    CT_SNAT, CtEntry, CtKey, FE_AFFINITY, FE_EXTERNAL_IP, FE_EXTERNAL_LOCAL, FE_HOSTPORT,
+    FE_LOADBALANCER, FE_NODEPORT, FE_SRC_RANGE, Frontend, FrontendKey, PROTO_TCP, PROTO_UDP,
+    RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, SlotKey, SockRev, SockRevKey, SrcRangeKey, ip_from_raw,
+    ip_raw, names, port_from_raw, port_raw,
 };
 
 /// The userspace-only map holding each frontend's service name (revNAT id → NUL-padded UTF-8),
@@ -28,7 +29,7 @@ pub fn size_flag(map: &str) -> Option<&'static str> {
     Some(match map {
         names::FRONTENDS | names::REVNAT | SVC_NAMES => "--bpf-lb-frontends",
         names::BACKENDS => "--bpf-lb-backends",
-        names::SLOTS | names::AFF_MATCH => "--bpf-lb-slots",
+        names::SLOTS | names::AFF_MATCH | names::SRC_RANGE => "--bpf-lb-slots",
         names::AFFINITY => "--bpf-lb-affinity",
         names::SOCK_REVNAT => "--bpf-lb-sock-rev",
         names::CT => "--bpf-ct-max",
@@ -37,7 +38,7 @@ pub fn size_flag(map: &str) -> Option<&'static str> {
 }
 
 /// Every pinned map, with the kind of entry it holds.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     names::FRONTENDS,
     names::SLOTS,
     names::BACKENDS,
@@ -46,6 +47,7 @@ pub const ALL_MAPS: [&str; 9] = [
     names::AFF_MATCH,
     names::SOCK_REVNAT,
     names::CT,
+    names::SRC_RANGE,
     SVC_NAMES,
 ];
 
@@ -101,6 +103,7 @@ pub trait LbStore {
     fn backends(&mut self) -> &mut dyn Table<u32, Backend>;
     fn revnat(&mut self) -> &mut dyn Table<u32, RevNat>;
     fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32>;
+    fn src_range(&mut self) -> &mut dyn Table<SrcRangeKey, u32>;
     fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName>;
     /// Fill of the maps only the programs write ([`PROGRAM_MAPS`]: session affinity, socket
     /// reverse NAT, conntrack), which the reconciler does not mirror: counted by walking their
@@ -126,6 +129,9 @@ macro_rules! lb_store_tables {
         }
         fn aff_match(&mut self) -> &mut dyn Table<AffinityMatchKey, u32> {
             &mut self.aff_match
+        }
+        fn src_range(&mut self) -> &mut dyn Table<SrcRangeKey, u32> {
+            &mut self.src_range
         }
         fn svc_names(&mut self) -> &mut dyn Table<u32, SvcName> {
             &mut self.$svc_names
@@ -267,6 +273,7 @@ pub struct PinnedMaps {
     pub aff_match: BpfTable<AffinityMatchKey, u32>,
     pub sock_rev: BpfTable<SockRevKey, SockRev>,
     pub ct: BpfTable<CtKey, CtEntry>,
+    pub src_range: BpfTable<SrcRangeKey, u32>,
     pub svc_names: BpfTable<u32, SvcName>,
 }
 
@@ -296,8 +303,17 @@ pub struct FrontendEntry {
     /// `tcp` or `udp`.
     pub protocol: String,
     pub rev_nat_id: u32,
+    /// What the frontend is: `ClusterIP`, `NodePort`, `ExternalIP`, `LoadBalancer` or
+    /// `HostPort`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `internal` for the node's own sockets' view of a frontend with a second scope (see
+    /// `SCOPE_INTERNAL`), else `external`.
+    pub scope: &'static str,
     pub nodeport: bool,
     pub external_local: bool,
+    /// `loadBalancerSourceRanges` are enforced: the client networks allowed.
+    pub source_ranges: Option<Vec<String>>,
     /// Session-affinity timeout (seconds), if `ClientIP` affinity is on.
     pub affinity_timeout: Option<u32>,
     /// Slot `i` → backend (`None`: the slot entry or its backend is missing).
@@ -398,6 +414,7 @@ impl PinnedMaps {
             aff_match: BpfTable::from_pin(names::AFF_MATCH, &p(names::AFF_MATCH))?,
             sock_rev: BpfTable::from_pin(names::SOCK_REVNAT, &p(names::SOCK_REVNAT))?,
             ct: BpfTable::from_pin(names::CT, &p(names::CT))?,
+            src_range: BpfTable::from_pin(names::SRC_RANGE, &p(names::SRC_RANGE))?,
             svc_names: BpfTable::from_pin(SVC_NAMES, &p(SVC_NAMES))?,
         })
     }
@@ -432,6 +449,11 @@ impl PinnedMaps {
         for (k, id) in self.slots.entries()? {
             slots.entry(k.rev_nat_id).or_default().insert(k.slot, id);
         }
+        let mut ranges: HashMap<u32, Vec<String>> = HashMap::new();
+        for (k, _) in self.src_range.entries()? {
+            let net = format!("{}/{}", ip(k.addr), k.prefix_len);
+            ranges.entry(k.rev_nat_id).or_default().push(net);
+        }
         let mut out = Vec::new();
         for (k, fe) in self.frontends.entries()? {
             let set = slots.get(&fe.rev_nat_id);
@@ -441,17 +463,13 @@ impl PinnedMaps {
                     backends.get(&id).map(|b| backend_entry(id, b))
                 })
                 .collect();
-            out.push(FrontendEntry {
-                service: names.get(&fe.rev_nat_id).cloned().unwrap_or_default(),
-                ip: ip(k.addr),
-                port: port_from_raw(k.port),
-                protocol: proto_str(k.proto),
-                rev_nat_id: fe.rev_nat_id,
-                nodeport: fe.flags & FE_NODEPORT != 0,
-                external_local: fe.flags & FE_EXTERNAL_LOCAL != 0,
-                affinity_timeout: (fe.flags & FE_AFFINITY != 0).then_some(fe.affinity_timeout),
-                slots,
-            });
+            let service = names.get(&fe.rev_nat_id).cloned().unwrap_or_default();
+            let mut e = frontend_entry(service, &k, &fe, slots);
+            if let Some(r) = e.source_ranges.as_mut() {
+                *r = ranges.get(&fe.rev_nat_id).cloned().unwrap_or_default();
+                r.sort();
+            }
+            out.push(e);
         }
         out.sort_by(|a, b| {
             (&a.service, a.ip, a.port, &a.protocol).cmp(&(&b.service, b.ip, b.port, &b.protocol))
@@ -471,7 +489,7 @@ impl PinnedMaps {
             addr: ip_raw(vip.octets()),
             port: port_raw(port),
             proto: protocol,
-            pad: 0,
+            scope: SCOPE_EXTERNAL,
         };
         let Some(fe) = self.frontends.get(&key)? else {
             return Ok(None);
@@ -493,17 +511,16 @@ impl PinnedMaps {
             .get(&fe.rev_nat_id)?
             .map(|n| name_from_bytes(&n))
             .unwrap_or_default();
-        Ok(Some(FrontendEntry {
-            service,
-            ip: vip,
-            port,
-            protocol: proto_str(protocol),
-            rev_nat_id: fe.rev_nat_id,
-            nodeport: fe.flags & FE_NODEPORT != 0,
-            external_local: fe.flags & FE_EXTERNAL_LOCAL != 0,
-            affinity_timeout: (fe.flags & FE_AFFINITY != 0).then_some(fe.affinity_timeout),
-            slots,
-        }))
+        let mut e = frontend_entry(service, &key, &fe, slots);
+        if let Some(r) = e.source_ranges.as_mut() {
+            for (k, _) in self.src_range.entries()? {
+                if k.rev_nat_id == fe.rev_nat_id {
+                    r.push(format!("{}/{}", ip(k.addr), k.prefix_len));
+                }
+            }
+            r.sort();
+        }
+        Ok(Some(e))
     }
 
     /// Session-affinity entries.
@@ -577,8 +594,52 @@ impl PinnedMaps {
             self.aff_match.fill()?,
             self.sock_rev.fill()?,
             self.ct.fill()?,
+            self.src_range.fill()?,
             self.svc_names.fill()?,
         ])
+    }
+}
+
+/// What a frontend with `flags` is, for `bpf lb list`.
+pub fn frontend_kind(flags: u8) -> &'static str {
+    if flags & FE_HOSTPORT != 0 {
+        "HostPort"
+    } else if flags & FE_LOADBALANCER != 0 {
+        "LoadBalancer"
+    } else if flags & FE_EXTERNAL_IP != 0 {
+        "ExternalIP"
+    } else if flags & FE_NODEPORT != 0 {
+        "NodePort"
+    } else {
+        "ClusterIP"
+    }
+}
+
+/// Frontend `k` → `fe` as `bpf lb list` shows it (source ranges empty, filled in by the
+/// caller when `FE_SRC_RANGE` is set).
+fn frontend_entry(
+    service: String,
+    k: &FrontendKey,
+    fe: &Frontend,
+    slots: Vec<Option<BackendEntry>>,
+) -> FrontendEntry {
+    FrontendEntry {
+        service,
+        ip: ip(k.addr),
+        port: port_from_raw(k.port),
+        protocol: proto_str(k.proto),
+        rev_nat_id: fe.rev_nat_id,
+        kind: frontend_kind(fe.flags),
+        scope: if k.scope == SCOPE_INTERNAL {
+            "internal"
+        } else {
+            "external"
+        },
+        nodeport: fe.flags & FE_NODEPORT != 0,
+        external_local: fe.flags & FE_EXTERNAL_LOCAL != 0,
+        source_ranges: (fe.flags & FE_SRC_RANGE != 0).then(Vec::new),
+        affinity_timeout: (fe.flags & FE_AFFINITY != 0).then_some(fe.affinity_timeout),
+        slots,
     }
 }
 

@@ -30,14 +30,16 @@ use std::time::{Duration, Instant};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::Serialize;
 use skiff_ebpf_common::{
-    Backend, FE_AFFINITY, FE_EXTERNAL_LOCAL, FE_NODEPORT, Frontend, FrontendKey, RevNat, ip_raw,
-    port_raw,
+    Backend, FE_AFFINITY, FE_EXTERNAL_IP, FE_EXTERNAL_LOCAL, FE_HOSTPORT, FE_LOADBALANCER,
+    FE_NODEPORT, FE_SRC_RANGE, Frontend, FrontendKey, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    ip_raw, port_raw,
 };
 
 pub use slots::assign_slots;
 
 use super::id_allocator::IdAllocator;
 use super::maps::{ALL_MAPS, LbStore, MapFill, MapOpError, size_flag};
+use crate::network::Ipv4Net;
 use crate::proxy::dataplane::{FullMap, SyncReport, SyncStats};
 use crate::proxy::model::{Endpoint, ProxyState, ServicePort, ServicePortName};
 
@@ -70,6 +72,8 @@ pub struct DesiredFrontend {
     pub affinity_timeout: u32,
     /// Backends in slot-preference order, each with its `BE_LOCAL` bit.
     pub backends: Vec<(BackendAddr, bool)>,
+    /// With `FE_SRC_RANGE`: the client networks allowed, (raw network address, prefix length).
+    pub src_ranges: Vec<(u32, u8)>,
 }
 
 /// The frontends a [`ProxyState`] asks for: each service port's ClusterIP, plus
@@ -99,34 +103,97 @@ pub fn desired_owned<'a>(
 ) -> Desired {
     let mut d = Desired::default();
     for sp in ports {
-        let proto = sp.name.protocol.number();
-        let (aff_flag, timeout) = match sp.affinity_timeout {
-            Some(t) => (FE_AFFINITY, t),
-            None => (0, 0),
-        };
-        let frontend = |flags: u8, eps: Vec<&Endpoint>| DesiredFrontend {
-            name: sp.name.to_string(),
-            flags,
-            affinity_timeout: timeout,
-            backends: backends_of(eps, proto),
-        };
-        if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
-            let key = frontend_key(sp.cluster_ip, sp.port, proto);
-            d.claim(key, &sp.name, || frontend(aff_flag, sp.usable()));
-        }
-        if let Some(node_ip) = node_ip.filter(|_| sp.node_port != 0) {
-            let key = frontend_key(node_ip, sp.node_port, proto);
-            if sp.external_local {
-                let flags = aff_flag | FE_NODEPORT | FE_EXTERNAL_LOCAL;
-                d.claim(key, &sp.name, || frontend(flags, sp.usable_local()));
-            } else {
-                d.claim(key, &sp.name, || {
-                    frontend(aff_flag | FE_NODEPORT, sp.usable())
-                });
-            }
+        for (key, fe) in port_frontends(sp, node_ip) {
+            d.claim(key, &sp.name, move || fe);
         }
     }
     d
+}
+
+/// The frontends of one service port: its cluster IP; its node port at the node IP and at
+/// 127.0.0.1; its external IPs and LB addresses at the service port; or, for a pod's
+/// hostPort, the host port at its host IP (or the node IP and 127.0.0.1). Frontends traffic
+/// from outside reaches get a second, internal scope under `externalTrafficPolicy: Local`
+/// (local backends from outside, every backend from the node's own sockets).
+fn port_frontends(
+    sp: &ServicePort,
+    node_ip: Option<Ipv4Addr>,
+) -> Vec<(FrontendKey, DesiredFrontend)> {
+    let proto = sp.name.protocol.number();
+    let (aff, timeout) = match sp.affinity_timeout {
+        Some(t) => (FE_AFFINITY, t),
+        None => (0, 0),
+    };
+    let make = |flags: u8, eps: Vec<&Endpoint>, ranges: &[Ipv4Net]| DesiredFrontend {
+        name: sp.name.to_string(),
+        flags: if ranges.is_empty() {
+            flags
+        } else {
+            flags | FE_SRC_RANGE
+        },
+        affinity_timeout: timeout,
+        backends: backends_of(eps, proto),
+        src_ranges: ranges
+            .iter()
+            .map(|r| (ip_raw(r.addr.octets()), r.prefix))
+            .collect(),
+    };
+    let mut out = Vec::new();
+    if let Some(hp) = sp.extra.host_port {
+        let flags = FE_HOSTPORT | FE_EXTERNAL_LOCAL;
+        let addrs = match hp.ip {
+            Some(ip) => vec![ip],
+            None => node_ip.into_iter().chain([Ipv4Addr::LOCALHOST]).collect(),
+        };
+        for ip in addrs {
+            out.push((
+                frontend_key(ip, hp.port, proto),
+                make(flags, sp.usable(), &[]),
+            ));
+        }
+        return out;
+    }
+    if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
+        out.push((
+            frontend_key(sp.cluster_ip, sp.port, proto),
+            make(aff, sp.usable(), &[]),
+        ));
+    }
+    let mut external = |ip: Ipv4Addr, port: u16, kind: u8, ranges: &[Ipv4Net]| {
+        let key = frontend_key(ip, port, proto);
+        if sp.external_local {
+            let flags = aff | kind | FE_EXTERNAL_LOCAL;
+            out.push((key, make(flags, sp.usable_local(), ranges)));
+            let internal = FrontendKey {
+                scope: SCOPE_INTERNAL,
+                ..key
+            };
+            out.push((internal, make(aff | kind, sp.usable(), &[])));
+        } else {
+            out.push((key, make(aff | kind, sp.usable(), ranges)));
+        }
+    };
+    if sp.node_port != 0
+        && let Some(node_ip) = node_ip
+    {
+        external(node_ip, sp.node_port, FE_NODEPORT, &[]);
+    }
+    if sp.port != 0 {
+        for (ip, lb) in sp.external_addrs() {
+            let (kind, ranges) = match lb {
+                true => (FE_LOADBALANCER, sp.extra.source_ranges.as_slice()),
+                false => (FE_EXTERNAL_IP, &[][..]),
+            };
+            external(ip, sp.port, kind, ranges);
+        }
+    }
+    // Only the node's own sockets reach 127.0.0.1: every backend, as kube-proxy routes
+    // node-local traffic to a `Local` node port through the service chain.
+    if sp.node_port != 0 && node_ip.is_some() {
+        let key = frontend_key(Ipv4Addr::LOCALHOST, sp.node_port, proto);
+        out.push((key, make(aff | FE_NODEPORT, sp.usable(), &[])));
+    }
+    out
 }
 
 impl Desired {
@@ -152,7 +219,7 @@ fn frontend_key(ip: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
         addr: ip_raw(ip.octets()),
         port: port_raw(port),
         proto,
-        pad: 0,
+        scope: SCOPE_EXTERNAL,
     }
 }
 
@@ -323,6 +390,8 @@ pub struct Reconciler {
     revnat: HashMap<u32, RevNat>,
     /// revNAT id → backend ids with an affinity-match entry.
     aff_match: HashMap<u32, HashSet<u32>>,
+    /// revNAT id → allowed client networks (raw address, prefix length).
+    src_range: HashMap<u32, HashSet<(u32, u8)>>,
     names: HashMap<u32, String>,
     /// The ids of `backends`.
     backend_id_alloc: IdAllocator,
@@ -362,6 +431,13 @@ impl Reconciler {
                 .or_default()
                 .insert(k.backend_id);
         }
+        let mut src_range: HashMap<u32, HashSet<(u32, u8)>> = HashMap::default();
+        for (k, _) in store.src_range().entries()? {
+            src_range
+                .entry(k.rev_nat_id)
+                .or_default()
+                .insert((k.addr, k.prefix_len));
+        }
         let names = store
             .svc_names()
             .entries()?
@@ -376,6 +452,7 @@ impl Reconciler {
             backends,
             revnat,
             aff_match,
+            src_range,
             names,
             ..Default::default()
         };
@@ -389,6 +466,7 @@ impl Reconciler {
         s.extend(self.slots.keys());
         s.extend(self.revnat.keys());
         s.extend(self.aff_match.keys());
+        s.extend(self.src_range.keys());
         s.extend(self.names.keys());
         s
     }
@@ -404,6 +482,7 @@ impl Reconciler {
     pub fn mirrored_fill(&self, store: &mut dyn LbStore) -> Vec<MapFill> {
         let slots = self.slots.values().map(BTreeMap::len).sum();
         let aff_match = self.aff_match.values().map(HashSet::len).sum();
+        let src_range = self.src_range.values().map(HashSet::len).sum();
         let fill = |name: &str, entries: usize, max_entries: u32| MapFill {
             name: name.to_string(),
             entries,
@@ -430,6 +509,11 @@ impl Reconciler {
                 store.aff_match().name(),
                 aff_match,
                 store.aff_match().max_entries(),
+            ),
+            fill(
+                store.src_range().name(),
+                src_range,
+                store.src_range().max_entries(),
             ),
             fill(
                 store.svc_names().name(),
@@ -571,7 +655,7 @@ mod tests {
             addr: ip_raw(vip),
             port: port_raw(port),
             proto,
-            pad: 0,
+            scope: SCOPE_EXTERNAL,
         }
     }
 
@@ -998,8 +1082,20 @@ mod tests {
                 .map
                 .contains_key(&fk([10, 96, 0, 10], 53, PROTO_UDP))
         );
-        // Affinity matches: 2 for the ClusterIP frontend, 1 for the NodePort one.
-        assert_eq!(s.aff_match.map.len(), 3);
+        // The node's own sockets (internal scope, and 127.0.0.1) get both backends.
+        for k in [
+            FrontendKey {
+                scope: skiff_ebpf_common::SCOPE_INTERNAL,
+                ..fk([192, 168, 0, 1], 30080, PROTO_TCP)
+            },
+            fk([127, 0, 0, 1], 30080, PROTO_TCP),
+        ] {
+            assert_eq!(s.frontends.map[&k].flags, FE_AFFINITY | FE_NODEPORT);
+            assert_eq!(s.frontends.map[&k].count, 2);
+        }
+        // Affinity matches: 2 for the ClusterIP frontend, 1 for the NodePort one from outside,
+        // 2 each for its internal scope and 127.0.0.1.
+        assert_eq!(s.aff_match.map.len(), 7);
         let local = s
             .backends
             .map
@@ -1130,6 +1226,11 @@ mod tests {
                 s.aff_match.map.len(),
                 s.aff_match.max,
             ),
+            (
+                s.src_range.name.to_string(),
+                s.src_range.map.len(),
+                s.src_range.max,
+            ),
             (s.names.name.to_string(), s.names.map.len(), s.names.max),
         ];
         v.extend(s.program.iter().map(|(n, e, m)| (n.to_string(), *e, *m)));
@@ -1172,5 +1273,140 @@ mod tests {
             fill_rows(fill.report(&r, &mut s))[4],
             ("skiff_affinity".to_string(), 3, 128)
         );
+    }
+
+    #[test]
+    fn external_ips_lb_addresses_source_ranges_and_host_ports() {
+        use crate::proxy::model::HostPort;
+        use skiff_ebpf_common::{
+            FE_EXTERNAL_IP, FE_HOSTPORT, FE_LOADBALANCER, FE_SRC_RANGE, SCOPE_INTERNAL, mask_raw,
+        };
+        let mut s = FakeMaps::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let mut lb = svc(
+            "lb",
+            [10, 96, 0, 5],
+            80,
+            vec![
+                ep([10, 244, 1, 2], 8080, true),
+                ep([10, 244, 2, 2], 8080, false),
+            ],
+        );
+        lb.external_local = true;
+        lb.extra.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7)];
+        lb.extra.lb_ips = vec![Ipv4Addr::new(10, 0, 0, 240)];
+        lb.extra.source_ranges = vec![
+            "10.0.0.1/32".parse().unwrap(),
+            "192.168.7.0/24".parse().unwrap(),
+        ];
+        let mut hp = svc(
+            "pod/web",
+            [0, 0, 0, 0],
+            0,
+            vec![ep([10, 244, 1, 9], 80, true)],
+        );
+        hp.extra.host_port = Some(HostPort {
+            port: 18080,
+            ip: None,
+        });
+        run(&mut r, &mut s, &state(vec![lb.clone(), hp.clone()]));
+        let local_only = Some(vec![be([10, 244, 1, 2], 8080)]);
+        // External IP: from outside the local backend only (Local), from the node's own
+        // sockets (internal scope) both.
+        let ext = fk([203, 0, 113, 7], 80, PROTO_TCP);
+        assert_eq!(
+            s.frontends.map[&ext].flags,
+            FE_EXTERNAL_IP | FE_EXTERNAL_LOCAL
+        );
+        assert_eq!(s.resolve(&ext), local_only);
+        let internal = |k: FrontendKey| FrontendKey {
+            scope: SCOPE_INTERNAL,
+            ..k
+        };
+        assert_eq!(s.frontends.map[&internal(ext)].flags, FE_EXTERNAL_IP);
+        assert_eq!(s.resolve(&internal(ext)).map(|v| v.len()), Some(2));
+        // LB address: source ranges on the outside view only.
+        let lbk = fk([10, 0, 0, 240], 80, PROTO_TCP);
+        let lbf = s.frontends.map[&lbk];
+        assert_eq!(
+            lbf.flags,
+            FE_LOADBALANCER | FE_EXTERNAL_LOCAL | FE_SRC_RANGE
+        );
+        assert_eq!(s.frontends.map[&internal(lbk)].flags, FE_LOADBALANCER);
+        let ranges: BTreeSet<(u32, u32, u8)> = s
+            .src_range
+            .map
+            .keys()
+            .map(|k| (k.rev_nat_id, k.addr, k.prefix_len))
+            .collect();
+        let rev = lbf.rev_nat_id;
+        let want = [
+            (rev, ip_raw([10, 0, 0, 1]), 32),
+            (rev, ip_raw([192, 168, 7, 0]), 24),
+        ];
+        assert_eq!(ranges, want.into_iter().collect());
+        // What the kernel probes: a client's network at each prefix length.
+        assert_eq!(
+            mask_raw(ip_raw([192, 168, 7, 99]), 24),
+            ip_raw([192, 168, 7, 0])
+        );
+        assert_eq!(mask_raw(ip_raw([192, 168, 7, 99]), 0), 0);
+        // The host port on the node IP and on loopback, no cluster IP.
+        for ip in [[192, 168, 0, 1], [127, 0, 0, 1]] {
+            let k = fk(ip, 18080, PROTO_TCP);
+            assert_eq!(s.frontends.map[&k].flags, FE_HOSTPORT | FE_EXTERNAL_LOCAL);
+            assert_eq!(s.resolve(&k), Some(vec![be([10, 244, 1, 9], 80)]));
+        }
+        assert!(!s.frontends.map.keys().any(|k| k.addr == 0));
+        // Narrowed ranges: one entry goes; the LB address gone: the rest goes with it.
+        lb.extra.source_ranges.pop();
+        run(&mut r, &mut s, &state(vec![lb.clone(), hp]));
+        assert_eq!(s.src_range.map.len(), 1);
+        lb.extra.lb_ips.clear();
+        run(&mut r, &mut s, &state(vec![lb.clone()]));
+        assert!(s.src_range.map.is_empty());
+        assert!(
+            !s.frontends
+                .map
+                .keys()
+                .any(|k| k.addr == lbk.addr || k.port == port_raw(18080))
+        );
+        // Ranges back, then an agent restart: the mirror read from the maps needs no write.
+        lb.extra.lb_ips = vec![Ipv4Addr::new(10, 0, 0, 240)];
+        run(&mut r, &mut s, &state(vec![lb.clone()]));
+        assert_eq!(s.src_range.map.len(), 1);
+        let mut again = Reconciler::load(&mut s).unwrap();
+        let st = run(&mut again, &mut s, &state(vec![lb]));
+        assert_eq!((st.writes, st.deletes), (0, 0));
+    }
+
+    #[test]
+    fn a_node_port_answers_on_loopback_with_every_backend() {
+        let mut s = FakeMaps::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let mut a = svc(
+            "np",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 1, 2], 80, true),
+                ep([10, 244, 2, 2], 80, false),
+            ],
+        );
+        a.node_port = 30080;
+        a.external_local = true;
+        let mut u = a.clone();
+        u.name.protocol = Protocol::Udp;
+        run(&mut r, &mut s, &state(vec![a, u]));
+        for proto in [PROTO_TCP, PROTO_UDP] {
+            let lo = fk([127, 0, 0, 1], 30080, proto);
+            assert_eq!(s.frontends.map[&lo].flags, FE_NODEPORT);
+            assert_eq!(s.resolve(&lo).map(|v| v.len()), Some(2));
+            // The same node port for TCP and UDP: one frontend each.
+            assert_eq!(
+                s.resolve(&fk([192, 168, 0, 1], 30080, proto)),
+                Some(vec![be([10, 244, 1, 2], 80)])
+            );
+        }
     }
 }

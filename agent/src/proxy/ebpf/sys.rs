@@ -154,6 +154,29 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
 }
 
 /// Whether `dir` is on a bpffs mount.
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, kernel ≥ 5.14):
+/// what `bpf_get_netns_cookie` returns for sockets in it.
+pub fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket; `cookie` and `len` are writable and `len` is `cookie`'s size.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 pub fn is_bpffs(dir: &Path) -> io::Result<bool> {
     let st = nix::sys::statfs::statfs(dir).map_err(io::Error::from)?;
     Ok(st.filesystem_type().0 as i64 == BPF_FS_MAGIC)

@@ -357,12 +357,21 @@ impl ConntrackFlush {
     }
 }
 
+/// The addresses a UDP service port is dialled at besides its node port: the cluster IP,
+/// external IPs and LB addresses (flushed alike: `--orig-dst <ip>`).
+fn udp_vips(sp: &ServicePort) -> BTreeSet<Ipv4Addr> {
+    std::iter::once(sp.cluster_ip)
+        .chain(sp.external_addrs().map(|(ip, _)| ip))
+        .collect()
+}
+
 /// What has to be flushed from conntrack when a service port goes from `old` to `new`.
 pub fn conntrack_flushes(
     old: Option<&ServicePort>,
     new: Option<&ServicePort>,
 ) -> Vec<ConntrackFlush> {
-    let udp = |sp: &&ServicePort| sp.name.protocol == Protocol::Udp;
+    // A pod's hostPort is not a service: its flows end with the pod.
+    let udp = |sp: &&ServicePort| sp.name.protocol == Protocol::Udp && sp.extra.host_port.is_none();
     let ips = |sp: Option<&ServicePort>| -> BTreeSet<Ipv4Addr> {
         sp.map(|sp| sp.usable().iter().map(|e| e.ip).collect())
             .unwrap_or_default()
@@ -371,15 +380,17 @@ pub fn conntrack_flushes(
     let new = new.filter(udp);
     let old_ips = ips(old);
     let new_ips = ips(new);
+    let new_vips = new.map(udp_vips).unwrap_or_default();
     let mut out = Vec::new();
     if let Some(o) = old {
         for ip in &old_ips {
-            let kept = new.is_some_and(|n| n.cluster_ip == o.cluster_ip && new_ips.contains(ip));
-            if !kept {
-                out.push(ConntrackFlush::ClusterIp {
-                    vip: o.cluster_ip,
-                    endpoint: Some(*ip),
-                });
+            for vip in udp_vips(o) {
+                if !(new_vips.contains(&vip) && new_ips.contains(ip)) {
+                    out.push(ConntrackFlush::ClusterIp {
+                        vip,
+                        endpoint: Some(*ip),
+                    });
+                }
             }
             if o.node_port != 0 {
                 let kept = new.is_some_and(|n| n.node_port == o.node_port && new_ips.contains(ip));
@@ -396,18 +407,20 @@ pub fn conntrack_flushes(
         && !new_ips.is_empty()
     {
         // Packets sent while there was no endpoint may have left entries without DNAT.
-        let had = old.is_some_and(|o| o.cluster_ip == n.cluster_ip && !old_ips.is_empty());
-        if !had {
+        let old_vips = old.map(udp_vips).unwrap_or_default();
+        let had = |vip: &Ipv4Addr| old_vips.contains(vip) && !old_ips.is_empty();
+        for vip in new_vips.iter().filter(|v| !had(v)) {
             out.push(ConntrackFlush::ClusterIp {
-                vip: n.cluster_ip,
+                vip: *vip,
                 endpoint: None,
             });
-            if n.node_port != 0 {
-                out.push(ConntrackFlush::NodePort {
-                    port: n.node_port,
-                    endpoint: None,
-                });
-            }
+        }
+        let had_np = old.is_some_and(|o| o.cluster_ip == n.cluster_ip && !old_ips.is_empty());
+        if n.node_port != 0 && !had_np {
+            out.push(ConntrackFlush::NodePort {
+                port: n.node_port,
+                endpoint: None,
+            });
         }
     }
     out
@@ -960,6 +973,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            extra: Default::default(),
             endpoints: eps
                 .iter()
                 .map(|ip| Endpoint {
@@ -1052,10 +1066,11 @@ mod tests {
             sp("b", [10, 96, 0, 2], &[]),
         ]);
         let plan = step(&mut p, &mut k, &st, true);
-        // nat: SVC + 2 SEP + MARK-MASQ + POSTROUTING + SERVICES + NODEPORTS; 3 jumps.
-        assert_eq!(plan.nat.rewrite.len(), 7);
-        assert_eq!(plan.nat.jumps.len(), 3);
-        assert_eq!(plan.filter.jumps.len(), 7);
+        // nat: SVC + 2 SEP + MARK-MASQ + POSTROUTING + SERVICES + NODEPORTS + HOSTPORTS;
+        // 5 jumps (services and hostports from PREROUTING and OUTPUT, POSTROUTING).
+        assert_eq!(plan.nat.rewrite.len(), 8);
+        assert_eq!(plan.nat.jumps.len(), 5);
+        assert_eq!(plan.filter.jumps.len(), 9);
         let payload = plan.nat.payload();
         assert!(payload.starts_with("*nat\n:"));
         assert!(payload.ends_with("COMMIT\n"));
@@ -1301,6 +1316,27 @@ mod tests {
         assert_eq!(conntrack_flushes(Some(&a), None).len(), 4);
         let tcp = sp("web", [10, 96, 0, 11], &[[10, 0, 1, 1]]);
         assert!(conntrack_flushes(Some(&tcp), None).is_empty());
+        // External IPs and LB addresses are flushed like the cluster IP.
+        let ext: Ipv4Addr = [203, 0, 113, 7].into();
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        a2.extra.external_ips = vec![ext];
+        b2.extra.external_ips = vec![ext];
+        let f = conntrack_flushes(Some(&a2), Some(&b2));
+        assert!(f.contains(&ConntrackFlush::ClusterIp {
+            vip: ext,
+            endpoint: Some([10, 0, 1, 1].into())
+        }));
+        empty.extra.lb_ips = vec![ext];
+        a2.extra = empty.extra.clone();
+        let f = conntrack_flushes(Some(&empty), Some(&a2));
+        assert!(f.contains(&ConntrackFlush::ClusterIp {
+            vip: ext,
+            endpoint: None
+        }));
+        // A pod's UDP hostPort is no service: nothing to flush.
+        let mut hp = a.clone();
+        hp.extra.host_port = Some(crate::proxy::model::HostPort { port: 53, ip: None });
+        assert!(conntrack_flushes(Some(&hp), None).is_empty());
     }
 
     #[test]

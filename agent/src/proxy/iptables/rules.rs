@@ -12,16 +12,29 @@
 //!   goes to the service chain (`Cluster` policy) or balances over local endpoints only,
 //!   keeping the client address (`Local` policy).
 //!
-//! Without usable endpoints the filter table's `KUBE-SERVICES` (and for node ports
-//! `KUBE-EXTERNAL-SERVICES`) REJECTs new connections: TCP with a reset, UDP with ICMP
-//! port-unreachable (see [`reject_with`]).
+//! - external IPs jump from `KUBE-SERVICES` to `KUBE-EXT-<hash>` too; LoadBalancer addresses
+//!   as well, or, with `loadBalancerSourceRanges`, to `KUBE-FW-<hash>`, which sends clients
+//!   in the ranges on to `KUBE-EXT-<hash>`; what it leaves untranslated is dropped in the
+//!   filter table (kube-proxy's `KUBE-PROXY-FIREWALL`);
+//! - a pod's hostPort: `KUBE-HOSTPORTS` (from PREROUTING and OUTPUT, local destinations)
+//!   jumps to `KUBE-HP-<hash>`, which DNATs to the pod (kubelet's old hostport manager,
+//!   the CNI portmap plugin's rules), masquerading hairpin and loopback clients.
+//!
+//! Without usable endpoints the filter table's `KUBE-SERVICES` (and for node ports, external
+//! IPs and LB addresses `KUBE-EXTERNAL-SERVICES`) REJECTs new connections: TCP with a reset,
+//! UDP with ICMP port-unreachable (see [`reject_with`]).
+//!
+//! NodePorts and hostPorts answer on 127.0.0.1 as in kube-proxy: the dataplane sets
+//! `route_localnet` and `KUBE-FIREWALL` drops outside packets to 127.0.0.0/8.
 
 use std::net::Ipv4Addr;
 
 use sha2::{Digest, Sha256};
 
 use crate::network::Ipv4Net;
-use crate::proxy::model::{Endpoint, Protocol, ServicePort, ServicePortName};
+use crate::proxy::model::{
+    Endpoint, HOST_PORT_PREFIX, HostPort, Protocol, ServicePort, ServicePortName,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
@@ -51,6 +64,8 @@ pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
 pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
 pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+pub const KUBE_HOSTPORTS: &str = "KUBE-HOSTPORTS";
+pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
 /// Rejects new connections to the service CIDR that no Service rule translated, so they
 /// fail on the node instead of leaving it by the default route (as kube-proxy's nftables
 /// mode does for unallocated cluster IPs).
@@ -69,6 +84,7 @@ pub const SERVICE_CHAIN_PREFIXES: &[&str] = &[
     "KUBE-SVL-",
     "KUBE-FW-",
     "KUBE-XLB-",
+    "KUBE-HP-",
 ];
 
 pub fn is_service_chain(chain: &str) -> bool {
@@ -94,6 +110,11 @@ pub const SHARED_CHAINS: &[SharedChain] = &[
     SharedChain {
         table: Table::Nat,
         chain: KUBE_NODEPORTS,
+        tail: None,
+    },
+    SharedChain {
+        table: Table::Nat,
+        chain: KUBE_HOSTPORTS,
         tail: None,
     },
     SharedChain {
@@ -131,6 +152,13 @@ pub fn static_chains(cfg: &RuleConfig) -> Vec<(Table, &'static str, Vec<String>)
     vec![
         (Table::Filter, KUBE_CLUSTER_IPS, cluster_ips),
         (
+            Table::Filter,
+            KUBE_FIREWALL,
+            s(&[
+                "! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+            ]),
+        ),
+        (
             Table::Nat,
             KUBE_MARK_MASQ,
             s(&[
@@ -162,10 +190,16 @@ pub fn jumps() -> Vec<(Table, &'static str, &'static str)> {
     const PORTALS: &str = "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
     const NEW_PORTALS: &str = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES";
     const NEW_EXTERNAL: &str = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
+    const HOSTPORTS: &str = "-m comment --comment \"kube hostport portals\" -m addrtype --dst-type LOCAL -j KUBE-HOSTPORTS";
+    const FIREWALL: &str = "-j KUBE-FIREWALL";
     const NEW_CLUSTER_IPS: &str = "-m conntrack --ctstate NEW -m comment --comment \"cluster IPs without a service\" -j KUBE-CLUSTER-IPS";
     vec![
         (Table::Nat, "PREROUTING", PORTALS),
         (Table::Nat, "OUTPUT", PORTALS),
+        (Table::Nat, "PREROUTING", HOSTPORTS),
+        (Table::Nat, "OUTPUT", HOSTPORTS),
+        (Table::Filter, "INPUT", FIREWALL),
+        (Table::Filter, "OUTPUT", FIREWALL),
         (
             Table::Nat,
             "POSTROUTING",
@@ -190,11 +224,15 @@ pub fn is_fixed_chain(table: Table, chain: &str) -> bool {
     match table {
         Table::Nat => matches!(
             chain,
-            KUBE_SERVICES | KUBE_NODEPORTS | KUBE_MARK_MASQ | KUBE_POSTROUTING
+            KUBE_SERVICES | KUBE_NODEPORTS | KUBE_HOSTPORTS | KUBE_MARK_MASQ | KUBE_POSTROUTING
         ),
         Table::Filter => matches!(
             chain,
-            KUBE_SERVICES | KUBE_EXTERNAL_SERVICES | KUBE_FORWARD | KUBE_CLUSTER_IPS
+            KUBE_SERVICES
+                | KUBE_EXTERNAL_SERVICES
+                | KUBE_FORWARD
+                | KUBE_CLUSTER_IPS
+                | KUBE_FIREWALL
         ),
     }
 }
@@ -239,6 +277,16 @@ pub fn svc_chain(name: &ServicePortName) -> String {
 /// `KUBE-EXT-<hash>`: the node port entry of a service port.
 pub fn ext_chain(name: &ServicePortName) -> String {
     format!("KUBE-EXT-{}", hash16(&port_proto(name)))
+}
+
+/// `KUBE-FW-<hash>`: the source-range check of a service port's LB addresses.
+pub fn fw_chain(name: &ServicePortName) -> String {
+    format!("KUBE-FW-{}", hash16(&port_proto(name)))
+}
+
+/// `KUBE-HP-<hash>`: one hostPort of a pod (its entry's name and the host port).
+pub fn hp_chain(name: &ServicePortName) -> String {
+    format!("KUBE-HP-{}", hash16(&port_proto(name)))
 }
 
 /// `KUBE-SEP-<hash>` of one endpoint of a service port.
@@ -345,6 +393,10 @@ pub fn reject_with(protocol: Protocol) -> &'static str {
 pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
     let usable = sp.usable();
     let mut out = ServiceRules::default();
+    if let Some(hp) = sp.extra.host_port {
+        host_port_rules(sp, hp, &mut out);
+        return out;
+    }
     if usable.is_empty() {
         reject_rules(sp, &mut out);
         return out;
@@ -361,8 +413,9 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
             .collect(),
     };
     port.service_chain(&mut out);
-    if sp.node_port != 0 {
+    if sp.node_port != 0 || sp.external_addrs().next().is_some() {
         port.external_chain(&mut out);
+        port.external_addr_jumps(&mut out);
     }
     port.endpoint_chains(&mut out);
     out
@@ -404,6 +457,59 @@ fn reject_rules(sp: &ServicePort, out: &mut ServiceRules) {
             ),
         ));
     }
+    for (ip, _) in sp.external_addrs() {
+        out.shared.push((
+            Table::Filter,
+            KUBE_EXTERNAL_SERVICES,
+            format!(
+                "-d {ip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j REJECT --reject-with {reject}"
+            ),
+        ));
+    }
+}
+
+/// A pod's hostPort: `KUBE-HOSTPORTS` → `KUBE-HP-*` → DNAT to the pod, hairpin and loopback
+/// clients masqueraded (their replies must come back through this node's NAT).
+fn host_port_rules(sp: &ServicePort, hp: HostPort, out: &mut ServiceRules) {
+    let Some(ep) = sp.endpoints.first() else {
+        return;
+    };
+    let proto = sp.name.protocol.as_str();
+    let chain = hp_chain(&sp.name);
+    let c = quote(&format!(
+        "{}/{} hostport {}",
+        sp.name.namespace,
+        pod_name(sp),
+        hp.port
+    ));
+    let dst = hp.ip.map(|ip| format!("-d {ip}/32 ")).unwrap_or_default();
+    out.shared.push((
+        Table::Nat,
+        KUBE_HOSTPORTS,
+        format!(
+            "{dst}-p {proto} -m comment --comment {c} -m {proto} --dport {} -j {chain}",
+            hp.port
+        ),
+    ));
+    out.chains.push((
+        chain,
+        vec![
+            format!("-s {}/32 -m comment --comment {c} -j KUBE-MARK-MASQ", ep.ip),
+            format!("-s 127.0.0.0/8 -m comment --comment {c} -j KUBE-MARK-MASQ"),
+            format!(
+                "-p {proto} -m comment --comment {c} -m {proto} -j DNAT --to-destination {}:{}",
+                ep.ip, ep.port
+            ),
+        ],
+    ));
+}
+
+/// The pod a hostPort entry belongs to.
+fn pod_name(sp: &ServicePort) -> &str {
+    sp.name
+        .name
+        .strip_prefix(HOST_PORT_PREFIX)
+        .unwrap_or(&sp.name.name)
 }
 
 impl Balanced<'_> {
@@ -469,14 +575,11 @@ impl Balanced<'_> {
             let local: Vec<(String, &Endpoint)> =
                 self.seps.iter().filter(|(_, e)| e.local).cloned().collect();
             if local.is_empty() {
-                out.shared.push((
-                    Table::Filter,
-                    KUBE_EXTERNAL_SERVICES,
-                    format!(
-                        "-p {proto} -m comment --comment {} -m addrtype --dst-type LOCAL -m {proto} --dport {np} -j DROP",
-                        quote(&format!("{name} has no local endpoints"))
-                    ),
-                ));
+                self.drop_external(
+                    out,
+                    &quote(&format!("{name} has no local endpoints")),
+                    false,
+                );
             } else {
                 balance(&mut ext_rules, name, &local, sp.affinity_timeout);
             }
@@ -490,11 +593,84 @@ impl Balanced<'_> {
             ext_rules.push(format!("-m comment --comment {c} -j {svc}"));
         }
         out.chains.push((ext.clone(), ext_rules));
-        out.shared.push((
-            Table::Nat,
-            KUBE_NODEPORTS,
-            format!("-p {proto} -m comment --comment {c} -m {proto} --dport {np} -j {ext}"),
+        if np != 0 {
+            out.shared.push((
+                Table::Nat,
+                KUBE_NODEPORTS,
+                format!("-p {proto} -m comment --comment {c} -m {proto} --dport {np} -j {ext}"),
+            ));
+        }
+    }
+
+    /// Filter-table DROPs of new connections to the external frontends (the node port and
+    /// every external address, or with `lb_only` the LB addresses alone) that no rule
+    /// translated.
+    fn drop_external(&self, out: &mut ServiceRules, comment: &str, lb_only: bool) {
+        let (sp, proto, port) = (self.sp, self.proto, self.sp.port);
+        if sp.node_port != 0 && !lb_only {
+            out.shared.push((
+                Table::Filter,
+                KUBE_EXTERNAL_SERVICES,
+                format!(
+                    "-p {proto} -m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} --dport {} -j DROP",
+                    sp.node_port
+                ),
+            ));
+        }
+        for (ip, lb) in sp.external_addrs() {
+            if lb_only && !lb {
+                continue;
+            }
+            // INPUT (an address the node holds) and FORWARD through KUBE-EXTERNAL-SERVICES,
+            // the node's own sockets (OUTPUT) through KUBE-SERVICES.
+            for chain in [KUBE_EXTERNAL_SERVICES, KUBE_SERVICES] {
+                out.shared.push((
+                    Table::Filter,
+                    chain,
+                    format!(
+                        "-d {ip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j DROP"
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// `KUBE-SERVICES` jumps for the external IPs (to `KUBE-EXT-*`) and LB addresses (to
+    /// `KUBE-EXT-*`, or through `KUBE-FW-*` with source ranges).
+    fn external_addr_jumps(&self, out: &mut ServiceRules) {
+        let (sp, name, proto) = (self.sp, &self.name, self.proto);
+        let port = sp.port;
+        let ext = ext_chain(&sp.name);
+        let ranges = &sp.extra.source_ranges;
+        let fw = fw_chain(&sp.name);
+        let lb_comment = quote(&format!("{name} loadbalancer IP"));
+        for (ip, lb) in sp.external_addrs() {
+            let (comment, target) = match lb {
+                true if !ranges.is_empty() => (lb_comment.clone(), &fw),
+                true => (lb_comment.clone(), &ext),
+                false => (quote(&format!("{name} external IP")), &ext),
+            };
+            out.shared.push((
+                Table::Nat,
+                KUBE_SERVICES,
+                format!(
+                    "-d {ip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j {target}"
+                ),
+            ));
+        }
+        if ranges.is_empty() || sp.extra.lb_ips.is_empty() {
+            return;
+        }
+        let fw_rules = ranges
+            .iter()
+            .map(|r| format!("-s {r} -m comment --comment {lb_comment} -j {ext}"))
+            .collect();
+        out.chains.push((fw, fw_rules));
+        let comment = quote(&format!(
+            "{name} traffic not accepted by {}",
+            fw_chain(&sp.name)
         ));
+        self.drop_external(out, &comment, true);
     }
 
     /// `KUBE-SEP-*` of each endpoint: hairpin masquerade, (affinity) and DNAT.
@@ -629,6 +805,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            extra: Default::default(),
             endpoints: vec![
                 ep([10, 180, 0, 1], 80, false),
                 ep([10, 180, 0, 2], 80, false),
@@ -673,6 +850,7 @@ mod tests {
             node_port: 30053,
             affinity_timeout: None,
             external_local: false,
+            extra: Default::default(),
             endpoints: vec![],
         };
         let r = service_rules(&sp, &RuleConfig::default());
@@ -698,6 +876,7 @@ mod tests {
             node_port: 30080,
             affinity_timeout: None,
             external_local: false,
+            extra: Default::default(),
             // Not ready and not terminating: not usable.
             endpoints: vec![Endpoint {
                 ready: false,
@@ -732,6 +911,7 @@ mod tests {
             node_port: 30080,
             affinity_timeout: Some(60),
             external_local: true,
+            extra: Default::default(),
             endpoints: vec![
                 ep([10, 244, 1, 5], 8080, true),
                 ep([10, 244, 2, 5], 8080, false),
@@ -790,11 +970,119 @@ mod tests {
             node_port: 30080,
             affinity_timeout: None,
             external_local: true,
+            extra: Default::default(),
             endpoints: vec![ep([10, 244, 2, 5], 8080, false)],
         };
         let r = service_rules(&sp, &RuleConfig::default());
         assert!(r.shared.iter().any(|(t, c, rule)| *t == Table::Filter
             && *c == KUBE_EXTERNAL_SERVICES
             && rule.ends_with("--dport 30080 -j DROP")));
+    }
+
+    /// The shared rules of `r` in `(table, chain)`.
+    fn shared_in(r: &ServiceRules, table: Table, chain: &str) -> Vec<String> {
+        r.shared
+            .iter()
+            .filter(|(t, c, _)| *t == table && *c == chain)
+            .map(|(_, _, rule)| rule.clone())
+            .collect()
+    }
+
+    #[test]
+    fn external_ips_and_lb_addresses_with_source_ranges() {
+        let mut sp = ServicePort {
+            name: spn("ns1", "lb", "http", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(172, 30, 0, 42),
+            port: 80,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: false,
+            extra: Default::default(),
+            endpoints: vec![ep([10, 180, 0, 1], 8080, false)],
+        };
+        sp.extra.external_ips = vec![Ipv4Addr::new(203, 0, 113, 7)];
+        sp.extra.lb_ips = vec![Ipv4Addr::new(10, 1, 0, 240)];
+        sp.extra.source_ranges = vec!["10.1.0.1/32".parse().unwrap()];
+        let r = service_rules(&sp, &RuleConfig::default());
+        let ext = ext_chain(&sp.name);
+        let fw = fw_chain(&sp.name);
+        assert_eq!(
+            shared_in(&r, Table::Nat, KUBE_SERVICES)[1..],
+            [
+                format!(
+                    "-d 203.0.113.7/32 -p tcp -m comment --comment \"ns1/lb:http external IP\" -m tcp --dport 80 -j {ext}"
+                ),
+                format!(
+                    "-d 10.1.0.240/32 -p tcp -m comment --comment \"ns1/lb:http loadbalancer IP\" -m tcp --dport 80 -j {fw}"
+                ),
+            ]
+        );
+        let chain = |name: &str| {
+            r.chains
+                .iter()
+                .find(|(c, _)| c == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            chain(&fw).unwrap(),
+            [format!(
+                "-s 10.1.0.1/32 -m comment --comment \"ns1/lb:http loadbalancer IP\" -j {ext}"
+            )]
+        );
+        assert!(chain(&ext).unwrap()[0].ends_with("-j KUBE-MARK-MASQ"));
+        // What KUBE-FW did not send on is dropped: in INPUT/FORWARD and OUTPUT.
+        let drop = format!(
+            "-d 10.1.0.240/32 -p tcp -m comment --comment \"ns1/lb:http traffic not accepted by {fw}\" -m tcp --dport 80 -j DROP"
+        );
+        for c in [KUBE_EXTERNAL_SERVICES, KUBE_SERVICES] {
+            assert_eq!(shared_in(&r, Table::Filter, c), std::slice::from_ref(&drop));
+        }
+        // No node port: no KUBE-NODEPORTS jump.
+        assert!(shared_in(&r, Table::Nat, KUBE_NODEPORTS).is_empty());
+        // Without endpoints both addresses reject.
+        sp.endpoints.clear();
+        let r = service_rules(&sp, &RuleConfig::default());
+        let rejects = shared_in(&r, Table::Filter, KUBE_EXTERNAL_SERVICES);
+        assert_eq!(rejects.len(), 2, "{rejects:?}");
+        assert!(rejects[1].starts_with("-d 10.1.0.240/32 -p tcp") && rejects[1].contains("REJECT"));
+    }
+
+    #[test]
+    fn a_pods_host_port() {
+        let mut sp = ServicePort {
+            name: spn("ns1", "pod/web", "hostport-18080", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: true,
+            extra: Default::default(),
+            endpoints: vec![ep([10, 180, 0, 9], 8080, true)],
+        };
+        sp.extra.host_port = Some(HostPort {
+            port: 18080,
+            ip: Some(Ipv4Addr::new(10, 0, 0, 11)),
+        });
+        let r = service_rules(&sp, &RuleConfig::default());
+        let hp = hp_chain(&sp.name);
+        assert!(hp.starts_with("KUBE-HP-") && is_service_chain(&hp));
+        assert_eq!(
+            shared_in(&r, Table::Nat, KUBE_HOSTPORTS),
+            [format!(
+                "-d 10.0.0.11/32 -p tcp -m comment --comment \"ns1/web hostport 18080\" -m tcp --dport 18080 -j {hp}"
+            )]
+        );
+        assert_eq!(r.shared.len(), 1, "no service rules: {:?}", r.shared);
+        assert_eq!(
+            r.chains,
+            [(
+                hp,
+                vec![
+                    "-s 10.180.0.9/32 -m comment --comment \"ns1/web hostport 18080\" -j KUBE-MARK-MASQ".to_string(),
+                    "-s 127.0.0.0/8 -m comment --comment \"ns1/web hostport 18080\" -j KUBE-MARK-MASQ".to_string(),
+                    "-p tcp -m comment --comment \"ns1/web hostport 18080\" -m tcp -j DNAT --to-destination 10.180.0.9:8080".to_string(),
+                ]
+            )]
+        );
     }
 }

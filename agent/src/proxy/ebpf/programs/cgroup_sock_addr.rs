@@ -1,24 +1,35 @@
 //! The socket-LB programs (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`), attached to the
-//! cgroup whose processes get service addresses translated.
+//! cgroup whose processes get service addresses translated, and `post_bind4`/`post_bind6`, which
+//! refuse the node's own binds to node ports, external IPs and LB addresses there.
 use std::fs;
 use std::io;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::Ebpf;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use skiff_ebpf_common::programs;
 
 use super::{AttachReport, Attachment, Hook, load_and_link};
 use crate::proxy::ebpf::sys;
 
-/// `enum bpf_attach_type` of each cgroup program.
+/// `enum bpf_attach_type` of each `cgroup/sock_addr` program.
 const PROGRAMS: [(&str, u32); 4] = [
     (programs::CONNECT4, 10),     // BPF_CGROUP_INET4_CONNECT
     (programs::SENDMSG4, 14),     // BPF_CGROUP_UDP4_SENDMSG
     (programs::RECVMSG4, 19),     // BPF_CGROUP_UDP4_RECVMSG
     (programs::GETPEERNAME4, 29), // BPF_CGROUP_INET4_GETPEERNAME
 ];
+/// The `cgroup/sock` programs and their attach types.
+const POST_BIND: [(&str, u32); 2] = [
+    (programs::POST_BIND4, 12), // BPF_CGROUP_INET4_POST_BIND
+    (programs::POST_BIND6, 13), // BPF_CGROUP_INET6_POST_BIND
+];
+
+/// Whether `name` is one of the cgroup programs.
+fn is_cgroup_program(name: &str) -> bool {
+    PROGRAMS.iter().chain(&POST_BIND).any(|(n, _)| *n == name)
+}
 
 /// Load every cgroup program and attach it to `cgroup_root` through its pinned link in
 /// `links`.
@@ -44,6 +55,19 @@ pub fn attach(
             Ok(prog.take_link(id)?.try_into()?)
         })?;
     }
+    for (name, attach_type) in POST_BIND {
+        let at = Attachment {
+            name,
+            attach_type,
+            hook: Hook::Cgroup(cgroup_id),
+        };
+        load_and_link(ebpf, &at, links, report, |prog: &mut CgroupSock| {
+            let id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} to {}", cgroup_root.display()))?;
+            Ok(prog.take_link(id)?.try_into()?)
+        })?;
+    }
     Ok(())
 }
 
@@ -57,10 +81,7 @@ pub fn sweep(root: &Path) -> Result<usize> {
     };
     let skiff_progs: std::collections::HashSet<u32> = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
-        .filter(|p| {
-            p.name_as_str()
-                .is_some_and(|n| PROGRAMS.iter().any(|(name, _)| *name == n))
-        })
+        .filter(|p| p.name_as_str().is_some_and(is_cgroup_program))
         .map(|p| p.id())
         .collect();
     let mut n = 0;

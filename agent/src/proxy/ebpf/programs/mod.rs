@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use aya::Ebpf;
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupSockAddr, Program, ProgramError, SchedClassifier};
+use aya::programs::{CgroupSock, CgroupSockAddr, Program, ProgramError, SchedClassifier};
 use tracing::{debug, info, warn};
 
 use super::sys;
@@ -57,7 +57,7 @@ macro_rules! linked_program {
         }
     )+};
 }
-linked_program!(CgroupSockAddr, SchedClassifier);
+linked_program!(CgroupSock, CgroupSockAddr, SchedClassifier);
 
 /// What a program's link attaches to.
 #[derive(Clone, Copy, Debug)]

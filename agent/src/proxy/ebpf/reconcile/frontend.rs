@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use skiff_ebpf_common::{AffinityMatchKey, FE_AFFINITY, Frontend, FrontendKey, RevNat, SlotKey};
+use skiff_ebpf_common::{
+    AffinityMatchKey, FE_AFFINITY, Frontend, FrontendKey, RevNat, SlotKey, SrcRangeKey,
+};
 
 use super::steps::SyncRun;
 use super::{DesiredFrontend, MapSyncStats, Reconciler, assign_slots};
@@ -42,6 +44,9 @@ impl Reconciler {
             HashSet::default()
         };
         self.add_affinity_matches(store, rev, &want_match, st)?;
+        // Source ranges before the frontend whose flag makes the programs check them.
+        let want_ranges: HashSet<(u32, u8)> = d.src_ranges.iter().copied().collect();
+        self.add_src_ranges(store, rev, &want_ranges, st)?;
         let current_count = existing.map_or(0, |f| f.count);
         let slots = assign_slots(&self.slot_contents(rev, current_count), ids);
         self.write_slots(store, rev, &slots, st)?;
@@ -65,6 +70,7 @@ impl Reconciler {
             .map(|s| s.difference(&want_match).copied().collect())
             .unwrap_or_default();
         self.delete_affinity_matches(store, rev, stale, st)?;
+        self.delete_src_ranges(store, rev, &want_ranges, st)?;
         Ok(st.writes + st.deletes != before)
     }
 
@@ -83,6 +89,7 @@ impl Reconciler {
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
         self.delete_affinity_matches(store, rev, matches, st)?;
+        self.delete_src_ranges(store, rev, &HashSet::default(), st)?;
         if self.revnat.contains_key(&rev) {
             store.revnat().delete(&rev)?;
             st.deletes += 1;
@@ -160,6 +167,62 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Source ranges of `rev` in `want` that the map lacks.
+    fn add_src_ranges(
+        &mut self,
+        store: &mut dyn LbStore,
+        rev: u32,
+        want: &HashSet<(u32, u8)>,
+        st: &mut MapSyncStats,
+    ) -> Result<(), MapOpError> {
+        let mut adds: Vec<(u32, u8)> = want
+            .iter()
+            .filter(|r| !self.src_range.get(&rev).is_some_and(|s| s.contains(r)))
+            .copied()
+            .collect();
+        adds.sort();
+        for (addr, prefix_len) in adds {
+            store
+                .src_range()
+                .put(&src_range_key(rev, addr, prefix_len), &1)?;
+            st.writes += 1;
+            self.src_range
+                .entry(rev)
+                .or_default()
+                .insert((addr, prefix_len));
+        }
+        Ok(())
+    }
+
+    /// Source ranges of `rev` not in `keep`, deleted (and the set, once empty).
+    fn delete_src_ranges(
+        &mut self,
+        store: &mut dyn LbStore,
+        rev: u32,
+        keep: &HashSet<(u32, u8)>,
+        st: &mut MapSyncStats,
+    ) -> Result<(), MapOpError> {
+        let mut stale: Vec<(u32, u8)> = self
+            .src_range
+            .get(&rev)
+            .map(|s| s.difference(keep).copied().collect())
+            .unwrap_or_default();
+        stale.sort();
+        for (addr, prefix_len) in stale {
+            store
+                .src_range()
+                .delete(&src_range_key(rev, addr, prefix_len))?;
+            st.deletes += 1;
+            if let Some(s) = self.src_range.get_mut(&rev) {
+                s.remove(&(addr, prefix_len));
+            }
+        }
+        if self.src_range.get(&rev).is_some_and(HashSet::is_empty) {
+            self.src_range.remove(&rev);
+        }
+        Ok(())
+    }
+
     /// Affinity matches `ids` of `rev`, deleted (and the set, once empty).
     fn delete_affinity_matches(
         &mut self,
@@ -231,6 +294,15 @@ impl Reconciler {
             slot,
         };
         delete_members(store.slots(), &mut self.slots, rev, slots, key, st)
+    }
+}
+
+fn src_range_key(rev_nat_id: u32, addr: u32, prefix_len: u8) -> SrcRangeKey {
+    SrcRangeKey {
+        rev_nat_id,
+        addr,
+        prefix_len,
+        pad: [0; 3],
     }
 }
 
