@@ -876,7 +876,7 @@ spec:
     let (ext_ip, lb_ip, outsider) = (
         format!("{prefix}.200"),
         format!("{prefix}.201"),
-        format!("{prefix}.250"),
+        format!("{prefix}.230"),
     );
     c.apply(&format!(
         r#"apiVersion: v1
