@@ -304,7 +304,7 @@ spec:
     c.kubectl(&["-n", NS, "scale", "deployment", "web", "--replicas=6"])?;
     let etcd_victim = c.state().etcd_members[0].name.clone();
     c.kill(&etcd_victim)?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     let killed = c.kill("leader")?;
     ensure!(killed == leader, "killed {killed}, but {leader} led");
     let survivor = control_planes
@@ -313,12 +313,28 @@ spec:
         .context("no other control plane")?
         .clone();
     let six = wait_web(&c, 6, Duration::from_secs(90))?;
-    let scaled_in = started.elapsed();
     let new_leader = wait_for(
         "the surviving control plane to lead",
         Duration::from_secs(30),
         || Ok(c.leader()?.filter(|l| *l == survivor)),
     )?;
+    // The scale is complete when the Deployment's status says so: the pods became ready
+    // after the kill, so the controllers of the new leader wrote that.
+    wait_for(
+        "the Deployment's status: 6 available",
+        Duration::from_secs(60),
+        || {
+            let out = c.kubectl(&["-n", NS, "get", "deployment", "web", "-o", "json"])?;
+            let d: Value = serde_json::from_str(&out)?;
+            let status = &d["status"];
+            let done = status["observedGeneration"] == d["metadata"]["generation"]
+                && status["availableReplicas"] == 6
+                && status["readyReplicas"] == 6
+                && status["updatedReplicas"] == 6;
+            Ok(done.then_some(()))
+        },
+    )?;
+    let scaled_in = started.elapsed();
     // Every replica answers the client before the load stops, and the agents keep beating for
     // a few more intervals.
     wait_for(

@@ -81,17 +81,19 @@ impl Members {
 }
 
 /// Whether a request failed for want of a connection: it never reached a member, so it can
-/// go to another one even when it writes.
+/// go to another one even when it writes. That is a refused or failed connect, and a write to
+/// a connection the member had already reset (a broken pipe: the member's process is gone, it
+/// cannot have read the request).
 fn never_sent(err: &etcd_client::Error) -> bool {
-    let text = match err {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-        other => other.to_string(),
-    };
+    // The debug form carries the source chain (tonic's status keeps the transport error there).
+    let text = format!("{err:?}");
     [
         "tcp connect error",
         "error trying to connect",
         "Connection refused",
+        "ConnectionRefused",
         "Service was not ready",
+        "BrokenPipe",
     ]
     .iter()
     .any(|m| text.contains(m))
@@ -101,6 +103,7 @@ fn never_sent(err: &etcd_client::Error) -> bool {
 fn connection_lost(err: &etcd_client::Error) -> bool {
     let text = err.to_string();
     [
+        "transport error",
         "h2 protocol error",
         "connection reset",
         "Connection reset",
@@ -298,10 +301,37 @@ impl EtcdStore {
         self.members.current().1
     }
 
-    /// Runs `op` on the member in use, within `limit`. A request that could not reach it is
-    /// sent to the next member (each is tried once); any failure that means the member is gone
-    /// makes later requests use the next one.
+    /// Runs the read `op` on the member in use, within `limit`; when the member is gone, on
+    /// the next one (each is tried once), and later requests use that one.
     async fn on_member<T, F, Fut>(&self, limit: Duration, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.on_members(limit, op, member_broken).await
+    }
+
+    /// Runs the write `op` as [`EtcdStore::on_member`] does a read, but sends it to the next
+    /// member only when it never reached the first: a write that may have been applied is not
+    /// repeated (etcd's Go client does the same), its caller sees `Unavailable`.
+    async fn on_member_write<T, F, Fut>(
+        &self,
+        limit: Duration,
+        op: F,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.on_members(limit, op, never_sent).await
+    }
+
+    async fn on_members<T, F, Fut>(
+        &self,
+        limit: Duration,
+        op: F,
+        retry: fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -313,7 +343,7 @@ impl EtcdStore {
                 Err(e) if member_broken(&e) => {
                     self.members.failed(index);
                     attempts -= 1;
-                    if attempts == 0 || !never_sent(&e) {
+                    if attempts == 0 || !retry(&e) {
                         return Err(e);
                     }
                 }
@@ -323,7 +353,7 @@ impl EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
-        self.on_member(REQUEST_TIMEOUT, |c| {
+        self.on_member_write(REQUEST_TIMEOUT, |c| {
             let txn = txn.clone();
             async move { c.kv_client().txn(txn).await }
         })
@@ -537,7 +567,7 @@ impl Store for EtcdStore {
         let (revision, prev) = match expected {
             None => {
                 let resp = self
-                    .on_member(REQUEST_TIMEOUT, |c| async move {
+                    .on_member_write(REQUEST_TIMEOUT, |c| async move {
                         let options = DeleteOptions::new().with_prev_key();
                         c.kv_client().delete(key, Some(options)).await
                     })
@@ -660,7 +690,7 @@ impl Store for EtcdStore {
             let options = CompactionOptions::new().with_physical();
             c.kv_client().compact(revision, Some(options)).await
         };
-        match self.on_member(COMPACT_TIMEOUT, compact).await {
+        match self.on_member_write(COMPACT_TIMEOUT, compact).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.revision_error(e, revision).await),
         }
