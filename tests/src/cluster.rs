@@ -25,6 +25,10 @@
 //! agent's `--cgroup-root`; the agent itself runs in its `agent` child, commands run by
 //! [`Cluster::exec`] in its `exec` child), bpffs `/sys/fs/bpf/skiff/<node>`.
 //!
+//! With several control planes or an etcd cluster ([`ClusterOptions::control_planes`],
+//! [`ClusterOptions::etcd_members`]) each API server and each etcd member runs in a network
+//! namespace of its own on the underlay instead (see [`ha`]).
+//!
 //! Live clusters are registered in `/run/skiff-clusters/sk<k>.json` (the cluster directory and
 //! the process that owns the cluster). A cluster whose owner died without tearing it down (a
 //! test binary killed by a timeout) is torn down by the next [`Cluster::start`], or by [`gc`].

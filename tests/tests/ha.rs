@@ -335,6 +335,25 @@ spec:
         },
     )?;
     let scaled_in = started.elapsed();
+    // `cargo xtask cluster status` shows what happened: the killed ones exited, the survivor
+    // leads.
+    let status = c.state().processes();
+    for line in status.lines() {
+        let name = line.split_whitespace().nth(1).unwrap_or_default();
+        let dead = name == killed || name == etcd_victim;
+        ensure!(
+            line.contains("exited") == dead && line.contains("pid ") != dead,
+            "status of {name}: {line}\n{status}"
+        );
+        ensure!(
+            line.contains("(leader)") == (name == new_leader),
+            "status of {name}: {line}\n{status}"
+        );
+    }
+    ensure!(
+        status.lines().count() == 7,
+        "status lists 7 processes:\n{status}"
+    );
     // Every replica answers the client before the load stops, and the agents keep beating for
     // a few more intervals.
     wait_for(
