@@ -27,6 +27,8 @@ pub async fn run(cfg: AgentConfig, credentials: &CredentialOptions) -> Result<()
     let mut creds = crate::credentials::load(credentials).await?;
     let (client, ca_pem) = (creds.client.clone(), creds.ca_pem.clone());
     let rotation = creds.rotation();
+    tokio::spawn(creds.servers.clone().health_checks());
+    tokio::spawn(creds.servers.clone().learn(client.clone()));
     std::fs::create_dir_all(&cfg.root_dir)?;
     crate::node::register(&client, &cfg).await?;
     let runtime = Runtime::new(&cfg.root_dir)?;

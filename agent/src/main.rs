@@ -184,6 +184,11 @@ struct RunArgs {
     /// --cert-dir holds no valid one (the kubelet's TLS bootstrap).
     #[arg(long)]
     bootstrap_kubeconfig: Option<PathBuf>,
+    /// An API server URL (`https://host:port`), instead of the kubeconfig's; repeat or
+    /// comma-separate for several. The agent balances over those that answer, and learns the
+    /// others from the `kubernetes` Endpoints.
+    #[arg(long = "server", value_delimiter = ',')]
+    servers: Vec<String>,
     /// Where the node's client certificates are kept; default: <root-dir>/pki.
     #[arg(long)]
     cert_dir: Option<PathBuf>,
@@ -409,6 +414,7 @@ async fn join(a: JoinArgs) -> Result<()> {
             node_name: a.node_name.unwrap_or_else(hostname),
             rotate_certificates: false,
             request_timeout: Duration::from_secs(15 * 60),
+            servers: Vec::new(),
         },
     };
     join::join(&opts).await?;
@@ -449,6 +455,7 @@ fn credential_options(a: &RunArgs) -> CredentialOptions {
         node_name: a.node_name.clone().unwrap_or_else(hostname),
         rotate_certificates: a.rotate_certificates,
         request_timeout: Duration::from_secs(15 * 60),
+        servers: a.servers.clone(),
     }
 }
 

@@ -251,50 +251,65 @@ pub async fn wait_pod_cidr(client: &Client, node: &str) -> Result<Ipv4Net> {
     }
 }
 
-/// Renew the node's Lease and refresh its status, every `heartbeat_interval`.
+/// How often a failed lease renewal is tried again before the next beat (kubelet's lease
+/// controller: `maxUpdateRetries`), and how long apart.
+const LEASE_RETRIES: u32 = 5;
+const LEASE_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Renew the node's Lease and refresh its status, every `heartbeat_interval`. A failed renewal
+/// (e.g. its API server died with the request) is retried at once, so a failover costs no beat.
 pub async fn heartbeat(client: Client, cfg: AgentConfig) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let renew = MicroTime(jiff::Timestamp::now());
-        let spec = LeaseSpec {
-            holder_identity: Some(cfg.node_name.clone()),
-            lease_duration_seconds: Some(cfg.lease_duration_seconds),
-            renew_time: Some(renew),
-            ..Default::default()
-        };
-        let result = match leases
-            .patch(
-                &cfg.node_name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": spec })),
-            )
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(cfg.node_name.clone()),
-                        namespace: Some(LEASE_NAMESPACE.into()),
-                        ..Default::default()
-                    },
-                    spec: Some(spec),
-                };
-                leases
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
+        for attempt in 1..=LEASE_RETRIES {
+            match renew_lease(&leases, &cfg).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(attempt, "renewing the node lease: {e}");
+                    tokio::time::sleep(LEASE_RETRY_DELAY).await;
+                }
             }
-            r => r.map(|_| ()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("renewing the node lease: {e}");
         }
         if let Err(e) = update_status(&client, &cfg, true, "").await {
             tracing::warn!("{e:#}");
         }
+    }
+}
+
+async fn renew_lease(leases: &Api<Lease>, cfg: &AgentConfig) -> Result<(), kube::Error> {
+    let renew = MicroTime(jiff::Timestamp::now());
+    let spec = LeaseSpec {
+        holder_identity: Some(cfg.node_name.clone()),
+        lease_duration_seconds: Some(cfg.lease_duration_seconds),
+        renew_time: Some(renew),
+        ..Default::default()
+    };
+    match leases
+        .patch(
+            &cfg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(cfg.node_name.clone()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                spec: Some(spec),
+            };
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        r => r.map(|_| ()),
     }
 }
 

@@ -230,6 +230,15 @@ async fn run(flags: Flags) -> Result<()> {
                 .context("connecting to etcd")?,
         )
     };
+    let advertised = flags.advertise_address.unwrap_or(flags.bind_address);
+    if !flags.etcd_servers.is_empty() && (advertised.is_loopback() || advertised.is_unspecified()) {
+        // Other API servers on the same etcd would list it in the `kubernetes` Endpoints,
+        // where nodes learn the API servers from.
+        tracing::warn!(
+            "no --advertise-address: this API server is advertised as 127.0.0.1, which no \
+             node can reach; give the address nodes reach it on"
+        );
+    }
     let mut config = ApiConfig::new(flags.data_dir.clone());
     config.bind_address = flags.bind_address;
     config.secure_port = flags.secure_port;

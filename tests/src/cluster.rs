@@ -25,6 +25,10 @@
 //! agent's `--cgroup-root`; the agent itself runs in its `agent` child, commands run by
 //! [`Cluster::exec`] in its `exec` child), bpffs `/sys/fs/bpf/skiff/<node>`.
 //!
+//! With several control planes or an etcd cluster ([`ClusterOptions::control_planes`],
+//! [`ClusterOptions::etcd_members`]) each API server and each etcd member runs in a network
+//! namespace of its own on the underlay instead (see [`ha`]).
+//!
 //! Live clusters are registered in `/run/skiff-clusters/sk<k>.json` (the cluster directory and
 //! the process that owns the cluster). A cluster whose owner died without tearing it down (a
 //! test binary killed by a timeout) is torn down by the next [`Cluster::start`], or by [`gc`].
@@ -49,6 +53,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Kubectl, free_ports, target_dir, test_image, wait_for};
 use skiff_common::bootstrap_token::{self, BootstrapToken};
+
+mod ha;
+pub use ha::MemberState;
 
 /// Pod network of every test cluster (`--cluster-cidr` of agents and control plane).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -123,6 +130,12 @@ pub struct ClusterOptions {
     pub dir: Option<PathBuf>,
     /// Print what is being started on stderr.
     pub verbose: bool,
+    /// API servers; more than one puts each, with the etcd members, in a network namespace of
+    /// its own (see [`ha`]) and needs `etcd_members`.
+    pub control_planes: usize,
+    /// Members of an etcd cluster the control planes share, each in its own namespace; 0 for
+    /// `store` alone.
+    pub etcd_members: usize,
 }
 
 impl Default for ClusterOptions {
@@ -136,6 +149,8 @@ impl Default for ClusterOptions {
             start_agents: true,
             dir: None,
             verbose: false,
+            control_planes: 1,
+            etcd_members: 0,
         }
     }
 }
@@ -214,6 +229,12 @@ pub struct ClusterState {
     #[serde(default)]
     pub etcd_url: Option<String>,
     pub nodes: Vec<NodeState>,
+    /// With a highly available control plane: the API servers (`control` is then None).
+    #[serde(default)]
+    pub control_planes: Vec<MemberState>,
+    /// The members of the control planes' etcd cluster.
+    #[serde(default)]
+    pub etcd_members: Vec<MemberState>,
 }
 
 impl ClusterState {
@@ -266,6 +287,8 @@ pub struct Cluster {
     control: Option<Child>,
     etcd: Option<Child>,
     agents: HashMap<String, Child>,
+    /// Control planes and etcd members of a highly available control plane, by name.
+    members: HashMap<String, Child>,
     kubectl: OnceLock<Kubectl>,
     verbose: bool,
     detached: bool,
@@ -292,7 +315,11 @@ impl Cluster {
         } else {
             (agent_binary_path(), None)
         };
-        if opts.store == Store::Etcd && !Path::new(crate::ETCD_BIN).exists() {
+        ensure!(
+            opts.control_planes <= 1 || opts.etcd_members > 0,
+            "several control planes share an etcd cluster: give etcd_members"
+        );
+        if (opts.store == Store::Etcd || opts.ha()) && !Path::new(crate::ETCD_BIN).exists() {
             bail!(
                 "{} not found (`cargo xtask setup` installs etcd-server)",
                 crate::ETCD_BIN
@@ -301,13 +328,16 @@ impl Cluster {
         ensure_bpffs()?;
         let cgroup2 = cgroup2_mount()?;
 
-        let state = allocate(&opts, &cgroup2, &agent_bin)?;
+        let mut state = allocate(&opts, &cgroup2, &agent_bin)?;
+        ha::plan(&opts, &mut state)?;
+        state.save()?;
         // From here on, dropping `cluster` removes whatever exists so far.
         let mut cluster = Cluster {
             state,
             control: None,
             etcd: None,
             agents: HashMap::new(),
+            members: HashMap::new(),
             kubectl: OnceLock::new(),
             verbose: opts.verbose,
             detached: false,
@@ -318,14 +348,20 @@ impl Cluster {
             cluster.state.dir.display()
         ));
         cluster.create_underlay()?;
-        let host_ip: Ipv4Addr = cluster.state.host_ip.parse()?;
-        cluster.state.api_port = pick_port(host_ip)?;
-        cluster.state.api_url = format!("https://{host_ip}:{}", cluster.state.api_port);
-        cluster.state.save()?;
+        if !opts.ha() {
+            let host_ip: Ipv4Addr = cluster.state.host_ip.parse()?;
+            cluster.state.api_port = pick_port(host_ip)?;
+            cluster.state.api_url = format!("https://{host_ip}:{}", cluster.state.api_port);
+            cluster.state.save()?;
+        }
         for i in 0..cluster.state.nodes.len() {
             cluster.create_node(i)?;
         }
-        cluster.start_control(&control_bin, &opts)?;
+        if opts.ha() {
+            cluster.start_ha_control(&control_bin, &opts)?;
+        } else {
+            cluster.start_control(&control_bin, &opts)?;
+        }
         if let Some(image) = image {
             for node in cluster.nodes() {
                 cluster.say(&format!("importing {} on {node}", test_image::IMAGE));
@@ -851,6 +887,7 @@ subjects:
             control: None,
             etcd: None,
             agents: HashMap::new(),
+            members: HashMap::new(),
             kubectl: OnceLock::new(),
             verbose: false,
             detached: true,
@@ -1159,6 +1196,7 @@ subjects:
         // 4. Control plane and etcd.
         stop_process(self.control.take(), self.state.control.take());
         stop_process(self.etcd.take(), self.state.etcd.take());
+        self.stop_members(&mut errors);
         // 5. Namespaces and links.
         self.delete_network(&mut errors);
         // 6. bpffs directories.
@@ -1253,12 +1291,20 @@ subjects:
         };
         let keep = Path::new(&keep).join(&self.state.name);
         let _ = std::fs::create_dir_all(&keep);
-        let logs = std::iter::once(("control.log".to_string(), &self.state.control_log)).chain(
-            self.state
-                .nodes
-                .iter()
-                .map(|n| (format!("{}.log", n.name), &n.log)),
-        );
+        let members = self
+            .state
+            .control_planes
+            .iter()
+            .chain(&self.state.etcd_members)
+            .map(|m| (format!("{}.log", m.name), &m.log));
+        let logs = std::iter::once(("control.log".to_string(), &self.state.control_log))
+            .chain(members)
+            .chain(
+                self.state
+                    .nodes
+                    .iter()
+                    .map(|n| (format!("{}.log", n.name), &n.log)),
+            );
         for (name, log) in logs {
             let _ = std::fs::copy(log, keep.join(name));
         }
@@ -1420,6 +1466,8 @@ fn allocate(opts: &ClusterOptions, cgroup2: &Path, agent_bin: &Path) -> Result<C
         etcd: None,
         etcd_url: None,
         nodes,
+        control_planes: Vec::new(),
+        etcd_members: Vec::new(),
         dir,
         name,
     };

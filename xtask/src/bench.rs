@@ -65,6 +65,11 @@ pub fn bench_dns(ws: &Workspace, extra: &[String]) -> Result<()> {
     bench(ws, "dns-bench", "bench-dns", "docs/benchmarks.md", extra)
 }
 
+/// `cargo xtask bench-ha`: control plane memory with 3 API servers, agent API failover.
+pub fn bench_ha(ws: &Workspace, extra: &[String]) -> Result<()> {
+    bench(ws, "ha-bench", "bench-ha", "docs/benchmarks-ha.md", extra)
+}
+
 /// `cargo xtask bench-exec`: `kubectl exec` and WebSocket exec round trips.
 pub fn bench_exec(ws: &Workspace, extra: &[String]) -> Result<()> {
     bench(ws, "exec-bench", "bench-exec", "docs/benchmarks.md", extra)

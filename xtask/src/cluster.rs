@@ -1,4 +1,4 @@
-//! `cargo xtask cluster up|down|kubeconfig|status|exec`: a multi-node skiff cluster on this
+//! `cargo xtask cluster up|down|kubeconfig|status|kill|exec`: a multi-node skiff cluster on this
 //! machine (nodes are network namespaces on a private underlay, each running `skiff-agent`),
 //! left running in the background. The work is done by the `skiff-cluster` binary of the
 //! skiff-tests crate, which keeps the cluster's state in `<dir>/cluster.json`.
@@ -48,6 +48,13 @@ enum ClusterCmd {
         /// Skip `cargo xtask setup` (on a machine that is already set up).
         #[arg(long)]
         no_setup: bool,
+        /// API servers; more than one needs --etcd-members, and each runs (as each etcd
+        /// member does) in a network namespace of its own.
+        #[arg(long, default_value_t = 1)]
+        control_planes: usize,
+        /// Members of an etcd cluster the control planes share (0: --store alone).
+        #[arg(long, default_value_t = 0)]
+        etcd_members: usize,
         #[command(flatten)]
         dir: Dir,
     },
@@ -61,10 +68,18 @@ enum ClusterCmd {
         #[command(flatten)]
         dir: Dir,
     },
-    /// Print the nodes, their addresses and whether their agents run.
+    /// Print every process of the cluster (control planes and which one leads, etcd members,
+    /// agents) with its pid and address.
     Status {
         #[command(flatten)]
         dir: Dir,
+    },
+    /// SIGKILL one process of the cluster: a control plane, an etcd member, a node's agent, or
+    /// `leader` (the control plane holding the controller-manager Lease).
+    Kill {
+        #[command(flatten)]
+        dir: Dir,
+        name: String,
     },
     /// Run a command in a node's network namespace and cgroup, e.g.
     /// `cargo xtask cluster exec sk150-node-1 -- ip addr`; exits with its status.
@@ -90,6 +105,8 @@ pub fn cluster(ws: &Workspace, args: &ClusterArgs) -> Result<u8> {
             control_args,
             agent_args,
             no_setup,
+            control_planes,
+            etcd_members,
             dir,
         } => {
             if !no_setup {
@@ -112,6 +129,8 @@ pub fn cluster(ws: &Workspace, args: &ClusterArgs) -> Result<u8> {
                 "--proxy-mode",
                 proxy_mode,
             ]);
+            cmd.arg(format!("--control-planes={control_planes}"))
+                .arg(format!("--etcd-members={etcd_members}"));
             for a in control_args {
                 cmd.arg(format!("--control-arg={a}"));
             }
@@ -124,6 +143,14 @@ pub fn cluster(ws: &Workspace, args: &ClusterArgs) -> Result<u8> {
         ClusterCmd::Down { dir } => simple(ws, "down", dir),
         ClusterCmd::Kubeconfig { dir } => simple(ws, "kubeconfig", dir),
         ClusterCmd::Status { dir } => simple(ws, "status", dir),
+        ClusterCmd::Kill { dir, name } => {
+            ensure_built(ws)?;
+            let mut cmd = skiff_cluster(ws);
+            cmd.arg("kill");
+            with_dir(&mut cmd, dir);
+            cmd.arg(name);
+            finish(&mut cmd)
+        }
         ClusterCmd::Exec { dir, node, command } => {
             ensure_built(ws)?;
             let mut cmd = skiff_cluster(ws);
@@ -159,7 +186,7 @@ fn with_dir(cmd: &mut Command, dir: &Dir) {
     }
 }
 
-/// `down`, `kubeconfig` and `exec` only need skiff-cluster itself.
+/// `down`, `kubeconfig`, `status`, `kill` and `exec` only need skiff-cluster itself.
 fn ensure_built(ws: &Workspace) -> Result<()> {
     if ws.target.join("debug/skiff-cluster").exists() {
         return Ok(());

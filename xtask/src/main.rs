@@ -129,6 +129,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark a highly available control plane (run as root): memory of each of 3 API
+    /// servers over 3 etcd members, and the API failover an agent sees when its server is
+    /// killed; writes docs/benchmarks-ha.md. Arguments after `--`, e.g. `-- --rounds 1`.
+    BenchHa {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Benchmark the service proxy (run as root): full sync of 10,000 services × 2 endpoints
     /// from the API into the eBPF maps and into iptables (legacy and nft), and endpoint change →
     /// dataplane latency, in a network namespace of its own; writes docs/benchmarks-proxy.md.
@@ -224,6 +231,7 @@ fn main() -> ExitCode {
         Task::BenchAuthz { args } => bench::bench_authz(&ws, &args).map(|()| 0),
         Task::BenchControl { args } => bench::bench_control(&ws, &args).map(|()| 0),
         Task::BenchAgent { args } => bench::bench_agent(&ws, &args).map(|()| 0),
+        Task::BenchHa { args } => bench::bench_ha(&ws, &args).map(|()| 0),
         Task::BenchProxy { args } => bench::bench_proxy(&ws, &args).map(|()| 0),
         Task::BenchDns { args } => bench::bench_dns(&ws, &args).map(|()| 0),
         Task::BenchExec { args } => bench::bench_exec(&ws, &args).map(|()| 0),

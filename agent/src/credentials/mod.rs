@@ -14,6 +14,7 @@ pub mod certstore;
 pub mod join;
 pub mod request;
 pub mod rotation;
+pub mod servers;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use certstore::{CertStore, NodeCert};
 use rotation::Rotator;
+use servers::ApiServers;
 use transport::RotatingTransport;
 
 /// Where the agent's credentials come from (`skiff-agent run`'s flags).
@@ -38,13 +40,18 @@ pub struct CredentialOptions {
     pub rotate_certificates: bool,
     /// How long a certificate request may wait for approval and signing.
     pub request_timeout: Duration,
+    /// API server URLs (`--server`); empty: the kubeconfig's server. Requests go to one that
+    /// answers, and the others are learned from the `kubernetes` Endpoints.
+    pub servers: Vec<String>,
 }
 
-/// The client the agent uses, the cluster CA (PEM) it trusts, and, for a bootstrapped node,
-/// the renewal of its certificate (run it with [`NodeCredentials::rotation`]).
+/// The client the agent uses, the cluster CA (PEM) it trusts, the API servers it balances
+/// over, and, for a bootstrapped node, the renewal of its certificate (run it with
+/// [`NodeCredentials::rotation`]).
 pub struct NodeCredentials {
     pub client: Client,
     pub ca_pem: String,
+    pub servers: ApiServers,
     renewal: Option<(Rotator, NodeCert)>,
 }
 
@@ -59,14 +66,18 @@ impl NodeCredentials {
 
 pub async fn load(opts: &CredentialOptions) -> Result<NodeCredentials> {
     let Some(bootstrap) = &opts.bootstrap_kubeconfig else {
-        let (client, ca_pem) = client_from_kubeconfig(&opts.kubeconfig).await?;
+        let mut cluster = Cluster::read(&opts.kubeconfig).await?;
+        let servers = cluster.use_servers(&opts.servers)?;
+        let transport = RotatingTransport::new(cluster.config, None, servers.clone())?;
         return Ok(NodeCredentials {
-            client,
-            ca_pem,
+            client: transport.client()?,
+            ca_pem: cluster.ca_pem,
+            servers,
             renewal: None,
         });
     };
-    let cluster = Cluster::read(bootstrap).await?;
+    let mut cluster = Cluster::read(bootstrap).await?;
+    let servers = cluster.use_servers(&opts.servers)?;
     let store = CertStore::new(&opts.cert_dir);
     let cert = match store
         .current()
@@ -78,7 +89,7 @@ pub async fn load(opts: &CredentialOptions) -> Result<NodeCredentials> {
     write_node_kubeconfig(&opts.kubeconfig, &cluster, &store.current_path())?;
     let mut base = cluster.config.clone();
     base.auth_info = Default::default();
-    let transport = RotatingTransport::new(base, &cert)?;
+    let transport = RotatingTransport::new(base, Some(&cert), servers.clone())?;
     let renewal = opts.rotate_certificates.then(|| {
         let rotator = Rotator {
             store,
@@ -89,8 +100,9 @@ pub async fn load(opts: &CredentialOptions) -> Result<NodeCredentials> {
         (rotator, cert)
     });
     Ok(NodeCredentials {
-        client: transport.client(),
+        client: transport.client()?,
         ca_pem: cluster.ca_pem,
+        servers,
         renewal,
     })
 }
@@ -143,6 +155,19 @@ impl Cluster {
             server,
             ca_pem,
         })
+    }
+
+    /// The API servers to balance over: `urls`, or else the kubeconfig's server. Requests
+    /// name the first.
+    fn use_servers(&mut self, urls: &[String]) -> Result<ApiServers> {
+        let Some(first) = urls.first() else {
+            return ApiServers::new(std::slice::from_ref(&self.server));
+        };
+        self.config.cluster_url = first
+            .parse()
+            .with_context(|| format!("API server URL {first:?}"))?;
+        self.server = first.clone();
+        ApiServers::new(urls)
     }
 }
 

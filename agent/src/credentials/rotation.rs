@@ -66,7 +66,7 @@ impl Rotator {
     }
 
     async fn renew(&self) -> Result<NodeCert> {
-        let client = self.transport.client();
+        let client = self.transport.client()?;
         let next = request::request_node_certificate(
             &client,
             &self.node_name,

@@ -8,6 +8,8 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,7 +44,95 @@ const ERR_FUTURE_REV: &str = "required revision is a future revision";
 /// A store backed by an etcd v3 cluster.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Members>,
+}
+
+/// One client per member, and the member in use. etcd-client balances one channel over all
+/// endpoints, but a member that refuses connections fails every request the balancer routes
+/// to it (etcdv3/etcd-client#12, #39); etcd's own Go client instead sticks to one member and
+/// moves to the next when that one is unreachable, which is what this does.
+struct Members {
+    clients: Vec<(String, Client)>,
+    current: AtomicUsize,
+}
+
+impl Members {
+    fn current(&self) -> (usize, Client) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].1.clone())
+    }
+
+    /// Moves on from member `failed`, unless another request already did.
+    fn failed(&self, failed: usize) {
+        let next = (failed + 1) % self.clients.len();
+        if self
+            .current
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+            && self.clients.len() > 1
+        {
+            tracing::warn!(
+                failed = %self.clients[failed].0,
+                next = %self.clients[next].0,
+                "etcd member unreachable; using the next one"
+            );
+        }
+    }
+}
+
+/// Whether a request failed for want of a connection: it never reached a member, so it can
+/// go to another one even when it writes. That is a refused or failed connect, and a write to
+/// a connection the member had already reset (a broken pipe: the member's process is gone, it
+/// cannot have read the request).
+fn never_sent(err: &etcd_client::Error) -> bool {
+    // The debug form carries the source chain (tonic's status keeps the transport error there).
+    let text = format!("{err:?}");
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "Connection refused",
+        "ConnectionRefused",
+        "Service was not ready",
+        "BrokenPipe",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
+/// Whether the connection to the member broke under a request.
+fn connection_lost(err: &etcd_client::Error) -> bool {
+    let text = err.to_string();
+    [
+        "transport error",
+        "h2 protocol error",
+        "connection reset",
+        "Connection reset",
+        "broken pipe",
+        "Broken pipe",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
+/// Whether the member that answered `err` should no longer be used.
+fn member_broken(err: &etcd_client::Error) -> bool {
+    never_sent(err)
+        || connection_lost(err)
+        || matches!(
+            classify_ref(err),
+            Some(GRPC_UNAVAILABLE | GRPC_DEADLINE_EXCEEDED)
+        )
+        || matches!(
+            err,
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
+        )
+}
+
+fn classify_ref(err: &etcd_client::Error) -> Option<i32> {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => Some(status.code() as i32),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -162,37 +252,112 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(StoreError::Unavailable("no etcd endpoints given".into()));
         }
+        // require_leader: a member cut off from the quorum fails requests (and cancels
+        // watches) instead of serving stale data, so the store moves to another member.
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        let client = timed(CONNECT_TIMEOUT, Client::connect(endpoints, Some(options)))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let client = timed(
+                CONNECT_TIMEOUT,
+                Client::connect([endpoint], Some(options.clone())),
+            )
             .await
             .map_err(|e| match classify(e) {
                 Failure::Other(StoreError::Internal(m)) => StoreError::Unavailable(m),
                 Failure::Other(e) => e,
                 _ => StoreError::Unavailable("cannot connect to etcd".into()),
             })?;
-        let store = EtcdStore { client };
-        // The channel connects lazily; make sure somebody is there.
-        let mut kv = store.client.kv_client();
-        timed(
-            CONNECT_TIMEOUT,
-            kv.get("/", Some(GetOptions::new().with_count_only())),
-        )
-        .await
-        .map_err(|e| match map_err(e) {
-            StoreError::Internal(m) => {
-                StoreError::Unavailable(format!("etcd at {endpoints:?} not answering: {m}"))
-            }
-            e => e,
-        })?;
+            clients.push((endpoint.clone(), client));
+        }
+        let store = EtcdStore {
+            members: Arc::new(Members {
+                clients,
+                current: AtomicUsize::new(0),
+            }),
+        };
+        // The channels connect lazily; make sure somebody is there.
+        store
+            .on_member(CONNECT_TIMEOUT, |c| async move {
+                c.kv_client()
+                    .get("/", Some(GetOptions::new().with_count_only()))
+                    .await
+            })
+            .await
+            .map_err(|e| match map_err(e) {
+                StoreError::Internal(m) => {
+                    StoreError::Unavailable(format!("etcd at {endpoints:?} not answering: {m}"))
+                }
+                e => e,
+            })?;
         Ok(store)
     }
 
-    /// The underlying etcd client (for callers that need etcd-specific features).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The client of the member in use (for callers that need etcd-specific features).
+    pub fn client(&self) -> Client {
+        self.members.current().1
+    }
+
+    /// Runs the read `op` on the member in use, within `limit`; when the member is gone, on
+    /// the next one (each is tried once), and later requests use that one.
+    async fn on_member<T, F, Fut>(&self, limit: Duration, op: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.on_members(limit, op, member_broken).await
+    }
+
+    /// Runs the write `op` as [`EtcdStore::on_member`] does a read, but sends it to the next
+    /// member only when it never reached the first: a write that may have been applied is not
+    /// repeated (etcd's Go client does the same), its caller sees `Unavailable`.
+    async fn on_member_write<T, F, Fut>(
+        &self,
+        limit: Duration,
+        op: F,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.on_members(limit, op, never_sent).await
+    }
+
+    async fn on_members<T, F, Fut>(
+        &self,
+        limit: Duration,
+        op: F,
+        retry: fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempts = self.members.clients.len();
+        loop {
+            let (index, client) = self.members.current();
+            match timed(limit, op(client)).await {
+                Err(e) if member_broken(&e) => {
+                    self.members.failed(index);
+                    attempts -= 1;
+                    if attempts == 0 || !retry(&e) {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, etcd_client::Error> {
+        self.on_member_write(REQUEST_TIMEOUT, |c| {
+            let txn = txn.clone();
+            async move { c.kv_client().txn(txn).await }
+        })
+        .await
     }
 
     /// etcd does not report its compaction revision in any unary response (3.4's Status has
@@ -200,7 +365,7 @@ impl EtcdStore {
     /// it. Used only on error paths, after etcd said "compacted".
     async fn compacted_revision(&self) -> Option<Revision> {
         let probe = async {
-            let mut watch = self.client.watch_client();
+            let mut watch = self.client().watch_client();
             let mut stream = watch
                 .watch("/", Some(WatchOptions::new().with_start_revision(1)))
                 .await
@@ -270,8 +435,10 @@ impl EtcdStore {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        let mut kv = self.client.kv_client();
-        let resp = timed(REQUEST_TIMEOUT, kv.get(key, None))
+        let resp = self
+            .on_member(REQUEST_TIMEOUT, |c| async move {
+                c.kv_client().get(key, None).await
+            })
             .await
             .map_err(map_err)?;
         Ok(resp.kvs().first().map(to_kv))
@@ -317,8 +484,11 @@ impl Store for EtcdStore {
         if let Some(r) = revision {
             options = options.with_revision(r);
         }
-        let mut kv = self.client.kv_client();
-        let resp = match timed(REQUEST_TIMEOUT, kv.get(start, Some(options))).await {
+        let get = |c: Client| {
+            let (start, options) = (start.clone(), options.clone());
+            async move { c.kv_client().get(start, Some(options)).await }
+        };
+        let resp = match self.on_member(REQUEST_TIMEOUT, get).await {
             Ok(resp) => resp,
             Err(e) => return Err(self.revision_error(e, revision.unwrap_or(0)).await),
         };
@@ -343,8 +513,7 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then(vec![TxnOp::put(key, value.clone(), None)]);
-        let mut kv = self.client.kv_client();
-        let resp = timed(REQUEST_TIMEOUT, kv.txn(txn)).await.map_err(map_err)?;
+        let resp = self.txn(txn).await.map_err(map_err)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists(key.to_string()));
         }
@@ -371,8 +540,7 @@ impl Store for EtcdStore {
                 Some(PutOptions::new().with_prev_key()),
             )])
             .or_else(vec![TxnOp::get(key, None)]);
-        let mut kv = self.client.kv_client();
-        let resp = timed(REQUEST_TIMEOUT, kv.txn(txn)).await.map_err(map_err)?;
+        let resp = self.txn(txn).await.map_err(map_err)?;
         if !resp.succeeded() {
             let current = Self::else_get(&resp)?;
             return Err(Self::cas_failure(key, expected, current));
@@ -396,15 +564,15 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> StoreResult<KeyValue> {
-        let mut kv = self.client.kv_client();
         let (revision, prev) = match expected {
             None => {
-                let resp = timed(
-                    REQUEST_TIMEOUT,
-                    kv.delete(key, Some(DeleteOptions::new().with_prev_key())),
-                )
-                .await
-                .map_err(map_err)?;
+                let resp = self
+                    .on_member_write(REQUEST_TIMEOUT, |c| async move {
+                        let options = DeleteOptions::new().with_prev_key();
+                        c.kv_client().delete(key, Some(options)).await
+                    })
+                    .await
+                    .map_err(map_err)?;
                 if resp.deleted() == 0 {
                     return Err(StoreError::NotFound(key.to_string()));
                 }
@@ -425,7 +593,7 @@ impl Store for EtcdStore {
                         Some(DeleteOptions::new().with_prev_key()),
                     )])
                     .or_else(vec![TxnOp::get(key, None)]);
-                let resp = timed(REQUEST_TIMEOUT, kv.txn(txn)).await.map_err(map_err)?;
+                let resp = self.txn(txn).await.map_err(map_err)?;
                 if !resp.succeeded() {
                     let current = Self::else_get(&resp)?;
                     return Err(Self::cas_failure(key, expected, current));
@@ -458,20 +626,27 @@ impl Store for EtcdStore {
         } else {
             options.with_range(prefix_end(prefix.as_bytes()))
         };
-        let mut watch = self.client.watch_client();
-        let stream = timed(
-            REQUEST_TIMEOUT,
-            watch.watch(prefix_key(prefix), Some(options)),
-        )
-        .await
-        .map_err(|e| match classify(e) {
-            Failure::Compacted => StoreError::Compacted {
-                requested: start,
-                compacted: start.saturating_add(1),
-            },
-            Failure::FutureRevision => StoreError::Internal(format!("etcd: {ERR_FUTURE_REV}")),
-            Failure::Other(e) => e,
-        })?;
+        let watch = |c: Client| {
+            let options = options.clone();
+            async move {
+                c.watch_client()
+                    .watch(prefix_key(prefix), Some(options))
+                    .await
+            }
+        };
+        let stream =
+            self.on_member(REQUEST_TIMEOUT, watch)
+                .await
+                .map_err(|e| match classify(e) {
+                    Failure::Compacted => StoreError::Compacted {
+                        requested: start,
+                        compacted: start.saturating_add(1),
+                    },
+                    Failure::FutureRevision => {
+                        StoreError::Internal(format!("etcd: {ERR_FUTURE_REV}"))
+                    }
+                    Failure::Other(e) => e,
+                })?;
 
         let state = WatchState {
             stream: Some(stream),
@@ -499,24 +674,23 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> StoreResult<Revision> {
-        let mut kv = self.client.kv_client();
-        let resp = timed(
-            REQUEST_TIMEOUT,
-            kv.get("/", Some(GetOptions::new().with_count_only())),
-        )
-        .await
-        .map_err(map_err)?;
+        let resp = self
+            .on_member(REQUEST_TIMEOUT, |c| async move {
+                c.kv_client()
+                    .get("/", Some(GetOptions::new().with_count_only()))
+                    .await
+            })
+            .await
+            .map_err(map_err)?;
         header_revision(resp.header())
     }
 
     async fn compact(&self, revision: Revision) -> StoreResult<()> {
-        let mut kv = self.client.kv_client();
-        match timed(
-            COMPACT_TIMEOUT,
-            kv.compact(revision, Some(CompactionOptions::new().with_physical())),
-        )
-        .await
-        {
+        let compact = |c: Client| async move {
+            let options = CompactionOptions::new().with_physical();
+            c.kv_client().compact(revision, Some(options)).await
+        };
+        match self.on_member_write(COMPACT_TIMEOUT, compact).await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.revision_error(e, revision).await),
         }
@@ -536,12 +710,13 @@ impl EtcdStore {
         start: Revision,
     ) -> StoreResult<()> {
         let probe = |rev: Revision| {
-            let mut kv = self.client.kv_client();
-            let options = GetOptions::new()
-                .with_count_only()
-                .with_limit(1)
-                .with_revision(rev);
-            async move { timed(REQUEST_TIMEOUT, kv.get(prefix_key(prefix), Some(options))).await }
+            self.on_member(REQUEST_TIMEOUT, move |c| async move {
+                let options = GetOptions::new()
+                    .with_count_only()
+                    .with_limit(1)
+                    .with_revision(rev);
+                c.kv_client().get(prefix_key(prefix), Some(options)).await
+            })
         };
         if after > 0 {
             match probe(after).await.map_err(classify) {
@@ -582,8 +757,11 @@ impl EtcdStore {
         if let Some(r) = revision {
             options = options.with_revision(r);
         }
-        let mut kv = self.client.kv_client();
-        let resp = match timed(REQUEST_TIMEOUT, kv.get(prefix_key(prefix), Some(options))).await {
+        let get = |c: Client| {
+            let options = options.clone();
+            async move { c.kv_client().get(prefix_key(prefix), Some(options)).await }
+        };
+        let resp = match self.on_member(REQUEST_TIMEOUT, get).await {
             Ok(resp) => resp,
             Err(e) => return Err(self.revision_error(e, revision.unwrap_or(0)).await),
         };

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! skiff-cluster up --nodes 3 [--store embedded|etcd] [--proxy-mode ebpf|iptables] [--dir D]
+//! skiff-cluster up --control-planes 3 --etcd-members 3 ...   # a highly available control plane
 //! skiff-cluster status | kubeconfig | down [--dir D]
+//! skiff-cluster kill [--dir D] NAME   # SIGKILL a control plane (`leader`), etcd member or agent
 //! skiff-cluster exec [--dir D] NODE -- CMD...
 //! skiff-cluster gc        # tear down clusters whose test process died
 //! skiff-cluster test-image  # build the test image archive, print its path
@@ -61,6 +63,13 @@ enum Cmd {
         /// Only the underlay, node namespaces and control plane; no agents.
         #[arg(long)]
         no_agents: bool,
+        /// API servers (more than one needs --etcd-members); each, like each etcd member,
+        /// then runs in a network namespace of its own.
+        #[arg(long, default_value_t = 1)]
+        control_planes: usize,
+        /// Members of an etcd cluster for the control planes (0: --store alone).
+        #[arg(long, default_value_t = 0)]
+        etcd_members: usize,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -74,10 +83,18 @@ enum Cmd {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Print the nodes, their addresses and whether their agents run.
+    /// Print every process of the cluster (control planes and which one leads, etcd members,
+    /// agents) with its pid and address.
     Status {
         #[command(flatten)]
         dir: DirArg,
+    },
+    /// SIGKILL one process: a control plane, an etcd member, a node's agent, or `leader` (the
+    /// control plane holding the controller-manager Lease).
+    Kill {
+        #[command(flatten)]
+        dir: DirArg,
+        name: String,
     },
     /// Run a command in a node's network namespace and cgroup; exits with its status.
     Exec {
@@ -117,6 +134,8 @@ fn run(cli: Cli) -> Result<u8> {
             control_args,
             agent_args,
             no_agents,
+            control_planes,
+            etcd_members,
             dir,
         } => {
             let dir = dir.dir();
@@ -136,6 +155,8 @@ fn run(cli: Cli) -> Result<u8> {
                 start_agents: !no_agents,
                 dir: Some(dir),
                 verbose: true,
+                control_planes,
+                etcd_members,
             })?;
             let kubeconfig = c.kubeconfig().to_path_buf();
             let summary = describe(c.state());
@@ -170,6 +191,12 @@ fn run(cli: Cli) -> Result<u8> {
             println!("{}", describe(&state));
             Ok(0)
         }
+        Cmd::Kill { dir, name } => {
+            let mut state = load(&dir.dir())?;
+            let killed = state.kill(&name)?;
+            println!("killed {killed}");
+            Ok(0)
+        }
         Cmd::Exec { dir, node, command } => {
             let state = load(&dir.dir())?;
             let argv: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -198,29 +225,18 @@ fn load(dir: &Path) -> Result<ClusterState> {
 }
 
 fn describe(s: &ClusterState) -> String {
-    let alive = |r: &Option<cluster::ProcRecord>| match r {
-        Some(r) if r.alive() => format!("pid {}", r.pid),
-        Some(_) => "exited".to_string(),
-        None => "not started".to_string(),
-    };
-    let mut out = format!(
-        "cluster {} ({})\n  api server  {} ({}, store {:?})\n  kubeconfig  {}\n  lb pool     {} (unless --control-arg --service-lb-pool=…)\n",
+    format!(
+        "cluster {} ({})\n  api server  {} (store {})\n  kubeconfig  {}\n  lb pool     {} (unless --control-arg --service-lb-pool=…)\n{}",
         s.name,
         s.dir.display(),
         s.api_url,
-        alive(&s.control),
-        s.store,
+        if s.etcd_members.is_empty() {
+            format!("{:?}", s.store)
+        } else {
+            format!("etcd {}", s.etcd_endpoints().join(","))
+        },
         s.kubeconfig.display(),
-        cluster::lb_pool(s.index)
-    );
-    for n in &s.nodes {
-        out += &format!(
-            "  node {:<16} {:<14} agent {:<12} log {}\n",
-            n.name,
-            n.ip,
-            alive(&n.agent),
-            n.log.display()
-        );
-    }
-    out
+        cluster::lb_pool(s.index),
+        s.processes()
+    )
 }
