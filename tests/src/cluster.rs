@@ -962,36 +962,35 @@ subjects:
         Ok(())
     }
 
-    fn create_node(&mut self, i: usize) -> Result<()> {
-        let n = self.state.nodes[i].clone();
+    /// Network namespace `netns` with loopback up and an `eth0` at `ip`/24 whose veth peer,
+    /// `link`, is on the underlay bridge.
+    fn add_underlay_netns(&self, netns: &str, link: &str, ip_addr: &str) -> Result<()> {
         let ul = self.state.underlay_netns.as_str();
-        self.say(&format!("node {} at {}", n.name, n.ip));
-        ip(&["netns", "add", &n.netns])?;
-        ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+        ip(&["netns", "add", netns])?;
+        ip(&["-n", netns, "link", "set", "lo", "up"])?;
         ip(&[
-            "-n", ul, "link", "add", &n.name, "type", "veth", "peer", "name", "eth0", "netns",
-            &n.netns,
+            "-n", ul, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns,
         ])?;
         ip(&[
             "-n",
             ul,
             "link",
             "set",
-            &n.name,
+            link,
             "master",
             &self.state.bridge,
             "up",
         ])?;
-        ip(&[
-            "-n",
-            &n.netns,
-            "addr",
-            "add",
-            &format!("{}/24", n.ip),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &n.netns, "link", "set", "eth0", "up"])?;
+        let cidr = format!("{ip_addr}/24");
+        ip(&["-n", netns, "addr", "add", &cidr, "dev", "eth0"])?;
+        ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    fn create_node(&mut self, i: usize) -> Result<()> {
+        let n = self.state.nodes[i].clone();
+        self.say(&format!("node {} at {}", n.name, n.ip));
+        self.add_underlay_netns(&n.netns, &n.name, &n.ip)?;
         for leaf in ["agent", "exec"] {
             let dir = n.cgroup.join(leaf);
             std::fs::create_dir_all(&dir)

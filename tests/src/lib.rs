@@ -267,6 +267,16 @@ pub fn provenance() -> String {
     )
 }
 
+/// A benchmark report's head: its title, the command that produced it, [`provenance`] and
+/// how long the run took.
+pub fn report_head(title: &str, command: &str, took: std::time::Duration) -> String {
+    format!(
+        "# {title}\n\nCommand: `{command}`  \n{}  \nThe run took {:.0} s.\n\n",
+        provenance(),
+        took.as_secs_f64()
+    )
+}
+
 /// Whether the etcd serving clients on loopback `port` reports itself healthy.
 pub fn etcd_healthy(port: u16) -> bool {
     http_get_plain(port, "/health").is_ok_and(|b| b.contains("\"health\":\"true\""))

@@ -200,30 +200,7 @@ fn control_plane_failures_cost_no_heartbeat_and_no_request() -> Result<()> {
     );
 
     // Both API servers are in the `kubernetes` Endpoints (which the agents learn them from).
-    let cp_ips: BTreeSet<String> = c
-        .state()
-        .control_planes
-        .iter()
-        .map(|m| m.ip.clone())
-        .collect();
-    wait_for(
-        "both API servers in the kubernetes Endpoints",
-        Duration::from_secs(30),
-        || {
-            let ips = c.kubectl(&[
-                "get",
-                "endpoints",
-                "kubernetes",
-                "-o",
-                "jsonpath={.subsets[*].addresses[*].ip}",
-            ])?;
-            let got: BTreeSet<String> = ips.split_whitespace().map(String::from).collect();
-            if got == cp_ips {
-                return Ok(Some(()));
-            }
-            bail!("endpoints {got:?}")
-        },
-    )?;
+    c.wait_api_servers_published(Duration::from_secs(30))?;
     let leader = wait_for(
         "a controller-manager leader",
         Duration::from_secs(30),

@@ -15,7 +15,7 @@ use clap::Parser;
 use hyper_util::rt::TokioIo;
 use skiff_tests::cluster::{Cluster, ClusterOptions};
 use skiff_tests::test_image::IMAGE;
-use skiff_tests::{print_report_section, provenance, wait_for};
+use skiff_tests::{print_report_section, report_head, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
@@ -163,13 +163,7 @@ fn report(
     websocket: &mut [Duration],
     took: Duration,
 ) -> String {
-    let mut md = String::from("# Exec round trips\n\n");
-    md.push_str(&format!(
-        "Command: `{}`  \n{}  \nThe run took {:.0} s.\n\n",
-        args.command,
-        provenance(),
-        took.as_secs_f64()
-    ));
+    let mut md = report_head("Exec round trips", &args.command, took);
     md.push_str(&format!(
         "One node of the test harness; a busybox pod running `sleep`. *kubectl exec* = the newest kubectl's `kubectl exec shell -- true` as a user runs it, process start to exit (kubeconfig, TLS, discovery cache, WebSocket upgrade through the API server to the agent, the agent's `exec-in` joining the container's namespaces, the exit status). *WebSocket exec* = the same exec made directly on the API server on a new connection with the admin's credentials (`v5.channel.k8s.io`), from the upgrade request until the `Success` status on the error channel. {n} of each, in chunks of {c} alternating.\n\n| kind | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) |\n|---|---:|---:|---:|---:|\n",
         n = args.execs,

@@ -12,7 +12,7 @@
 //!
 //! Run through `cargo xtask bench-ha`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -61,27 +61,7 @@ fn main() -> Result<()> {
         verbose: true,
         ..Default::default()
     })?;
-    let all: BTreeSet<String> = c
-        .state()
-        .control_planes
-        .iter()
-        .map(|m| m.ip.clone())
-        .collect();
-    wait_for(
-        "every API server in the kubernetes Endpoints",
-        Duration::from_secs(60),
-        || {
-            let ips = c.kubectl(&[
-                "get",
-                "endpoints",
-                "kubernetes",
-                "-o",
-                "jsonpath={.subsets[*].addresses[*].ip}",
-            ])?;
-            let got: BTreeSet<String> = ips.split_whitespace().map(String::from).collect();
-            Ok((got == all).then_some(()))
-        },
-    )?;
+    c.wait_api_servers_published(Duration::from_secs(60))?;
     // The agents read the Endpoints every 10 s; let every one learn every server, and the
     // processes settle.
     std::thread::sleep(Duration::from_secs(15));

@@ -19,7 +19,7 @@ use skiff_tests::Kubectl;
 use skiff_tests::cluster::{Cluster, ClusterOptions};
 use skiff_tests::port_forward::{Forward, in_netns};
 use skiff_tests::test_image::IMAGE;
-use skiff_tests::{print_report_section, provenance, wait_for};
+use skiff_tests::{print_report_section, report_head, wait_for};
 
 #[derive(Parser)]
 #[command(about = "kubectl port-forward throughput against a direct connection to the pod")]
@@ -151,13 +151,7 @@ fn download(netns: PathBuf, addr: (String, u16), bytes: usize) -> Result<Duratio
 }
 
 fn report(args: &Args, ways: &mut [Way], took: Duration) -> String {
-    let mut md = String::from("# Port-forward throughput\n\n");
-    md.push_str(&format!(
-        "Command: `{}`  \n{}  \nThe run took {:.0} s.\n\n",
-        args.command,
-        provenance(),
-        took.as_secs_f64()
-    ));
+    let mut md = report_head("Port-forward throughput", &args.command, took);
     md.push_str(&format!(
         "One node of the test harness; a busybox pod serves {mib} MiB of random bytes with `httpd`. From the node's network namespace a client downloads it over HTTP/1.0 ({rounds} times each way after one warm-up, the ways rotating each round; every length checked): straight to the pod's IP, and through `kubectl port-forward` listening in the same namespace (kubectl → API server → agent → the pod's network namespace). Throughput = size ÷ time from connect to the last byte.\n\n| way | MiB/s p50 | min | max | of direct (p50) |\n|---|---:|---:|---:|---:|\n",
         mib = args.mib,

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CLUSTER_CIDR, CONTROL_DEFAULTS, CONTROL_LOG, CONTROL_TIMEOUT, Cluster, ClusterOptions,
-    ClusterState, ProcRecord, delete_netns, ip, kill_record, rewrite_kubeconfig, tail,
+    ClusterState, ProcRecord, delete_netns, kill_record, rewrite_kubeconfig, tail,
 };
 
 /// At most this many of each: control planes take 10.<k>.0.2-5, etcd members .6-.9 (nodes
@@ -278,6 +278,36 @@ impl Cluster {
         self.state.leader()
     }
 
+    /// Wait until the `kubernetes` Endpoints list every control plane's address (what the
+    /// agents learn the API servers from).
+    pub fn wait_api_servers_published(&self, timeout: Duration) -> Result<()> {
+        let want: std::collections::BTreeSet<String> = self
+            .state
+            .control_planes
+            .iter()
+            .map(|m| m.ip.clone())
+            .collect();
+        crate::wait_for(
+            "every API server in the kubernetes Endpoints",
+            timeout,
+            || {
+                let ips = self.kubectl(&[
+                    "get",
+                    "endpoints",
+                    "kubernetes",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ])?;
+                let got: std::collections::BTreeSet<String> =
+                    ips.split_whitespace().map(String::from).collect();
+                if got == want {
+                    return Ok(Some(()));
+                }
+                bail!("endpoints {got:?}, want {want:?}")
+            },
+        )
+    }
+
     /// The etcd members, then the control planes, each in its namespace; the admin and
     /// bootstrap kubeconfigs.
     pub(super) fn start_ha_control(&mut self, binary: &Path, opts: &ClusterOptions) -> Result<()> {
@@ -314,34 +344,8 @@ impl Cluster {
 
     /// A namespace for `m` with one veth on the underlay bridge.
     fn create_member_netns(&self, m: &MemberState) -> Result<()> {
-        let ul = self.state.underlay_netns.as_str();
         self.say(&format!("{} at {}", m.name, m.ip));
-        ip(&["netns", "add", &m.name])?;
-        ip(&["-n", &m.name, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", ul, "link", "add", &m.name, "type", "veth", "peer", "name", "eth0", "netns",
-            &m.name,
-        ])?;
-        ip(&[
-            "-n",
-            ul,
-            "link",
-            "set",
-            &m.name,
-            "master",
-            &self.state.bridge,
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &m.name,
-            "addr",
-            "add",
-            &format!("{}/24", m.ip),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &m.name, "link", "set", "eth0", "up"])?;
+        self.add_underlay_netns(&m.name, &m.name, &m.ip)?;
         std::fs::create_dir_all(&m.data_dir)
             .with_context(|| format!("creating {}", m.data_dir.display()))
     }
