@@ -1,14 +1,18 @@
 //! LoadBalancer Services on the 3-node harness: the control plane gives a Service an address
 //! from the harness's pool (the top of the underlay subnet), one node answers ARP for it on
 //! the underlay (checked from a namespace of the test's own on the underlay bridge, by the
-//! MAC its kernel resolves), and when that node's agent dies another node answers within 10 s.
-//! Traffic through the address is the dataplane's, tested with the Service cases.
+//! MAC its kernel resolves), requests to it from there reach both backends, and when that
+//! node's agent dies another node answers within 10 s and the requests go on through it.
 
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use skiff_tests::cluster::{self, Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::port_forward::in_netns;
 use skiff_tests::wait_for;
 
 /// A namespace of the test's own on the underlay bridge: a host asking ARP there.
@@ -57,6 +61,46 @@ impl Probe {
             .output()?;
         let out = ip(&["-n", &self.netns, "neigh", "show", addr, "dev", "eth0"])?;
         Ok(word_after(&out, "lladdr"))
+    }
+}
+
+impl Probe {
+    /// `GET http://addr/` from the probe: the body.
+    fn fetch(&self, addr: &str) -> Result<String> {
+        let addr = addr.to_string();
+        in_netns(Path::new("/run/netns").join(&self.netns), move || {
+            let target = (addr.as_str(), 80)
+                .to_socket_addrs()?
+                .next()
+                .context("address")?;
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+            let mut all = String::new();
+            s.read_to_string(&mut all)?;
+            let (head, body) = all.split_once("\r\n\r\n").context("no HTTP answer")?;
+            ensure!(head.contains(" 200 "), "{head}");
+            Ok(body.trim().to_string())
+        })
+    }
+
+    /// Requests to `addr` until every pod in `pods` has answered (at most 40); each answer
+    /// must name one of them.
+    fn reaches_all(&self, addr: &str, pods: &[String]) -> Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let body = self.fetch(addr)?;
+            let pod = body.strip_prefix("served-by-").unwrap_or_default();
+            ensure!(
+                pods.iter().any(|p| p == pod),
+                "answer {body:?} is not from {pods:?}"
+            );
+            seen.insert(pod.to_string());
+            if seen.len() == pods.len() {
+                return Ok(());
+            }
+        }
+        bail!("only {seen:?} of {pods:?} answered at {addr}")
     }
 }
 
@@ -120,7 +164,22 @@ fn events(c: &Cluster, name: &str) -> Result<String> {
     ])
 }
 
-const WEB: &str = r#"apiVersion: v1
+const WEB: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: skiff.test/busybox:1
+        command: ["sh", "-c", "mkdir -p /www; echo served-by-$(hostname) > /www/index.html; exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec:
@@ -201,6 +260,26 @@ spec:
     Ok(addr)
 }
 
+/// The names of the two running `web` pods.
+fn web_pods(c: &Cluster) -> Result<Vec<String>> {
+    wait_for("two web pods running", Duration::from_secs(90), || {
+        let phases = c.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.phase} {end}",
+        ])?;
+        let running: Vec<String> = phases
+            .split_whitespace()
+            .filter_map(|p| p.strip_suffix("=Running"))
+            .map(str::to_string)
+            .collect();
+        Ok((running.len() == 2).then_some(running))
+    })
+}
+
 #[test]
 fn load_balancer_l2() -> Result<()> {
     if skip_unless_root("load_balancer_l2") {
@@ -237,6 +316,14 @@ fn load_balancer_l2() -> Result<()> {
         )),
         "no nodeAssigned event:\n{ev}"
     );
+    // Requests from the underlay reach both backends through the announcing node.
+    let pods = web_pods(&c)?;
+    wait_for(
+        "web answering at its address",
+        Duration::from_secs(30),
+        || Ok(probe.fetch(&addr).ok()),
+    )?;
+    probe.reaches_all(&addr, &pods)?;
 
     // The holder's agent dies: another node answers within 10 s.
     let others: Vec<(String, String)> = c
@@ -264,6 +351,9 @@ fn load_balancer_l2() -> Result<()> {
         "{next} took over {addr} after {took:?} (goal: 10 s)"
     );
     ensure!(holder(&c, lease)? == next, "the lease is not {next}'s");
+    probe
+        .reaches_all(&addr, &pods)
+        .with_context(|| format!("through {next} after the takeover"))?;
     c.start_agent(&first)?;
 
     // Not a LoadBalancer any more: the address is given back and taken by the next Service.
@@ -289,6 +379,7 @@ fn load_balancer_l2() -> Result<()> {
     })?;
     // The Lease goes with its Service.
     c.kubectl(&["delete", "svc", "outside", "web", "other-class"])?;
+    c.kubectl(&["delete", "deployment", "web"])?;
     wait_for(
         "the announcement leases gone",
         Duration::from_secs(60),
