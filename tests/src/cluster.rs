@@ -766,6 +766,15 @@ subjects:
         self.state.save()
     }
 
+    /// Run `node`'s agent from `binary` from its next start on, as a package upgrade puts a
+    /// new file in place before restarting the service.
+    pub fn set_agent_binary(&mut self, node: &str, binary: &Path) -> Result<()> {
+        let n = self.state.node_mut(node);
+        let program = n.agent_command.first_mut().context("no agent command")?;
+        *program = binary.to_string_lossy().into_owned();
+        self.state.save()
+    }
+
     /// `node`'s agent log (everything its agents wrote, restarts included).
     pub fn agent_log(&self, node: &str) -> String {
         std::fs::read_to_string(&self.node(node).log).unwrap_or_default()

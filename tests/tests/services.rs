@@ -638,7 +638,14 @@ spec:
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .spawn()?;
-        // The package upgrade path: the agent goes, its pods stay (same processes).
+        // The package upgrade path: a new agent binary is put in place (dpkg unpacks it
+        // beside the old one and renames it over), then the agent restarts; its pods stay
+        // (same processes).
+        let installed = c.dir().join("skiff-agent.upgraded");
+        let unpacked = c.dir().join("skiff-agent.dpkg-new");
+        std::fs::copy(skiff_tests::cluster::agent_binary_path(), &unpacked)?;
+        std::fs::rename(&unpacked, &installed)?;
+        c.set_agent_binary(n1, &installed)?;
         let pods = ["client", "be-ready"];
         let before = pods
             .iter()
@@ -667,6 +674,12 @@ spec:
         ensure!(
             log.matches("service proxy started").count() >= 2,
             "the agent did not come back"
+        );
+        let running = std::fs::read_link(format!("/proc/{}/exe", c.agent_pid(n1)))?;
+        ensure!(
+            running == installed,
+            "the restarted agent runs {}, not the new binary",
+            running.display()
         );
     }
     let _ = (n2, n3);
