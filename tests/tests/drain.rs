@@ -10,7 +10,7 @@
     reason = "a test is one scenario, read top to bottom"
 )]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,15 +34,80 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
-      terminationGracePeriodSeconds: 1
+      terminationGracePeriodSeconds: 5
       containers:
       - name: web
         image: skiff.test/busybox:1
-        command: ["sh", "-c", "exec httpd -f -p 8080 -h /"]
+        command: ["sh", "-c", "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www"]
+        # What a Kubernetes user does so that clients have moved on before the server stops.
+        lifecycle: {preStop: {sleep: {seconds: 2}}}
         resources: {requests: {cpu: 100m}}
         volumeMounts: [{name: scratch, mountPath: /scratch}]
       volumes: [{name: scratch, emptyDir: {}}]
 "#;
+
+const SERVICE: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: drain-test}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// A client pod on `node` calling the web Service until `/tmp/stop` exists in it: one line
+/// per request, the answering pod's name or FAIL.
+fn start_client(c: &Cluster, node: &str) -> Result<std::process::Child> {
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: {NS}}}\n\
+         spec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  \
+         - {{name: main, image: skiff.test/busybox:1, command: [sleep, '3600']}}\n"
+    ))?;
+    c.wait_pod_running(NS, "client", Duration::from_secs(60))?;
+    let vip = c.kubectl(&[
+        "get",
+        "svc",
+        "web",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let script = format!(
+        "until [ -e /tmp/stop ]; do timeout 3 wget -q -O - http://{}/ || echo FAIL; sleep 0.05; done",
+        vip.trim()
+    );
+    Ok(c.pod_command_in(NS, "client", &["sh", "-c", &script])?
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?)
+}
+
+/// Stop the client and check that every request was answered by a web pod.
+fn check_client(c: &Cluster, client: std::process::Child, web: &BTreeSet<String>) -> Result<()> {
+    let out = c
+        .pod_command_in(NS, "client", &["touch", "/tmp/stop"])?
+        .output()?;
+    ensure!(out.status.success(), "touch /tmp/stop in the client failed");
+    let out = client.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    ensure!(
+        lines.len() > 10,
+        "too few requests during the drain:\n{text}"
+    );
+    let strangers: Vec<&&str> = lines.iter().filter(|l| !web.contains(**l)).collect();
+    ensure!(
+        strangers.is_empty(),
+        "requests during the drain failed or were not answered by a web pod: {strangers:?} of {} requests",
+        lines.len()
+    );
+    c.kubectl(&["delete", "pod", "client", "-n", NS, "--wait=false"])?;
+    Ok(())
+}
 
 const BUDGET: &str = r#"apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -162,6 +227,7 @@ fn run() -> Result<()> {
     })?;
     c.kubectl(&["create", "namespace", NS])?;
     c.apply(DEPLOYMENT)?;
+    c.apply(SERVICE)?;
     c.apply(BUDGET)?;
     let pods = wait_for("3 ready web pods", Duration::from_secs(120), || {
         let pods = ready_pods(&c)?;
@@ -219,6 +285,13 @@ fn run() -> Result<()> {
         .map(|(n, p)| (n.to_string(), p.clone()))
         .context("no web pods")?;
 
+    // A client on another node calls the Service throughout the drain.
+    let client_node = c
+        .nodes()
+        .into_iter()
+        .find(|n| *n != target)
+        .context("a second node")?;
+    let client = start_client(&c, &client_node)?;
     let (seen, _watch) = watch_web_pods(&c)?;
     wait_for(
         "the watch has listed the pods",
@@ -259,6 +332,8 @@ fn run() -> Result<()> {
         after.iter().all(|(_, node)| *node != target),
         "a web pod runs on the drained node: {after:?}"
     );
+    let web: BTreeSet<String> = pods.iter().chain(&after).map(|(p, _)| p.clone()).collect();
+    check_client(&c, client, &web)?;
     {
         let s = seen.lock().unwrap_or_else(|p| p.into_inner());
         ensure!(s.synced, "the pod watch broke during the drain");
