@@ -315,7 +315,13 @@ mod sys {
             *dst = *src as libc::c_char;
         }
         // SAFETY: SIOCGIFHWADDR fills the ifreq it is given.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) };
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::SIOCGIFHWADDR as libc::Ioctl,
+                &raw mut req,
+            )
+        };
         if rc < 0 {
             return Err(io::Error::last_os_error()).context(format!("reading the MAC of {link}"));
         }
