@@ -406,6 +406,7 @@ spec:
     );
 
     external_frontends(&c, mode)?;
+    another_proxys_service(&c, &all)?;
 
     // No endpoints → refused at once: TCP (`connect()` fails) and connected UDP (the
     // datagram's error comes back on the socket).
@@ -683,6 +684,48 @@ spec:
         );
     }
     let _ = (n2, n3);
+    Ok(())
+}
+
+/// kube-proxy's `service.kubernetes.io/service-proxy-name`: a Service labelled for another
+/// proxy is left to it (its ClusterIP stops answering), and taken back when the label goes.
+fn another_proxys_service(c: &Cluster, all: &BTreeSet<String>) -> Result<()> {
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: proxied}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: web}]
+"#,
+    )?;
+    let url = format!(
+        "http://{}/",
+        c.jsonpath("svc", "proxied", ".spec.clusterIP")?
+    );
+    let serves = |want: bool| {
+        let what = if want {
+            "served by this proxy"
+        } else {
+            "left to the other proxy"
+        };
+        wait_for(&format!("proxied {what}"), Duration::from_secs(30), || {
+            if want {
+                return Ok((seen(c, "client", &url, 30)? == *all).then_some(()));
+            }
+            // Three refusals in a row, so one lost request does not pass for it.
+            Ok((0..3)
+                .all(|_| fetch(c, "client", &url).is_err())
+                .then_some(()))
+        })
+    };
+    serves(true)?;
+    let label = "service.kubernetes.io/service-proxy-name";
+    c.kubectl(&["label", "svc", "proxied", &format!("{label}=other")])?;
+    serves(false)?;
+    c.kubectl(&["label", "svc", "proxied", &format!("{label}-")])?;
+    serves(true)?;
+    c.kubectl(&["delete", "svc", "proxied"])?;
     Ok(())
 }
 

@@ -35,6 +35,12 @@ use super::metrics::ProxyMetrics;
 use super::model::{ProxyState, ServiceKey, ServicePortName};
 use super::tracker::{self, Change, Tracker, Update};
 
+/// kube-proxy's `service.kubernetes.io/service-proxy-name`: a Service carrying it (whatever
+/// its value) is served by another proxy, not this one.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The label the EndpointSlice controller puts on the slices of headless Services.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
 /// Where the proxy reports conditions an operator has to act on.
 #[async_trait]
 pub trait ProxyEvents: Send + Sync {
@@ -251,20 +257,24 @@ pub async fn run_with_drain(
     let mut syncer = Syncer::new(dataplane, metrics.clone(), events).with_drain(drain.clone());
     let start = Instant::now();
     let (changes, mut changed) = mpsc::unbounded_channel();
+    // As kube-proxy: a Service labelled for another proxy is that proxy's, and the slices of
+    // headless Services have nothing to program.
     let (services, _services_watch) = spawn_reflector::<Service>(
         Api::all(client.clone()),
+        watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
         changes.clone(),
         Change::service,
         Change::service,
     );
     let (slices, _slices_watch) = spawn_reflector::<EndpointSlice>(
         Api::all(client.clone()),
+        watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}")),
         changes.clone(),
         Change::slice_applied,
         Change::slice_deleted,
     );
     // This node's pods, for their hostPorts (what a CNI portmap plugin would do).
-    let (pods, _pods_watch) = spawn_reflector_with::<Pod>(
+    let (pods, _pods_watch) = spawn_reflector::<Pod>(
         Api::all(client),
         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         changes,
@@ -379,28 +389,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A reflector whose events go to `changes`: `applied`/`deleted` for single objects, and
-/// [`Change::Relisted`] when a (re)list replaced the store.
+/// A reflector of the objects `config` selects whose events go to `changes`:
+/// `applied`/`deleted` for single objects, and [`Change::Relisted`] when a (re)list replaced
+/// the store.
 fn spawn_reflector<K>(
-    api: Api<K>,
-    changes: mpsc::UnboundedSender<Change>,
-    applied: fn(&K) -> Change,
-    deleted: fn(&K) -> Change,
-) -> (Store<K>, AbortOnDrop)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    spawn_reflector_with(api, watcher::Config::default(), changes, applied, deleted)
-}
-
-/// [`spawn_reflector`] with a watch configuration (e.g. a field selector).
-fn spawn_reflector_with<K>(
     api: Api<K>,
     config: watcher::Config,
     changes: mpsc::UnboundedSender<Change>,
