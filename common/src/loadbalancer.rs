@@ -28,6 +28,18 @@ pub fn serves(type_: Option<&str>, class: Option<&str>) -> bool {
     type_ == Some("LoadBalancer") && class.is_none_or(|c| c == CLASS)
 }
 
+/// The IPv4 addresses in a Service's `status.loadBalancer.ingress`.
+pub fn ingress_ips(svc: &k8s_openapi::api::core::v1::Service) -> Vec<std::net::Ipv4Addr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1139,12 +1139,18 @@ subjects:
             std::thread::sleep(Duration::from_millis(50));
         }
         self.control = Some(child);
+        self.write_kubeconfigs(&generated)
+    }
+
+    /// The admin kubeconfig and the nodes' bootstrap kubeconfig (with a new bootstrap token),
+    /// from the one the control plane generated, pointing at the cluster's API URL.
+    pub(crate) fn write_kubeconfigs(&mut self, generated: &Path) -> Result<()> {
         let s = &self.state;
-        rewrite_kubeconfig(&generated, &s.kubeconfig, &s.api_url, None)?;
+        rewrite_kubeconfig(generated, &s.kubeconfig, &s.api_url, None)?;
         let token = self.create_bootstrap_token()?;
         let s = &self.state;
         rewrite_kubeconfig(
-            &generated,
+            generated,
             &s.bootstrap_kubeconfig,
             &s.api_url,
             Some(&token.token()),

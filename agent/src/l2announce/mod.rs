@@ -77,15 +77,7 @@ pub fn wanted(
         {
             continue;
         }
-        let ips: Vec<Ipv4Addr> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect();
+        let ips = skiff_common::loadbalancer::ingress_ips(svc);
         if ips.is_empty() {
             continue;
         }

@@ -10,6 +10,7 @@
 //! `AllocationFailed` Event), as MetalLB does. The agents' announcement Leases of Services that
 //! are gone are deleted here too.
 
+use skiff_common::loadbalancer::ingress_ips;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -112,18 +113,6 @@ pub fn is_ours(svc: &Service) -> bool {
     svc.spec
         .as_ref()
         .is_some_and(|s| loadbalancer::serves(s.type_.as_deref(), s.load_balancer_class.as_deref()))
-}
-
-/// The IPv4 addresses in a Service's `status.loadBalancer.ingress`.
-pub fn ingress_ips(svc: &Service) -> Vec<Ipv4Addr> {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
 }
 
 fn requested_ip(svc: &Service) -> Option<&str> {

@@ -330,16 +330,7 @@ impl Cluster {
             self.start_control_plane(binary, opts, i)?;
         }
         let generated = control_planes[0].data_dir.join("admin.kubeconfig");
-        let s = &self.state;
-        rewrite_kubeconfig(&generated, &s.kubeconfig, &s.api_url, None)?;
-        let token = self.create_bootstrap_token()?;
-        let s = &self.state;
-        rewrite_kubeconfig(
-            &generated,
-            &s.bootstrap_kubeconfig,
-            &s.api_url,
-            Some(&token.token()),
-        )
+        self.write_kubeconfigs(&generated)
     }
 
     /// A namespace for `m` with one veth on the underlay bridge.
