@@ -105,7 +105,9 @@ fn check_client(c: &Cluster, client: std::process::Child, web: &BTreeSet<String>
         "requests during the drain failed or were not answered by a web pod: {strangers:?} of {} requests",
         lines.len()
     );
-    c.kubectl(&["delete", "pod", "client", "-n", NS, "--wait=false"])?;
+    // Gone before the next drain: kubectl drain refuses a pod without a controller even
+    // while it terminates.
+    c.kubectl(&["delete", "pod", "client", "-n", NS, "--timeout=60s"])?;
     Ok(())
 }
 
