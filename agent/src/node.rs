@@ -313,56 +313,99 @@ async fn renew_lease(leases: &Api<Lease>, cfg: &AgentConfig) -> Result<(), kube:
     }
 }
 
+/// A route to another node's pod range: its podCIDR via its InternalIP.
+type NodeRoute = (Ipv4Net, Ipv4Addr);
+
+fn route_of(n: &Node) -> Option<NodeRoute> {
+    let cidr: Ipv4Net = n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
+    let ip = n
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .find(|a| a.type_ == "InternalIP")?
+        .address
+        .parse()
+        .ok()?;
+    Some((cidr, ip))
+}
+
+/// The other nodes' routes as the node watch tells them. A (re)list is collected apart and
+/// replaces the known routes only when complete: a watch that breaks (an API server or etcd
+/// member lost) relists, and the routes must stay in place meanwhile, or pods lose every
+/// other node for the length of the list.
+#[derive(Debug, Default)]
+struct NodeRoutes {
+    own: String,
+    known: BTreeMap<String, NodeRoute>,
+    /// Set from a list's start to its end.
+    listing: Option<BTreeMap<String, NodeRoute>>,
+    /// The first list has completed: before, nothing is known.
+    listed: bool,
+}
+
+impl NodeRoutes {
+    fn new(own: &str) -> NodeRoutes {
+        NodeRoutes {
+            own: own.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Take one watch event; returns the routes wanted now, or `None` while they are not
+    /// known (before the first list completes, and during a relist).
+    fn observe(&mut self, ev: watcher::Event<Node>) -> Option<Vec<NodeRoute>> {
+        match ev {
+            watcher::Event::Init => self.listing = Some(BTreeMap::new()),
+            watcher::Event::InitApply(n) => {
+                let own = &self.own;
+                let listing = self.listing.get_or_insert_default();
+                Self::put(own, listing, &n);
+            }
+            watcher::Event::InitDone => {
+                self.known = self.listing.take().unwrap_or_default();
+                self.listed = true;
+            }
+            watcher::Event::Apply(n) => Self::put(&self.own, &mut self.known, &n),
+            watcher::Event::Delete(n) => {
+                self.known
+                    .remove(n.metadata.name.as_deref().unwrap_or_default());
+            }
+        }
+        (self.listed && self.listing.is_none()).then(|| self.known.values().copied().collect())
+    }
+
+    fn put(own: &str, routes: &mut BTreeMap<String, NodeRoute>, n: &Node) {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        match route_of(n).filter(|_| name != own) {
+            Some(r) => {
+                routes.insert(name, r);
+            }
+            None => {
+                routes.remove(&name);
+            }
+        }
+    }
+}
+
 /// Keep a route to every other node's podCIDR via its InternalIP.
 pub async fn sync_node_routes(client: Client, node_name: String, network: Arc<dyn NetworkEdge>) {
     let api: Api<Node> = Api::all(client);
-    let mut nodes: BTreeMap<String, (Ipv4Net, Ipv4Addr)> = BTreeMap::new();
+    let mut routes = NodeRoutes::new(&node_name);
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    let mut ready = false;
-    let mut applied: Option<Vec<(Ipv4Net, Ipv4Addr)>> = None;
+    let mut applied: Option<Vec<NodeRoute>> = None;
     while let Some(ev) = stream.next().await {
-        let route_of = |n: &Node| -> Option<(Ipv4Net, Ipv4Addr)> {
-            let cidr: Ipv4Net = n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok()?;
-            let ip = n
-                .status
-                .as_ref()?
-                .addresses
-                .as_ref()?
-                .iter()
-                .find(|a| a.type_ == "InternalIP")?
-                .address
-                .parse()
-                .ok()?;
-            Some((cidr, ip))
-        };
-        match ev {
-            Ok(watcher::Event::Init) => nodes.clear(),
-            Ok(watcher::Event::InitApply(n)) | Ok(watcher::Event::Apply(n)) => {
-                let name = n.metadata.name.clone().unwrap_or_default();
-                match route_of(&n).filter(|_| name != node_name) {
-                    Some(r) => {
-                        nodes.insert(name, r);
-                    }
-                    None => {
-                        nodes.remove(&name);
-                    }
-                }
-            }
-            Ok(watcher::Event::InitDone) => ready = true,
-            Ok(watcher::Event::Delete(n)) => {
-                nodes.remove(&n.metadata.name.unwrap_or_default());
-            }
+        let want = match ev {
+            Ok(ev) => routes.observe(ev),
             Err(e) => {
                 tracing::warn!("watching nodes: {e}");
                 continue;
             }
-        }
-        if !ready {
-            continue;
-        }
-        let want: Vec<(Ipv4Net, Ipv4Addr)> = nodes.values().copied().collect();
+        };
+        let Some(want) = want else { continue };
         if applied.as_ref() == Some(&want) {
             continue;
         }
@@ -382,6 +425,41 @@ pub async fn sync_node_routes(client: Client, node_name: String, network: Arc<dy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, cidr: &str, ip: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"podCIDR": cidr},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_relist_keeps_the_routes_until_it_completes() {
+        let (a, b, c) = (
+            node("a", "10.244.0.0/24", "10.0.0.1"),
+            node("b", "10.244.1.0/24", "10.0.0.2"),
+            node("c", "10.244.2.0/24", "10.0.0.3"),
+        );
+        let route = |n: &Node| route_of(n).unwrap();
+        let mut r = NodeRoutes::new("a");
+        assert_eq!(r.observe(watcher::Event::Init), None);
+        assert_eq!(r.observe(watcher::Event::InitApply(a.clone())), None);
+        assert_eq!(r.observe(watcher::Event::InitApply(b.clone())), None);
+        assert_eq!(r.observe(watcher::Event::InitDone), Some(vec![route(&b)]));
+        assert_eq!(
+            r.observe(watcher::Event::Apply(c.clone())),
+            Some(vec![route(&b), route(&c)])
+        );
+        // The watch broke and relists: nothing changes until the list is complete, and
+        // then only what the list says (c is gone).
+        assert_eq!(r.observe(watcher::Event::Init), None);
+        assert_eq!(r.observe(watcher::Event::InitApply(a)), None);
+        assert_eq!(r.observe(watcher::Event::InitApply(b.clone())), None);
+        assert_eq!(r.observe(watcher::Event::InitDone), Some(vec![route(&b)]));
+        assert_eq!(r.observe(watcher::Event::Delete(b)), Some(Vec::new()));
+    }
 
     #[test]
     fn status_reports_addresses_capacity_and_endpoint() {

@@ -1,6 +1,6 @@
 //! The etcd store on a three-member etcd cluster (Debian's `/usr/bin/etcd` on free loopback
 //! ports): after `kill -9` of the member the store uses, reads, writes and new watches go on
-//! through the others at once.
+//! through the others at once; reads wait out the election of a new leader.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,4 +103,48 @@ async fn a_dead_member_costs_no_request() {
     assert_eq!(event.kv.key, "/registry/test/b");
     store.delete("/registry/test/b", None).await.unwrap();
     assert_eq!(store.count("/registry/test/").await.unwrap(), 1);
+}
+
+/// The member that leads the etcd cluster, asked of each member.
+async fn leader_index(members: &[Member]) -> usize {
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for m in members {
+        let mut c = etcd_client::Client::connect([m.client_url.as_str()], None)
+            .await
+            .unwrap();
+        let status = c.status().await.unwrap();
+        let header = status.header().expect("a response header");
+        ids.push(header.member_id());
+        leader = status.leader();
+    }
+    ids.iter()
+        .position(|id| *id == leader)
+        .expect("one member leads")
+}
+
+#[tokio::test]
+async fn reads_wait_out_a_leader_election() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut members = start_cluster(dir.path());
+    let endpoints: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
+    let store = EtcdStore::connect(&endpoints).await.unwrap();
+    store
+        .create("/registry/test/a", b"1".to_vec())
+        .await
+        .unwrap();
+
+    // Without a leader the members answer "no leader" until they elected one; a read in
+    // that time is answered once they have, not failed.
+    let leader = leader_index(&members).await;
+    drop(members.remove(leader));
+    // Reads without pause from the kill until well past the election.
+    let started = Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let got = store.get("/registry/test/a").await;
+        let got = got.unwrap_or_else(|e| panic!("read {reads} after {:?}: {e}", started.elapsed()));
+        assert_eq!(got.expect("the key").value, b"1");
+        reads += 1;
+    }
 }

@@ -378,13 +378,8 @@ spec:
         text.ends_with("done\n"),
         "the request loop broke off:\n{text}"
     );
-    // KNOWN BUG (issue 16, open): about every other run, one request made while the agents
-    // fail over gets "Network is unreachable" (the client's node briefly has no frontend for
-    // the ClusterIP after its watches relist). Until it is fixed, one such failure is let
-    // through and printed above; any other failure, or more than one, fails the test.
-    let known = |l: &&str| l.contains("Network is unreachable");
     ensure!(
-        (failures.is_empty() || (failures.len() == 1 && failures.iter().all(known))) && ok >= 100,
+        failures.is_empty() && ok >= 100,
         "{} of {} requests to the Service failed:\n{}",
         failures.len(),
         ok + failures.len(),

@@ -29,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const COMPACT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `connect` waits for the cluster to answer its first request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read waits for etcd to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// How long we wait for etcd to tell us its compaction revision (see `compacted_revision`).
 const COMPACT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -126,6 +128,17 @@ fn member_broken(err: &etcd_client::Error) -> bool {
             err,
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
         )
+}
+
+/// etcd's answers while its members elect a leader: nothing was done, and soon will be.
+fn leaderless(err: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = err else {
+        return false;
+    };
+    status.code() as i32 == GRPC_UNAVAILABLE
+        && ["etcdserver: no leader", "etcdserver: leader changed"]
+            .iter()
+            .any(|m| status.message().contains(m))
 }
 
 fn classify_ref(err: &etcd_client::Error) -> Option<i32> {
@@ -303,12 +316,27 @@ impl EtcdStore {
 
     /// Runs the read `op` on the member in use, within `limit`; when the member is gone, on
     /// the next one (each is tried once), and later requests use that one.
+    ///
+    /// While the cluster elects a leader (every member says "no leader"), the read is tried
+    /// again for up to [`LEADER_WAIT`], as etcd's Go client retries its repeatable calls: an
+    /// election takes about a second, and a read must not fail because one happened.
     async fn on_member<T, F, Fut>(&self, limit: Duration, op: F) -> Result<T, etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.on_members(limit, op, member_broken).await
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self.on_members(limit, &op, member_broken).await {
+                Err(e) if leaderless(&e) && started.elapsed() + pause < LEADER_WAIT => {
+                    tracing::debug!("etcd has no leader; reading again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(400));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs the write `op` as [`EtcdStore::on_member`] does a read, but sends it to the next
@@ -323,13 +351,13 @@ impl EtcdStore {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.on_members(limit, op, never_sent).await
+        self.on_members(limit, &op, never_sent).await
     }
 
     async fn on_members<T, F, Fut>(
         &self,
         limit: Duration,
-        op: F,
+        op: &F,
         retry: fn(&etcd_client::Error) -> bool,
     ) -> Result<T, etcd_client::Error>
     where
