@@ -276,6 +276,7 @@ fn service(
         node_port: 0,
         affinity_timeout: None,
         external_local: false,
+        internal_local: false,
         extra: Default::default(),
         endpoints: eps.iter().map(|ip| ep(*ip, target)).collect(),
     }

@@ -407,6 +407,9 @@ spec:
 
     external_frontends(&c, mode)?;
     another_proxys_service(&c, &all)?;
+    affinity_switched_at_runtime(&c, &all)?;
+    internal_traffic_policy_local(&c, mode)?;
+    terminating_fallback(&c, mode)?;
 
     // No endpoints → refused at once: TCP (`connect()` fails) and connected UDP (the
     // datagram's error comes back on the socket).
@@ -726,6 +729,206 @@ spec:
     c.kubectl(&["label", "svc", "proxied", &format!("{label}-")])?;
     serves(true)?;
     c.kubectl(&["delete", "svc", "proxied"])?;
+    Ok(())
+}
+
+/// Session affinity switched off and on again on a live Service (the 422 of issue 17: the
+/// affinity config is cleared with the affinity), the dataplane following each switch.
+fn affinity_switched_at_runtime(c: &Cluster, all: &BTreeSet<String>) -> Result<()> {
+    let url = format!(
+        "http://{}/",
+        c.jsonpath("svc", "sticky", ".spec.clusterIP")?
+    );
+    c.kubectl(&[
+        "patch",
+        "svc",
+        "sticky",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"None"}}"#,
+    ])?;
+    let config = c.jsonpath("svc", "sticky", ".spec.sessionAffinityConfig")?;
+    ensure!(config.is_empty(), "affinity None kept its config: {config}");
+    wait_for(
+        "affinity off: every backend",
+        Duration::from_secs(30),
+        || Ok((seen(c, "client", &url, 30)? == *all).then_some(())),
+    )?;
+    c.kubectl(&[
+        "patch",
+        "svc",
+        "sticky",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":30}}}}"#,
+    ])?;
+    wait_for(
+        "affinity on again: one backend",
+        Duration::from_secs(30),
+        || Ok((seen(c, "client", &url, 20)?.len() == 1).then_some(())),
+    )?;
+    Ok(())
+}
+
+/// `internalTrafficPolicy: Local`: a pod and a host-network client reach only their own
+/// node's endpoints; where the node has none, the traffic is dropped (kube-proxy's "has no
+/// local endpoints"), even though other nodes have some.
+fn internal_traffic_policy_local(c: &Cluster, mode: &str) -> Result<()> {
+    let nodes = c.nodes();
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: itp-local}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: itp-remote}
+spec:
+  internalTrafficPolicy: Local
+  selector: {app: echo, statefulset.kubernetes.io/pod-name: be-3}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    )?;
+    let local = format!(
+        "http://{}/",
+        c.jsonpath("svc", "itp-local", ".spec.clusterIP")?
+    );
+    let remote = format!(
+        "http://{}/",
+        c.jsonpath("svc", "itp-remote", ".spec.clusterIP")?
+    );
+    // The client pod runs on the first node, beside be-1.
+    wait_for(
+        "iTP Local: the local backend only",
+        Duration::from_secs(30),
+        || {
+            let got = seen(c, "client", &local, 20)?;
+            if got == set(&["be-1"]) {
+                return Ok(Some(()));
+            }
+            bail!("saw {got:?}")
+        },
+    )?;
+    // From the third node's own namespace (a hostNetwork client) to its be-3.
+    let host = c.exec_ok(
+        &nodes[2],
+        &["timeout", "3", "busybox", "wget", "-q", "-O", "-", &remote],
+    )?;
+    ensure!(
+        host.trim() == "be-3",
+        "[{mode}] iTP Local from the node answered {host:?}"
+    );
+    // The client's node has no endpoint of itp-remote: nothing answers, three times running.
+    wait_for(
+        "iTP Local without a local endpoint: no answer",
+        Duration::from_secs(30),
+        || {
+            Ok((0..3)
+                .all(|_| fetch(c, "client", &remote).is_err())
+                .then_some(()))
+        },
+    )?;
+    c.kubectl(&["delete", "svc", "itp-local", "itp-remote"])?;
+    Ok(())
+}
+
+/// A pod that keeps serving for a while after its deletion (a long preStop), as a rollout's
+/// old pod does.
+fn slow_to_stop(name: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: term}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  terminationGracePeriodSeconds: 60
+  containers:
+  - name: web
+    image: skiff.test/busybox:1
+    command: ["sh", "-c", "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+    lifecycle: {{preStop: {{exec: {{command: [sleep, "50"]}}}}}}
+"#
+    )
+}
+
+/// The four fallbacks to terminating endpoints (internal and external traffic, policies
+/// Cluster and Local), as kube-proxy implements them: while a ready endpoint is left, a
+/// terminating one gets no new connection; when only terminating (still serving) ones are
+/// left, they get the traffic rather than none.
+fn terminating_fallback(c: &Cluster, mode: &str) -> Result<()> {
+    let nodes = c.nodes();
+    let n2 = &nodes[1];
+    c.apply(&slow_to_stop("term-1", n2))?;
+    c.apply(&slow_to_stop("term-2", n2))?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: term-cluster}
+spec:
+  type: NodePort
+  selector: {app: term}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: term-local}
+spec:
+  type: NodePort
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Local
+  selector: {app: term}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    )?;
+    // Internal traffic from a pod on the endpoints' node (be-2), external through that
+    // node's NodePort from the underlay.
+    let mut urls = Vec::new();
+    for svc in ["term-cluster", "term-local"] {
+        let vip = c.jsonpath("svc", svc, ".spec.clusterIP")?;
+        let port = c.jsonpath("svc", svc, ".spec.ports[0].nodePort")?;
+        urls.push((svc, false, format!("http://{vip}/")));
+        urls.push((svc, true, format!("http://{}:{port}/", c.node_ip(n2))));
+    }
+    let answers = |external: bool, url: &str| -> Result<BTreeSet<String>> {
+        if !external {
+            return seen(c, "be-2", url, 12);
+        }
+        let mut got = BTreeSet::new();
+        for _ in 0..12 {
+            got.insert(host_fetch(None, url)?.with_context(|| format!("{url} failed"))?);
+        }
+        Ok(got)
+    };
+    let expect = |stage: &str, want: &BTreeSet<String>| -> Result<()> {
+        for (svc, external, url) in &urls {
+            let what = if *external { "external" } else { "internal" };
+            wait_for(
+                &format!("[{mode}] {svc}, {what}, {stage}: {want:?}"),
+                Duration::from_secs(30),
+                || Ok((answers(*external, url)? == *want).then_some(())),
+            )?;
+        }
+        Ok(())
+    };
+    expect("both ready", &set(&["term-1", "term-2"]))?;
+    // term-1 terminates: the ready term-2 takes every new connection.
+    c.kubectl(&["delete", "pod", "term-1", "--wait=false"])?;
+    expect("term-1 terminating", &set(&["term-2"]))?;
+    // Both terminate: only terminating endpoints are left, and they still serve.
+    c.kubectl(&["delete", "pod", "term-2", "--wait=false"])?;
+    expect("both terminating", &set(&["term-1", "term-2"]))?;
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "term-1",
+        "term-2",
+        "--grace-period=0",
+        "--force",
+    ])?;
+    c.kubectl(&["delete", "svc", "term-cluster", "term-local"])?;
     Ok(())
 }
 

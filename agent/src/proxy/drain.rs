@@ -190,6 +190,7 @@ pub(crate) mod tests {
                         node_port: 0,
                         affinity_timeout: None,
                         external_local: false,
+                        internal_local: false,
                         extra: Default::default(),
                         endpoints: endpoints.clone(),
                     },

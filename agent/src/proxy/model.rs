@@ -83,6 +83,8 @@ pub struct ServicePort {
     pub affinity_timeout: Option<u32>,
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: the cluster IP balances over this node's endpoints.
+    pub internal_local: bool,
     /// Frontends besides the cluster IP and the node port.
     pub extra: ExtraFrontends,
     /// Endpoints sorted by (ip, port), deduplicated.
@@ -131,9 +133,26 @@ impl ServicePort {
             .collect()
     }
 
-    /// For traffic arriving at a node port with externalTrafficPolicy: Local.
+    /// This node's endpoints new connections may go to, under a `Local` traffic policy: the
+    /// ready local ones, else the serving-and-terminating local ones. The fallback looks at
+    /// the local endpoints alone (kube-proxy's `CategorizeEndpoints`): a ready endpoint on
+    /// another node does not take the traffic away from a terminating local one.
     pub fn usable_local(&self) -> Vec<&Endpoint> {
-        self.usable().into_iter().filter(|e| e.local).collect()
+        let local = || self.endpoints.iter().filter(|e| e.local);
+        let ready: Vec<&Endpoint> = local().filter(|e| e.ready).collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        local().filter(|e| e.serving && e.terminating).collect()
+    }
+
+    /// The endpoints of traffic to the cluster IP (`internalTrafficPolicy`).
+    pub fn usable_internal(&self) -> Vec<&Endpoint> {
+        if self.internal_local {
+            self.usable_local()
+        } else {
+            self.usable()
+        }
     }
 
     /// The addresses traffic from outside the cluster reaches this port on at
@@ -240,6 +259,7 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
             .max(1) as u32
     });
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let extra = extra_frontends(svc);
     for p in spec.ports.iter().flatten() {
         let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
@@ -295,6 +315,7 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
             node_port: p.node_port.and_then(|n| u16::try_from(n).ok()).unwrap_or(0),
             affinity_timeout,
             external_local,
+            internal_local,
             extra: extra.clone(),
             endpoints,
         });
@@ -412,6 +433,7 @@ pub fn host_ports(pod: &Pod) -> Vec<ServicePort> {
             node_port: 0,
             affinity_timeout: None,
             external_local: true,
+            internal_local: false,
             extra: ExtraFrontends {
                 host_port: Some(HostPort { port: hp, ip }),
                 ..Default::default()
@@ -506,6 +528,32 @@ mod tests {
     }
 
     #[test]
+    fn the_local_fallback_looks_at_local_endpoints_alone() {
+        let e = |ip: [u8; 4], local: bool, ready: bool| Endpoint {
+            ip: Ipv4Addr::from(ip),
+            port: 80,
+            local,
+            ready,
+            serving: true,
+            terminating: !ready,
+        };
+        let mut sp = crate::proxy::test_support::svc(
+            "web",
+            [10, 96, 0, 1],
+            80,
+            vec![e([10, 0, 0, 1], true, false), e([10, 0, 0, 2], false, true)],
+        );
+        let ips = |eps: Vec<&Endpoint>| eps.iter().map(|e| e.ip.octets()[3]).collect::<Vec<_>>();
+        assert_eq!(ips(sp.usable()), [2]);
+        assert_eq!(ips(sp.usable_local()), [1]);
+        assert_eq!(ips(sp.usable_internal()), [2]);
+        sp.internal_local = true;
+        assert_eq!(ips(sp.usable_internal()), [1]);
+        sp.endpoints[0].serving = false;
+        assert!(sp.usable_internal().is_empty());
+    }
+
+    #[test]
     fn terminating_fallback() {
         let p = ServicePort {
             name: ServicePortName {
@@ -519,6 +567,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
             extra: ExtraFrontends::default(),
             endpoints: vec![Endpoint {
                 ip: Ipv4Addr::new(10, 244, 0, 2),

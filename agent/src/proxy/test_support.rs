@@ -34,6 +34,7 @@ pub fn svc(name: &str, vip: [u8; 4], port: u16, eps: Vec<Endpoint>) -> ServicePo
         node_port: 0,
         affinity_timeout: None,
         external_local: false,
+        internal_local: false,
         extra: Default::default(),
         endpoints: eps,
     }

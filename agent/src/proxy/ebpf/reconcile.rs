@@ -156,7 +156,7 @@ fn port_frontends(
     if !sp.cluster_ip.is_unspecified() && sp.port != 0 {
         out.push((
             frontend_key(sp.cluster_ip, sp.port, proto),
-            make(aff, sp.usable(), &[]),
+            make(aff, sp.usable_internal(), &[]),
         ));
     }
     let mut external = |ip: Ipv4Addr, port: u16, kind: u8, ranges: &[Ipv4Net]| {
@@ -1042,6 +1042,30 @@ mod tests {
         let fe = s.frontends.map[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
         assert_eq!(fe.count, 0);
         assert!(s.slots.map.is_empty());
+    }
+
+    #[test]
+    fn internal_local_policy_gives_the_cluster_ip_local_backends_only() {
+        let mut s = FakeMaps::new(64);
+        let mut r = Reconciler::load(&mut s).unwrap();
+        let mut sp = svc(
+            "a",
+            [10, 96, 0, 1],
+            80,
+            vec![
+                ep([10, 244, 0, 5], 8080, true),
+                ep([10, 244, 1, 5], 8080, false),
+            ],
+        );
+        sp.internal_local = true;
+        run(&mut r, &mut s, &state(vec![sp.clone()]));
+        let fe = s.frontends.map[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
+        assert_eq!(fe.count, 1);
+        // No endpoint here: a frontend without backends, refused at connect.
+        sp.endpoints.remove(0);
+        run(&mut r, &mut s, &state(vec![sp]));
+        let fe = s.frontends.map[&fk([10, 96, 0, 1], 80, PROTO_TCP)];
+        assert_eq!(fe.count, 0);
     }
 
     #[test]

@@ -973,6 +973,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
             extra: Default::default(),
             endpoints: eps
                 .iter()

@@ -274,6 +274,11 @@ pub fn svc_chain(name: &ServicePortName) -> String {
     format!("KUBE-SVC-{}", hash16(&port_proto(name)))
 }
 
+/// `KUBE-SVL-<hash>`: the local endpoints of a service port (`internalTrafficPolicy: Local`).
+pub fn svl_chain(name: &ServicePortName) -> String {
+    format!("KUBE-SVL-{}", hash16(&port_proto(name)))
+}
+
 /// `KUBE-EXT-<hash>`: the node port entry of a service port.
 pub fn ext_chain(name: &ServicePortName) -> String {
     format!("KUBE-EXT-{}", hash16(&port_proto(name)))
@@ -407,18 +412,28 @@ pub fn service_rules(sp: &ServicePort, cfg: &RuleConfig) -> ServiceRules {
         name: sp.name.to_string(),
         proto: sp.name.protocol.as_str(),
         svc: svc_chain(&sp.name),
-        seps: usable
-            .iter()
-            .map(|e| (sep_chain(&sp.name, e.ip, e.port), *e))
-            .collect(),
+        seps: with_sep_chains(&sp.name, usable),
+        local: with_sep_chains(&sp.name, sp.usable_local()),
     };
     port.service_chain(&mut out);
+    if sp.internal_local {
+        port.local_chain(&mut out);
+    }
     if sp.node_port != 0 || sp.external_addrs().next().is_some() {
         port.external_chain(&mut out);
         port.external_addr_jumps(&mut out);
     }
     port.endpoint_chains(&mut out);
     out
+}
+
+fn with_sep_chains<'a>(
+    name: &ServicePortName,
+    eps: Vec<&'a Endpoint>,
+) -> Vec<(String, &'a Endpoint)> {
+    eps.into_iter()
+        .map(|e| (sep_chain(name, e.ip, e.port), e))
+        .collect()
 }
 
 /// A service port with usable endpoints, and what its chains are built from.
@@ -432,6 +447,9 @@ struct Balanced<'a> {
     svc: String,
     /// Its endpoints, each with its `KUBE-SEP-*` chain.
     seps: Vec<(String, &'a Endpoint)>,
+    /// This node's endpoints for the `Local` policies (with their own terminating fallback,
+    /// so not always a part of `seps`).
+    local: Vec<(String, &'a Endpoint)>,
 }
 
 /// Without usable endpoints: REJECT new connections to the cluster IP and the node port
@@ -535,11 +553,48 @@ impl Balanced<'_> {
             self.sp.affinity_timeout,
         );
         out.chains.push((svc.clone(), svc_rules));
+        if !self.sp.internal_local {
+            out.shared.push((
+                Table::Nat,
+                KUBE_SERVICES,
+                format!(
+                    "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j {svc}"
+                ),
+            ));
+        }
+    }
+
+    /// `internalTrafficPolicy: Local`: the cluster IP goes to `KUBE-SVL-*`, which balances
+    /// over this node's endpoints; without any, new connections to it are dropped (the
+    /// service has endpoints, just none here), as kube-proxy does.
+    fn local_chain(&self, out: &mut ServiceRules) {
+        let (vip, port, proto) = (self.sp.cluster_ip, self.sp.port, self.proto);
+        if self.local.is_empty() {
+            let comment = quote(&format!("{} has no local endpoints", self.name));
+            out.shared.push((
+                Table::Filter,
+                KUBE_SERVICES,
+                format!(
+                    "-d {vip}/32 -p {proto} -m comment --comment {comment} -m {proto} --dport {port} -j DROP"
+                ),
+            ));
+            return;
+        }
+        let svl = svl_chain(&self.sp.name);
+        let mut rules = Vec::with_capacity(self.local.len() * 2);
+        balance(
+            &mut rules,
+            &self.name,
+            &self.local,
+            self.sp.affinity_timeout,
+        );
+        out.chains.push((svl.clone(), rules));
+        let cluster_ip = quote(&format!("{} cluster IP", self.name));
         out.shared.push((
             Table::Nat,
             KUBE_SERVICES,
             format!(
-                "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j {svc}"
+                "-d {vip}/32 -p {proto} -m comment --comment {cluster_ip} -m {proto} --dport {port} -j {svl}"
             ),
         ));
     }
@@ -572,8 +627,7 @@ impl Balanced<'_> {
                     "route LOCAL traffic for {name} external destinations"
                 ))
             ));
-            let local: Vec<(String, &Endpoint)> =
-                self.seps.iter().filter(|(_, e)| e.local).cloned().collect();
+            let local = &self.local;
             if local.is_empty() {
                 self.drop_external(
                     out,
@@ -581,7 +635,7 @@ impl Balanced<'_> {
                     false,
                 );
             } else {
-                balance(&mut ext_rules, name, &local, sp.affinity_timeout);
+                balance(&mut ext_rules, name, local, sp.affinity_timeout);
             }
         } else {
             ext_rules.push(format!(
@@ -676,7 +730,12 @@ impl Balanced<'_> {
     /// `KUBE-SEP-*` of each endpoint: hairpin masquerade, (affinity) and DNAT.
     fn endpoint_chains(&self, out: &mut ServiceRules) {
         let (c, proto) = (quote(&self.name), self.proto);
-        for (sep, ep) in &self.seps {
+        // Every endpoint a chain of this port jumps to, once.
+        let extra_local = self
+            .local
+            .iter()
+            .filter(|(sep, _)| !self.seps.iter().any(|(s, _)| s == sep));
+        for (sep, ep) in self.seps.iter().chain(extra_local) {
             let recent = if self.sp.affinity_timeout.is_some() {
                 format!(" -m recent --set --name {sep} --mask 255.255.255.255 --rsource")
             } else {
@@ -805,6 +864,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
             extra: Default::default(),
             endpoints: vec![
                 ep([10, 180, 0, 1], 80, false),
@@ -850,6 +910,7 @@ mod tests {
             node_port: 30053,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
             extra: Default::default(),
             endpoints: vec![],
         };
@@ -876,6 +937,7 @@ mod tests {
             node_port: 30080,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
             extra: Default::default(),
             // Not ready and not terminating: not usable.
             endpoints: vec![Endpoint {
@@ -911,6 +973,7 @@ mod tests {
             node_port: 30080,
             affinity_timeout: Some(60),
             external_local: true,
+            internal_local: false,
             extra: Default::default(),
             endpoints: vec![
                 ep([10, 244, 1, 5], 8080, true),
@@ -962,6 +1025,75 @@ mod tests {
     }
 
     #[test]
+    fn internal_local_policy_balances_over_local_endpoints_or_drops() {
+        let mut sp = ServicePort {
+            name: spn("ns", "web", "http", Protocol::Tcp),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
+            port: 80,
+            node_port: 0,
+            affinity_timeout: None,
+            external_local: false,
+            internal_local: true,
+            extra: Default::default(),
+            endpoints: vec![
+                ep([10, 244, 1, 5], 8080, true),
+                // Terminating here while a remote one is ready: not for the local policy.
+                Endpoint {
+                    ready: false,
+                    serving: true,
+                    terminating: true,
+                    ..ep([10, 244, 1, 6], 8080, true)
+                },
+                ep([10, 244, 2, 5], 8080, false),
+            ],
+        };
+        let r = service_rules(&sp, &RuleConfig::default());
+        let svl = svl_chain(&sp.name);
+        assert!(svl.starts_with("KUBE-SVL-"));
+        let jump: Vec<&String> = r
+            .shared
+            .iter()
+            .filter(|(t, c, _)| *t == Table::Nat && *c == KUBE_SERVICES)
+            .map(|(_, _, rule)| rule)
+            .collect();
+        assert_eq!(jump.len(), 1, "{jump:?}");
+        assert!(jump[0].ends_with(&format!("-j {svl}")), "{}", jump[0]);
+        let svl_rules = &r.chains.iter().find(|(c, _)| *c == svl).unwrap().1;
+        assert_eq!(svl_rules.len(), 1, "{svl_rules:?}");
+        assert!(svl_rules[0].contains("10.244.1.5:8080"));
+
+        // Only the terminating one is left here: the local fallback takes it.
+        sp.endpoints.remove(0);
+        let r = service_rules(&sp, &RuleConfig::default());
+        let svl_rules = &r.chains.iter().find(|(c, _)| *c == svl).unwrap().1;
+        assert!(svl_rules[0].contains("10.244.1.6:8080"), "{svl_rules:?}");
+        let sep = sep_chain(&sp.name, Ipv4Addr::new(10, 244, 1, 6), 8080);
+        assert!(
+            r.chains.iter().any(|(c, _)| *c == sep),
+            "no chain for the fallback"
+        );
+
+        // None here, some elsewhere: dropped, not rejected, and no nat jump.
+        sp.endpoints.remove(0);
+        let r = service_rules(&sp, &RuleConfig::default());
+        assert!(!r.chains.iter().any(|(c, _)| *c == svl));
+        assert!(
+            r.shared.contains(&(
+                Table::Filter,
+                KUBE_SERVICES,
+                "-d 10.96.0.12/32 -p tcp -m comment --comment \"ns/web:http has no local endpoints\" -m tcp --dport 80 -j DROP".to_string()
+            )),
+            "{:?}",
+            r.shared
+        );
+        assert!(
+            !r.shared
+                .iter()
+                .any(|(t, c, _)| *t == Table::Nat && *c == KUBE_SERVICES)
+        );
+    }
+
+    #[test]
     fn local_policy_without_local_endpoints_drops_external_traffic() {
         let sp = ServicePort {
             name: spn("ns", "web", "", Protocol::Tcp),
@@ -970,6 +1102,7 @@ mod tests {
             node_port: 30080,
             affinity_timeout: None,
             external_local: true,
+            internal_local: false,
             extra: Default::default(),
             endpoints: vec![ep([10, 244, 2, 5], 8080, false)],
         };
@@ -997,6 +1130,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: false,
+            internal_local: false,
             extra: Default::default(),
             endpoints: vec![ep([10, 180, 0, 1], 8080, false)],
         };
@@ -1056,6 +1190,7 @@ mod tests {
             node_port: 0,
             affinity_timeout: None,
             external_local: true,
+            internal_local: false,
             extra: Default::default(),
             endpoints: vec![ep([10, 180, 0, 9], 8080, true)],
         };
