@@ -410,6 +410,7 @@ spec:
     affinity_switched_at_runtime(&c, &all)?;
     internal_traffic_policy_local(&c, mode)?;
     terminating_fallback(&c, mode)?;
+    prefer_close(&c, mode)?;
 
     // No endpoints → refused at once: TCP (`connect()` fails) and connected UDP (the
     // datagram's error comes back on the socket).
@@ -929,6 +930,62 @@ spec:
         "--force",
     ])?;
     c.kubectl(&["delete", "svc", "term-cluster", "term-local"])?;
+    Ok(())
+}
+
+/// `trafficDistribution: PreferClose`: the EndpointSlice controller hints every endpoint for
+/// its node's zone, and each proxy sends its node's clients to the endpoints of its own zone.
+fn prefer_close(c: &Cluster, mode: &str) -> Result<()> {
+    let nodes = c.nodes();
+    let zones = [("z1", &nodes[0]), ("z2", &nodes[1]), ("z2", &nodes[2])];
+    for (zone, node) in zones {
+        c.kubectl(&[
+            "label",
+            "node",
+            node,
+            &format!("topology.kubernetes.io/zone={zone}"),
+        ])?;
+    }
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: close}
+spec:
+  trafficDistribution: PreferClose
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    )?;
+    let url = format!("http://{}/", c.jsonpath("svc", "close", ".spec.clusterIP")?);
+    // The client beside be-1 is alone in z1; be-2's node shares z2 with be-3's.
+    for (from, want) in [("client", set(&["be-1"])), ("be-2", set(&["be-2", "be-3"]))] {
+        wait_for(
+            &format!("[{mode}] PreferClose from {from}: {want:?}"),
+            Duration::from_secs(30),
+            || {
+                let got = seen(c, from, &url, 30)?;
+                if got == want {
+                    return Ok(Some(()));
+                }
+                bail!("saw {got:?}")
+            },
+        )?;
+    }
+    let hints = c.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=close",
+        "-o",
+        "jsonpath={.items[*].endpoints[*].hints.forZones[*].name}",
+    ])?;
+    let mut hints: Vec<&str> = hints.split_whitespace().collect();
+    hints.sort_unstable();
+    ensure!(hints == ["z1", "z2", "z2"], "hints: {hints:?}");
+    c.kubectl(&["delete", "svc", "close"])?;
+    for (_, node) in zones {
+        c.kubectl(&["label", "node", node, "topology.kubernetes.io/zone-"])?;
+    }
     Ok(())
 }
 

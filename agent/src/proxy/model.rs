@@ -172,6 +172,8 @@ pub type ProxyState = BTreeMap<ServicePortName, ServicePort>;
 
 /// `kubernetes.io/service-name`: the label joining an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label topology hints name.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// A Service's identity: (namespace, name).
 pub type ServiceKey = (String, String);
@@ -186,13 +188,31 @@ pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceKey> {
     ))
 }
 
+/// The node the proxy runs on, as the model needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ThisNode {
+    /// Marks local endpoints.
+    pub name: String,
+    /// `topology.kubernetes.io/zone`, for topology hints.
+    pub zone: Option<String>,
+}
+
+impl ThisNode {
+    pub fn named(name: &str) -> ThisNode {
+        ThisNode {
+            name: name.to_string(),
+            zone: None,
+        }
+    }
+}
+
 /// Join Services with their EndpointSlices (`kubernetes.io/service-name` label) into the
 /// proxy's view. `node` marks local endpoints. Headless services and those without an
 /// IPv4 cluster IP are skipped.
 pub fn build<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node: &str,
+    node: &ThisNode,
 ) -> ProxyState {
     let mut by_service: BTreeMap<ServiceKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
@@ -232,10 +252,50 @@ pub fn service_entries<'a>(
         .take_while(move |(k, _)| k.namespace == *namespace && k.name == *name)
 }
 
+/// The zones an endpoint is hinted for (`hints.forZones`), `None` without hints.
+fn zone_hints(ep: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<Vec<&str>> {
+    let zones: Vec<&str> = ep
+        .hints
+        .as_ref()?
+        .for_zones
+        .iter()
+        .flatten()
+        .map(|z| z.name.as_str())
+        .collect();
+    (!zones.is_empty()).then_some(zones)
+}
+
+/// Topology-aware routing (`trafficDistribution: PreferClose`, or hints the slices carry),
+/// as kube-proxy's `CategorizeEndpoints` does it: when every ready endpoint has zone hints
+/// and one of them is hinted for this node's `zone`, new connections go to the ready
+/// endpoints hinted for it only; otherwise hints are ignored. Ready endpoints for other
+/// zones are dropped; the rest stay (the terminating fallback ignores topology, and under a
+/// `Local` policy local endpoints, in this zone by definition, are used anyway).
+fn keep_closest(endpoints: &mut Vec<Endpoint>, hints: &[Option<Vec<&str>>], zone: &str) {
+    let ready = || endpoints.iter().zip(hints).filter(|(e, _)| e.ready);
+    let all_hinted = ready().all(|(_, h)| h.is_some());
+    let some_here = ready().any(|(_, h)| h.as_ref().is_some_and(|z| z.contains(&zone)));
+    if !all_hinted || !some_here {
+        return;
+    }
+    let mut hint = hints.iter();
+    endpoints.retain(|e| {
+        let for_here = hint
+            .next()
+            .and_then(Option::as_ref)
+            .is_some_and(|z| z.contains(&zone));
+        !e.ready || for_here
+    });
+}
+
 /// One Service's ports joined with its EndpointSlices (those labelled with its name in its
 /// namespace; slices of other address types than IPv4 are ignored). Empty for headless
 /// and ExternalName services and those without an IPv4 cluster IP.
-pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Vec<ServicePort> {
+pub fn build_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node: &ThisNode,
+) -> Vec<ServicePort> {
     let mut out = Vec::new();
     let Some(spec) = &svc.spec else { return out };
     let Some(cluster_ip) = spec
@@ -267,6 +327,8 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
         };
         let port_name = p.name.clone().unwrap_or_default();
         let mut endpoints = Vec::new();
+        // Each endpoint's zone hints (`None`: it has none), beside `endpoints`.
+        let mut hints: Vec<Option<Vec<&str>>> = Vec::new();
         for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
             // The slice's port with the service port's name carries the target port.
             let Some(target) = slice.ports.iter().flatten().find(|sp| {
@@ -283,9 +345,11 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
                 let ready = c.and_then(|c| c.ready).unwrap_or(true);
                 let serving = c.and_then(|c| c.serving).unwrap_or(ready);
                 let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let local = ep.node_name.as_deref() == Some(node);
+                let local = ep.node_name.as_deref() == Some(node.name.as_str());
+                let zones = zone_hints(ep);
                 for a in &ep.addresses {
                     if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                        hints.push(zones.clone());
                         endpoints.push(Endpoint {
                             ip,
                             port: tport,
@@ -297,6 +361,9 @@ pub fn build_service(svc: &Service, slices: &[&EndpointSlice], node: &str) -> Ve
                     }
                 }
             }
+        }
+        if let Some(zone) = node.zone.as_deref() {
+            keep_closest(&mut endpoints, &hints, zone);
         }
         endpoints.sort();
         endpoints.dedup_by(|a, b| a.ip == b.ip && a.port == b.port);
@@ -511,7 +578,7 @@ mod tests {
                 {"addresses": ["10.244.2.5"], "nodeName": "n2", "conditions": {"ready": false, "serving": true, "terminating": true}}
             ]}),
         );
-        let st = build([&s, &headless], [&sl], "n1");
+        let st = build([&s, &headless], [&sl], &ThisNode::named("n1"));
         assert_eq!(st.len(), 2);
         let http = st.values().find(|p| p.port == 80).unwrap();
         assert_eq!(http.node_port, 30080);
@@ -525,6 +592,59 @@ mod tests {
         assert_eq!(dns.name.protocol, Protocol::Udp);
         assert_eq!(dns.endpoints[0].port, 5353);
         assert_eq!(dns.name.to_string(), "default/web:dns");
+    }
+
+    #[test]
+    fn zone_hints_keep_traffic_in_the_zone_when_every_ready_endpoint_has_them() {
+        let s = svc(json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}));
+        let ep = |ip: &str, zone: Option<&str>, ready: bool| {
+            let mut e = json!({"addresses": [ip], "conditions": {"ready": ready, "serving": true, "terminating": !ready}});
+            if let Some(z) = zone {
+                e["hints"] = json!({"forZones": [{"name": z}]});
+            }
+            e
+        };
+        let sl = |eps: Vec<serde_json::Value>| {
+            slice(
+                json!({"metadata": {"name": "web-abc", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": eps}),
+            )
+        };
+        let in_a = ThisNode {
+            name: "n1".into(),
+            zone: Some("a".into()),
+        };
+        let usable = |sl: &EndpointSlice, node: &ThisNode| -> Vec<String> {
+            let st = build([&s], [sl], node);
+            let port = st.values().next().unwrap();
+            port.usable().iter().map(|e| e.ip.to_string()).collect()
+        };
+        let hinted = sl(vec![
+            ep("10.0.0.1", Some("a"), true),
+            ep("10.0.0.2", Some("b"), true),
+            ep("10.0.0.3", Some("a"), false),
+        ]);
+        assert_eq!(usable(&hinted, &in_a), ["10.0.0.1"]);
+        // A node without a zone, or in a zone no endpoint is hinted for: every endpoint.
+        assert_eq!(usable(&hinted, &ThisNode::named("n1")).len(), 2);
+        let in_c = ThisNode {
+            zone: Some("c".into()),
+            ..in_a.clone()
+        };
+        assert_eq!(usable(&hinted, &in_c).len(), 2);
+        // One ready endpoint without hints: hints are ignored.
+        let partly = sl(vec![
+            ep("10.0.0.1", Some("a"), true),
+            ep("10.0.0.2", None, true),
+        ]);
+        assert_eq!(usable(&partly, &in_a).len(), 2);
+        // The terminating fallback is not filtered by zone.
+        let terminating = sl(vec![ep("10.0.0.2", Some("b"), false)]);
+        assert_eq!(usable(&terminating, &in_a), ["10.0.0.2"]);
     }
 
     #[test]
@@ -589,7 +709,7 @@ mod tests {
                 "loadBalancerSourceRanges": ["10.0.0.0/8", " 192.168.1.0/24 "],
                 "ports": [{"port": 80, "nodePort": 30081}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "10.1.0.240"}, {"hostname": "lb.example"}]}}}));
-        let st = build([&lb], [], "n1");
+        let st = build([&lb], [], &ThisNode::named("n1"));
         let p = st.values().next().unwrap();
         assert_eq!(p.extra.external_ips, vec![Ipv4Addr::new(203, 0, 113, 7)]);
         assert_eq!(p.extra.lb_ips, vec![Ipv4Addr::new(10, 1, 0, 240)]);
@@ -611,7 +731,7 @@ mod tests {
         // A status left over from type LoadBalancer does not count on another type.
         let mut np = lb.clone();
         np.spec.as_mut().unwrap().type_ = Some("NodePort".into());
-        let st = build([&np], [], "n1");
+        let st = build([&np], [], &ThisNode::named("n1"));
         let p = st.values().next().unwrap();
         assert!(p.extra.lb_ips.is_empty() && p.extra.source_ranges.is_empty());
         assert_eq!(p.extra.external_ips.len(), 1);

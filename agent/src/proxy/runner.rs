@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -257,43 +257,13 @@ pub async fn run_with_drain(
     let mut syncer = Syncer::new(dataplane, metrics.clone(), events).with_drain(drain.clone());
     let start = Instant::now();
     let (changes, mut changed) = mpsc::unbounded_channel();
-    // As kube-proxy: a Service labelled for another proxy is that proxy's, and the slices of
-    // headless Services have nothing to program.
-    let (services, _services_watch) = spawn_reflector::<Service>(
-        Api::all(client.clone()),
-        watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
-        changes.clone(),
-        Change::service,
-        Change::service,
-    );
-    let (slices, _slices_watch) = spawn_reflector::<EndpointSlice>(
-        Api::all(client.clone()),
-        watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}")),
-        changes.clone(),
-        Change::slice_applied,
-        Change::slice_deleted,
-    );
-    // This node's pods, for their hostPorts (what a CNI portmap plugin would do).
-    let (pods, _pods_watch) = spawn_reflector::<Pod>(
-        Api::all(client),
-        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-        changes,
-        Change::pod,
-        Change::pod,
-    );
-    let _ = tokio::join!(
-        services.wait_until_ready(),
-        slices.wait_until_ready(),
-        pods.wait_until_ready()
-    );
+    let (objects, this_node, _watches) = watch_objects(client, &node, changes).await;
     metrics.record_initial_list(start.elapsed());
     tracing::info!(mode = syncer.mode(), listed = ?start.elapsed(), "service proxy started");
-    let objects = StoreObjects {
-        services,
-        slices,
-        pods,
-    };
     let mut tracker = Tracker::new(&node).with_node_local_dns(local_dns);
+    if let Some(n) = this_node {
+        tracker.record(Change::node(&n));
+    }
     // Whether the dataplane matches the tracker's state; a failed sync is retried in full.
     let mut synced = false;
     let mut failures = 0u32;
@@ -350,6 +320,65 @@ pub async fn run_with_drain(
             _ = drain.registered(), if synced => check_drain = true,
         }
     }
+}
+
+/// Start the watches the proxy reads (Services, EndpointSlices, this node's pods and this
+/// Node), their events going to `changes`, and wait for their first lists. Returns the
+/// stores, this Node as listed, and the watches (stopped when dropped).
+async fn watch_objects(
+    client: Client,
+    node: &str,
+    changes: mpsc::UnboundedSender<Change>,
+) -> (StoreObjects, Option<Arc<Node>>, [AbortOnDrop; 4]) {
+    // As kube-proxy: a Service labelled for another proxy is that proxy's, and the slices of
+    // headless Services have nothing to program.
+    let (services, services_watch) = spawn_reflector::<Service>(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
+        changes.clone(),
+        Change::service,
+        Change::service,
+    );
+    let (slices, slices_watch) = spawn_reflector::<EndpointSlice>(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&format!("!{HEADLESS_LABEL}")),
+        changes.clone(),
+        Change::slice_applied,
+        Change::slice_deleted,
+    );
+    // This node's pods, for their hostPorts (what a CNI portmap plugin would do).
+    let (pods, pods_watch) = spawn_reflector::<Pod>(
+        Api::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        changes.clone(),
+        Change::pod,
+        Change::pod,
+    );
+    // This Node, for its zone (topology hints), as kube-proxy watches its own Node.
+    let (this_node, node_watch) = spawn_reflector::<Node>(
+        Api::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node}")),
+        changes,
+        Change::node,
+        |_| Change::NodeZone(None),
+    );
+    let _ = tokio::join!(
+        services.wait_until_ready(),
+        slices.wait_until_ready(),
+        pods.wait_until_ready(),
+        this_node.wait_until_ready()
+    );
+    let objects = StoreObjects {
+        services,
+        slices,
+        pods,
+    };
+    let listed = this_node.state().first().cloned();
+    (
+        objects,
+        listed,
+        [services_watch, slices_watch, pods_watch, node_watch],
+    )
 }
 
 /// The reflector stores, as the tracker reads them.

@@ -28,6 +28,8 @@ pub enum Change {
     Pod((String, String)),
     /// A watch listed everything again: the caches were replaced as a whole.
     Relisted,
+    /// This node's zone label is now this (topology hints are read against it).
+    NodeZone(Option<String>),
 }
 
 impl Change {
@@ -45,6 +47,15 @@ impl Change {
     }
     pub fn pod(pod: &Pod) -> Change {
         Change::Pod(key_of(&pod.metadata))
+    }
+    pub fn node(node: &k8s_openapi::api::core::v1::Node) -> Change {
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(model::ZONE_LABEL))
+            .cloned();
+        Change::NodeZone(zone)
     }
 }
 
@@ -82,7 +93,7 @@ pub enum Update {
 /// The proxy state, kept up to date from [`Change`]s.
 #[derive(Debug)]
 pub struct Tracker {
-    node: String,
+    node: model::ThisNode,
     state: ProxyState,
     /// slice (namespace, name) → the Service it is labelled with.
     slice_owner: HashMap<(String, String), ServiceKey>,
@@ -100,7 +111,7 @@ impl Tracker {
     /// A tracker whose first [`Tracker::update`] builds everything.
     pub fn new(node: &str) -> Tracker {
         Tracker {
-            node: node.to_string(),
+            node: model::ThisNode::named(node),
             state: ProxyState::new(),
             slice_owner: HashMap::new(),
             slices_of: HashMap::new(),
@@ -161,6 +172,12 @@ impl Tracker {
                 self.pending_pods.insert(key);
             }
             Change::Relisted => self.relist = true,
+            // Every Service's endpoints may change: rebuilt as after a relist.
+            Change::NodeZone(zone) if zone != self.node.zone => {
+                self.node.zone = zone;
+                self.relist = true;
+            }
+            Change::NodeZone(_) => {}
         }
     }
 
@@ -394,7 +411,7 @@ mod tests {
         let full = model::build(
             store.services.values().map(|s| s.as_ref()),
             store.slices.values().map(|s| s.as_ref()),
-            "n1",
+            &model::ThisNode::named("n1"),
         );
         assert_eq!(t.state(), &full);
     }

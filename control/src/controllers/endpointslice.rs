@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::core::PartialObjectMeta;
@@ -322,7 +324,35 @@ fn desired_endpoints(
         let uid = pod.metadata.uid.clone().unwrap_or_else(|| ip.to_string());
         desired.entry(ports).or_default().insert(uid, endpoint);
     }
+    if prefers_close(service.svc) {
+        hint_own_zones(&mut desired);
+    }
     desired
+}
+
+/// `trafficDistribution: PreferClose` (and its newer name `PreferSameZone`).
+fn prefers_close(svc: &Service) -> bool {
+    let distribution = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.traffic_distribution.as_deref());
+    matches!(distribution, Some("PreferClose" | "PreferSameZone"))
+}
+
+/// The PreferClose heuristic of kube-controller-manager's EndpointSlice controller: every
+/// endpoint is hinted for its own zone, or, when one of them has no zone, none is hinted
+/// (a proxy then ignores topology for the Service).
+fn hint_own_zones(desired: &mut Desired) {
+    let endpoints = || desired.values().flat_map(|eps| eps.values());
+    if endpoints().any(|e| e.zone.is_none()) {
+        return;
+    }
+    for e in desired.values_mut().flat_map(|eps| eps.values_mut()) {
+        e.hints = e.zone.clone().map(|zone| EndpointHints {
+            for_zones: Some(vec![ForZone { name: zone }]),
+            ..Default::default()
+        });
+    }
 }
 
 /// A pod as an endpoint: a terminating pod stays listed (for connection draining) but is not
@@ -611,5 +641,64 @@ fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(ip: &str, zone: Option<&str>) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip.into()],
+            zone: zone.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn hints(desired: &Desired) -> Vec<Option<Vec<String>>> {
+        desired
+            .values()
+            .flat_map(|eps| eps.values())
+            .map(|e| {
+                let zones = e.hints.as_ref()?.for_zones.as_ref()?;
+                Some(zones.iter().map(|z| z.name.clone()).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefer_close_hints_every_endpoint_for_its_zone_or_none() {
+        let mut desired = Desired::new();
+        let eps = desired.entry(Vec::new()).or_default();
+        eps.insert("a".into(), endpoint("10.0.0.1", Some("z1")));
+        eps.insert("b".into(), endpoint("10.0.0.2", Some("z2")));
+        hint_own_zones(&mut desired);
+        assert_eq!(
+            hints(&desired),
+            [Some(vec!["z1".to_string()]), Some(vec!["z2".to_string()])]
+        );
+
+        let mut desired = Desired::new();
+        let eps = desired.entry(Vec::new()).or_default();
+        eps.insert("a".into(), endpoint("10.0.0.1", Some("z1")));
+        eps.insert("b".into(), endpoint("10.0.0.2", None));
+        hint_own_zones(&mut desired);
+        assert_eq!(hints(&desired), [None, None]);
+    }
+
+    #[test]
+    fn prefer_close_is_read_from_the_service() {
+        let svc = |d: Option<&str>| Service {
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                traffic_distribution: d.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(prefers_close(&svc(Some("PreferClose"))));
+        assert!(prefers_close(&svc(Some("PreferSameZone"))));
+        assert!(!prefers_close(&svc(None)));
+        assert!(!prefers_close(&svc(Some("Other"))));
     }
 }
