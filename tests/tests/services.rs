@@ -411,6 +411,7 @@ spec:
     internal_traffic_policy_local(&c, mode)?;
     terminating_fallback(&c, mode)?;
     prefer_close(&c, mode)?;
+    unready_endpoints(&c, mode)?;
 
     // No endpoints → refused at once: TCP (`connect()` fails) and connected UDP (the
     // datagram's error comes back on the socket).
@@ -986,6 +987,66 @@ spec:
     for (_, node) in zones {
         c.kubectl(&["label", "node", node, "topology.kubernetes.io/zone-"])?;
     }
+    Ok(())
+}
+
+/// A pod whose readiness probe fails gets no traffic, unless its Service publishes
+/// not-ready addresses.
+fn unready_endpoints(c: &Cluster, mode: &str) -> Result<()> {
+    let n2 = &c.nodes()[1];
+    c.apply(&backend(
+        "unready",
+        n2,
+        "app: unready",
+        "    readinessProbe: {exec: {command: [\"false\"]}, periodSeconds: 1}\n",
+    ))?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: unready}
+spec:
+  selector: {app: unready}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unready-published}
+spec:
+  publishNotReadyAddresses: true
+  selector: {app: unready}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    )?;
+    wait_for("the unready pod running", Duration::from_secs(60), || {
+        Ok((c.jsonpath("pod", "unready", ".status.phase")? == "Running").then_some(()))
+    })?;
+    let url = |svc: &str| -> Result<String> {
+        Ok(format!(
+            "http://{}/",
+            c.jsonpath("svc", svc, ".spec.clusterIP")?
+        ))
+    };
+    let published = url("unready-published")?;
+    wait_for(
+        &format!("[{mode}] the unready pod through the publishing Service"),
+        Duration::from_secs(30),
+        || Ok((fetch(c, "client", &published).ok().as_deref() == Some("unready")).then_some(())),
+    )?;
+    let ready = c.jsonpath(
+        "pod",
+        "unready",
+        ".status.conditions[?(@.type==\"Ready\")].status",
+    )?;
+    ensure!(ready == "False", "the unready pod is Ready: {ready}");
+    let plain = url("unready")?;
+    for _ in 0..3 {
+        ensure!(
+            fetch(c, "client", &plain).is_err(),
+            "[{mode}] an unready pod answered through its Service"
+        );
+    }
+    c.kubectl(&["delete", "svc", "unready", "unready-published"])?;
+    c.kubectl(&["delete", "pod", "unready", "--grace-period=0", "--force"])?;
     Ok(())
 }
 
