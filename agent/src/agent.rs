@@ -208,6 +208,7 @@ async fn start_proxy(
     };
     let dataplane = crate::proxy::dataplane(&cfg.proxy_mode, &target).await?;
     let metrics = Arc::new(crate::proxy::metrics::ProxyMetrics::default());
+    let health = start_proxy_health(client, cfg);
     tokio::spawn(crate::proxy::runner::run_with_drain(
         client.clone(),
         cfg.node_name.clone(),
@@ -215,6 +216,7 @@ async fn start_proxy(
         metrics.clone(),
         drain,
         local_dns,
+        Some(health),
     ));
     if let Some(addr) = cfg.metrics_address {
         tokio::spawn(async move {
@@ -224,6 +226,33 @@ async fn start_proxy(
         });
     }
     Ok(())
+}
+
+/// The proxy's health: its healthz endpoint (`--healthz-bind-address`), the Node's
+/// eligibility for traffic, and the health check servers of local-policy LoadBalancers.
+fn start_proxy_health(
+    client: &Client,
+    cfg: &AgentConfig,
+) -> Arc<crate::proxy::healthcheck::HealthChecks> {
+    use crate::proxy::healthcheck::{self, HealthChecks, ProxyHealth, ServiceHealthServers};
+    let health = Arc::new(ProxyHealth::new(2 * crate::proxy::runner::RESYNC));
+    tokio::spawn(healthcheck::watch_node_eligibility(
+        client.clone(),
+        cfg.node_name.clone(),
+        health.clone(),
+    ));
+    if let Some(addr) = cfg.healthz_address {
+        let health = health.clone();
+        tokio::spawn(async move {
+            if let Err(e) = healthcheck::serve_healthz(addr, health).await {
+                tracing::error!("the proxy healthz endpoint on {addr} stopped: {e:#}");
+            }
+        });
+    }
+    Arc::new(HealthChecks::new(ServiceHealthServers::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        health,
+    )))
 }
 
 /// With `--enable-l2-announcements`: compete for the announcement Leases and answer ARP for

@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Where to serve Prometheus metrics over plain HTTP (None: not served).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The proxy's `/healthz` and `/livez` (`--healthz-bind-address`); None: not served.
+    pub healthz_address: Option<std::net::SocketAddr>,
     pub bpf_map_sizes: crate::proxy::ebpf::MapSizes,
     /// L2 announcement of LoadBalancer addresses and its Lease timing (None: off).
     pub l2_announcements: Option<crate::l2announce::Timing>,
@@ -70,6 +72,7 @@ impl AgentConfig {
             heartbeat_interval: Duration::from_secs(10),
             max_pods: 110,
             metrics_address: None,
+            healthz_address: None,
             bpf_map_sizes: Default::default(),
             l2_announcements: None,
         }

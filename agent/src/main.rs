@@ -272,6 +272,10 @@ struct RunArgs {
     /// plain HTTP; empty to disable.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
+    /// Serve the service proxy's `/healthz` and `/livez` (kube-proxy's) on this address over
+    /// plain HTTP; empty to disable.
+    #[arg(long, default_value = skiff_agent::proxy::healthcheck::DEFAULT_HEALTHZ_BIND_ADDRESS)]
+    healthz_bind_address: String,
     #[command(flatten)]
     bpf_maps: skiff_agent::proxy::ebpf::MapSizeFlags,
     /// Answer ARP on the link holding --node-ip for the LoadBalancer addresses of the
@@ -506,6 +510,15 @@ fn agent_config(a: RunArgs) -> Result<AgentConfig> {
                 a.metrics_bind_address
                     .parse()
                     .context("--metrics-bind-address")?,
+            )
+        },
+        healthz_address: if a.healthz_bind_address.is_empty() {
+            None
+        } else {
+            Some(
+                a.healthz_bind_address
+                    .parse()
+                    .context("--healthz-bind-address")?,
             )
         },
     })

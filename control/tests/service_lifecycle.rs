@@ -395,3 +395,106 @@ async fn the_lifecycle_of_an_endpoints_object() {
     let err = api.get("example-custom-endpoints").await.unwrap_err();
     assert_eq!(code(&err), 404, "{err}");
 }
+
+fn health_check_node_port(s: &Service) -> Option<i32> {
+    s.spec.as_ref()?.health_check_node_port
+}
+
+fn local_lb(name: &str, hc: Option<i32>) -> Service {
+    let mut spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+        "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80, "protocol": "TCP"}]});
+    if let Some(p) = hc {
+        spec["healthCheckNodePort"] = json!(p);
+    }
+    service(name, spec)
+}
+
+/// The message of a refused request.
+fn message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => panic!("not an API error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_local_load_balancer_holds_a_health_check_node_port() {
+    let c = TestCluster::start("").await;
+    let api: Api<Service> = c.api(NS);
+    let pp = PostParams::default();
+
+    let lb = api.create(&pp, &local_lb("hc", None)).await.unwrap();
+    let port = health_check_node_port(&lb).expect("a healthCheckNodePort");
+    assert!((30000..=32767).contains(&port), "{port}");
+    // Another Service asking for it: kube's allocator error (an internal error, as
+    // kube-apiserver's `allocHealthCheckNodePort` returns it).
+    let e = api
+        .create(&pp, &local_lb("hc-taken", Some(port)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 500, "{e}");
+    assert_eq!(
+        message(&e),
+        format!(
+            "Internal error occurred: failed to allocate requested HealthCheck NodePort {port}: provided port is already allocated"
+        )
+    );
+    // A replace without the field keeps it; one moving it is refused.
+    let mut replaced = local_lb("hc", None);
+    replaced.metadata.resource_version = lb.metadata.resource_version.clone();
+    replaced.spec.as_mut().unwrap().cluster_ip = cluster_ip(&lb);
+    let kept = api.replace("hc", &pp, &replaced).await.unwrap();
+    assert_eq!(health_check_node_port(&kept), Some(port));
+    let e = merge(
+        &api,
+        "hc",
+        json!({"spec": {"healthCheckNodePort": port + 1}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&e), 422, "{e}");
+    assert!(
+        message(&e).contains("spec.healthCheckNodePort: Forbidden: field is immutable"),
+        "{e}"
+    );
+
+    // Cluster policy: the port is dropped and released.
+    let cluster = merge(
+        &api,
+        "hc",
+        json!({"spec": {"externalTrafficPolicy": "Cluster"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(health_check_node_port(&cluster), None, "{cluster:?}");
+    let other = api
+        .create(&pp, &local_lb("hc-other", Some(port)))
+        .await
+        .expect("the released port is free again");
+    assert_eq!(health_check_node_port(&other), Some(port));
+    // Deleting the Service releases it too.
+    api.delete("hc-other", &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = api
+        .create(&pp, &local_lb("hc-again", Some(port)))
+        .await
+        .expect("the deleted Service's port is free again");
+    assert_eq!(health_check_node_port(&again), Some(port));
+    // Only a local LoadBalancer may carry one.
+    let e = api
+        .create(
+            &pp,
+            &service(
+                "hc-np",
+                json!({"type": "NodePort", "healthCheckNodePort": 31999,
+                       "ports": [{"port": 80, "protocol": "TCP"}]}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), 422, "{e}");
+    for name in ["hc", "hc-again"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+}

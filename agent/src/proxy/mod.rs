@@ -12,6 +12,7 @@
 pub mod dataplane;
 pub mod drain;
 pub mod ebpf;
+pub mod healthcheck;
 pub mod iptables;
 pub mod metrics;
 pub mod model;

@@ -105,6 +105,10 @@ pub struct ExtraFrontends {
     pub source_ranges: Vec<Ipv4Net>,
     /// This entry is a pod's `hostPort`, not a Service (see [`host_ports`]).
     pub host_port: Option<HostPort>,
+    /// `spec.healthCheckNodePort` of a LoadBalancer with `externalTrafficPolicy: Local`:
+    /// where load balancers ask this node whether it has endpoints of the Service (served
+    /// by [`super::healthcheck`], not by the dataplane).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// A container port published on the node (`containers[].ports[].hostPort`).
@@ -433,11 +437,19 @@ fn extra_frontends(svc: &Service) -> ExtraFrontends {
         .collect();
     source_ranges.sort();
     source_ranges.dedup();
+    let health_check_node_port = (spec.external_traffic_policy.as_deref() == Some("Local"))
+        .then(|| {
+            spec.health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+        })
+        .flatten()
+        .filter(|p| *p != 0);
     ExtraFrontends {
         external_ips,
         lb_ips,
         source_ranges,
         host_port: None,
+        health_check_node_port,
     }
 }
 

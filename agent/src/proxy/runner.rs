@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use super::dataplane::{Dataplane, FullMap, SyncReport};
 use super::drain::BackendDrain;
+use super::healthcheck::HealthChecks;
 use super::metrics::ProxyMetrics;
 use super::model::{ProxyState, ServiceKey, ServicePortName};
 use super::tracker::{self, Change, Tracker, Update};
@@ -113,6 +114,7 @@ pub struct Syncer {
     events: Arc<dyn ProxyEvents>,
     full: FullMapReports,
     drain: Option<Arc<BackendDrain>>,
+    health: Option<Arc<HealthChecks>>,
 }
 
 impl Syncer {
@@ -127,7 +129,14 @@ impl Syncer {
             events,
             full: FullMapReports::default(),
             drain: None,
+            health: None,
         }
+    }
+
+    /// Tell the health checks when a sync is queued and what every successful one synced.
+    pub fn with_health(mut self, health: Option<Arc<HealthChecks>>) -> Syncer {
+        self.health = health;
+        self
     }
 
     /// Tell `drain` about every successful sync.
@@ -157,6 +166,9 @@ impl Syncer {
         started: Instant,
     ) -> bool {
         let build = started.elapsed();
+        if let Some(h) = &self.health {
+            h.queued();
+        }
         let result = self.dataplane.sync(state, changed).await;
         for f in self.full.observe(&result) {
             let message = f.message();
@@ -182,6 +194,9 @@ impl Syncer {
                 );
                 log_backends(state, changed);
                 self.check_drain(state);
+                if let Some(h) = &self.health {
+                    h.synced(state);
+                }
                 true
             }
             Err(e) => {
@@ -221,8 +236,9 @@ fn log_backends(state: &ProxyState, changed: Option<&BTreeSet<ServicePortName>>)
 
 /// How long to wait after a change for more changes before syncing.
 const BATCH: Duration = Duration::from_millis(5);
-/// Full resync even without changes (repairs anything changed behind our back).
-const RESYNC: Duration = Duration::from_secs(60);
+/// Full resync even without changes (repairs anything changed behind our back); the proxy's
+/// sync period (its healthz fails when a change waits twice as long).
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// Run the proxy until the future is dropped (which also stops its watches), with a drain
 /// gate nobody waits on.
@@ -239,12 +255,14 @@ pub async fn run(
         metrics,
         Arc::new(BackendDrain::new()),
         None,
+        None,
     )
     .await
 }
 
-/// [`run`], telling `drain` (shared with the pod workers) what the dataplane holds, and
-/// sending `kube-system/kube-dns` to `local_dns` (this node's DNS server) when given.
+/// [`run`], telling `drain` (shared with the pod workers) what the dataplane holds and
+/// `health` about syncs, and sending `kube-system/kube-dns` to `local_dns` (this node's DNS
+/// server) when given.
 pub async fn run_with_drain(
     client: Client,
     node: String,
@@ -252,9 +270,12 @@ pub async fn run_with_drain(
     metrics: Arc<ProxyMetrics>,
     drain: Arc<BackendDrain>,
     local_dns: Option<std::net::Ipv4Addr>,
+    health: Option<Arc<HealthChecks>>,
 ) {
     let events = Arc::new(NodeEvents::new(client.clone(), &node));
-    let mut syncer = Syncer::new(dataplane, metrics.clone(), events).with_drain(drain.clone());
+    let mut syncer = Syncer::new(dataplane, metrics.clone(), events)
+        .with_drain(drain.clone())
+        .with_health(health);
     let start = Instant::now();
     let (changes, mut changed) = mpsc::unbounded_channel();
     let (objects, this_node, _watches) = watch_objects(client, &node, changes).await;

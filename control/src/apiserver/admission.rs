@@ -237,7 +237,7 @@ impl Allocators {
                 tracing::warn!(%ip, error = %e, "could not release service IP");
             }
         }
-        for port in &held.node_ports {
+        for port in held.all_node_ports() {
             if let Err(e) = self
                 .store
                 .delete(&format!("{PORT_PREFIX}{port}"), None)
@@ -266,7 +266,7 @@ impl Allocators {
             };
             let a = ServiceAllocations::of(&svc);
             held.extend(a.ips.iter().map(|ip| format!("{IP_PREFIX}{ip}")));
-            held.extend(a.node_ports.iter().map(|p| format!("{PORT_PREFIX}{p}")));
+            held.extend(a.all_node_ports().map(|p| format!("{PORT_PREFIX}{p}")));
         }
         let cutoff = jiff::Timestamp::now()
             - jiff::SignedDuration::try_from(min_age).unwrap_or(jiff::SignedDuration::ZERO);
@@ -375,7 +375,70 @@ impl Allocators {
         {
             spec.insert("ports".into(), Value::Array(ports));
         }
+        self.health_check_node_port(svc, &owner, &held, claimed)
+            .await
+    }
+
+    /// `spec.healthCheckNodePort` of a LoadBalancer with `externalTrafficPolicy: Local`: the
+    /// one it holds stays, else the requested one or a free one is claimed from the NodePort
+    /// range (kube's `allocHealthCheckNodePort`, whose failures are internal errors, not
+    /// field errors). Services that do not need one never hold one: validation refuses it.
+    async fn health_check_node_port(
+        &self,
+        svc: &mut Value,
+        owner: &str,
+        held: &ServiceAllocations,
+        claimed: &mut ServiceAllocations,
+    ) -> ApiResult<()> {
+        if !needs_health_check_node_port(svc) {
+            return Ok(());
+        }
+        let requested = svc
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .filter(|p| *p != 0);
+        let port = match requested {
+            Some(p)
+                if held.health_check_node_port == Some(p as u16) && (1..=65535).contains(&p) =>
+            {
+                return Ok(());
+            }
+            Some(p) => self.claim_health_check_node_port(p, owner).await?,
+            None => self
+                .allocate_port(None, owner, "spec.healthCheckNodePort")
+                .await
+                .map_err(|e| {
+                    ApiError::internal(format!(
+                        "Internal error occurred: failed to allocate a HealthCheck NodePort 0: {}",
+                        e.message
+                    ))
+                })?,
+        };
+        claimed.health_check_node_port = Some(port);
+        spec_mut(svc).insert("healthCheckNodePort".into(), json!(port));
         Ok(())
+    }
+
+    async fn claim_health_check_node_port(&self, requested: i64, owner: &str) -> ApiResult<u16> {
+        let range = self.node_ports;
+        let failed = |why: String| {
+            ApiError::internal(format!(
+                "Internal error occurred: failed to allocate requested HealthCheck NodePort {requested}: {why}"
+            ))
+        };
+        let port = u16::try_from(requested)
+            .ok()
+            .filter(|p| range.contains(*p))
+            .ok_or_else(|| {
+                failed(format!(
+                    "provided port is not in the valid range. The range of valid ports is {range}"
+                ))
+            })?;
+        if self.claim(format!("{PORT_PREFIX}{port}"), owner).await? {
+            Ok(port)
+        } else {
+            Err(failed("provided port is already allocated".into()))
+        }
     }
 
     /// The ClusterIP a non-ExternalName service gets: "None" stays, the one it already held
@@ -480,6 +543,17 @@ fn invalid_service(owner: &str, cause: FieldCause) -> ApiError {
 pub struct ServiceAllocations {
     pub ips: Vec<String>,
     pub node_ports: Vec<u16>,
+    /// `spec.healthCheckNodePort`, from the same range as the node ports.
+    pub health_check_node_port: Option<u16>,
+}
+
+/// kube's `NeedsHealthCheck`: a LoadBalancer with `externalTrafficPolicy: Local`.
+pub fn needs_health_check_node_port(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && svc
+            .pointer("/spec/externalTrafficPolicy")
+            .and_then(Value::as_str)
+            == Some("Local")
 }
 
 impl ServiceAllocations {
@@ -500,7 +574,20 @@ impl ServiceAllocations {
                 }
             }
         }
+        out.health_check_node_port = svc
+            .pointer("/spec/healthCheckNodePort")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
         out
+    }
+
+    /// Every node port held, the health check one included (they share one range).
+    pub fn all_node_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.node_ports
+            .iter()
+            .copied()
+            .chain(self.health_check_node_port)
     }
 
     /// What `self` holds and `newer` does not.
@@ -518,11 +605,14 @@ impl ServiceAllocations {
                 .filter(|p| !newer.node_ports.contains(p))
                 .copied()
                 .collect(),
+            health_check_node_port: self
+                .health_check_node_port
+                .filter(|p| newer.health_check_node_port != Some(*p)),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ips.is_empty() && self.node_ports.is_empty()
+        self.ips.is_empty() && self.node_ports.is_empty() && self.health_check_node_port.is_none()
     }
 }
 
@@ -716,6 +806,7 @@ mod tests {
         a.release(&ServiceAllocations {
             ips: vec![taken.to_string()],
             node_ports: vec![],
+            ..Default::default()
         })
         .await;
         assert_eq!(
@@ -764,6 +855,80 @@ mod tests {
         let freed = ServiceAllocations::of(&old).minus(&ServiceAllocations::of(&cluster));
         assert_eq!(freed.node_ports.len(), 2);
         assert!(freed.ips.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_local_load_balancer_holds_a_health_check_node_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = allocators(dir.path(), "10.96.0.0/12", "30000-30009");
+        let local = |name: &str, hc: Option<u16>| {
+            let mut v = json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                         "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}});
+            if let Some(p) = hc {
+                v["spec"]["healthCheckNodePort"] = json!(p);
+            }
+            v
+        };
+        let mut svc = local("web", None);
+        let claimed = a.allocate_service(&mut svc, None).await.unwrap();
+        let port = claimed.health_check_node_port.expect("a port");
+        assert!(a.node_ports.contains(port));
+        assert_eq!(svc["spec"]["healthCheckNodePort"], json!(port));
+        // Kept by an update; asked for by another Service: kube's internal error.
+        let old = svc.clone();
+        let claimed = a.allocate_service(&mut svc, Some(&old)).await.unwrap();
+        assert!(claimed.is_empty(), "{claimed:?}");
+        let e = a
+            .allocate_service(&mut local("other", Some(port)), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, 500);
+        assert_eq!(
+            e.message,
+            format!(
+                "Internal error occurred: failed to allocate requested HealthCheck NodePort {port}: provided port is already allocated"
+            )
+        );
+        // ... and also a node port of a NodePort Service.
+        let mut np = json!({"metadata": {"name": "np", "namespace": "default"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}});
+        assert_eq!(
+            a.allocate_service(&mut np, None).await.unwrap_err().code,
+            422
+        );
+        let e = a
+            .allocate_service(&mut local("far", Some(31000)), None)
+            .await
+            .unwrap_err();
+        assert!(
+            e.message.ends_with(
+                ": provided port is not in the valid range. The range of valid ports is 30000-30009"
+            ),
+            "{}",
+            e.message
+        );
+        // Cluster policy: the port goes back, and another Service can have it.
+        let mut cluster = svc.clone();
+        cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+        cluster["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("healthCheckNodePort");
+        let claimed = a.allocate_service(&mut cluster, Some(&old)).await.unwrap();
+        assert!(claimed.is_empty());
+        let freed = ServiceAllocations::of(&old).minus(&ServiceAllocations::of(&cluster));
+        assert_eq!(freed.health_check_node_port, Some(port));
+        a.release(&freed).await;
+        let mut other = local("other", Some(port));
+        let claimed = a.allocate_service(&mut other, None).await.unwrap();
+        assert_eq!(claimed.health_check_node_port, Some(port));
+        // A service that does not need one claims nothing for it.
+        let mut plain = json!({"metadata": {"name": "plain", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": [{"port": 80}]}});
+        let claimed = a.allocate_service(&mut plain, None).await.unwrap();
+        assert_eq!(claimed.health_check_node_port, None);
+        assert!(plain["spec"].get("healthCheckNodePort").is_none());
     }
 
     #[tokio::test]

@@ -525,6 +525,7 @@ impl Registry {
         }
         if info.plural == "services" && subresource.is_none() {
             service_strategy::drop_type_dependent_fields(cur, &mut new);
+            service_strategy::keep_health_check_node_port(cur, &mut new);
         }
         no_new_finalizers_while_deleting(info, name, cur, &new)?;
         // Namespace "defaults" (the `kubernetes` finalizer) belong to creation only: the

@@ -52,6 +52,24 @@ pub fn drop_type_dependent_fields(old: &Value, new: &mut Value) {
     }
 }
 
+/// kube's `patchAllocatedValues` for the health check port: an update of a Service that
+/// needs one before and after keeps the port it holds when the client left the field out (as
+/// `kubectl apply` of a manifest without it does); validation then refuses a changed one.
+pub fn keep_health_check_node_port(old: &Value, new: &mut Value) {
+    let unset = new
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_i64)
+        .is_none_or(|p| p == 0);
+    if !(unset && needs_health_check_node_port(old) && needs_health_check_node_port(new)) {
+        return;
+    }
+    if let Some(port) = old.pointer("/spec/healthCheckNodePort").cloned()
+        && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("healthCheckNodePort".into(), port);
+    }
+}
+
 fn service_type(svc: &Value) -> &str {
     svc.pointer("/spec/type")
         .and_then(Value::as_str)
@@ -160,5 +178,24 @@ mod tests {
             json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.9",
                 "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}]}})
         );
+    }
+
+    #[test]
+    fn an_update_without_the_health_check_port_keeps_it() {
+        let old = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "healthCheckNodePort": 31000, "ports": [{"port": 80}]}});
+        let mut new = json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]}});
+        keep_health_check_node_port(&old, &mut new);
+        assert_eq!(new["spec"]["healthCheckNodePort"], 31000);
+        // One the client names is its own (validation refuses a change) ...
+        new["spec"]["healthCheckNodePort"] = json!(31001);
+        keep_health_check_node_port(&old, &mut new);
+        assert_eq!(new["spec"]["healthCheckNodePort"], 31001);
+        // ... and a Service that stops needing one does not get it back.
+        let mut cluster = json!({"spec": {"type": "LoadBalancer",
+            "externalTrafficPolicy": "Cluster", "ports": [{"port": 80}]}});
+        keep_health_check_node_port(&old, &mut cluster);
+        assert!(cluster["spec"].get("healthCheckNodePort").is_none());
     }
 }

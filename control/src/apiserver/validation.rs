@@ -670,8 +670,37 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Causes) {
     }
     labels(&spec["selector"], "spec.selector", out);
     load_balancer_fields(spec, old.map(|o| &o["spec"]), out);
+    health_check_node_port(obj, old, out);
     if let Some(old) = old {
         cluster_ip_update(spec, &old["spec"], out);
+    }
+}
+
+/// `spec.healthCheckNodePort` (kube's `validateServiceExternalTrafficPolicy` and
+/// `validateServiceExternalTrafficFieldsUpdate`): only where a health check is needed, and
+/// fixed for as long as it is.
+fn health_check_node_port(obj: &Value, old: Option<&Value>, out: &mut Causes) {
+    use super::admission::needs_health_check_node_port as needs;
+    let port = &obj["spec"]["healthCheckNodePort"];
+    let set = port.as_i64().is_some_and(|p| p != 0);
+    if !needs(obj) {
+        if set {
+            out.push(FieldCause::invalid(
+                "spec.healthCheckNodePort",
+                port,
+                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            ));
+        }
+        return;
+    }
+    if let Some(old) = old
+        && needs(old)
+        && old["spec"]["healthCheckNodePort"] != *port
+    {
+        out.push(FieldCause::forbidden(
+            "spec.healthCheckNodePort",
+            "field is immutable",
+        ));
     }
 }
 
@@ -1590,6 +1619,31 @@ mod tests {
             fields(&validate(svc, &changed, Some(&filled))),
             ["spec.clusterIP"]
         );
+    }
+
+    #[test]
+    fn health_check_node_port_only_where_needed_and_fixed() {
+        let svc = info("", "services");
+        let c = check(
+            "",
+            "services",
+            json!({"metadata":{"name":"web"},"spec":{"type":"NodePort","healthCheckNodePort":30100,
+                "ports":[{"port":80}]}}),
+        );
+        assert_eq!(fields(&c), ["spec.healthCheckNodePort"]);
+        assert!(c[0].message.ends_with(
+            "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"
+        ));
+        let mut old = json!({"metadata":{"name":"web"},"spec":{"type":"LoadBalancer",
+            "externalTrafficPolicy":"Local","healthCheckNodePort":30100,"ports":[{"port":80}]}});
+        apply_defaults("services", &mut old);
+        assert_eq!(validate(svc, &old, None), vec![]);
+        assert_eq!(validate(svc, &old, Some(&old)), vec![]);
+        let mut moved = old.clone();
+        moved["spec"]["healthCheckNodePort"] = json!(30101);
+        let c = validate(svc, &moved, Some(&old));
+        assert_eq!(fields(&c), ["spec.healthCheckNodePort"]);
+        assert_eq!(c[0].message, "Forbidden: field is immutable");
     }
 
     #[test]
