@@ -41,7 +41,11 @@ fn slice(service: &str, eps: &[(&str, &str, bool, bool)]) -> EndpointSlice {
 }
 
 fn counts(services: &[Service], slices: &[EndpointSlice]) -> BTreeMap<ServiceKey, ServiceHealth> {
-    local_endpoint_counts(&model::build(services, slices, "node-a"))
+    local_endpoint_counts(&model::build(
+        services,
+        slices,
+        &model::ThisNode::named("node-a"),
+    ))
 }
 
 fn key(name: &str) -> ServiceKey {
@@ -255,7 +259,7 @@ async fn servers_open_answer_and_close_with_their_services() {
     let one = model::build(
         &svcs,
         &[slice("lb", &[("10.244.1.2", "node-a", true, false)])],
-        "node-a",
+        &model::ThisNode::named("node-a"),
     );
     health.updated();
     servers.sync(&one);
@@ -270,7 +274,7 @@ async fn servers_open_answer_and_close_with_their_services() {
     let terminating = model::build(
         &svcs,
         &[slice("lb", &[("10.244.1.2", "node-a", false, true)])],
-        "node-a",
+        &model::ThisNode::named("node-a"),
     );
     servers.sync(&terminating);
     let (code, text) = get(port, "/").await.unwrap();
@@ -290,7 +294,11 @@ async fn a_port_that_cannot_be_bound_is_tried_again() {
     let mut servers = ServiceHealthServers::new(Ipv4Addr::LOCALHOST, health);
     let taken = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
-    let st = model::build(&[lb_service("lb", "Local", Some(port))], &[], "node-a");
+    let st = model::build(
+        &[lb_service("lb", "Local", Some(port))],
+        &[],
+        &model::ThisNode::named("node-a"),
+    );
     servers.sync(&st);
     assert!(servers.listening().is_empty());
     drop(taken);
