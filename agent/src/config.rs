@@ -40,6 +40,8 @@ pub struct AgentConfig {
     /// Where to serve Prometheus metrics over plain HTTP (None: not served).
     pub metrics_address: Option<std::net::SocketAddr>,
     pub bpf_map_sizes: crate::proxy::ebpf::MapSizes,
+    /// eBPF mode: also destroy established TCP sockets to a backend that left its service.
+    pub destroy_established_tcp: bool,
     /// L2 announcement of LoadBalancer addresses and its Lease timing (None: off).
     pub l2_announcements: Option<crate::l2announce::Timing>,
 }
@@ -71,6 +73,7 @@ impl AgentConfig {
             max_pods: 110,
             metrics_address: None,
             bpf_map_sizes: Default::default(),
+            destroy_established_tcp: false,
             l2_announcements: None,
         }
     }
