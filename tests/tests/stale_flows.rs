@@ -1,9 +1,9 @@
 //! No stale flows when a backend leaves: a client holding one connected UDP socket to a
 //! Service (`skiff-udp-echo hold`: a datagram every 100 ms; only after an error from
 //! send/recv does it close and connect again, through the same code path) keeps talking to
-//! the Service's backend when that backend is deleted and its Deployment brings up another:
-//! the client reaches the new backend within 1 s of it being ready in the EndpointSlice, with
-//! no restart. eBPF mode destroys the socket (the agent's `skiff_proxy_sockets_destroyed_total`
+//! the Service's backend when that backend is deleted (it goes on answering while it
+//! terminates) and its Deployment brings up another: the client reaches the new backend
+//! within 1 s of it being ready in the EndpointSlice, with no restart. eBPF mode destroys the socket (the agent's `skiff_proxy_sockets_destroyed_total`
 //! counts it); iptables mode deletes the socket's conntrack entry
 //! (`skiff_proxy_conntrack_entries_deleted_total`). Every answer is checked for which backend
 //! sent it.
@@ -34,12 +34,15 @@ spec:
   template:
     metadata: {labels: {app: echo}}
     spec:
-      terminationGracePeriodSeconds: 1
+      # A deleted backend keeps answering while it terminates (it ignores SIGTERM), so only
+      # the proxy ending the flow moves the client: without that, it would stay with the
+      # terminating pod (a dead pod's ICMP errors would make the client reconnect anyway).
+      terminationGracePeriodSeconds: 60
       containers:
       - name: main
         image: skiff.test/busybox:1
         ports: [{containerPort: 9053, protocol: UDP}]
-        command: ["skiff-udp-echo", "serve", "9053"]
+        command: ["sh", "-c", "trap '' TERM; exec skiff-udp-echo serve 9053"]
 ---
 apiVersion: v1
 kind: Service
@@ -349,9 +352,17 @@ fn stale_flows(mode: &str) -> Result<()> {
     }
     let _ = client.kill();
     let _ = client.wait();
-    c.kubectl(&["delete", "deployment", "echo"])?;
+    c.kubectl(&["delete", "deployment", "echo", "--wait=false"])?;
     c.kubectl(&["delete", "svc", "echo"])?;
-    c.kubectl(&["delete", "pod", "client", "--wait=false"])?;
+    c.kubectl(&[
+        "delete",
+        "pod",
+        "client",
+        &old,
+        "--wait=false",
+        "--grace-period=0",
+        "--force",
+    ])?;
     Ok(())
 }
 
