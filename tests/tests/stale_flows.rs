@@ -68,12 +68,11 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Per EndpointSlice watch event of Service `name`: when it arrived (unix ms) and the ready
-/// addresses.
-fn watch_ready_endpoints(
-    c: &Cluster,
-    name: &str,
-) -> Result<(std::process::Child, mpsc::Receiver<(u64, BTreeSet<String>)>)> {
+/// Per EndpointSlice watch event: when it arrived (unix ms) and the slice's ready addresses.
+type SliceEvents = mpsc::Receiver<(u64, BTreeSet<String>)>;
+
+/// A watch of Service `name`'s EndpointSlices.
+fn watch_ready_endpoints(c: &Cluster, name: &str) -> Result<(std::process::Child, SliceEvents)> {
     let url = format!(
         "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={name}&watch=true"
     );

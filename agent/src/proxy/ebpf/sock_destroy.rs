@@ -132,9 +132,8 @@ impl Netlink {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a new fd nobody else owns.
-        Ok(Netlink {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Netlink { fd })
     }
 
     fn send(&self, msg: &[u8]) -> io::Result<()> {
