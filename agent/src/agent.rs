@@ -209,6 +209,7 @@ async fn start_proxy(
     let dataplane = crate::proxy::dataplane(&cfg.proxy_mode, &target).await?;
     let metrics = Arc::new(crate::proxy::metrics::ProxyMetrics::default());
     let health = start_proxy_health(client, cfg);
+    let dataplane = with_stale_flow_cleanup(dataplane, cfg, metrics.clone())?;
     tokio::spawn(crate::proxy::runner::run_with_drain(
         client.clone(),
         cfg.node_name.clone(),
@@ -253,6 +254,60 @@ fn start_proxy_health(
         std::net::Ipv4Addr::UNSPECIFIED,
         health,
     )))
+}
+
+/// eBPF mode: destroy the local sockets (node's and pods' namespaces) connected to backends
+/// that leave a Service. (iptables mode deletes stale UDP conntrack entries in its sync.)
+fn with_stale_flow_cleanup(
+    dataplane: Box<dyn crate::proxy::dataplane::Dataplane>,
+    cfg: &AgentConfig,
+    metrics: Arc<crate::proxy::metrics::ProxyMetrics>,
+) -> Result<Box<dyn crate::proxy::dataplane::Dataplane>> {
+    use crate::proxy::flow_cleaners::{SockDiag, SocketCleaner};
+    use crate::proxy::stale_flows::StaleFlowsDataplane;
+    if dataplane.mode() != "ebpf" {
+        return Ok(dataplane);
+    }
+    let root = cfg.root_dir.clone();
+    let mut cleaner = SocketCleaner::new(
+        Box::new(SockDiag),
+        Box::new(move || pod_namespaces(&root)),
+        cfg.destroy_established_tcp,
+    );
+    match crate::proxy::ebpf::flow_stats::FlowStats::open_or_create(&cfg.bpffs) {
+        Ok(stats) => cleaner = cleaner.with_pinned_stats(stats),
+        // Only `skiff-agent bpf sockets` goes without; the metric still counts.
+        Err(e) => tracing::warn!("the pinned count of destroyed sockets: {e:#}"),
+    }
+    Ok(Box::new(StaleFlowsDataplane::new(
+        dataplane,
+        Box::new(cleaner),
+        metrics,
+    )?))
+}
+
+/// The node's network namespace and those of the pods this agent runs (from their sandbox
+/// records).
+fn pod_namespaces(root: &std::path::Path) -> Vec<crate::proxy::flow_cleaners::Netns> {
+    use crate::proxy::flow_cleaners::Netns;
+    use crate::runtime::spec::{SandboxState, read_json};
+    let mut out = vec![Netns::node()];
+    // Runtime::pods_dir and sandbox_state_path, without Runtime::new's side effects.
+    let Ok(dir) = std::fs::read_dir(root.join("pods")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(s) = read_json::<SandboxState>(&entry.path().join("sandbox.json")) else {
+            continue;
+        };
+        if let (false, Some(path)) = (s.host_network, s.netns_path) {
+            out.push(Netns {
+                name: format!("{}/{}", s.namespace, s.name),
+                path: Some(path),
+            });
+        }
+    }
+    out
 }
 
 /// With `--enable-l2-announcements`: compete for the announcement Leases and answer ARP for

@@ -15,6 +15,7 @@ pub enum What {
     Affinity,
     Ct,
     Maps,
+    Sockets,
 }
 
 fn open(bpffs: &Path) -> Result<PinnedMaps> {
@@ -85,7 +86,26 @@ pub fn show(bpffs: &Path, what: What, json: bool) -> Result<String> {
             ),
             map_row,
         ),
+        What::Sockets => sockets(bpffs, json),
     }
+}
+
+/// `bpf sockets`: the sockets this node's agents destroyed because their backend left its
+/// Service, per protocol.
+fn sockets(bpffs: &Path, json: bool) -> Result<String> {
+    use crate::proxy::ebpf::flow_stats::FlowStats;
+    let stats = FlowStats::open(bpffs).with_context(|| {
+        format!(
+            "opening the destroyed-socket count in {} (has an agent run there in ebpf mode?)",
+            bpffs.display()
+        )
+    })?;
+    view(
+        stats.read(),
+        json,
+        format!("{:<8} {:>10}", "PROTOCOL", "DESTROYED"),
+        |r| format!("{:<8} {:>10}", r.protocol, r.destroyed),
+    )
 }
 
 /// `rows` as pretty JSON, or as a table: `header`, then one line per row.

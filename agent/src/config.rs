@@ -42,6 +42,8 @@ pub struct AgentConfig {
     /// The proxy's `/healthz` and `/livez` (`--healthz-bind-address`); None: not served.
     pub healthz_address: Option<std::net::SocketAddr>,
     pub bpf_map_sizes: crate::proxy::ebpf::MapSizes,
+    /// eBPF mode: also destroy established TCP sockets to a backend that left its service.
+    pub destroy_established_tcp: bool,
     /// L2 announcement of LoadBalancer addresses and its Lease timing (None: off).
     pub l2_announcements: Option<crate::l2announce::Timing>,
 }
@@ -74,6 +76,7 @@ impl AgentConfig {
             metrics_address: None,
             healthz_address: None,
             bpf_map_sizes: Default::default(),
+            destroy_established_tcp: false,
             l2_announcements: None,
         }
     }

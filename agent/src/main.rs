@@ -124,6 +124,8 @@ enum BpfCommand {
     Ct,
     /// Fill level of every map.
     Maps,
+    /// Sockets destroyed because the backend they were connected to left its Service.
+    Sockets,
 }
 
 #[derive(Subcommand)]
@@ -278,6 +280,10 @@ struct RunArgs {
     healthz_bind_address: String,
     #[command(flatten)]
     bpf_maps: skiff_agent::proxy::ebpf::MapSizeFlags,
+    /// eBPF mode: when a backend leaves a Service, destroy also the established TCP
+    /// sockets connected to it (connected UDP sockets and connecting TCP ones always are).
+    #[arg(long)]
+    destroy_established_tcp: bool,
     /// Answer ARP on the link holding --node-ip for the LoadBalancer addresses of the
     /// Services whose announcement Lease this node holds (Cilium's L2 announcements).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -493,6 +499,7 @@ fn agent_config(a: RunArgs) -> Result<AgentConfig> {
         heartbeat_interval: a.node_status_update_seconds.max(Duration::from_secs(1)),
         max_pods: a.max_pods,
         bpf_map_sizes: (&a.bpf_maps).into(),
+        destroy_established_tcp: a.destroy_established_tcp,
         l2_announcements: a
             .enable_l2_announcements
             .then(|| skiff_agent::l2announce::Timing {
@@ -562,6 +569,7 @@ fn bpf_command(bpffs: &Path, output: &str, command: BpfCommand) -> Result<()> {
         BpfCommand::Affinity => What::Affinity,
         BpfCommand::Ct => What::Ct,
         BpfCommand::Maps => What::Maps,
+        BpfCommand::Sockets => What::Sockets,
     };
     println!(
         "{}",

@@ -16,6 +16,15 @@
  *       "<unix ms> <reply>", "<unix ms> timeout" or "<unix ms> error <reason>".
  *       Exits 0 when at least one reply came (with -u: one containing TEXT), 1 otherwise,
  *       2 on bad arguments.
+ *
+ *   skiff-udp-echo hold [-w WAIT_MS] [-i INTERVAL_MS] HOST PORT
+ *       An application holding one connected UDP socket: connect()s once, then sends a
+ *       datagram every INTERVAL_MS (default 100) on that socket, waiting up to WAIT_MS
+ *       (default 100) for each reply. Only after an error from send() or recv() (such as
+ *       ECONNABORTED when the socket was destroyed under it) does it close the socket and
+ *       connect a new one, through the same code path as the first. Runs until killed,
+ *       printing "<unix ms> connected <n>" per connect, and per datagram
+ *       "<unix ms> <reply>", "<unix ms> timeout" or "<unix ms> error <op>: <reason>".
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -31,7 +40,8 @@
 
 static void usage(void) {
     fputs("usage: skiff-udp-echo serve PORT\n"
-          "       skiff-udp-echo ask [-c] [-p SRCPORT] [-w WAIT_MS] [-n COUNT] [-i INTERVAL_MS] [-u TEXT] HOST PORT\n",
+          "       skiff-udp-echo ask [-c] [-p SRCPORT] [-w WAIT_MS] [-n COUNT] [-i INTERVAL_MS] [-u TEXT] HOST PORT\n"
+          "       skiff-udp-echo hold [-w WAIT_MS] [-i INTERVAL_MS] HOST PORT\n",
           stderr);
     exit(2);
 }
@@ -220,10 +230,107 @@ static int ask(int argc, char **argv) {
     return replies > 0 ? 0 : 1;
 }
 
+static void sleep_ms(long ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* socket() and connect() to dst: the only way hold() gets a socket; -1 after printing why. */
+static int hold_connect(const struct sockaddr_in *dst, long *connects) {
+    long long at = unix_ms();
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) {
+        printf("%lld error socket: %s\n", at, strerror(errno));
+        return -1;
+    }
+    if (connect(fd, (const struct sockaddr *)dst, sizeof *dst) < 0) {
+        printf("%lld error connect: %s\n", at, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    printf("%lld connected %ld\n", at, ++*connects);
+    return fd;
+}
+
+/* One datagram on the held socket; returns 0 on an error from send/recv (the socket is
+ * then done), 1 otherwise (a reply or a timeout). */
+static int hold_once(int fd, long wait_ms) {
+    static const char ping[] = "ping";
+    long long at = unix_ms();
+    if (send(fd, ping, sizeof ping - 1, 0) < 0) {
+        printf("%lld error send: %s\n", at, strerror(errno));
+        return 0;
+    }
+    long long deadline = at + wait_ms;
+    for (;;) {
+        long long left = deadline - unix_ms();
+        if (left <= 0) {
+            printf("%lld timeout\n", at);
+            return 1;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            continue;
+        char buf[600];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n < 0) {
+            printf("%lld error recv: %s\n", at, strerror(errno));
+            return 0;
+        }
+        buf[n] = 0;
+        for (char *c = buf; *c; c++)
+            if (*c == '\n' || *c == '\r')
+                *c = ' ';
+        printf("%lld %s\n", at, buf);
+        return 1;
+    }
+}
+
+static int hold(int argc, char **argv) {
+    long wait_ms = 100, interval_ms = 100;
+    int i = 0;
+    for (; i + 1 < argc && argv[i][0] == '-'; i += 2) {
+        if (!strcmp(argv[i], "-w"))
+            wait_ms = number("WAIT_MS", argv[i + 1], 1, 600000);
+        else if (!strcmp(argv[i], "-i"))
+            interval_ms = number("INTERVAL_MS", argv[i + 1], 1, 600000);
+        else
+            usage();
+    }
+    if (argc - i != 2)
+        usage();
+    struct sockaddr_in dst = {.sin_family = AF_INET};
+    if (inet_pton(AF_INET, argv[i], &dst.sin_addr) != 1) {
+        fprintf(stderr, "skiff-udp-echo: HOST must be an IPv4 address, not '%s'\n", argv[i]);
+        return 2;
+    }
+    dst.sin_port = htons((unsigned short)number("PORT", argv[i + 1], 1, 65535));
+    long connects = 0;
+    int fd = -1;
+    for (;;) {
+        if (fd < 0)
+            fd = hold_connect(&dst, &connects);
+        if (fd >= 0 && !hold_once(fd, wait_ms)) {
+            close(fd);
+            fd = -1;
+        }
+        fflush(stdout);
+        sleep_ms(interval_ms);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "serve") && argc == 3)
         return serve(argv[2]);
     if (argc >= 2 && !strcmp(argv[1], "ask"))
         return ask(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "hold"))
+        return hold(argc - 2, argv + 2);
     usage();
 }

@@ -18,6 +18,8 @@ pub struct SyncStats {
     pub backends: usize,
     /// Dataplane writes (map entries or iptables chains), for the log.
     pub writes: usize,
+    /// Stale UDP conntrack entries the sync deleted (iptables mode).
+    pub conntrack_deleted: u64,
 }
 
 /// A map that was full during one sync.

@@ -124,6 +124,8 @@ pub struct RuleSyncStats {
     pub full_table_restore: bool,
     /// `conntrack -D` invocations.
     pub conntrack_flushes: usize,
+    /// The conntrack entries they deleted.
+    pub conntrack_entries_deleted: u64,
 }
 
 /// kube-proxy's iptables mode, synced incrementally. See the module docs.
@@ -216,7 +218,8 @@ impl IptablesDataplane {
             stats = RuleSyncStats::default();
             self.try_sync(state, None, &mut stats, &mut Vec::new())?;
         }
-        stats.conntrack_flushes = self.flush_conntrack(&conntrack);
+        (stats.conntrack_flushes, stats.conntrack_entries_deleted) =
+            self.flush_conntrack(&conntrack);
         stats.duration = start.elapsed();
         debug!(
             chains = stats.chains_written,
@@ -437,8 +440,10 @@ impl IptablesDataplane {
         Ok(())
     }
 
-    fn flush_conntrack(&self, flushes: &[ConntrackFlush]) -> usize {
-        let mut n = 0;
+    /// Run the deletions: (invocations, entries deleted). Each deletion that removed
+    /// entries is logged (which flows were cut, and why).
+    fn flush_conntrack(&self, flushes: &[ConntrackFlush]) -> (usize, u64) {
+        let (mut n, mut entries) = (0, 0);
         for f in flushes {
             let args = f.args();
             match Command::new(&self.conntrack)
@@ -452,15 +457,33 @@ impl IptablesDataplane {
                     n += 1;
                     let err = String::from_utf8_lossy(&out.stderr);
                     // Exit status 1 with "0 flow entries have been deleted" is fine.
-                    if !out.status.success() && !err.contains("0 flow entries") {
-                        warn!(args = %args.join(" "), error = %err.trim(), "conntrack failed");
+                    match conntrack_deleted(&err) {
+                        Some(0) => {}
+                        Some(k) => {
+                            entries += k;
+                            info!(
+                                entries = k,
+                                "deleted stale UDP conntrack entries: conntrack {}",
+                                args.join(" ")
+                            );
+                        }
+                        None if out.status.success() => {}
+                        None => {
+                            warn!(args = %args.join(" "), error = %err.trim(), "conntrack failed");
+                        }
                     }
                 }
                 Err(e) => warn!(error = %e, "running conntrack (is conntrack installed?)"),
             }
         }
-        n
+        (n, entries)
     }
+}
+
+/// The count in conntrack's "… 2 flow entries have been deleted." message.
+fn conntrack_deleted(stderr: &str) -> Option<u64> {
+    let (before, _) = stderr.split_once(" flow entries have been deleted")?;
+    before.rsplit(' ').next()?.parse().ok()
 }
 
 /// The payload line an `iptables-restore` error names ("Error occurred at line: 12",
@@ -482,6 +505,21 @@ fn error_line(err: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_deleted_count_is_read_from_conntracks_message() {
+        let msg = |n| {
+            format!("conntrack v1.4.8 (conntrack-tools): {n} flow entries have been deleted.\n")
+        };
+        assert_eq!(super::conntrack_deleted(&msg(2)), Some(2));
+        assert_eq!(super::conntrack_deleted(&msg(0)), Some(0));
+        assert_eq!(
+            super::conntrack_deleted(
+                "conntrack v1.4.8 (conntrack-tools): Operation failed: invalid parameters"
+            ),
+            None
+        );
+    }
+
     #[test]
     fn error_line() {
         let err = "iptables-restore v1.8.9 (nf_tables): Chain 'KUBE-SEP-X' does not exist\nError occurred at line: 12\nTry `iptables-restore -h'";

@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -30,6 +31,10 @@ pub struct ProxyMetrics {
     /// Not exported: for [`ProxyMetrics::snapshot`].
     last_state_build: Seconds,
     reported: Arc<Reported>,
+    /// Sockets destroyed because their backend left (eBPF mode), by protocol.
+    sockets_destroyed: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Conntrack entries deleted because their backend left (iptables mode).
+    conntrack_deleted: Counter,
 }
 
 /// The figures behind the metrics, for in-process readers (the proxy benchmark).
@@ -60,6 +65,8 @@ impl Default for ProxyMetrics {
             syncs: Counter::default(),
             last_state_build: Seconds::default(),
             reported: Arc::default(),
+            sockets_destroyed: Family::default(),
+            conntrack_deleted: Counter::default(),
         };
         m.registered()
     }
@@ -100,7 +107,38 @@ impl ProxyMetrics {
         let errors_help = "Failed dataplane syncs (e.g. a full map)";
         r.register("skiff_proxy_sync_errors", errors_help, self.errors.clone());
         r.register_collector(Box::new(self.reported.clone()));
+        // Both exported with `_total`; both protocols from the start (a scrape before the
+        // first destruction sees 0, not nothing).
+        for p in [super::model::Protocol::Udp, super::model::Protocol::Tcp] {
+            let _ = self
+                .sockets_destroyed
+                .get_or_create(&[("protocol", p.as_str())]);
+        }
+        r.register(
+            "skiff_proxy_sockets_destroyed",
+            "Local sockets destroyed because the backend they were connected to left its service",
+            self.sockets_destroyed.clone(),
+        );
+        r.register(
+            "skiff_proxy_conntrack_entries_deleted",
+            "UDP conntrack entries deleted because their backend left or the service got its first backend",
+            self.conntrack_deleted.clone(),
+        );
         self
+    }
+
+    pub fn record_sockets_destroyed(&self, protocol: super::model::Protocol, n: u64) {
+        self.sockets_destroyed
+            .get_or_create(&[("protocol", protocol.as_str())])
+            .inc_by(n);
+    }
+    pub fn sockets_destroyed(&self, protocol: super::model::Protocol) -> u64 {
+        self.sockets_destroyed
+            .get_or_create(&[("protocol", protocol.as_str())])
+            .get()
+    }
+    pub fn conntrack_entries_deleted(&self) -> u64 {
+        self.conntrack_deleted.get()
     }
 
     /// A successful sync that took `took` in all, `build` of it building the state.
@@ -111,6 +149,7 @@ impl ProxyMetrics {
         self.syncs.inc();
         self.last_sync.set(took.as_secs_f64());
         self.last_state_build.set(build.as_secs_f64());
+        self.conntrack_deleted.inc_by(s.conntrack_deleted);
     }
     /// The time the first list of Services and EndpointSlices took.
     pub fn record_initial_list(&self, took: Duration) {
@@ -212,6 +251,7 @@ mod tests {
                 services: 3,
                 backends: 6,
                 writes: 9,
+                conntrack_deleted: 4,
             },
             Duration::from_millis(5),
             Duration::from_millis(2),
@@ -224,6 +264,8 @@ mod tests {
         assert!(t.contains("skiff_bpf_map_entries{map=\"skiff_frontends\"} 3\n"));
         assert!(t.contains("skiff_proxy_initial_list_duration_seconds 0.25\n"));
         assert!(t.contains("skiff_proxy_sync_errors_total 0\n"));
+        assert!(t.contains("skiff_proxy_conntrack_entries_deleted_total 4\n"));
+        assert!(t.contains("skiff_proxy_sockets_destroyed_total{protocol=\"udp\"} 0\n"));
         assert!(t.ends_with("# EOF\n"));
         assert_eq!(m.snapshot().last_state_build_seconds, 0.002);
     }

@@ -12,11 +12,13 @@
 pub mod dataplane;
 pub mod drain;
 pub mod ebpf;
+pub mod flow_cleaners;
 pub mod healthcheck;
 pub mod iptables;
 pub mod metrics;
 pub mod model;
 pub mod runner;
+pub mod stale_flows;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod tracker;
@@ -81,6 +83,7 @@ impl Dataplane for IptablesProxy {
             services,
             backends,
             writes: stats.rules_written,
+            conntrack_deleted: stats.conntrack_entries_deleted,
         }))
     }
 }

@@ -14,11 +14,13 @@
 //! - [`PinnedMaps::open`] reads the pinned maps without a running agent (for the `bpf` CLI);
 //! - [`fake`] holds the maps in memory, with fault injection, for tests without root.
 pub mod fake;
+pub mod flow_stats;
 pub mod id_allocator;
 pub mod loader;
 pub mod maps;
 pub mod programs;
 pub mod reconcile;
+pub mod sock_destroy;
 pub mod sys;
 
 use std::net::Ipv4Addr;

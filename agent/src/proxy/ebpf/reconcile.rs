@@ -341,6 +341,7 @@ pub fn sync_report(state: &ProxyState, result: Result<MapSyncStats, SyncError>) 
         services: state.len(),
         backends: st.backends,
         writes: st.writes + st.deletes,
+        conntrack_deleted: 0,
     };
     match result {
         Ok(st) => SyncReport::complete(stats(&st)),
