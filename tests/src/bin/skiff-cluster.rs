@@ -6,6 +6,7 @@
 //! skiff-cluster up --control-planes 3 --etcd-members 3 ...   # a highly available control plane
 //! skiff-cluster status | kubeconfig | down [--dir D]
 //! skiff-cluster kill [--dir D] NAME   # SIGKILL a control plane (`leader`), etcd member or agent
+//! skiff-cluster restart [--dir D] NAME  # SIGTERM a control plane or etcd member, start it again
 //! skiff-cluster exec [--dir D] NODE -- CMD...
 //! skiff-cluster gc        # tear down clusters whose test process died
 //! skiff-cluster test-image  # build the test image archive, print its path
@@ -92,6 +93,13 @@ enum Cmd {
     /// SIGKILL one process: a control plane, an etcd member, a node's agent, or `leader` (the
     /// control plane holding the controller-manager Lease).
     Kill {
+        #[command(flatten)]
+        dir: DirArg,
+        name: String,
+    },
+    /// Restart a control plane (`leader` for the one leading) or an etcd member: SIGTERM, then
+    /// the same command line again; returns once it serves.
+    Restart {
         #[command(flatten)]
         dir: DirArg,
         name: String,
@@ -195,6 +203,19 @@ fn run(cli: Cli) -> Result<u8> {
             let mut state = load(&dir.dir())?;
             let killed = state.kill(&name)?;
             println!("killed {killed}");
+            Ok(0)
+        }
+        Cmd::Restart { dir, name } => {
+            let mut state = load(&dir.dir())?;
+            let name = match name.as_str() {
+                "leader" => state
+                    .leader()?
+                    .context("no control plane holds the controller-manager Lease")?,
+                other => other.to_string(),
+            };
+            // The new process outlives this command: it is in a session of its own.
+            let child = state.restart(&name)?;
+            println!("restarted {name} (pid {})", child.id());
             Ok(0)
         }
         Cmd::Exec { dir, node, command } => {
