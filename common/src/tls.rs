@@ -36,13 +36,9 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve_with_peer(
-        listener,
-        acceptor,
-        shutdown,
-        Duration::ZERO,
-        move |_| service.clone(),
-    )
+    serve_with_peer(listener, acceptor, shutdown, Duration::ZERO, move |_| {
+        service.clone()
+    })
     .await
 }
 

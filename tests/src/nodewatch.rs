@@ -24,7 +24,10 @@ pub struct NodeWatch {
 /// Polls the node Leases and Ready conditions every 250 ms until `stop`, with its own kubectl
 /// (the admin kubeconfig is moved to a live control plane when one is killed; a poll that
 /// meets the dying one fails and is only counted).
-pub fn watch_nodes(c: &Cluster, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<NodeWatch>> {
+pub fn watch_nodes(
+    c: &Cluster,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<NodeWatch>> {
     let kubectl = Kubectl::newest()?;
     let (kubeconfig, dir) = (c.kubeconfig().to_path_buf(), c.dir().to_path_buf());
     let nodes = c.nodes();
@@ -94,4 +97,3 @@ pub fn largest_gap(renewals: &BTreeSet<jiff::Timestamp>, end: jiff::Timestamp) -
         .max()
         .unwrap_or_default()
 }
-

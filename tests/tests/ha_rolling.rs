@@ -116,7 +116,11 @@ where
                 *current = (*current + 1) % servers.len();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(format!("server {current}: {e} (not retried: not idempotent)")),
+            Err(e) => {
+                return Err(format!(
+                    "server {current}: {e} (not retried: not idempotent)"
+                ));
+            }
         }
     }
     Err(format!("no server answered: {last}"))
@@ -136,7 +140,8 @@ async fn api_load(servers: Vec<kube::Client>, stop: Arc<AtomicBool>) -> ApiLoad 
         .await;
         load.lists += 1;
         if let Err(e) = listed {
-            load.failures.push(format!("list at {}: {e}", jiff::Timestamp::now()));
+            load.failures
+                .push(format!("list at {}: {e}", jiff::Timestamp::now()));
         }
         n += 1;
         let name = format!("load-{n}");
@@ -300,10 +305,23 @@ fn rolling_control_plane_restart_drops_no_retried_request() -> Result<()> {
         .map(|m| m.name.clone())
         .collect();
     for name in &names {
-        let before = c.state().control_planes.iter().find(|m| &m.name == name).and_then(|m| m.process);
+        let before = c
+            .state()
+            .control_planes
+            .iter()
+            .find(|m| &m.name == name)
+            .and_then(|m| m.process);
         c.restart(name)?;
-        let after = c.state().control_planes.iter().find(|m| &m.name == name).and_then(|m| m.process);
-        ensure!(before != after && after.is_some_and(|p| p.alive()), "{name} was not restarted");
+        let after = c
+            .state()
+            .control_planes
+            .iter()
+            .find(|m| &m.name == name)
+            .and_then(|m| m.process);
+        ensure!(
+            before != after && after.is_some_and(|p| p.alive()),
+            "{name} was not restarted"
+        );
         c.wait_api_servers_published(Duration::from_secs(30))?;
         eprintln!("ha_rolling: {name} restarted and back in the kubernetes endpoints");
         std::thread::sleep(HEARTBEAT * 2);
@@ -350,8 +368,14 @@ fn rolling_control_plane_restart_drops_no_retried_request() -> Result<()> {
     let text = std::fs::read_to_string(&load_path)?;
     let ok = text.lines().filter(|l| l.starts_with("ok ")).count();
     let failures: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
-    eprintln!("ha_rolling: {ok} Service requests answered, {} failed", failures.len());
-    ensure!(text.ends_with("done\n"), "the request loop broke off:\n{text}");
+    eprintln!(
+        "ha_rolling: {ok} Service requests answered, {} failed",
+        failures.len()
+    );
+    ensure!(
+        text.ends_with("done\n"),
+        "the request loop broke off:\n{text}"
+    );
     ensure!(
         failures.is_empty() && ok >= 100,
         "{} of {} requests to the Service failed:\n{}",
@@ -367,11 +391,18 @@ fn rolling_control_plane_restart_drops_no_retried_request() -> Result<()> {
         seen.failed_polls,
         seen.polls
     );
-    ensure!(seen.not_ready.is_empty(), "nodes went NotReady: {:?}", seen.not_ready);
+    ensure!(
+        seen.not_ready.is_empty(),
+        "nodes went NotReady: {:?}",
+        seen.not_ready
+    );
     for node in c.nodes() {
         let renewals = seen.renewals.get(&node).cloned().unwrap_or_default();
         let gap = largest_gap(&renewals, end);
-        eprintln!("ha_rolling: {node}: {} lease renewals, largest gap {gap:.1?}", renewals.len());
+        eprintln!(
+            "ha_rolling: {node}: {} lease renewals, largest gap {gap:.1?}",
+            renewals.len()
+        );
         if renewals.len() < 4 || gap >= HEARTBEAT * 2 {
             bail!(
                 "{node} missed a heartbeat: largest gap between lease renewals {gap:?} \

@@ -358,10 +358,14 @@ mod tests {
         assert_eq!(found.server, live);
         assert_eq!(found.ca_pem, ca_pem);
 
-        let err = discover_any(&[dead.clone(), "https://127.0.0.2:1".into()], &token, &pinned)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = discover_any(
+            &[dead.clone(), "https://127.0.0.2:1".into()],
+            &token,
+            &pinned,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("discovery failed on every API server: cannot reach the API server at https://127.0.0.1:1")
                 && err.contains("cannot reach the API server at https://127.0.0.2:1"),
@@ -372,10 +376,19 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("cannot reach the API server at https://127.0.0.1:1"), "{err}");
-        // A server that is not the pinned cluster's is passed over for the next one.
+        assert!(
+            err.starts_with("cannot reach the API server at https://127.0.0.1:1"),
+            "{err}"
+        );
+        // A server that is not the pinned cluster's: refused with the sentence of that.
         let wrong = format!("sha256:{}", "0".repeat(64));
-        let err = discover_any(&[live.clone()], &token, &wrong).await.unwrap_err().to_string();
-        assert!(err.contains("this is not the cluster you meant to join"), "{err}");
+        let err = discover_any(&[live.clone()], &token, &wrong)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("this is not the cluster you meant to join"),
+            "{err}"
+        );
     }
 }

@@ -558,8 +558,10 @@ impl Handler {
         let stopped = async move {
             let _ = stopping.wait_for(|s| *s).await;
         };
-        let stream =
-            futures::StreamExt::take_until(tokio_stream::wrappers::ReceiverStream::new(rx), stopped);
+        let stream = futures::StreamExt::take_until(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            stopped,
+        );
         Ok((
             StatusCode::OK,
             [(

@@ -371,8 +371,7 @@ async fn serve(
     let shutdown = async move {
         let _ = stopped.changed().await;
     };
-    skiff_common::tls::serve_with_peer(listener, tls, shutdown, DRAIN_TIMEOUT, make_service)
-        .await;
+    skiff_common::tls::serve_with_peer(listener, tls, shutdown, DRAIN_TIMEOUT, make_service).await;
 }
 
 /// Every [`master_endpoints::RECONCILE_INTERVAL`]: renew this server's lease and put the

@@ -385,7 +385,8 @@ impl Cluster {
         };
         self.say(&format!("restarting {name}"));
         // Our own child is waited for here: as a zombie it would look alive to kill_record.
-        self.state.point_kubeconfig_at_live_control_plane(Some(&name))?;
+        self.state
+            .point_kubeconfig_at_live_control_plane(Some(&name))?;
         if let Some(mut old) = self.members.remove(&name) {
             stop_child_within(&mut old, RESTART_GRACE);
         }
@@ -539,7 +540,12 @@ impl Cluster {
             .collect();
         m.env = cmd
             .get_envs()
-            .filter_map(|(k, v)| Some((k.to_string_lossy().into_owned(), v?.to_string_lossy().into_owned())))
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
             .collect();
         std::fs::write(&m.log, "").with_context(|| format!("creating {}", m.log.display()))?;
         self.say(&format!("starting {}", m.name));

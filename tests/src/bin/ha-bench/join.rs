@@ -134,11 +134,9 @@ fn join_once(
     }
     let agent_log_before = c.agent_log(node).len();
     c.start_agent(node)?;
-    let ready = wait_for(
-        &format!("{node} Ready"),
-        Duration::from_secs(120),
-        || Ok(rt.block_on(node_ready(nodes, node)).then(Instant::now)),
-    )?;
+    let ready = wait_for(&format!("{node} Ready"), Duration::from_secs(120), || {
+        Ok(rt.block_on(node_ready(nodes, node)).then(Instant::now))
+    })?;
     let total = ready.duration_since(started);
     let agent_log = c.agent_log(node);
     let run_log = agent_log.get(agent_log_before..).unwrap_or_default();
