@@ -382,7 +382,7 @@ mod tests {
         );
         // A server that is not the pinned cluster's: refused with the sentence of that.
         let wrong = format!("sha256:{}", "0".repeat(64));
-        let err = discover_any(&[live.clone()], &token, &wrong)
+        let err = discover_any(std::slice::from_ref(&live), &token, &wrong)
             .await
             .unwrap_err()
             .to_string();

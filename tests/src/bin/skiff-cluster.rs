@@ -205,19 +205,7 @@ fn run(cli: Cli) -> Result<u8> {
             println!("killed {killed}");
             Ok(0)
         }
-        Cmd::Restart { dir, name } => {
-            let mut state = load(&dir.dir())?;
-            let name = match name.as_str() {
-                "leader" => state
-                    .leader()?
-                    .context("no control plane holds the controller-manager Lease")?,
-                other => other.to_string(),
-            };
-            // The new process outlives this command: it is in a session of its own.
-            let child = state.restart(&name)?;
-            println!("restarted {name} (pid {})", child.id());
-            Ok(0)
-        }
+        Cmd::Restart { dir, name } => restart(&dir.dir(), &name),
         Cmd::Exec { dir, node, command } => {
             let state = load(&dir.dir())?;
             let argv: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -260,4 +248,19 @@ fn describe(s: &ClusterState) -> String {
         cluster::lb_pool(s.index),
         s.processes()
     )
+}
+
+/// `restart NAME`: the member stopped and started again; the new process outlives this
+/// command (it is in a session of its own).
+fn restart(dir: &Path, name: &str) -> Result<u8> {
+    let mut state = load(dir)?;
+    let name = match name {
+        "leader" => state
+            .leader()?
+            .context("no control plane holds the controller-manager Lease")?,
+        other => other.to_string(),
+    };
+    let child = state.restart(&name)?;
+    println!("restarted {name} (pid {})", child.id());
+    Ok(0)
 }
