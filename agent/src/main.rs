@@ -149,9 +149,11 @@ const DEFAULT_BPFFS: &str = "/sys/fs/bpf/skiff";
 
 #[derive(Args)]
 struct JoinArgs {
-    /// The API server, e.g. https://10.0.0.1:6443.
-    #[arg(long)]
-    server: String,
+    /// The API server, e.g. https://10.0.0.1:6443; repeat or comma-separate for several (a
+    /// highly available control plane): discovery tries them in order, and the agent keeps
+    /// all of them to balance over.
+    #[arg(long = "server", value_delimiter = ',', required = true)]
+    servers: Vec<String>,
     /// A bootstrap token `<id>.<secret>` (`skiff-control token create`).
     #[arg(long)]
     token: String,
@@ -413,8 +415,13 @@ async fn join(a: JoinArgs) -> Result<()> {
         .kubeconfig
         .clone()
         .unwrap_or_else(|| a.root_dir.join("kubelet.kubeconfig"));
+    // One server is the discovered one; several are kept for `run --server` as given.
+    let servers = match a.servers.len() {
+        1 => Vec::new(),
+        _ => a.servers.clone(),
+    };
     let opts = JoinOptions {
-        server: a.server,
+        servers: a.servers,
         token: a.token,
         ca_cert_hash: a.ca_cert_hash,
         credentials: CredentialOptions {
@@ -424,14 +431,22 @@ async fn join(a: JoinArgs) -> Result<()> {
             node_name: a.node_name.unwrap_or_else(hostname),
             rotate_certificates: false,
             request_timeout: Duration::from_secs(15 * 60),
-            servers: Vec::new(),
+            servers: servers.clone(),
         },
     };
     join::join(&opts).await?;
+    let (server_flag, package) = match servers.is_empty() {
+        true => (String::new(), String::new()),
+        false => {
+            let flag = format!(" --server={}", servers.join(","));
+            let package = format!("add{flag} to SKIFF_AGENT_ARGS in /etc/default/skiff-agent, ");
+            (flag, package)
+        }
+    };
     println!(
         "This node has joined the cluster: its client certificate is in {}.\n\
-         Start the agent: skiff-agent run --bootstrap-kubeconfig {} --kubeconfig {} --root-dir {}\n\
-         (installed from the package: systemctl enable --now skiff-agent)",
+         Start the agent: skiff-agent run --bootstrap-kubeconfig {} --kubeconfig {} --root-dir {}{server_flag}\n\
+         (installed from the package: {package}systemctl enable --now skiff-agent)",
         opts.credentials.cert_dir.display(),
         bootstrap.display(),
         kubeconfig.display(),

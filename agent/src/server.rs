@@ -135,7 +135,9 @@ pub async fn serve(
             hyper::service::Service::call(&app, req)
         })
     };
-    skiff_common::tls::serve_with_peer(listener, acceptor, shutdown, make_service).await;
+    // Exec, attach and log streams would hold a drain: they end with the agent.
+    let drain = std::time::Duration::ZERO;
+    skiff_common::tls::serve_with_peer(listener, acceptor, shutdown, drain, make_service).await;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The HTTPS edge shared by the API server and the node agent's log server: the accept loop
-//! (TLS handshake with a timeout, HTTP/1.1 or HTTP/2, connections dropped on shutdown) and
-//! subject alternative names for serving certificates.
+//! (TLS handshake with a timeout, HTTP/1.1 or HTTP/2, connections drained or dropped on
+//! shutdown) and subject alternative names for serving certificates.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -36,7 +36,10 @@ pub async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve_with_peer(listener, acceptor, shutdown, move |_| service.clone()).await
+    serve_with_peer(listener, acceptor, shutdown, Duration::ZERO, move |_| {
+        service.clone()
+    })
+    .await
 }
 
 /// The certificate chain a client presented in the handshake (leaf first), already verified
@@ -44,11 +47,17 @@ pub async fn serve<S, B>(
 pub type PeerCertificates = Vec<CertificateDer<'static>>;
 
 /// Like [`serve`], with the service of each connection made by `make_service` from the
-/// client certificate chain of that connection, so a handler can authenticate by it.
+/// client certificate chain of that connection, so a handler can authenticate by it. On
+/// `shutdown` the listener closes at once (new connections are refused, so clients turn to
+/// another server) and every open connection is told to end gracefully: HTTP/1.1 connections
+/// close after the response in flight, HTTP/2 ones get a GOAWAY and finish their open streams.
+/// Connections still open after `drain` (long-running responses the handler did not end) are
+/// dropped.
 pub async fn serve_with_peer<M, S, B>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shutdown: impl Future<Output = ()>,
+    drain: Duration,
     make_service: M,
 ) where
     M: Fn(PeerCertificates) -> S + Clone + Send + 'static,
@@ -63,6 +72,7 @@ pub async fn serve_with_peer<M, S, B>(
 {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
+    let (draining, drain_signal) = tokio::sync::watch::channel(false);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -80,6 +90,7 @@ pub async fn serve_with_peer<M, S, B>(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let make_service = make_service.clone();
+        let mut drain_signal = drain_signal.clone();
         connections.spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -98,15 +109,37 @@ pub async fn serve_with_peer<M, S, B>(
                 .unwrap_or_default();
             let service = make_service(certs);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            // The guard wait_for returns is not Send: dropped within.
+            let drained = async move {
+                let _ = drain_signal.wait_for(|d| *d).await;
+            };
+            let served = tokio::select! {
+                r = connection.as_mut() => r,
+                () = drained => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = draining.send(true);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "connections still open after the drain period: dropping them"
+        );
     }
     connections.abort_all();
 }

@@ -359,7 +359,8 @@ fn token_command(cmd: &TokenCommand) -> Result<()> {
                 };
                 let created = token::create(&client, &request).await?;
                 if args.print_join_command {
-                    token::join_command(&server, &ca, &created)
+                    let servers = token::join_servers(&client, &server).await;
+                    token::join_command(&servers, &ca, &created)
                 } else {
                     Ok(created.token())
                 }

@@ -2,13 +2,15 @@
 //! `kubeadm token` manages them: Secrets `bootstrap-token-<id>` in kube-system written
 //! through the API with an administrator's kubeconfig. `create --print-join-command` prints
 //! the command a new node runs: the API server, the token and the hash of the cluster CA's
-//! public key (kubeadm's `--discovery-token-ca-cert-hash`).
+//! public key (kubeadm's `--discovery-token-ca-cert-hash`). With several API servers (a highly
+//! available control plane, all in the `kubernetes` Endpoints) it names every one, the
+//! kubeconfig's first: the node tries them in order and balances over all of them.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Endpoints, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rustls::pki_types::CertificateDer;
@@ -69,13 +71,61 @@ pub async fn create(client: &kube::Client, request: &TokenRequest<'_>) -> Result
     Ok(token)
 }
 
-/// `skiff-agent join --server … --token … --ca-cert-hash sha256:…`.
-pub fn join_command(server: &str, ca_pem: &str, token: &BootstrapToken) -> Result<String> {
+/// `skiff-agent join --server … --token … --ca-cert-hash sha256:…`, with the `servers`
+/// comma-separated.
+pub fn join_command(servers: &[String], ca_pem: &str, token: &BootstrapToken) -> Result<String> {
     Ok(format!(
-        "skiff-agent join --server {server} --token {} --ca-cert-hash {}",
+        "skiff-agent join --server {} --token {} --ca-cert-hash {}",
+        servers.join(","),
         token.token(),
         ca_public_key_hash(ca_pem)?
     ))
+}
+
+/// The API servers a join command names: when `server` (the admin kubeconfig's) is one of the
+/// API servers of the `kubernetes` Endpoints, every one of them, `server` first; otherwise
+/// (a load balancer or a name in front of them, or Endpoints that cannot be read) `server`
+/// alone.
+pub async fn join_servers(client: &kube::Client, server: &str) -> Vec<String> {
+    let endpoints = Api::<Endpoints>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await;
+    match endpoints {
+        Ok(e) => servers_with(server, &endpoint_urls(&e)),
+        Err(_) => vec![server.to_string()],
+    }
+}
+
+/// `https://ADDRESS:PORT` of every address and `https` port of the `kubernetes` Endpoints.
+fn endpoint_urls(e: &Endpoints) -> Vec<String> {
+    let mut urls = Vec::new();
+    for subset in e.subsets.iter().flatten() {
+        let ports = subset.ports.iter().flatten();
+        let https: Vec<i32> = ports
+            .filter(|p| p.name.as_deref().is_none_or(|n| n == "https"))
+            .map(|p| p.port)
+            .collect();
+        for a in subset.addresses.iter().flatten() {
+            for port in &https {
+                let host = match a.ip.contains(':') {
+                    true => format!("[{}]", a.ip),
+                    false => a.ip.clone(),
+                };
+                urls.push(format!("https://{host}:{port}"));
+            }
+        }
+    }
+    urls
+}
+
+fn servers_with(server: &str, published: &[String]) -> Vec<String> {
+    let server = server.trim_end_matches('/');
+    if !published.iter().any(|u| u == server) {
+        return vec![server.to_string()];
+    }
+    std::iter::once(server.to_string())
+        .chain(published.iter().filter(|u| *u != server).cloned())
+        .collect()
 }
 
 /// kubeadm's CA hash: SHA-256 of the certificate's SubjectPublicKeyInfo.
@@ -156,4 +206,53 @@ pub async fn delete(client: &kube::Client, token: &str) -> Result<String> {
         .await
         .with_context(|| format!("failed to delete bootstrap token {id:?}"))?;
     Ok(format!("bootstrap token {id:?} deleted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(ips: &[&str], port: i32) -> Endpoints {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [{
+                "addresses": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(),
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+            }],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_join_command_names_every_published_api_server_the_kubeconfigs_first() {
+        let e = endpoints(&["10.0.0.2", "10.0.0.3", "10.0.0.4"], 6443);
+        let published = endpoint_urls(&e);
+        assert_eq!(
+            servers_with("https://10.0.0.3:6443", &published),
+            [
+                "https://10.0.0.3:6443",
+                "https://10.0.0.2:6443",
+                "https://10.0.0.4:6443"
+            ]
+        );
+        // A load balancer (or a name) in front of the API servers: that alone.
+        assert_eq!(
+            servers_with("https://api.example:6443", &published),
+            ["https://api.example:6443"]
+        );
+        let token = bootstrap_token::parse("abcdef.0123456789abcdef").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let servers = servers_with("https://10.0.0.2:6443", &published);
+        let command = join_command(&servers, &ca.pem(), &token).unwrap();
+        assert!(
+            command.starts_with(
+                "skiff-agent join --server https://10.0.0.2:6443,https://10.0.0.3:6443,https://10.0.0.4:6443 --token abcdef.0123456789abcdef --ca-cert-hash sha256:"
+            ),
+            "{command}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod apiload;
 pub mod cluster;
+pub mod nodewatch;
 pub mod port_forward;
 pub mod test_image;
 
@@ -500,7 +501,8 @@ fn output_with_stdin(cmd: &mut Command, stdin: &str) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
-fn result(what: &str, out: Output) -> Result<String> {
+/// The stdout of `out`, or an error naming `what` with its stderr when it failed.
+pub fn result(what: &str, out: Output) -> Result<String> {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() {
         Ok(stdout)

@@ -1,4 +1,4 @@
-//! `cargo xtask cluster up|down|kubeconfig|status|kill|exec`: a multi-node skiff cluster on this
+//! `cargo xtask cluster up|down|kubeconfig|status|kill|restart|exec`: a multi-node skiff cluster on this
 //! machine (nodes are network namespaces on a private underlay, each running `skiff-agent`),
 //! left running in the background. The work is done by the `skiff-cluster` binary of the
 //! skiff-tests crate, which keeps the cluster's state in `<dir>/cluster.json`.
@@ -81,6 +81,14 @@ enum ClusterCmd {
         dir: Dir,
         name: String,
     },
+    /// Restart one control plane (`leader` for the leading one) or etcd member as a rolling
+    /// upgrade does: SIGTERM (an API server leaves the `kubernetes` endpoints, closes its
+    /// listener and finishes its requests), then the same command line; returns once it serves.
+    Restart {
+        #[command(flatten)]
+        dir: Dir,
+        name: String,
+    },
     /// Run a command in a node's network namespace and cgroup, e.g.
     /// `cargo xtask cluster exec sk150-node-1 -- ip addr`; exits with its status.
     Exec {
@@ -143,14 +151,8 @@ pub fn cluster(ws: &Workspace, args: &ClusterArgs) -> Result<u8> {
         ClusterCmd::Down { dir } => simple(ws, "down", dir),
         ClusterCmd::Kubeconfig { dir } => simple(ws, "kubeconfig", dir),
         ClusterCmd::Status { dir } => simple(ws, "status", dir),
-        ClusterCmd::Kill { dir, name } => {
-            ensure_built(ws)?;
-            let mut cmd = skiff_cluster(ws);
-            cmd.arg("kill");
-            with_dir(&mut cmd, dir);
-            cmd.arg(name);
-            finish(&mut cmd)
-        }
+        ClusterCmd::Kill { dir, name } => named(ws, "kill", dir, name),
+        ClusterCmd::Restart { dir, name } => named(ws, "restart", dir, name),
         ClusterCmd::Exec { dir, node, command } => {
             ensure_built(ws)?;
             let mut cmd = skiff_cluster(ws);
@@ -164,6 +166,16 @@ pub fn cluster(ws: &Workspace, args: &ClusterArgs) -> Result<u8> {
             Ok(status(&mut cmd)?.code().map_or(1, |c| c as u8))
         }
     }
+}
+
+/// `skiff-cluster <sub> [--dir D] NAME`.
+fn named(ws: &Workspace, sub: &str, dir: &Dir, name: &str) -> Result<u8> {
+    ensure_built(ws)?;
+    let mut cmd = skiff_cluster(ws);
+    cmd.arg(sub);
+    with_dir(&mut cmd, dir);
+    cmd.arg(name);
+    finish(&mut cmd)
 }
 
 fn simple(ws: &Workspace, sub: &str, dir: &Dir) -> Result<u8> {
@@ -186,7 +198,7 @@ fn with_dir(cmd: &mut Command, dir: &Dir) {
     }
 }
 
-/// `down`, `kubeconfig`, `status`, `kill` and `exec` only need skiff-cluster itself.
+/// `down`, `kubeconfig`, `status`, `kill`, `restart` and `exec` only need skiff-cluster itself.
 fn ensure_built(ws: &Workspace) -> Result<()> {
     if ws.target.join("debug/skiff-cluster").exists() {
         return Ok(());

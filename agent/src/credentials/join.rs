@@ -5,6 +5,10 @@
 //! the token and the CA in it has the pinned hash; it then reads it again over TLS verified
 //! with that CA, writes its bootstrap kubeconfig and asks for its client certificate. Each
 //! failure is one sentence, and nothing is left written by a join that failed.
+//!
+//! With several API servers (a highly available control plane) discovery tries them in the
+//! order given until one passes, and the certificate request balances over all of them as
+//! `skiff-agent run --server` does.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +30,8 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What `skiff-agent join` is given.
 pub struct JoinOptions {
-    pub server: String,
+    /// The API servers, tried in this order for discovery.
+    pub servers: Vec<String>,
     pub token: String,
     pub ca_cert_hash: String,
     /// Where the bootstrap kubeconfig goes; the rest as `skiff-agent run` takes it.
@@ -47,7 +52,7 @@ pub async fn join(opts: &JoinOptions) -> Result<()> {
             opts.token
         )
     })?;
-    let discovered = discover(&opts.server, &token, &opts.ca_cert_hash).await?;
+    let discovered = discover_any(&opts.servers, &token, &opts.ca_cert_hash).await?;
     let bootstrap = opts
         .credentials
         .bootstrap_kubeconfig
@@ -60,6 +65,33 @@ pub async fn join(opts: &JoinOptions) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// [`discover`] on each of `servers` in turn, until one passes. When every one fails, its
+/// failure is the error (each one's, for several servers).
+pub async fn discover_any(
+    servers: &[String],
+    token: &BootstrapToken,
+    pinned: &str,
+) -> Result<Discovered> {
+    let mut failures = Vec::new();
+    for server in servers {
+        match discover(server, token, pinned).await {
+            Ok(d) => return Ok(d),
+            Err(e) if servers.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "discovery failed; trying the next API server");
+                failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    match failures.as_slice() {
+        [] => bail!("no API server given: pass --server https://ADDRESS:6443"),
+        _ => bail!(
+            "discovery failed on every API server: {}",
+            failures.join("; ")
+        ),
+    }
 }
 
 /// Read and verify cluster-info: the signature for `token`, the CA's pinned hash, and the
@@ -249,5 +281,114 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// An HTTPS server on 127.0.0.1 answering every request with `cluster-info` made for
+    /// itself and signed with `token`; its URL and the CA's PEM.
+    async fn cluster_info_server(token: &BootstrapToken) -> (String, String) {
+        use base64::Engine;
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &*ca)
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let ca_data = base64::engine::general_purpose::STANDARD.encode(ca.pem());
+        let content = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca_data}\n    server: {url}\n  name: \"\"\n"
+        );
+        let mut data = serde_json::Map::new();
+        data.insert(KUBECONFIG_KEY.into(), content.clone().into());
+        data.insert(
+            bootstrap_token::jws_key(&token.id),
+            bootstrap_token::detached_signature(&content, token).into(),
+        );
+        let body = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": NAME, "namespace": NAMESPACE},
+            "data": data,
+        })
+        .to_string();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let service = hyper::service::service_fn(move |_req| {
+            let body = body.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    hyper::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(body))
+                        .unwrap(),
+                )
+            }
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+        tokio::spawn(skiff_common::tls::serve(
+            listener,
+            acceptor,
+            std::future::pending(),
+            service,
+        ));
+        (url, ca.pem())
+    }
+
+    #[tokio::test]
+    async fn discovery_tries_the_servers_in_the_order_given() {
+        let token = bootstrap_token::parse("abcdef.0123456789abcdef").unwrap();
+        let (live, ca_pem) = cluster_info_server(&token).await;
+        let pinned = ca_hash(&ca_pem).unwrap();
+        // Nothing listens on port 1: refused at once.
+        let dead = "https://127.0.0.1:1".to_string();
+        let found = discover_any(&[dead.clone(), live.clone()], &token, &pinned)
+            .await
+            .unwrap();
+        assert_eq!(found.server, live);
+        assert_eq!(found.ca_pem, ca_pem);
+
+        let err = discover_any(
+            &[dead.clone(), "https://127.0.0.2:1".into()],
+            &token,
+            &pinned,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("discovery failed on every API server: cannot reach the API server at https://127.0.0.1:1")
+                && err.contains("cannot reach the API server at https://127.0.0.2:1"),
+            "{err}"
+        );
+        // One server: its own sentence, as before.
+        let err = discover_any(std::slice::from_ref(&dead), &token, &pinned)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot reach the API server at https://127.0.0.1:1"),
+            "{err}"
+        );
+        // A server that is not the pinned cluster's: refused with the sentence of that.
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = discover_any(std::slice::from_ref(&live), &token, &wrong)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("this is not the cluster you meant to join"),
+            "{err}"
+        );
     }
 }

@@ -43,6 +43,9 @@ pub struct Handler {
     pub advertise: String,
     /// Connections to node agents (`pods/log`).
     pub nodes: NodeClient,
+    /// True once the server shuts down: open watches end, as kube-apiserver's do, so their
+    /// clients watch again (on another server) instead of holding this one open.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Entry point for every request: never fails, errors become `Status` responses.
@@ -551,7 +554,14 @@ impl Handler {
             include: include_object(query)?,
         };
         let rx = watch::watch(&self.registry, info, ns, opts).await?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let stream = futures::StreamExt::take_until(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            stopped,
+        );
         Ok((
             StatusCode::OK,
             [(

@@ -53,6 +53,10 @@ use tokio::sync::watch as signal;
 
 use crate::store::{Store, StoreError};
 
+/// How long a stopping API server waits for its requests in flight (kube-apiserver waits for
+/// non-long-running requests up to its request timeout; watches are ended, not waited for).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 use self::admission::{Allocators, Ipv4Cidr, PortRange};
 use self::authn::{Authenticator, PeerIdentity, ServiceAccountTokens, StaticTokens};
 use self::handlers::Handler;
@@ -130,9 +134,12 @@ pub struct ApiServer {
     pub controller_manager_kubeconfig: String,
     pub scheduler_kubeconfig: String,
     stop: signal::Sender<bool>,
+    /// Sent once this server has left the `kubernetes` endpoints: the listener closes, watches
+    /// end, requests in flight finish.
+    drain: signal::Sender<bool>,
     /// Keeps the `kubernetes` endpoints; on stop it takes this server out of them.
     endpoints: tokio::task::JoinHandle<()>,
-    /// Accepts connections; aborted on stop (open watches would hold a graceful end).
+    /// Accepts connections; on drain it stops accepting and ends when its connections have.
     serve: tokio::task::JoinHandle<()>,
     /// Background work that ends by itself on the stop signal (maintenance, the RBAC index).
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -176,7 +183,9 @@ impl ApiServer {
             .reconcile(&registry)
             .await
             .context("publishing the kubernetes service endpoints")?;
+        let (drain, draining) = signal::channel(false);
         let handler = Arc::new(Handler {
+            stopping: draining.clone(),
             registry,
             authn,
             rbac: authorizer,
@@ -194,7 +203,7 @@ impl ApiServer {
 
         let (stop, stopped) = signal::channel(false);
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
-        let serve = tokio::spawn(serve(listener, tls, handler.clone(), stopped.clone()));
+        let serve = tokio::spawn(serve(listener, tls, handler.clone(), draining));
         let endpoints = tokio::spawn(keep_master_endpoints(
             master,
             handler.clone(),
@@ -222,14 +231,18 @@ impl ApiServer {
             controller_manager_kubeconfig,
             scheduler_kubeconfig,
             stop,
+            drain,
             endpoints,
             serve,
             tasks: vec![maintain, rbac, node_graph],
         })
     }
 
-    /// Stop accepting connections and background work; open connections are dropped. This
-    /// server's address leaves the `kubernetes` endpoints first (given a few seconds).
+    /// Stop as kube-apiserver does on SIGTERM: this server's address leaves the `kubernetes`
+    /// endpoints first (given a few seconds), then the listener closes (clients that fail over
+    /// on a refused connection go to another server), watches end (their clients watch again,
+    /// elsewhere) and requests in flight are answered; connections still busy after
+    /// [`DRAIN_TIMEOUT`] are dropped. Background work stops last.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let mut endpoints = self.endpoints;
@@ -239,8 +252,15 @@ impl ApiServer {
         {
             endpoints.abort();
         }
-        self.serve.abort();
-        let _ = self.serve.await;
+        let _ = self.drain.send(true);
+        let mut serve = self.serve;
+        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), &mut serve)
+            .await
+            .is_err()
+        {
+            serve.abort();
+            let _ = serve.await;
+        }
         // Let each task see the stop signal rather than abort it: an aborted task's store call
         // in flight runs on in its blocking thread and keeps the embedded store open, so the
         // same data dir could not be opened again right away.
@@ -351,7 +371,7 @@ async fn serve(
     let shutdown = async move {
         let _ = stopped.changed().await;
     };
-    skiff_common::tls::serve_with_peer(listener, tls, shutdown, make_service).await;
+    skiff_common::tls::serve_with_peer(listener, tls, shutdown, DRAIN_TIMEOUT, make_service).await;
 }
 
 /// Every [`master_endpoints::RECONCILE_INTERVAL`]: renew this server's lease and put the

@@ -6,6 +6,7 @@
 //! skiff-cluster up --control-planes 3 --etcd-members 3 ...   # a highly available control plane
 //! skiff-cluster status | kubeconfig | down [--dir D]
 //! skiff-cluster kill [--dir D] NAME   # SIGKILL a control plane (`leader`), etcd member or agent
+//! skiff-cluster restart [--dir D] NAME  # SIGTERM a control plane or etcd member, start it again
 //! skiff-cluster exec [--dir D] NODE -- CMD...
 //! skiff-cluster gc        # tear down clusters whose test process died
 //! skiff-cluster test-image  # build the test image archive, print its path
@@ -92,6 +93,13 @@ enum Cmd {
     /// SIGKILL one process: a control plane, an etcd member, a node's agent, or `leader` (the
     /// control plane holding the controller-manager Lease).
     Kill {
+        #[command(flatten)]
+        dir: DirArg,
+        name: String,
+    },
+    /// Restart a control plane (`leader` for the one leading) or an etcd member: SIGTERM, then
+    /// the same command line again; returns once it serves.
+    Restart {
         #[command(flatten)]
         dir: DirArg,
         name: String,
@@ -197,6 +205,7 @@ fn run(cli: Cli) -> Result<u8> {
             println!("killed {killed}");
             Ok(0)
         }
+        Cmd::Restart { dir, name } => restart(&dir.dir(), &name),
         Cmd::Exec { dir, node, command } => {
             let state = load(&dir.dir())?;
             let argv: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -239,4 +248,19 @@ fn describe(s: &ClusterState) -> String {
         cluster::lb_pool(s.index),
         s.processes()
     )
+}
+
+/// `restart NAME`: the member stopped and started again; the new process outlives this
+/// command (it is in a session of its own).
+fn restart(dir: &Path, name: &str) -> Result<u8> {
+    let mut state = load(dir)?;
+    let name = match name {
+        "leader" => state
+            .leader()?
+            .context("no control plane holds the controller-manager Lease")?,
+        other => other.to_string(),
+    };
+    let child = state.restart(&name)?;
+    println!("restarted {name} (pid {})", child.id());
+    Ok(0)
 }

@@ -12,7 +12,7 @@
 //! one's data dir before the others start, as kubeadm's `--upload-certs` shares them), and
 //! each serves a certificate naming every control plane's address. The admin kubeconfig
 //! points at one control plane; [`Cluster::kill`] moves it to a live one when that one dies
-//! (kubectl does not fail over). Agents are given the first control plane only: they learn
+//! and [`Cluster::restart`] before it stops it (kubectl does not fail over). Agents are given the first control plane only: they learn
 //! the others from the `kubernetes` Endpoints.
 
 use std::fs::File;
@@ -39,6 +39,8 @@ const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
 /// What the control planes share (the rest of a data dir is made by each at start).
 const SHARED_PKI: &[&str] = &["ca.crt", "ca.key", "sa.key", "sa.pub"];
+/// How long a restarted member has to stop after SIGTERM: an API server's drain and a little.
+const RESTART_GRACE: Duration = Duration::from_secs(40);
 /// The Lease the controller managers elect their leader with.
 const LEADER_LEASE: &str = "kube-controller-manager";
 
@@ -50,6 +52,11 @@ pub struct MemberState {
     pub ip: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Its command line (program first) and environment, to start it again the same way.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
     pub process: Option<ProcRecord>,
 }
 
@@ -60,6 +67,66 @@ impl MemberState {
 
     fn alive(&self) -> bool {
         self.process.is_some_and(|p| p.alive())
+    }
+
+    fn is_control_plane(&self) -> bool {
+        self.name.contains("-cp-")
+    }
+
+    /// Whether it serves: a control plane answers `/readyz` (with its data, so it holds the
+    /// CA), an etcd member says it is healthy.
+    fn ready(&self) -> bool {
+        let Ok(ip) = self.ip.parse() else {
+            return false;
+        };
+        if self.is_control_plane() {
+            let addr = SocketAddr::new(ip, API_PORT);
+            self.data_dir.join("admin.kubeconfig").exists()
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+        } else {
+            etcd_healthy(SocketAddr::new(ip, ETCD_CLIENT_PORT))
+        }
+    }
+
+    /// Starts its command in its namespace (and, for a control plane, a UTS namespace with
+    /// its name as hostname: its leader-election identity starts with it), logging to `log`
+    /// (appended to, so a restart keeps what the last run said).
+    fn spawn(&self) -> Result<std::process::Child> {
+        let (program, args) = self
+            .command
+            .split_first()
+            .with_context(|| format!("no command recorded for {}", self.name))?;
+        let netns = File::open(self.netns_path())
+            .with_context(|| format!("opening {}", self.netns_path().display()))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let hostname = self.name.clone();
+        let own_hostname = self.is_control_plane();
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: only async-signal-safe system calls (setns, unshare, sethostname, setsid)
+        // on a descriptor and a string made before the fork; no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&netns, CloneFlags::CLONE_NEWNET)?;
+                if own_hostname {
+                    nix::sched::unshare(CloneFlags::CLONE_NEWUTS)?;
+                    nix::unistd::sethostname(&hostname)?;
+                }
+                nix::unistd::setsid()?;
+                Ok(())
+            });
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting {}", self.name))
     }
 }
 
@@ -81,6 +148,8 @@ pub(super) fn plan(opts: &ClusterOptions, state: &mut ClusterState) -> Result<()
         ip: format!("10.{k}.0.{last_octet}"),
         data_dir: dir.join(format!("{kind}-{i}")),
         log: dir.join(format!("{kind}-{i}.log")),
+        command: Vec::new(),
+        env: Vec::new(),
         process: None,
     };
     state.control_planes = (1..=opts.control_planes)
@@ -230,9 +299,39 @@ impl ClusterState {
             .filter(ProcRecord::alive)
             .with_context(|| format!("{name} does not run"))?;
         kill_record(record, Duration::ZERO);
-        self.point_kubeconfig_at_live_control_plane()?;
+        self.point_kubeconfig_at_live_control_plane(None)?;
         self.save()?;
         Ok(name)
+    }
+
+    /// Stops the control plane or etcd member `name` as an operator restarting it would
+    /// (SIGTERM, then up to [`RESTART_GRACE`] to finish) and starts it again with the same
+    /// command line, data dir and address; waits until it serves again. The new process is
+    /// returned, a child of this one.
+    pub fn restart(&mut self, name: &str) -> Result<std::process::Child> {
+        let m = self
+            .control_planes
+            .iter()
+            .chain(&self.etcd_members)
+            .find(|m| m.name == name)
+            .cloned()
+            .with_context(|| format!("no control plane or etcd member {name:?}"))?;
+        self.point_kubeconfig_at_live_control_plane(Some(name))?;
+        if let Some(rec) = m.process.filter(ProcRecord::alive) {
+            kill_record(rec, RESTART_GRACE);
+        }
+        let mut child = m.spawn()?;
+        if let Some(s) = self.member_mut(name) {
+            s.process = Some(ProcRecord::of(child.id()));
+        }
+        self.save()?;
+        let timeout = if m.is_control_plane() {
+            CONTROL_TIMEOUT
+        } else {
+            Duration::from_secs(30)
+        };
+        wait_member_ready(&m, &mut child, timeout)?;
+        Ok(child)
     }
 
     fn member_mut(&mut self, name: &str) -> Option<&mut MemberState> {
@@ -242,16 +341,18 @@ impl ClusterState {
             .find(|m| m.name == name)
     }
 
-    /// After a control plane died: the admin kubeconfig (and `api_url`) to a live one.
-    fn point_kubeconfig_at_live_control_plane(&mut self) -> Result<()> {
+    /// After a control plane died, or before `leaving` stops: the admin kubeconfig (and
+    /// `api_url`) to a live one.
+    fn point_kubeconfig_at_live_control_plane(&mut self, leaving: Option<&str>) -> Result<()> {
+        let usable = |m: &MemberState| m.alive() && Some(m.name.as_str()) != leaving;
         let current = self
             .control_planes
             .iter()
             .find(|m| format!("https://{}:{API_PORT}", m.ip) == self.api_url);
-        if current.is_none_or(MemberState::alive) {
+        if current.is_none_or(usable) {
             return Ok(());
         }
-        let Some(live) = self.control_planes.iter().find(|m| m.alive()) else {
+        let Some(live) = self.control_planes.iter().find(|m| usable(m)) else {
             return Ok(());
         };
         self.api_url = format!("https://{}:{API_PORT}", live.ip);
@@ -271,6 +372,27 @@ impl Cluster {
             let _ = child.wait();
         }
         Ok(name)
+    }
+
+    /// See [`ClusterState::restart`]; the new process replaces the old one among the children
+    /// this one reaps.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let name = match name {
+            "leader" => self
+                .leader()?
+                .context("no control plane holds the controller-manager Lease")?,
+            other => other.to_string(),
+        };
+        self.say(&format!("restarting {name}"));
+        // Our own child is waited for here: as a zombie it would look alive to kill_record.
+        self.state
+            .point_kubeconfig_at_live_control_plane(Some(&name))?;
+        if let Some(mut old) = self.members.remove(&name) {
+            stop_child_within(&mut old, RESTART_GRACE);
+        }
+        let child = self.state.restart(&name)?;
+        self.members.insert(name, child);
+        Ok(())
     }
 
     /// See [`ClusterState::leader`].
@@ -365,11 +487,10 @@ impl Cluster {
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &self.state.name])
                 .args(["--logger", "zap", "--log-level", "warn"]);
-            self.spawn_member(cmd, m, false)?;
+            self.spawn_member(&cmd, m)?;
         }
         for m in &members {
-            let addr = SocketAddr::new(m.ip.parse()?, ETCD_CLIENT_PORT);
-            self.wait_member(m, Duration::from_secs(30), || etcd_healthy(addr))?;
+            self.wait_member(m, Duration::from_secs(30))?;
         }
         Ok(())
     }
@@ -406,85 +527,44 @@ impl Cluster {
             }
         }
         cmd.args(&opts.control_args).env("RUST_LOG", CONTROL_LOG);
-        self.spawn_member(cmd, &m, true)?;
-        let addr = SocketAddr::new(m.ip.parse()?, API_PORT);
-        let generated = m.data_dir.join("admin.kubeconfig");
-        self.wait_member(&m, CONTROL_TIMEOUT, || {
-            generated.exists()
-                && TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
-        })
+        self.spawn_member(&cmd, &m)?;
+        self.wait_member(&m, CONTROL_TIMEOUT)
     }
 
-    /// Starts `cmd` in `m`'s namespace (and, for a control plane, a UTS namespace with `m`'s
-    /// name as hostname: its leader-election identity starts with it), logging to `m.log`.
-    fn spawn_member(
-        &mut self,
-        mut cmd: Command,
-        m: &MemberState,
-        own_hostname: bool,
-    ) -> Result<()> {
-        let netns = File::open(m.netns_path())
-            .with_context(|| format!("opening {}", m.netns_path().display()))?;
-        let hostname = m.name.clone();
-        cmd.env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&m.log)?);
-        // SAFETY: only async-signal-safe system calls (setns, unshare, sethostname, setsid)
-        // on a descriptor and a string made before the fork; no allocation.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&netns, CloneFlags::CLONE_NEWNET)?;
-                if own_hostname {
-                    nix::sched::unshare(CloneFlags::CLONE_NEWUTS)?;
-                    nix::unistd::sethostname(&hostname)?;
-                }
-                nix::unistd::setsid()?;
-                Ok(())
-            });
-        }
+    /// Records `cmd` as `m`'s command line and starts it (see [`MemberState::spawn`]).
+    fn spawn_member(&mut self, cmd: &Command, m: &MemberState) -> Result<()> {
+        let mut m = m.clone();
+        m.command = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        m.env = cmd
+            .get_envs()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        std::fs::write(&m.log, "").with_context(|| format!("creating {}", m.log.display()))?;
         self.say(&format!("starting {}", m.name));
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", m.name))?;
-        let record = ProcRecord::of(child.id());
+        let child = m.spawn()?;
+        m.process = Some(ProcRecord::of(child.id()));
         self.members.insert(m.name.clone(), child);
         if let Some(s) = self.state.member_mut(&m.name) {
-            s.process = Some(record);
+            *s = m;
         }
         self.state.save()
     }
 
-    /// Waits until `ready`, failing early when `m`'s process exits.
-    fn wait_member(
-        &mut self,
-        m: &MemberState,
-        timeout: Duration,
-        ready: impl Fn() -> bool,
-    ) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.members.get_mut(&m.name)
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "{} exited ({status}); its log:\n{}",
-                    m.name,
-                    tail(&std::fs::read_to_string(&m.log).unwrap_or_default(), 60)
-                );
-            }
-            if ready() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} not ready in {timeout:?}; its log:\n{}",
-                    m.name,
-                    tail(&std::fs::read_to_string(&m.log).unwrap_or_default(), 60)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// Waits until `m` is ready, failing early when its process exits.
+    fn wait_member(&mut self, m: &MemberState, timeout: Duration) -> Result<()> {
+        let child = self
+            .members
+            .get_mut(&m.name)
+            .with_context(|| format!("{} was not started", m.name))?;
+        wait_member_ready(m, child, timeout)
     }
 
     /// Stops every member (control planes first) and removes their namespaces.
@@ -515,6 +595,50 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Waits until `m` (run by `child`) is ready, failing early when it exits.
+fn wait_member_ready(
+    m: &MemberState,
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its log:\n{}",
+                m.name,
+                tail(&std::fs::read_to_string(&m.log).unwrap_or_default(), 60)
+            );
+        }
+        if m.ready() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not ready in {timeout:?}; its log:\n{}",
+                m.name,
+                tail(&std::fs::read_to_string(&m.log).unwrap_or_default(), 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM `child`, up to `grace` for it to end, then SIGKILL; reaped either way.
+fn stop_child_within(child: &mut std::process::Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Copies the shared keys of the first control plane's data dir into `to` (mode kept 0600

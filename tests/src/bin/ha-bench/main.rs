@@ -4,6 +4,8 @@
 //!
 //! * memory: the resident set (VmRSS) of every control plane (and etcd member) once the
 //!   cluster is up and idle;
+//! * join: the time from `skiff-agent join` (with the printed join command alone) to the node
+//!   Ready, `--join-rounds` times (see [`join`]);
 //! * API failover seen by the agents: the control plane the agents were started with is killed
 //!   (SIGKILL) `--rounds` times (restarting the cluster between rounds would cost minutes, so
 //!   each round kills the agents' current server among those left, as long as two live); for
@@ -11,6 +13,8 @@
 //!   wrote), and the heartbeats missed: renewals that should have come in the gap.
 //!
 //! Run through `cargo xtask bench-ha`.
+
+mod join;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,7 +27,9 @@ use skiff_tests::cluster::{Cluster, ClusterOptions};
 use skiff_tests::{print_report, provenance, rss_kib, wait_for};
 
 #[derive(Parser)]
-#[command(about = "HA control plane benchmark: memory per API server, agent failover time")]
+#[command(
+    about = "HA control plane benchmark: memory per API server, join to Ready, agent failover time"
+)]
 struct Args {
     #[arg(long, default_value_t = 3)]
     control_planes: usize,
@@ -37,6 +43,9 @@ struct Args {
     /// Control planes killed, one after another (at most control planes - 1).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Joins of a node from scratch, measured before the control planes are killed.
+    #[arg(long, default_value_t = 5)]
+    join_rounds: usize,
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long, default_value = "cargo xtask bench-ha")]
@@ -67,13 +76,23 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_secs(15));
     let memory = memory_table(&c);
 
+    let joiner = c.nodes().last().cloned().context("no node")?;
+    let joins = join::join_rounds(&mut c, &joiner, args.join_rounds)?;
+    // The rejoined agent learns the other API servers from the Endpoints (every 10 s).
+    std::thread::sleep(Duration::from_secs(15));
+
     let mut rows = Vec::new();
     for round in 1..=args.rounds {
         rows.extend(failover_round(&mut c, round, heartbeat)?);
         // Next round: a fresh renewal on every node before killing again.
         std::thread::sleep(heartbeat * 2);
     }
-    print_report(&report(&args, &memory, &rows), args.out.as_deref())?;
+    let md = report(&args, &memory, &rows).replacen(
+        "## API failover seen by the agents",
+        &format!("{}## API failover seen by the agents", join::report(&joins)),
+        1,
+    );
+    print_report(&md, args.out.as_deref())?;
     Ok(())
 }
 
@@ -144,7 +163,7 @@ fn failover_round(c: &mut Cluster, round: usize, heartbeat: Duration) -> Result<
 
 fn report(args: &Args, memory: &str, rows: &[Row]) -> String {
     let mut md = format!(
-        "# HA control plane: memory per API server and agent failover\n\n\
+        "# HA control plane: memory per API server, join to Ready, agent failover\n\n\
          Reproduce: `{}` (as root). {}\n\n\
          A harness cluster with {} control planes (`skiff-control`, each in its own network \
          namespace, all controllers and the scheduler under leader election) over {} etcd \
