@@ -12,8 +12,10 @@ use anyhow::{Context, Result, bail};
 
 pub mod apiload;
 pub mod cluster;
+pub mod ha_scenario;
 pub mod nodewatch;
 pub mod port_forward;
+pub mod streams;
 pub mod test_image;
 
 /// The cargo target directory the binaries were built into (`cargo xtask test` sets

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,38 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::ha_scenario::{Background, CONTROL_ARGS, HEARTBEAT, WEB};
 use skiff_tests::nodewatch::{largest_gap, watch_nodes};
 use skiff_tests::test_image::IMAGE;
 use skiff_tests::wait_for;
 
 const NS: &str = "ha-test";
-/// Every agent renews its Lease this often; a gap of two intervals is a missed beat.
-const HEARTBEAT: Duration = Duration::from_secs(3);
-/// Short leader election, so the surviving control plane takes over within seconds.
-const CONTROL_ARGS: &[&str] = &[
-    "--leader-elect-lease-duration",
-    "4",
-    "--leader-elect-renew-deadline",
-    "3",
-    "--leader-elect-retry-period",
-    "1",
-    "--node-monitor-grace-period",
-    "12",
-];
-/// Serves its hostname on 8080; on SIGTERM keeps serving 3 s (see walkthrough.rs).
-const WEB: &str = "mkdir -p /var/www; hostname > /var/www/index.html; \
-                   trap 'sleep 3; exit 0' TERM; httpd -f -p 8080 -h /var/www & wait";
-
-/// A child process killed when dropped, even if the test fails.
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The web pods: names of those Running, Ready and not terminating.
 fn ready_web_pods(c: &Cluster) -> Result<BTreeSet<String>> {
     let out = c.kubectl(&["-n", NS, "get", "pods", "-l", "app=web", "-o", "json"])?;

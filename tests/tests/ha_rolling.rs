@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,34 +31,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
+use skiff_tests::ha_scenario::{Background, CONTROL_ARGS, HEARTBEAT, WEB};
 use skiff_tests::nodewatch::{largest_gap, watch_nodes};
 use skiff_tests::test_image::IMAGE;
 use skiff_tests::wait_for;
 
 const NS: &str = "ha-rolling";
-const HEARTBEAT: Duration = Duration::from_secs(3);
-const CONTROL_ARGS: &[&str] = &[
-    "--leader-elect-lease-duration",
-    "4",
-    "--leader-elect-renew-deadline",
-    "3",
-    "--leader-elect-retry-period",
-    "1",
-    "--node-monitor-grace-period",
-    "12",
-];
-const WEB: &str = "mkdir -p /var/www; hostname > /var/www/index.html; \
-                   trap 'sleep 3; exit 0' TERM; httpd -f -p 8080 -h /var/www & wait";
-
-/// A child process killed when dropped, even if the test fails.
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What the API client did.
 #[derive(Default, Debug)]

@@ -13,16 +13,15 @@
     reason = "a test is one scenario, read top to bottom"
 )]
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
 use skiff_tests::port_forward::in_netns;
+use skiff_tests::streams::{pod_stream, watch_ready_endpoints};
 use skiff_tests::wait_for;
 
 const APP: &str = r#"apiVersion: apps/v1
@@ -61,75 +60,6 @@ spec:
     image: skiff.test/busybox:1
     command: ["sleep", "3600"]
 "#;
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Per EndpointSlice watch event: when it arrived (unix ms) and the slice's ready addresses.
-type SliceEvents = mpsc::Receiver<(u64, BTreeSet<String>)>;
-
-/// A watch of Service `name`'s EndpointSlices.
-fn watch_ready_endpoints(c: &Cluster, name: &str) -> Result<(std::process::Child, SliceEvents)> {
-    let url = format!(
-        "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={name}&watch=true"
-    );
-    let mut child = c
-        .kubectl_command()?
-        .args(["get", "--raw", &url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let events = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout))
-            .into_iter::<serde_json::Value>();
-        for event in events {
-            let Ok(event) = event else { break };
-            let ready = event["object"]["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["conditions"]["ready"] != false)
-                .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
-                .filter_map(|a| a.as_str().map(String::from))
-                .collect();
-            if tx.send((unix_ms(), ready)).is_err() {
-                break;
-            }
-        }
-    });
-    Ok((child, rx))
-}
-
-/// Run `cmd` in `pod` and stream its stdout lines through a channel.
-fn pod_stream(
-    c: &Cluster,
-    pod: &str,
-    cmd: &[&str],
-) -> Result<(std::process::Child, mpsc::Receiver<String>)> {
-    let mut child = c
-        .pod_command(pod, cmd)?
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok((child, rx))
-}
 
 /// One line of `skiff-udp-echo hold`: when the datagram was sent, and the answering host
 /// (None for `timeout`, `error …` and `connected …` lines).
