@@ -12,8 +12,6 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,9 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
-use skiff_tests::ha_scenario::{Background, CONTROL_ARGS, HEARTBEAT, WEB};
+use skiff_tests::ha_scenario::{CONTROL_ARGS, HEARTBEAT, ServiceLoad, deploy_web_and_client};
 use skiff_tests::nodewatch::{largest_gap, watch_nodes};
-use skiff_tests::test_image::IMAGE;
 use skiff_tests::wait_for;
 
 const NS: &str = "ha-test";
@@ -98,71 +95,10 @@ fn control_plane_failures_cost_no_heartbeat_and_no_request() -> Result<()> {
         || c.leader(),
     )?;
 
-    c.kubectl(&["create", "namespace", NS])?;
-    c.apply(&format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-      - name: web
-        image: {IMAGE}
-        command: ["sh", "-c", "{WEB}"]
-        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: {IMAGE}
-    command: ["sleep", "100000"]
-"#
-    ))?;
-    c.wait_pod_running(NS, "client", Duration::from_secs(60))?;
+    deploy_web_and_client(&c, NS)?;
     wait_web(&c, 2, Duration::from_secs(60))?;
-    let vip = c.kubectl(&[
-        "-n",
-        NS,
-        "get",
-        "svc",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
-    let url = format!("http://{}/", vip.trim());
-
-    // The client asks the Service without pause; each answer (a pod's hostname) or failure is
-    // a line.
-    let loop_script = format!(
-        "while [ ! -e /tmp/stop-load ]; do \
-           if out=$(timeout 3 wget -q -O - {url} 2>&1); then echo \"ok $out\"; \
-           else echo \"FAIL $(date +%T) exit $?: $out\"; fi; sleep 0.05; \
-         done; echo done"
-    );
-    let load_path = c.dir().join("load.txt");
-    let mut load = Background(
-        c.pod_command_in(NS, "client", &["sh", "-c", &loop_script])?
-            .stdin(Stdio::null())
-            .stdout(File::create(&load_path)?)
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    // The client asks the Service without pause.
+    let load = ServiceLoad::start(&c, NS, "load.txt")?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_nodes(&c, stop.clone())?;
     std::thread::sleep(HEARTBEAT);
@@ -228,7 +164,7 @@ spec:
         "every replica answering the client",
         Duration::from_secs(30),
         || {
-            let text = std::fs::read_to_string(&load_path)?;
+            let text = std::fs::read_to_string(&load.path)?;
             let answered: BTreeSet<&str> =
                 text.lines().filter_map(|l| l.strip_prefix("ok ")).collect();
             if six.iter().all(|p| answered.contains(p.as_str())) {
@@ -243,14 +179,8 @@ spec:
     let seen = watcher
         .join()
         .map_err(|_| anyhow::anyhow!("the node watcher panicked"))?;
-    c.pod_command_in(NS, "client", &["touch", "/tmp/stop-load"])?
-        .output()?;
-    wait_for("the request loop to stop", Duration::from_secs(10), || {
-        Ok(load.0.try_wait()?.map(drop))
-    })?;
-
     // The requests.
-    let text = std::fs::read_to_string(&load_path)?;
+    let text = load.stop(&c, NS)?;
     let answered: BTreeMap<&str, usize> =
         text.lines()
             .filter_map(|l| l.strip_prefix("ok "))
@@ -320,7 +250,6 @@ spec:
             );
         }
     }
-    drop(load);
     c.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
     Ok(())
 }

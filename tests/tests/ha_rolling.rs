@@ -20,8 +20,6 @@
 )]
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,9 +29,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use skiff_tests::cluster::{Cluster, ClusterOptions, skip_unless_root};
-use skiff_tests::ha_scenario::{Background, CONTROL_ARGS, HEARTBEAT, WEB};
+use skiff_tests::ha_scenario::{CONTROL_ARGS, HEARTBEAT, ServiceLoad, deploy_web_and_client};
 use skiff_tests::nodewatch::{largest_gap, watch_nodes};
-use skiff_tests::test_image::IMAGE;
 use skiff_tests::wait_for;
 
 const NS: &str = "ha-rolling";
@@ -171,44 +168,8 @@ async fn clients(c: &Cluster) -> Result<Vec<kube::Client>> {
     Ok(out)
 }
 
-fn setup_workload(c: &Cluster) -> Result<String> {
-    c.kubectl(&["create", "namespace", NS])?;
-    c.apply(&format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 5
-      containers:
-      - name: web
-        image: {IMAGE}
-        command: ["sh", "-c", "{WEB}"]
-        readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {NS}}}
-spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: client
-    image: {IMAGE}
-    command: ["sleep", "100000"]
-"#
-    ))?;
-    c.wait_pod_running(NS, "client", Duration::from_secs(60))?;
+fn setup_workload(c: &Cluster) -> Result<()> {
+    deploy_web_and_client(c, NS)?;
     wait_for("2 web pods available", Duration::from_secs(60), || {
         let ready = c.kubectl(&[
             "-n",
@@ -221,16 +182,7 @@ spec:
         ])?;
         Ok((ready.trim() == "2").then_some(()))
     })?;
-    let vip = c.kubectl(&[
-        "-n",
-        NS,
-        "get",
-        "svc",
-        "web",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
-    Ok(format!("http://{}/", vip.trim()))
+    Ok(())
 }
 
 #[test]
@@ -250,23 +202,10 @@ fn rolling_control_plane_restart_drops_no_retried_request() -> Result<()> {
         ..Default::default()
     })?;
     c.wait_api_servers_published(Duration::from_secs(30))?;
-    let url = setup_workload(&c)?;
+    setup_workload(&c)?;
 
     // The Service, from a pod, without pause.
-    let loop_script = format!(
-        "while [ ! -e /tmp/stop-load ]; do \
-           if out=$(timeout 3 wget -q -O - {url} 2>&1); then echo \"ok $out\"; \
-           else echo \"FAIL $(date +%T) exit $?: $out\"; fi; sleep 0.05; \
-         done; echo done"
-    );
-    let load_path = c.dir().join("service-load.txt");
-    let mut service_load = Background(
-        c.pod_command_in(NS, "client", &["sh", "-c", &loop_script])?
-            .stdin(Stdio::null())
-            .stdout(File::create(&load_path)?)
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let service_load = ServiceLoad::start(&c, NS, "service-load.txt")?;
     // The API, from this process.
     let rt = tokio::runtime::Runtime::new()?;
     let servers = rt.block_on(clients(&c))?;
@@ -311,11 +250,7 @@ fn rolling_control_plane_restart_drops_no_retried_request() -> Result<()> {
     let seen = watcher
         .join()
         .map_err(|_| anyhow::anyhow!("the node watcher panicked"))?;
-    c.pod_command_in(NS, "client", &["touch", "/tmp/stop-load"])?
-        .output()?;
-    wait_for("the request loop to stop", Duration::from_secs(10), || {
-        Ok(service_load.0.try_wait()?.map(drop))
-    })?;
+    let service_text = service_load.stop(&c, NS)?;
 
     // The API requests: none failed after its retry, every answered create is stored.
     eprintln!(
@@ -343,7 +278,7 @@ fn rolling_control_plane_restart_drops_no_retried_request() -> Result<()> {
     ensure!(lost.is_empty(), "answered creates not stored: {lost:?}");
 
     // The Service.
-    let text = std::fs::read_to_string(&load_path)?;
+    let text = service_text;
     let ok = text.lines().filter(|l| l.starts_with("ok ")).count();
     let failures: Vec<&str> = text.lines().filter(|l| l.starts_with("FAIL")).collect();
     eprintln!(
